@@ -1,0 +1,4 @@
+//! `rollback`: see `sessiondb::cmd::rollback`.
+fn main() -> std::process::ExitCode {
+    sessiondb::cli::binary::<sessiondb::cmd::rollback::Args>()
+}

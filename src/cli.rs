@@ -1,0 +1,392 @@
+//! The command-line driver shared by every binary and the umbrella: parse, resolve,
+//! run one step, emit its report, exit with its code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd;
+use crate::config::{self, Config, Env, Target};
+use crate::error::{Error, Result};
+use crate::redact;
+use crate::report::{self, Finding, Report};
+
+/// Flags every step takes, defined once and flattened into each command's `Args`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct Common {
+    /// The config file (else $SESSIONDB_CONFIG, else ./sessiondb.toml).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub report_file: Option<PathBuf>,
+    /// Write the report as <DIR>/<step>.json, with full lists beside it.
+    #[arg(long, value_name = "DIR", env = "SESSIONDB_REPORT_DIR", global = true)]
+    pub report_dir: Option<PathBuf>,
+    /// No progress and no summary on stderr (the report is still printed).
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+/// `--dry-run`, `--dry-run=true`, `--dry-run=false`. Dry run is the default; a bare
+/// `--dry-run false` is a usage error, never a silent real or dry run.
+#[derive(Debug, Clone, Args)]
+pub struct DryRun {
+    /// Say what would be done without doing it (the default); --dry-run=false to act.
+    #[arg(
+        long = "dry-run",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolValueParser::new()
+    )]
+    pub dry_run: bool,
+}
+
+/// One step of the toolkit: its flags and its driver.
+pub trait Step: Args {
+    const NAME: &'static str;
+    fn common(&self) -> &Common;
+    /// `Some` for steps that change something; `None` for read-only steps.
+    fn dry_run(&self) -> Option<bool> {
+        None
+    }
+    fn run(&self, ctx: &mut Ctx) -> Result<()>;
+}
+
+/// What a step works with: the report it fills, the environment, its flags.
+pub struct Ctx {
+    pub report: Report,
+    pub env: Env,
+    pub common: Common,
+    /// Set when the step found problems (exit 1) without an error.
+    pub problems: bool,
+    started: Instant,
+}
+
+impl Ctx {
+    pub fn new(step: &str, common: Common, env: Env) -> Ctx {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        Ctx {
+            report: Report::new(step, &run_id),
+            env,
+            common,
+            problems: false,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn run_id(&self) -> String {
+        self.report.run_id.clone()
+    }
+
+    /// Load the config: its warnings and the drift warning go into the report, where
+    /// each setting came from goes to stderr.
+    pub fn config(&mut self) -> Result<Config> {
+        let cfg = Config::load(self.common.config.as_deref(), &self.env)?;
+        for line in &cfg.provenance {
+            tracing::info!("{line}");
+        }
+        for w in &cfg.warnings {
+            self.report.warn(w.clone());
+        }
+        let rt = config::runtime(&cfg.postgres.url_env, &self.env)?;
+        tracing::info!(
+            "runtime backend: {} ({}); configured: {}",
+            rt.backend,
+            rt.reason,
+            cfg.backend
+        );
+        if let Some(w) = config::drift(cfg.backend, &rt, &cfg.path) {
+            self.report.warn(w);
+        }
+        self.report.source = source_json(&cfg);
+        Ok(cfg)
+    }
+
+    /// The PostgreSQL target, required.
+    pub fn target(&mut self, cfg: Option<&Config>) -> Result<Target> {
+        let settings = cfg
+            .map(|c| c.postgres.clone())
+            .unwrap_or_else(|| default_pg_settings());
+        let t = config::target(&settings, cfg.map(|c| c.path.as_path()), &self.env)?.ok_or_else(
+            || Error::NoTarget {
+                url_env: settings.url_env.clone(),
+                config: cfg
+                    .map(|c| c.path.display().to_string())
+                    .unwrap_or_else(|| "the config".into()),
+            },
+        )?;
+        tracing::info!("database URL from {}: {}", t.origin, t.display);
+        self.report.target = Some(t.display.clone());
+        Ok(t)
+    }
+
+    pub fn report_dir(&self) -> Option<&Path> {
+        self.common.report_dir.as_deref()
+    }
+}
+
+pub fn default_pg_settings() -> config::PostgresSettings {
+    config::PostgresSettings {
+        url_env: config::DEFAULT_URL_ENV.to_owned(),
+        url_in_file: None,
+        schema: "public".to_owned(),
+        pool_size: 10,
+        max_overflow: 20,
+        gin_opclass: config::GinOpclass::JsonbOps,
+    }
+}
+
+pub fn source_json(cfg: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "config": cfg.path,
+        "backend": cfg.backend,
+        "sqlite": cfg.sqlite.as_ref().map(|s| &s.path),
+        "sessions_dir": cfg.sqlite.as_ref().map(|s| &s.sessions_dir),
+        "json": cfg.json_path,
+    })
+}
+
+/// Run a step to its end: the report is emitted whatever happens, even on a panic.
+pub fn run_step<S: Step>(step: &S) -> i32 {
+    init_tracing(step.common().quiet);
+    let mut ctx = Ctx::new(S::NAME, step.common().clone(), Env::from_process());
+    ctx.report.dry_run = step.dry_run();
+    if step.dry_run() == Some(true) {
+        tracing::info!("dry run: nothing will be written (pass --dry-run=false to act)");
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run(&mut ctx)));
+    let error_exit = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            let mut f = Finding::new(e.code(), crate::error::error_chain(&e));
+            if let Error::Unreadable { path, .. } | Error::Write { path, .. } = &e {
+                f = f.path(path);
+            }
+            ctx.report.errors.push(f);
+            if e.exit_code() == crate::exit::PROBLEMS {
+                ctx.problems = true;
+            }
+            Some(e.exit_code())
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            ctx.report.errors.push(Finding::new(
+                "internal_error",
+                format!("internal error (a bug): {msg}"),
+            ));
+            Some(crate::exit::OPERATIONAL)
+        }
+    };
+    let problems = ctx.problems;
+    ctx.report.finish(error_exit, problems, ctx.started);
+    finish(&mut ctx.report, &ctx.common)
+}
+
+/// Emit the report and the human summary; returns the exit code.
+fn finish(report: &mut Report, common: &Common) -> i32 {
+    if let Err(e) = report::emit(
+        report,
+        common.report_file.as_deref(),
+        common.report_dir.as_deref(),
+    ) {
+        // stdout already holds the report; say so on stderr and fail operationally.
+        eprintln!("{}", redact::text(&format!("error: {e}")));
+        report.exit_code = crate::exit::OPERATIONAL;
+    }
+    if !common.quiet {
+        let _ = writeln!(std::io::stderr(), "{}", redact::text(&summary(report)));
+    }
+    report.exit_code
+}
+
+/// A short human summary for stderr.
+pub fn summary(r: &Report) -> String {
+    let mut out = format!(
+        "{}: {} (exit {}){}",
+        r.step,
+        serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        r.exit_code,
+        if r.dry_run == Some(true) {
+            " — dry run, nothing written"
+        } else {
+            ""
+        }
+    );
+    if !r.counts.is_empty() {
+        let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("\n  counts: {}", counts.join(" ")));
+    }
+    for c in &r.checks {
+        if c.status != report::CheckStatus::Pass {
+            out.push_str(
+                &format!("\n  {:?} {}: {}", c.status, c.id, c.summary)
+                    .to_lowercase()
+                    .replacen("", "", 0),
+            );
+        }
+    }
+    for e in &r.errors {
+        out.push_str(&format!("\n  error {}: {}", e.code, e.message));
+    }
+    for w in r.warnings.iter().take(10) {
+        out.push_str(&format!("\n  warning {}: {}", w.code, w.message));
+    }
+    if r.warnings.len() > 10 {
+        out.push_str(&format!(
+            "\n  ... and {} more warnings in the report",
+            r.warnings.len() - 10
+        ));
+    }
+    for s in &r.next_steps {
+        out.push_str(&format!("\n  next: {s}"));
+    }
+    out
+}
+
+/// A stderr writer that redacts every write.
+struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact::text(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn init_tracing(quiet: bool) {
+    let level = match std::env::var("SESSIONDB_LOG").ok().as_deref() {
+        Some("error") => tracing::Level::ERROR,
+        Some("warn") => tracing::Level::WARN,
+        Some("debug") => tracing::Level::DEBUG,
+        Some("trace") => tracing::Level::TRACE,
+        _ if quiet => tracing::Level::WARN,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| RedactingStderr)
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Parse a single-step binary's flags (the binary's name is the step's).
+pub fn binary<S: Step>() -> ExitCode {
+    let cmd = S::augment_args(clap::Command::new(S::NAME).version(env!("CARGO_PKG_VERSION")));
+    let parsed = cmd.try_get_matches().and_then(|m| S::from_arg_matches(&m));
+    match parsed {
+        Ok(step) => exit_code(run_step(&step)),
+        Err(e) => exit_code(usage_error(S::NAME, e)),
+    }
+}
+
+/// A usage error: clap's message on stderr, and still one report on stdout.
+fn usage_error(step: &str, e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return crate::exit::OK;
+    }
+    let _ = e.print();
+    let mut report = Report::new(step, &uuid::Uuid::new_v4().to_string());
+    let msg = e.render().to_string();
+    let first = msg
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    report.errors.push(Finding::new("usage", first));
+    report.finish(Some(crate::exit::USAGE), false, Instant::now());
+    let common = Common::default();
+    let _ = report::emit(&report, common.report_file.as_deref(), None);
+    crate::exit::USAGE
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+// ---- the umbrella ------------------------------------------------------------------------
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessiondb",
+    version,
+    about = "Move a session store from SQLite and JSON files to PostgreSQL, safely."
+)]
+struct Umbrella {
+    #[command(subcommand)]
+    cmd: UmbrellaCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum UmbrellaCmd {
+    /// Read-only checks of the source, the backup location, PostgreSQL and the plan.
+    Preflight(cmd::preflight::Args),
+    /// A verified, timestamped copy of the legacy store.
+    Backup(cmd::backup::Args),
+    /// Load every session into PostgreSQL (dry run unless --dry-run=false).
+    MigrateState(cmd::migrate_state::Args),
+    /// Prove the copy, session by session.
+    Verify(cmd::verify::Args),
+    /// Switch the config's backend to postgres (dry run unless --dry-run=false).
+    SetDefault(cmd::set_default::Args),
+    /// Switch back, exporting what changed in PostgreSQL (dry run unless --dry-run=false).
+    Rollback(cmd::rollback::Args),
+    /// Check a backend: JSON, SQLite + files, or PostgreSQL.
+    Check(cmd::check::Args),
+    /// The whole sequence: `sessiondb migrate to postgres`.
+    Migrate(cmd::migrate_to::MigrateArgs),
+    /// Write a realistic legacy store and its sessiondb.toml.
+    GenerateFixture(cmd::generate_fixture::Args),
+}
+
+/// The `sessiondb` binary.
+pub fn umbrella() -> ExitCode {
+    let parsed = Umbrella::try_parse();
+    let u = match parsed {
+        Ok(u) => u,
+        Err(e) => return exit_code(usage_error("sessiondb", e)),
+    };
+    let code = match &u.cmd {
+        UmbrellaCmd::Preflight(a) => run_step(a),
+        UmbrellaCmd::Backup(a) => run_step(a),
+        UmbrellaCmd::MigrateState(a) => run_step(a),
+        UmbrellaCmd::Verify(a) => run_step(a),
+        UmbrellaCmd::SetDefault(a) => run_step(a),
+        UmbrellaCmd::Rollback(a) => run_step(a),
+        UmbrellaCmd::Check(a) => run_step(a),
+        UmbrellaCmd::Migrate(m) => match &m.to {
+            cmd::migrate_to::To::To(t) => match &t.target {
+                cmd::migrate_to::Dest::Postgres(a) => run_step(a),
+            },
+        },
+        UmbrellaCmd::GenerateFixture(a) => run_step(a),
+    };
+    exit_code(code)
+}

@@ -1,0 +1,181 @@
+//! Typed errors. Each variant names what failed and carries its context; `code()` is the
+//! stable snake_case code of the report (SPEC §6) and `exit_code()` its exit code (SPEC §4).
+//! Messages are lowercase fragments; `report::emit` passes every message through
+//! `redact::text`, so no variant can leak a password even if a driver echoes one.
+
+use std::path::PathBuf;
+
+use crate::exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("usage: {0}")]
+    Usage(String),
+
+    #[error("{step} is not implemented yet")]
+    NotImplemented { step: &'static str },
+
+    #[error("config file not found: {path} ({how})")]
+    ConfigNotFound { path: PathBuf, how: String },
+
+    #[error("config file {path} is invalid: {message}")]
+    ConfigInvalid { path: PathBuf, message: String },
+
+    #[error("invalid setting {name}: {message}")]
+    SettingInvalid { name: String, message: String },
+
+    #[error(
+        "no PostgreSQL target configured: set {url_env}, postgres.url in {config}, or the libpq PG* variables"
+    )]
+    NoTarget { url_env: String, config: String },
+
+    #[error("postgres_unreachable: cannot connect to {target}: {message}")]
+    PostgresUnreachable { target: String, message: String },
+
+    #[error("permission denied on {target}: {message}")]
+    PermissionDenied { target: String, message: String },
+
+    #[error("database error while {context}: {message}")]
+    Database { context: String, message: String },
+
+    #[error("lock held: another sessiondb writer is running ({holder})")]
+    LockHeld { holder: String },
+
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("not enough disk space in {path}: need {need} bytes, {available} available")]
+    DiskSpace {
+        path: PathBuf,
+        need: u64,
+        available: u64,
+    },
+
+    #[error("{path} is not a SQLite database: {message}")]
+    NotSqlite { path: PathBuf, message: String },
+
+    #[error("SQLite database {path} is corrupt: {message}")]
+    SqliteCorrupt { path: PathBuf, message: String },
+
+    #[error("SQLite database {path}: {message}")]
+    Sqlite { path: PathBuf, message: String },
+
+    #[error("invalid source: {message}")]
+    InvalidSource { code: &'static str, message: String },
+
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+}
+
+impl Error {
+    /// The stable code that names this error in a report.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::NotImplemented { .. } => "not_implemented",
+            Error::ConfigNotFound { .. } => "config_not_found",
+            Error::ConfigInvalid { .. } | Error::SettingInvalid { .. } => "config_invalid",
+            Error::NoTarget { .. } => "config_invalid",
+            Error::PostgresUnreachable { .. } => "postgres_unreachable",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::Database { .. } => "database_error",
+            Error::LockHeld { .. } => "lock_held",
+            Error::Unreadable { .. } => "unreadable",
+            Error::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                "disk_space"
+            }
+            Error::Write { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                "permission_denied"
+            }
+            Error::Write { .. } => "io_error",
+            Error::DiskSpace { .. } => "disk_space",
+            Error::NotSqlite { .. } => "not_sqlite",
+            Error::SqliteCorrupt { .. } => "sqlite_corrupt",
+            Error::Sqlite { .. } => "sqlite_error",
+            Error::InvalidSource { code, .. } => code,
+            Error::Conflict { .. } => "conflict",
+            Error::Refused { code, .. } => code,
+        }
+    }
+
+    /// The exit code this error ends a step with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_)
+            | Error::NotImplemented { .. }
+            | Error::ConfigNotFound { .. }
+            | Error::ConfigInvalid { .. }
+            | Error::SettingInvalid { .. }
+            | Error::NoTarget { .. } => exit::USAGE,
+            Error::InvalidSource { .. } | Error::Conflict { .. } | Error::Refused { .. } => {
+                exit::PROBLEMS
+            }
+            _ => exit::OPERATIONAL,
+        }
+    }
+
+    /// Map a PostgreSQL client error met while doing `context`.
+    pub fn pg(context: &str, target: &str, err: postgres::Error) -> Error {
+        if let Some(db) = err.as_db_error() {
+            let message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if db.code() == &postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
+                return Error::PermissionDenied {
+                    target: target.to_owned(),
+                    message,
+                };
+            }
+            return Error::Database {
+                context: context.to_owned(),
+                message,
+            };
+        }
+        if err.is_closed() || is_connection_error(&err) {
+            return Error::PostgresUnreachable {
+                target: target.to_owned(),
+                message: error_chain(&err),
+            };
+        }
+        Error::Database {
+            context: context.to_owned(),
+            message: error_chain(&err),
+        }
+    }
+}
+
+fn is_connection_error(err: &postgres::Error) -> bool {
+    let text = format!("{err:?}");
+    text.contains("Connect") || text.contains("Io") || text.contains("Timeout")
+}
+
+/// The message of an error and of every cause below it, joined with ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,13 @@
+//! sessiondb: move an application's session store off SQLite and JSON files onto
+//! PostgreSQL without losing a byte, and the runtime store the application uses on both
+//! sides of the switch. See `ARCHITECTURE.md` for the map.
+#![deny(clippy::print_stdout)]
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod exit;
+pub mod fsutil;
+pub mod redact;
+pub mod report;

@@ -1,0 +1,255 @@
+//! The report: a versioned public format (SPEC §5), apart from the domain types.
+//! Nothing but [`emit`] writes stdout.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::redact;
+
+pub const SCHEMA: &str = "sessiondb.report/v1";
+/// How many named items a report lists inline; the rest go to a file.
+pub const INLINE_LIMIT: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub id: String,
+    pub status: CheckStatus,
+    pub summary: String,
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+/// A warning or an error: a stable code, a message, and what it is about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl Finding {
+    pub fn new(code: &str, message: impl Into<String>) -> Finding {
+        Finding {
+            code: code.to_owned(),
+            message: message.into(),
+            session: None,
+            path: None,
+        }
+    }
+    pub fn session(mut self, id: &str) -> Finding {
+        self.session = Some(id.to_owned());
+        self
+    }
+    pub fn path(mut self, p: &Path) -> Finding {
+        self.path = Some(p.display().to_string());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artifact {
+    pub kind: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub step: String,
+    pub tool_version: String,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    pub dry_run: Option<bool>,
+    pub status: Status,
+    pub exit_code: i32,
+    pub source: serde_json::Value,
+    pub target: Option<String>,
+    pub checks: Vec<Check>,
+    pub counts: BTreeMap<String, u64>,
+    pub warnings: Vec<Finding>,
+    pub errors: Vec<Finding>,
+    pub next_steps: Vec<String>,
+    pub artifacts: Vec<Artifact>,
+    /// Step-specific detail (named sessions, the plan, nested step reports).
+    #[serde(default)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    pub fn new(step: &str, run_id: &str) -> Report {
+        let now = now_rfc3339();
+        Report {
+            schema: SCHEMA.to_owned(),
+            step: step.to_owned(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            run_id: run_id.to_owned(),
+            started_at: now.clone(),
+            finished_at: now,
+            duration_ms: 0,
+            dry_run: None,
+            status: Status::Ok,
+            exit_code: 0,
+            source: serde_json::Value::Null,
+            target: None,
+            checks: Vec::new(),
+            counts: BTreeMap::new(),
+            warnings: Vec::new(),
+            errors: Vec::new(),
+            next_steps: Vec::new(),
+            artifacts: Vec::new(),
+            details: serde_json::Map::new(),
+        }
+    }
+
+    pub fn check(
+        &mut self,
+        id: &str,
+        status: CheckStatus,
+        summary: impl Into<String>,
+        details: serde_json::Value,
+    ) {
+        self.checks.push(Check {
+            id: id.to_owned(),
+            status,
+            summary: summary.into(),
+            details,
+        });
+    }
+
+    pub fn warn(&mut self, f: Finding) {
+        if !self.warnings.contains(&f) {
+            self.warnings.push(f);
+        }
+    }
+
+    pub fn count(&mut self, key: &str, n: u64) {
+        self.counts.insert(key.to_owned(), n);
+    }
+
+    pub fn artifact(&mut self, kind: &str, path: &Path) {
+        self.artifacts.push(Artifact {
+            kind: kind.to_owned(),
+            path: path.display().to_string(),
+        });
+    }
+
+    pub fn detail(&mut self, key: &str, v: impl Serialize) {
+        self.details
+            .insert(key.to_owned(), serde_json::to_value(v).unwrap_or_default());
+    }
+
+    pub fn has_failed_check(&self) -> bool {
+        self.checks.iter().any(|c| c.status == CheckStatus::Fail)
+    }
+
+    /// Set `status` and `exit_code` from what the step found: an error's exit code,
+    /// else 1 for failed checks or problems, else 0; `warn` when warnings were raised.
+    pub fn finish(&mut self, error_exit: Option<i32>, problems: bool, started: std::time::Instant) {
+        self.finished_at = now_rfc3339();
+        self.duration_ms = started.elapsed().as_millis() as u64;
+        let (status, code) = match error_exit {
+            Some(1) => (Status::Fail, 1),
+            Some(code) => (Status::Error, code),
+            None if problems || self.has_failed_check() => (Status::Fail, crate::exit::PROBLEMS),
+            None if !self.warnings.is_empty()
+                || self.checks.iter().any(|c| c.status == CheckStatus::Warn) =>
+            {
+                (Status::Warn, crate::exit::OK)
+            }
+            None => (Status::Ok, crate::exit::OK),
+        };
+        self.status = status;
+        self.exit_code = code;
+    }
+
+    /// The report as redacted, pretty JSON.
+    pub fn to_json(&self) -> String {
+        let text = serde_json::to_string_pretty(self).expect("a report always serializes");
+        redact::text(&text)
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Write the report: stdout (always, exactly one document), `--report-file`, and
+/// `<report-dir>/<step>.json`. Returns the files written; a failure to write one of them
+/// is returned as an error after stdout was written.
+pub fn emit(
+    report: &Report,
+    report_file: Option<&Path>,
+    report_dir: Option<&Path>,
+) -> Result<Vec<PathBuf>, String> {
+    let json = report.to_json();
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{json}");
+    let _ = stdout.flush();
+    let mut written = Vec::new();
+    let mut targets: Vec<PathBuf> = Vec::new();
+    if let Some(f) = report_file {
+        targets.push(f.to_path_buf());
+    }
+    if let Some(d) = report_dir {
+        targets.push(d.join(format!("{}.json", report.step)));
+    }
+    for t in targets {
+        if let Some(parent) = t.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::fsutil::create_private_dir_all(parent)
+                .map_err(|e| format!("cannot create report folder {}: {e}", parent.display()))?;
+        }
+        crate::fsutil::write_atomic(&t, format!("{json}\n").as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write report {}: {e}", t.display()))?;
+        written.push(t);
+    }
+    Ok(written)
+}
+
+/// Write a full list of named items (e.g. every invalid record) as JSON Lines next to
+/// the report, when a report folder was given. Returns the path written.
+pub fn write_list<T: Serialize>(
+    report_dir: Option<&Path>,
+    name: &str,
+    items: &[T],
+) -> Option<Result<PathBuf, String>> {
+    let dir = report_dir?;
+    let path = dir.join(name);
+    let mut buf = Vec::new();
+    for it in items {
+        let line = serde_json::to_string(it).unwrap_or_default();
+        buf.extend_from_slice(redact::text(&line).as_bytes());
+        buf.push(b'\n');
+    }
+    Some(
+        crate::fsutil::create_private_dir_all(dir)
+            .and_then(|_| crate::fsutil::write_atomic(&path, &buf, 0o600))
+            .map(|_| path.clone())
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+    )
+}
