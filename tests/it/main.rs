@@ -1,1 +1,4 @@
+//! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
+mod cli;
+mod support;

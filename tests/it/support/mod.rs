@@ -1,0 +1,139 @@
+//! Test support: a throwaway PostgreSQL, a database per test, and a fluent runner for
+//! the real binaries that decodes stdout into the real report type.
+
+pub mod pg;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sessiondb::report::Report;
+
+pub use pg::TestDb;
+
+/// The result of running one of the binaries.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Report,
+}
+
+impl Run {
+    pub fn count(&self, k: &str) -> u64 {
+        *self.report.counts.get(k).unwrap_or_else(|| panic!("no count {k} in {:?}", self.report.counts))
+    }
+    pub fn check(&self, id: &str) -> &sessiondb::report::Check {
+        self.report.checks.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no check {id}: {}", self.stdout))
+    }
+    pub fn has_warning(&self, code: &str) -> bool {
+        self.report.warnings.iter().any(|w| w.code == code)
+    }
+    pub fn has_error(&self, code: &str) -> bool {
+        self.report.errors.iter().any(|w| w.code == code)
+    }
+}
+
+/// A command under test: one of the binaries, with a clean environment.
+pub struct Cmd {
+    cmd: Command,
+    desc: String,
+}
+
+/// Variables a test must never inherit from the machine.
+const SCRUB: &[&str] = &[
+    "DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE",
+    "SESSIONDB_CONFIG", "SESSIONDB_REPORT_DIR", "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "SESSIONDB_LOG",
+];
+
+pub fn bin_path(name: &str) -> PathBuf {
+    match name {
+        "sessiondb" => PathBuf::from(env!("CARGO_BIN_EXE_sessiondb")),
+        "preflight" => PathBuf::from(env!("CARGO_BIN_EXE_preflight")),
+        "backup" => PathBuf::from(env!("CARGO_BIN_EXE_backup")),
+        "migrate-state" => PathBuf::from(env!("CARGO_BIN_EXE_migrate-state")),
+        "verify" => PathBuf::from(env!("CARGO_BIN_EXE_verify")),
+        "set-default" => PathBuf::from(env!("CARGO_BIN_EXE_set-default")),
+        "rollback" => PathBuf::from(env!("CARGO_BIN_EXE_rollback")),
+        other => panic!("no binary {other}"),
+    }
+}
+
+/// `sessiondb <args>` (or another binary with [`Cmd::bin`]).
+pub fn sessiondb(args: &[&str]) -> Cmd {
+    Cmd::bin("sessiondb", args)
+}
+
+impl Cmd {
+    pub fn bin(name: &str, args: &[&str]) -> Cmd {
+        let mut cmd = Command::new(bin_path(name));
+        cmd.args(args);
+        for k in SCRUB {
+            cmd.env_remove(k);
+        }
+        Cmd { cmd, desc: format!("{name} {}", args.join(" ")) }
+    }
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Cmd {
+        self.cmd.env(k, v);
+        self
+    }
+    pub fn cwd(mut self, d: &Path) -> Cmd {
+        self.cmd.current_dir(d);
+        self
+    }
+    pub fn config(mut self, p: &Path) -> Cmd {
+        self.cmd.arg("--config").arg(p);
+        self
+    }
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Cmd {
+        self.cmd.arg(a);
+        self
+    }
+    /// Run; stdout must be exactly one report.
+    pub fn run(mut self) -> Run {
+        let out = self.cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.desc));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("{}: stdout is not one report ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", self.desc)
+        });
+        let code = out.status.code().unwrap_or(-1);
+        assert_eq!(report.exit_code, code, "{}: report exit_code differs from the process's\n{stderr}", self.desc);
+        Run { code, stdout, stderr, report }
+    }
+    /// Run and assert the exit code.
+    pub fn expect(self, code: i32) -> Run {
+        let desc = self.desc.clone();
+        let r = self.run();
+        assert_eq!(r.code, code, "{desc}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}", r.code, r.stdout, r.stderr);
+        r
+    }
+}
+
+/// A temp folder kept when the test fails (its path is printed).
+pub struct TempDir(Option<tempfile::TempDir>);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        TempDir(Some(tempfile::Builder::new().prefix("sessiondb-test-").tempdir().expect("tempdir")))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("live").path()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("kept test folder {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// Write a file, creating its folders.
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
