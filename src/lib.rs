@@ -3,11 +3,15 @@
 //! sides of the switch. See `ARCHITECTURE.md` for the map.
 #![deny(clippy::print_stdout)]
 
+pub mod canon;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod exit;
 pub mod fsutil;
+pub mod plan;
 pub mod redact;
 pub mod report;
+pub mod source;
+pub mod target;

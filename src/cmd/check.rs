@@ -1,20 +1,447 @@
-//! `check` (SPEC §4). Not implemented yet: exits 2 with "not implemented yet".
+//! `sessiondb check [--backend json|sqlite|postgres] [--report]` (SPEC §4): read-only
+//! checks of one backend. Always says which backend it checked and against what.
+
+use serde_json::json;
 
 use crate::cli::{Common, Ctx, Step};
+use crate::config::{self, Backend, Config};
 use crate::error::{Error, Result};
+use crate::report::{CheckStatus, Finding};
+use crate::source::{Item, Source, sqlite};
+use crate::target::{self, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
+    /// The backend to check (default: detected from the config and the runtime gating).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// List every finding instead of the first few.
+    #[arg(long)]
+    pub report: bool,
 }
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    Json,
+    Sqlite,
+    Postgres,
+}
+
+/// Findings listed inline without --report.
+const FEW: usize = 10;
 
 impl Step for Args {
     const NAME: &'static str = "check";
     fn common(&self) -> &Common {
         &self.common
     }
-    fn run(&self, _ctx: &mut Ctx) -> Result<()> {
-        Err(Error::NotImplemented { step: Self::NAME })
+    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+        let forced = self.backend.map(|b| match b {
+            BackendArg::Json => Backend::Json,
+            BackendArg::Sqlite => Backend::Sqlite,
+            BackendArg::Postgres => Backend::Postgres,
+        });
+        // PostgreSQL needs no file: a missing config is fine when it is forced or gated.
+        let cfg = match ctx.config() {
+            Ok(c) => Some(c),
+            Err(Error::ConfigNotFound { .. })
+                if forced == Some(Backend::Postgres) || gated_postgres(ctx) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let (backend, why) = match (forced, &cfg) {
+            (Some(b), _) => (b, "--backend".to_owned()),
+            (None, Some(c)) => {
+                let rt = config::runtime(&c.postgres.url_env, &ctx.env)?;
+                if rt.backend == Backend::Postgres {
+                    (Backend::Postgres, rt.reason)
+                } else {
+                    (
+                        c.backend,
+                        format!("sessiondb.backend in {}", c.path.display()),
+                    )
+                }
+            }
+            (None, None) => (
+                Backend::Postgres,
+                format!("${} is a PostgreSQL URL", config::DEFAULT_URL_ENV),
+            ),
+        };
+        tracing::info!("checking the {backend} backend (chosen by {why})");
+        ctx.report.detail("backend", backend);
+        ctx.report.detail("chosen_by", &why);
+        let mut findings = Vec::new();
+        match backend {
+            Backend::Postgres => check_postgres(ctx, cfg.as_ref(), &mut findings)?,
+            Backend::Sqlite => check_sqlite(
+                ctx,
+                cfg.as_ref().expect("sqlite needs a config"),
+                &mut findings,
+            )?,
+            Backend::Json => check_json(
+                ctx,
+                cfg.as_ref().expect("json needs a config"),
+                &mut findings,
+            )?,
+        }
+        let total = findings.len();
+        ctx.report.count("findings", total as u64);
+        let shown = if self.report { total } else { total.min(FEW) };
+        for f in findings.into_iter().take(shown) {
+            ctx.report.errors.push(f);
+        }
+        if shown < total {
+            ctx.report.next_steps.push(format!(
+                "{} more findings: run again with --report to list them all",
+                total - shown
+            ));
+        }
+        if total > 0 {
+            ctx.problems = true;
+        }
+        Ok(())
     }
+}
+
+fn gated_postgres(ctx: &Ctx) -> bool {
+    config::runtime(config::DEFAULT_URL_ENV, &ctx.env)
+        .map(|r| r.backend == Backend::Postgres)
+        .unwrap_or(false)
+}
+
+fn against(ctx: &mut Ctx, what: String) {
+    tracing::info!("checked against {what}");
+    ctx.report.detail("checked_against", what);
+}
+
+fn check_sqlite(ctx: &mut Ctx, cfg: &Config, findings: &mut Vec<Finding>) -> Result<()> {
+    let Some(s) = &cfg.sqlite else {
+        return Err(Error::ConfigInvalid {
+            path: cfg.path.clone(),
+            message: "backend is sqlite but there is no [sqlite] table".into(),
+        });
+    };
+    against(ctx, s.path.display().to_string());
+    let r = &mut ctx.report;
+    if let Err(e) = sqlite::check_header(&s.path) {
+        r.check(
+            "sqlite_header",
+            CheckStatus::Fail,
+            e.to_string(),
+            json!({"path": s.path}),
+        );
+        findings.push(Finding::new(e.code(), e.to_string()).path(&s.path));
+        return Ok(());
+    }
+    r.check(
+        "sqlite_header",
+        CheckStatus::Pass,
+        "the file is a SQLite database",
+        json!({"path": s.path}),
+    );
+    let conn = match sqlite::open(&s.path) {
+        Ok(c) => c,
+        Err(e) => {
+            r.check("sqlite_open", CheckStatus::Fail, e.to_string(), json!({}));
+            findings.push(Finding::new(e.code(), e.to_string()).path(&s.path));
+            return Ok(());
+        }
+    };
+    match sqlite::quick_check(&conn, &s.path) {
+        Ok(problems) if problems.is_empty() => r.check(
+            "sqlite_quick_check",
+            CheckStatus::Pass,
+            "quick_check: ok",
+            json!({}),
+        ),
+        Ok(problems) => {
+            r.check(
+                "sqlite_quick_check",
+                CheckStatus::Fail,
+                format!("quick_check found {} problem(s)", problems.len()),
+                json!({"problems": problems}),
+            );
+            findings.push(
+                Finding::new(
+                    "sqlite_corrupt",
+                    format!("{}: {}", s.path.display(), problems.join("; ")),
+                )
+                .path(&s.path),
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            r.check(
+                "sqlite_quick_check",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({}),
+            );
+            findings.push(Finding::new(e.code(), e.to_string()).path(&s.path));
+            return Ok(());
+        }
+    }
+    if let Err(e) = sqlite::check_table(&conn, &s.path) {
+        r.check("sqlite_schema", CheckStatus::Fail, e.to_string(), json!({}));
+        findings.push(Finding::new(e.code(), e.to_string()).path(&s.path));
+        return Ok(());
+    }
+    r.check(
+        "sqlite_schema",
+        CheckStatus::Pass,
+        "table sessions has every column",
+        json!({"columns": sqlite::COLUMNS}),
+    );
+    drop(conn);
+    // Without the JSON store: this checks the SQLite + files backend alone.
+    let src = Source {
+        sqlite: cfg.sqlite.clone(),
+        json_path: None,
+    };
+    scan_into(ctx, &src, "state_files", findings)
+}
+
+fn check_json(ctx: &mut Ctx, cfg: &Config, findings: &mut Vec<Finding>) -> Result<()> {
+    let Some(p) = &cfg.json_path else {
+        return Err(Error::ConfigInvalid {
+            path: cfg.path.clone(),
+            message: "backend is json but there is no [json] path".into(),
+        });
+    };
+    against(ctx, p.display().to_string());
+    match crate::source::load_json_store(p) {
+        Ok(_) => ctx.report.check(
+            "json_parse",
+            CheckStatus::Pass,
+            "the file parses and has the JSON store's structure",
+            json!({"path": p}),
+        ),
+        Err(e) => {
+            ctx.report.check(
+                "json_parse",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({"path": p}),
+            );
+            findings.push(Finding::new(e.code(), e.to_string()).path(p));
+            return Ok(());
+        }
+    }
+    let src = Source {
+        sqlite: None,
+        json_path: Some(p.clone()),
+    };
+    scan_into(ctx, &src, "json_records", findings)
+}
+
+/// Resolve every session of `src`, listing invalid records and warnings.
+fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>) -> Result<()> {
+    let reader = src.open()?;
+    let mut invalid = Vec::new();
+    let summary = reader.scan(1000, |items| {
+        for it in items {
+            if let Item::Invalid(inv) = it {
+                invalid.push(inv.finding());
+            }
+        }
+        Ok(())
+    })?;
+    for w in &summary.warnings {
+        ctx.report.warn(w.clone());
+    }
+    let status = if invalid.is_empty() {
+        CheckStatus::Pass
+    } else {
+        CheckStatus::Fail
+    };
+    ctx.report.check(
+        id,
+        status,
+        format!(
+            "{} sessions readable, {} invalid",
+            summary.sessions, summary.invalid
+        ),
+        serde_json::to_value(&summary).unwrap_or_default(),
+    );
+    ctx.report.count("sessions", summary.sessions);
+    ctx.report.count("invalid", summary.invalid);
+    findings.extend(invalid);
+    Ok(())
+}
+
+fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Finding>) -> Result<()> {
+    let t = ctx.target(cfg)?;
+    let schema_name = cfg
+        .map(|c| c.postgres.schema.clone())
+        .unwrap_or_else(|| "public".into());
+    against(ctx, t.display.clone());
+    let mut c = match target::connect(&t) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.report.check(
+                "postgres_connectivity",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({"target": t.display}),
+            );
+            findings.push(Finding::new(e.code(), e.to_string()));
+            return Ok(());
+        }
+    };
+    let q = |c: &mut postgres::Client, sql: &str| -> Result<Vec<postgres::Row>> {
+        c.query(sql, &[])
+            .map_err(|e| Error::pg("checking the server", &t.display, e))
+    };
+    let v = q(
+        &mut c,
+        "SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text, current_database()::text",
+    )?;
+    let (version, encoding, user, db): (String, String, String, String) =
+        (v[0].get(0), v[0].get(1), v[0].get(2), v[0].get(3));
+    ctx.report.check(
+        "postgres_connectivity",
+        CheckStatus::Pass,
+        format!("connected to {} as {user}", t.display),
+        json!({"database": db, "user": user}),
+    );
+    let enc_ok = encoding.eq_ignore_ascii_case("UTF8");
+    ctx.report.check(
+        "postgres_version",
+        if enc_ok {
+            CheckStatus::Pass
+        } else {
+            CheckStatus::Fail
+        },
+        format!("PostgreSQL {version}, server_encoding {encoding}"),
+        json!({"server_version": version, "server_encoding": encoding}),
+    );
+    if !enc_ok {
+        findings.push(Finding::new(
+            "server_encoding",
+            format!("server_encoding is {encoding}; sessiondb needs UTF8"),
+        ));
+    }
+    // Permissions: create in the schema, or read and write the tables that exist.
+    let perms = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                    CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN has_schema_privilege($1, 'CREATE') ELSE has_database_privilege(current_database(), 'CREATE') END,
+                    (SELECT coalesce(bool_and(has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') AND has_table_privilege(c.oid, 'UPDATE')), true)
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind = 'r')",
+            &[&schema_name],
+        )
+        .map_err(|e| Error::pg("checking permissions", &t.display, e))?;
+    let (schema_exists, can_create, can_write): (bool, bool, bool) =
+        (perms.get(0), perms.get(1), perms.get(2));
+    let perm_ok =
+        can_write && (can_create || schema::table_exists(&mut c, &schema_name, "session_state")?);
+    ctx.report.check(
+        "postgres_permissions",
+        if perm_ok { CheckStatus::Pass } else { CheckStatus::Fail },
+        format!("schema {schema_name}: create {can_create}, read/write on existing tables {can_write}"),
+        json!({"schema": schema_name, "schema_exists": schema_exists, "create": can_create, "read_write": can_write}),
+    );
+    if !perm_ok {
+        findings.push(Finding::new(
+            "permission_denied",
+            format!("{user} cannot create or write the session tables in schema {schema_name}"),
+        ));
+    }
+    let st = schema::status(&mut c, &schema_name)?;
+    let schema_status = if st.problems().is_some() {
+        CheckStatus::Fail
+    } else if st.pending.is_empty() {
+        CheckStatus::Pass
+    } else {
+        CheckStatus::Warn
+    };
+    ctx.report.check(
+        "postgres_schema",
+        schema_status,
+        format!(
+            "schema versions applied {:?}, pending {:?}",
+            st.applied, st.pending
+        ),
+        serde_json::to_value(&st).unwrap_or_default(),
+    );
+    if let Some(p) = st.problems() {
+        findings.push(Finding::new("schema_mismatch", p));
+    }
+    let ext: Vec<String> = q(
+        &mut c,
+        "SELECT extname || ' ' || extversion FROM pg_extension ORDER BY 1",
+    )?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    ctx.report.check(
+        "postgres_extensions",
+        CheckStatus::Pass,
+        format!("{} extension(s)", ext.len()),
+        json!({"extensions": ext}),
+    );
+    let invalid_idx: Vec<String> = c
+        .query(
+            "SELECT ci.relname::text FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ci.relnamespace
+              WHERE n.nspname = $1 AND NOT (i.indisvalid AND i.indisready)",
+            &[&schema_name],
+        )
+        .map_err(|e| Error::pg("checking indexes", &t.display, e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let gin = schema::index_state(&mut c, &schema_name)?;
+    ctx.report.check(
+        "postgres_indexes",
+        if invalid_idx.is_empty() {
+            CheckStatus::Pass
+        } else {
+            CheckStatus::Fail
+        },
+        match (&gin, invalid_idx.is_empty()) {
+            (_, false) => format!("invalid index(es): {}", invalid_idx.join(", ")),
+            (Some((name, _, opc)), true) => format!("indexes valid; GIN index {name} ({opc})"),
+            (None, true) => "indexes valid; no GIN index on session_state yet".into(),
+        },
+        json!({"invalid": invalid_idx, "gin": gin}),
+    );
+    for i in &invalid_idx {
+        findings.push(Finding::new(
+            "invalid_index",
+            format!("index {i} is invalid: REINDEX it"),
+        ));
+    }
+    let h = q(
+        &mut c,
+        "SELECT (SELECT count(*) FROM pg_stat_activity)::bigint,
+                current_setting('max_connections')::bigint,
+                (SELECT count(*) FROM pg_locks WHERE NOT granted)::bigint,
+                (SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND now() - query_start > interval '5 minutes')::bigint",
+    )?;
+    let (conns, max, waits, long): (i64, i64, i64, i64) =
+        (h[0].get(0), h[0].get(1), h[0].get(2), h[0].get(3));
+    let busy = conns * 10 >= max * 9;
+    let health = if busy || waits > 0 || long > 0 {
+        CheckStatus::Warn
+    } else {
+        CheckStatus::Pass
+    };
+    ctx.report.check(
+        "postgres_health",
+        health,
+        format!("{conns}/{max} connections, {waits} lock wait(s), {long} query(ies) running over 5 minutes"),
+        json!({"connections": conns, "max_connections": max, "lock_waits": waits, "long_running": long}),
+    );
+    if let Some(holder) = target::lock_free(&mut c, &schema_name)? {
+        ctx.report.warn(Finding::new(
+            "lock_held",
+            format!("a sessiondb writer is running: {holder}"),
+        ));
+    }
+    Ok(())
 }

@@ -1,12 +1,29 @@
-//! `preflight` (SPEC §4). Not implemented yet: exits 2 with "not implemented yet".
+//! `preflight` (SPEC §4): one read-only pass that finds every reason a migration would
+//! fail or lose data. Writes nothing anywhere except its report: the schema is
+//! rehearsed in a transaction that is rolled back, the backup folder is probed with a
+//! file created and removed (or, when it does not exist yet, its nearest parent is
+//! checked with access(2), creating nothing).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
 
 use crate::cli::{Common, Ctx, Step};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::plan::{Counts, Planner};
+use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
+use crate::source::{self, Item, Session, Source, sqlite};
+use crate::target::{self, TableShape, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
+    /// The operator means to quarantine invalid records: they warn instead of failing.
+    #[arg(long)]
+    pub quarantine: bool,
 }
 
 impl Step for Args {
@@ -14,7 +31,785 @@ impl Step for Args {
     fn common(&self) -> &Common {
         &self.common
     }
-    fn run(&self, _ctx: &mut Ctx) -> Result<()> {
-        Err(Error::NotImplemented { step: Self::NAME })
+    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+        run(ctx, self.quarantine)
+    }
+}
+
+/// Assumed rate at which PostgreSQL ingests jsonb on one core, for the time estimate.
+const LOAD_BYTES_PER_SEC: f64 = 20.0 * 1024.0 * 1024.0;
+/// Safety margin on the estimated backup size.
+const SPACE_MARGIN: f64 = 1.25;
+const SPACE_SLACK: u64 = 16 * 1024 * 1024;
+
+pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
+    let cfg = ctx.config()?;
+    ctx.report.check(
+        "config",
+        CheckStatus::Pass,
+        format!("{} (backend {})", cfg.path.display(), cfg.backend),
+        json!({"provenance": cfg.provenance}),
+    );
+    let src = Source::from_config(&cfg);
+
+    // The source, store by store.
+    let sqlite_ok = check_sqlite(ctx, &cfg);
+
+    // The target.
+    let mut pg = connect_target(ctx, &cfg);
+    let shape = match pg.as_mut() {
+        Some(c) => target::table_shape(c, &cfg.postgres.schema, "sessions")?,
+        None => None,
+    };
+    let planner = match pg.as_mut() {
+        Some(c) => Some(Planner::new(c, &cfg.postgres.schema)?),
+        None => None,
+    };
+
+    // One pass over every session.
+    let mut stats = Stats::new(shape.as_ref());
+    let mut counts = Counts::default();
+    let mut invalid: Vec<source::Invalid> = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut summary = None;
+    let mut scan_error = None;
+    if sqlite_ok || cfg.sqlite.is_none() {
+        match src.open() {
+            Ok(reader) => {
+                let res = reader.scan(1000, |items| {
+                    let mut batch: Vec<Session> = Vec::with_capacity(items.len());
+                    for it in items {
+                        match it {
+                            Item::Session(s) => batch.push(s),
+                            Item::Invalid(i) => invalid.push(i),
+                        }
+                    }
+                    for s in &batch {
+                        stats.add(s);
+                        counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+                    }
+                    counts.sessions += batch.len() as u64;
+                    if let (Some(p), Some(c)) = (&planner, pg.as_mut()) {
+                        let (actions, cf) = p.classify(c, &batch)?;
+                        actions.into_iter().for_each(|a| counts.add(a));
+                        conflicts.extend(cf);
+                    }
+                    Ok(())
+                });
+                match res {
+                    Ok(s) => summary = Some(s),
+                    Err(e) => scan_error = Some(e),
+                }
+            }
+            Err(e) => scan_error = Some(e),
+        }
+    }
+    counts.invalid = invalid.len() as u64;
+
+    // Source checks.
+    let inv_files: Vec<&source::Invalid> = invalid
+        .iter()
+        .filter(|i| i.record == "state_file")
+        .collect();
+    let inv_rows: Vec<&source::Invalid> = invalid
+        .iter()
+        .filter(|i| i.record != "state_file")
+        .collect();
+    if let Some(e) = &scan_error {
+        ctx.report.check(
+            "source_state_files",
+            CheckStatus::Fail,
+            format!("cannot read the store: {e}"),
+            json!({}),
+        );
+        ctx.report
+            .errors
+            .push(Finding::new(e.code(), e.to_string()));
+    } else if cfg.sqlite.is_some() {
+        let s = summary.as_ref();
+        let orphans = s.map_or(0, |s| s.orphans);
+        let status = if !inv_files.is_empty() {
+            CheckStatus::Fail
+        } else if orphans > 0 {
+            CheckStatus::Warn
+        } else {
+            CheckStatus::Pass
+        };
+        ctx.report.check(
+            "source_state_files",
+            status,
+            format!("{} state files read, {} invalid, {} orphan(s), {} state conflict(s)", s.map_or(0, |s| s.state_files), inv_files.len(), orphans, s.map_or(0, |s| s.state_conflicts)),
+            json!({"invalid": inv_files.iter().take(INLINE_LIMIT).map(|i| i.finding()).collect::<Vec<_>>()}),
+        );
+    } else {
+        ctx.report.check(
+            "source_state_files",
+            CheckStatus::Skip,
+            "no [sqlite] store configured",
+            json!({}),
+        );
+    }
+    match (&cfg.json_path, &summary) {
+        (None, _) => ctx.report.check(
+            "source_json_store",
+            CheckStatus::Skip,
+            "no [json] store configured",
+            json!({}),
+        ),
+        (Some(p), Some(s)) => {
+            let dups: Vec<&Finding> = s
+                .warnings
+                .iter()
+                .filter(|w| w.code == "duplicate_id")
+                .collect();
+            let bad: Vec<&&source::Invalid> = inv_rows
+                .iter()
+                .filter(|i| i.record == "json_record")
+                .collect();
+            let status = if dups.is_empty() && bad.is_empty() {
+                CheckStatus::Pass
+            } else {
+                CheckStatus::Fail
+            };
+            ctx.report.check(
+                "source_json_store",
+                status,
+                format!(
+                    "{}: {} records, {} invalid, {} id(s) duplicated with different metadata",
+                    p.display(),
+                    s.json_records,
+                    bad.len(),
+                    dups.len()
+                ),
+                json!({"duplicates": dups.iter().take(INLINE_LIMIT).collect::<Vec<_>>()}),
+            );
+        }
+        (Some(p), None) => ctx.report.check(
+            "source_json_store",
+            CheckStatus::Fail,
+            format!("{} could not be read", p.display()),
+            json!({}),
+        ),
+    }
+    if let Some(s) = &summary {
+        for w in &s.warnings {
+            ctx.report.warn(w.clone());
+        }
+    }
+
+    // Backup location.
+    let estimate = estimate_backup(&cfg, counts.bytes);
+    check_backup_location(ctx, &cfg.backup_dir, estimate);
+
+    // Constraints: the target as it is, against the data.
+    check_constraints(
+        ctx,
+        pg.as_mut(),
+        shape.as_ref(),
+        &stats,
+        &invalid,
+        quarantine,
+        &cfg,
+    )?;
+
+    // The plan.
+    let est_secs = counts.bytes as f64 / LOAD_BYTES_PER_SEC;
+    let plan_status = if counts.conflicts > 0 {
+        CheckStatus::Fail
+    } else if counts.invalid > 0 {
+        if quarantine {
+            CheckStatus::Warn
+        } else {
+            CheckStatus::Fail
+        }
+    } else {
+        CheckStatus::Pass
+    };
+    ctx.report.check(
+        "plan",
+        plan_status,
+        format!(
+            "{} sessions: {} to insert, {} to update, {} unchanged, {} in conflict, {} invalid; {} bytes of state, about {:.0}s to load",
+            counts.sessions, counts.inserted, counts.updated, counts.unchanged, counts.conflicts, counts.invalid, counts.bytes, est_secs
+        ),
+        json!({
+            "counts": counts,
+            "estimated_load_seconds": est_secs.ceil(),
+            "estimated_backup_bytes": estimate,
+            "conflicts": conflicts.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
+            "target_reachable": pg.is_some(),
+        }),
+    );
+    counts.to_report(&mut ctx.report);
+    for i in invalid.iter().take(INLINE_LIMIT) {
+        let f = i.finding();
+        if quarantine {
+            ctx.report.warn(f)
+        } else {
+            ctx.report.errors.push(f)
+        }
+    }
+    if let Some(Ok(p)) =
+        crate::report::write_list(ctx.report_dir(), "preflight-invalid.jsonl", &invalid)
+    {
+        ctx.report.artifact("invalid_records", &p);
+    }
+    if let Some(Ok(p)) =
+        crate::report::write_list(ctx.report_dir(), "preflight-conflicts.jsonl", &conflicts)
+    {
+        ctx.report.artifact("conflicts", &p);
+    }
+    if ctx.report.has_failed_check() {
+        ctx.report
+            .next_steps
+            .push("fix every failed check, then run preflight again".into());
+        if counts.invalid > 0 && !quarantine {
+            ctx.report.next_steps.push("or accept to quarantine the invalid records: preflight --quarantine, then migrate-state --quarantine".into());
+        }
+    } else {
+        ctx.report
+            .next_steps
+            .push("backup, then migrate-state --dry-run=false".into());
+    }
+    Ok(())
+}
+
+fn check_sqlite(ctx: &mut Ctx, cfg: &Config) -> bool {
+    let Some(s) = &cfg.sqlite else {
+        ctx.report.check(
+            "source_sqlite",
+            CheckStatus::Skip,
+            "no [sqlite] store configured",
+            json!({}),
+        );
+        return false;
+    };
+    let result = (|| -> Result<u64> {
+        let conn = sqlite::open(&s.path)?;
+        let problems = sqlite::quick_check(&conn, &s.path)?;
+        if !problems.is_empty() {
+            return Err(Error::SqliteCorrupt {
+                path: s.path.clone(),
+                message: problems.join("; "),
+            });
+        }
+        sqlite::check_table(&conn, &s.path)?;
+        sqlite::count(&conn, &s.path)
+    })();
+    match result {
+        Ok(rows) => {
+            ctx.report.check(
+                "source_sqlite",
+                CheckStatus::Pass,
+                format!("{}: quick_check ok, {rows} rows", s.path.display()),
+                json!({"path": s.path, "rows": rows}),
+            );
+            true
+        }
+        Err(e) => {
+            ctx.report.check(
+                "source_sqlite",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({"path": s.path}),
+            );
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()).path(&s.path));
+            false
+        }
+    }
+}
+
+/// Connectivity, permissions and the schema rehearsal. Returns the connection if any.
+fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
+    let t = match ctx.target(Some(cfg)) {
+        Ok(t) => t,
+        Err(e) => {
+            for id in [
+                "postgres_connectivity",
+                "postgres_permissions",
+                "postgres_schema",
+            ] {
+                ctx.report
+                    .check(id, CheckStatus::Fail, e.to_string(), json!({}));
+            }
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()));
+            return None;
+        }
+    };
+    let mut c = match target::connect(&t) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.report.check(
+                "postgres_connectivity",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({"target": t.display}),
+            );
+            ctx.report.check(
+                "postgres_permissions",
+                CheckStatus::Skip,
+                "not connected",
+                json!({}),
+            );
+            ctx.report.check(
+                "postgres_schema",
+                CheckStatus::Skip,
+                "not connected",
+                json!({}),
+            );
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()));
+            return None;
+        }
+    };
+    let schema_name = cfg.postgres.schema.clone();
+    let info = c.query_one("SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text", &[]);
+    match info {
+        Ok(r) => {
+            let (v, enc, user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let ok = enc.eq_ignore_ascii_case("UTF8");
+            ctx.report.check(
+                "postgres_connectivity",
+                if ok {
+                    CheckStatus::Pass
+                } else {
+                    CheckStatus::Fail
+                },
+                format!(
+                    "{} as {user}: PostgreSQL {v}, server_encoding {enc}",
+                    t.display
+                ),
+                json!({"server_version": v, "server_encoding": enc, "user": user}),
+            );
+        }
+        Err(e) => {
+            let e = Error::pg("reading server settings", &t.display, e);
+            ctx.report.check(
+                "postgres_connectivity",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({}),
+            );
+            return None;
+        }
+    }
+    match target::lock_free(&mut c, &schema_name) {
+        Ok(Some(holder)) => ctx.report.warn(Finding::new(
+            "lock_held",
+            format!("a sessiondb writer is running now: {holder}"),
+        )),
+        Ok(None) => {}
+        Err(e) => ctx.report.warn(Finding::new(e.code(), e.to_string())),
+    }
+    // Permissions: on existing tables SELECT/INSERT/UPDATE; else CREATE in the schema.
+    let perm = c.query_one(
+        "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind IN ('r', 'p'))
+         SELECT (SELECT count(*) FROM t)::int,
+                (SELECT coalesce(bool_and(has_table_privilege(oid, 'SELECT') AND has_table_privilege(oid, 'INSERT') AND has_table_privilege(oid, 'UPDATE')), true) FROM t),
+                CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN has_schema_privilege($1, 'CREATE')
+                     ELSE has_database_privilege(current_database(), 'CREATE') END",
+        &[&schema_name],
+    );
+    match perm {
+        Ok(r) => {
+            let (existing, rw, create): (i32, bool, bool) = (r.get(0), r.get(1), r.get(2));
+            let needs_create = existing < 2;
+            let ok = rw && (create || !needs_create);
+            let summary = if ok {
+                format!(
+                    "can {} in schema {schema_name}",
+                    if needs_create {
+                        "create the tables"
+                    } else {
+                        "read and write the tables"
+                    }
+                )
+            } else if !rw {
+                format!(
+                    "missing SELECT/INSERT/UPDATE on the session tables in schema {schema_name}"
+                )
+            } else {
+                format!(
+                    "no CREATE privilege in schema {schema_name}, and the tables do not exist yet"
+                )
+            };
+            ctx.report.check(
+                "postgres_permissions",
+                if ok {
+                    CheckStatus::Pass
+                } else {
+                    CheckStatus::Fail
+                },
+                summary.clone(),
+                json!({"existing_tables": existing, "read_write": rw, "create": create}),
+            );
+            if !ok {
+                ctx.report
+                    .errors
+                    .push(Finding::new("permission_denied", summary));
+            }
+        }
+        Err(e) => {
+            let e = Error::pg("checking permissions", &t.display, e);
+            ctx.report.check(
+                "postgres_permissions",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({}),
+            );
+        }
+    }
+    match schema::rehearse(&mut c, &schema_name, &ctx.run_id()) {
+        Ok(applied) => ctx.report.check(
+            "postgres_schema",
+            CheckStatus::Pass,
+            if applied.is_empty() {
+                "schema up to date".to_owned()
+            } else {
+                format!("schema versions {applied:?} apply cleanly (rehearsed and rolled back)")
+            },
+            json!({"would_apply": applied}),
+        ),
+        Err(e) => {
+            ctx.report.check(
+                "postgres_schema",
+                CheckStatus::Fail,
+                format!("the schema does not apply: {e}"),
+                json!({}),
+            );
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()));
+        }
+    }
+    Some(c)
+}
+
+/// Per-column facts about the source that the target's constraints care about.
+struct Stats {
+    nulls: BTreeMap<&'static str, u64>,
+    max_len: BTreeMap<&'static str, usize>,
+    /// Values of columns with a unique index or a foreign key.
+    watched: HashMap<String, HashSet<String>>,
+    duplicates: HashMap<String, Vec<String>>,
+}
+
+const SOURCE_COLUMNS: [&str; 8] = [
+    "id",
+    "user_id",
+    "status",
+    "current_step",
+    "cost",
+    "created_at",
+    "updated_at",
+    "state",
+];
+
+fn value(s: &Session, col: &str) -> Option<String> {
+    match col {
+        "id" => Some(s.id.clone()),
+        "user_id" => s.meta.user_id.clone(),
+        "status" => s.meta.status.clone(),
+        "current_step" => s.meta.current_step.clone(),
+        "cost" => s.meta.cost.map(|c| c.to_string()),
+        "created_at" => s.meta.created_at.map(|t| t.to_rfc3339()),
+        "updated_at" => s.meta.updated_at.map(|t| t.to_rfc3339()),
+        _ => None,
+    }
+}
+
+impl Stats {
+    fn new(shape: Option<&TableShape>) -> Stats {
+        let mut watched = HashMap::new();
+        if let Some(sh) = shape {
+            for u in &sh.unique {
+                if u != "id" && SOURCE_COLUMNS.contains(&u.as_str()) {
+                    watched.insert(u.clone(), HashSet::new());
+                }
+            }
+            for fk in &sh.foreign_keys {
+                if SOURCE_COLUMNS.contains(&fk.column.as_str()) {
+                    watched.insert(fk.column.clone(), HashSet::new());
+                }
+            }
+        }
+        Stats {
+            nulls: BTreeMap::new(),
+            max_len: BTreeMap::new(),
+            watched,
+            duplicates: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, s: &Session) {
+        for col in SOURCE_COLUMNS {
+            let v = value(s, col);
+            match &v {
+                None => *self.nulls.entry(col).or_default() += 1,
+                Some(v) => {
+                    let l = self.max_len.entry(col).or_default();
+                    *l = (*l).max(v.chars().count());
+                }
+            }
+            if let (Some(v), Some(set)) = (v, self.watched.get_mut(col)) {
+                if !set.insert(v.clone()) {
+                    self.duplicates.entry(col.to_owned()).or_default().push(v);
+                }
+            }
+        }
+    }
+}
+
+fn type_ok(col: &str, ty: &str) -> bool {
+    let text = ["text", "character varying", "character"];
+    match col {
+        "id" | "user_id" | "status" | "current_step" => text.contains(&ty),
+        "cost" => ["double precision", "real", "numeric"].contains(&ty),
+        "created_at" | "updated_at" => {
+            ["timestamp with time zone", "timestamp without time zone"].contains(&ty)
+        }
+        "state" => ["jsonb", "json"].contains(&ty),
+        _ => true,
+    }
+}
+
+fn check_constraints(
+    ctx: &mut Ctx,
+    pg: Option<&mut postgres::Client>,
+    shape: Option<&TableShape>,
+    stats: &Stats,
+    invalid: &[source::Invalid],
+    quarantine: bool,
+    cfg: &Config,
+) -> Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(sh) = shape {
+        for col in &sh.columns {
+            let known = SOURCE_COLUMNS.contains(&col.name.as_str());
+            if known && !type_ok(&col.name, &col.data_type) {
+                problems.push(format!(
+                    "sessions.{} is {}, which cannot hold the source's values",
+                    col.name, col.data_type
+                ));
+            }
+            if col.not_null && known && col.name == "state" && !col.has_default {
+                problems.push("sessions.state is NOT NULL, but sessiondb leaves this legacy column empty (state goes to session_state)".into());
+            } else if col.not_null && known && col.name != "id" {
+                let nulls = *stats.nulls.get(col.name.as_str()).unwrap_or(&0);
+                if nulls > 0 {
+                    problems.push(format!(
+                        "sessions.{} is NOT NULL but {nulls} source session(s) have no {}",
+                        col.name, col.name
+                    ));
+                }
+            } else if col.not_null && !known && !col.has_default {
+                problems.push(format!(
+                    "sessions.{} is NOT NULL without a default, and sessiondb does not fill it",
+                    col.name
+                ));
+            }
+            if let (Some(max), Some(have)) = (col.max_len, stats.max_len.get(col.name.as_str())) {
+                if *have > max as usize {
+                    problems.push(format!(
+                        "sessions.{} is limited to {max} characters but a source value has {have}",
+                        col.name
+                    ));
+                }
+            }
+        }
+        for (col, dups) in &stats.duplicates {
+            problems.push(format!(
+                "sessions.{col} is unique but {} source value(s) repeat (e.g. {:?})",
+                dups.len(),
+                dups.first()
+            ));
+        }
+        if let Some(c) = pg {
+            for fk in &sh.foreign_keys {
+                let Some(values) = stats.watched.get(&fk.column) else {
+                    continue;
+                };
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                let mut missing: Vec<String> = Vec::new();
+                for chunk in values.chunks(10_000) {
+                    let sql = format!(
+                        "SELECT v FROM unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{}::text = v)",
+                        fk.parent,
+                        target::ident(&fk.parent_column)
+                    );
+                    let rows = c
+                        .query(&sql, &[&chunk])
+                        .map_err(|e| Error::pg("checking a foreign key", "", e))?;
+                    missing.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+                }
+                if !missing.is_empty() {
+                    missing.sort();
+                    problems.push(format!(
+                        "foreign key {} (sessions.{} → {}.{}): {} value(s) have no parent, e.g. {:?}",
+                        fk.name,
+                        fk.column,
+                        fk.parent,
+                        fk.parent_column,
+                        missing.len(),
+                        &missing[..missing.len().min(5)]
+                    ));
+                }
+            }
+        }
+    }
+    let jsonb_bad = invalid
+        .iter()
+        .filter(|i| {
+            [
+                "jsonb_incompatible_nul",
+                "invalid_json",
+                "invalid_utf8",
+                "too_large",
+            ]
+            .contains(&i.code)
+        })
+        .count();
+    let other_bad = invalid.len() - jsonb_bad;
+    let status = if !problems.is_empty() {
+        CheckStatus::Fail
+    } else if !invalid.is_empty() {
+        if quarantine {
+            CheckStatus::Warn
+        } else {
+            CheckStatus::Fail
+        }
+    } else {
+        CheckStatus::Pass
+    };
+    let mut summary = if problems.is_empty() {
+        "the target's constraints accept the data".to_owned()
+    } else {
+        problems.join("; ")
+    };
+    if !invalid.is_empty() {
+        summary.push_str(&format!(
+            "; {} invalid record(s) ({jsonb_bad} rejected by jsonb, {other_bad} with bad fields){}",
+            invalid.len(),
+            if quarantine {
+                ", to be quarantined"
+            } else {
+                ": migrate-state would refuse (use --quarantine to set them aside)"
+            }
+        ));
+    }
+    for p in &problems {
+        ctx.report
+            .errors
+            .push(Finding::new("constraint", p.clone()));
+    }
+    ctx.report.check(
+        "constraints",
+        status,
+        summary,
+        json!({"existing_table": shape, "problems": problems, "schema": cfg.postgres.schema, "invalid_by_code": by_code(invalid)}),
+    );
+    Ok(())
+}
+
+fn by_code(invalid: &[source::Invalid]) -> BTreeMap<&'static str, u64> {
+    let mut m = BTreeMap::new();
+    for i in invalid {
+        *m.entry(i.code).or_default() += 1;
+    }
+    m
+}
+
+/// What a backup of this store will take, roughly: the database, every state file,
+/// the JSON store, and the JSON Lines dump (about the states again).
+pub fn estimate_backup(cfg: &Config, state_bytes: u64) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut total = state_bytes * 2;
+    if let Some(s) = &cfg.sqlite {
+        total += size(&s.path) + size(&PathBuf::from(format!("{}-wal", s.path.display())));
+    }
+    if let Some(j) = &cfg.json_path {
+        total += size(j) * 2;
+    }
+    total
+}
+
+fn nearest_existing(p: &Path) -> PathBuf {
+    let mut cur = p.to_path_buf();
+    while !cur.exists() {
+        match cur.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => cur = parent.to_path_buf(),
+            _ => return PathBuf::from("."),
+        }
+    }
+    cur
+}
+
+fn check_backup_location(ctx: &mut Ctx, dir: &Path, estimate: u64) {
+    let base = nearest_existing(dir);
+    let writable = if base == dir {
+        let probe = dir.join(format!(
+            ".sessiondb-probe-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(base.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().to_string())
+        }
+    };
+    let need = (estimate as f64 * SPACE_MARGIN) as u64 + SPACE_SLACK;
+    let free = crate::fsutil::available_space(&base).ok();
+    let details = json!({"dir": dir, "checked": base, "estimated_backup_bytes": estimate, "needed_with_margin": need, "available": free});
+    match (writable, free) {
+        (Err(e), _) => {
+            let msg = format!("{} is not writable: {e}", base.display());
+            ctx.report
+                .check("backup_location", CheckStatus::Fail, msg.clone(), details);
+            ctx.report
+                .errors
+                .push(Finding::new("permission_denied", msg).path(&base));
+        }
+        (Ok(()), Some(free)) if free < need => {
+            let msg = format!(
+                "{} has {free} bytes free; a backup needs about {need} (estimate {estimate} plus margin)",
+                base.display()
+            );
+            ctx.report
+                .check("backup_location", CheckStatus::Fail, msg.clone(), details);
+            ctx.report
+                .errors
+                .push(Finding::new("disk_space", msg).path(&base));
+        }
+        (Ok(()), free) => ctx.report.check(
+            "backup_location",
+            CheckStatus::Pass,
+            format!(
+                "{} writable, {} bytes free for an estimated {need}",
+                dir.display(),
+                free.map_or("unknown".into(), |f| f.to_string())
+            ),
+            details,
+        ),
     }
 }

@@ -2,6 +2,7 @@
 //! the real binaries that decodes stdout into the real report type.
 
 pub mod pg;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,10 +22,18 @@ pub struct Run {
 
 impl Run {
     pub fn count(&self, k: &str) -> u64 {
-        *self.report.counts.get(k).unwrap_or_else(|| panic!("no count {k} in {:?}", self.report.counts))
+        *self
+            .report
+            .counts
+            .get(k)
+            .unwrap_or_else(|| panic!("no count {k} in {:?}", self.report.counts))
     }
     pub fn check(&self, id: &str) -> &sessiondb::report::Check {
-        self.report.checks.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no check {id}: {}", self.stdout))
+        self.report
+            .checks
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap_or_else(|| panic!("no check {id}: {}", self.stdout))
     }
     pub fn has_warning(&self, code: &str) -> bool {
         self.report.warnings.iter().any(|w| w.code == code)
@@ -42,8 +51,19 @@ pub struct Cmd {
 
 /// Variables a test must never inherit from the machine.
 const SCRUB: &[&str] = &[
-    "DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE",
-    "SESSIONDB_CONFIG", "SESSIONDB_REPORT_DIR", "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "SESSIONDB_LOG",
+    "DATABASE_URL",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSERVICE",
+    "SESSIONDB_CONFIG",
+    "SESSIONDB_REPORT_DIR",
+    "DB_POOL_SIZE",
+    "DB_MAX_OVERFLOW",
+    "SESSIONDB_LOG",
 ];
 
 pub fn bin_path(name: &str) -> PathBuf {
@@ -71,7 +91,10 @@ impl Cmd {
         for k in SCRUB {
             cmd.env_remove(k);
         }
-        Cmd { cmd, desc: format!("{name} {}", args.join(" ")) }
+        Cmd {
+            cmd,
+            desc: format!("{name} {}", args.join(" ")),
+        }
     }
     pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Cmd {
         self.cmd.env(k, v);
@@ -91,21 +114,40 @@ impl Cmd {
     }
     /// Run; stdout must be exactly one report.
     pub fn run(mut self) -> Run {
-        let out = self.cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.desc));
+        let out = self
+            .cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.desc));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!("{}: stdout is not one report ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", self.desc)
+            panic!(
+                "{}: stdout is not one report ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+                self.desc
+            )
         });
         let code = out.status.code().unwrap_or(-1);
-        assert_eq!(report.exit_code, code, "{}: report exit_code differs from the process's\n{stderr}", self.desc);
-        Run { code, stdout, stderr, report }
+        assert_eq!(
+            report.exit_code, code,
+            "{}: report exit_code differs from the process's\n{stderr}",
+            self.desc
+        );
+        Run {
+            code,
+            stdout,
+            stderr,
+            report,
+        }
     }
     /// Run and assert the exit code.
     pub fn expect(self, code: i32) -> Run {
         let desc = self.desc.clone();
         let r = self.run();
-        assert_eq!(r.code, code, "{desc}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}", r.code, r.stdout, r.stderr);
+        assert_eq!(
+            r.code, code,
+            "{desc}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            r.code, r.stdout, r.stderr
+        );
         r
     }
 }
@@ -115,7 +157,12 @@ pub struct TempDir(Option<tempfile::TempDir>);
 
 impl TempDir {
     pub fn new() -> TempDir {
-        TempDir(Some(tempfile::Builder::new().prefix("sessiondb-test-").tempdir().expect("tempdir")))
+        TempDir(Some(
+            tempfile::Builder::new()
+                .prefix("sessiondb-test-")
+                .tempdir()
+                .expect("tempdir"),
+        ))
     }
     pub fn path(&self) -> &Path {
         self.0.as_ref().expect("live").path()

@@ -30,7 +30,12 @@ fn start_shared_cluster() -> String {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
     std::fs::create_dir_all(&dir).unwrap();
     let lock_path = dir.with_extension("lock");
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
@@ -65,7 +70,10 @@ pub fn password() -> String {
     let u = admin_url();
     let after = &u["postgresql://".len()..];
     let userinfo = after.split('@').next().unwrap();
-    userinfo.split_once(':').map(|(_, p)| p.to_owned()).unwrap_or_default()
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default()
 }
 
 /// A database of its own for one test: dropped when the test passes, kept (and named on
@@ -77,10 +85,28 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn new(label: &str) -> TestDb {
-        let clean: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-        let name = format!("t_{}_{}", &clean[..clean.len().min(40)], &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        admin().batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create test database");
-        TestDb { url: url_for(&name), name }
+        let clean: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!(
+            "t_{}_{}",
+            &clean[..clean.len().min(40)],
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        admin()
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create test database");
+        TestDb {
+            url: url_for(&name),
+            name,
+        }
     }
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to test database")
@@ -94,7 +120,10 @@ impl Drop for TestDb {
             return;
         }
         if let Ok(mut c) = postgres::Client::connect(admin_url(), postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }

@@ -1,0 +1,755 @@
+//! The legacy store (SPEC §1): the SQLite `sessions` table, the state files, and the
+//! deprecated JSON store, resolved into sessions. Opened read-only; never written.
+//!
+//! Resolution: metadata from the SQLite row, else the JSON store record; state from
+//! `state.json`, else the SQLite `state` column, else the JSON record's `state`. Where
+//! two sources disagree about the state the file wins (`state_conflict`). A state file
+//! with no metadata is an `orphan_state_file`. Invalid records come out as
+//! [`Item::Invalid`] with their code and raw bytes, never dropped.
+//!
+//! [`Reader::scan`] streams: SQLite rows are read in id order inside one read
+//! transaction (a consistent snapshot of a live WAL database), state files are read and
+//! canonicalised in parallel one batch ahead of the consumer, so memory stays flat in
+//! the number of sessions.
+
+pub mod fields;
+mod files;
+mod json_store;
+pub mod sqlite;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::canon;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::report::Finding;
+use fields::{FieldError, Raw};
+
+pub use json_store::JsonRecord;
+
+/// Session metadata, parsed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Meta {
+    pub user_id: Option<String>,
+    pub status: Option<String>,
+    pub current_step: Option<String>,
+    pub cost: Option<f64>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Where a piece of a session came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    SqliteRow,
+    SqliteColumn,
+    StateFile,
+    JsonStore,
+}
+
+/// A session's state: the original text (loaded as is) and its canonical jsonb form.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub raw: Vec<u8>,
+    pub canonical: String,
+    pub origin: Origin,
+    pub path: Option<PathBuf>,
+}
+
+impl State {
+    /// `v1:` + SHA-256 of the canonical text: equal to `sha256(convert_to(state::text, 'UTF8'))`
+    /// of the stored jsonb, with the prefix.
+    pub fn hash(&self) -> String {
+        canon::hash_canonical(&self.canonical)
+    }
+}
+
+/// One resolved, valid session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub meta: Meta,
+    pub meta_origin: Origin,
+    pub state: Option<State>,
+}
+
+impl Session {
+    /// Whether the id can be written back as one path component.
+    pub fn path_safe(&self) -> bool {
+        fields::path_safe(&self.id)
+    }
+
+    /// The versioned content hash of the whole session (metadata and canonical state).
+    pub fn content_hash(&self) -> String {
+        content_hash(
+            &self.id,
+            &self.meta,
+            self.state.as_ref().map(|s| s.canonical.as_str()),
+        )
+    }
+}
+
+/// The content hash over metadata and canonical state. The target side computes the
+/// same from what PostgreSQL holds, so source and target compare without shipping state.
+pub fn content_hash(id: &str, m: &Meta, canonical_state: Option<&str>) -> String {
+    const NULL: &[u8] = b"\x01";
+    let mut h = Sha256::new();
+    h.update(b"v1\0");
+    let mut field = |v: Option<&[u8]>| {
+        h.update(v.unwrap_or(NULL));
+        h.update(b"\0");
+    };
+    field(Some(id.as_bytes()));
+    field(m.user_id.as_deref().map(str::as_bytes));
+    field(m.status.as_deref().map(str::as_bytes));
+    field(m.current_step.as_deref().map(str::as_bytes));
+    let cost = m.cost.map(|c| format!("{c:?}"));
+    field(cost.as_deref().map(str::as_bytes));
+    let ca = m.created_at.as_ref().map(fields::fmt_ts);
+    field(ca.as_deref().map(str::as_bytes));
+    let ua = m.updated_at.as_ref().map(fields::fmt_ts);
+    field(ua.as_deref().map(str::as_bytes));
+    field(canonical_state.map(str::as_bytes));
+    format!("v1:{}", hex::encode(h.finalize()))
+}
+
+/// A record that cannot be migrated as it is: its code, what is wrong, and its raw bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invalid {
+    /// The id, when there is one (it may itself be what is invalid).
+    pub id: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+    /// The file holding the bad bytes, if any.
+    pub path: Option<PathBuf>,
+    /// What kind of record: `state_file`, `sqlite_row`, `json_record`.
+    pub record: &'static str,
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+impl Invalid {
+    pub fn finding(&self) -> Finding {
+        let mut f = Finding::new(self.code, self.message.clone());
+        f.session = self.id.clone();
+        f.path = self.path.as_ref().map(|p| p.display().to_string());
+        f
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Item {
+    Session(Session),
+    Invalid(Invalid),
+}
+
+/// What a scan saw besides the items: warnings and counts.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    pub sessions: u64,
+    pub invalid: u64,
+    /// Raw state bytes of the valid sessions.
+    pub state_bytes: u64,
+    pub sqlite_rows: u64,
+    pub json_records: u64,
+    pub state_files: u64,
+    pub orphans: u64,
+    pub state_conflicts: u64,
+    pub duplicate_ids: u64,
+    #[serde(skip)]
+    pub warnings: Vec<Finding>,
+}
+
+/// The legacy store's locations.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub sqlite: Option<crate::config::SqliteSource>,
+    pub json_path: Option<PathBuf>,
+}
+
+impl Source {
+    pub fn from_config(cfg: &Config) -> Source {
+        Source {
+            sqlite: cfg.sqlite.clone(),
+            json_path: cfg.json_path.clone(),
+        }
+    }
+
+    /// Open every part of the store read-only and load the JSON store's index.
+    pub fn open(&self) -> Result<Reader> {
+        if self.sqlite.is_none() && self.json_path.is_none() {
+            return Err(Error::InvalidSource {
+                code: "config_invalid",
+                message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
+            });
+        }
+        let db = match &self.sqlite {
+            Some(s) => {
+                let conn = sqlite::open(&s.path)?;
+                sqlite::check_table(&conn, &s.path)?;
+                if !s.sessions_dir.is_dir() {
+                    return Err(Error::Unreadable {
+                        path: s.sessions_dir.clone(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "sqlite.sessions_dir is not a folder (is a volume missing?)",
+                        ),
+                    });
+                }
+                Some(conn)
+            }
+            None => None,
+        };
+        let (json, json_warnings) = match &self.json_path {
+            Some(p) => {
+                let (records, warnings) = json_store::load(p)?;
+                (records, warnings)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Reader {
+            source: self.clone(),
+            db,
+            json,
+            json_warnings,
+        })
+    }
+
+    /// A cheap fingerprint of the store as it is on disk: sizes and modification times
+    /// of the database (and its WAL), the JSON store, and every state file. Any write
+    /// to the store changes it.
+    pub fn quick_fingerprint(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        let mut stat = |p: &Path| {
+            h.update(p.as_os_str().as_encoded_bytes());
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                use std::os::unix::fs::MetadataExt;
+                h.update(m.size().to_le_bytes());
+                h.update(m.mtime().to_le_bytes());
+                h.update(m.mtime_nsec().to_le_bytes());
+                h.update(m.ino().to_le_bytes());
+            }
+        };
+        if let Some(s) = &self.sqlite {
+            stat(&s.path);
+            stat(&PathBuf::from(format!("{}-wal", s.path.display())));
+            let mut names: Vec<_> = match std::fs::read_dir(&s.sessions_dir) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+                Err(e) => {
+                    return Err(Error::Unreadable {
+                        path: s.sessions_dir.clone(),
+                        source: e,
+                    });
+                }
+            };
+            names.sort();
+            for n in names {
+                stat(&s.sessions_dir.join(&n).join("state.json"));
+            }
+        }
+        if let Some(j) = &self.json_path {
+            stat(j);
+        }
+        Ok(format!("q1:{}", hex::encode(h.finalize())))
+    }
+}
+
+/// An open legacy store.
+pub struct Reader {
+    source: Source,
+    db: Option<rusqlite::Connection>,
+    json: Vec<JsonRecord>,
+    json_warnings: Vec<Finding>,
+}
+
+/// A SQLite row, as read.
+struct Row {
+    id: Raw,
+    user_id: Raw,
+    status: Raw,
+    current_step: Raw,
+    cost: Raw,
+    created_at: Raw,
+    updated_at: Raw,
+    state: Raw,
+}
+
+impl Reader {
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Rows in the SQLite table (0 without SQLite) plus JSON-only records: a quick
+    /// estimate of the number of sessions, for progress.
+    pub fn estimate(&self) -> Result<u64> {
+        let rows = match (&self.db, &self.source.sqlite) {
+            (Some(db), Some(s)) => sqlite::count(db, &s.path)?,
+            _ => 0,
+        };
+        Ok(rows + self.json.len() as u64)
+    }
+
+    /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows by id,
+    /// then sessions only in the JSON store. Returns the summary with its warnings.
+    pub fn scan(self, batch: usize, mut f: impl FnMut(Vec<Item>) -> Result<()>) -> Result<Summary> {
+        let batch = batch.max(1);
+        let mut summary = Summary {
+            warnings: self.json_warnings.clone(),
+            ..Summary::default()
+        };
+        summary.json_records = self.json.len() as u64;
+        // Index the JSON store by id; the last record of a duplicated id wins (warned).
+        let mut json_by_id: HashMap<String, usize> = HashMap::new();
+        for (i, r) in self.json.iter().enumerate() {
+            if let Ok(id) = &r.id {
+                if json_by_id.insert(id.clone(), i).is_some() {
+                    summary.duplicate_ids += 1;
+                    summary.warnings.push(
+                        Finding::new("duplicate_id", format!("session {id} appears more than once in the JSON store; the last record wins"))
+                            .session(id),
+                    );
+                }
+            }
+        }
+        let json = Arc::new(self.json);
+        let json_by_id = Arc::new(json_by_id);
+        let sessions_dir = self.source.sqlite.as_ref().map(|s| s.sessions_dir.clone());
+        let sessions_root = sessions_dir
+            .as_ref()
+            .and_then(|d| std::fs::canonicalize(d).ok());
+        let ctx = Arc::new(Resolve {
+            sessions_dir: sessions_dir.clone(),
+            sessions_root,
+            json: json.clone(),
+            json_by_id: json_by_id.clone(),
+        });
+        let mut seen_in_sqlite: HashSet<String> = HashSet::new();
+
+        // Stage 1 (a thread): read rows and resolve them in parallel, one batch ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Item, Vec<Finding>)>>>(2);
+        let producer = match (self.db, &self.source.sqlite) {
+            (Some(db), Some(s)) => {
+                let path = s.path.clone();
+                let ctx = ctx.clone();
+                Some(std::thread::spawn(move || {
+                    let res = sqlite::for_each_chunk(&db, &path, batch, |rows| {
+                        let resolved: Vec<_> =
+                            rows.into_par_iter().map(|r| ctx.resolve_row(r)).collect();
+                        tx.send(Ok(resolved)).map_err(|_| Error::Refused {
+                            code: "cancelled",
+                            message: "scan cancelled".into(),
+                        })
+                    });
+                    if let Err(e) = res {
+                        let _ = tx.send(Err(e));
+                    }
+                }))
+            }
+            _ => {
+                drop(tx);
+                None
+            }
+        };
+        let mut consumer_err = None;
+        for chunk in rx.iter() {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    consumer_err = Some(e);
+                    break;
+                }
+            };
+            let mut items = Vec::with_capacity(chunk.len());
+            for (item, warnings) in chunk {
+                summary.sqlite_rows += 1;
+                if let Item::Session(s) = &item {
+                    if json_by_id.contains_key(&s.id) {
+                        seen_in_sqlite.insert(s.id.clone());
+                    }
+                } else if let Item::Invalid(Invalid { id: Some(id), .. }) = &item {
+                    if json_by_id.contains_key(id) {
+                        seen_in_sqlite.insert(id.clone());
+                    }
+                }
+                tally(&mut summary, &item, warnings);
+                items.push(item);
+            }
+            if let Err(e) = f(items) {
+                consumer_err = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        if let Some(p) = producer {
+            let _ = p.join();
+        }
+        if let Some(e) = consumer_err {
+            return Err(e);
+        }
+
+        // Stage 2: sessions only in the JSON store, and JSON records without a usable id.
+        let mut pending: Vec<usize> = Vec::new();
+        for (i, r) in json.iter().enumerate() {
+            let keep = match &r.id {
+                Ok(id) => json_by_id.get(id) == Some(&i) && !seen_in_sqlite.contains(id),
+                Err(_) => true,
+            };
+            if keep {
+                pending.push(i);
+            }
+        }
+        for idx in pending.chunks(batch) {
+            let resolved: Vec<_> = idx
+                .par_iter()
+                .map(|&i| ctx.resolve_json_only(&json[i]))
+                .collect();
+            let mut items = Vec::with_capacity(resolved.len());
+            for (item, warnings) in resolved {
+                tally(&mut summary, &item, warnings);
+                items.push(item);
+            }
+            f(items)?;
+        }
+
+        // Stage 3: state files with no metadata anywhere.
+        if let (Some(dir), Some(s)) = (&sessions_dir, &self.source.sqlite) {
+            let db = sqlite::open(&s.path)?;
+            let mut names = 0u64;
+            let rd = std::fs::read_dir(dir).map_err(|e| Error::Unreadable {
+                path: dir.clone(),
+                source: e,
+            })?;
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::Unreadable {
+                    path: dir.clone(),
+                    source: e,
+                })?;
+                let name = entry.file_name();
+                let state = entry.path().join("state.json");
+                if std::fs::symlink_metadata(&state).is_err() {
+                    continue;
+                }
+                names += 1;
+                let Some(name) = name.to_str() else {
+                    summary.orphans += 1;
+                    summary.warnings.push(
+                        Finding::new(
+                            "orphan_state_file",
+                            format!(
+                                "{} has a folder name that is not UTF-8: not migrated, not deleted",
+                                state.display()
+                            ),
+                        )
+                        .path(&state),
+                    );
+                    continue;
+                };
+                if json_by_id.contains_key(name) || sqlite::has_id(&db, &s.path, name)? {
+                    continue;
+                }
+                summary.orphans += 1;
+                summary.warnings.push(
+                    Finding::new("orphan_state_file", format!("{} has no metadata in SQLite or the JSON store: not migrated, not deleted", state.display()))
+                        .session(name)
+                        .path(&state),
+                );
+            }
+            summary.state_files = names;
+        }
+        Ok(summary)
+    }
+}
+
+fn tally(summary: &mut Summary, item: &Item, warnings: Vec<Finding>) {
+    for w in warnings {
+        if w.code == "state_conflict" {
+            summary.state_conflicts += 1;
+        }
+        if w.code == "duplicate_id" {
+            summary.duplicate_ids += 1;
+        }
+        summary.warnings.push(w);
+    }
+    match item {
+        Item::Session(s) => {
+            summary.sessions += 1;
+            summary.state_bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+        }
+        Item::Invalid(_) => summary.invalid += 1,
+    }
+}
+
+/// What resolving a row needs, shared by the parallel workers.
+struct Resolve {
+    sessions_dir: Option<PathBuf>,
+    sessions_root: Option<PathBuf>,
+    json: Arc<Vec<JsonRecord>>,
+    json_by_id: Arc<HashMap<String, usize>>,
+}
+
+fn invalid_field(
+    id: Option<String>,
+    e: FieldError,
+    record: &'static str,
+    path: Option<PathBuf>,
+    raw: Vec<u8>,
+) -> Item {
+    let msg = match &id {
+        Some(i) => format!("session {i}: {}", e.message),
+        None => e.message,
+    };
+    Item::Invalid(Invalid {
+        id,
+        code: e.code,
+        message: msg,
+        path,
+        record,
+        raw,
+    })
+}
+
+impl Resolve {
+    fn resolve_row(&self, r: Row) -> (Item, Vec<Finding>) {
+        let raw_row = || row_bytes(&r);
+        let id = match fields::id(&r.id) {
+            Ok(id) => id,
+            Err(e) => {
+                return (
+                    invalid_field(None, e, "sqlite_row", None, raw_row()),
+                    vec![],
+                );
+            }
+        };
+        let meta = match parse_meta(
+            &r.user_id,
+            &r.status,
+            &r.current_step,
+            &r.cost,
+            &r.created_at,
+            &r.updated_at,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                return (
+                    invalid_field(Some(id), e, "sqlite_row", None, raw_row()),
+                    vec![],
+                );
+            }
+        };
+        let mut warnings = Vec::new();
+        let json_rec = self.json_by_id.get(&id).map(|&i| &self.json[i]);
+        if let Some(rec) = json_rec {
+            if let Ok(jm) = &rec.meta {
+                if jm != &meta {
+                    warnings.push(
+                        Finding::new("duplicate_id", format!("session {id} is in SQLite and in the JSON store with different metadata; SQLite's is used"))
+                            .session(&id),
+                    );
+                }
+            }
+        }
+        let column = match &r.state {
+            Raw::Null => None,
+            other => Some(other.bytes()),
+        };
+        let json_state = json_rec.and_then(|rec| rec.state.clone());
+        match self.resolve_state(
+            &id,
+            column.map(|b| (b, Origin::SqliteColumn)),
+            json_state,
+            &mut warnings,
+        ) {
+            Ok(state) => (
+                Item::Session(Session {
+                    id,
+                    meta,
+                    meta_origin: Origin::SqliteRow,
+                    state,
+                }),
+                warnings,
+            ),
+            Err(inv) => (Item::Invalid(inv), warnings),
+        }
+    }
+
+    fn resolve_json_only(&self, rec: &JsonRecord) -> (Item, Vec<Finding>) {
+        let id = match &rec.id {
+            Ok(id) => id.clone(),
+            Err(e) => {
+                return (
+                    invalid_field(
+                        None,
+                        e.clone(),
+                        "json_record",
+                        rec.path.clone(),
+                        rec.raw.clone(),
+                    ),
+                    vec![],
+                );
+            }
+        };
+        let meta = match &rec.meta {
+            Ok(m) => m.clone(),
+            Err(e) => {
+                return (
+                    invalid_field(
+                        Some(id),
+                        e.clone(),
+                        "json_record",
+                        rec.path.clone(),
+                        rec.raw.clone(),
+                    ),
+                    vec![],
+                );
+            }
+        };
+        let mut warnings = Vec::new();
+        match self.resolve_state(&id, None, rec.state.clone(), &mut warnings) {
+            Ok(state) => (
+                Item::Session(Session {
+                    id,
+                    meta,
+                    meta_origin: Origin::JsonStore,
+                    state,
+                }),
+                warnings,
+            ),
+            Err(inv) => (Item::Invalid(inv), warnings),
+        }
+    }
+
+    /// Pick the state by precedence (file, column, JSON record), validating what is chosen
+    /// and warning where sources disagree.
+    fn resolve_state(
+        &self,
+        id: &str,
+        column: Option<(Vec<u8>, Origin)>,
+        json: Option<Vec<u8>>,
+        warnings: &mut Vec<Finding>,
+    ) -> std::result::Result<Option<State>, Invalid> {
+        let mut candidates: Vec<(Vec<u8>, Origin, Option<PathBuf>)> = Vec::new();
+        if let (Some(dir), true) = (&self.sessions_dir, fields::path_safe(id)) {
+            match files::read_state(dir, self.sessions_root.as_deref(), id) {
+                Ok(Some((bytes, path))) => candidates.push((bytes, Origin::StateFile, Some(path))),
+                Ok(None) => {}
+                Err(inv) => return Err(inv),
+            }
+        }
+        if let Some((b, o)) = column {
+            candidates.push((b, o, None));
+        }
+        if let Some(b) = json {
+            candidates.push((b, Origin::JsonStore, None));
+        }
+        let mut chosen: Option<State> = None;
+        for (raw, origin, path) in candidates {
+            let canonical = canon::canonicalize(&raw);
+            match (&chosen, canonical) {
+                (None, Ok(c)) => {
+                    chosen = Some(State {
+                        raw,
+                        canonical: c,
+                        origin,
+                        path,
+                    })
+                }
+                (None, Err(e)) => {
+                    let record = match origin {
+                        Origin::StateFile => "state_file",
+                        Origin::SqliteColumn | Origin::SqliteRow => "sqlite_row",
+                        Origin::JsonStore => "json_record",
+                    };
+                    let where_ = match &path {
+                        Some(p) => p.display().to_string(),
+                        None => format!("the {} state", origin_name(&origin)),
+                    };
+                    return Err(Invalid {
+                        id: Some(id.to_owned()),
+                        code: e.code(),
+                        message: format!("session {id}: {where_}: {e}"),
+                        path,
+                        record,
+                        raw,
+                    });
+                }
+                (Some(win), other) => {
+                    let differs = match &other {
+                        Ok(c) => c != &win.canonical,
+                        Err(_) => true,
+                    };
+                    if differs {
+                        warnings.push(
+                            Finding::new(
+                                "state_conflict",
+                                format!(
+                                    "session {id}: the {} state differs from the {} state; the {} wins",
+                                    origin_name(&origin),
+                                    origin_name(&win.origin),
+                                    origin_name(&win.origin)
+                                ),
+                            )
+                            .session(id),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+fn origin_name(o: &Origin) -> &'static str {
+    match o {
+        Origin::StateFile => "state.json",
+        Origin::SqliteColumn | Origin::SqliteRow => "SQLite column",
+        Origin::JsonStore => "JSON store",
+    }
+}
+
+pub(crate) fn parse_meta(
+    user_id: &Raw,
+    status: &Raw,
+    step: &Raw,
+    cost: &Raw,
+    created: &Raw,
+    updated: &Raw,
+) -> std::result::Result<Meta, FieldError> {
+    Ok(Meta {
+        user_id: fields::text("user_id", user_id)?,
+        status: fields::text("status", status)?,
+        current_step: fields::text("current_step", step)?,
+        cost: fields::cost(cost)?,
+        created_at: fields::timestamp("created_at", created)?,
+        updated_at: fields::timestamp("updated_at", updated)?,
+    })
+}
+
+/// A SQLite row as JSON Lines bytes, for quarantine (binary values as hex).
+fn row_bytes(r: &Row) -> Vec<u8> {
+    let v = |x: &Raw| match x {
+        Raw::Null => serde_json::Value::Null,
+        Raw::Integer(i) => serde_json::json!(i),
+        Raw::Real(f) => serde_json::json!(f),
+        Raw::Text(s) => serde_json::json!(s),
+        Raw::Blob(b) => serde_json::json!({ "hex": hex::encode(b) }),
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "id": v(&r.id), "user_id": v(&r.user_id), "status": v(&r.status),
+        "current_step": v(&r.current_step), "cost": v(&r.cost), "created_at": v(&r.created_at),
+        "updated_at": v(&r.updated_at), "state": v(&r.state),
+    }))
+    .unwrap_or_default()
+}
+
+/// Load the deprecated JSON store (for `check`): its records and warnings.
+pub fn load_json_store(p: &Path) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
+    json_store::load(p)
+}

@@ -1,0 +1,262 @@
+//! The versioned target schema (SPEC §2). Each version is applied once, in a
+//! transaction, and recorded with its checksum; an applied version is never edited
+//! (add a new one). Tables the application created already are used as they are.
+
+use postgres::{Client, GenericClient};
+use serde::Serialize;
+use sha2::Digest;
+
+use super::{ident, qualified};
+use crate::error::{Error, Result};
+
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    /// SQL with `{schema}` standing for the quoted schema name.
+    pub sql: &'static str,
+}
+
+pub const VERSIONS_TABLE: &str = "sessiondb_schema_versions";
+pub const GIN_INDEX: &str = "session_state_state_gin";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "sessions, session_state and bookkeeping",
+    sql: r#"
+CREATE TABLE IF NOT EXISTS {schema}.sessions (
+    id text PRIMARY KEY,
+    user_id text,
+    status text,
+    current_step text,
+    cost double precision,
+    created_at timestamptz,
+    updated_at timestamptz,
+    state jsonb
+);
+CREATE TABLE IF NOT EXISTS {schema}.session_state (
+    session_id text PRIMARY KEY REFERENCES {schema}.sessions(id) ON DELETE CASCADE,
+    state jsonb NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.sessiondb_runs (
+    run_id uuid PRIMARY KEY,
+    step text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    status text NOT NULL DEFAULT 'running',
+    host text,
+    pid integer,
+    tool_version text,
+    source_fingerprint text,
+    backup text,
+    counts jsonb
+);
+CREATE TABLE IF NOT EXISTS {schema}.sessiondb_ledger (
+    session_id text PRIMARY KEY,
+    status text NOT NULL,
+    content_hash text,
+    state_hash text,
+    code text,
+    source_stamp text,
+    run_id uuid NOT NULL,
+    migrated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {schema}.sessiondb_verifications (
+    run_id uuid PRIMARY KEY,
+    verified_at timestamptz NOT NULL DEFAULT now(),
+    source_fingerprint text NOT NULL,
+    passed boolean NOT NULL,
+    sample integer,
+    counts jsonb NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.sessiondb_cutovers (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    kind text NOT NULL,
+    from_backend text NOT NULL,
+    to_backend text NOT NULL,
+    config_path text NOT NULL,
+    config_sha256 text NOT NULL,
+    verify_run_id uuid,
+    run_id uuid NOT NULL
+);
+"#,
+}];
+
+pub fn checksum(m: &Migration) -> String {
+    hex::encode(sha2::Sha256::digest(m.sql.as_bytes()))
+}
+
+fn render(m: &Migration, schema: &str) -> String {
+    m.sql.replace("{schema}", &ident(schema))
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Status {
+    pub applied: Vec<i32>,
+    pub pending: Vec<i32>,
+    /// Applied with a checksum other than this tool's: someone edited a version.
+    pub mismatched: Vec<i32>,
+    /// Applied by a newer tool.
+    pub unknown: Vec<i32>,
+}
+
+impl Status {
+    pub fn problems(&self) -> Option<String> {
+        if !self.mismatched.is_empty() {
+            return Some(format!(
+                "schema version(s) {:?} were applied with a different checksum than this tool's: an applied version was edited; restore it or add a new version",
+                self.mismatched
+            ));
+        }
+        if !self.unknown.is_empty() {
+            return Some(format!(
+                "schema version(s) {:?} were applied by a newer sessiondb; use that version",
+                self.unknown
+            ));
+        }
+        None
+    }
+}
+
+pub fn table_exists(c: &mut impl GenericClient, schema: &str, table: &str) -> Result<bool> {
+    c.query_one(
+        "SELECT to_regclass($1) IS NOT NULL",
+        &[&qualified(schema, table)],
+    )
+    .map(|r| r.get(0))
+    .map_err(|e| Error::pg("reading the catalog", "", e))
+}
+
+/// What is applied and what is pending.
+pub fn status(c: &mut impl GenericClient, schema: &str) -> Result<Status> {
+    let mut s = Status::default();
+    let applied: Vec<(i32, String)> = if table_exists(c, schema, VERSIONS_TABLE)? {
+        c.query(
+            &format!(
+                "SELECT version, checksum FROM {} ORDER BY version",
+                qualified(schema, VERSIONS_TABLE)
+            ),
+            &[],
+        )
+        .map_err(|e| Error::pg("reading schema versions", "", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    for (v, sum) in &applied {
+        match MIGRATIONS.iter().find(|m| m.version == *v) {
+            Some(m) if &checksum(m) == sum => s.applied.push(*v),
+            Some(_) => s.mismatched.push(*v),
+            None => s.unknown.push(*v),
+        }
+    }
+    for m in MIGRATIONS {
+        if !applied.iter().any(|(v, _)| *v == m.version) {
+            s.pending.push(m.version);
+        }
+    }
+    Ok(s)
+}
+
+/// Apply every pending version inside the caller's transaction. Returns what was applied.
+pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<Vec<i32>> {
+    let schema_exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .map_err(|e| Error::pg("reading the catalog", "", e))?
+        .get(0);
+    if !schema_exists {
+        tx.batch_execute(&format!("CREATE SCHEMA {}", ident(schema)))
+            .map_err(|e| Error::pg("creating the schema", "", e))?;
+    }
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), run_id uuid)",
+        qualified(schema, VERSIONS_TABLE)
+    ))
+    .map_err(|e| Error::pg("creating the schema versions table", "", e))?;
+    let st = status(tx, schema)?;
+    if let Some(p) = st.problems() {
+        return Err(Error::Refused {
+            code: "schema_mismatch",
+            message: p,
+        });
+    }
+    let run = uuid::Uuid::parse_str(run_id).ok();
+    let mut done = Vec::new();
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| st.pending.contains(&m.version))
+    {
+        tx.batch_execute(&render(m, schema)).map_err(|e| {
+            Error::pg(
+                &format!("applying schema version {} ({})", m.version, m.name),
+                "",
+                e,
+            )
+        })?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (version, name, checksum, run_id) VALUES ($1, $2, $3, $4)",
+                qualified(schema, VERSIONS_TABLE)
+            ),
+            &[&m.version, &m.name, &checksum(m), &run],
+        )
+        .map_err(|e| Error::pg("recording a schema version", "", e))?;
+        done.push(m.version);
+    }
+    Ok(done)
+}
+
+/// Create the GIN index on `session_state.state` if it is missing.
+pub fn ensure_gin_index(c: &mut impl GenericClient, schema: &str, opclass: &str) -> Result<bool> {
+    if index_state(c, schema)?.is_some() {
+        return Ok(false);
+    }
+    c.batch_execute(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (state {})",
+        ident(GIN_INDEX),
+        qualified(schema, "session_state"),
+        opclass
+    ))
+    .map_err(|e| Error::pg("building the GIN index", "", e))?;
+    Ok(true)
+}
+
+/// The GIN index on session_state.state: `Some((name, valid, opclass))` when one exists.
+pub fn index_state(
+    c: &mut impl GenericClient,
+    schema: &str,
+) -> Result<Option<(String, bool, String)>> {
+    let rows = c
+        .query(
+            "SELECT ci.relname::text, i.indisvalid AND i.indisready, coalesce(oc.opcname::text, '')
+               FROM pg_index i
+               JOIN pg_class ci ON ci.oid = i.indexrelid
+               JOIN pg_class ct ON ct.oid = i.indrelid
+               JOIN pg_namespace n ON n.oid = ct.relnamespace
+               JOIN pg_am am ON am.oid = ci.relam
+               LEFT JOIN pg_opclass oc ON oc.oid = i.indclass[0]
+              WHERE n.nspname = $1 AND ct.relname = 'session_state' AND am.amname = 'gin'
+              ORDER BY 2 DESC LIMIT 1",
+            &[&schema],
+        )
+        .map_err(|e| Error::pg("reading indexes", "", e))?;
+    Ok(rows.first().map(|r| (r.get(0), r.get(1), r.get(2))))
+}
+
+/// Apply the schema in a transaction that is rolled back: DDL errors surface, nothing changes.
+pub fn rehearse(c: &mut Client, schema: &str, run_id: &str) -> Result<Vec<i32>> {
+    let mut tx = c
+        .transaction()
+        .map_err(|e| Error::pg("starting a transaction", "", e))?;
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+        .map_err(|e| Error::pg("setting lock_timeout", "", e))?;
+    let r = apply(&mut tx, schema, run_id);
+    let _ = tx.rollback();
+    r
+}

@@ -1,0 +1,130 @@
+//! `sessiondb check` on each backend.
+
+use crate::support::store::Store;
+use crate::support::{TempDir, pg, sessiondb};
+
+#[test]
+fn corrupt_sqlite_is_sqlite_corrupt() {
+    let s = Store::new();
+    for i in 0..400 {
+        s.session(
+            &format!("s{i:04}"),
+            &format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "x".repeat(200)),
+        );
+        s.conn()
+            .execute(
+                "UPDATE sessions SET state = ?1 WHERE id = ?2",
+                [&"y".repeat(500), &format!("s{i:04}")],
+            )
+            .unwrap();
+    }
+    s.conn()
+        .pragma_update(None, "journal_mode", "delete")
+        .unwrap();
+    // Overwrite pages in the middle of the file, past the header and schema page.
+    let mut bytes = std::fs::read(&s.db).unwrap();
+    assert!(
+        bytes.len() > 40_000,
+        "the database is big enough to damage: {}",
+        bytes.len()
+    );
+    for b in &mut bytes[8192..24576] {
+        *b = 0x5a;
+    }
+    std::fs::write(&s.db, &bytes).unwrap();
+    let r = sessiondb(&["check", "--backend", "sqlite"])
+        .config(&s.config)
+        .expect(1);
+    assert!(r.has_error("sqlite_corrupt"), "{}", r.stdout);
+    assert_eq!(r.report.details["backend"], "sqlite");
+    assert!(
+        r.report.details["checked_against"]
+            .as_str()
+            .unwrap()
+            .ends_with("data/app.db")
+    );
+}
+
+#[test]
+fn text_file_is_not_sqlite_and_empty_file_too() {
+    let s = Store::new();
+    std::fs::write(&s.db, "this is a text file, not a database\n").unwrap();
+    let _ = std::fs::remove_file(s.db.with_extension("db-wal"));
+    let r = sessiondb(&["check"]).config(&s.config).expect(1);
+    assert!(r.has_error("not_sqlite"), "{}", r.stdout);
+    std::fs::write(&s.db, "").unwrap();
+    let r = sessiondb(&["check"]).config(&s.config).expect(1);
+    assert!(r.has_error("not_sqlite"), "{}", r.stdout);
+    assert!(
+        r.report.errors[0].message.contains("0 bytes"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn json_backend_is_checked_and_warned_deprecated() {
+    let s = Store::new();
+    s.json_store(r#"{"version": 1, "sessions": [{"id": "j1", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"a": 1}}]}"#);
+    s.write_config("json", "");
+    let r = sessiondb(&["check"]).config(&s.config).expect(0);
+    assert!(r.has_warning("json_backend_deprecated"), "{}", r.stdout);
+    assert_eq!(r.report.details["backend"], "json");
+    assert_eq!(r.count("sessions"), 1);
+    s.json_store(r#"{"version": 1, "sessions": [{"id": "j1", "state": {"a": "\u0000"}}]}"#);
+    let r = sessiondb(&["check"]).config(&s.config).expect(1);
+    assert!(r.has_error("jsonb_incompatible_nul"), "{}", r.stdout);
+}
+
+#[test]
+fn unreachable_postgres_fails_the_check() {
+    let d = TempDir::new();
+    // A port nobody listens on: bind it, learn it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgresql://app:Sup3rS3cret!@127.0.0.1:{port}/app");
+    let r = sessiondb(&["check", "--backend", "postgres"])
+        .cwd(d.path())
+        .env("DATABASE_URL", &url)
+        .expect(1);
+    assert!(r.has_error("postgres_unreachable"), "{}", r.stdout);
+    assert!(!r.stdout.contains("Sup3rS3cret") && !r.stderr.contains("Sup3rS3cret"));
+    assert_eq!(
+        r.report.details["checked_against"],
+        format!("postgresql://app:***@127.0.0.1:{port}/app")
+    );
+}
+
+#[test]
+fn healthy_postgres_without_any_source_file() {
+    let db = pg::TestDb::new("check_healthy");
+    let d = TempDir::new();
+    let r = sessiondb(&["check"])
+        .cwd(d.path())
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert_eq!(r.report.details["backend"], "postgres");
+    for id in [
+        "postgres_connectivity",
+        "postgres_version",
+        "postgres_permissions",
+        "postgres_indexes",
+        "postgres_health",
+    ] {
+        assert_eq!(
+            r.check(id).status,
+            sessiondb::report::CheckStatus::Pass,
+            "{id}: {}",
+            r.stdout
+        );
+    }
+    assert_eq!(
+        r.check("postgres_schema").status,
+        sessiondb::report::CheckStatus::Warn,
+        "nothing applied yet: pending"
+    );
+    assert!(!r.stdout.contains(&pg::password()));
+}
