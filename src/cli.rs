@@ -166,7 +166,10 @@ pub fn run_step<S: Step>(step: &S) -> i32 {
         Ok(Ok(())) => None,
         Ok(Err(e)) => {
             let mut f = Finding::new(e.code(), crate::error::error_chain(&e));
-            if let Error::Unreadable { path, .. } | Error::Write { path, .. } = &e {
+            if let Error::Unreadable { path, .. }
+            | Error::Write { path, .. }
+            | Error::BackupSelfCheck { dir: path, .. } = &e
+            {
                 f = f.path(path);
             }
             ctx.report.errors.push(f);

@@ -79,6 +79,9 @@ pub enum Error {
 
     #[error("{message}")]
     Refused { code: &'static str, message: String },
+
+    #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
+    BackupSelfCheck { dir: PathBuf, message: String },
 }
 
 impl Error {
@@ -111,6 +114,7 @@ impl Error {
             Error::InvalidSource { code, .. } => code,
             Error::Conflict { .. } => "conflict",
             Error::Refused { code, .. } => code,
+            Error::BackupSelfCheck { .. } => "backup_self_check_failed",
         }
     }
 

@@ -1,0 +1,1259 @@
+//! Backups of the legacy store (SPEC §4 `backup`): a timestamped, owner-only folder
+//! under `backup.dir` that holds everything needed to put the store back as it was.
+//!
+//! ```text
+//! <backup.dir>/<YYYYmmddTHHMMSSZ>-<8 hex>/     0700, every file 0600
+//!   INCOMPLETE              written first, removed last
+//!   sqlite/app.db           one-step online-backup snapshot of the database
+//!   sessions.jsonl          every resolved valid session, one per line
+//!   invalid.jsonl           every invalid record with its raw bytes in hex
+//!   state/<id>/state.json   byte-exact copies (the whole <id>/ with --include-uploads)
+//!   json/session-db.json    the deprecated JSON store, when configured
+//!   config/sessiondb.toml   the config file
+//!   manifest.json           written atomically, after the self-check passed
+//! ```
+//!
+//! Kill-safety: a folder that holds `INCOMPLETE`, or no `manifest.json`, is not a
+//! backup, whatever else it holds; [`find_matching`] and [`verify`] say so. Nothing here
+//! deletes a file it did not just create (the marker), and nothing here writes to the
+//! source: the database is opened read-only and the state files are only read.
+//!
+//! `sessions.jsonl` is resolved from the SQLite *copy* (plus the state files and the
+//! JSON store), so the dump and `sqlite/app.db` describe the same snapshot of a live
+//! database.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, SqliteSource};
+use crate::error::{Error, Result};
+use crate::report::Finding;
+use crate::source::{self, Item, Source, fields, sqlite};
+
+/// The manifest's `format`.
+pub const FORMAT: &str = "sessiondb.backup/v1";
+/// Present while a backup is being written; a folder holding it is not a backup.
+pub const MARKER: &str = "INCOMPLETE";
+pub const MANIFEST: &str = "manifest.json";
+pub const SQLITE_COPY: &str = "sqlite/app.db";
+pub const SESSIONS_JSONL: &str = "sessions.jsonl";
+pub const INVALID_JSONL: &str = "invalid.jsonl";
+pub const STATE_DIR: &str = "state";
+pub const JSON_COPY: &str = "json/session-db.json";
+pub const CONFIG_COPY: &str = "config/sessiondb.toml";
+
+/// How long the database copy retries while SQLite says busy or locked.
+const BUSY_RETRY: Duration = Duration::from_secs(30);
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(250);
+const SCAN_BATCH: usize = 1000;
+const COPY_BUF: usize = 64 * 1024;
+
+/// What to back up beyond the default.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Copy the whole `<id>/` folder (uploads, logs), not only `state.json`.
+    pub include_uploads: bool,
+}
+
+// ---- the manifest ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub tool_version: String,
+    pub created_at: String,
+    pub run_id: String,
+    pub source: ManifestSource,
+    /// [`Source::quick_fingerprint`] taken before anything was copied.
+    pub source_fingerprint: String,
+    /// The same, taken after everything was copied: differs when the store was written
+    /// to during the backup.
+    pub fingerprint_after: String,
+    pub include_uploads: bool,
+    pub counts: ManifestCounts,
+    pub files: Vec<FileEntry>,
+    pub skipped_symlinks: Vec<Skipped>,
+    /// Entries that are neither files nor folders, or that could not be read.
+    #[serde(default)]
+    pub skipped_other: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestSource {
+    pub config: PathBuf,
+    pub sqlite: Option<PathBuf>,
+    pub sessions_dir: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ManifestCounts {
+    pub sessions: u64,
+    pub invalid: u64,
+    pub sqlite_rows: u64,
+    pub state_files: u64,
+    pub bytes: u64,
+}
+
+/// One file of the backup: its path relative to the backup folder, size and SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    /// The path's bytes in hex, when they are not UTF-8 (`path` is then lossy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl FileEntry {
+    /// The path relative to the backup folder, exactly as written.
+    pub fn rel_path(&self) -> PathBuf {
+        match self.path_hex.as_deref().and_then(|h| hex::decode(h).ok()) {
+            Some(b) => PathBuf::from(OsStr::from_bytes(&b)),
+            None => PathBuf::from(&self.path),
+        }
+    }
+}
+
+/// Something in the sessions folder that was not copied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBuf>,
+    pub reason: String,
+}
+
+impl Manifest {
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST);
+        let bytes = fs::read(&path).map_err(|e| Error::Unreadable {
+            path: path.clone(),
+            source: e,
+        })?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Unreadable {
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        if m.format != FORMAT {
+            return Err(Error::Unreadable {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("format {:?}, expected {FORMAT:?}", m.format),
+                ),
+            });
+        }
+        Ok(m)
+    }
+}
+
+// ---- the plan ----------------------------------------------------------------------------
+
+/// What a backup of this store would copy, measured without copying (the dry run).
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The folder a backup taken now would be written to.
+    pub dir: PathBuf,
+    pub include_uploads: bool,
+    /// The database and its WAL, as they are now.
+    pub sqlite_bytes: Option<u64>,
+    pub state_files: u64,
+    pub state_bytes: u64,
+    /// Other files of the `<id>/` folders (with --include-uploads).
+    pub other_files: u64,
+    pub other_bytes: u64,
+    pub json_bytes: Option<u64>,
+    pub config_bytes: u64,
+    /// Roughly what the backup will take: the copies, plus the JSON Lines dump (about
+    /// the state again).
+    pub estimated_bytes: u64,
+    /// Free space where the backup would go (its nearest existing folder).
+    pub available: Option<u64>,
+    pub skipped_symlinks: Vec<Skipped>,
+    pub skipped_other: Vec<Skipped>,
+}
+
+/// Measure a backup of `cfg`'s store without writing anything.
+pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).ok();
+    let sqlite_bytes = cfg
+        .sqlite
+        .as_ref()
+        .map(|s| size(&s.path).unwrap_or(0) + size(&wal_path(&s.path)).unwrap_or(0));
+    let mut p = Plan {
+        dir: cfg.backup_dir.join(folder_name()),
+        include_uploads: opts.include_uploads,
+        sqlite_bytes,
+        state_files: 0,
+        state_bytes: 0,
+        other_files: 0,
+        other_bytes: 0,
+        json_bytes: cfg.json_path.as_deref().map(|j| size(j).unwrap_or(0)),
+        config_bytes: size(&cfg.path).unwrap_or(0),
+        estimated_bytes: 0,
+        available: crate::fsutil::available_space(&nearest_existing(&cfg.backup_dir)).ok(),
+        skipped_symlinks: Vec::new(),
+        skipped_other: Vec::new(),
+    };
+    if let Some(s) = &cfg.sqlite {
+        walk_sessions(&s.sessions_dir, opts.include_uploads, |found| {
+            match found {
+                Found::Dir { .. } => {}
+                Found::File {
+                    len, state: true, ..
+                } => {
+                    p.state_files += 1;
+                    p.state_bytes += len;
+                }
+                Found::File { len, .. } => {
+                    p.other_files += 1;
+                    p.other_bytes += len;
+                }
+                Found::Skip(s, SkipKind::Symlink) => p.skipped_symlinks.push(s),
+                Found::Skip(s, SkipKind::Other) => p.skipped_other.push(s),
+            }
+            Ok(())
+        })?;
+    }
+    p.estimated_bytes = p.sqlite_bytes.unwrap_or(0)
+        + p.state_bytes * 2
+        + p.other_bytes
+        + p.json_bytes.unwrap_or(0) * 2
+        + p.config_bytes;
+    Ok(p)
+}
+
+// ---- taking a backup ---------------------------------------------------------------------
+
+/// A backup that was written and passed its self-check.
+#[derive(Debug)]
+pub struct BackupResult {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// What the scan of the store warned about (orphans, state conflicts...), and the
+    /// backup's own warnings (skipped symlinks, a store written to during the backup).
+    pub warnings: Vec<Finding>,
+    /// The first invalid records (all are in `invalid.jsonl`).
+    pub invalid: Vec<Finding>,
+}
+
+/// Take a backup of `cfg`'s store: see the module documentation. On an error the folder
+/// is left as it is, with its `INCOMPLETE` marker and without a manifest.
+pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> {
+    let src = Source::from_config(cfg);
+    // Resolve before acting: the store must be readable before a folder is created.
+    if src.sqlite.is_none() && src.json_path.is_none() {
+        return Err(Error::InvalidSource {
+            code: "config_invalid",
+            message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
+        });
+    }
+    if let Some(s) = &src.sqlite {
+        let conn = sqlite::open(&s.path)?;
+        sqlite::check_table(&conn, &s.path)?;
+        if !s.sessions_dir.is_dir() {
+            return Err(Error::Unreadable {
+                path: s.sessions_dir.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "sqlite.sessions_dir is not a folder (is a volume missing?)",
+                ),
+            });
+        }
+    }
+    let fingerprint_before = src.quick_fingerprint()?;
+
+    let dir = create_folder(&cfg.backup_dir)?;
+    tracing::info!("backup folder: {}", dir.display());
+    let mut files: Vec<FileEntry> = Vec::new();
+    let mut counts = ManifestCounts::default();
+    let mut warnings = Vec::new();
+
+    // 1. The database: one snapshot, read in one transaction.
+    let mut rows_before = None;
+    if let Some(s) = &src.sqlite {
+        tracing::info!("copying {} (online backup)", s.path.display());
+        let dest = dir.join(SQLITE_COPY);
+        mkdirs(dest.parent().expect("a file in a folder"))?;
+        rows_before = Some(copy_sqlite(&s.path, &dest)?);
+        files.push(hash_file(&dir, Path::new(SQLITE_COPY))?);
+    }
+
+    // 2. Every resolved session and every invalid record, from the copy.
+    tracing::info!("writing {SESSIONS_JSONL} and {INVALID_JSONL}");
+    let copy_source = Source {
+        sqlite: src.sqlite.as_ref().map(|s| SqliteSource {
+            path: dir.join(SQLITE_COPY),
+            sessions_dir: s.sessions_dir.clone(),
+        }),
+        json_path: src.json_path.clone(),
+    };
+    let mut sessions = Sink::create(&dir, Path::new(SESSIONS_JSONL))?;
+    let mut invalid = Sink::create(&dir, Path::new(INVALID_JSONL))?;
+    let mut invalid_findings = Vec::new();
+    let summary = copy_source.open()?.scan(SCAN_BATCH, |items| {
+        for item in items {
+            match item {
+                Item::Session(s) => sessions.line(&session_line(&s))?,
+                Item::Invalid(i) => {
+                    if invalid_findings.len() < crate::report::INLINE_LIMIT {
+                        invalid_findings.push(i.finding());
+                    }
+                    invalid.line(&invalid_line(&i))?
+                }
+            }
+        }
+        Ok(())
+    })?;
+    files.push(sessions.finish()?);
+    files.push(invalid.finish()?);
+    counts.sessions = summary.sessions;
+    counts.invalid = summary.invalid;
+    warnings.extend(summary.warnings);
+
+    // 3. The state files (and with --include-uploads, everything in each <id>/).
+    let mut skipped_symlinks = Vec::new();
+    let mut skipped_other = Vec::new();
+    if let Some(s) = &src.sqlite {
+        tracing::info!("copying state files from {}", s.sessions_dir.display());
+        walk_sessions(&s.sessions_dir, opts.include_uploads, |found| {
+            match found {
+                Found::Dir { rel } => mkdirs(&dir.join(STATE_DIR).join(rel))?,
+                Found::File {
+                    src, rel, state, ..
+                } => {
+                    let rel = Path::new(STATE_DIR).join(rel);
+                    match copy_file(&src, &dir, &rel)? {
+                        Some(entry) => {
+                            counts.state_files += u64::from(state);
+                            files.push(entry);
+                        }
+                        None => skipped_other.push(Skipped {
+                            path: src,
+                            target: None,
+                            reason: "vanished while the backup ran".into(),
+                        }),
+                    }
+                }
+                Found::Skip(s, SkipKind::Symlink) => skipped_symlinks.push(s),
+                Found::Skip(s, SkipKind::Other) => skipped_other.push(s),
+            }
+            Ok(())
+        })?;
+    }
+    for s in &skipped_symlinks {
+        warnings.push(
+            Finding::new(
+                "symlink_outside_root",
+                format!("{}: {}: not copied", s.path.display(), s.reason),
+            )
+            .path(&s.path),
+        );
+    }
+    for s in &skipped_other {
+        warnings.push(
+            Finding::new(
+                "backup_skipped",
+                format!("{}: {}: not copied", s.path.display(), s.reason),
+            )
+            .path(&s.path),
+        );
+    }
+
+    // 4. The JSON store and the config, as they are.
+    if let Some(j) = &src.json_path {
+        if let Some(e) = copy_file(j, &dir, Path::new(JSON_COPY))? {
+            files.push(e);
+        } else {
+            return Err(Error::Unreadable {
+                path: j.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "vanished while copying"),
+            });
+        }
+    }
+    match copy_file(&cfg.path, &dir, Path::new(CONFIG_COPY))? {
+        Some(e) => files.push(e),
+        None => {
+            return Err(Error::Unreadable {
+                path: cfg.path.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "vanished while copying"),
+            });
+        }
+    }
+
+    let fingerprint_after = src.quick_fingerprint()?;
+    if fingerprint_after != fingerprint_before {
+        warnings.push(Finding::new(
+            "source_changed",
+            "the store was written to while the backup ran: the database copy is one \
+             consistent snapshot, the state files were copied as they were when read; \
+             a later migrate-state takes a fresh backup",
+        ));
+    }
+    sync_filesystem(&dir)?;
+
+    // 5. Read back everything written before calling it a backup.
+    tracing::info!("self-check: re-reading {} files", files.len());
+    let mut problems = check_files(&dir, &files);
+    if let Some(before) = rows_before {
+        match check_sqlite_copy(&dir.join(SQLITE_COPY)) {
+            Ok(rows) if rows < before => problems.push(format!(
+                "{SQLITE_COPY} holds {rows} rows, the source held {before} when counted"
+            )),
+            Ok(rows) => counts.sqlite_rows = rows,
+            Err(msg) => problems.push(msg),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::BackupSelfCheck {
+            dir,
+            message: problems.join("; "),
+        });
+    }
+
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    counts.bytes = files.iter().map(|f| f.bytes).sum();
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: crate::report::now_rfc3339(),
+        run_id: run_id.to_owned(),
+        source: ManifestSource {
+            config: cfg.path.clone(),
+            sqlite: src.sqlite.as_ref().map(|s| s.path.clone()),
+            sessions_dir: src.sqlite.as_ref().map(|s| s.sessions_dir.clone()),
+            json: src.json_path.clone(),
+        },
+        source_fingerprint: fingerprint_before,
+        fingerprint_after,
+        include_uploads: opts.include_uploads,
+        counts,
+        files,
+        skipped_symlinks,
+        skipped_other,
+    };
+
+    // 6. The manifest last, then the marker goes: only now is this a backup.
+    let mut text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+    text.push(b'\n');
+    let mpath = dir.join(MANIFEST);
+    crate::fsutil::write_atomic(&mpath, &text, 0o600).map_err(|e| Error::Write {
+        path: mpath.clone(),
+        source: e,
+    })?;
+    let marker = dir.join(MARKER);
+    fs::remove_file(&marker).map_err(|e| Error::Write {
+        path: marker,
+        source: e,
+    })?;
+    sync_dir(&dir)?;
+    Ok(BackupResult {
+        dir,
+        manifest,
+        warnings,
+        invalid: invalid_findings,
+    })
+}
+
+/// `<backup.dir>/<UTC timestamp>-<8 hex>`.
+fn folder_name() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &id[..8]
+    )
+}
+
+/// Create `backup_dir` (0700 if missing), a fresh backup folder in it (0700), and its
+/// marker, first of all.
+fn create_folder(backup_dir: &Path) -> Result<PathBuf> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| Error::Write { path, source: e }
+    };
+    crate::fsutil::create_private_dir_all(backup_dir).map_err(werr(backup_dir))?;
+    let dir = backup_dir.join(folder_name());
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(werr(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(werr(&dir))?;
+    let marker = dir.join(MARKER);
+    let mut f = create_file(&marker)?;
+    f.write_all(b"this backup is incomplete until manifest.json exists and this file is gone\n")
+        .and_then(|_| f.sync_all())
+        .map_err(werr(&marker))?;
+    sync_dir(&dir)?;
+    Ok(dir)
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", db.display()))
+}
+
+fn nearest_existing(p: &Path) -> PathBuf {
+    let mut cur = p.to_path_buf();
+    while !cur.exists() {
+        match cur.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => cur = parent.to_path_buf(),
+            _ => return PathBuf::from("."),
+        }
+    }
+    cur
+}
+
+/// A new file, owner-only, never an existing one.
+fn create_file(path: &Path) -> Result<File> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::Write {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::Write {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    Ok(f)
+}
+
+fn mkdirs(dir: &Path) -> Result<()> {
+    crate::fsutil::create_private_dir_all(dir).map_err(|e| Error::Write {
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Write {
+            path: dir.to_path_buf(),
+            source: e,
+        })
+}
+
+/// Flush every file of the backup to disk at once (one `syncfs`, not one fsync a file).
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(|e| Error::Write {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    // SAFETY: `d` is an open descriptor for the call's duration.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::Write {
+            path: dir.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// A relative path as the manifest writes it.
+fn manifest_path(rel: &Path) -> (String, Option<String>) {
+    match rel.to_str() {
+        Some(s) => (s.to_owned(), None),
+        None => (
+            rel.to_string_lossy().into_owned(),
+            Some(hex::encode(rel.as_os_str().as_bytes())),
+        ),
+    }
+}
+
+/// A file being written into the backup, hashed as it goes.
+struct Sink {
+    out: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+    path: PathBuf,
+    rel: PathBuf,
+}
+
+impl Sink {
+    fn create(dir: &Path, rel: &Path) -> Result<Sink> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            mkdirs(parent)?;
+        }
+        Ok(Sink {
+            out: BufWriter::with_capacity(COPY_BUF, create_file(&path)?),
+            hasher: Sha256::new(),
+            bytes: 0,
+            path,
+            rel: rel.to_path_buf(),
+        })
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.hasher.update(b);
+        self.bytes += b.len() as u64;
+        self.out.write_all(b).map_err(|e| Error::Write {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    fn line<T: Serialize>(&mut self, v: &T) -> Result<()> {
+        let mut b = serde_json::to_vec(v).expect("a line serializes");
+        b.push(b'\n');
+        self.write(&b)
+    }
+
+    fn finish(self) -> Result<FileEntry> {
+        let path = self.path;
+        self.out
+            .into_inner()
+            .map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e.into_error(),
+            })?
+            .flush()
+            .map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e,
+            })?;
+        let (p, path_hex) = manifest_path(&self.rel);
+        Ok(FileEntry {
+            path: p,
+            path_hex,
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
+    }
+}
+
+/// Copy `src`'s bytes to `<dir>/<rel>` (0600). `None` when `src` no longer exists.
+fn copy_file(src: &Path, dir: &Path, rel: &Path) -> Result<Option<FileEntry>> {
+    let mut from = match File::open(src) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Unreadable {
+                path: src.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    let mut sink = Sink::create(dir, rel)?;
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Unreadable {
+                    path: src.to_path_buf(),
+                    source: e,
+                });
+            }
+        };
+        sink.write(&buf[..n])?;
+    }
+    sink.finish().map(Some)
+}
+
+/// Hash a file already written into the backup.
+fn hash_file(dir: &Path, rel: &Path) -> Result<FileEntry> {
+    let path = dir.join(rel);
+    let (bytes, sha256) = sha256_file(&path).map_err(|e| Error::Unreadable {
+        path: path.clone(),
+        source: e,
+    })?;
+    let (p, path_hex) = manifest_path(rel);
+    Ok(FileEntry {
+        path: p,
+        path_hex,
+        bytes,
+        sha256,
+    })
+}
+
+fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex::encode(h.finalize())))
+}
+
+// ---- the database copy -------------------------------------------------------------------
+
+/// The error for a failure writing the copy: a full disk is `disk_space`.
+fn dest_err(dest: &Path, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::Write {
+            path: dest.to_path_buf(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+    }
+    sqlite::map_err(dest, e)
+}
+
+/// Copy the live database at `src` to the new file `dest` with SQLite's online backup
+/// API, all pages in one step inside one read transaction, so the copy is one snapshot.
+/// Busy and locked are retried with a short backoff for up to [`BUSY_RETRY`]. The copy
+/// is left in rollback-journal mode: one self-contained file. Returns the rows the
+/// source held in that snapshot.
+fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
+    let from = sqlite::open(src)?;
+    drop(create_file(dest)?);
+    let mut to = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| dest_err(dest, e))?;
+    // No shared-memory file next to the copy, ever.
+    to.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(|e| dest_err(dest, e))?;
+
+    let deadline = Instant::now() + BUSY_RETRY;
+    let mut pause = Duration::from_millis(5);
+    let mut wait = |what: &str| -> Result<()> {
+        if Instant::now() >= deadline {
+            return Err(Error::Sqlite {
+                path: src.to_path_buf(),
+                message: format!(
+                    "{what}: still busy after {}s of retries; another process holds a lock",
+                    BUSY_RETRY.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(BUSY_PAUSE_MAX);
+        Ok(())
+    };
+    let busy = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    };
+
+    // The read transaction that the count and the copy share.
+    let rows = loop {
+        let begun = from.execute_batch("BEGIN DEFERRED").and_then(|_| {
+            from.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+        });
+        match begun {
+            Ok(n) => break n as u64,
+            Err(e) if busy(&e) => {
+                let _ = from.execute_batch("ROLLBACK");
+                wait("starting a read transaction")?;
+            }
+            Err(e) => return Err(sqlite::map_err(src, e)),
+        }
+    };
+    let copied = (|| {
+        let backup = Backup::new(&from, &mut to).map_err(|e| dest_err(dest, e))?;
+        loop {
+            match backup.step(-1) {
+                Ok(StepResult::Done) => return Ok(()),
+                Ok(StepResult::Busy | StepResult::Locked) => wait("copying")?,
+                Ok(_) => {}
+                Err(e) if busy(&e) => wait("copying")?,
+                Err(e) => return Err(dest_err(dest, e)),
+            }
+        }
+    })();
+    let _ = from.execute_batch("COMMIT");
+    copied?;
+    let mode: String = to
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|e| dest_err(dest, e))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(Error::Sqlite {
+            path: dest.to_path_buf(),
+            message: format!("cannot leave WAL mode on the copy (journal_mode is {mode})"),
+        });
+    }
+    to.close().map_err(|(_, e)| dest_err(dest, e))?;
+    Ok(rows)
+}
+
+/// `PRAGMA integrity_check` and the row count of a copy; `Err` says what is wrong.
+fn check_sqlite_copy(path: &Path) -> std::result::Result<u64, String> {
+    let rel = SQLITE_COPY;
+    let conn = sqlite::open(path).map_err(|e| format!("{rel}: {e}"))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| format!("{rel}: {e}"))?;
+    let found: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("{rel}: integrity_check: {e}"))?;
+    if found != ["ok"] {
+        return Err(format!(
+            "{rel}: integrity_check: {}",
+            found.into_iter().take(5).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    sqlite::count(&conn, path).map_err(|e| format!("{rel}: {e}"))
+}
+
+// ---- the JSON Lines dump -----------------------------------------------------------------
+
+#[derive(Serialize)]
+struct SessionLine<'a> {
+    id: &'a str,
+    user_id: Option<&'a str>,
+    status: Option<&'a str>,
+    current_step: Option<&'a str>,
+    cost: Option<f64>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    /// The state exactly as the store holds it.
+    state_text: Option<&'a str>,
+    /// Only when the state's bytes are not UTF-8 (never for a valid session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_hex: Option<String>,
+    state_origin: Option<&'a source::Origin>,
+    meta_origin: &'a source::Origin,
+    content_hash: String,
+}
+
+fn session_line(s: &source::Session) -> SessionLine<'_> {
+    let raw = s.state.as_ref().map(|st| st.raw.as_slice());
+    let text = raw.and_then(|r| std::str::from_utf8(r).ok());
+    SessionLine {
+        id: &s.id,
+        user_id: s.meta.user_id.as_deref(),
+        status: s.meta.status.as_deref(),
+        current_step: s.meta.current_step.as_deref(),
+        cost: s.meta.cost,
+        created_at: s.meta.created_at.as_ref().map(fields::fmt_ts),
+        updated_at: s.meta.updated_at.as_ref().map(fields::fmt_ts),
+        state_text: text,
+        state_hex: match (raw, text) {
+            (Some(r), None) => Some(hex::encode(r)),
+            _ => None,
+        },
+        state_origin: s.state.as_ref().map(|st| &st.origin),
+        meta_origin: &s.meta_origin,
+        content_hash: s.content_hash(),
+    }
+}
+
+#[derive(Serialize)]
+struct InvalidLine<'a> {
+    code: &'a str,
+    message: &'a str,
+    id: Option<&'a str>,
+    path: Option<&'a Path>,
+    record: &'a str,
+    raw_hex: String,
+}
+
+fn invalid_line(i: &source::Invalid) -> InvalidLine<'_> {
+    InvalidLine {
+        code: i.code,
+        message: &i.message,
+        id: i.id.as_deref(),
+        path: i.path.as_deref(),
+        record: i.record,
+        raw_hex: hex::encode(&i.raw),
+    }
+}
+
+// ---- the sessions folder -----------------------------------------------------------------
+
+enum SkipKind {
+    Symlink,
+    Other,
+}
+
+/// What the walk of the sessions folder found. `rel` is relative to the sessions folder.
+enum Found {
+    Dir {
+        rel: PathBuf,
+    },
+    File {
+        src: PathBuf,
+        rel: PathBuf,
+        len: u64,
+        /// `<id>/state.json` itself.
+        state: bool,
+    },
+    Skip(Skipped, SkipKind),
+}
+
+/// Walk `<dir>/<id>/state.json` (or everything under each `<id>/`), never following a
+/// symlink that leaves `dir`. Plain files directly in `dir` are not session data.
+fn walk_sessions(
+    dir: &Path,
+    include_uploads: bool,
+    mut visit: impl FnMut(Found) -> Result<()>,
+) -> Result<()> {
+    let unreadable = |path: &Path, e: io::Error| Error::Unreadable {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let root = fs::canonicalize(dir).map_err(|e| unreadable(dir, e))?;
+    let skip_other = |path: &Path, reason: String| {
+        Found::Skip(
+            Skipped {
+                path: path.to_path_buf(),
+                target: None,
+                reason,
+            },
+            SkipKind::Other,
+        )
+    };
+    for entry in fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+        let entry = entry.map_err(|e| unreadable(dir, e))?;
+        let name = entry.file_name();
+        let folder = entry.path();
+        let meta = match fs::symlink_metadata(&folder) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                visit(skip_other(&folder, format!("unreadable: {e}")))?;
+                continue;
+            }
+        };
+        if meta.file_type().is_symlink() {
+            match resolve_link(&root, &folder) {
+                Link::Inside(real) if real.is_dir() => {}
+                Link::Inside(_) => continue,
+                Link::Skip(s) => {
+                    visit(s)?;
+                    continue;
+                }
+            }
+        } else if !meta.is_dir() {
+            continue;
+        }
+        if !include_uploads {
+            let rel = Path::new(&name).join("state.json");
+            if let Some(found) = consider_file(&root, &folder.join("state.json"), rel, true) {
+                visit(found)?;
+            }
+            continue;
+        }
+        visit(Found::Dir {
+            rel: PathBuf::from(&name),
+        })?;
+        for e in walkdir::WalkDir::new(&folder)
+            .min_depth(1)
+            .follow_links(false)
+        {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    let path = err.path().unwrap_or(&folder).to_path_buf();
+                    visit(skip_other(&path, format!("unreadable: {err}")))?;
+                    continue;
+                }
+            };
+            let sub = e.path().strip_prefix(&folder).unwrap_or(e.path());
+            let rel = Path::new(&name).join(sub);
+            if e.file_type().is_dir() {
+                visit(Found::Dir { rel })?;
+                continue;
+            }
+            let state = e.depth() == 1 && e.file_name() == "state.json";
+            if let Some(found) = consider_file(&root, e.path(), rel, state) {
+                visit(found)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Link {
+    Inside(PathBuf),
+    Skip(Found),
+}
+
+/// Where a symlink leads: inside the sessions folder (followed), or not (skipped).
+fn resolve_link(root: &Path, link: &Path) -> Link {
+    let target = fs::read_link(link).ok();
+    let skip = |reason: &str| {
+        Link::Skip(Found::Skip(
+            Skipped {
+                path: link.to_path_buf(),
+                target: target.clone(),
+                reason: reason.to_owned(),
+            },
+            SkipKind::Symlink,
+        ))
+    };
+    match fs::canonicalize(link) {
+        Err(_) => skip("a symlink that leads nowhere"),
+        Ok(real) if !real.starts_with(root) => {
+            skip("a symlink that leaves the sessions folder: not followed")
+        }
+        Ok(real) => Link::Inside(real),
+    }
+}
+
+/// A file to copy, a reason not to, or nothing (no such file).
+fn consider_file(root: &Path, path: &Path, rel: PathBuf, state: bool) -> Option<Found> {
+    let skip_other = |reason: String| {
+        Some(Found::Skip(
+            Skipped {
+                path: path.to_path_buf(),
+                target: None,
+                reason,
+            },
+            SkipKind::Other,
+        ))
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return skip_other(format!("unreadable: {e}")),
+    };
+    let meta = if meta.file_type().is_symlink() {
+        match resolve_link(root, path) {
+            Link::Inside(real) => match fs::metadata(real) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => return skip_other("a symlink to a folder: not followed".into()),
+                Err(e) => return skip_other(format!("unreadable: {e}")),
+            },
+            Link::Skip(found) => return Some(found),
+        }
+    } else {
+        meta
+    };
+    if !meta.is_file() {
+        return skip_other("not a regular file".into());
+    }
+    Some(Found::File {
+        src: path.to_path_buf(),
+        rel,
+        len: meta.len(),
+        state,
+    })
+}
+
+// ---- checking a backup -------------------------------------------------------------------
+
+/// Something wrong with a backup: `backup_incomplete`, `backup_missing_file` or
+/// `backup_damaged`, and the file it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub code: &'static str,
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn finding(&self) -> Finding {
+        Finding::new(self.code, self.message.clone()).path(&self.path)
+    }
+}
+
+#[derive(Debug)]
+pub struct VerifyResult {
+    /// The manifest, when it could be read.
+    pub manifest: Option<Manifest>,
+    pub problems: Vec<Problem>,
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+}
+
+impl VerifyResult {
+    pub fn sound(&self) -> bool {
+        self.manifest.is_some() && self.problems.is_empty()
+    }
+}
+
+/// Whether `dir` is a finished backup: a manifest and no marker. Says nothing about
+/// its contents: see [`verify`].
+pub fn is_complete(dir: &Path) -> bool {
+    !dir.join(MARKER).exists() && dir.join(MANIFEST).is_file()
+}
+
+/// Check an existing backup against its manifest: the marker is gone, every listed file
+/// is there with its size and SHA-256, and the SQLite copy passes `integrity_check`.
+/// `Err` only when `dir` cannot be read at all.
+pub fn verify(dir: &Path) -> Result<VerifyResult> {
+    let meta = fs::metadata(dir).map_err(|e| Error::Unreadable {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Unreadable {
+            path: dir.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a folder"),
+        });
+    }
+    let mut out = VerifyResult {
+        manifest: None,
+        problems: Vec::new(),
+        files_checked: 0,
+        bytes_checked: 0,
+    };
+    let marker = dir.join(MARKER);
+    if fs::symlink_metadata(&marker).is_ok() {
+        out.problems.push(Problem {
+            code: "backup_incomplete",
+            path: marker,
+            message: format!(
+                "{} holds the {MARKER} marker: the backup never finished; it is not a backup",
+                dir.display()
+            ),
+        });
+    }
+    let mpath = dir.join(MANIFEST);
+    let manifest = match Manifest::read(dir) {
+        Ok(m) => m,
+        Err(Error::Unreadable { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            out.problems.push(Problem {
+                code: "backup_incomplete",
+                path: mpath,
+                message: format!(
+                    "{} has no {MANIFEST}: the backup never finished; it is not a backup",
+                    dir.display()
+                ),
+            });
+            return Ok(out);
+        }
+        Err(e) => {
+            out.problems.push(Problem {
+                code: "backup_damaged",
+                path: mpath,
+                message: e.to_string(),
+            });
+            return Ok(out);
+        }
+    };
+    for f in &manifest.files {
+        let rel = f.rel_path();
+        let path = dir.join(&rel);
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            out.problems.push(Problem {
+                code: "backup_damaged",
+                path: mpath.clone(),
+                message: format!("{MANIFEST} lists {:?}, a path outside the backup", f.path),
+            });
+            continue;
+        }
+        match check_file(&path, f) {
+            Ok(()) => {
+                out.files_checked += 1;
+                out.bytes_checked += f.bytes;
+                if f.path == SQLITE_COPY && f.path_hex.is_none() {
+                    match check_sqlite_copy(&path) {
+                        Ok(rows) if rows != manifest.counts.sqlite_rows => {
+                            out.problems.push(Problem {
+                                code: "backup_damaged",
+                                path: path.clone(),
+                                message: format!(
+                                    "{SQLITE_COPY} holds {rows} rows, the manifest says {}",
+                                    manifest.counts.sqlite_rows
+                                ),
+                            })
+                        }
+                        Ok(_) => {}
+                        Err(msg) => out.problems.push(Problem {
+                            code: "backup_damaged",
+                            path: path.clone(),
+                            message: msg,
+                        }),
+                    }
+                }
+            }
+            Err(p) => out.problems.push(p),
+        }
+    }
+    out.manifest = Some(manifest);
+    Ok(out)
+}
+
+/// One listed file: present, its size, its hash.
+fn check_file(path: &Path, f: &FileEntry) -> std::result::Result<(), Problem> {
+    let problem = |code: &'static str, message: String| Problem {
+        code,
+        path: path.to_path_buf(),
+        message,
+    };
+    match sha256_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(problem(
+            "backup_missing_file",
+            format!("{} is missing", f.path),
+        )),
+        Err(e) => Err(problem(
+            "backup_damaged",
+            format!("{} cannot be read: {e}", f.path),
+        )),
+        Ok((bytes, _)) if bytes != f.bytes => Err(problem(
+            "backup_damaged",
+            format!(
+                "{} has {bytes} bytes, the manifest says {}",
+                f.path, f.bytes
+            ),
+        )),
+        Ok((_, sha)) if sha != f.sha256 => Err(problem(
+            "backup_damaged",
+            format!(
+                "{}: SHA-256 {sha} differs from the manifest's {}",
+                f.path, f.sha256
+            ),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// The self-check's half of [`verify`]: every file written matches what was recorded.
+fn check_files(dir: &Path, files: &[FileEntry]) -> Vec<String> {
+    files
+        .iter()
+        .filter_map(|f| check_file(&dir.join(f.rel_path()), f).err())
+        .map(|p| p.message)
+        .collect()
+}
+
+/// The newest complete backup under `backup_dir` taken of a store whose fingerprint was
+/// `fingerprint` (and did not change while it was taken). Folders with the marker or
+/// without a readable manifest are never considered. Does not re-hash the files: call
+/// [`verify`] on the result before relying on it.
+pub fn find_matching(backup_dir: &Path, fingerprint: &str) -> Option<PathBuf> {
+    let mut best: Option<(String, PathBuf)> = None;
+    for entry in fs::read_dir(backup_dir).ok()?.flatten() {
+        let dir = entry.path();
+        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) || !is_complete(&dir) {
+            continue;
+        }
+        let Ok(m) = Manifest::read(&dir) else {
+            continue;
+        };
+        if m.source_fingerprint != fingerprint || m.fingerprint_after != fingerprint {
+            continue;
+        }
+        let key = format!("{}\0{}", m.created_at, entry.file_name().to_string_lossy());
+        if best.as_ref().is_none_or(|(k, _)| &key > k) {
+            best = Some((key, dir));
+        }
+    }
+    best.map(|(_, d)| d)
+}
