@@ -1,5 +1,6 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
+mod backup;
 mod check;
 mod cli;
 mod support;
