@@ -156,10 +156,20 @@ pub fn source_json(cfg: &Config) -> serde_json::Value {
 /// Run a step to its end: the report is emitted whatever happens, even on a panic.
 pub fn run_step<S: Step>(step: &S) -> i32 {
     init_tracing(step.common().quiet);
-    let mut ctx = Ctx::new(S::NAME, step.common().clone(), Env::from_process());
+    let mut report = execute(step, Env::from_process());
+    finish(&mut report, step.common())
+}
+
+/// Run a step and return its finished report, without emitting it (the umbrella's
+/// `migrate to postgres` nests the reports of its steps).
+pub fn execute<S: Step>(step: &S, env: Env) -> Report {
+    let mut ctx = Ctx::new(S::NAME, step.common().clone(), env);
     ctx.report.dry_run = step.dry_run();
     if step.dry_run() == Some(true) {
-        tracing::info!("dry run: nothing will be written (pass --dry-run=false to act)");
+        tracing::info!(
+            "{}: dry run: nothing will be written (pass --dry-run=false to act)",
+            S::NAME
+        );
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run(&mut ctx)));
     let error_exit = match outcome {
@@ -193,7 +203,15 @@ pub fn run_step<S: Step>(step: &S) -> i32 {
     };
     let problems = ctx.problems;
     ctx.report.finish(error_exit, problems, ctx.started);
-    finish(&mut ctx.report, &ctx.common)
+    ctx.report
+}
+
+/// Build a step's flags from an argument list, as its binary would parse them.
+pub fn parse_args<S: Step>(argv: &[String]) -> std::result::Result<S, clap::Error> {
+    let cmd = S::augment_args(clap::Command::new(S::NAME));
+    let m =
+        cmd.try_get_matches_from(std::iter::once(S::NAME.to_owned()).chain(argv.iter().cloned()))?;
+    S::from_arg_matches(&m)
 }
 
 /// Emit the report and the human summary; returns the exit code.

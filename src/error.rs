@@ -82,6 +82,13 @@ pub enum Error {
 
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
+
+    #[error("step {step} failed (exit {exit}): {message}")]
+    StepFailed {
+        step: String,
+        exit: i32,
+        message: String,
+    },
 }
 
 impl Error {
@@ -115,6 +122,7 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::Refused { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
+            Error::StepFailed { .. } => "step_failed",
         }
     }
 
@@ -130,6 +138,7 @@ impl Error {
             Error::InvalidSource { .. } | Error::Conflict { .. } | Error::Refused { .. } => {
                 exit::PROBLEMS
             }
+            Error::StepFailed { exit, .. } => *exit,
             _ => exit::OPERATIONAL,
         }
     }

@@ -8,6 +8,7 @@ pub mod canon;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod cutover;
 pub mod error;
 pub mod exit;
 pub mod fsutil;

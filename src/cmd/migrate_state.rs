@@ -1,7 +1,35 @@
-//! `migrate-state` (SPEC §4). Not implemented yet: exits 2 with "not implemented yet".
+//! `migrate-state` (SPEC §4): load every session into PostgreSQL. A dry run (the
+//! default) walks the same plan as the real run and stops before the first write.
+//! A real run: the writers' lock, a verified backup, a planning pass that refuses
+//! invalid records and conflicts before anything is written, the schema, then the
+//! load, one transaction a batch with its ledger rows. Killed at any moment, it is
+//! finished by running it again; run again, it changes nothing; later, it copies only
+//! what changed.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use crate::cli::{Common, Ctx, DryRun, Step};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::plan::{Action, ConflictInfo, Counts, Planner};
+use crate::report::{Finding, INLINE_LIMIT};
+use crate::source::{Invalid, Item, Session, Source};
+use crate::target::{self, WriterLock, load, schema};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnConflict {
+    /// Write nothing at all and name the conflicts.
+    Fail,
+    /// Leave conflicting target rows as they are.
+    Skip,
+    /// Overwrite conflicting target rows with the source.
+    SourceWins,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -9,6 +37,18 @@ pub struct Args {
     pub common: Common,
     #[command(flatten)]
     pub dry: DryRun,
+    /// What to do with a target row that differs from what sessiondb last wrote there.
+    #[arg(long, value_enum, default_value = "fail")]
+    pub on_conflict: OnConflict,
+    /// Set invalid records aside (raw bytes under the backup's quarantine/) instead of refusing.
+    #[arg(long)]
+    pub quarantine: bool,
+    /// The backup of the current source to rely on (else the newest matching one, else a new one).
+    #[arg(long, value_name = "DIR")]
+    pub backup: Option<PathBuf>,
+    /// Sessions per transaction.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
 }
 
 impl Step for Args {
@@ -19,7 +59,577 @@ impl Step for Args {
     fn dry_run(&self) -> Option<bool> {
         Some(self.dry.dry_run)
     }
-    fn run(&self, _ctx: &mut Ctx) -> Result<()> {
-        Err(Error::NotImplemented { step: Self::NAME })
+    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+        run(ctx, self)
+    }
+}
+
+/// What the planning pass found.
+#[derive(Default)]
+struct Planned {
+    counts: Counts,
+    conflicts: Vec<ConflictInfo>,
+    invalid: Vec<Invalid>,
+}
+
+/// Scan the whole source and classify every session, writing nothing.
+fn plan_pass(
+    src: &Source,
+    client: &mut postgres::Client,
+    planner: &Planner,
+    batch: usize,
+    progress: &mut Progress,
+) -> Result<Planned> {
+    let mut p = Planned::default();
+    let summary = src.open()?.scan(batch, |items| {
+        let mut sessions = Vec::with_capacity(items.len());
+        for it in items {
+            match it {
+                Item::Session(s) => sessions.push(s),
+                Item::Invalid(i) => p.invalid.push(i),
+            }
+        }
+        let (actions, conflicts) = planner.classify(client, &sessions)?;
+        for (s, a) in sessions.iter().zip(actions) {
+            p.counts.add(a);
+            p.counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+        }
+        p.counts.sessions += sessions.len() as u64;
+        p.conflicts.extend(conflicts);
+        progress.tick(sessions.len() as u64, 0);
+        Ok(())
+    })?;
+    p.counts.invalid = p.invalid.len() as u64;
+    let _ = summary;
+    Ok(p)
+}
+
+fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool) {
+    p.counts.to_report(&mut ctx.report);
+    ctx.report.detail(
+        "conflicts",
+        p.conflicts.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
+    );
+    ctx.report.detail(
+        "invalid",
+        p.invalid
+            .iter()
+            .take(INLINE_LIMIT)
+            .map(Invalid::finding)
+            .collect::<Vec<_>>(),
+    );
+    if let Some(Ok(path)) = crate::report::write_list(
+        ctx.report_dir(),
+        "migrate-state-conflicts.jsonl",
+        &p.conflicts,
+    ) {
+        ctx.report.artifact("conflicts", &path);
+    }
+    if let Some(Ok(path)) =
+        crate::report::write_list(ctx.report_dir(), "migrate-state-invalid.jsonl", &p.invalid)
+    {
+        ctx.report.artifact("invalid_records", &path);
+    }
+    for i in p.invalid.iter().take(INLINE_LIMIT) {
+        if quarantine {
+            ctx.report.warn(i.finding());
+        }
+    }
+}
+
+pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
+    let cfg = ctx.config()?;
+    let t = ctx.target(Some(&cfg))?;
+    let src = Source::from_config(&cfg);
+    let schema_name = cfg.postgres.schema.clone();
+    let batch = args.batch_size as usize;
+    let mut client = target::connect(&t)?;
+    client
+        .batch_execute("SET lock_timeout = '30s'")
+        .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
+    let st = schema::status(&mut client, &schema_name)?;
+    if let Some(p) = st.problems() {
+        return Err(Error::Refused {
+            code: "schema_mismatch",
+            message: p,
+        });
+    }
+    ctx.report.detail("schema_pending", &st.pending);
+    ctx.report.detail("on_conflict", args.on_conflict);
+    let estimate = src.open()?.estimate()?;
+    let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
+
+    if args.dry.dry_run {
+        let fp = src.quick_fingerprint()?;
+        let planner = Planner::new(&mut client, &schema_name)?;
+        let p = plan_pass(&src, &mut client, &planner, batch, &mut progress)?;
+        progress.done();
+        report_planned(ctx, &p, args.quarantine);
+        let backup = match &args.backup {
+            Some(d) => format!("would use the backup {}", d.display()),
+            None => match crate::backup::find_matching(&cfg.backup_dir, &fp) {
+                Some(d) => format!("would use the matching backup {}", d.display()),
+                None => format!("would take a backup under {}", cfg.backup_dir.display()),
+            },
+        };
+        ctx.report.detail("backup", &backup);
+        ctx.report
+            .detail("would_apply_schema_versions", &st.pending);
+        ctx.report.detail(
+            "load",
+            if planner.target_empty {
+                "COPY into the empty target, GIN index built after"
+            } else {
+                "staging table and upserts"
+            },
+        );
+        refuse_if_needed(ctx, &p, args, true)?;
+        ctx.report
+            .next_steps
+            .push("migrate-state --dry-run=false to load".into());
+        return Ok(());
+    }
+
+    // A real run: lock, backup, plan, schema, load.
+    let run_id = ctx.run_id();
+    let run_uuid = uuid::Uuid::parse_str(&run_id).expect("run ids are uuids");
+    let mut lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
+    tracing::info!("holding the writers' lock for run {run_id}");
+    let fp = src.quick_fingerprint()?;
+    let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
+    let planner = Planner::new(&mut client, &schema_name)?;
+    let fresh = planner.target_empty;
+    let known_invalid = existing
+        .as_deref()
+        .and_then(|d| crate::backup::Manifest::read(d).ok())
+        .map(|m| m.counts.invalid);
+    let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
+    if needs_plan {
+        let p = plan_pass(&src, &mut client, &planner, batch, &mut progress)?;
+        progress.done();
+        if let Err(e) = refuse_if_needed(ctx, &p, args, false) {
+            report_planned(ctx, &p, args.quarantine);
+            return Err(e);
+        }
+        ctx.report.detail("planned", &p.counts);
+    }
+    let backup_dir = match existing {
+        Some(d) => d,
+        None => {
+            tracing::info!("no backup of the current source: taking one");
+            crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?.dir
+        }
+    };
+    ctx.report.artifact("backup", &backup_dir);
+    ctx.report.detail("backup", &backup_dir);
+
+    // The schema, in a transaction.
+    {
+        let mut tx = client
+            .transaction()
+            .map_err(|e| Error::pg("starting a transaction", &t.display, e))?;
+        let applied = schema::apply(&mut tx, &schema_name, &run_id)?;
+        tx.commit()
+            .map_err(|e| Error::pg("committing the schema", &t.display, e))?;
+        ctx.report.detail("schema_applied", &applied);
+    }
+    record_run_start(&mut client, &schema_name, &run_uuid, &src, &backup_dir)?;
+    if !fresh {
+        schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
+    }
+
+    // The load.
+    let mut progress = Progress::new("loading", estimate, ctx.common.quiet);
+    let mut counts = Counts::default();
+    let mut quarantined = 0u64;
+    let mut skipped: Vec<ConflictInfo> = Vec::new();
+    let mut quarantine_files: Option<Quarantine> = None;
+    let mut batch_no = 0u64;
+    let summary = src.open()?.scan(batch, |items| {
+        batch_no += 1;
+        let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
+        let mut invalid: Vec<Invalid> = Vec::new();
+        for it in items {
+            match it {
+                Item::Session(s) => sessions.push(s),
+                Item::Invalid(i) => invalid.push(i),
+            }
+        }
+        if !invalid.is_empty() && !args.quarantine {
+            return Err(Error::InvalidSource {
+                code: "invalid_records",
+                message: format!("{} invalid record(s) appeared in the source during the run (e.g. {}); rerun with --quarantine or fix them", invalid.len(), invalid[0].message),
+            });
+        }
+        let mut tx = client.transaction().map_err(|e| Error::pg("starting a batch", "", e))?;
+        let hashes: Vec<String> = sessions.iter().map(Session::content_hash).collect();
+        let actions = if fresh {
+            vec![Action::Insert; sessions.len()]
+        } else {
+            let (a, _) = planner.classify(&mut tx, &sessions)?;
+            a
+        };
+        let mut write = load::Batch { sessions: Vec::new() };
+        let mut adopt = Vec::new();
+        for ((s, h), a) in sessions.iter().zip(hashes).zip(&actions) {
+            counts.sessions += 1;
+            match a {
+                Action::Insert | Action::Update => {
+                    counts.add(*a);
+                    counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+                    write.sessions.push((s, h));
+                }
+                Action::Unchanged => counts.add(*a),
+                Action::Adopt => {
+                    counts.add(*a);
+                    adopt.push((s, h));
+                }
+                Action::Conflict => match args.on_conflict {
+                    OnConflict::Fail => {
+                        return Err(Error::Conflict {
+                            message: format!("session {} changed in the target during the run; nothing more was written (earlier batches are committed and recorded)", s.id),
+                        });
+                    }
+                    OnConflict::Skip => {
+                        counts.conflicts += 1;
+                        skipped.push(ConflictInfo { session: s.id.clone(), reason: "skipped (--on-conflict skip)".into() });
+                    }
+                    OnConflict::SourceWins => {
+                        counts.conflicts += 1;
+                        counts.updated += 1;
+                        counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+                        write.sessions.push((s, h));
+                    }
+                },
+            }
+        }
+        if !write.sessions.is_empty() {
+            if fresh {
+                load::copy_fresh(&mut tx, &schema_name, &run_uuid, &write)?;
+            } else {
+                load::upsert(&mut tx, &schema_name, &run_uuid, &write)?;
+            }
+        }
+        load::adopt(&mut tx, &schema_name, &run_uuid, &adopt)?;
+        if !invalid.is_empty() {
+            let q = match &mut quarantine_files {
+                Some(q) => q,
+                None => quarantine_files.insert(Quarantine::new(&backup_dir, &run_id)?),
+            };
+            for i in &invalid {
+                q.add(i)?;
+            }
+            let refs: Vec<&Invalid> = invalid.iter().collect();
+            load::record_quarantined(&mut tx, &schema_name, &run_uuid, &refs)?;
+            quarantined += invalid.len() as u64;
+            counts.invalid += invalid.len() as u64;
+        }
+        tx.commit().map_err(|e| Error::pg("committing a batch", "", e))?;
+        progress.tick(sessions.len() as u64, write.sessions.iter().map(|(s, _)| s.state.as_ref().map_or(0, |st| st.raw.len() as u64)).sum());
+        Ok(())
+    });
+    progress.done();
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            counts.to_report(&mut ctx.report);
+            let _ = record_run_end(&mut client, &schema_name, &run_uuid, "failed", &counts);
+            ctx.report.next_steps.push("fix the cause, then run migrate-state --dry-run=false again: committed batches are kept and skipped".into());
+            return Err(e);
+        }
+    };
+    if !lock.alive() {
+        tracing::warn!("the lock connection was lost during the run");
+    }
+    for w in &summary.warnings {
+        ctx.report.warn(w.clone());
+    }
+    if fresh {
+        client
+            .batch_execute("SET maintenance_work_mem = '512MB'")
+            .map_err(|e| Error::pg("raising maintenance_work_mem", "", e))?;
+        let t0 = Instant::now();
+        schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
+        ctx.report
+            .detail("gin_index_build_ms", t0.elapsed().as_millis() as u64);
+    }
+    if counts.inserted + counts.updated > 0 {
+        let _ = client.batch_execute(&format!(
+            "ANALYZE {}, {}",
+            target::qualified(&schema_name, "sessions"),
+            target::qualified(&schema_name, "session_state")
+        ));
+    }
+    counts.to_report(&mut ctx.report);
+    ctx.report.count("quarantined", quarantined);
+    record_run_end(&mut client, &schema_name, &run_uuid, "done", &counts)?;
+    if let Some(q) = quarantine_files {
+        ctx.report.artifact("quarantine", &q.dir);
+        ctx.report.detail("quarantine", &q.dir);
+    }
+    ctx.report.detail(
+        "skipped_conflicts",
+        skipped.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
+    );
+    if let Some(Ok(path)) =
+        crate::report::write_list(ctx.report_dir(), "migrate-state-skipped.jsonl", &skipped)
+    {
+        ctx.report.artifact("skipped_conflicts", &path);
+    }
+    if quarantined > 0 {
+        ctx.report.warn(Finding::new(
+            "quarantined",
+            format!("{quarantined} invalid record(s) set aside under the backup's quarantine/"),
+        ));
+    }
+    ctx.report.next_steps.push("verify".into());
+    drop(lock);
+    Ok(())
+}
+
+/// Refuse on invalid records (without --quarantine) or conflicts (with --on-conflict fail).
+fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, dry: bool) -> Result<()> {
+    let would = if dry { "would refuse" } else { "refused" };
+    if !p.invalid.is_empty() && !args.quarantine {
+        ctx.report
+            .next_steps
+            .push("fix the invalid records, or pass --quarantine to set them aside".into());
+        return Err(Error::InvalidSource {
+            code: "invalid_records",
+            message: format!(
+                "{} invalid record(s): {would}, nothing written (e.g. {})",
+                p.invalid.len(),
+                p.invalid[0].message
+            ),
+        });
+    }
+    if !p.conflicts.is_empty() && args.on_conflict == OnConflict::Fail {
+        ctx.report.next_steps.push(
+            "inspect the conflicts; rerun with --on-conflict skip or --on-conflict source-wins"
+                .into(),
+        );
+        return Err(Error::Conflict {
+            message: format!(
+                "{} session(s) differ in the target from what sessiondb wrote: {would}, nothing written (e.g. {}: {})",
+                p.conflicts.len(),
+                p.conflicts[0].session,
+                p.conflicts[0].reason
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The backup to rely on, if one exists: `--backup` (verified), else the newest backup
+/// whose manifest matches the current source. `None`: one must be taken.
+fn existing_backup(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    given: Option<&Path>,
+    fp: &str,
+) -> Result<Option<PathBuf>> {
+    match given {
+        Some(d) => {
+            let v = crate::backup::verify(d)?;
+            if !v.sound() {
+                let problems: Vec<String> = v.problems.iter().map(|p| p.message.clone()).collect();
+                return Err(Error::Refused {
+                    code: "backup_damaged",
+                    message: format!(
+                        "the backup {} does not verify: {}",
+                        d.display(),
+                        problems.join("; ")
+                    ),
+                });
+            }
+            if v.manifest
+                .as_ref()
+                .is_none_or(|m| m.source_fingerprint != fp)
+            {
+                ctx.report.warn(Finding::new(
+                    "backup_stale",
+                    format!(
+                        "the backup {} was taken from an older state of the source",
+                        d.display()
+                    ),
+                ));
+            }
+            Ok(Some(d.to_path_buf()))
+        }
+        None => {
+            let found = crate::backup::find_matching(&cfg.backup_dir, fp);
+            if let Some(d) = &found {
+                tracing::info!("using the matching backup {}", d.display());
+            }
+            Ok(found)
+        }
+    }
+}
+
+fn record_run_start(
+    c: &mut postgres::Client,
+    schema: &str,
+    run: &uuid::Uuid,
+    src: &Source,
+    backup: &Path,
+) -> Result<()> {
+    let host = hostname();
+    c.execute(
+        &format!(
+            "INSERT INTO {} (run_id, step, host, pid, tool_version, source_fingerprint, backup) VALUES ($1, 'migrate-state', $2, $3, $4, $5, $6)",
+            target::qualified(schema, "sessiondb_runs")
+        ),
+        &[run, &host, &(std::process::id() as i32), &env!("CARGO_PKG_VERSION"), &src.quick_fingerprint()?, &backup.display().to_string()],
+    )
+    .map_err(|e| Error::pg("recording the run", "", e))?;
+    Ok(())
+}
+
+fn record_run_end(
+    c: &mut postgres::Client,
+    schema: &str,
+    run: &uuid::Uuid,
+    status: &str,
+    counts: &Counts,
+) -> Result<()> {
+    let counts = serde_json::to_value(counts).unwrap_or_default();
+    c.execute(
+        &format!(
+            "UPDATE {} SET finished_at = now(), status = $2, counts = $3 WHERE run_id = $1",
+            target::qualified(schema, "sessiondb_runs")
+        ),
+        &[run, &status, &counts],
+    )
+    .map_err(|e| Error::pg("recording the run", "", e))?;
+    Ok(())
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Invalid records set aside: raw files and one NDJSON index under the backup's quarantine/.
+struct Quarantine {
+    dir: PathBuf,
+    index: Vec<u8>,
+    index_path: PathBuf,
+    n: u64,
+    run8: String,
+}
+
+impl Quarantine {
+    fn new(backup: &Path, run_id: &str) -> Result<Quarantine> {
+        let dir = backup.join("quarantine");
+        crate::fsutil::create_private_dir_all(&dir).map_err(|e| Error::Write {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let run8 = run_id.chars().take(8).collect::<String>();
+        Ok(Quarantine {
+            index_path: dir.join(format!("index-{run_id}.ndjson")),
+            dir,
+            index: Vec::new(),
+            n: 0,
+            run8,
+        })
+    }
+
+    fn add(&mut self, i: &Invalid) -> Result<()> {
+        self.n += 1;
+        let name = format!("{}-{:06}-{}.raw", self.run8, self.n, i.code);
+        let path = self.dir.join(&name);
+        crate::fsutil::write_atomic(&path, &i.raw, 0o600).map_err(|e| Error::Write {
+            path: path.clone(),
+            source: e,
+        })?;
+        let line = json!({
+            "id": i.id, "code": i.code, "message": i.message, "path": i.path, "record": i.record,
+            "raw_file": name, "bytes": i.raw.len(),
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&i.raw)),
+        });
+        self.index
+            .extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
+        self.index.push(b'\n');
+        crate::fsutil::write_atomic(&self.index_path, &self.index, 0o600).map_err(|e| {
+            Error::Write {
+                path: self.index_path.clone(),
+                source: e,
+            }
+        })
+    }
+}
+
+/// Progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise.
+pub struct Progress {
+    label: &'static str,
+    total: u64,
+    done: u64,
+    bytes: u64,
+    start: Instant,
+    last: Instant,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(label: &'static str, total: u64, quiet: bool) -> Progress {
+        let now = Instant::now();
+        Progress {
+            label,
+            total,
+            done: 0,
+            bytes: 0,
+            start: now,
+            last: now,
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+        }
+    }
+
+    pub fn tick(&mut self, n: u64, bytes: u64) {
+        self.done += n;
+        self.bytes += bytes;
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if !self.quiet && self.last.elapsed() >= every {
+            self.last = Instant::now();
+            self.print(false);
+        }
+    }
+
+    fn print(&self, end: bool) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done as f64 / secs;
+        let mbs = self.bytes as f64 / secs / 1e6;
+        let pct = if self.total > 0 {
+            (self.done as f64 * 100.0 / self.total as f64).min(100.0)
+        } else {
+            100.0
+        };
+        let eta = if rate > 0.0 && self.total > self.done {
+            (self.total - self.done) as f64 / rate
+        } else {
+            0.0
+        };
+        let line = format!(
+            "{}: {}/{} sessions ({pct:.0}%), {rate:.0} sessions/s, {mbs:.1} MB/s, ETA {eta:.0}s",
+            self.label, self.done, self.total
+        );
+        if self.tty {
+            eprint!("\r{line}\x1b[K{}", if end { "\n" } else { "" });
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn done(&mut self) {
+        if !self.quiet && (self.tty || self.start.elapsed() > Duration::from_secs(5)) {
+            self.print(true);
+        }
     }
 }

@@ -1,12 +1,29 @@
-//! `verify` (SPEC §4). Not implemented yet: exits 2 with "not implemented yet".
+//! `verify` (SPEC §4): prove the copy session by session. Read-only on the data: it
+//! compares every source session with the target — metadata fields, and the state by a
+//! SHA-256 of its canonical jsonb text computed on both sides — and before calling a
+//! state different it asks PostgreSQL to compare the source text as jsonb with the
+//! stored value, so a difference is never false. It records its result in the
+//! bookkeeping table `sessiondb_verifications`, which `set-default` reads.
 
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::canon::{self, Node, Spanned};
 use crate::cli::{Common, Ctx, Step};
 use crate::error::{Error, Result};
+use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
+use crate::source::{Item, Meta, Session, Source, fields};
+use crate::target::{self, qualified, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
+    /// Check N random sessions instead of all of them.
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u64>,
 }
 
 impl Step for Args {
@@ -14,7 +31,462 @@ impl Step for Args {
     fn common(&self) -> &Common {
         &self.common
     }
-    fn run(&self, _ctx: &mut Ctx) -> Result<()> {
-        Err(Error::NotImplemented { step: Self::NAME })
+    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+        run(ctx, self.sample)
     }
+}
+
+/// One named difference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    pub session: String,
+    /// `missing`, `extra`, `different`, `drifted`, `quarantined`, `invalid`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The first JSON path where the states differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct VerifyCounts {
+    pub sessions: u64,
+    pub checked: u64,
+    pub matching: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    pub drifted: u64,
+    pub quarantined: u64,
+    pub invalid: u64,
+}
+
+struct TargetRow {
+    meta: Meta,
+    state_sha: Option<String>,
+}
+
+pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
+    let cfg = ctx.config()?;
+    let t = ctx.target(Some(&cfg))?;
+    let src = Source::from_config(&cfg);
+    let schema_name = cfg.postgres.schema.clone();
+    let mut c = target::connect(&t)?;
+    let fingerprint = src.quick_fingerprint()?;
+
+    // The schema and the index.
+    let st = schema::status(&mut c, &schema_name)?;
+    let schema_ok = st.problems().is_none() && st.pending.is_empty();
+    ctx.report.check(
+        "schema",
+        if schema_ok {
+            CheckStatus::Pass
+        } else {
+            CheckStatus::Fail
+        },
+        if schema_ok {
+            format!("schema versions {:?} applied", st.applied)
+        } else {
+            st.problems().unwrap_or_else(|| {
+                format!(
+                    "schema versions {:?} not applied: nothing was migrated yet",
+                    st.pending
+                )
+            })
+        },
+        serde_json::to_value(&st).unwrap_or_default(),
+    );
+    if !schema::table_exists(&mut c, &schema_name, "sessions")?
+        || !schema::table_exists(&mut c, &schema_name, "sessiondb_ledger")?
+    {
+        ctx.problems = true;
+        ctx.report
+            .next_steps
+            .push("migrate-state --dry-run=false".into());
+        return Ok(());
+    }
+    let gin = schema::index_state(&mut c, &schema_name)?;
+    match &gin {
+        Some((name, true, opc)) => ctx.report.check(
+            "gin_index",
+            CheckStatus::Pass,
+            format!("{name} ({opc}) is valid"),
+            json!({"name": name, "opclass": opc}),
+        ),
+        Some((name, false, _)) => ctx.report.check(
+            "gin_index",
+            CheckStatus::Fail,
+            format!("{name} is invalid: REINDEX INDEX {name}"),
+            json!({"name": name}),
+        ),
+        None => ctx.report.check(
+            "gin_index",
+            CheckStatus::Fail,
+            "no GIN index on session_state.state",
+            json!({}),
+        ),
+    }
+
+    // Sampling: reservoir over the ids, then compare only those.
+    let sampled: Option<std::collections::HashSet<String>> = match sample {
+        Some(n) => Some(sample_ids(&src, n)?),
+        None => None,
+    };
+
+    let mut counts = VerifyCounts::default();
+    let mut diffs: Vec<Difference> = Vec::new();
+    let mut tx = c
+        .transaction()
+        .map_err(|e| Error::pg("starting a transaction", &t.display, e))?;
+    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; CREATE TEMP TABLE sessiondb_verify_ids (id text PRIMARY KEY) ON COMMIT DROP")
+        .map_err(|e| Error::pg("preparing verify", &t.display, e))?;
+    let sessions_t = qualified(&schema_name, "sessions");
+    let state_t = qualified(&schema_name, "session_state");
+    let ledger_t = qualified(&schema_name, "sessiondb_ledger");
+    let fetch_sql = format!(
+        "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at,
+                encode(sha256(convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash
+           FROM unnest($1::text[]) AS u(id)
+           LEFT JOIN {sessions_t} s ON s.id = u.id
+           LEFT JOIN {state_t} st ON st.session_id = u.id
+           LEFT JOIN {ledger_t} l ON l.session_id = u.id"
+    );
+    let summary = src.open()?.scan(1000, |items| {
+        let mut batch: Vec<Session> = Vec::with_capacity(items.len());
+        let mut invalid_ids = Vec::new();
+        for it in items {
+            match it {
+                Item::Session(s) => {
+                    counts.sessions += 1;
+                    if sampled.as_ref().is_none_or(|set| set.contains(&s.id)) {
+                        batch.push(s);
+                    }
+                }
+                Item::Invalid(i) => {
+                    counts.sessions += 1;
+                    if let Some(id) = i.id.clone() {
+                        invalid_ids.push((id, i.code));
+                    } else {
+                        counts.invalid += 1;
+                        diffs.push(Difference { session: String::new(), kind: "invalid", field: None, path: i.path.as_ref().map(|p| p.display().to_string()), detail: Some(i.message.clone()) });
+                    }
+                }
+            }
+        }
+        let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
+        if sampled.is_none() {
+            let all: Vec<&str> = ids.iter().copied().chain(invalid_ids.iter().map(|(i, _)| i.as_str())).collect();
+            tx.execute("INSERT INTO sessiondb_verify_ids SELECT DISTINCT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&all])
+                .map_err(|e| Error::pg("recording source ids", "", e))?;
+        }
+        // Invalid records: quarantined by a run, or not.
+        if !invalid_ids.is_empty() {
+            let iids: Vec<&str> = invalid_ids.iter().map(|(i, _)| i.as_str()).collect();
+            let rows = tx
+                .query(&format!("SELECT session_id FROM {ledger_t} WHERE session_id = ANY($1) AND status = 'quarantined'"), &[&iids])
+                .map_err(|e| Error::pg("reading the ledger", "", e))?;
+            let q: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            for (id, code) in invalid_ids {
+                if q.contains(&id) {
+                    counts.quarantined += 1;
+                } else {
+                    counts.invalid += 1;
+                    diffs.push(Difference { session: id, kind: "invalid", field: None, path: None, detail: Some(format!("invalid in the source ({code}) and not quarantined")) });
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = tx.query(&fetch_sql, &[&ids]).map_err(|e| Error::pg("reading target rows", "", e))?;
+        let mut by_id: HashMap<String, (Option<TargetRow>, Option<(String, Option<String>)>)> = HashMap::with_capacity(rows.len());
+        for (r, id) in rows.iter().zip(&ids) {
+            let exists: Option<String> = r.get(0);
+            let trow = exists.map(|_| TargetRow {
+                meta: Meta { user_id: r.get(1), status: r.get(2), current_step: r.get(3), cost: r.get(4), created_at: r.get(5), updated_at: r.get(6) },
+                state_sha: r.get(7),
+            });
+            let ledger: Option<String> = r.get(8);
+            by_id.insert((*id).to_owned(), (trow, ledger.map(|l| (l, r.get(9)))));
+        }
+        for s in &batch {
+            counts.checked += 1;
+            let (trow, ledger) = by_id.remove(&s.id).unwrap_or((None, None));
+            let drifted = matches!(&ledger, Some((status, Some(h))) if status == "migrated" && *h != s.content_hash());
+            if drifted {
+                counts.drifted += 1;
+            }
+            let Some(trow) = trow else {
+                counts.missing += 1;
+                diffs.push(Difference { session: s.id.clone(), kind: "missing", field: None, path: None, detail: None });
+                continue;
+            };
+            let mut d = compare_meta(&s.meta, &trow.meta);
+            if d.is_none() {
+                d = compare_state(&mut tx, &state_t, s, trow.state_sha.as_deref())?;
+            }
+            match d {
+                None => counts.matching += 1,
+                Some(mut d) => {
+                    counts.different += 1;
+                    d.session = s.id.clone();
+                    if drifted {
+                        d.kind = "drifted";
+                    }
+                    diffs.push(d);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for w in &summary.warnings {
+        ctx.report.warn(w.clone());
+    }
+    if sampled.is_none() {
+        let extra = tx
+            .query(&format!("SELECT s.id FROM {sessions_t} s WHERE NOT EXISTS (SELECT 1 FROM sessiondb_verify_ids v WHERE v.id = s.id) ORDER BY s.id"), &[])
+            .map_err(|e| Error::pg("looking for extra sessions", "", e))?;
+        counts.extra = extra.len() as u64;
+        for r in extra {
+            diffs.push(Difference {
+                session: r.get(0),
+                kind: "extra",
+                field: None,
+                path: None,
+                detail: Some("in the target, not in the source".into()),
+            });
+        }
+    }
+    tx.commit().map_err(|e| Error::pg("ending verify", "", e))?;
+
+    let failed = counts.missing + counts.extra + counts.different + counts.invalid > 0
+        || ctx.report.has_failed_check();
+    ctx.report.check(
+        "sessions",
+        if counts.missing + counts.extra + counts.different + counts.invalid > 0 { CheckStatus::Fail } else { CheckStatus::Pass },
+        format!(
+            "{} checked: {} matching, {} missing, {} extra, {} different ({} drifted in the source since migrated), {} quarantined, {} invalid",
+            counts.checked, counts.matching, counts.missing, counts.extra, counts.different, counts.drifted, counts.quarantined, counts.invalid
+        ),
+        json!({"sample": sample}),
+    );
+    for (k, v) in [
+        ("sessions", counts.sessions),
+        ("checked", counts.checked),
+        ("missing", counts.missing),
+        ("extra", counts.extra),
+        ("different", counts.different),
+        ("drifted", counts.drifted),
+        ("quarantined", counts.quarantined),
+        ("invalid", counts.invalid),
+    ] {
+        ctx.report.count(k, v);
+    }
+    if counts.quarantined > 0 {
+        ctx.report.warn(Finding::new(
+            "quarantined",
+            format!(
+                "{} invalid record(s) were quarantined by a run and are not in the target",
+                counts.quarantined
+            ),
+        ));
+    }
+    ctx.report.detail(
+        "differences",
+        diffs.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
+    );
+    ctx.report.detail("source_fingerprint", &fingerprint);
+    if let Some(Ok(p)) =
+        crate::report::write_list(ctx.report_dir(), "verify-differences.jsonl", &diffs)
+    {
+        ctx.report.artifact("differences", &p);
+    }
+    if counts.drifted > 0 || counts.missing > 0 {
+        ctx.report.next_steps.push("the source changed or sessions are missing: run a catch-up migrate-state --dry-run=false, then verify again".into());
+    }
+    if counts.extra > 0 {
+        ctx.report.next_steps.push("extra sessions exist only in PostgreSQL (written by the application after a cutover, or deleted from the source): inspect them before a rollback".into());
+    }
+    if !failed {
+        ctx.report
+            .next_steps
+            .push("set-default --dry-run=false".into());
+    } else {
+        ctx.problems = true;
+    }
+    // Record the verification (bookkeeping only).
+    let run = uuid::Uuid::parse_str(&ctx.run_id()).expect("uuid");
+    let passed = !failed && sample.is_none();
+    c.execute(
+        &format!("INSERT INTO {} (run_id, source_fingerprint, passed, sample, counts) VALUES ($1, $2, $3, $4, $5)", qualified(&schema_name, "sessiondb_verifications")),
+        &[&run, &fingerprint, &passed, &sample.map(|n| n as i32), &serde_json::to_value(&counts).unwrap_or_default()],
+    )
+    .map_err(|e| Error::pg("recording the verification", &t.display, e))?;
+    Ok(())
+}
+
+fn compare_meta(a: &Meta, b: &Meta) -> Option<Difference> {
+    let fields: [(&str, Option<String>, Option<String>); 6] = [
+        ("user_id", a.user_id.clone(), b.user_id.clone()),
+        ("status", a.status.clone(), b.status.clone()),
+        (
+            "current_step",
+            a.current_step.clone(),
+            b.current_step.clone(),
+        ),
+        (
+            "cost",
+            a.cost.map(|c| format!("{c:?}")),
+            b.cost.map(|c| format!("{c:?}")),
+        ),
+        (
+            "created_at",
+            a.created_at.as_ref().map(fields::fmt_ts),
+            b.created_at.as_ref().map(fields::fmt_ts),
+        ),
+        (
+            "updated_at",
+            a.updated_at.as_ref().map(fields::fmt_ts),
+            b.updated_at.as_ref().map(fields::fmt_ts),
+        ),
+    ];
+    fields
+        .into_iter()
+        .find(|(_, x, y)| x != y)
+        .map(|(name, x, y)| Difference {
+            session: String::new(),
+            kind: "different",
+            field: Some(name.to_owned()),
+            path: None,
+            detail: Some(format!("source {:?}, target {:?}", x, y)),
+        })
+}
+
+/// Compare the state by hash; where the hashes disagree, let PostgreSQL decide, and
+/// name the first JSON path that differs.
+fn compare_state(
+    tx: &mut postgres::Transaction<'_>,
+    state_t: &str,
+    s: &Session,
+    target_sha: Option<&str>,
+) -> Result<Option<Difference>> {
+    let src_sha = s
+        .state
+        .as_ref()
+        .map(|st| st.hash()["v1:".len()..].to_owned());
+    if src_sha.as_deref() == target_sha {
+        return Ok(None);
+    }
+    let diff = |path: Option<String>, detail: &str| {
+        Some(Difference {
+            session: String::new(),
+            kind: "different",
+            field: Some("state".into()),
+            path,
+            detail: Some(detail.to_owned()),
+        })
+    };
+    let (Some(st), Some(_)) = (&s.state, target_sha) else {
+        return Ok(diff(
+            None,
+            if s.state.is_some() {
+                "the target has no state"
+            } else {
+                "the source has no state, the target has one"
+            },
+        ));
+    };
+    let raw = std::str::from_utf8(&st.raw).unwrap_or_default();
+    let row = tx
+        .query_one(&format!("SELECT ($1::text::jsonb)::text = state::text, state::text FROM {state_t} WHERE session_id = $2"), &[&raw, &s.id])
+        .map_err(|e| Error::pg("comparing a state", "", e))?;
+    let equal: bool = row.get(0);
+    if equal {
+        tracing::warn!(
+            "session {}: hashes differ but PostgreSQL finds the states equal (a canonicalisation gap; not a difference)",
+            s.id
+        );
+        return Ok(None);
+    }
+    let target_text: String = row.get(1);
+    let path = match (
+        canon::parse(st.canonical.as_bytes()),
+        canon::parse(target_text.as_bytes()),
+    ) {
+        (Ok(a), Ok(b)) => first_diff(
+            &a,
+            st.canonical.as_bytes(),
+            &b,
+            target_text.as_bytes(),
+            "$".to_owned(),
+        ),
+        _ => Some("$".to_owned()),
+    };
+    Ok(diff(path, "the states differ"))
+}
+
+/// The first JSON path where two canonical documents differ.
+fn first_diff(a: &Spanned, ab: &[u8], b: &Spanned, bb: &[u8], path: String) -> Option<String> {
+    match (&a.node, &b.node) {
+        (Node::Object(x), Node::Object(y)) => {
+            for ((ka, va), (kb, vb)) in x.iter().zip(y) {
+                if ka != kb {
+                    return Some(format!("{path}.{}", if ka < kb { ka } else { kb }));
+                }
+                if let Some(p) = first_diff(va, ab, vb, bb, format!("{path}.{ka}")) {
+                    return Some(p);
+                }
+            }
+            (x.len() != y.len()).then(|| {
+                let k = if x.len() > y.len() {
+                    &x[y.len()].0
+                } else {
+                    &y[x.len()].0
+                };
+                format!("{path}.{k}")
+            })
+        }
+        (Node::Array(x), Node::Array(y)) => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                if let Some(p) = first_diff(va, ab, vb, bb, format!("{path}[{i}]")) {
+                    return Some(p);
+                }
+            }
+            (x.len() != y.len()).then(|| format!("{path}[{}]", x.len().min(y.len())))
+        }
+        _ => (ab[a.span.clone()] != bb[b.span.clone()]).then_some(path),
+    }
+}
+
+/// N ids chosen at random from the source (reservoir sampling over one scan).
+fn sample_ids(src: &Source, n: u64) -> Result<std::collections::HashSet<String>> {
+    let mut rng = uuid::Uuid::new_v4().as_u128() as u64 | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut reservoir: Vec<String> = Vec::with_capacity(n as usize);
+    let mut seen = 0u64;
+    src.open()?.scan(1000, |items| {
+        for it in items {
+            if let Item::Session(s) = it {
+                seen += 1;
+                if (reservoir.len() as u64) < n {
+                    reservoir.push(s.id);
+                } else {
+                    let j = next() % seen;
+                    if j < n {
+                        reservoir[j as usize] = s.id;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(reservoir.into_iter().collect())
 }

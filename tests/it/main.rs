@@ -3,4 +3,6 @@
 mod backup;
 mod check;
 mod cli;
+mod cutover;
+mod migrate;
 mod support;

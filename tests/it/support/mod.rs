@@ -9,8 +9,6 @@ use std::process::Command;
 
 use sessiondb::report::Report;
 
-pub use pg::TestDb;
-
 /// The result of running one of the binaries.
 #[derive(Debug)]
 pub struct Run {

@@ -1,0 +1,53 @@
+# sessiondb runbooks. `just --list` shows them; runbooks/ explains each sequence.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+profile := env("SESSIONDB_PROFILE", "release")
+sdb := "target/" + profile + "/sessiondb"
+cargo_profile := if profile == "release" { "--release" } else { "" }
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# The main job on an embedded default: throwaway PostgreSQL, 10,000 generated sessions, staging sequence, rollback rehearsal, re-cutover
+demo: build
+    SDB={{sdb}} scripts/demo
+
+# Run every test against a throwaway PostgreSQL (started and stopped here)
+test *ARGS:
+    scripts/test {{ARGS}}
+
+# Staging rehearsal against $DATABASE_URL and the config: check, preflight, backup, migrate-state, verify, migrate-state again
+stage-migrate: build
+    SDB={{sdb}} scripts/stage-migrate
+
+# stage-migrate against a throwaway PostgreSQL on a generated store (CI runs this)
+stage-migrate-ephemeral: build
+    SDB={{sdb}} scripts/stage-migrate-ephemeral
+
+# Production cutover against $DATABASE_URL: asks before each writing step unless YES=1
+prod-cutover: build
+    SDB={{sdb}} scripts/prod-cutover
+
+# Roll back to the legacy store, exporting what changed in PostgreSQL: asks unless YES=1
+rollback: build
+    SDB={{sdb}} scripts/rollback
+
+# Benchmarks against a throwaway PostgreSQL: ratios to psql baselines, peak memory (writes bench/results.json)
+bench:
+    scripts/bench
+
+# Format check and clippy with warnings as errors
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+
+# What CI runs: lint, tests, and the staging recipe against a throwaway PostgreSQL
+ci:
+    just lint
+    just test
+    SESSIONDB_PROFILE=debug just stage-migrate-ephemeral
+
+# Build the binaries
+build:
+    cargo build {{cargo_profile}} --bins --quiet

@@ -1,0 +1,62 @@
+# Shared by the runbook recipes (sourced, not run). Each step writes its report into
+# one run folder, reports/<UTC timestamp>/NN-<step>/, and the sequence stops at the
+# first failing step with a one-line reason.
+#
+# Needs: SDB (the sessiondb binary). Sets: RUN_DIR.
+
+: "${SDB:?SDB must name the sessiondb binary}"
+RUN_DIR=${RUN_DIR:-reports/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RUN_DIR"
+chmod 700 "$RUN_DIR" 2>/dev/null || true
+STEP_NO=0
+
+# step NAME ARGS...: run `sessiondb ARGS...`, report under RUN_DIR; stop on failure.
+step() {
+  local name=$1; shift
+  STEP_NO=$((STEP_NO + 1))
+  local dir; dir=$(printf '%s/%02d-%s' "$RUN_DIR" "$STEP_NO" "$name")
+  mkdir -p "$dir"
+  echo "── $name: sessiondb $*" >&2
+  local rc=0
+  "$SDB" "$@" --report-dir "$dir" > "$dir/stdout.json" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "✗ $name failed (exit $rc): $(reason "$dir")" >&2
+    echo "  reports: $RUN_DIR" >&2
+    summary >&2 || true
+    exit "$rc"
+  fi
+}
+
+# The first error or failed check of a step's report, in one line.
+reason() {
+  python3 - "$1" <<'PY' 2>/dev/null || echo "see $1"
+import json, sys, glob
+f = [p for p in glob.glob(sys.argv[1] + "/*.json") if not p.endswith("stdout.json")] or [sys.argv[1] + "/stdout.json"]
+r = json.load(open(f[0]))
+errs = [e["code"] + ": " + e["message"] for e in r.get("errors", [])]
+fails = [c["id"] + ": " + c["summary"] for c in r.get("checks", []) if c["status"] == "fail"]
+print((errs + fails + ["status " + r.get("status", "?")])[0])
+PY
+}
+
+# count DIR KEY: a count from a step's report.
+count() {
+  python3 -c 'import json,sys,glob; f=[p for p in glob.glob(sys.argv[1]+"/*.json") if not p.endswith("stdout.json")][0]; print(json.load(open(f))["counts"].get(sys.argv[2], 0))' "$1" "$2"
+}
+
+# last_dir NAME: the folder of the newest step called NAME.
+last_dir() {
+  ls -d "$RUN_DIR"/*-"$1" | sort | tail -1
+}
+
+# A table of every step: status, exit, time, counts.
+summary() {
+  python3 scripts/summarize.py "$RUN_DIR"
+}
+
+# confirm QUESTION: ask unless YES=1.
+confirm() {
+  if [ "${YES:-}" = 1 ]; then echo "$1 [YES=1]" >&2; return 0; fi
+  read -r -p "$1 [y/N] " a
+  case "$a" in y|Y|yes) return 0 ;; *) echo "stopped by the operator" >&2; exit 1 ;; esac
+}

@@ -1,0 +1,319 @@
+//! `migrate-state` against a real PostgreSQL: dry run, load, rerun, catch-up,
+//! refusal, quarantine, conflicts, the lock, kills.
+
+use crate::support::store::Store;
+use crate::support::{Cmd, Run, pg::TestDb, sessiondb};
+
+fn migrate(s: &Store, db: &TestDb, args: &[&str]) -> Cmd {
+    let mut a = vec!["migrate-state"];
+    a.extend_from_slice(args);
+    sessiondb(&a).config(&s.config).env("DATABASE_URL", &db.url)
+}
+
+fn tables(db: &TestDb) -> i64 {
+    db.client()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn count(db: &TestDb, sql: &str) -> i64 {
+    db.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+fn store_with(n: usize) -> Store {
+    let s = Store::new();
+    for i in 0..n {
+        s.session(&format!("s{i:05}"), &format!("{{\"agents\": [{{\"name\": \"a{i}\", \"n\": {i}}}], \"pct\": 1.50, \"big\": 12345678901234567890}}"));
+    }
+    s
+}
+
+#[test]
+fn dry_run_is_the_default_and_writes_nothing() {
+    let s = store_with(5);
+    let db = TestDb::new("mig_dry");
+    let r = migrate(&s, &db, &[]).expect(0);
+    assert_eq!(r.report.dry_run, Some(true));
+    assert_eq!(r.count("inserted"), 5);
+    assert_eq!(tables(&db), 0, "a dry run creates no table");
+    assert!(
+        !s.root().join("backups").exists(),
+        "a dry run takes no backup"
+    );
+    let r = migrate(&s, &db, &["--dry-run=true"]).expect(0);
+    assert_eq!(r.count("inserted"), 5);
+    let r = migrate(&s, &db, &["--dry-run"]).expect(0);
+    assert_eq!(r.report.dry_run, Some(true));
+    assert_eq!(tables(&db), 0);
+}
+
+#[test]
+fn load_then_rerun_changes_nothing() {
+    let s = store_with(25);
+    // A session with its state only in the SQLite column, and one without any state.
+    s.row(
+        &"col-only",
+        &"u",
+        &"done",
+        &"end",
+        &"0.5",
+        &1_709_287_200i64,
+        &1_709_287_200_123i64,
+        &r#"{"from": "column", "x": 1e2}"#,
+    );
+    s.row(
+        &"no-state",
+        &rusqlite::types::Null,
+        &"new",
+        &rusqlite::types::Null,
+        &rusqlite::types::Null,
+        &rusqlite::types::Null,
+        &rusqlite::types::Null,
+        &rusqlite::types::Null,
+    );
+    let db = TestDb::new("mig_rerun");
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(r.count("inserted"), 27, "{}", r.stdout);
+    assert!(r.report.artifacts.iter().any(|a| a.kind == "backup"));
+    assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 27);
+    assert_eq!(count(&db, "SELECT count(*) FROM session_state"), 26);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sessiondb_ledger WHERE status = 'migrated'"
+        ),
+        27
+    );
+    let mut c = db.client();
+    let row = c.query_one("SELECT s.cost, s.created_at::text, st.state::text FROM sessions s JOIN session_state st ON st.session_id = s.id WHERE s.id = 'col-only'", &[]).unwrap();
+    assert_eq!(row.get::<_, f64>(0), 0.5);
+    assert_eq!(row.get::<_, String>(2), r#"{"x": 100, "from": "column"}"#);
+    let big: String = c
+        .query_one(
+            "SELECT state->>'big' FROM session_state WHERE session_id = 's00003'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        big, "12345678901234567890",
+        "big integers are loaded from the original text, exactly"
+    );
+    let idx: i64 = c.query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'session_state' AND indexdef ILIKE '%gin%'", &[]).unwrap().get(0);
+    assert_eq!(idx, 1, "the GIN index is built");
+    let again = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(
+        (
+            again.count("inserted"),
+            again.count("updated"),
+            again.count("unchanged")
+        ),
+        (0, 0, 27),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn catch_up_copies_exactly_what_changed() {
+    let s = store_with(30);
+    let db = TestDb::new("mig_catchup");
+    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    s.state_file("s00007", br#"{"changed": true}"#);
+    s.conn()
+        .execute(
+            "UPDATE sessions SET status = 'done' WHERE id = 's00011'",
+            [],
+        )
+        .unwrap();
+    s.session("s99999", r#"{"new": 1}"#);
+    let plan = migrate(&s, &db, &[]).expect(0);
+    assert_eq!(
+        (
+            plan.count("inserted"),
+            plan.count("updated"),
+            plan.count("unchanged")
+        ),
+        (1, 2, 29)
+    );
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(
+        (
+            r.count("inserted"),
+            r.count("updated"),
+            r.count("unchanged")
+        ),
+        (1, 2, 29),
+        "{}",
+        r.stdout
+    );
+    let mut c = db.client();
+    assert_eq!(
+        c.query_one(
+            "SELECT state::text FROM session_state WHERE session_id = 's00007'",
+            &[]
+        )
+        .unwrap()
+        .get::<_, String>(0),
+        r#"{"changed": true}"#
+    );
+    assert_eq!(
+        c.query_one("SELECT status FROM sessions WHERE id = 's00011'", &[])
+            .unwrap()
+            .get::<_, String>(0),
+        "done"
+    );
+}
+
+#[test]
+fn invalid_records_are_refused_before_anything_is_written() {
+    let s = store_with(3);
+    s.session("bad-nul", r#"{"text": "a\u0000b"}"#);
+    let db = TestDb::new("mig_refuse");
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(1);
+    assert!(r.has_error("invalid_records"), "{}", r.stdout);
+    assert!(r.report.errors[0].message.contains("bad-nul"));
+    assert_eq!(tables(&db), 0, "nothing written to the target");
+    let dry = migrate(&s, &db, &[]).expect(1);
+    assert!(dry.has_error("invalid_records"));
+}
+
+#[test]
+fn quarantine_keeps_the_raw_bytes() {
+    let s = store_with(3);
+    let raw = b"{\"text\": \"a\\u0000b\",   \"keep\": \"these bytes\"}";
+    s.session("bad-nul", std::str::from_utf8(raw).unwrap());
+    let db = TestDb::new("mig_quarantine");
+    let dry = migrate(&s, &db, &["--quarantine"]).expect(0);
+    assert_eq!(dry.report.status, sessiondb::report::Status::Warn);
+    let r = migrate(&s, &db, &["--dry-run=false", "--quarantine"]).expect(0);
+    assert_eq!(r.report.status, sessiondb::report::Status::Warn);
+    assert_eq!(r.count("quarantined"), 1);
+    assert_eq!(r.count("inserted"), 3);
+    let q = r
+        .report
+        .artifacts
+        .iter()
+        .find(|a| a.kind == "quarantine")
+        .expect("quarantine artifact");
+    let dir = std::path::Path::new(&q.path);
+    let index = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson"))
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&index)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["id"], "bad-nul");
+    assert_eq!(line["code"], "jsonb_incompatible_nul");
+    let kept = std::fs::read(dir.join(line["raw_file"].as_str().unwrap())).unwrap();
+    assert_eq!(kept, raw, "the raw bytes are kept exactly");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sessiondb_ledger WHERE status = 'quarantined' AND session_id = 'bad-nul'"
+        ),
+        1
+    );
+}
+
+fn conflict_setup(name: &str) -> (Store, TestDb) {
+    let s = store_with(4);
+    let db = TestDb::new(name);
+    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    // The application changed s00001 in PostgreSQL; the source changed it too, and s00002.
+    db.client().execute("UPDATE session_state SET state = '{\"app\": \"wrote this\"}' WHERE session_id = 's00001'", &[]).unwrap();
+    s.state_file("s00001", br#"{"source": "changed"}"#);
+    s.state_file("s00002", br#"{"source": "changed too"}"#);
+    (s, db)
+}
+
+fn state_of(db: &TestDb, id: &str) -> String {
+    db.client()
+        .query_one(
+            "SELECT state::text FROM session_state WHERE session_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn conflict_fail_writes_nothing() {
+    let (s, db) = conflict_setup("mig_conflict_fail");
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(1);
+    assert!(r.has_error("conflict"), "{}", r.stdout);
+    assert!(r.stdout.contains("s00001"));
+    assert_eq!(state_of(&db, "s00001"), r#"{"app": "wrote this"}"#);
+    assert_ne!(
+        state_of(&db, "s00002"),
+        r#"{"source": "changed too"}"#,
+        "nothing at all is written"
+    );
+}
+
+#[test]
+fn conflict_skip_and_source_wins() {
+    let (s, db) = conflict_setup("mig_conflict_skip");
+    let r = migrate(&s, &db, &["--dry-run=false", "--on-conflict", "skip"]).expect(0);
+    assert_eq!(
+        (r.count("conflicts"), r.count("updated")),
+        (1, 1),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(state_of(&db, "s00001"), r#"{"app": "wrote this"}"#);
+    assert_eq!(state_of(&db, "s00002"), r#"{"source": "changed too"}"#);
+    let r = migrate(
+        &s,
+        &db,
+        &["--dry-run=false", "--on-conflict", "source-wins"],
+    )
+    .expect(0);
+    assert_eq!(r.count("conflicts"), 1, "{}", r.stdout);
+    assert_eq!(state_of(&db, "s00001"), r#"{"source": "changed"}"#);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(
+        (
+            r.count("inserted"),
+            r.count("updated"),
+            r.count("conflicts")
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn a_second_writer_fails_at_once_naming_the_holder() {
+    let s = store_with(2);
+    let db = TestDb::new("mig_lock");
+    let mut holder = postgres::Config::from(db.url.parse::<postgres::Config>().unwrap());
+    holder.application_name("sessiondb:11111111-2222-3333-4444-555555555555");
+    let mut c = holder.connect(postgres::NoTls).unwrap();
+    let key = sessiondb::target::lock_key("public");
+    c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let t0 = std::time::Instant::now();
+    let r: Run = migrate(&s, &db, &["--dry-run=false"]).expect(3);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "fails at once"
+    );
+    assert!(r.has_error("lock_held"), "{}", r.stdout);
+    let m = &r.report.errors[0].message;
+    assert!(
+        m.contains(&format!("pid {pid}")) && m.contains("11111111-2222-3333-4444-555555555555"),
+        "{m}"
+    );
+    assert_eq!(tables(&db), 0);
+}
