@@ -5,4 +5,6 @@ mod check;
 mod cli;
 mod cutover;
 mod migrate;
+mod resume;
+mod secrets;
 mod support;

@@ -121,3 +121,22 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// `n` sessions named `k<i>` with states of about `size` bytes, written fast
+    /// (one SQLite transaction).
+    pub fn bulk(&self, n: usize, size: usize) {
+        let mut c = self.conn();
+        let tx = c.transaction().unwrap();
+        {
+            let mut st = tx.prepare("INSERT INTO sessions VALUES (?1, 'u', 'running', 'step', 0.5, '2024-01-01T00:00:00Z', '2024-01-01 00:00:01', NULL)").unwrap();
+            for i in 0..n {
+                let id = format!("k{i:07}");
+                st.execute([&id]).unwrap();
+                let pad = "p".repeat(size.saturating_sub(40));
+                super::write(&self.sessions.join(&id).join("state.json"), format!("{{\"i\": {i}, \"pad\": \"{pad}\"}}"));
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
