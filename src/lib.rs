@@ -3,6 +3,7 @@
 //! sides of the switch. See `ARCHITECTURE.md` for the map.
 #![deny(clippy::print_stdout)]
 
+pub mod canon;
 pub mod cli;
 pub mod cmd;
 pub mod config;
