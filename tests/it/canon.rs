@@ -3,7 +3,7 @@
 //! refuse. Documents come from a seeded generator: set `SESSIONDB_CANON_SEED` to explore
 //! other seeds and `SESSIONDB_CANON_SCALE` to multiply the number of cases.
 
-use sessiondb::canon::{self, Canonical};
+use sessiondb::canon::{self, Canonical, JsonError};
 
 /// The one place this file gets its server (swap for the shared test support module).
 fn admin_client() -> postgres::Client {
@@ -68,6 +68,10 @@ impl Server {
                 .as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.message().to_owned())),
         }
+    }
+
+    fn accepts(&mut self, sql: &str, doc: &str) -> bool {
+        self.client.query(sql, &[&doc]).is_ok()
     }
 }
 
@@ -691,4 +695,138 @@ fn canonicalize_agrees_with_postgres_on_random_documents() {
             assert!(ok * 4 > total * 3, "clean: only {ok} of {total} accepted");
         }
     }
+}
+
+fn nest(open: &str, close: &str, n: usize, inner: &str) -> String {
+    format!("{}{inner}{}", open.repeat(n), close.repeat(n))
+}
+
+/// Our depth budget stays within about 1% under the server's limit, on the safe side: the
+/// deepest document we accept is accepted by the server in the ways the migration may
+/// send it, and one 2% deeper (in stack cost) is refused by both.
+#[test]
+fn depth_limit_is_just_under_postgres_limit() {
+    let mut server = Server::connect();
+    server
+        .client
+        .batch_execute("CREATE TEMP TABLE canon_depth (state jsonb)")
+        .unwrap();
+    // Each shape grows by one level of a kind whose stack cost is given.
+    let (array, object) = (canon::ARRAY_LEVEL_COST, canon::OBJECT_LEVEL_COST);
+    type Shape = (&'static str, u32, fn(usize) -> String);
+    let shapes: [Shape; 4] = [
+        ("arrays", array, |n| nest("[", "]", n, "1")),
+        ("objects", object, |n| nest(r#"{"k":"#, "}", n, "1")),
+        ("arrays around objects", array, |n| {
+            nest("[", "]", n, &nest(r#"{"k":"#, "}", 6_000, "true"))
+        }),
+        ("alternating", array + object, |n| {
+            nest(r#"[{"k":"#, "}]", n, r#""x""#)
+        }),
+    ];
+    let contexts = [
+        "SELECT $1::text::jsonb::text",
+        "INSERT INTO canon_depth VALUES ($1::text::jsonb)",
+        "INSERT INTO canon_depth SELECT unnest(ARRAY[$1::text]::jsonb[])",
+    ];
+    for (name, cost, shape) in shapes {
+        let (mut lo, mut hi) = (0usize, 40_000);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if canon::canonicalize(shape(mid).as_bytes()).is_ok() {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        assert!(matches!(
+            canon::canonicalize(shape(lo + 1).as_bytes()),
+            Err(JsonError::TooDeep { .. })
+        ));
+        let deepest = shape(lo);
+        let too_deep = shape(lo + (canon::DEPTH_BUDGET / 50 / cost) as usize + 1);
+        for sql in contexts {
+            assert!(
+                server.accepts(sql, &deepest),
+                "{name}: server refuses {lo} levels in {sql}"
+            );
+            assert!(
+                !server.accepts(sql, &too_deep),
+                "{name}: server accepts 2% more than our {lo} levels in {sql}"
+            );
+        }
+        assert_eq!(compare(&mut server, deepest.as_bytes()), None);
+    }
+}
+
+/// The limits PostgreSQL's jsonb builder runs into on big documents, each at its edge.
+/// These documents are 33 to 45 MB, so the server digests the text it would print (rather
+/// than sending it) while we canonicalize the same document on the other core.
+#[test]
+fn size_limits_match_postgres() {
+    let mut server = Server::connect();
+    let digest = server
+        .client
+        .prepare(
+            "SELECT 'v1:' || encode(sha256(convert_to(j::text, 'UTF8')), 'hex'), pg_column_size(j) \
+             FROM (SELECT $1::text::jsonb AS j OFFSET 0) s",
+        )
+        .unwrap();
+    let mut check = |doc: String, accepted: bool| {
+        let (ours, theirs) = std::thread::scope(|scope| {
+            let theirs = scope.spawn(|| server.client.query_one(&digest, &[&doc]));
+            let ours = canon::canonicalize_with_size(doc.as_bytes());
+            (ours, theirs.join().unwrap())
+        });
+        let what = preview(doc.as_bytes());
+        match (ours, theirs) {
+            (Ok(ours), Ok(row)) => {
+                assert!(accepted, "{what}: accepted by both, expected a refusal");
+                assert_eq!(
+                    canon::hash_canonical(&ours.text),
+                    row.get::<_, String>(0),
+                    "{what}"
+                );
+                assert_eq!(ours.jsonb_bytes, row.get::<_, i32>(1) as usize, "{what}");
+            }
+            (Err(ours), Err(_)) => {
+                assert!(!accepted, "{what}: refused by both: {ours}");
+                assert_eq!(ours.code(), "too_large", "{what}: {ours}");
+            }
+            (ours, theirs) => panic!("{what}: ours {:?}, server {:?}", ours.err(), theirs.err()),
+        }
+    };
+    let list = |open: &str, item: &str, n: usize, close: &str| {
+        let mut s = String::with_capacity(open.len() + n * (item.len() + 1) + close.len());
+        s.push_str(open);
+        for i in 0..n {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(item);
+        }
+        s.push_str(close);
+        s
+    };
+    // At most 2^24 array elements and 2^23 object members (duplicates count).
+    let elements = canon::MAX_ARRAY_ELEMENTS;
+    check(list("[", "0", elements, "]"), true);
+    check(list("[", "0", elements + 1, "]"), false);
+    let members = canon::MAX_OBJECT_MEMBERS;
+    check(list("{", r#""":0"#, members, "}"), true);
+    check(list("{", r#""":0"#, members + 1, "}"), false);
+    // A container's binary form may take at most 2^28 - 1 bytes. Two arrays of 1s: each
+    // array is a 4-byte header plus 12 bytes an element (a 4-byte JEntry and an 8-byte
+    // numeric, all aligned); the outer one adds its header and two JEntries.
+    let first = 11_000_000;
+    let pair = |n: usize| {
+        format!(
+            "[{},{}]",
+            list("[", "1", first, "]"),
+            list("[", "1", n, "]")
+        )
+    };
+    let fits = (canon::MAX_CONTAINER_BYTES as usize - 12 - (4 + 12 * first) - 4) / 12;
+    check(pair(fits), true);
+    check(pair(fits + 1), false);
 }
