@@ -1,6 +1,7 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
 mod backup;
+mod canon;
 mod check;
 mod cli;
 mod cutover;

@@ -80,7 +80,7 @@ fn postgres_restart_mid_load_then_rerun_completes() {
         }
     }
     let _stop = Stop(pgdir.clone());
-    let mut child = Command::new(bin_path("migrate-state"))
+    let child = Command::new(bin_path("migrate-state"))
         .args(["--dry-run=false", "--batch-size", "100", "--config"])
         .arg(&s.config)
         .env("DATABASE_URL", &url)
