@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod exit;
+pub mod fixture;
 pub mod fsutil;
 pub mod redact;
 pub mod report;
