@@ -1,1 +1,3 @@
+//! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
+mod fixture;
