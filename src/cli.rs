@@ -113,7 +113,7 @@ impl Ctx {
     pub fn target(&mut self, cfg: Option<&Config>) -> Result<Target> {
         let settings = cfg
             .map(|c| c.postgres.clone())
-            .unwrap_or_else(|| default_pg_settings());
+            .unwrap_or_else(default_pg_settings);
         let t = config::target(&settings, cfg.map(|c| c.path.as_path()), &self.env)?.ok_or_else(
             || Error::NoTarget {
                 url_env: settings.url_env.clone(),
@@ -253,11 +253,7 @@ pub fn summary(r: &Report) -> String {
     }
     for c in &r.checks {
         if c.status != report::CheckStatus::Pass {
-            out.push_str(
-                &format!("\n  {:?} {}: {}", c.status, c.id, c.summary)
-                    .to_lowercase()
-                    .replacen("", "", 0),
-            );
+            out.push_str(&format!("\n  {:?} {}: {}", c.status, c.id, c.summary).to_lowercase());
         }
     }
     for e in &r.errors {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod cutover;
 pub mod error;
 pub mod exit;
+pub mod fixture;
 pub mod fsutil;
 pub mod plan;
 pub mod redact;

@@ -5,6 +5,7 @@ mod canon;
 mod check;
 mod cli;
 mod cutover;
+mod fixture;
 mod migrate;
 mod resume;
 mod secrets;
