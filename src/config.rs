@@ -339,7 +339,11 @@ fn config_invalid(path: &Path, text: &str, e: &toml::de::Error) -> Error {
     let line = e
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    let msg = e.message().trim().replace("expected u32", "expected an integer").replace("expected u64", "expected an integer");
+    let msg = e
+        .message()
+        .trim()
+        .replace("expected u32", "expected an integer")
+        .replace("expected u64", "expected an integer");
     let message = match line {
         Some(l) => format!("line {l}: {msg}"),
         None => msg,

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use postgres::Client;
 use serde::Serialize;
 
@@ -71,28 +70,6 @@ impl Counts {
 pub struct LedgerEntry {
     pub status: String,
     pub content_hash: Option<String>,
-}
-
-/// A target row's content hash, computed like the source's.
-pub fn target_hash(
-    id: &str,
-    user_id: Option<String>,
-    status: Option<String>,
-    step: Option<String>,
-    cost: Option<f64>,
-    created: Option<DateTime<Utc>>,
-    updated: Option<DateTime<Utc>>,
-    state: Option<&str>,
-) -> String {
-    let meta = Meta {
-        user_id,
-        status,
-        current_step: step,
-        cost,
-        created_at: created,
-        updated_at: updated,
-    };
-    source::content_hash(id, &meta, state)
 }
 
 /// Classifies sessions against the ledger and the target, a batch at a time.
@@ -208,16 +185,15 @@ impl Planner {
             .map(|r| {
                 let id: String = r.get(0);
                 let state: Option<String> = r.get(7);
-                let h = target_hash(
-                    &id,
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
-                    state.as_deref(),
-                );
+                let meta = Meta {
+                    user_id: r.get(1),
+                    status: r.get(2),
+                    current_step: r.get(3),
+                    cost: r.get(4),
+                    created_at: r.get(5),
+                    updated_at: r.get(6),
+                };
+                let h = source::content_hash(&id, &meta, state.as_deref());
                 (id, h)
             })
             .collect())

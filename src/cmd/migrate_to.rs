@@ -82,7 +82,7 @@ impl Step for Args {
             plan.push(("verify", with(&[])));
         }
         if self.set_default {
-            plan.push(("set-default", with(&[dry.clone()])));
+            plan.push(("set-default", with(std::slice::from_ref(&dry))));
         }
         let mut reports: Vec<Report> = Vec::new();
         for (name, argv) in plan {

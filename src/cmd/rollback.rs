@@ -15,7 +15,6 @@ use crate::cli::{Common, Ctx, DryRun, Step};
 use crate::config::{Backend, Config};
 use crate::cutover;
 use crate::error::{Error, Result};
-use crate::plan::target_hash;
 use crate::report::{CheckStatus, INLINE_LIMIT};
 use crate::source::{Meta, fields, sqlite};
 use crate::target::{self, WriterLock, qualified};
@@ -251,16 +250,7 @@ pub fn find_changed(c: &mut postgres::Client, schema: &str) -> Result<Vec<Change
             };
             let state: Option<String> = r.get(7);
             let ledger: Option<String> = r.get(8);
-            let hash = target_hash(
-                &id,
-                meta.user_id.clone(),
-                meta.status.clone(),
-                meta.current_step.clone(),
-                meta.cost,
-                meta.created_at,
-                meta.updated_at,
-                state.as_deref(),
-            );
+            let hash = crate::source::content_hash(&id, &meta, state.as_deref());
             let kind = match &ledger {
                 None => "created",
                 Some(h) if *h != hash => "changed",

@@ -64,6 +64,9 @@ pub struct VerifyCounts {
     pub invalid: u64,
 }
 
+/// A ledger row: status and content hash.
+type LedgerRow = (String, Option<String>);
+
 struct TargetRow {
     meta: Meta,
     state_sha: Option<String>,
@@ -148,7 +151,7 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     let ledger_t = qualified(&schema_name, "sessiondb_ledger");
     let fetch_sql = format!(
         "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at,
-                encode(sha256(convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash
+                encode(sha256(convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash, u.id
            FROM unnest($1::text[]) AS u(id)
            LEFT JOIN {sessions_t} s ON s.id = u.id
            LEFT JOIN {state_t} st ON st.session_id = u.id
@@ -202,15 +205,16 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
             return Ok(());
         }
         let rows = tx.query(&fetch_sql, &[&ids]).map_err(|e| Error::pg("reading target rows", "", e))?;
-        let mut by_id: HashMap<String, (Option<TargetRow>, Option<(String, Option<String>)>)> = HashMap::with_capacity(rows.len());
-        for (r, id) in rows.iter().zip(&ids) {
+        let mut by_id: HashMap<String, (Option<TargetRow>, Option<LedgerRow>)> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.get(10);
             let exists: Option<String> = r.get(0);
             let trow = exists.map(|_| TargetRow {
                 meta: Meta { user_id: r.get(1), status: r.get(2), current_step: r.get(3), cost: r.get(4), created_at: r.get(5), updated_at: r.get(6) },
                 state_sha: r.get(7),
             });
             let ledger: Option<String> = r.get(8);
-            by_id.insert((*id).to_owned(), (trow, ledger.map(|l| (l, r.get(9)))));
+            by_id.insert(id, (trow, ledger.map(|l| (l, r.get(9)))));
         }
         for s in &batch {
             counts.checked += 1;

@@ -7,15 +7,21 @@ use std::path::{Path, PathBuf};
 use super::Invalid;
 use crate::canon::MAX_STATE_BYTES;
 
-fn invalid(id: &str, code: &'static str, path: &Path, message: String, raw: Vec<u8>) -> Invalid {
-    Invalid {
+fn invalid(
+    id: &str,
+    code: &'static str,
+    path: &Path,
+    message: String,
+    raw: Vec<u8>,
+) -> Box<Invalid> {
+    Box::new(Invalid {
         id: Some(id.to_owned()),
         code,
         message: format!("session {id}: {}: {message}", path.display()),
         path: Some(path.to_path_buf()),
         record: "state_file",
         raw,
-    }
+    })
 }
 
 /// Whether `p`, with every link resolved, stays under `root`.
@@ -31,7 +37,7 @@ pub(super) fn read_state(
     dir: &Path,
     root: Option<&Path>,
     id: &str,
-) -> Result<Option<(Vec<u8>, PathBuf)>, Invalid> {
+) -> Result<Option<(Vec<u8>, PathBuf)>, Box<Invalid>> {
     let folder = dir.join(id);
     match std::fs::symlink_metadata(&folder) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -64,8 +70,8 @@ pub(super) fn read_state(
         Err(e) => return Err(invalid(id, "unreadable", &path, e.to_string(), Vec::new())),
         Ok(m) => m,
     };
-    if meta.file_type().is_symlink() {
-        if !inside(root, &path) {
+    if meta.file_type().is_symlink() && !inside(root, &path) {
+        {
             let target = std::fs::read_link(&path)
                 .map(|t| t.display().to_string())
                 .unwrap_or_default();

@@ -576,7 +576,7 @@ impl Resolve {
                 }),
                 warnings,
             ),
-            Err(inv) => (Item::Invalid(inv), warnings),
+            Err(inv) => (Item::Invalid(*inv), warnings),
         }
     }
 
@@ -622,7 +622,7 @@ impl Resolve {
                 }),
                 warnings,
             ),
-            Err(inv) => (Item::Invalid(inv), warnings),
+            Err(inv) => (Item::Invalid(*inv), warnings),
         }
     }
 
@@ -634,7 +634,7 @@ impl Resolve {
         column: Option<(Vec<u8>, Origin)>,
         json: Option<Vec<u8>>,
         warnings: &mut Vec<Finding>,
-    ) -> std::result::Result<Option<State>, Invalid> {
+    ) -> std::result::Result<Option<State>, Box<Invalid>> {
         let mut candidates: Vec<(Vec<u8>, Origin, Option<PathBuf>)> = Vec::new();
         if let (Some(dir), true) = (&self.sessions_dir, fields::path_safe(id)) {
             match files::read_state(dir, self.sessions_root.as_deref(), id) {
@@ -671,14 +671,14 @@ impl Resolve {
                         Some(p) => p.display().to_string(),
                         None => format!("the {} state", origin_name(&origin)),
                     };
-                    return Err(Invalid {
+                    return Err(Box::new(Invalid {
                         id: Some(id.to_owned()),
                         code: e.code(),
                         message: format!("session {id}: {where_}: {e}"),
                         path,
                         record,
                         raw,
-                    });
+                    }));
                 }
                 (Some(win), other) => {
                     let differs = match &other {

@@ -12,11 +12,33 @@ fn assert_complete(url: &str, s: &Store, n: i64) {
     let q = |c: &mut postgres::Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
     assert_eq!(q(&mut c, "SELECT count(*) FROM sessions"), n);
     assert_eq!(q(&mut c, "SELECT count(*) FROM session_state"), n);
-    assert_eq!(q(&mut c, "SELECT count(*) FROM sessiondb_ledger WHERE status = 'migrated'"), n);
-    assert_eq!(q(&mut c, "SELECT count(*) FROM session_state WHERE (state->>'i')::int IS NULL"), 0, "no half-written state");
-    let v = sessiondb(&["verify"]).config(&s.config).env("DATABASE_URL", url).expect(0);
-    assert_eq!(v.count("missing") + v.count("different") + v.count("extra"), 0);
-    let again = sessiondb(&["migrate-state", "--dry-run=false"]).config(&s.config).env("DATABASE_URL", url).expect(0);
+    assert_eq!(
+        q(
+            &mut c,
+            "SELECT count(*) FROM sessiondb_ledger WHERE status = 'migrated'"
+        ),
+        n
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            "SELECT count(*) FROM session_state WHERE (state->>'i')::int IS NULL"
+        ),
+        0,
+        "no half-written state"
+    );
+    let v = sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", url)
+        .expect(0);
+    assert_eq!(
+        v.count("missing") + v.count("different") + v.count("extra"),
+        0
+    );
+    let again = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", url)
+        .expect(0);
     assert_eq!((again.count("inserted"), again.count("updated")), (0, 0));
 }
 
@@ -27,7 +49,10 @@ fn kill_dash_nine_at_random_moments_then_rerun_completes() {
     s.bulk(n, 1500);
     let db = pg::TestDb::new("resume_kill");
     // Seeded by the clock, printed so a failure can be replayed.
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("kill moments seed {seed}");
     let mut x = seed | 1;
     let mut kills = 0;
@@ -37,7 +62,13 @@ fn kill_dash_nine_at_random_moments_then_rerun_completes() {
         x ^= x << 17;
         let after = Duration::from_millis(150 + x % 1200);
         let mut child = Command::new(bin_path("migrate-state"))
-            .args(["--dry-run=false", "--batch-size", "100", "--quiet", "--config"])
+            .args([
+                "--dry-run=false",
+                "--batch-size",
+                "100",
+                "--quiet",
+                "--config",
+            ])
             .arg(&s.config)
             .env("DATABASE_URL", &db.url)
             .stdout(Stdio::null())
@@ -58,8 +89,16 @@ fn kill_dash_nine_at_random_moments_then_rerun_completes() {
         let _ = child.wait();
     }
     eprintln!("killed {kills} runs");
-    let r = sessiondb(&["migrate-state", "--dry-run=false"]).config(&s.config).env("DATABASE_URL", &db.url).expect(0);
-    assert_eq!(r.count("inserted") + r.count("unchanged"), n as u64, "{}", r.stdout);
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert_eq!(
+        r.count("inserted") + r.count("unchanged"),
+        n as u64,
+        "{}",
+        r.stdout
+    );
     assert_complete(&db.url, &s, n as i64);
 }
 
@@ -70,13 +109,25 @@ fn postgres_restart_mid_load_then_rerun_completes() {
     s.bulk(n, 1500);
     let dir = crate::support::TempDir::new();
     let pgdir = dir.path().join("pg");
-    let out = Command::new(env!("CARGO_MANIFEST_DIR").to_owned() + "/scripts/pg-ephemeral").arg("start").arg(&pgdir).env("PG_EPHEMERAL_FAST", "1").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_MANIFEST_DIR").to_owned() + "/scripts/pg-ephemeral")
+        .arg("start")
+        .arg(&pgdir)
+        .env("PG_EPHEMERAL_FAST", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     struct Stop(std::path::PathBuf);
     impl Drop for Stop {
         fn drop(&mut self) {
-            let _ = Command::new(env!("CARGO_MANIFEST_DIR").to_owned() + "/scripts/pg-ephemeral").arg("stop").arg(&self.0).output();
+            let _ = Command::new(env!("CARGO_MANIFEST_DIR").to_owned() + "/scripts/pg-ephemeral")
+                .arg("stop")
+                .arg(&self.0)
+                .output();
         }
     }
     let _stop = Stop(pgdir.clone());
@@ -92,23 +143,48 @@ fn postgres_restart_mid_load_then_rerun_completes() {
     let t0 = Instant::now();
     loop {
         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let exists: bool = c.query_one("SELECT to_regclass('sessiondb_ledger') IS NOT NULL", &[]).unwrap().get(0);
-        let done: i64 = if exists { c.query_one("SELECT count(*) FROM sessiondb_ledger", &[]).unwrap().get(0) } else { 0 };
+        let exists: bool = c
+            .query_one("SELECT to_regclass('sessiondb_ledger') IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        let done: i64 = if exists {
+            c.query_one("SELECT count(*) FROM sessiondb_ledger", &[])
+                .unwrap()
+                .get(0)
+        } else {
+            0
+        };
         if done > 0 || t0.elapsed() > Duration::from_secs(60) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let pg_ctl = |args: &[&str]| {
-        let bindir = String::from_utf8(Command::new("pg_config").arg("--bindir").output().unwrap().stdout).unwrap().trim().to_owned();
+        let bindir = String::from_utf8(
+            Command::new("pg_config")
+                .arg("--bindir")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
         let mut cmd = if unsafe { libc::geteuid() } == 0 {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(format!("{bindir}/pg_ctl"));
+            c.args(["-u", "postgres", "--"])
+                .arg(format!("{bindir}/pg_ctl"));
             c
         } else {
             Command::new(format!("{bindir}/pg_ctl"))
         };
-        let st = cmd.arg("-D").arg(pgdir.join("data")).args(args).stdout(Stdio::null()).status().unwrap();
+        let st = cmd
+            .arg("-D")
+            .arg(pgdir.join("data"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
         assert!(st.success());
     };
     pg_ctl(&["restart", "-m", "fast", "-w"]);
@@ -116,10 +192,21 @@ fn postgres_restart_mid_load_then_rerun_completes() {
     let code = out.status.code().unwrap();
     let report: sessiondb::report::Report = serde_json::from_slice(&out.stdout).unwrap();
     if code != 0 {
-        assert_eq!(code, 3, "a lost connection is an operational failure: {report:?}");
+        assert_eq!(
+            code, 3,
+            "a lost connection is an operational failure: {report:?}"
+        );
         assert!(!report.errors.is_empty());
     }
-    let r = sessiondb(&["migrate-state", "--dry-run=false"]).config(&s.config).env("DATABASE_URL", &url).expect(0);
-    assert_eq!(r.count("inserted") + r.count("unchanged"), n as u64, "{}", r.stdout);
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &url)
+        .expect(0);
+    assert_eq!(
+        r.count("inserted") + r.count("unchanged"),
+        n as u64,
+        "{}",
+        r.stdout
+    );
     assert_complete(&url, &s, n as i64);
 }

@@ -4,10 +4,13 @@
 use std::path::Path;
 
 use crate::support::store::Store;
-use crate::support::{pg, sessiondb, Run};
+use crate::support::{Run, pg, sessiondb};
 
 fn scan_tree(root: &Path, secret: &str, skip: &dyn Fn(&Path) -> bool) {
-    for e in walkdir::WalkDir::new(root).into_iter().filter_map(Result::ok) {
+    for e in walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
         if e.file_type().is_file() && !skip(e.path()) {
             let bytes = std::fs::read(e.path()).unwrap_or_default();
             assert!(
@@ -20,8 +23,16 @@ fn scan_tree(root: &Path, secret: &str, skip: &dyn Fn(&Path) -> bool) {
 }
 
 fn clean(r: &Run, secret: &str, what: &str) {
-    assert!(!r.stdout.contains(secret), "{what}: password in stdout:\n{}", r.stdout);
-    assert!(!r.stderr.contains(secret), "{what}: password in stderr:\n{}", r.stderr);
+    assert!(
+        !r.stdout.contains(secret),
+        "{what}: password in stdout:\n{}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr.contains(secret),
+        "{what}: password in stderr:\n{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -34,7 +45,12 @@ fn no_command_prints_the_password() {
     assert!(secret.len() >= 8, "the test cluster has a real password");
     let reports = s.root().join("reports");
     let run = |args: &[&str], url: &str| -> Run {
-        let r = sessiondb(args).config(&s.config).env("DATABASE_URL", url).arg("--report-dir").arg(&reports).run();
+        let r = sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", url)
+            .arg("--report-dir")
+            .arg(&reports)
+            .run();
         clean(&r, &secret, &args.join(" "));
         r
     };
@@ -64,9 +80,18 @@ fn no_command_prints_the_password() {
     let wrong = url.replace(&secret, "WrongPassw0rd!");
     let r = run(&["check", "--backend", "postgres"], &wrong);
     assert!(!r.stdout.contains("WrongPassw0rd!") && !r.stderr.contains("WrongPassw0rd!"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let down = format!("postgresql://u:{secret}@127.0.0.1:{port}/x");
-    for args in [&["preflight"][..], &["migrate-state", "--dry-run=false"], &["verify"], &["rollback"]] {
+    for args in [
+        &["preflight"][..],
+        &["migrate-state", "--dry-run=false"],
+        &["verify"],
+        &["rollback"],
+    ] {
         let r = run(args, &down);
         assert_ne!(r.code, 0);
     }
@@ -85,8 +110,12 @@ fn a_password_in_the_config_file_is_warned_and_never_printed() {
     let r = sessiondb(&["preflight"]).config(&s.config).run();
     clean(&r, &secret, "preflight");
     assert!(r.has_warning("secret_in_config"), "{}", r.stdout);
-    let r = sessiondb(&["migrate-state", "--dry-run=false"]).config(&s.config).expect(0);
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .expect(0);
     clean(&r, &secret, "migrate-state");
     // The backup copies the config file as it is (a secret at rest, warned); nothing else holds it.
-    scan_tree(s.root(), &secret, &|p| p == s.config || p.ends_with("config/sessiondb.toml"));
+    scan_tree(s.root(), &secret, &|p| {
+        p == s.config || p.ends_with("config/sessiondb.toml")
+    });
 }

@@ -134,7 +134,10 @@ impl Store {
                 let id = format!("k{i:07}");
                 st.execute([&id]).unwrap();
                 let pad = "p".repeat(size.saturating_sub(40));
-                super::write(&self.sessions.join(&id).join("state.json"), format!("{{\"i\": {i}, \"pad\": \"{pad}\"}}"));
+                super::write(
+                    &self.sessions.join(&id).join("state.json"),
+                    format!("{{\"i\": {i}, \"pad\": \"{pad}\"}}"),
+                );
             }
         }
         tx.commit().unwrap();
