@@ -122,6 +122,7 @@ def run_case(n, work, admin_url, full):
 
 def main():
     work = tempfile.mkdtemp(prefix="sessiondb-bench-")
+    os.chmod(work, 0o755)
     pg = os.path.join(work, "pg")
     admin = sh([os.path.join(ROOT, "scripts/pg-ephemeral"), "start", pg]).stdout.strip()
     results = {"machine": {"cores": os.cpu_count()}, "cases": []}
