@@ -83,6 +83,13 @@ pub enum Error {
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
 
+    #[error("{code} while {context}: {message}")]
+    Timeout {
+        code: &'static str,
+        context: String,
+        message: String,
+    },
+
     #[error("step {step} failed (exit {exit}): {message}")]
     StepFailed {
         step: String,
@@ -123,6 +130,7 @@ impl Error {
             Error::Refused { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
             Error::StepFailed { .. } => "step_failed",
+            Error::Timeout { code, .. } => code,
         }
     }
 
@@ -147,6 +155,24 @@ impl Error {
     pub fn pg(context: &str, target: &str, err: postgres::Error) -> Error {
         if let Some(db) = err.as_db_error() {
             let message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if db.code() == &postgres::error::SqlState::LOCK_NOT_AVAILABLE {
+                return Error::Timeout {
+                    code: "lock_timeout",
+                    context: context.to_owned(),
+                    message: format!(
+                        "{message}: another session holds a lock on the rows or tables being written (lock_timeout; see pg_locks); nothing of this batch was written"
+                    ),
+                };
+            }
+            if db.code() == &postgres::error::SqlState::QUERY_CANCELED {
+                return Error::Timeout {
+                    code: "statement_timeout",
+                    context: context.to_owned(),
+                    message: format!(
+                        "{message}: a statement ran longer than the role's statement_timeout; nothing of this batch was written (raise it, or lower --batch-size)"
+                    ),
+                };
+            }
             if db.code() == &postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
                 return Error::PermissionDenied {
                     target: target.to_owned(),

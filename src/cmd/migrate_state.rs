@@ -144,8 +144,17 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let schema_name = cfg.postgres.schema.clone();
     let batch = args.batch_size as usize;
     let mut client = target::connect(&t)?;
+    // A bounded wait for row locks the application holds; SESSIONDB_LOCK_TIMEOUT overrides.
+    let lock_timeout = ctx
+        .env
+        .get("SESSIONDB_LOCK_TIMEOUT")
+        .unwrap_or("30s")
+        .to_owned();
     client
-        .batch_execute("SET lock_timeout = '30s'")
+        .execute(
+            "SELECT set_config('lock_timeout', $1, false)",
+            &[&lock_timeout],
+        )
         .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
     let st = schema::status(&mut client, &schema_name)?;
     if let Some(p) = st.problems() {

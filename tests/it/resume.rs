@@ -100,6 +100,12 @@ fn kill_dash_nine_at_random_moments_then_rerun_completes() {
         r.stdout
     );
     assert_complete(&db.url, &s, n as i64);
+    crate::faults::row(
+        &format!("kill -9 at random moments ({kills} of 4 runs killed, {n} sessions)"),
+        "migrate-state --dry-run=false",
+        "rerun exit 0",
+        &format!("{n} sessions, no duplicate, verify passes, second run changes nothing"),
+    );
 }
 
 #[test]
@@ -209,4 +215,10 @@ fn postgres_restart_mid_load_then_rerun_completes() {
         r.stdout
     );
     assert_complete(&url, &s, n as i64);
+    crate::faults::row(
+        "PostgreSQL restarted mid-load",
+        "migrate-state --dry-run=false",
+        &format!("exit {code}, rerun exit 0"),
+        &format!("{n} sessions, verify passes"),
+    );
 }

@@ -98,6 +98,12 @@ fn no_command_prints_the_password() {
     let kw = format!("host=127.0.0.1 port={port} user=u password={secret} dbname=x");
     run(&["check", "--backend", "postgres"], &kw);
     scan_tree(s.root(), &secret, &|_| false);
+    crate::faults::row(
+        "password in DATABASE_URL (URL and keyword forms)",
+        "every command, passing and failing",
+        "0 secrets found",
+        "stdout, stderr, every file written",
+    );
 }
 
 #[test]

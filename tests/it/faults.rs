@@ -1,0 +1,462 @@
+//! Fault injection: kills, PostgreSQL faults, filesystem faults, concurrency, and
+//! hostile input. Each test records a row (fault, command, outcome, data check) in
+//! `$SESSIONDB_FAULTS_TABLE` when set; `just faults` prints them as a table.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::store::Store;
+use crate::support::{Cmd, Run, bin_path, pg, pg::TestDb, sessiondb};
+
+pub(crate) fn row(fault: &str, command: &str, outcome: &str, check: &str) {
+    if let Ok(p) = std::env::var("SESSIONDB_FAULTS_TABLE") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        writeln!(f, "{fault}\t{command}\t{outcome}\t{check}").unwrap();
+    }
+}
+
+fn spawn(bin: &str, args: &[&str], s: &Store, url: &str) -> Child {
+    Command::new(bin_path(bin))
+        .args(args)
+        .arg("--config")
+        .arg(&s.config)
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kill `child` with SIGKILL after `after`, unless it ended; true when it was killed.
+fn kill_after(mut child: Child, after: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < after {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    killed
+}
+
+struct Rng(u64);
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("seed {seed}");
+        Rng(seed)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn loaded(n: usize, label: &str) -> (Store, TestDb) {
+    let s = Store::new();
+    s.bulk(n, 600);
+    let db = TestDb::new(label);
+    sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    (s, db)
+}
+
+#[test]
+fn kill_set_default_mid_write_leaves_the_old_or_the_new_config() {
+    let (s, db) = loaded(50, "fault_kill_setdefault");
+    sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let old = std::fs::read_to_string(&s.config).unwrap();
+    let new = old.replace("backend = \"sqlite\"", "backend = \"postgres\"");
+    let mut rng = Rng::new();
+    let (mut killed, mut olds, mut news) = (0, 0, 0);
+    for _ in 0..25 {
+        std::fs::write(&s.config, &old).unwrap();
+        let child = spawn("set-default", &["--dry-run=false"], &s, &db.url);
+        killed += kill_after(child, Duration::from_millis(rng.below(60))) as u32;
+        let now = std::fs::read_to_string(&s.config).unwrap();
+        assert!(
+            now == old || now == new,
+            "the config is neither the old nor the new file:\n{now}"
+        );
+        if now == old {
+            olds += 1
+        } else {
+            news += 1
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(s.root())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        for l in leftovers {
+            let _ = std::fs::remove_file(l.path());
+        }
+    }
+    row(
+        "kill -9 at random moments (25 runs)",
+        "set-default --dry-run=false",
+        &format!("{killed} killed"),
+        &format!("config old {olds}×, new {news}×, never broken"),
+    );
+}
+
+#[test]
+fn kill_backup_mid_copy_is_never_taken_for_a_complete_backup() {
+    let s = Store::new();
+    s.bulk(3000, 800);
+    let db = TestDb::new("fault_kill_backup");
+    let mut rng = Rng::new();
+    let mut incomplete = 0;
+    for _ in 0..3 {
+        let child = spawn("backup", &[], &s, &db.url);
+        kill_after(child, Duration::from_millis(100 + rng.below(600)));
+    }
+    let dir = s.root().join("backups");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if !sessiondb::backup::is_complete(&e.path()) {
+            incomplete += 1;
+            let v = Cmd::bin("backup", &["--verify"])
+                .arg(e.path())
+                .config(&s.config)
+                .expect(1);
+            assert!(v.has_error("backup_incomplete"), "{}", v.stdout);
+        }
+    }
+    // migrate-state ignores incomplete folders: it takes (or finds) a complete one.
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let used = r.report.details["backup"].as_str().unwrap().to_owned();
+    assert!(sessiondb::backup::is_complete(std::path::Path::new(&used)));
+    Cmd::bin("backup", &["--verify", &used])
+        .config(&s.config)
+        .expect(0);
+    row(
+        "kill -9 during backup (3 runs)",
+        "backup",
+        &format!("{incomplete} incomplete folder(s) marked"),
+        "migrate-state used a verified complete backup",
+    );
+}
+
+#[test]
+fn every_command_reports_an_unreachable_server_cleanly() {
+    let s = Store::new();
+    s.session("a", r#"{"x": 1}"#);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgresql://app:pw-unreach-9@127.0.0.1:{port}/app");
+    let mut n = 0;
+    for (args, code) in [
+        (&["check", "--backend", "postgres"][..], 1),
+        (&["preflight"], 1),
+        (&["migrate-state"], 3),
+        (&["migrate-state", "--dry-run=false"], 3),
+        (&["verify"], 3),
+        (&["set-default", "--dry-run=false"], 3),
+        (&["rollback", "--dry-run=false"], 3),
+    ] {
+        let r: Run = sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", &url)
+            .expect(code);
+        assert!(
+            r.has_error("postgres_unreachable"),
+            "{args:?}: {}",
+            r.stdout
+        );
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("stack backtrace"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stdout.contains("pw-unreach-9") && !r.stderr.contains("pw-unreach-9"));
+        n += 1;
+    }
+    row(
+        "server unreachable",
+        &format!("{n} commands"),
+        "postgres_unreachable, exit 1 (checks) or 3",
+        "no panic, no password",
+    );
+}
+
+#[test]
+fn an_application_row_lock_is_waited_for_boundedly() {
+    let (s, db) = loaded(20, "fault_row_lock");
+    s.state_file("k0000003", br#"{"changed": 1}"#);
+    let mut app = db.client();
+    let mut tx = app.transaction().unwrap();
+    tx.execute(
+        "SELECT 1 FROM session_state WHERE session_id = 'k0000003' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .env("SESSIONDB_LOCK_TIMEOUT", "1s")
+        .expect(3);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert!(r.has_error("lock_timeout"), "{}", r.stdout);
+    tx.rollback().unwrap();
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert_eq!(r.count("updated"), 1);
+    row(
+        "row lock held by the application",
+        "migrate-state --dry-run=false",
+        "exit 3 lock_timeout after 1s",
+        "rerun updated the session",
+    );
+}
+
+#[test]
+fn a_low_statement_timeout_and_a_role_without_privileges_fail_clearly() {
+    let s = Store::new();
+    s.bulk(200, 400);
+    let db = TestDb::new("fault_roles");
+    let pw = "R0le-pw-xyz";
+    let weak = format!("weak_{}", &db.name[db.name.len() - 8..]);
+    let slow = format!("slow_{}", &db.name[db.name.len() - 8..]);
+    db.client()
+        .batch_execute(&format!(
+            "CREATE ROLE {weak} LOGIN PASSWORD '{pw}'; REVOKE ALL ON SCHEMA public FROM PUBLIC;
+             CREATE ROLE {slow} LOGIN PASSWORD '{pw}'; GRANT ALL ON SCHEMA public TO {slow}; ALTER ROLE {slow} SET statement_timeout = '1ms';"
+        ))
+        .unwrap();
+    let as_role = |role: &str| {
+        db.url
+            .replacen("postgres:", &format!("{role}:"), 1)
+            .replacen(&pg::password(), pw, 1)
+    };
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", as_role(&weak))
+        .expect(3);
+    assert!(r.has_error("permission_denied"), "{}", r.stdout);
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", as_role(&slow))
+        .run();
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    assert!(r.has_error("statement_timeout"), "{}", r.stdout);
+    assert!(!r.stdout.contains(pw) && !r.stderr.contains(pw));
+    row(
+        "role without privileges; statement_timeout 1ms",
+        "migrate-state --dry-run=false",
+        "exit 3 permission_denied / statement_timeout",
+        "no password in output",
+    );
+}
+
+#[test]
+fn a_sqlite_database_locked_exclusively_is_a_clear_error() {
+    let s = Store::new();
+    s.session("a", r#"{"x": 1}"#);
+    // A rollback journal (not WAL), locked exclusively by another connection.
+    s.conn()
+        .pragma_update(None, "journal_mode", "delete")
+        .unwrap();
+    let locker = s.conn();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t0 = Instant::now();
+    let r = sessiondb(&["check", "--backend", "sqlite"])
+        .config(&s.config)
+        .run();
+    assert!(
+        t0.elapsed() >= Duration::from_secs(4),
+        "waited for the busy timeout"
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stdout.contains("locked") || r.stdout.contains("busy"),
+        "{}",
+        r.stdout
+    );
+    locker.execute_batch("ROLLBACK").unwrap();
+    sessiondb(&["check", "--backend", "sqlite"])
+        .config(&s.config)
+        .expect(0);
+    row(
+        "SQLite locked exclusively",
+        "check --backend sqlite",
+        "busy timeout 5s, then a clear error",
+        "works once released",
+    );
+}
+
+#[test]
+fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
+    let s = Store::new();
+    s.bulk(4000, 800);
+    let db = TestDb::new("fault_two_writers");
+    // Take a matching backup first so both runs go straight to the lock and the load.
+    sessiondb(&["backup"]).config(&s.config).expect(0);
+    let first = Command::new(bin_path("migrate-state"))
+        .args(["--dry-run=false", "--batch-size", "50", "--config"])
+        .arg(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run holds the lock.
+    let key = sessiondb::target::lock_key("public");
+    let t0 = Instant::now();
+    loop {
+        let held: i64 = db.client().query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid::bigint = ($1::bigint & 4294967295)", &[&key]).unwrap().get(0);
+        if held > 0 || t0.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut outcomes = Vec::new();
+    for args in [
+        &["migrate-state", "--dry-run=false"][..],
+        &["rollback", "--dry-run=false"],
+        &["set-default", "--dry-run=false", "--force"],
+    ] {
+        let r = sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+            .run();
+        if r.code == 3 {
+            assert!(r.has_error("lock_held"), "{}", r.stdout);
+            assert!(
+                r.report.errors[0].message.contains("pid "),
+                "names the holder: {}",
+                r.stdout
+            );
+            outcomes.push(format!("{}: lock_held", args[0]));
+        } else {
+            outcomes.push(format!(
+                "{}: exit {} (first run already done)",
+                args[0], r.code
+            ));
+        }
+    }
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let n: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM sessions", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4000);
+    assert!(
+        outcomes.iter().any(|o| o.ends_with("lock_held")),
+        "{outcomes:?}"
+    );
+    row(
+        "a second writer during a load",
+        "migrate-state / rollback / set-default",
+        &outcomes.join("; "),
+        "first run complete, 4000 sessions",
+    );
+}
+
+#[test]
+fn a_schema_name_with_a_quote_works() {
+    let s = Store::new();
+    for i in 0..5 {
+        s.session(&format!("q{i}"), r#"{"a": 1}"#);
+    }
+    s.write_config("sqlite", "\n[postgres]\nschema = 'we\"ird sch-ema'\n");
+    let db = TestDb::new("fault_schema_quote");
+    let r = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert_eq!(r.count("inserted"), 5);
+    sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let n: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM \"we\"\"ird sch-ema\".sessions", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+    row(
+        "schema name with a quote",
+        "migrate-state, verify",
+        "exit 0",
+        "5 sessions in the quoted schema",
+    );
+}
+
+#[test]
+fn ids_that_try_path_traversal_never_write_outside_the_sessions_folder() {
+    let s = Store::new();
+    s.session("ok", r#"{"x": 1}"#);
+    let db = TestDb::new("fault_traversal");
+    sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    sessiondb(&["set-default", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    db.client()
+        .batch_execute(
+            "INSERT INTO sessions (id, status) VALUES ('../../escaped', 'x'), ('a/b', 'y');
+             INSERT INTO session_state (session_id, state, updated_at) VALUES ('../../escaped', '{\"evil\": 1}', now()), ('a/b', '{\"evil\": 2}', now());",
+        )
+        .unwrap();
+    sessiondb(&["rollback", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert!(!s.root().join("escaped").exists() && !s.sessions.join("a").exists());
+    let col: String = s
+        .conn()
+        .query_row(
+            "SELECT state FROM sessions WHERE id = '../../escaped'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        col, r#"{"evil": 1}"#,
+        "unsafe ids keep their state in the SQLite column"
+    );
+    row(
+        "ids with ../ and /",
+        "rollback --dry-run=false",
+        "exit 0",
+        "nothing written outside sessions/, state in the SQLite column",
+    );
+}
