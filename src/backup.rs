@@ -313,6 +313,9 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
                     }
                     invalid.line(&invalid_line(&i))?
                 }
+                Item::Known { .. } => {
+                    unreachable!("a scan without a known function reads everything")
+                }
             }
         }
         Ok(())

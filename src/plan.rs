@@ -70,6 +70,17 @@ impl Counts {
 pub struct LedgerEntry {
     pub status: String,
     pub content_hash: Option<String>,
+    pub source_stamp: Option<String>,
+}
+
+/// A batch, classified.
+#[derive(Debug, Default)]
+pub struct Classified {
+    /// One per session, in order.
+    pub actions: Vec<Action>,
+    pub conflicts: Vec<ConflictInfo>,
+    /// Unchanged sessions whose stamp the ledger should learn: `(id, stamp)`.
+    pub restamp: Vec<(String, String)>,
 }
 
 /// Classifies sessions against the ledger and the target, a batch at a time.
@@ -134,7 +145,7 @@ impl Planner {
         let rows = c
             .query(
                 &format!(
-                    "SELECT session_id, status, content_hash FROM {} WHERE session_id = ANY($1)",
+                    "SELECT session_id, status, content_hash, source_stamp FROM {} WHERE session_id = ANY($1)",
                     qualified(&self.schema, "sessiondb_ledger")
                 ),
                 &[&ids],
@@ -148,6 +159,7 @@ impl Planner {
                     LedgerEntry {
                         status: r.get(1),
                         content_hash: r.get(2),
+                        source_stamp: r.get(3),
                     },
                 )
             })
@@ -204,7 +216,7 @@ impl Planner {
         &self,
         c: &mut impl postgres::GenericClient,
         batch: &[Session],
-    ) -> Result<(Vec<Action>, Vec<ConflictInfo>)> {
+    ) -> Result<Classified> {
         let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
         let ledger = self.ledger(c, &ids)?;
         // Read the target only for sessions that may be written.
@@ -220,8 +232,16 @@ impl Planner {
         let target = self.target_hashes(c, &need)?;
         let mut actions = Vec::with_capacity(batch.len());
         let mut conflicts = Vec::new();
+        let mut restamp = Vec::new();
         for (s, h) in batch.iter().zip(&hashes) {
             let led = ledger.get(&s.id).filter(|l| l.status == "migrated");
+            if let (Some(l), Some(stamp)) = (led, &s.stamp) {
+                if l.content_hash.as_deref() == Some(h.as_str())
+                    && l.source_stamp.as_ref() != Some(stamp)
+                {
+                    restamp.push((s.id.clone(), stamp.clone()));
+                }
+            }
             let tgt = target.get(&s.id);
             let action = match (led, tgt) {
                 (Some(l), _) if l.content_hash.as_deref() == Some(h.as_str()) => Action::Unchanged,
@@ -251,6 +271,10 @@ impl Planner {
             };
             actions.push(action);
         }
-        Ok((actions, conflicts))
+        Ok(Classified {
+            actions,
+            conflicts,
+            restamp,
+        })
     }
 }

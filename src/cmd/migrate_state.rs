@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::plan::{Action, ConflictInfo, Counts, Planner};
 use crate::report::{Finding, INLINE_LIMIT};
-use crate::source::{Invalid, Item, Session, Source};
+use crate::source::{Invalid, Item, KnownFn, Session, Source};
 use crate::target::{self, WriterLock, load, schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -77,26 +77,30 @@ fn plan_pass(
     src: &Source,
     client: &mut postgres::Client,
     planner: &Planner,
+    known: Option<&KnownFn<'_>>,
     batch: usize,
     progress: &mut Progress,
 ) -> Result<Planned> {
     let mut p = Planned::default();
-    let summary = src.open()?.scan(batch, |items| {
+    let summary = src.open()?.scan_with(batch, known, |items| {
         let mut sessions = Vec::with_capacity(items.len());
+        let mut unchanged = 0u64;
         for it in items {
             match it {
                 Item::Session(s) => sessions.push(s),
                 Item::Invalid(i) => p.invalid.push(i),
+                Item::Known { .. } => unchanged += 1,
             }
         }
-        let (actions, conflicts) = planner.classify(client, &sessions)?;
-        for (s, a) in sessions.iter().zip(actions) {
+        let cl = planner.classify(client, &sessions)?;
+        for (s, a) in sessions.iter().zip(cl.actions) {
             p.counts.add(a);
             p.counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
         }
-        p.counts.sessions += sessions.len() as u64;
-        p.conflicts.extend(conflicts);
-        progress.tick(sessions.len() as u64, 0);
+        p.counts.unchanged += unchanged;
+        p.counts.sessions += sessions.len() as u64 + unchanged;
+        p.conflicts.extend(cl.conflicts);
+        progress.tick(sessions.len() as u64 + unchanged, 0);
         Ok(())
     })?;
     p.counts.invalid = p.invalid.len() as u64;
@@ -171,7 +175,15 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     if args.dry.dry_run {
         let fp = src.quick_fingerprint()?;
         let planner = Planner::new(&mut client, &schema_name)?;
-        let p = plan_pass(&src, &mut client, &planner, batch, &mut progress)?;
+        let known = known_stamps(&t, &schema_name, &planner)?;
+        let p = plan_pass(
+            &src,
+            &mut client,
+            &planner,
+            known.as_deref(),
+            batch,
+            &mut progress,
+        )?;
         progress.done();
         report_planned(ctx, &p, args.quarantine);
         let backup = match &args.backup {
@@ -208,13 +220,21 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
     let planner = Planner::new(&mut client, &schema_name)?;
     let fresh = planner.target_empty;
+    let known = known_stamps(&t, &schema_name, &planner)?;
     let known_invalid = existing
         .as_deref()
         .and_then(|d| crate::backup::Manifest::read(d).ok())
         .map(|m| m.counts.invalid);
     let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
     if needs_plan {
-        let p = plan_pass(&src, &mut client, &planner, batch, &mut progress)?;
+        let p = plan_pass(
+            &src,
+            &mut client,
+            &planner,
+            known.as_deref(),
+            batch,
+            &mut progress,
+        )?;
         progress.done();
         if let Err(e) = refuse_if_needed(ctx, &p, args, false) {
             report_planned(ctx, &p, args.quarantine);
@@ -254,7 +274,8 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let mut skipped: Vec<ConflictInfo> = Vec::new();
     let mut quarantine_files: Option<Quarantine> = None;
     let mut batch_no = 0u64;
-    let summary = src.open()?.scan(batch, |items| {
+    let mut not_read = 0u64;
+    let summary = src.open()?.scan_with(batch, known.as_deref(), |items| {
         batch_no += 1;
         let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
         let mut invalid: Vec<Invalid> = Vec::new();
@@ -262,6 +283,11 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             match it {
                 Item::Session(s) => sessions.push(s),
                 Item::Invalid(i) => invalid.push(i),
+                Item::Known { .. } => {
+                    counts.sessions += 1;
+                    counts.unchanged += 1;
+                    not_read += 1;
+                }
             }
         }
         if !invalid.is_empty() && !args.quarantine {
@@ -272,12 +298,13 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         }
         let mut tx = client.transaction().map_err(|e| Error::pg("starting a batch", "", e))?;
         let hashes: Vec<String> = sessions.iter().map(Session::content_hash).collect();
-        let actions = if fresh {
-            vec![Action::Insert; sessions.len()]
+        let (actions, restamp) = if fresh {
+            (vec![Action::Insert; sessions.len()], Vec::new())
         } else {
-            let (a, _) = planner.classify(&mut tx, &sessions)?;
-            a
+            let cl = planner.classify(&mut tx, &sessions)?;
+            (cl.actions, cl.restamp)
         };
+        load::restamp(&mut tx, &schema_name, &restamp)?;
         let mut write = load::Batch { sessions: Vec::new() };
         let mut adopt = Vec::new();
         for ((s, h), a) in sessions.iter().zip(hashes).zip(&actions) {
@@ -371,6 +398,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     }
     counts.to_report(&mut ctx.report);
     ctx.report.count("quarantined", quarantined);
+    ctx.report.detail("unchanged_by_stamp", not_read);
     record_run_end(&mut client, &schema_name, &run_uuid, "done", &counts)?;
     if let Some(q) = quarantine_files {
         ctx.report.artifact("quarantine", &q.dir);
@@ -394,6 +422,34 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     ctx.report.next_steps.push("verify".into());
     drop(lock);
     Ok(())
+}
+
+/// The ledger's stamps, asked a batch at a time on a connection of their own: sessions
+/// whose sources are stamped exactly as when they were last migrated are not read again,
+/// so a catch-up costs in proportion to what changed. `None` for an empty target.
+fn known_stamps(
+    t: &crate::config::Target,
+    schema_name: &str,
+    planner: &Planner,
+) -> Result<Option<Box<KnownFn<'static>>>> {
+    if planner.target_empty {
+        return Ok(None);
+    }
+    let conn = std::sync::Mutex::new(target::connect(t)?);
+    let sql = format!(
+        "SELECT l.session_id FROM {} l JOIN unnest($1::text[], $2::text[]) AS u(i, s) ON l.session_id = u.i AND l.source_stamp = u.s
+          WHERE l.status = 'migrated'",
+        target::qualified(schema_name, "sessiondb_ledger")
+    );
+    Ok(Some(Box::new(move |pairs: &[(&str, &str)]| {
+        let ids: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+        let stamps: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+        let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = c
+            .query(&sql, &[&ids, &stamps])
+            .map_err(|e| Error::pg("reading the ledger's stamps", "", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    })))
 }
 
 /// Refuse on invalid records (without --quarantine) or conflicts (with --on-conflict fail).
@@ -439,22 +495,20 @@ fn existing_backup(
 ) -> Result<Option<PathBuf>> {
     match given {
         Some(d) => {
-            let v = crate::backup::verify(d)?;
-            if !v.sound() {
-                let problems: Vec<String> = v.problems.iter().map(|p| p.message.clone()).collect();
+            // The backup verified itself when it was taken (hashes, integrity_check) and
+            // wrote its manifest last: a complete folder is trusted here; `backup --verify`
+            // re-hashes it on demand.
+            if !crate::backup::is_complete(d) {
                 return Err(Error::Refused {
-                    code: "backup_damaged",
+                    code: "backup_incomplete",
                     message: format!(
-                        "the backup {} does not verify: {}",
-                        d.display(),
-                        problems.join("; ")
+                        "{} is not a complete backup (no manifest, or an INCOMPLETE marker): take a new one",
+                        d.display()
                     ),
                 });
             }
-            if v.manifest
-                .as_ref()
-                .is_none_or(|m| m.source_fingerprint != fp)
-            {
+            let manifest = crate::backup::Manifest::read(d)?;
+            if manifest.source_fingerprint != fp {
                 ctx.report.warn(Finding::new(
                     "backup_stale",
                     format!(

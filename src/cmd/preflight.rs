@@ -82,6 +82,7 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
                         match it {
                             Item::Session(s) => batch.push(s),
                             Item::Invalid(i) => invalid.push(i),
+                            Item::Known { .. } => unreachable!("preflight reads every session"),
                         }
                     }
                     for s in &batch {
@@ -90,9 +91,9 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
                     }
                     counts.sessions += batch.len() as u64;
                     if let (Some(p), Some(c)) = (&planner, pg.as_mut()) {
-                        let (actions, cf) = p.classify(c, &batch)?;
-                        actions.into_iter().for_each(|a| counts.add(a));
-                        conflicts.extend(cf);
+                        let cl = p.classify(c, &batch)?;
+                        cl.actions.into_iter().for_each(|a| counts.add(a));
+                        conflicts.extend(cl.conflicts);
                     }
                     Ok(())
                 });

@@ -177,6 +177,7 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
                         diffs.push(Difference { session: String::new(), kind: "invalid", field: None, path: i.path.as_ref().map(|p| p.display().to_string()), detail: Some(i.message.clone()) });
                     }
                 }
+                Item::Known { .. } => unreachable!("verify reads every session"),
             }
         }
         let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();

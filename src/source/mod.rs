@@ -79,6 +79,9 @@ pub struct Session {
     pub meta: Meta,
     pub meta_origin: Origin,
     pub state: Option<State>,
+    /// What the session's sources looked like on disk when read (see [`Reader::scan_with`]);
+    /// `None` when a file changed too recently to be trusted by its stamp.
+    pub stamp: Option<String>,
 }
 
 impl Session {
@@ -149,7 +152,21 @@ impl Invalid {
 pub enum Item {
     Session(Session),
     Invalid(Invalid),
+    /// A session the caller already holds exactly as it is on disk (its stamp is known):
+    /// not read. Only [`Reader::scan_with`] with a `known` function yields these.
+    Known {
+        id: String,
+        stamp: String,
+    },
 }
+
+/// Given `(id, stamp)` pairs, the ids whose stamp the caller recorded when it last read
+/// them: their sources have not changed since, so the scan need not read them again.
+pub type KnownFn<'a> = dyn Fn(&[(&str, &str)]) -> Result<HashSet<String>> + Sync + 'a;
+
+/// Files modified this recently get no stamp: a write within the filesystem's timestamp
+/// granularity could leave size and times unchanged (the "racy git" problem).
+const STAMP_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a scan saw besides the items: warnings and counts.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -299,7 +316,20 @@ impl Reader {
 
     /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows by id,
     /// then sessions only in the JSON store. Returns the summary with its warnings.
-    pub fn scan(self, batch: usize, mut f: impl FnMut(Vec<Item>) -> Result<()>) -> Result<Summary> {
+    pub fn scan(self, batch: usize, f: impl FnMut(Vec<Item>) -> Result<()>) -> Result<Summary> {
+        self.scan_with(batch, None, f)
+    }
+
+    /// [`Reader::scan`], skipping the SQLite sessions that `known` says the caller holds
+    /// as they are: each row gets a stamp (its raw fields, its state file's inode, size
+    /// and times, its JSON store record), and rows with a known stamp come out as
+    /// [`Item::Known`] without their state file being read.
+    pub fn scan_with(
+        self,
+        batch: usize,
+        known: Option<&KnownFn<'_>>,
+        mut f: impl FnMut(Vec<Item>) -> Result<()>,
+    ) -> Result<Summary> {
         let batch = batch.max(1);
         let mut summary = Summary {
             warnings: self.json_warnings.clone(),
@@ -335,62 +365,64 @@ impl Reader {
 
         // Stage 1 (a thread): read rows and resolve them in parallel, one batch ahead.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Item, Vec<Finding>)>>>(2);
-        let producer = match (self.db, &self.source.sqlite) {
-            (Some(db), Some(s)) => {
-                let path = s.path.clone();
-                let ctx = ctx.clone();
-                Some(std::thread::spawn(move || {
-                    let res = sqlite::for_each_chunk(&db, &path, batch, |rows| {
-                        let resolved: Vec<_> =
-                            rows.into_par_iter().map(|r| ctx.resolve_row(r)).collect();
-                        tx.send(Ok(resolved)).map_err(|_| Error::Refused {
-                            code: "cancelled",
-                            message: "scan cancelled".into(),
-                        })
-                    });
-                    if let Err(e) = res {
-                        let _ = tx.send(Err(e));
-                    }
-                }))
-            }
-            _ => {
-                drop(tx);
-                None
-            }
-        };
+        let db = self.db;
+        let sqlite_path = self.source.sqlite.as_ref().map(|s| s.path.clone());
         let mut consumer_err = None;
-        for chunk in rx.iter() {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
+        std::thread::scope(|scope| {
+            let producer = match (db, sqlite_path) {
+                (Some(db), Some(path)) => {
+                    let ctx = ctx.clone();
+                    Some(scope.spawn(move || {
+                        let res = sqlite::for_each_chunk(&db, &path, batch, |rows| {
+                            let resolved = ctx.resolve_chunk(rows, known)?;
+                            tx.send(Ok(resolved)).map_err(|_| Error::Refused {
+                                code: "cancelled",
+                                message: "scan cancelled".into(),
+                            })
+                        });
+                        if let Err(e) = res {
+                            let _ = tx.send(Err(e));
+                        }
+                    }))
+                }
+                _ => {
+                    drop(tx);
+                    None
+                }
+            };
+            for chunk in rx.iter() {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        consumer_err = Some(e);
+                        break;
+                    }
+                };
+                let mut items = Vec::with_capacity(chunk.len());
+                for (item, warnings) in chunk {
+                    summary.sqlite_rows += 1;
+                    let id = match &item {
+                        Item::Session(s) => Some(&s.id),
+                        Item::Invalid(Invalid { id: Some(id), .. }) => Some(id),
+                        Item::Known { id, .. } => Some(id),
+                        _ => None,
+                    };
+                    if let Some(id) = id.filter(|id| json_by_id.contains_key(*id)) {
+                        seen_in_sqlite.insert(id.clone());
+                    }
+                    tally(&mut summary, &item, warnings);
+                    items.push(item);
+                }
+                if let Err(e) = f(items) {
                     consumer_err = Some(e);
                     break;
                 }
-            };
-            let mut items = Vec::with_capacity(chunk.len());
-            for (item, warnings) in chunk {
-                summary.sqlite_rows += 1;
-                if let Item::Session(s) = &item {
-                    if json_by_id.contains_key(&s.id) {
-                        seen_in_sqlite.insert(s.id.clone());
-                    }
-                } else if let Item::Invalid(Invalid { id: Some(id), .. }) = &item {
-                    if json_by_id.contains_key(id) {
-                        seen_in_sqlite.insert(id.clone());
-                    }
-                }
-                tally(&mut summary, &item, warnings);
-                items.push(item);
             }
-            if let Err(e) = f(items) {
-                consumer_err = Some(e);
-                break;
+            drop(rx);
+            if let Some(p) = producer {
+                let _ = p.join();
             }
-        }
-        drop(rx);
-        if let Some(p) = producer {
-            let _ = p.join();
-        }
+        });
         if let Some(e) = consumer_err {
             return Err(e);
         }
@@ -484,6 +516,7 @@ fn tally(summary: &mut Summary, item: &Item, warnings: Vec<Finding>) {
             summary.state_bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
         }
         Item::Invalid(_) => summary.invalid += 1,
+        Item::Known { .. } => summary.sessions += 1,
     }
 }
 
@@ -517,6 +550,101 @@ fn invalid_field(
 }
 
 impl Resolve {
+    /// Resolve a chunk of rows in parallel; rows whose stamp `known` recognises are not read.
+    fn resolve_chunk(
+        &self,
+        rows: Vec<Row>,
+        known: Option<&KnownFn<'_>>,
+    ) -> Result<Vec<(Item, Vec<Finding>)>> {
+        let stamped: Vec<(Row, Option<(String, String)>)> = rows
+            .into_par_iter()
+            .map(|r| {
+                let st = self.stamp(&r);
+                (r, st)
+            })
+            .collect();
+        let known_ids = match known {
+            Some(k) => {
+                let pairs: Vec<(&str, &str)> = stamped
+                    .iter()
+                    .filter_map(|(_, st)| st.as_ref().map(|(i, s)| (i.as_str(), s.as_str())))
+                    .collect();
+                if pairs.is_empty() {
+                    HashSet::new()
+                } else {
+                    k(&pairs)?
+                }
+            }
+            None => HashSet::new(),
+        };
+        Ok(stamped
+            .into_par_iter()
+            .map(|(r, st)| match st {
+                Some((id, stamp)) if known_ids.contains(&id) => {
+                    (Item::Known { id, stamp }, Vec::new())
+                }
+                st => {
+                    let (mut item, w) = self.resolve_row(r);
+                    if let Item::Session(s) = &mut item {
+                        s.stamp = st.map(|(_, s)| s);
+                    }
+                    (item, w)
+                }
+            })
+            .collect())
+    }
+
+    /// The stamp of a row: `s1:` + 128 bits of SHA-256 over its raw fields, its JSON store
+    /// record, and the inode, size and times of its folder and state file. `None` for an
+    /// invalid id, a symlink, or a file changed within [`STAMP_SETTLE`].
+    fn stamp(&self, r: &Row) -> Option<(String, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let id = fields::id(&r.id).ok()?;
+        let mut h = Sha256::new();
+        h.update(b"s1\0");
+        h.update(row_bytes(r));
+        if let Some(&i) = self.json_by_id.get(&id) {
+            h.update(b"\0json\0");
+            h.update(&self.json[i].raw);
+        }
+        if let (Some(dir), true) = (&self.sessions_dir, fields::path_safe(&id)) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            let recent = |secs: i64, nanos: i64| {
+                std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+                    + STAMP_SETTLE
+                    > now
+            };
+            let folder = dir.join(&id);
+            for p in [folder.clone(), folder.join("state.json")] {
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.file_type().is_symlink() => return None,
+                    Ok(m) => {
+                        if recent(m.mtime(), m.mtime_nsec()) || recent(m.ctime(), m.ctime_nsec()) {
+                            return None;
+                        }
+                        for v in [
+                            m.ino() as i64,
+                            m.size() as i64,
+                            m.mtime(),
+                            m.mtime_nsec(),
+                            m.ctime(),
+                            m.ctime_nsec(),
+                            m.mode() as i64,
+                        ] {
+                            h.update(v.to_le_bytes());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => h.update(b"\0none\0"),
+                    Err(_) => return None,
+                }
+            }
+        }
+        let d = h.finalize();
+        Some((id, format!("s1:{}", hex::encode(&d[..16]))))
+    }
+
     fn resolve_row(&self, r: Row) -> (Item, Vec<Finding>) {
         let raw_row = || row_bytes(&r);
         let id = match fields::id(&r.id) {
@@ -573,6 +701,7 @@ impl Resolve {
                     meta,
                     meta_origin: Origin::SqliteRow,
                     state,
+                    stamp: None,
                 }),
                 warnings,
             ),
@@ -619,6 +748,7 @@ impl Resolve {
                     meta,
                     meta_origin: Origin::JsonStore,
                     state,
+                    stamp: None,
                 }),
                 warnings,
             ),

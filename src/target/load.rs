@@ -111,6 +111,8 @@ pub fn copy_fresh(
         field(&mut ledger, s.state.as_ref().map(|st| st.hash()).as_deref());
         sep(&mut ledger);
         field(&mut ledger, Some(&run));
+        sep(&mut ledger);
+        field(&mut ledger, s.stamp.as_deref());
         ledger.push(b'\n');
     }
     copy_in(
@@ -134,7 +136,7 @@ pub fn copy_fresh(
     copy_in(
         tx,
         &format!(
-            "COPY {} (session_id, status, content_hash, state_hash, run_id) FROM STDIN",
+            "COPY {} (session_id, status, content_hash, state_hash, run_id, source_stamp) FROM STDIN",
             qualified(schema, "sessiondb_ledger")
         ),
         &ledger,
@@ -163,7 +165,7 @@ pub fn upsert(
         "CREATE TEMP TABLE IF NOT EXISTS sessiondb_stage (
             id text, user_id text, status text, current_step text, cost float8,
             created_at timestamptz, updated_at timestamptz, state text, state_updated_at timestamptz,
-            content_hash text, state_hash text) ON COMMIT DELETE ROWS",
+            content_hash text, state_hash text, source_stamp text) ON COMMIT DELETE ROWS",
     )
     .map_err(|e| Error::pg("creating the staging table", "", e))?;
     let mut data = Vec::with_capacity(batch.sessions.len() * 4096);
@@ -177,6 +179,8 @@ pub fn upsert(
         field(&mut data, Some(hash));
         sep(&mut data);
         field(&mut data, s.state.as_ref().map(|st| st.hash()).as_deref());
+        sep(&mut data);
+        field(&mut data, s.stamp.as_deref());
         data.push(b'\n');
     }
     copy_in(tx, "COPY sessiondb_stage FROM STDIN", &data)?;
@@ -199,10 +203,11 @@ pub fn upsert(
         .map_err(|e| Error::pg("upserting a batch", "", e))?;
     tx.execute(
         &format!(
-            "INSERT INTO {ledger} (session_id, status, content_hash, state_hash, code, run_id, migrated_at)
-                  SELECT id, 'migrated', content_hash, state_hash, NULL, $1, now() FROM sessiondb_stage
+            "INSERT INTO {ledger} (session_id, status, content_hash, state_hash, code, run_id, migrated_at, source_stamp)
+                  SELECT id, 'migrated', content_hash, state_hash, NULL, $1, now(), source_stamp FROM sessiondb_stage
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now()"
+                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now(),
+                  source_stamp = EXCLUDED.source_stamp"
         ),
         &[run_id],
     )
@@ -226,15 +231,17 @@ pub fn adopt(
         .iter()
         .map(|(s, _)| s.state.as_ref().map(|st| st.hash()))
         .collect();
+    let stamps: Vec<Option<&str>> = sessions.iter().map(|(s, _)| s.stamp.as_deref()).collect();
     tx.execute(
         &format!(
-            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id)
-                  SELECT i, 'migrated', h, sh, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(i, h, sh)
+            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id, source_stamp)
+                  SELECT i, 'migrated', h, sh, $4, st FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) AS u(i, h, sh, st)
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now()",
+                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now(),
+                  source_stamp = EXCLUDED.source_stamp",
             qualified(schema, "sessiondb_ledger")
         ),
-        &[&ids, &hashes, &state_hashes, run_id],
+        &[&ids, &hashes, &state_hashes, run_id, &stamps],
     )
     .map_err(|e| Error::pg("recording adopted sessions", "", e))?;
     Ok(())
@@ -267,5 +274,24 @@ pub fn record_quarantined(
         &[&ids, &codes, run_id],
     )
     .map_err(|e| Error::pg("recording quarantined records", "", e))?;
+    Ok(())
+}
+
+/// Teach the ledger the current stamps of sessions found unchanged (e.g. a file touched
+/// without a change), so the next catch-up skips them.
+pub fn restamp(tx: &mut Transaction<'_>, schema: &str, list: &[(String, String)]) -> Result<()> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = list.iter().map(|(i, _)| i.as_str()).collect();
+    let stamps: Vec<&str> = list.iter().map(|(_, s)| s.as_str()).collect();
+    tx.execute(
+        &format!(
+            "UPDATE {} l SET source_stamp = u.s FROM unnest($1::text[], $2::text[]) AS u(i, s) WHERE l.session_id = u.i",
+            qualified(schema, "sessiondb_ledger")
+        ),
+        &[&ids, &stamps],
+    )
+    .map_err(|e| Error::pg("recording source stamps", "", e))?;
     Ok(())
 }

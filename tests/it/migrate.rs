@@ -317,3 +317,40 @@ fn a_second_writer_fails_at_once_naming_the_holder() {
     );
     assert_eq!(tables(&db), 0);
 }
+
+#[test]
+fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
+    let s = store_with(40);
+    // Stamps are only trusted for files older than two seconds (the racy-stamp rule).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let db = TestDb::new("mig_stamps");
+    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(r.count("unchanged"), 40);
+    assert_eq!(
+        r.report.details["unchanged_by_stamp"], 40,
+        "nothing was read again: {}",
+        r.stdout
+    );
+    // A changed file is fresh (no stamp) and a changed row changes the stamp: both are read.
+    s.state_file("s00005", br#"{"edited": true}"#);
+    s.conn()
+        .execute(
+            "UPDATE sessions SET current_step = 'next' WHERE id = 's00006'",
+            [],
+        )
+        .unwrap();
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(
+        (r.count("updated"), r.count("unchanged")),
+        (2, 38),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.report.details["unchanged_by_stamp"], 38);
+    let v = sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert_eq!(v.count("different"), 0);
+}
