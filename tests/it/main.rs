@@ -7,6 +7,7 @@ mod cli;
 mod cutover;
 mod fixture;
 mod migrate;
+mod preflight;
 mod resume;
 mod secrets;
 mod support;

@@ -1,0 +1,766 @@
+//! `preflight` against real stores and a real PostgreSQL: each check failing for a real
+//! cause, every reader error code named with its session, the plan against a loaded
+//! target, and proof that preflight writes nothing.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sessiondb::report::{CheckStatus, Finding};
+use sha2::{Digest, Sha256};
+
+use crate::support::store::Store;
+use crate::support::{Cmd, Run, TempDir, pg::TestDb, sessiondb};
+
+fn preflight(s: &Store, db: &TestDb, args: &[&str]) -> Cmd {
+    let mut a = vec!["preflight"];
+    a.extend_from_slice(args);
+    sessiondb(&a).config(&s.config).env("DATABASE_URL", &db.url)
+}
+
+fn status(r: &Run, id: &str) -> CheckStatus {
+    r.check(id).status
+}
+
+/// The ids of the failed checks, in report order.
+fn failed(r: &Run) -> Vec<&str> {
+    r.report
+        .checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .map(|c| c.id.as_str())
+        .collect()
+}
+
+fn error<'a>(r: &'a Run, code: &str) -> &'a Finding {
+    r.report
+        .errors
+        .iter()
+        .find(|e| e.code == code)
+        .unwrap_or_else(|| panic!("no error {code}:\n{}", r.stdout))
+}
+
+fn store_with(n: usize) -> Store {
+    let s = Store::new();
+    for i in 0..n {
+        s.session(
+            &format!("s{i:03}"),
+            &format!("{{\"step\": {i}, \"notes\": [\"a\", \"b\"], \"pct\": 1.50}}"),
+        );
+    }
+    s
+}
+
+/// Point `[backup] dir` at `dir` (an absolute path, as a TOML literal string).
+fn set_backup_dir(s: &Store, dir: &Path) {
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    let (head, tail) = cfg.split_once("[backup]\n").expect("a [backup] section");
+    let (old, rest) = tail.split_once('\n').unwrap();
+    assert!(old.starts_with("dir = "), "{cfg}");
+    let cfg = format!("{head}[backup]\ndir = '{}'\n{rest}", dir.display());
+    std::fs::write(&s.config, cfg).unwrap();
+}
+
+/// A tmpfs mounted for one test (the tests run as root), unmounted when dropped, also
+/// when the test fails. Declare it after the store that holds its mount point.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(
+            ok,
+            "mount -t tmpfs -o {options} tmpfs {} failed",
+            dir.display()
+        );
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+// ---- backup_location ---------------------------------------------------------------------
+
+#[test]
+fn preflight_backup_location_on_a_read_only_filesystem_fails() {
+    let s = store_with(3);
+    let db = TestDb::new("pf_ro_backup");
+    let mnt = s.root().join("ro-backups");
+    let _ro = Tmpfs::mount(&mnt, "ro,size=1m");
+
+    // The folder exists, on a read-only filesystem (root's permissions do not help).
+    set_backup_dir(&s, &mnt);
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
+    let e = error(&r, "permission_denied");
+    assert!(
+        e.message.contains(&mnt.display().to_string()) && e.message.contains("Read-only"),
+        "{e:?}"
+    );
+    assert_eq!(e.path.as_deref(), Some(mnt.to_str().unwrap()));
+
+    // The folder does not exist yet and would be created on that filesystem.
+    let later = mnt.join("later/backups");
+    set_backup_dir(&s, &later);
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
+    let e = error(&r, "permission_denied");
+    assert!(
+        e.message.contains(&mnt.display().to_string()) && e.message.contains("Read-only"),
+        "{e:?}"
+    );
+    assert_eq!(
+        r.check("backup_location").details["dir"],
+        later.to_str().unwrap()
+    );
+}
+
+#[test]
+fn preflight_backup_location_too_small_fails_disk_space() {
+    let s = Store::new();
+    for i in 0..20 {
+        s.session(
+            &format!("big{i:02}"),
+            &format!("{{\"pad\": \"{}\"}}", "x".repeat(8 * 1024)),
+        );
+    }
+    let db = TestDb::new("pf_disk_space");
+    let small = s.root().join("small");
+    let _small = Tmpfs::mount(&small, "size=64k");
+    set_backup_dir(&s, &small);
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
+    let details = &r.check("backup_location").details;
+    let estimate = details["estimated_backup_bytes"].as_u64().unwrap();
+    assert!(
+        estimate > 64 * 1024,
+        "the store needs more than 64k: {details}"
+    );
+    let e = error(&r, "disk_space");
+    assert!(e.message.contains(&small.display().to_string()), "{e:?}");
+    assert_eq!(e.path.as_deref(), Some(small.to_str().unwrap()));
+
+    // The same store against a filesystem that is big enough passes.
+    let roomy = s.root().join("roomy");
+    let _roomy = Tmpfs::mount(&roomy, "size=64m");
+    set_backup_dir(&s, &roomy);
+    let r = preflight(&s, &db, &[]).expect(0);
+    assert_eq!(
+        status(&r, "backup_location"),
+        CheckStatus::Pass,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(&roomy).unwrap().count(),
+        0,
+        "the probe leaves nothing behind"
+    );
+}
+
+// ---- postgres_connectivity, postgres_permissions ---------------------------------------------
+
+#[test]
+fn preflight_unreachable_postgres_names_the_redacted_url() {
+    let s = store_with(3);
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgresql://app:pf-secret-pw@127.0.0.1:{port}/app");
+    let r = sessiondb(&["preflight"])
+        .config(&s.config)
+        .env("DATABASE_URL", &url)
+        .expect(1);
+    assert_eq!(failed(&r), ["postgres_connectivity"], "{}", r.stdout);
+    assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Skip);
+    assert_eq!(status(&r, "postgres_schema"), CheckStatus::Skip);
+    let e = error(&r, "postgres_unreachable");
+    let redacted = format!("postgresql://app:***@127.0.0.1:{port}/app");
+    assert!(e.message.contains(&redacted), "{e:?}");
+    assert!(
+        !r.stdout.contains("pf-secret-pw") && !r.stderr.contains("pf-secret-pw"),
+        "the password never reaches the output"
+    );
+    // The source was still read, and the plan says the target was not reached.
+    assert_eq!(status(&r, "source_sqlite"), CheckStatus::Pass);
+    assert_eq!(r.count("sessions"), 3);
+    assert_eq!(r.check("plan").details["target_reachable"], false);
+}
+
+// ---- constraints ---------------------------------------------------------------------------
+
+const APP_SESSIONS: &str = "CREATE TABLE sessions (id text PRIMARY KEY, user_id text, status text, current_step text, cost double precision, created_at timestamptz, updated_at timestamptz, state jsonb)";
+
+/// The `sessions` table as the application created it, with `column` defined as given.
+fn app_table(db: &TestDb, column: &str, definition: &str, before: &str) {
+    let name = column.split_whitespace().next().unwrap();
+    let ddl = APP_SESSIONS.replace(&format!("{name} text"), definition);
+    assert_ne!(ddl, APP_SESSIONS, "{column}");
+    db.client()
+        .batch_execute(&format!("{before}{ddl}"))
+        .unwrap();
+}
+
+fn constraint_errors(r: &Run) -> Vec<&str> {
+    r.report
+        .errors
+        .iter()
+        .filter(|e| e.code == "constraint")
+        .map(|e| e.message.as_str())
+        .collect()
+}
+
+#[test]
+fn preflight_foreign_key_without_a_parent_fails_naming_the_value() {
+    let s = store_with(3); // user-1
+    s.row(
+        &"ghost",
+        &"ghost-user",
+        &"new",
+        &"start",
+        &0.0,
+        &"2024-03-01T10:00:00Z",
+        &"2024-03-01T10:00:00Z",
+        &rusqlite::types::Null,
+    );
+    let db = TestDb::new("pf_fk");
+    app_table(
+        &db,
+        "user_id",
+        "user_id text REFERENCES users(id)",
+        "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('user-1'), ('user-2');",
+    );
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["constraints"], "{}", r.stdout);
+    let errs = constraint_errors(&r);
+    assert!(
+        errs.iter().any(|m| m.contains("foreign key")
+            && m.contains("users")
+            && m.contains("\"ghost-user\"")
+            && m.contains("1 value(s)")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn preflight_varchar_too_short_for_a_source_value_fails() {
+    let s = store_with(3); // status "running": 7 characters
+    let db = TestDb::new("pf_varchar");
+    app_table(&db, "status", "status varchar(5)", "");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["constraints"], "{}", r.stdout);
+    let errs = constraint_errors(&r);
+    assert!(
+        errs.iter().any(|m| m.contains("sessions.status")
+            && m.contains("limited to 5 characters")
+            && m.contains("7")),
+        "{errs:?}"
+    );
+}
+
+// ---- source checks -------------------------------------------------------------------------
+
+// ---- every reader error code ---------------------------------------------------------------
+
+fn nobody() -> (u32, u32) {
+    let name = std::ffi::CString::new("nobody").unwrap();
+    // SAFETY: a valid NUL-terminated name; the result is read at once, before any
+    // other getpw* call on this thread.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "no user nobody");
+    // SAFETY: non-null, as just checked.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+fn chown_tree(root: &Path, uid: u32, gid: u32) {
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).unwrap();
+    }
+}
+
+/// `(code, session)` of invalid records, sorted; the session is empty when there is none.
+type Pairs = Vec<(String, String)>;
+
+/// The invalid records of a preflight report, and of its JSONL list.
+fn invalid_pairs(r: &Run, list: &Path) -> (Pairs, Pairs) {
+    let mut inline: Pairs = r
+        .report
+        .errors
+        .iter()
+        .filter(|e| e.code != "constraint")
+        .map(|e| (e.code.clone(), e.session.clone().unwrap_or_default()))
+        .collect();
+    inline.sort();
+    let mut listed: Pairs = std::fs::read_to_string(list)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["code"].as_str().unwrap().to_owned(),
+                v["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    listed.sort();
+    (inline, listed)
+}
+
+#[test]
+fn preflight_names_every_reader_error_code_with_its_session() {
+    let t = TempDir::new();
+    let out = t.path().join("store");
+    let g = sessiondb(&[
+        "generate-fixture",
+        "--out",
+        out.to_str().unwrap(),
+        "--sessions",
+        "300",
+        "--bad",
+    ])
+    .expect(0);
+    let mut expected: Pairs = g.report.details["bad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["code"].as_str().unwrap().to_owned(),
+                b["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+
+    // too_large: a sparse state.json one byte over the limit (no data written).
+    let db_path = out.join("data/app.db");
+    rusqlite::Connection::open(&db_path)
+        .unwrap()
+        .execute(
+            "INSERT INTO sessions VALUES ('bad-too-large', 'u', 'running', 'plan', 0.5, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', NULL)",
+            [],
+        )
+        .unwrap();
+    let big = out.join("sessions/bad-too-large/state.json");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(sessiondb::canon::MAX_STATE_BYTES as u64 + 1)
+        .unwrap();
+    expected.push(("too_large".into(), "bad-too-large".into()));
+    // invalid_id from the JSON store: a record without an id.
+    let json = out.join("data/session-db.json");
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(text.matches("\"sessions\": [").count(), 1);
+    let text = text.replacen(
+        "\"sessions\": [",
+        "\"sessions\": [\n    {\"user_id\": \"u-no-id\", \"status\": \"new\", \"state\": {\"a\": 1}},",
+        1,
+    );
+    std::fs::write(&json, text).unwrap();
+    expected.push(("invalid_id".into(), String::new()));
+    expected.sort();
+
+    let db = TestDb::new("pf_every_code");
+    let rd = t.path().join("reports");
+    let r = sessiondb(&["preflight", "--report-dir", rd.to_str().unwrap()])
+        .config(&out.join("sessiondb.toml"))
+        .env("DATABASE_URL", &db.url)
+        .expect(1);
+    let list = rd.join("preflight-invalid.jsonl");
+    let (inline, listed) = invalid_pairs(&r, &list);
+    // Root reads a mode-000 file: that session is valid here (see the non-root run).
+    let as_root: Pairs = expected
+        .iter()
+        .filter(|(c, _)| c != "unreadable")
+        .cloned()
+        .collect();
+    assert_eq!(inline, as_root, "{}", r.stdout);
+    assert_eq!(listed, as_root);
+    assert_eq!(r.count("invalid"), as_root.len() as u64);
+    assert_eq!(status(&r, "constraints"), CheckStatus::Fail);
+    assert_eq!(status(&r, "source_state_files"), CheckStatus::Fail);
+    assert_eq!(status(&r, "source_json_store"), CheckStatus::Fail);
+    // Each names where it is: the file, or the JSON store's record.
+    let find = |code: &str, id: &str| {
+        r.report
+            .errors
+            .iter()
+            .find(|e| e.code == code && e.session.as_deref().unwrap_or_default() == id)
+            .unwrap()
+    };
+    let e = find("too_large", "bad-too-large");
+    assert!(
+        e.path
+            .as_deref()
+            .unwrap()
+            .ends_with("bad-too-large/state.json")
+    );
+    assert!(
+        e.message
+            .contains(&sessiondb::canon::MAX_STATE_BYTES.to_string())
+    );
+    for (code, id) in [
+        ("invalid_json", "bad-invalid-json"),
+        ("invalid_utf8", "bad-invalid-utf8"),
+        ("jsonb_incompatible_nul", "bad-jsonb-nul"),
+        ("symlink_outside_root", "bad-symlink-outside-root"),
+    ] {
+        let e = find(code, id);
+        assert!(
+            e.path
+                .as_deref()
+                .unwrap()
+                .ends_with(&format!("{id}/state.json")),
+            "{e:?}"
+        );
+    }
+    let from_json: Vec<&Finding> = r
+        .report
+        .errors
+        .iter()
+        .filter(|e| e.code == "invalid_id")
+        .filter(|e| {
+            e.path
+                .as_deref()
+                .is_some_and(|p| p.ends_with("session-db.json"))
+        })
+        .collect();
+    assert_eq!(from_json.len(), 1, "{:?}", r.report.errors);
+    assert!(
+        from_json[0].message.contains("record 0"),
+        "{:?}",
+        from_json[0]
+    );
+
+    // The same store read by an ordinary user: the mode-000 file is `unreadable`.
+    let (uid, gid) = nobody();
+    let rd = t.path().join("reports-nobody");
+    std::fs::create_dir(&rd).unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(&out, uid, gid);
+    chown_tree(&rd, uid, gid);
+    let r = sessiondb(&["preflight", "--report-dir", rd.to_str().unwrap()])
+        .config(&out.join("sessiondb.toml"))
+        .env("DATABASE_URL", &db.url)
+        .user(uid, gid)
+        .expect(1);
+    let (inline, listed) = invalid_pairs(&r, &rd.join("preflight-invalid.jsonl"));
+    assert_eq!(inline, expected, "{}", r.stdout);
+    assert_eq!(listed, expected);
+    let e = find_in(&r, "unreadable", "bad-unreadable");
+    assert!(e.message.contains("Permission denied"), "{e:?}");
+    assert!(
+        e.path
+            .as_deref()
+            .unwrap()
+            .ends_with("bad-unreadable/state.json")
+    );
+}
+
+fn find_in<'a>(r: &'a Run, code: &str, id: &str) -> &'a Finding {
+    r.report
+        .errors
+        .iter()
+        .find(|e| e.code == code && e.session.as_deref() == Some(id))
+        .unwrap_or_else(|| panic!("no {code} for {id}:\n{}", r.stdout))
+}
+
+// ---- the plan ------------------------------------------------------------------------------
+
+#[test]
+fn preflight_plan_counts_updates_unchanged_and_conflicts_on_a_loaded_target() {
+    let s = store_with(10);
+    let db = TestDb::new("pf_plan");
+    sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let r = preflight(&s, &db, &[]).expect(0);
+    assert_eq!(
+        (
+            r.count("inserted"),
+            r.count("updated"),
+            r.count("unchanged")
+        ),
+        (0, 0, 10),
+        "{}",
+        r.stdout
+    );
+
+    // Changed in the source: a state file, and a row's metadata. A new session too.
+    s.state_file("s003", br#"{"step": 3, "changed": "in the source"}"#);
+    s.conn()
+        .execute("UPDATE sessions SET status = 'done' WHERE id = 's005'", [])
+        .unwrap();
+    s.session("s010", r#"{"new": true}"#);
+    // Changed in the target by hand, behind sessiondb's back: s007 alone (nothing would
+    // be written to it, so no conflict: verify reports it as different), and s008,
+    // which the source changed too (a load would overwrite the edit: a conflict).
+    db.client()
+        .batch_execute(
+            "UPDATE session_state SET state = '{\"edited\": \"by hand\"}' WHERE session_id IN ('s007', 's008')",
+        )
+        .unwrap();
+    s.state_file("s008", br#"{"step": 8, "changed": "in the source"}"#);
+
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(
+        (
+            r.count("sessions"),
+            r.count("inserted"),
+            r.count("updated"),
+            r.count("unchanged"),
+            r.count("conflicts"),
+            r.count("invalid"),
+        ),
+        (11, 1, 2, 7, 1, 0),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(failed(&r), ["plan"], "{}", r.stdout);
+    let conflicts = &r.check("plan").details["conflicts"];
+    assert_eq!(conflicts.as_array().unwrap().len(), 1, "{conflicts}");
+    assert_eq!(conflicts[0]["session"], "s008");
+}
+
+// ---- preflight writes nothing --------------------------------------------------------------
+
+/// One path of a store as it is on disk.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    kind: &'static str,
+    size: u64,
+    mode: u32,
+    mtime: (i64, i64),
+    /// SHA-256 of a regular file's bytes; a symlink's target.
+    content: String,
+}
+
+fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        let m = e.path().symlink_metadata().unwrap();
+        let (kind, content) = if m.file_type().is_symlink() {
+            (
+                "symlink",
+                std::fs::read_link(e.path()).unwrap().display().to_string(),
+            )
+        } else if m.is_dir() {
+            ("dir", String::new())
+        } else {
+            let bytes = std::fs::read(e.path()).unwrap();
+            ("file", hex::encode(Sha256::digest(&bytes)))
+        };
+        out.insert(
+            e.path().strip_prefix(root).unwrap().to_path_buf(),
+            Entry {
+                kind,
+                size: m.len(),
+                mode: m.mode(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                content,
+            },
+        );
+    }
+    out
+}
+
+/// Compare two snapshots of a store, allowing SQLite's own machinery only.
+///
+/// A read-only connection to a WAL database needs the `-wal` file and the `-shm`
+/// wal-index: SQLite creates both when they are missing (the `-wal` empty) and, being
+/// read-only, cannot remove them when it closes; in the `-shm` every reader records
+/// its read mark. No open mode avoids this safely: `immutable=1` reads without locks
+/// and is unsafe while the application writes, and `readonly_shm=1` or `nolock=1`
+/// refuse to open a WAL database whose `-shm` is missing. So exactly `app.db-shm` (its
+/// bytes and times) and a new, empty `app.db-wal` (and the mtime of their folder, which
+/// gained them) are not compared. The database file and an existing `-wal` are.
+fn assert_untouched(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>) {
+    let mut before = before.clone();
+    let mut after = after.clone();
+    let shm = PathBuf::from("data/app.db-shm");
+    let wal = PathBuf::from("data/app.db-wal");
+    if before.contains_key(&shm) {
+        assert!(
+            after.contains_key(&shm),
+            "the -shm of a live database stays"
+        );
+    }
+    before.remove(&shm);
+    let shm_new = after.remove(&shm).is_some() && !before.contains_key(&shm);
+    let mut wal_new = false;
+    if !before.contains_key(&wal) {
+        if let Some(w) = after.remove(&wal) {
+            assert_eq!((w.kind, w.size), ("file", 0), "a new -wal holds nothing");
+            wal_new = true;
+        }
+    }
+    if shm_new || wal_new {
+        let d = PathBuf::from("data");
+        let m = before[&d].mtime;
+        after.get_mut(&d).unwrap().mtime = m;
+    }
+    let changed: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "preflight changed the store:\n{}",
+        changed.join("\n")
+    );
+}
+
+/// The target as the catalog describes it, and the content of every table.
+fn target_snapshot(db: &TestDb) -> Vec<String> {
+    let mut c = db.client();
+    let user = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'";
+    let mut out: Vec<String> = Vec::new();
+    for r in c
+        .query(
+            &format!("SELECT n.nspname::text FROM pg_namespace n WHERE {user} ORDER BY 1"),
+            &[],
+        )
+        .unwrap()
+    {
+        out.push(format!("schema {}", r.get::<_, String>(0)));
+    }
+    let rels = c
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {user} ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .unwrap();
+    for r in &rels {
+        let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        out.push(format!("relation {schema}.{name} {kind}"));
+        if kind == "r" {
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*), coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM \"{schema}\".\"{name}\" t"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            out.push(format!(
+                "rows {schema}.{name} {} {}",
+                row.get::<_, i64>(0),
+                row.get::<_, String>(1)
+            ));
+        }
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT n.nspname::text, i.indexname::text, i.indexdef FROM pg_indexes i
+                   JOIN pg_namespace n ON n.nspname = i.schemaname WHERE {user} ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .unwrap()
+    {
+        out.push(format!(
+            "index {}.{} {}",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2)
+        ));
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT n.nspname::text, con.conname::text, pg_get_constraintdef(con.oid) FROM pg_constraint con
+                   JOIN pg_namespace n ON n.oid = con.connamespace WHERE {user} ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .unwrap()
+    {
+        out.push(format!(
+            "constraint {}.{} {}",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2)
+        ));
+    }
+    out
+}
+
+/// A store with every kind of source: state files, a state only in the SQLite column,
+/// a JSON store (with a session only there), an orphan state file, an upload.
+fn varied_store() -> Store {
+    let s = store_with(40);
+    s.row(
+        &"col-only",
+        &"u",
+        &"done",
+        &"end",
+        &"0.5",
+        &1_709_287_200i64,
+        &1_709_287_200_123i64,
+        &r#"{"from": "column"}"#,
+    );
+    s.state_file("orphan", br#"{"orphan": true}"#);
+    crate::support::write(&s.sessions.join("s001/uploads/note.txt"), "kept");
+    s.json_store(
+        r#"{"version": 1, "sessions": [{"id": "json-only", "user_id": "u", "status": "done", "current_step": "end", "cost": 1, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"a": 1}}]}"#,
+    );
+    s
+}
+
+#[test]
+fn preflight_writes_nothing_to_a_new_store_or_a_blank_target() {
+    let s = varied_store();
+    let db = TestDb::new("pf_nothing_blank");
+    let backups = s.root().join("backups");
+    assert!(!backups.exists());
+    assert!(
+        !s.root().join("data/app.db-wal").exists(),
+        "a closed WAL database"
+    );
+    let (tree0, target0) = (tree(s.root()), target_snapshot(&db));
+    let r = preflight(&s, &db, &[]).expect(0);
+    assert_eq!(r.count("inserted"), 42, "{}", r.stdout);
+    assert_eq!(status(&r, "postgres_schema"), CheckStatus::Pass);
+    assert!(!backups.exists(), "the backup folder is not created");
+    assert_untouched(&tree0, &tree(s.root()));
+    assert_eq!(
+        target0,
+        target_snapshot(&db),
+        "preflight changed the target"
+    );
+}
