@@ -128,9 +128,10 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     } else if cfg.sqlite.is_some() {
         let s = summary.as_ref();
         let orphans = s.map_or(0, |s| s.orphans);
-        let status = if !inv_files.is_empty() {
+        // Invalid files fail unless the operator means to quarantine them (SPEC §4).
+        let status = if !inv_files.is_empty() && !quarantine {
             CheckStatus::Fail
-        } else if orphans > 0 {
+        } else if !inv_files.is_empty() || orphans > 0 {
             CheckStatus::Warn
         } else {
             CheckStatus::Pass
@@ -166,10 +167,12 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
                 .iter()
                 .filter(|i| i.record == "json_record")
                 .collect();
-            let status = if dups.is_empty() && bad.is_empty() {
-                CheckStatus::Pass
-            } else {
+            let status = if !dups.is_empty() || (!bad.is_empty() && !quarantine) {
                 CheckStatus::Fail
+            } else if !bad.is_empty() {
+                CheckStatus::Warn
+            } else {
+                CheckStatus::Pass
             };
             ctx.report.check(
                 "source_json_store",

@@ -282,6 +282,70 @@ fn preflight_varchar_too_short_for_a_source_value_fails() {
     );
 }
 
+#[test]
+fn preflight_nul_in_a_state_fails_and_warns_under_quarantine() {
+    let s = store_with(3);
+    s.session("nul", r#"{"note": "before\u0000after"}"#);
+    let db = TestDb::new("pf_nul");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(status(&r, "constraints"), CheckStatus::Fail, "{}", r.stdout);
+    assert_eq!(r.count("invalid"), 1);
+    let e = error(&r, "jsonb_incompatible_nul");
+    assert_eq!(e.session.as_deref(), Some("nul"));
+    assert!(
+        e.path
+            .as_deref()
+            .unwrap()
+            .ends_with("sessions/nul/state.json")
+    );
+    assert!(
+        r.check("constraints")
+            .summary
+            .contains("1 rejected by jsonb"),
+        "{}",
+        r.stdout
+    );
+
+    // The operator means to quarantine it: every check passes or warns, exit 0.
+    let r = preflight(&s, &db, &["--quarantine"]).expect(0);
+    assert_eq!(failed(&r), Vec::<&str>::new(), "{}", r.stdout);
+    assert_eq!(status(&r, "constraints"), CheckStatus::Warn);
+    assert_eq!(status(&r, "plan"), CheckStatus::Warn);
+    assert!(r.report.errors.is_empty(), "{:?}", r.report.errors);
+    assert!(
+        r.report
+            .warnings
+            .iter()
+            .any(|w| w.code == "jsonb_incompatible_nul" && w.session.as_deref() == Some("nul"))
+    );
+    assert_eq!(r.count("invalid"), 1);
+    assert_eq!(r.count("inserted"), 3);
+}
+
+#[test]
+fn preflight_quarantine_warns_for_an_invalid_json_store_record() {
+    let s = store_with(2);
+    s.json_store(
+        r#"{"version": 1, "sessions": [{"id": "j-bad-cost", "user_id": "u", "status": "done", "current_step": "end", "cost": "abc", "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"a": 1}}]}"#,
+    );
+    let db = TestDb::new("pf_json_quarantine");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(
+        failed(&r),
+        ["source_json_store", "constraints", "plan"],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        error(&r, "invalid_cost").session.as_deref(),
+        Some("j-bad-cost")
+    );
+    let r = preflight(&s, &db, &["--quarantine"]).expect(0);
+    assert_eq!(failed(&r), Vec::<&str>::new(), "{}", r.stdout);
+    assert_eq!(status(&r, "source_json_store"), CheckStatus::Warn);
+    assert!(r.has_warning("invalid_cost"));
+}
+
 // ---- source checks -------------------------------------------------------------------------
 
 // ---- every reader error code ---------------------------------------------------------------
