@@ -186,6 +186,10 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
                 ),
                 json!({"duplicates": dups.iter().take(INLINE_LIMIT).collect::<Vec<_>>()}),
             );
+            // They fail the check: errors, each naming its session, not warnings.
+            for d in dups.iter().take(INLINE_LIMIT) {
+                ctx.report.errors.push((*d).clone());
+            }
         }
         (Some(p), None) => ctx.report.check(
             "source_json_store",
@@ -196,7 +200,10 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     }
     if let Some(s) = &summary {
         for w in &s.warnings {
-            ctx.report.warn(w.clone());
+            // duplicate_id fails source_json_store: reported as errors above.
+            if w.code != "duplicate_id" {
+                ctx.report.warn(w.clone());
+            }
         }
     }
 

@@ -348,6 +348,32 @@ fn preflight_quarantine_warns_for_an_invalid_json_store_record() {
 
 // ---- source checks -------------------------------------------------------------------------
 
+#[test]
+fn preflight_same_id_in_sqlite_and_json_with_other_metadata_fails() {
+    let s = store_with(3);
+    s.json_store(
+        r#"{"version": 1, "sessions": [
+            {"id": "s001", "user_id": "someone-else", "status": "done", "current_step": "end", "cost": 9, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": null},
+            {"id": "json-only", "user_id": "u", "status": "done", "current_step": "end", "cost": 1, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"a": 1}}
+        ]}"#,
+    );
+    let db = TestDb::new("pf_dup_id");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["source_json_store"], "{}", r.stdout);
+    let e = error(&r, "duplicate_id");
+    assert_eq!(e.session.as_deref(), Some("s001"), "{e:?}");
+    assert!(e.message.contains("s001"), "{e:?}");
+    assert_eq!(
+        r.check("source_json_store").details["duplicates"][0]["session"],
+        "s001"
+    );
+    assert!(
+        !r.has_warning("duplicate_id"),
+        "an error, not also a warning"
+    );
+    assert_eq!(r.count("sessions"), 4);
+}
+
 // ---- every reader error code ---------------------------------------------------------------
 
 fn nobody() -> (u32, u32) {
