@@ -52,8 +52,21 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     );
     let src = Source::from_config(&cfg);
 
-    // The source, store by store.
+    // The source, store by store. The JSON store is one file: parse it up front, so that
+    // one that does not load fails its own check, not the state files'.
     let sqlite_ok = check_sqlite(ctx, &cfg);
+    let json_error = cfg
+        .json_path
+        .as_ref()
+        .and_then(|p| source::load_json_store(p).err());
+    // Why the sessions were not read, when they were not.
+    let not_read = if !sqlite_ok && cfg.sqlite.is_some() {
+        Some("the SQLite database failed its check")
+    } else if json_error.is_some() {
+        Some("the JSON store does not load")
+    } else {
+        None
+    };
 
     // The target.
     let mut pg = connect_target(ctx, &cfg);
@@ -73,7 +86,7 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     let mut conflicts = Vec::new();
     let mut summary = None;
     let mut scan_error = None;
-    if sqlite_ok || cfg.sqlite.is_none() {
+    if not_read.is_none() {
         match src.open() {
             Ok(reader) => {
                 let res = reader.scan(1000, |items| {
@@ -125,6 +138,13 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         ctx.report
             .errors
             .push(Finding::new(e.code(), e.to_string()));
+    } else if let (Some(why), true) = (not_read, cfg.sqlite.is_some()) {
+        ctx.report.check(
+            "source_state_files",
+            CheckStatus::Skip,
+            format!("not read: {why}"),
+            json!({}),
+        );
     } else if cfg.sqlite.is_some() {
         let s = summary.as_ref();
         let orphans = s.map_or(0, |s| s.orphans);
@@ -151,6 +171,18 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         );
     }
     match (&cfg.json_path, &summary) {
+        (Some(p), _) if json_error.is_some() => {
+            let e = json_error.as_ref().expect("checked");
+            ctx.report.check(
+                "source_json_store",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({"path": p}),
+            );
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()).path(p));
+        }
         (None, _) => ctx.report.check(
             "source_json_store",
             CheckStatus::Skip,
@@ -193,9 +225,13 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         }
         (Some(p), None) => ctx.report.check(
             "source_json_store",
-            CheckStatus::Fail,
-            format!("{} could not be read", p.display()),
-            json!({}),
+            CheckStatus::Skip,
+            format!(
+                "{} loads; its sessions were not checked: {}",
+                p.display(),
+                not_read.unwrap_or("the scan of the store stopped")
+            ),
+            json!({"path": p}),
         ),
     }
     if let Some(s) = &summary {
@@ -216,11 +252,25 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         ctx,
         pg.as_mut(),
         shape.as_ref(),
-        &stats,
+        summary.as_ref().map(|_| &stats),
         &invalid,
         quarantine,
         &cfg,
     )?;
+
+    if summary.is_none() {
+        // Nothing to plan: counts of a store that was not read would be a false zero.
+        ctx.report.check(
+            "plan",
+            CheckStatus::Skip,
+            "no plan: the source could not be read",
+            json!({"target_reachable": pg.is_some()}),
+        );
+        ctx.report
+            .next_steps
+            .push("fix every failed check, then run preflight again".into());
+        return Ok(());
+    }
 
     // The plan.
     let est_secs = counts.bytes as f64 / LOAD_BYTES_PER_SEC;
@@ -593,12 +643,16 @@ fn check_constraints(
     ctx: &mut Ctx,
     pg: Option<&mut postgres::Client>,
     shape: Option<&TableShape>,
-    stats: &Stats,
+    // None when the source could not be read: then only the table's shape is checked.
+    stats: Option<&Stats>,
     invalid: &[source::Invalid],
     quarantine: bool,
     cfg: &Config,
 ) -> Result<()> {
     let mut problems: Vec<String> = Vec::new();
+    let empty = Stats::new(None);
+    let source_read = stats.is_some();
+    let stats = stats.unwrap_or(&empty);
     if let Some(sh) = shape {
         for col in &sh.columns {
             let known = SOURCE_COLUMNS.contains(&col.name.as_str());
@@ -688,6 +742,8 @@ fn check_constraints(
     let other_bad = invalid.len() - jsonb_bad;
     let status = if !problems.is_empty() {
         CheckStatus::Fail
+    } else if !source_read {
+        CheckStatus::Skip
     } else if !invalid.is_empty() {
         if quarantine {
             CheckStatus::Warn
@@ -697,7 +753,9 @@ fn check_constraints(
     } else {
         CheckStatus::Pass
     };
-    let mut summary = if problems.is_empty() {
+    let mut summary = if problems.is_empty() && !source_read {
+        "not checked against the data: the source could not be read".to_owned()
+    } else if problems.is_empty() {
         "the target's constraints accept the data".to_owned()
     } else {
         problems.join("; ")

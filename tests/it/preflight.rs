@@ -374,6 +374,66 @@ fn preflight_same_id_in_sqlite_and_json_with_other_metadata_fails() {
     assert_eq!(r.count("sessions"), 4);
 }
 
+#[test]
+fn preflight_corrupt_sqlite_fails_and_reads_no_further() {
+    let s = Store::new();
+    {
+        let mut c = s.conn();
+        let tx = c.transaction().unwrap();
+        for i in 0..400 {
+            tx.execute(
+                "INSERT INTO sessions VALUES (?1, 'u', 'running', 'plan', 0.5, '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', ?2)",
+                [format!("s{i:04}"), format!("{{\"pad\": \"{}\"}}", "y".repeat(500))],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        c.pragma_update(None, "journal_mode", "delete").unwrap();
+    }
+    // Overwrite pages in the middle of the file, past the header and the schema page.
+    let mut bytes = std::fs::read(&s.db).unwrap();
+    assert!(bytes.len() > 100_000, "{}", bytes.len());
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid - 8192..mid + 8192] {
+        *b = 0x5a;
+    }
+    std::fs::write(&s.db, &bytes).unwrap();
+    let db = TestDb::new("pf_corrupt");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["source_sqlite"], "{}", r.stdout);
+    let e = error(&r, "sqlite_corrupt");
+    assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
+    assert!(e.message.contains("data/app.db"), "{e:?}");
+    // What could not be read is not reported as passed.
+    for id in ["source_state_files", "constraints", "plan"] {
+        assert_eq!(status(&r, id), CheckStatus::Skip, "{id}: {}", r.stdout);
+    }
+    assert!(
+        r.report.counts.is_empty(),
+        "no false zero counts: {:?}",
+        r.report.counts
+    );
+}
+
+#[test]
+fn preflight_json_store_that_does_not_parse_fails_its_own_check() {
+    let s = store_with(3);
+    s.json_store(r#"{"version": 1, "sessions": [{"id": "j1", "#);
+    let db = TestDb::new("pf_json_broken");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["source_json_store"], "{}", r.stdout);
+    let e = error(&r, "invalid_json");
+    assert!(
+        e.path.as_deref().unwrap().ends_with("data/session-db.json"),
+        "{e:?}"
+    );
+    assert!(e.message.contains("session-db.json"), "{e:?}");
+    assert_eq!(status(&r, "source_sqlite"), CheckStatus::Pass);
+    for id in ["source_state_files", "constraints", "plan"] {
+        assert_eq!(status(&r, id), CheckStatus::Skip, "{id}: {}", r.stdout);
+    }
+}
+
 // ---- every reader error code ---------------------------------------------------------------
 
 fn nobody() -> (u32, u32) {
