@@ -1,8 +1,8 @@
 //! `preflight` (SPEC §4): one read-only pass that finds every reason a migration would
 //! fail or lose data. Writes nothing anywhere except its report: the schema is
-//! rehearsed in a transaction that is rolled back, the backup folder is probed with a
-//! file created and removed (or, when it does not exist yet, its nearest parent is
-//! checked with access(2), creating nothing).
+//! rehearsed in a transaction that is rolled back, and the backup folder (or, when it
+//! does not exist yet, its nearest existing parent) is checked with faccessat(2),
+//! creating nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -818,40 +818,50 @@ fn nearest_existing(p: &Path) -> PathBuf {
     cur
 }
 
+/// Whether this process may create entries in the folder `p`: faccessat(2) with the
+/// effective ids, which also answers EROFS for a read-only filesystem and EPERM for an
+/// immutable folder. It creates nothing: a probe file, even removed at once, would
+/// change the folder's mtime, and preflight writes nothing.
+fn may_create_in(p: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    if !p.is_dir() {
+        return Err("not a folder".into());
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
 fn check_backup_location(ctx: &mut Ctx, dir: &Path, estimate: u64) {
     let base = nearest_existing(dir);
-    let writable = if base == dir {
-        let probe = dir.join(format!(
-            ".sessiondb-probe-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-        {
-            Ok(_) => {
-                let _ = std::fs::remove_file(&probe);
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    } else {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(base.as_os_str().as_bytes()).unwrap_or_default();
-        // SAFETY: a valid NUL-terminated path.
-        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
-            Ok(())
+    let writable = may_create_in(&base).map_err(|e| {
+        if base == dir {
+            format!("{} is not writable: {e}", base.display())
         } else {
-            Err(std::io::Error::last_os_error().to_string())
+            format!(
+                "{} does not exist and cannot be created: {} is not writable: {e}",
+                dir.display(),
+                base.display()
+            )
         }
-    };
+    });
     let need = (estimate as f64 * SPACE_MARGIN) as u64 + SPACE_SLACK;
     let free = crate::fsutil::available_space(&base).ok();
     let details = json!({"dir": dir, "checked": base, "estimated_backup_bytes": estimate, "needed_with_margin": need, "available": free});
     match (writable, free) {
-        (Err(e), _) => {
-            let msg = format!("{} is not writable: {e}", base.display());
+        (Err(msg), _) => {
             ctx.report
                 .check("backup_location", CheckStatus::Fail, msg.clone(), details);
             ctx.report

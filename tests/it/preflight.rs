@@ -175,7 +175,7 @@ fn preflight_backup_location_too_small_fails_disk_space() {
     assert_eq!(
         std::fs::read_dir(&roomy).unwrap().count(),
         0,
-        "the probe leaves nothing behind"
+        "the check leaves nothing behind"
     );
 }
 
@@ -913,4 +913,76 @@ fn preflight_writes_nothing_to_a_new_store_or_a_blank_target() {
         target_snapshot(&db),
         "preflight changed the target"
     );
+}
+
+#[test]
+fn preflight_leaves_an_existing_backup_folder_untouched() {
+    let s = store_with(3);
+    let db = TestDb::new("pf_backup_dir_mtime");
+    let backups = s.root().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    crate::support::write(&backups.join("older/manifest.json"), "{}");
+    let before = tree(&backups);
+    let r = preflight(&s, &db, &[]).expect(0);
+    assert_eq!(status(&r, "backup_location"), CheckStatus::Pass);
+    assert_eq!(
+        before,
+        tree(&backups),
+        "not even the folder's mtime changes"
+    );
+
+    // A file where the folder should be.
+    std::fs::remove_dir_all(&backups).unwrap();
+    std::fs::write(&backups, "not a folder").unwrap();
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
+    assert!(r.check("backup_location").summary.contains("not a folder"));
+}
+
+#[test]
+fn preflight_writes_nothing_to_a_live_wal_store_or_a_loaded_target() {
+    let s = varied_store();
+    let db = TestDb::new("pf_nothing_loaded");
+    sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert!(
+        s.root().join("backups").is_dir(),
+        "migrate-state took a backup"
+    );
+    // The application is running: a connection that keeps its writes in the WAL.
+    let app = s.conn();
+    app.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    app.execute(
+        "INSERT INTO sessions VALUES ('live', 'u', 'running', 'plan', 1.0, '2024-05-01T00:00:00Z', '2024-05-01T00:00:00Z', '{\"live\": 1}')",
+        [],
+    )
+    .unwrap();
+    app.execute("UPDATE sessions SET status = 'done' WHERE id = 's002'", [])
+        .unwrap();
+    let wal = s.root().join("data/app.db-wal");
+    assert!(
+        wal.metadata().unwrap().len() > 0,
+        "the writes are in the WAL"
+    );
+    let (tree0, target0) = (tree(s.root()), target_snapshot(&db));
+    let r = preflight(&s, &db, &[]).expect(0);
+    assert_eq!(
+        (
+            r.count("inserted"),
+            r.count("updated"),
+            r.count("unchanged")
+        ),
+        (1, 1, 41),
+        "preflight reads what is in the WAL: {}",
+        r.stdout
+    );
+    assert_untouched(&tree0, &tree(s.root()));
+    assert_eq!(
+        target0,
+        target_snapshot(&db),
+        "preflight changed the target"
+    );
+    drop(app);
 }
