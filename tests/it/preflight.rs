@@ -11,7 +11,7 @@ use sessiondb::report::{CheckStatus, Finding};
 use sha2::{Digest, Sha256};
 
 use crate::support::store::Store;
-use crate::support::{Cmd, Run, TempDir, pg::TestDb, sessiondb};
+use crate::support::{Cmd, Run, TempDir, pg, pg::TestDb, sessiondb};
 
 fn preflight(s: &Store, db: &TestDb, args: &[&str]) -> Cmd {
     let mut a = vec!["preflight"];
@@ -209,6 +209,153 @@ fn preflight_unreachable_postgres_names_the_redacted_url() {
     assert_eq!(status(&r, "source_sqlite"), CheckStatus::Pass);
     assert_eq!(r.count("sessions"), 3);
     assert_eq!(r.check("plan").details["target_reachable"], false);
+}
+
+/// A login role of the test cluster, dropped with the test.
+struct Role {
+    name: String,
+    password: String,
+}
+
+impl Role {
+    fn new(label: &str) -> Role {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let r = Role {
+            name: format!("{label}_{suffix}"),
+            password: format!("pw-{suffix}-role"),
+        };
+        pg::admin()
+            .batch_execute(&format!(
+                "CREATE ROLE \"{}\" LOGIN PASSWORD '{}'",
+                r.name, r.password
+            ))
+            .unwrap();
+        r
+    }
+
+    /// The URL of `db` as this role.
+    fn url(&self, db: &TestDb) -> String {
+        let admin = format!("postgres:{}@", pg::password());
+        assert!(db.url.contains(&admin));
+        db.url
+            .replace(&admin, &format!("{}:{}@", self.name, self.password))
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(pg::admin_url(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS \"{}\"", self.name));
+        }
+    }
+}
+
+#[test]
+fn preflight_role_without_create_fails_permissions() {
+    let s = store_with(3);
+    let db = TestDb::new("pf_no_create");
+    let role = Role::new("pf_nocreate");
+    let mut c = db.client();
+    // PostgreSQL 15 already gives PUBLIC no CREATE on schema public; make sure.
+    c.batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .unwrap();
+    let can: bool = c
+        .query_one(
+            "SELECT has_schema_privilege($1, 'public', 'CREATE')",
+            &[&role.name],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!can, "the role has no CREATE on schema public");
+    let r = sessiondb(&["preflight"])
+        .config(&s.config)
+        .env("DATABASE_URL", role.url(&db))
+        .expect(1);
+    assert_eq!(status(&r, "postgres_connectivity"), CheckStatus::Pass);
+    assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Fail);
+    assert_eq!(
+        r.check("postgres_permissions").details["existing_tables"],
+        0
+    );
+    let e = error(&r, "permission_denied");
+    assert!(
+        e.message.contains("CREATE") && e.message.contains("public"),
+        "{e:?}"
+    );
+    // The rehearsal of the schema fails the same way, and says why.
+    assert_eq!(status(&r, "postgres_schema"), CheckStatus::Fail);
+    assert!(
+        r.check("postgres_schema")
+            .summary
+            .contains("permission denied"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains(&role.password));
+}
+
+/// Hold the writers' lock on `db`, as a sessiondb run would.
+fn hold_writer_lock(db: &TestDb, run_id: &str) -> (postgres::Client, i32) {
+    let mut cfg = db.url.parse::<postgres::Config>().unwrap();
+    cfg.application_name(&format!("sessiondb:{run_id}"));
+    let mut c = cfg.connect(postgres::NoTls).unwrap();
+    let key = sessiondb::target::lock_key("public");
+    c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    (c, pid)
+}
+
+#[test]
+fn preflight_lock_held_in_another_database_is_not_ours() {
+    let s = store_with(2);
+    let db = TestDb::new("pf_lock_here");
+    let other = TestDb::new("pf_lock_other");
+    let run = "22222222-3333-4444-5555-666666666666";
+    let (holder, pid) = hold_writer_lock(&other, run);
+    let r = preflight(&s, &db, &[]).expect(0);
+    assert!(!r.has_warning("lock_held"), "{}", r.stdout);
+    drop(holder);
+
+    let (_holder, pid_here) = hold_writer_lock(&db, run);
+    assert_ne!(pid, pid_here);
+    let r = preflight(&s, &db, &[]).expect(0);
+    let w = r.report.warnings.iter().find(|w| w.code == "lock_held");
+    let w = w.unwrap_or_else(|| panic!("no lock_held: {}", r.stdout));
+    assert!(
+        w.message.contains(&format!("pid {pid_here}")) && w.message.contains(run),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn preflight_lock_holder_hidden_from_a_plain_role_does_not_crash() {
+    let s = store_with(2);
+    let db = TestDb::new("pf_lock_hidden");
+    let role = Role::new("pf_plain");
+    db.client()
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA public TO \"{}\"",
+            role.name
+        ))
+        .unwrap();
+    let (_holder, pid) = hold_writer_lock(&db, "33333333-4444-5555-6666-777777777777");
+    let r = sessiondb(&["preflight"])
+        .config(&s.config)
+        .env("DATABASE_URL", role.url(&db))
+        .expect(0);
+    assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Pass);
+    let w = r.report.warnings.iter().find(|w| w.code == "lock_held");
+    let w = w.unwrap_or_else(|| panic!("no lock_held: {}", r.stdout));
+    assert!(
+        w.message.contains(&format!("pid {pid}")) && w.message.contains("role postgres"),
+        "{w:?}"
+    );
+    db.client()
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM \"{}\"",
+            role.name
+        ))
+        .unwrap();
 }
 
 // ---- constraints ---------------------------------------------------------------------------
