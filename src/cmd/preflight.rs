@@ -551,10 +551,32 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
     Some(c)
 }
 
+/// How many example sessions a constraint problem names.
+const EXAMPLES: usize = 5;
+
+/// The sessions behind one problem: how many, and the first few ids.
+#[derive(Default)]
+struct Examples {
+    count: u64,
+    ids: Vec<String>,
+}
+
+impl Examples {
+    fn add(&mut self, id: &str) {
+        self.count += 1;
+        if self.ids.len() < EXAMPLES {
+            self.ids.push(id.to_owned());
+        }
+    }
+}
+
 /// Per-column facts about the source that the target's constraints care about.
 struct Stats {
-    nulls: BTreeMap<&'static str, u64>,
+    nulls: BTreeMap<&'static str, Examples>,
     max_len: BTreeMap<&'static str, usize>,
+    /// Character limits of the existing table's columns, and the sessions over them.
+    limits: BTreeMap<&'static str, usize>,
+    too_long: BTreeMap<&'static str, Examples>,
     /// Values of columns with a unique index or a foreign key.
     watched: HashMap<String, HashSet<String>>,
     duplicates: HashMap<String, Vec<String>>,
@@ -587,7 +609,14 @@ fn value(s: &Session, col: &str) -> Option<String> {
 impl Stats {
     fn new(shape: Option<&TableShape>) -> Stats {
         let mut watched = HashMap::new();
+        let mut limits = BTreeMap::new();
         if let Some(sh) = shape {
+            for c in &sh.columns {
+                let name = SOURCE_COLUMNS.iter().find(|n| **n == c.name);
+                if let (Some(name), Some(max)) = (name, c.max_len) {
+                    limits.insert(*name, max.max(0) as usize);
+                }
+            }
             for u in &sh.unique {
                 if u != "id" && SOURCE_COLUMNS.contains(&u.as_str()) {
                     watched.insert(u.clone(), HashSet::new());
@@ -602,6 +631,8 @@ impl Stats {
         Stats {
             nulls: BTreeMap::new(),
             max_len: BTreeMap::new(),
+            limits,
+            too_long: BTreeMap::new(),
             watched,
             duplicates: HashMap::new(),
         }
@@ -611,10 +642,14 @@ impl Stats {
         for col in SOURCE_COLUMNS {
             let v = value(s, col);
             match &v {
-                None => *self.nulls.entry(col).or_default() += 1,
+                None => self.nulls.entry(col).or_default().add(&s.id),
                 Some(v) => {
+                    let len = v.chars().count();
                     let l = self.max_len.entry(col).or_default();
-                    *l = (*l).max(v.chars().count());
+                    *l = (*l).max(len);
+                    if self.limits.get(col).is_some_and(|max| len > *max) {
+                        self.too_long.entry(col).or_default().add(&s.id);
+                    }
                 }
             }
             if let (Some(v), Some(set)) = (v, self.watched.get_mut(col)) {
@@ -665,11 +700,10 @@ fn check_constraints(
             if col.not_null && known && col.name == "state" && !col.has_default {
                 problems.push("sessions.state is NOT NULL, but sessiondb leaves this legacy column empty (state goes to session_state)".into());
             } else if col.not_null && known && col.name != "id" {
-                let nulls = *stats.nulls.get(col.name.as_str()).unwrap_or(&0);
-                if nulls > 0 {
+                if let Some(ex) = stats.nulls.get(col.name.as_str()) {
                     problems.push(format!(
-                        "sessions.{} is NOT NULL but {nulls} source session(s) have no {}",
-                        col.name, col.name
+                        "sessions.{} is NOT NULL but {} source session(s) have no {}, e.g. {:?}",
+                        col.name, ex.count, col.name, ex.ids
                     ));
                 }
             } else if col.not_null && !known && !col.has_default {
@@ -678,13 +712,12 @@ fn check_constraints(
                     col.name
                 ));
             }
-            if let (Some(max), Some(have)) = (col.max_len, stats.max_len.get(col.name.as_str())) {
-                if *have > max as usize {
-                    problems.push(format!(
-                        "sessions.{} is limited to {max} characters but a source value has {have}",
-                        col.name
-                    ));
-                }
+            if let (Some(max), Some(ex)) = (col.max_len, stats.too_long.get(col.name.as_str())) {
+                let longest = stats.max_len.get(col.name.as_str()).copied().unwrap_or(0);
+                problems.push(format!(
+                    "sessions.{} is limited to {max} characters but {} source session(s) have longer values (up to {longest}), e.g. {:?}",
+                    col.name, ex.count, ex.ids
+                ));
             }
         }
         for (col, dups) in &stats.duplicates {

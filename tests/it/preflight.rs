@@ -382,6 +382,32 @@ fn constraint_errors(r: &Run) -> Vec<&str> {
 }
 
 #[test]
+fn preflight_not_null_column_with_a_null_source_value_fails() {
+    let s = store_with(3);
+    s.row(
+        &"no-user",
+        &rusqlite::types::Null,
+        &"new",
+        &"start",
+        &0.0,
+        &"2024-03-01T10:00:00Z",
+        &"2024-03-01T10:00:00Z",
+        &rusqlite::types::Null,
+    );
+    let db = TestDb::new("pf_not_null");
+    app_table(&db, "user_id", "user_id text NOT NULL", "");
+    let r = preflight(&s, &db, &[]).expect(1);
+    assert_eq!(failed(&r), ["constraints"], "{}", r.stdout);
+    let errs = constraint_errors(&r);
+    assert!(
+        errs.iter()
+            .any(|m| m.contains("sessions.user_id is NOT NULL") && m.contains("no-user")),
+        "{errs:?}"
+    );
+    assert!(r.check("constraints").summary.contains("sessions.user_id"));
+}
+
+#[test]
 fn preflight_foreign_key_without_a_parent_fails_naming_the_value() {
     let s = store_with(3); // user-1
     s.row(
@@ -424,7 +450,9 @@ fn preflight_varchar_too_short_for_a_source_value_fails() {
     assert!(
         errs.iter().any(|m| m.contains("sessions.status")
             && m.contains("limited to 5 characters")
-            && m.contains("7")),
+            && m.contains("3 source session(s)")
+            && m.contains("up to 7")
+            && m.contains("\"s000\"")),
         "{errs:?}"
     );
 }
