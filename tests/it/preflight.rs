@@ -609,6 +609,32 @@ fn preflight_json_store_that_does_not_parse_fails_its_own_check() {
     }
 }
 
+#[test]
+fn preflight_sqlite_row_without_an_id_names_the_database() {
+    let s = store_with(2);
+    s.row(
+        &"",
+        &"user-no-id",
+        &"running",
+        &"plan",
+        &0.5,
+        &"2024-03-01T10:00:00Z",
+        &"2024-03-01T10:00:00Z",
+        &r#"{"a": 1}"#,
+    );
+    let db = TestDb::new("pf_row_no_id");
+    let r = preflight(&s, &db, &[]).expect(1);
+    let e = error(&r, "invalid_id");
+    assert_eq!(e.session, None);
+    assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
+    assert!(
+        e.message.contains("data/app.db")
+            && e.message.contains("the id is empty")
+            && e.message.contains("user-no-id"),
+        "{e:?}"
+    );
+}
+
 // ---- every reader error code ---------------------------------------------------------------
 
 fn nobody() -> (u32, u32) {
@@ -781,6 +807,23 @@ fn preflight_names_every_reader_error_code_with_its_session() {
         "{:?}",
         from_json[0]
     );
+    for (code, id) in [
+        ("invalid_id", ""),
+        ("invalid_timestamp", "bad-invalid-timestamp"),
+        ("invalid_cost", "bad-invalid-cost"),
+    ] {
+        let e = r
+            .report
+            .errors
+            .iter()
+            .find(|e| {
+                e.code == code
+                    && e.session.as_deref().unwrap_or_default() == id
+                    && !e.path.as_deref().unwrap_or_default().ends_with(".json")
+            })
+            .unwrap();
+        assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
+    }
 
     // The same store read by an ordinary user: the mode-000 file is `unreadable`.
     let (uid, gid) = nobody();
