@@ -962,13 +962,15 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
 /// Compare two snapshots of a store, allowing SQLite's own machinery only.
 ///
 /// A read-only connection to a WAL database needs the `-wal` file and the `-shm`
-/// wal-index: SQLite creates both when they are missing (the `-wal` empty) and, being
-/// read-only, cannot remove them when it closes; in the `-shm` every reader records
-/// its read mark. No open mode avoids this safely: `immutable=1` reads without locks
-/// and is unsafe while the application writes, and `readonly_shm=1` or `nolock=1`
-/// refuse to open a WAL database whose `-shm` is missing. So exactly `app.db-shm` (its
-/// bytes and times) and a new, empty `app.db-wal` (and the mtime of their folder, which
-/// gained them) are not compared. The database file and an existing `-wal` are.
+/// wal-index. While the application has the database open both exist and nothing is
+/// created; when it does not, SQLite creates both (the `-wal` empty) and, being
+/// read-only, cannot remove them when it closes. In the `-shm` every reader records its
+/// read mark. No open mode avoids this safely (tried): `immutable=1` reads without
+/// locks, unsafe while the application writes; `readonly_shm=1` (which still creates
+/// the `-wal`) and `nolock=1` fail to open a WAL database whose `-shm` is missing. So
+/// exactly `app.db-shm` (its bytes and times) and a new, empty `app.db-wal` (and the
+/// mtime of their folder, which gained them) are not compared. The database file and
+/// an existing `-wal` are, byte for byte.
 fn assert_untouched(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>) {
     let mut before = before.clone();
     let mut after = after.clone();
