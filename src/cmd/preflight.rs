@@ -1,8 +1,8 @@
 //! `preflight` (SPEC §4): one read-only pass that finds every reason a migration would
 //! fail or lose data. Writes nothing anywhere except its report: the schema is
-//! rehearsed in a transaction that is rolled back, the backup folder is probed with a
-//! file created and removed (or, when it does not exist yet, its nearest parent is
-//! checked with access(2), creating nothing).
+//! rehearsed in a transaction that is rolled back, and the backup folder (or, when it
+//! does not exist yet, its nearest existing parent) is checked with faccessat(2),
+//! creating nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -52,8 +52,21 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     );
     let src = Source::from_config(&cfg);
 
-    // The source, store by store.
+    // The source, store by store. The JSON store is one file: parse it up front, so that
+    // one that does not load fails its own check, not the state files'.
     let sqlite_ok = check_sqlite(ctx, &cfg);
+    let json_error = cfg
+        .json_path
+        .as_ref()
+        .and_then(|p| source::load_json_store(p).err());
+    // Why the sessions were not read, when they were not.
+    let not_read = if !sqlite_ok && cfg.sqlite.is_some() {
+        Some("the SQLite database failed its check")
+    } else if json_error.is_some() {
+        Some("the JSON store does not load")
+    } else {
+        None
+    };
 
     // The target.
     let mut pg = connect_target(ctx, &cfg);
@@ -73,7 +86,7 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     let mut conflicts = Vec::new();
     let mut summary = None;
     let mut scan_error = None;
-    if sqlite_ok || cfg.sqlite.is_none() {
+    if not_read.is_none() {
         match src.open() {
             Ok(reader) => {
                 let res = reader.scan(1000, |items| {
@@ -126,12 +139,20 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         ctx.report
             .errors
             .push(Finding::new(e.code(), e.to_string()));
+    } else if let (Some(why), true) = (not_read, cfg.sqlite.is_some()) {
+        ctx.report.check(
+            "source_state_files",
+            CheckStatus::Skip,
+            format!("not read: {why}"),
+            json!({}),
+        );
     } else if cfg.sqlite.is_some() {
         let s = summary.as_ref();
         let orphans = s.map_or(0, |s| s.orphans);
-        let status = if !inv_files.is_empty() {
+        // Invalid files fail unless the operator means to quarantine them (SPEC §4).
+        let status = if !inv_files.is_empty() && !quarantine {
             CheckStatus::Fail
-        } else if orphans > 0 {
+        } else if !inv_files.is_empty() || orphans > 0 {
             CheckStatus::Warn
         } else {
             CheckStatus::Pass
@@ -151,6 +172,18 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         );
     }
     match (&cfg.json_path, &summary) {
+        (Some(p), _) if json_error.is_some() => {
+            let e = json_error.as_ref().expect("checked");
+            ctx.report.check(
+                "source_json_store",
+                CheckStatus::Fail,
+                e.to_string(),
+                json!({"path": p}),
+            );
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()).path(p));
+        }
         (None, _) => ctx.report.check(
             "source_json_store",
             CheckStatus::Skip,
@@ -167,10 +200,12 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
                 .iter()
                 .filter(|i| i.record == "json_record")
                 .collect();
-            let status = if dups.is_empty() && bad.is_empty() {
-                CheckStatus::Pass
-            } else {
+            let status = if !dups.is_empty() || (!bad.is_empty() && !quarantine) {
                 CheckStatus::Fail
+            } else if !bad.is_empty() {
+                CheckStatus::Warn
+            } else {
+                CheckStatus::Pass
             };
             ctx.report.check(
                 "source_json_store",
@@ -184,17 +219,28 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
                 ),
                 json!({"duplicates": dups.iter().take(INLINE_LIMIT).collect::<Vec<_>>()}),
             );
+            // They fail the check: errors, each naming its session, not warnings.
+            for d in dups.iter().take(INLINE_LIMIT) {
+                ctx.report.errors.push((*d).clone());
+            }
         }
         (Some(p), None) => ctx.report.check(
             "source_json_store",
-            CheckStatus::Fail,
-            format!("{} could not be read", p.display()),
-            json!({}),
+            CheckStatus::Skip,
+            format!(
+                "{} loads; its sessions were not checked: {}",
+                p.display(),
+                not_read.unwrap_or("the scan of the store stopped")
+            ),
+            json!({"path": p}),
         ),
     }
     if let Some(s) = &summary {
         for w in &s.warnings {
-            ctx.report.warn(w.clone());
+            // duplicate_id fails source_json_store: reported as errors above.
+            if w.code != "duplicate_id" {
+                ctx.report.warn(w.clone());
+            }
         }
     }
 
@@ -207,11 +253,25 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         ctx,
         pg.as_mut(),
         shape.as_ref(),
-        &stats,
+        summary.as_ref().map(|_| &stats),
         &invalid,
         quarantine,
         &cfg,
     )?;
+
+    if summary.is_none() {
+        // Nothing to plan: counts of a store that was not read would be a false zero.
+        ctx.report.check(
+            "plan",
+            CheckStatus::Skip,
+            "no plan: the source could not be read",
+            json!({"target_reachable": pg.is_some()}),
+        );
+        ctx.report
+            .next_steps
+            .push("fix every failed check, then run preflight again".into());
+        return Ok(());
+    }
 
     // The plan.
     let est_secs = counts.bytes as f64 / LOAD_BYTES_PER_SEC;
@@ -492,10 +552,32 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
     Some(c)
 }
 
+/// How many example sessions a constraint problem names.
+const EXAMPLES: usize = 5;
+
+/// The sessions behind one problem: how many, and the first few ids.
+#[derive(Default)]
+struct Examples {
+    count: u64,
+    ids: Vec<String>,
+}
+
+impl Examples {
+    fn add(&mut self, id: &str) {
+        self.count += 1;
+        if self.ids.len() < EXAMPLES {
+            self.ids.push(id.to_owned());
+        }
+    }
+}
+
 /// Per-column facts about the source that the target's constraints care about.
 struct Stats {
-    nulls: BTreeMap<&'static str, u64>,
+    nulls: BTreeMap<&'static str, Examples>,
     max_len: BTreeMap<&'static str, usize>,
+    /// Character limits of the existing table's columns, and the sessions over them.
+    limits: BTreeMap<&'static str, usize>,
+    too_long: BTreeMap<&'static str, Examples>,
     /// Values of columns with a unique index or a foreign key.
     watched: HashMap<String, HashSet<String>>,
     duplicates: HashMap<String, Vec<String>>,
@@ -528,7 +610,14 @@ fn value(s: &Session, col: &str) -> Option<String> {
 impl Stats {
     fn new(shape: Option<&TableShape>) -> Stats {
         let mut watched = HashMap::new();
+        let mut limits = BTreeMap::new();
         if let Some(sh) = shape {
+            for c in &sh.columns {
+                let name = SOURCE_COLUMNS.iter().find(|n| **n == c.name);
+                if let (Some(name), Some(max)) = (name, c.max_len) {
+                    limits.insert(*name, max.max(0) as usize);
+                }
+            }
             for u in &sh.unique {
                 if u != "id" && SOURCE_COLUMNS.contains(&u.as_str()) {
                     watched.insert(u.clone(), HashSet::new());
@@ -543,6 +632,8 @@ impl Stats {
         Stats {
             nulls: BTreeMap::new(),
             max_len: BTreeMap::new(),
+            limits,
+            too_long: BTreeMap::new(),
             watched,
             duplicates: HashMap::new(),
         }
@@ -552,10 +643,14 @@ impl Stats {
         for col in SOURCE_COLUMNS {
             let v = value(s, col);
             match &v {
-                None => *self.nulls.entry(col).or_default() += 1,
+                None => self.nulls.entry(col).or_default().add(&s.id),
                 Some(v) => {
+                    let len = v.chars().count();
                     let l = self.max_len.entry(col).or_default();
-                    *l = (*l).max(v.chars().count());
+                    *l = (*l).max(len);
+                    if self.limits.get(col).is_some_and(|max| len > *max) {
+                        self.too_long.entry(col).or_default().add(&s.id);
+                    }
                 }
             }
             if let (Some(v), Some(set)) = (v, self.watched.get_mut(col)) {
@@ -584,12 +679,16 @@ fn check_constraints(
     ctx: &mut Ctx,
     pg: Option<&mut postgres::Client>,
     shape: Option<&TableShape>,
-    stats: &Stats,
+    // None when the source could not be read: then only the table's shape is checked.
+    stats: Option<&Stats>,
     invalid: &[source::Invalid],
     quarantine: bool,
     cfg: &Config,
 ) -> Result<()> {
     let mut problems: Vec<String> = Vec::new();
+    let empty = Stats::new(None);
+    let source_read = stats.is_some();
+    let stats = stats.unwrap_or(&empty);
     if let Some(sh) = shape {
         for col in &sh.columns {
             let known = SOURCE_COLUMNS.contains(&col.name.as_str());
@@ -602,11 +701,10 @@ fn check_constraints(
             if col.not_null && known && col.name == "state" && !col.has_default {
                 problems.push("sessions.state is NOT NULL, but sessiondb leaves this legacy column empty (state goes to session_state)".into());
             } else if col.not_null && known && col.name != "id" {
-                let nulls = *stats.nulls.get(col.name.as_str()).unwrap_or(&0);
-                if nulls > 0 {
+                if let Some(ex) = stats.nulls.get(col.name.as_str()) {
                     problems.push(format!(
-                        "sessions.{} is NOT NULL but {nulls} source session(s) have no {}",
-                        col.name, col.name
+                        "sessions.{} is NOT NULL but {} source session(s) have no {}, e.g. {:?}",
+                        col.name, ex.count, col.name, ex.ids
                     ));
                 }
             } else if col.not_null && !known && !col.has_default {
@@ -615,13 +713,12 @@ fn check_constraints(
                     col.name
                 ));
             }
-            if let (Some(max), Some(have)) = (col.max_len, stats.max_len.get(col.name.as_str())) {
-                if *have > max as usize {
-                    problems.push(format!(
-                        "sessions.{} is limited to {max} characters but a source value has {have}",
-                        col.name
-                    ));
-                }
+            if let (Some(max), Some(ex)) = (col.max_len, stats.too_long.get(col.name.as_str())) {
+                let longest = stats.max_len.get(col.name.as_str()).copied().unwrap_or(0);
+                problems.push(format!(
+                    "sessions.{} is limited to {max} characters but {} source session(s) have longer values (up to {longest}), e.g. {:?}",
+                    col.name, ex.count, ex.ids
+                ));
             }
         }
         for (col, dups) in &stats.duplicates {
@@ -679,6 +776,8 @@ fn check_constraints(
     let other_bad = invalid.len() - jsonb_bad;
     let status = if !problems.is_empty() {
         CheckStatus::Fail
+    } else if !source_read {
+        CheckStatus::Skip
     } else if !invalid.is_empty() {
         if quarantine {
             CheckStatus::Warn
@@ -688,7 +787,9 @@ fn check_constraints(
     } else {
         CheckStatus::Pass
     };
-    let mut summary = if problems.is_empty() {
+    let mut summary = if problems.is_empty() && !source_read {
+        "not checked against the data: the source could not be read".to_owned()
+    } else if problems.is_empty() {
         "the target's constraints accept the data".to_owned()
     } else {
         problems.join("; ")
@@ -751,40 +852,50 @@ fn nearest_existing(p: &Path) -> PathBuf {
     cur
 }
 
+/// Whether this process may create entries in the folder `p`: faccessat(2) with the
+/// effective ids, which also answers EROFS for a read-only filesystem and EPERM for an
+/// immutable folder. It creates nothing: a probe file, even removed at once, would
+/// change the folder's mtime, and preflight writes nothing.
+fn may_create_in(p: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    if !p.is_dir() {
+        return Err("not a folder".into());
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
 fn check_backup_location(ctx: &mut Ctx, dir: &Path, estimate: u64) {
     let base = nearest_existing(dir);
-    let writable = if base == dir {
-        let probe = dir.join(format!(
-            ".sessiondb-probe-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-        {
-            Ok(_) => {
-                let _ = std::fs::remove_file(&probe);
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    } else {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(base.as_os_str().as_bytes()).unwrap_or_default();
-        // SAFETY: a valid NUL-terminated path.
-        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
-            Ok(())
+    let writable = may_create_in(&base).map_err(|e| {
+        if base == dir {
+            format!("{} is not writable: {e}", base.display())
         } else {
-            Err(std::io::Error::last_os_error().to_string())
+            format!(
+                "{} does not exist and cannot be created: {} is not writable: {e}",
+                dir.display(),
+                base.display()
+            )
         }
-    };
+    });
     let need = (estimate as f64 * SPACE_MARGIN) as u64 + SPACE_SLACK;
     let free = crate::fsutil::available_space(&base).ok();
     let details = json!({"dir": dir, "checked": base, "estimated_backup_bytes": estimate, "needed_with_margin": need, "available": free});
     match (writable, free) {
-        (Err(e), _) => {
-            let msg = format!("{} is not writable: {e}", base.display());
+        (Err(msg), _) => {
             ctx.report
                 .check("backup_location", CheckStatus::Fail, msg.clone(), details);
             ctx.report

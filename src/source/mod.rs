@@ -356,6 +356,7 @@ impl Reader {
             .as_ref()
             .and_then(|d| std::fs::canonicalize(d).ok());
         let ctx = Arc::new(Resolve {
+            db_path: self.source.sqlite.as_ref().map(|s| s.path.clone()),
             sessions_dir: sessions_dir.clone(),
             sessions_root,
             json: json.clone(),
@@ -524,6 +525,8 @@ fn tally(summary: &mut Summary, item: &Item, warnings: Vec<Finding>) {
 struct Resolve {
     sessions_dir: Option<PathBuf>,
     sessions_root: Option<PathBuf>,
+    /// The SQLite database: where an invalid row is.
+    db_path: Option<PathBuf>,
     json: Arc<Vec<JsonRecord>>,
     json_by_id: Arc<HashMap<String, usize>>,
 }
@@ -650,8 +653,18 @@ impl Resolve {
         let id = match fields::id(&r.id) {
             Ok(id) => id,
             Err(e) => {
+                // No id to name the row by: name the database and the table.
+                let e = FieldError {
+                    message: format!(
+                        "SQLite database {}, table sessions: a row has an invalid id: {} (other fields: {})",
+                        self.db_path.as_deref().unwrap_or(Path::new("?")).display(),
+                        e.message,
+                        describe_row(&r)
+                    ),
+                    ..e
+                };
                 return (
-                    invalid_field(None, e, "sqlite_row", None, raw_row()),
+                    invalid_field(None, e, "sqlite_row", self.db_path.clone(), raw_row()),
                     vec![],
                 );
             }
@@ -667,7 +680,7 @@ impl Resolve {
             Ok(m) => m,
             Err(e) => {
                 return (
-                    invalid_field(Some(id), e, "sqlite_row", None, raw_row()),
+                    invalid_field(Some(id), e, "sqlite_row", self.db_path.clone(), raw_row()),
                     vec![],
                 );
             }
@@ -860,6 +873,16 @@ pub(crate) fn parse_meta(
         created_at: fields::timestamp("created_at", created)?,
         updated_at: fields::timestamp("updated_at", updated)?,
     })
+}
+
+/// The fields of a row without a usable id, short, so that an operator can find it.
+fn describe_row(r: &Row) -> String {
+    format!(
+        "user_id {}, status {}, created_at {}",
+        r.user_id.describe(),
+        r.status.describe(),
+        r.created_at.describe()
+    )
 }
 
 /// A SQLite row as JSON Lines bytes, for quarantine (binary values as hex).

@@ -60,30 +60,43 @@ pub fn lock_key(schema: &str) -> i64 {
 }
 
 /// Who holds the writers' lock, as a sentence: pid, application (it carries the run id),
-/// client, and since when.
+/// client, and since when. Advisory locks belong to one database: a writer on another
+/// database of the same server holds another lock. A role without `pg_read_all_stats`
+/// sees only the pid and role of other roles' sessions; the sentence then says so.
 pub fn lock_holder(c: &mut Client, schema: &str) -> Result<Option<String>> {
     let key = lock_key(schema);
     let classid = ((key as u64) >> 32) as u32 as i64;
     let objid = (key as u64 & 0xffff_ffff) as i64;
     let rows = c
         .query(
-            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_hostname, host(a.client_addr), 'local socket'),
+            "SELECT a.pid, a.usename::text, a.application_name,
+                    coalesce(a.client_hostname, host(a.client_addr), CASE WHEN a.backend_start IS NOT NULL THEN 'local socket' END),
                     to_char(coalesce(a.xact_start, a.backend_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-              WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.classid::bigint = $1 AND l.objid::bigint = $2",
             &[&classid, &objid],
         )
         .map_err(|e| Error::pg("looking up the lock holder", "", e))?;
     Ok(rows.first().map(|r| {
         let pid: i32 = r.get(0);
-        let app: String = r.get(1);
-        let host: String = r.get(2);
-        let since: String = r.get(3);
-        let run = app
-            .strip_prefix("sessiondb:")
-            .map(|s| format!(", run {s}"))
-            .unwrap_or_else(|| format!(", application {app:?}"));
-        format!("pid {pid} on {host}{run}, connected since {since}")
+        let role: Option<String> = r.get(1);
+        let app: Option<String> = r.get(2);
+        let host: Option<String> = r.get(3);
+        let since: Option<String> = r.get(4);
+        let role = role.unwrap_or_else(|| "?".into());
+        match (host, since) {
+            (Some(host), Some(since)) => {
+                let app = app.unwrap_or_default();
+                let run = app
+                    .strip_prefix("sessiondb:")
+                    .map(|s| format!(", run {s}"))
+                    .unwrap_or_else(|| format!(", application {app:?}"));
+                format!("pid {pid} (role {role}) on {host}{run}, connected since {since}")
+            }
+            _ => format!("pid {pid} (role {role}; its other details are not visible to this role)"),
+        }
     }))
 }
 

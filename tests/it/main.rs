@@ -8,6 +8,7 @@ mod cutover;
 mod faults;
 mod fixture;
 mod migrate;
+mod preflight;
 mod resume;
 mod runbooks;
 mod secrets;

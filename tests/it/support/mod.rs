@@ -110,6 +110,13 @@ impl Cmd {
         self.cmd.arg(a);
         self
     }
+    /// Run as another user (the tests run as root, which reads any file): set the real
+    /// and effective ids; std drops the supplementary groups when root does this.
+    pub fn user(mut self, uid: u32, gid: u32) -> Cmd {
+        use std::os::unix::process::CommandExt;
+        self.cmd.uid(uid).gid(gid);
+        self
+    }
     /// Run; stdout must be exactly one report.
     pub fn run(mut self) -> Run {
         let out = self
