@@ -116,7 +116,6 @@ def run_case(n, work, admin_url, full):
     t_verify, rss_verify, out = timed([SDB, "verify", "--quiet"], env=env, ok=(0, 1))
     v = json.loads(out)
     res.update({"verify_s": t_verify, "verify_rss_mb": rss_verify, "verify_status": v["status"], "verify_ratio": t_verify / t_load})
-    shutil.rmtree(store, ignore_errors=True)
     return res
 
 
@@ -156,6 +155,7 @@ def main():
     for k, v in rows:
         print(f"{k:38} {v!s:>12}")
     print("written: bench/results.json")
+    sys.stdout.flush()
     shutil.rmtree(work, ignore_errors=True)
 
 
