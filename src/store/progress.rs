@@ -539,14 +539,15 @@ impl Shared {
             "progress write failed: {}",
             crate::redact::text(&f.error.to_string())
         );
-        slot.durable
-            .send_modify(|d| d.failed = Some((f.seq, f.clone())));
+        // Listed before the receipts see it: a flush woken by the receipt finds it.
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(f.clone());
-        let _ = self.failures_tx.send(f);
+        let _ = self.failures_tx.send(f.clone());
+        slot.durable
+            .send_modify(|d| d.failed = Some((f.seq, f.clone())));
     }
 
     fn backoff(&self, failures: u32) -> Duration {

@@ -9,4 +9,5 @@ mod fixture;
 mod migrate;
 mod resume;
 mod secrets;
+mod store;
 mod support;
