@@ -81,6 +81,54 @@ pub struct ProgressStats {
     pub failures: u64,
     /// Sessions with a state waiting to be written now.
     pub pending_sessions: u64,
+    /// From an update's arrival to the durable write of it (or of a later state of its
+    /// session that replaced it), over every update written so far: median, 99th
+    /// percentile, and the longest, in milliseconds.
+    pub latency_p50_ms: u64,
+    pub latency_p99_ms: u64,
+    pub latency_max_ms: u64,
+}
+
+/// Update-to-durable latencies: 1 ms buckets up to a minute, then one overflow bucket.
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max_ms: u64,
+}
+
+impl Histogram {
+    const LIMIT_MS: usize = 60_000;
+
+    fn new() -> Histogram {
+        Histogram {
+            buckets: vec![0; Self::LIMIT_MS + 1],
+            count: 0,
+            max_ms: 0,
+        }
+    }
+
+    fn record(&mut self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        self.buckets[(ms as usize).min(Self::LIMIT_MS)] += 1;
+        self.count += 1;
+        self.max_ms = self.max_ms.max(ms);
+    }
+
+    /// The smallest bucket (ms) that holds the `q` quantile.
+    fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return ms as u64;
+            }
+        }
+        self.max_ms
+    }
 }
 
 /// A progress write that did not land, with the state it carried (None when a merge
@@ -153,6 +201,8 @@ struct Pending {
     state: State,
     seq: u64,
     first_at: Instant,
+    /// When each update this state stands for arrived (for the latency histogram).
+    arrivals: Vec<Instant>,
 }
 
 enum Op {
@@ -204,7 +254,6 @@ impl Slot {
     }
 }
 
-#[derive(Default)]
 struct Book {
     slots: HashMap<String, Slot>,
     heap: BinaryHeap<Reverse<(Instant, u64, String)>>,
@@ -212,9 +261,21 @@ struct Book {
     /// When the scheduler will next wake by itself (None: only when notified).
     planned: Option<Instant>,
     shutdown: bool,
+    latency: Histogram,
 }
 
 impl Book {
+    fn new() -> Book {
+        Book {
+            slots: HashMap::new(),
+            heap: BinaryHeap::new(),
+            generation: 0,
+            planned: None,
+            shutdown: false,
+            latency: Histogram::new(),
+        }
+    }
+
     /// Schedule the slot's pending write at `at`; true when the scheduler must wake.
     fn schedule(&mut self, id: &str, at: Instant, gather: Duration) -> bool {
         self.generation += 1;
@@ -276,7 +337,7 @@ impl Batcher {
                 max_attempts: opts.max_attempts.max(1),
                 ..opts
             },
-            book: Mutex::new(Book::default()),
+            book: Mutex::new(Book::new()),
             wake: Notify::new(),
             seq: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(concurrency)),
@@ -397,13 +458,14 @@ impl Batcher {
 
     pub(crate) fn stats(&self) -> ProgressStats {
         let c = &self.shared.counters;
-        let pending = self
-            .shared
-            .lock()
-            .slots
-            .values()
-            .filter(|s| s.pending.is_some())
-            .count() as u64;
+        let book = self.shared.lock();
+        let pending = book.slots.values().filter(|s| s.pending.is_some()).count() as u64;
+        let (p50, p99, max) = (
+            book.latency.quantile(0.50),
+            book.latency.quantile(0.99),
+            book.latency.max_ms,
+        );
+        drop(book);
         ProgressStats {
             updates_received: c.updates.load(Ordering::Relaxed),
             writes_issued: c.writes.load(Ordering::Relaxed),
@@ -412,6 +474,9 @@ impl Batcher {
             write_errors: c.write_errors.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             pending_sessions: pending,
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            latency_max_ms: max,
         }
     }
 
@@ -461,6 +526,7 @@ impl Shared {
             Some(p) => {
                 p.state = state;
                 p.seq = seq;
+                p.arrivals.push(now);
                 false
             }
             None => {
@@ -468,6 +534,7 @@ impl Shared {
                     state,
                     seq,
                     first_at: now,
+                    arrivals: vec![now],
                 });
                 !slot.writing
             }
@@ -598,7 +665,8 @@ impl Shared {
         let now = Instant::now();
         let shutdown = book.shutdown;
         let window = self.opts.window;
-        let Some(slot) = book.slots.get_mut(id) else {
+        let Book { slots, latency, .. } = book;
+        let Some(slot) = slots.get_mut(id) else {
             return false;
         };
         slot.writing = false;
@@ -606,6 +674,9 @@ impl Shared {
         match outcome {
             None => {
                 self.counters.written.fetch_add(1, Ordering::Relaxed);
+                for a in &p.arrivals {
+                    latency.record(now - *a);
+                }
                 slot.failures = 0;
                 slot.durable
                     .send_modify(|d| d.written = d.written.max(p.seq));
@@ -632,8 +703,15 @@ impl Shared {
                         attempt = slot.failures,
                         "progress write failed, retrying: {e}"
                     );
-                    if slot.pending.is_none() {
-                        slot.pending = Some(p);
+                    match &mut slot.pending {
+                        None => slot.pending = Some(p),
+                        // A newer state replaces this one: it stands for its updates too.
+                        Some(newer) => {
+                            newer.first_at = newer.first_at.min(p.first_at);
+                            let mut arrivals = p.arrivals;
+                            arrivals.append(&mut newer.arrivals);
+                            newer.arrivals = arrivals;
+                        }
                     }
                     retry_at = Some(now + self.backoff(slot.failures));
                 }
@@ -782,4 +860,41 @@ async fn load_base(sh: Arc<Shared>, id: String) {
     }
     drop(book);
     sh.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::new();
+        assert_eq!(h.quantile(0.99), 0);
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        assert_eq!((h.quantile(0.5), h.quantile(0.99), h.max_ms), (50, 99, 100));
+        h.record(Duration::from_secs(3600));
+        assert_eq!(h.max_ms, 3_600_000);
+        assert_eq!(h.quantile(1.0), Histogram::LIMIT_MS as u64);
+    }
+
+    #[test]
+    fn durable_outcomes() {
+        let f = Arc::new(ProgressFailure {
+            session: "s".into(),
+            seq: 5,
+            attempts: 1,
+            error: Arc::new(Error::Closed),
+            state: None,
+        });
+        let d = Durable {
+            written: 3,
+            failed: Some((5, f)),
+        };
+        assert!(matches!(d.outcome(2), Some(Ok(()))));
+        assert!(matches!(d.outcome(4), Some(Err(_))));
+        assert!(matches!(d.outcome(5), Some(Err(_))));
+        assert!(d.outcome(6).is_none());
+    }
 }

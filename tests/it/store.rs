@@ -626,6 +626,11 @@ async fn last_state_wins(fx: &Fx) {
         "{st:?} over {elapsed:?}"
     );
     assert_eq!(st.writes_issued, st.writes_succeeded);
+    // Every update's wait for its durable write: about a window, never much more.
+    assert!(
+        st.latency_max_ms >= window && st.latency_max_ms < window + 1000,
+        "{st:?}"
+    );
     s.close().await.unwrap();
 }
 
