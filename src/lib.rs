@@ -17,4 +17,5 @@ pub mod plan;
 pub mod redact;
 pub mod report;
 pub mod source;
+pub mod store;
 pub mod target;

@@ -33,7 +33,7 @@ fn inside(root: Option<&Path>, p: &Path) -> bool {
 }
 
 /// Read the state file of `id` if there is one.
-pub(super) fn read_state(
+pub(crate) fn read_state(
     dir: &Path,
     root: Option<&Path>,
     id: &str,

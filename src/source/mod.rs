@@ -13,7 +13,7 @@
 //! the number of sessions.
 
 pub mod fields;
-mod files;
+pub(crate) mod files;
 mod json_store;
 pub mod sqlite;
 

@@ -12,4 +12,5 @@ mod preflight;
 mod resume;
 mod runbooks;
 mod secrets;
+mod store;
 mod support;

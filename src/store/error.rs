@@ -1,0 +1,138 @@
+//! The store's errors: what an application can match on, each with a stable code.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::canon::JsonError;
+
+use super::progress::ProgressFailure;
+
+/// An error of the runtime store. [`Error::code`] is the stable snake_case code
+/// (SPEC §6 where one applies); messages never hold a password.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configured backend is the deprecated JSON store: it is read-only.
+    #[error(
+        "json_backend_deprecated: the JSON store {path} is deprecated and read-only; {op} refused (migrate with `sessiondb migrate to postgres`, or set sessiondb.backend = \"sqlite\")"
+    )]
+    ReadOnly { path: PathBuf, op: &'static str },
+
+    #[error("session {id:?} not found")]
+    NotFound { id: String },
+
+    #[error("session {id:?} already exists")]
+    AlreadyExists { id: String },
+
+    #[error("invalid session id {id:?}: {message}")]
+    InvalidId { id: String, message: String },
+
+    /// A metadata field the target cannot store (`invalid_text`, `invalid_cost`).
+    #[error("session {id:?}: {message}")]
+    InvalidField {
+        id: String,
+        code: &'static str,
+        message: String,
+    },
+
+    /// A state that PostgreSQL's jsonb would refuse (the code is the JSON error's:
+    /// `invalid_json`, `jsonb_incompatible_nul`, `too_large`...).
+    #[error("session {id:?}: invalid state: {source}")]
+    InvalidState {
+        id: String,
+        #[source]
+        source: JsonError,
+    },
+
+    /// What the store holds for a session cannot be read as a session (a legacy row with
+    /// a bad timestamp, a state file that is not JSON...).
+    #[error("session {id:?}: stored record is invalid ({code}): {message}")]
+    InvalidRecord {
+        id: String,
+        code: &'static str,
+        message: String,
+    },
+
+    /// Merge mode could not patch a state without changing it (numbers serde_json cannot
+    /// hold exactly).
+    #[error("session {id:?}: cannot merge-patch this state without loss: {message}")]
+    MergeUnsupported { id: String, message: String },
+
+    /// Every connection of the pool stayed busy for the whole acquire timeout.
+    #[error(
+        "pool_exhausted: no PostgreSQL connection to {target} came free within {waited:?}: all {max} are in use (pool_size {pool_size} + max_overflow {max_overflow}); raise DB_POOL_SIZE / DB_MAX_OVERFLOW or look for slow queries"
+    )]
+    PoolExhausted {
+        target: String,
+        waited: Duration,
+        max: usize,
+        pool_size: u32,
+        max_overflow: u32,
+    },
+
+    #[error("the session store is closed")]
+    Closed,
+
+    /// Progress writes that failed after their retries; the states they carried are in
+    /// the failures.
+    #[error("{} progress write(s) failed: {}", failures.len(), summary(failures))]
+    ProgressFailed { failures: Vec<Arc<ProgressFailure>> },
+
+    /// Configuration, SQLite, file system and PostgreSQL errors, typed as elsewhere in
+    /// sessiondb.
+    #[error(transparent)]
+    Backend(#[from] crate::error::Error),
+}
+
+fn summary(failures: &[Arc<ProgressFailure>]) -> String {
+    let mut s = failures
+        .iter()
+        .take(3)
+        .map(|f| format!("session {:?}: {}", f.session, f.error))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failures.len() > 3 {
+        s.push_str(&format!("; and {} more", failures.len() - 3));
+    }
+    s
+}
+
+impl Error {
+    /// The stable code naming this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::ReadOnly { .. } => "json_backend_deprecated",
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "conflict",
+            Error::InvalidId { .. } => "invalid_id",
+            Error::InvalidField { code, .. } => code,
+            Error::InvalidState { source, .. } => source.code(),
+            Error::InvalidRecord { code, .. } => code,
+            Error::MergeUnsupported { .. } => "merge_unsupported",
+            Error::PoolExhausted { .. } => "pool_exhausted",
+            Error::Closed => "closed",
+            Error::ProgressFailed { .. } => "progress_write_failed",
+            Error::Backend(e) => e.code(),
+        }
+    }
+
+    /// Whether trying the same write again may succeed (a connection, a lock, a
+    /// privilege an operator can restore). Refusals about the data itself are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::ReadOnly { .. }
+            | Error::NotFound { .. }
+            | Error::AlreadyExists { .. }
+            | Error::InvalidId { .. }
+            | Error::InvalidField { .. }
+            | Error::InvalidState { .. }
+            | Error::InvalidRecord { .. }
+            | Error::MergeUnsupported { .. }
+            | Error::Closed
+            | Error::ProgressFailed { .. } => false,
+            Error::PoolExhausted { .. } | Error::Backend(_) => true,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
