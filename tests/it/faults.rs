@@ -472,37 +472,91 @@ fn children_peak_rss_mb() -> f64 {
 fn every_bad_input_code_at_scale_is_named_and_quarantined_with_its_raw_bytes() {
     let d = crate::support::TempDir::new();
     let out = d.path().join("store");
-    let g = sessiondb(&["generate-fixture", "--out", out.to_str().unwrap(), "--sessions", "50000", "--seed", "11", "--bad"]).expect(0);
+    // 50,000 under `just faults`; fewer in the everyday suite to keep CI quick.
+    let n = std::env::var("SESSIONDB_FAULTS_SCALE").unwrap_or_else(|_| "10000".into());
+    let g = sessiondb(&[
+        "generate-fixture",
+        "--out",
+        out.to_str().unwrap(),
+        "--sessions",
+        &n,
+        "--seed",
+        "11",
+        "--bad",
+    ])
+    .expect(0);
     let bad: Vec<(String, String)> = g.report.details["bad"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["id"].as_str().unwrap_or_default().to_owned(), b["code"].as_str().unwrap().to_owned()))
+        .map(|b| {
+            (
+                b["id"].as_str().unwrap_or_default().to_owned(),
+                b["code"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let cfg = out.join("sessiondb.toml");
     let db = TestDb::new("fault_bad_at_scale");
-    let refused = sessiondb(&["migrate-state", "--dry-run=false"]).config(&cfg).env("DATABASE_URL", &db.url).expect(1);
+    let refused = sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&cfg)
+        .env("DATABASE_URL", &db.url)
+        .expect(1);
     assert!(refused.has_error("invalid_records"));
-    let r = sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"]).config(&cfg).env("DATABASE_URL", &db.url).expect(0);
-    let qdir = std::path::PathBuf::from(&r.report.artifacts.iter().find(|a| a.kind == "quarantine").unwrap().path);
-    let index = std::fs::read_dir(&qdir).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".ndjson")).unwrap();
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(index).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let r = sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"])
+        .config(&cfg)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let qdir = std::path::PathBuf::from(
+        &r.report
+            .artifacts
+            .iter()
+            .find(|a| a.kind == "quarantine")
+            .unwrap()
+            .path,
+    );
+    let index = std::fs::read_dir(&qdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson"))
+        .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(index)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     // Root reads a mode-000 file, so `unreadable` is only produced for other users.
     let expected: Vec<&(String, String)> = bad.iter().filter(|(_, c)| c != "unreadable").collect();
     for (id, code) in &expected {
-        let hit = lines.iter().find(|l| l["code"] == code.as_str() && (id.is_empty() || l["id"] == id.as_str()));
+        let hit = lines
+            .iter()
+            .find(|l| l["code"] == code.as_str() && (id.is_empty() || l["id"] == id.as_str()));
         let hit = hit.unwrap_or_else(|| panic!("{code} ({id}) not quarantined: {lines:?}"));
         let raw = std::fs::read(qdir.join(hit["raw_file"].as_str().unwrap())).unwrap();
-        assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw)), hit["sha256"], "{code}: raw bytes kept");
-        assert!(!raw.is_empty() || *code == "too_large", "{code}: raw bytes present");
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw)),
+            hit["sha256"],
+            "{code}: raw bytes kept"
+        );
+        assert!(
+            !raw.is_empty() || *code == "too_large",
+            "{code}: raw bytes present"
+        );
     }
-    let v = sessiondb(&["verify"]).config(&cfg).env("DATABASE_URL", &db.url).run();
+    let v = sessiondb(&["verify"])
+        .config(&cfg)
+        .env("DATABASE_URL", &db.url)
+        .run();
     assert_eq!(v.count("missing") + v.count("different"), 0, "{}", v.stdout);
     row(
-        "every SPEC §6 code in a 50,000-session store",
+        &format!("every SPEC §6 code in a {n}-session store"),
         "migrate-state --dry-run=false [--quarantine]",
         "refused (exit 1), then exit 0 with --quarantine",
-        &format!("{} bad records named and quarantined with raw bytes; {} sessions verified", expected.len(), v.count("checked")),
+        &format!(
+            "{} bad records named and quarantined with raw bytes; {} sessions verified",
+            expected.len(),
+            v.count("checked")
+        ),
     );
 }
 
@@ -518,11 +572,23 @@ fn a_100_mb_state_loads_with_bounded_memory() {
         if i > 0 {
             big.push_str(", ");
         }
-        big.push_str(&format!("{{\"n\": {i}, \"text\": \"{}\"}}", "lorem ipsum ".repeat(8)));
+        big.push_str(&format!(
+            "{{\"n\": {i}, \"text\": \"{}\"}}",
+            "lorem ipsum ".repeat(8)
+        ));
         i += 1;
     }
     big.push_str("]}");
-    s.row(&"big", &"u", &"running", &"step", &1.0, &"2024-01-01T00:00:00Z", &"2024-01-01T00:00:00Z", &rusqlite::types::Null);
+    s.row(
+        &"big",
+        &"u",
+        &"running",
+        &"step",
+        &1.0,
+        &"2024-01-01T00:00:00Z",
+        &"2024-01-01T00:00:00Z",
+        &rusqlite::types::Null,
+    );
     s.state_file("big", big.as_bytes());
     let size_mb = big.len() as f64 / (1 << 20) as f64;
     drop(big);
@@ -540,6 +606,14 @@ fn a_100_mb_state_loads_with_bounded_memory() {
     let peak = children_peak_rss_mb().max(before);
     let n: i64 = db.client().query_one("SELECT jsonb_array_length(state->'items')::bigint FROM session_state WHERE session_id = 'big'", &[]).unwrap().get(0);
     assert_eq!(n, i as i64);
-    assert!(peak < size_mb * 6.0, "peak RSS {peak:.0} MB for a {size_mb:.0} MB state");
-    row("a 100 MB state", "backup, migrate-state --dry-run=false", "exit 0", &format!("{i} items loaded; peak RSS {peak:.0} MB of child processes for {size_mb:.0} MB"));
+    assert!(
+        peak < size_mb * 6.0,
+        "peak RSS {peak:.0} MB for a {size_mb:.0} MB state"
+    );
+    row(
+        "a 100 MB state",
+        "backup, migrate-state --dry-run=false",
+        "exit 0",
+        &format!("{i} items loaded; peak RSS {peak:.0} MB of child processes for {size_mb:.0} MB"),
+    );
 }
