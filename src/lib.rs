@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod plan;
 pub mod redact;
 pub mod report;
+pub mod service;
 pub mod source;
 pub mod store;
 pub mod target;
