@@ -17,6 +17,7 @@ pub mod plan;
 pub mod redact;
 pub mod report;
 pub mod service;
+pub mod smoke;
 pub mod source;
 pub mod store;
 pub mod target;
