@@ -9,5 +9,6 @@ mod fixture;
 mod migrate;
 mod resume;
 mod secrets;
+mod sessiond;
 mod store;
 mod support;
