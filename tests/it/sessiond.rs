@@ -476,3 +476,56 @@ fn sessiond_answers_json_errors_and_503_when_the_store_is_down() {
         Some(r#"{"n": 98765432109876543210, "progress": 1.50}"#)
     );
 }
+
+#[test]
+fn sessiond_health_shows_drift_and_a_lost_database_and_never_the_password() {
+    let s = Store::new();
+    s.session("a", r#"{"progress": 1}"#);
+    let db = TestDb::new("sessiond_health");
+    // The config still says sqlite, the environment says PostgreSQL: backend_drift.
+    let svc = Service::start(&s.config, Some(&db.url));
+    let c = svc.client();
+    let (code, h) = c.get("/api/health");
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(h["backend"], "postgres");
+    assert_eq!(h["drift"]["code"], "backend_drift", "{h}");
+    assert!(h["pool"]["max_size"].as_u64().unwrap() >= 1, "{h}");
+    c.post(
+        "/api/sessions",
+        &json!({"id": "p1", "state": {"progress": 0}}).to_string(),
+    );
+    assert_no_password("health", &h.to_string());
+    // The database goes away under it: 503, with the reason, still no password.
+    pg::admin()
+        .batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", db.name))
+        .unwrap();
+    let (code, h) = c.get("/api/health");
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(h["reachable"], false);
+    assert!(h["error"].as_str().is_some_and(|e| !e.is_empty()), "{h}");
+    assert_no_password("health", &h.to_string());
+    let (code, v) = c.get("/api/sessions/p1/status");
+    assert_eq!(code, 503, "{v}");
+    assert_no_password("an error", &v.to_string());
+    let log = svc.stop();
+    assert_no_password("sessiond", &log);
+    assert!(log.contains("backend_drift"), "{log}");
+}
+
+#[test]
+fn sessiond_without_a_config_exits_2_and_prints_nothing_on_stdout() {
+    let dir = crate::support::TempDir::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.toml"),
+        "{out:?}"
+    );
+}
