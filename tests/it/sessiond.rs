@@ -529,3 +529,16 @@ fn sessiond_without_a_config_exits_2_and_prints_nothing_on_stdout() {
         "{out:?}"
     );
 }
+
+#[test]
+fn sessiond_smoke_fails_with_exit_1_when_the_service_is_down() {
+    let s = Store::new();
+    s.session("a", "{}");
+    // Port 9 (discard) on loopback: nothing listens there.
+    let r = sessiondb(&["verify", "--smoke-url", "http://127.0.0.1:9"])
+        .config(&s.config)
+        .expect(1);
+    for id in ["smoke_health", "smoke_status", "smoke_write"] {
+        assert_eq!(r.check(id).status, CheckStatus::Fail, "{id}: {}", r.stdout);
+    }
+}
