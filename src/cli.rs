@@ -288,7 +288,8 @@ impl Write for RedactingStderr {
     }
 }
 
-fn init_tracing(quiet: bool) {
+/// Logs on stderr, redacted; `SESSIONDB_LOG` sets the level (`--quiet`: warnings up).
+pub fn init_tracing(quiet: bool) {
     let level = match std::env::var("SESSIONDB_LOG").ok().as_deref() {
         Some("error") => tracing::Level::ERROR,
         Some("warn") => tracing::Level::WARN,

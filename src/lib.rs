@@ -16,6 +16,8 @@ pub mod fsutil;
 pub mod plan;
 pub mod redact;
 pub mod report;
+pub mod service;
+pub mod smoke;
 pub mod source;
 pub mod store;
 pub mod target;

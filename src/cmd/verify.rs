@@ -24,6 +24,10 @@ pub struct Args {
     /// Check N random sessions instead of all of them.
     #[arg(long, value_name = "N")]
     pub sample: Option<u64>,
+    /// Then probe a running sessiond at this URL (health, status against the database,
+    /// a write through the batched progress writer); see `sessiondb::smoke`.
+    #[arg(long, value_name = "URL")]
+    pub smoke_url: Option<String>,
 }
 
 impl Step for Args {
@@ -32,7 +36,10 @@ impl Step for Args {
         &self.common
     }
     fn run(&self, ctx: &mut Ctx) -> Result<()> {
-        run(ctx, self.sample)
+        match &self.smoke_url {
+            None => run(ctx, self.sample),
+            Some(url) => crate::smoke::run(ctx, url, |ctx| run(ctx, self.sample)),
+        }
     }
 }
 

@@ -12,5 +12,6 @@ mod preflight;
 mod resume;
 mod runbooks;
 mod secrets;
+mod sessiond;
 mod store;
 mod support;

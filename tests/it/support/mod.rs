@@ -48,7 +48,7 @@ pub struct Cmd {
 }
 
 /// Variables a test must never inherit from the machine.
-const SCRUB: &[&str] = &[
+pub const SCRUB: &[&str] = &[
     "DATABASE_URL",
     "PGHOST",
     "PGHOSTADDR",
