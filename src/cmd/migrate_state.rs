@@ -262,7 +262,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             .map_err(|e| Error::pg("committing the schema", &t.display, e))?;
         ctx.report.detail("schema_applied", &applied);
     }
-    record_run_start(&mut client, &schema_name, &run_uuid, &src, &backup_dir)?;
+    record_run_start(&mut client, &schema_name, &run_uuid, &fp, &backup_dir)?;
     if !fresh {
         schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
     }
@@ -289,6 +289,10 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
                     not_read += 1;
                 }
             }
+        }
+        if sessions.is_empty() && invalid.is_empty() {
+            progress.tick(0, 0);
+            return Ok(());
         }
         if !invalid.is_empty() && !args.quarantine {
             return Err(Error::InvalidSource {
@@ -533,7 +537,7 @@ fn record_run_start(
     c: &mut postgres::Client,
     schema: &str,
     run: &uuid::Uuid,
-    src: &Source,
+    fingerprint: &str,
     backup: &Path,
 ) -> Result<()> {
     let host = hostname();
@@ -542,7 +546,7 @@ fn record_run_start(
             "INSERT INTO {} (run_id, step, host, pid, tool_version, source_fingerprint, backup) VALUES ($1, 'migrate-state', $2, $3, $4, $5, $6)",
             target::qualified(schema, "sessiondb_runs")
         ),
-        &[run, &host, &(std::process::id() as i32), &env!("CARGO_PKG_VERSION"), &src.quick_fingerprint()?, &backup.display().to_string()],
+        &[run, &host, &(std::process::id() as i32), &env!("CARGO_PKG_VERSION"), &fingerprint, &backup.display().to_string()],
     )
     .map_err(|e| Error::pg("recording the run", "", e))?;
     Ok(())

@@ -452,8 +452,9 @@ impl Reader {
             f(items)?;
         }
 
-        // Stage 3: state files with no metadata anywhere.
-        if let (Some(dir), Some(s)) = (&sessions_dir, &self.source.sqlite) {
+        // Stage 3: state files with no metadata anywhere. A catch-up scan (`known`) skips
+        // it: orphans are named by full scans (preflight, check, a first load, verify).
+        if let (Some(dir), Some(s), None) = (&sessions_dir, &self.source.sqlite, known) {
             let db = sqlite::open(&s.path)?;
             let mut names = 0u64;
             let rd = std::fs::read_dir(dir).map_err(|e| Error::Unreadable {
