@@ -33,6 +33,14 @@ prod-cutover: build
 rollback: build
     SDB={{sdb}} scripts/rollback
 
+# Run the reference service sessiond on the configured store (ADDR like 127.0.0.1:8080)
+sessiond ADDR="127.0.0.1:8080": build
+    target/{{profile}}/sessiond --listen {{ADDR}}
+
+# Smoke-test a running application with the sessiond endpoints: health, status against the database, a write
+smoke URL: build
+    {{sdb}} verify --smoke-url {{URL}}
+
 # Benchmarks against a throwaway PostgreSQL: ratios to psql baselines, peak memory (writes bench/results.json)
 bench:
     scripts/bench
