@@ -203,7 +203,10 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         json_bytes: cfg.json_path.as_deref().map(|j| size(j).unwrap_or(0)),
         config_bytes: size(&cfg.path).unwrap_or(0),
         estimated_bytes: 0,
-        available: crate::fsutil::available_space(&nearest_existing(&cfg.backup_dir)).ok(),
+        available: crate::fsutil::available_space(&crate::fsutil::nearest_existing(
+            &cfg.backup_dir,
+        ))
+        .ok(),
         skipped_symlinks: Vec::new(),
         skipped_other: Vec::new(),
     };
@@ -505,17 +508,6 @@ fn create_folder(backup_dir: &Path) -> Result<PathBuf> {
 
 fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}-wal", db.display()))
-}
-
-fn nearest_existing(p: &Path) -> PathBuf {
-    let mut cur = p.to_path_buf();
-    while !cur.exists() {
-        match cur.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => cur = parent.to_path_buf(),
-            _ => return PathBuf::from("."),
-        }
-    }
-    cur
 }
 
 /// A new file, owner-only, never an existing one.

@@ -68,3 +68,16 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
+
+/// `p` itself if it exists, else its nearest existing parent (`.` at worst): where a
+/// folder that is not there yet would be created.
+pub fn nearest_existing(p: &Path) -> std::path::PathBuf {
+    let mut cur = p.to_path_buf();
+    while !cur.exists() {
+        match cur.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => cur = parent.to_path_buf(),
+            _ => return std::path::PathBuf::from("."),
+        }
+    }
+    cur
+}

@@ -841,17 +841,6 @@ pub fn estimate_backup(cfg: &Config, state_bytes: u64) -> u64 {
     total
 }
 
-fn nearest_existing(p: &Path) -> PathBuf {
-    let mut cur = p.to_path_buf();
-    while !cur.exists() {
-        match cur.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => cur = parent.to_path_buf(),
-            _ => return PathBuf::from("."),
-        }
-    }
-    cur
-}
-
 /// Whether this process may create entries in the folder `p`: faccessat(2) with the
 /// effective ids, which also answers EROFS for a read-only filesystem and EPERM for an
 /// immutable folder. It creates nothing: a probe file, even removed at once, would
@@ -879,7 +868,7 @@ fn may_create_in(p: &Path) -> std::result::Result<(), String> {
 }
 
 fn check_backup_location(ctx: &mut Ctx, dir: &Path, estimate: u64) {
-    let base = nearest_existing(dir);
+    let base = crate::fsutil::nearest_existing(dir);
     let writable = may_create_in(&base).map_err(|e| {
         if base == dir {
             format!("{} is not writable: {e}", base.display())

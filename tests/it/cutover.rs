@@ -189,3 +189,70 @@ fn rollback_brings_back_every_session_written_in_postgres() {
     let again = step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
     assert_eq!(again.count("exported"), 0);
 }
+
+#[test]
+fn a_session_written_during_the_rollback_is_exported_or_the_rollback_refuses() {
+    let s = Store::new();
+    s.bulk(3000, 600);
+    let db = TestDb::new("rollback_during_writes");
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["verify"]).expect(0);
+    step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    // The application keeps writing new sessions to PostgreSQL while the rollback runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = format!("live-{n:05}");
+                c.batch_execute(&format!(
+                    "INSERT INTO sessions (id, status) VALUES ('{id}', 'running');
+                     INSERT INTO session_state (session_id, state, updated_at) VALUES ('{id}', '{{\"n\": {n}}}', now());"
+                ))
+                .unwrap();
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let during = step(&s, &db, &["rollback", "--dry-run=false"]).run();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    if during.code == 0 {
+        assert!(cfg.contains("backend = \"sqlite\""));
+    } else {
+        // Refused, saying why, and the config still points at PostgreSQL.
+        assert!(during.has_error("still_writing"), "{}", during.stdout);
+        assert!(
+            cfg.contains("backend = \"postgres\""),
+            "a refused rollback leaves the config alone"
+        );
+    }
+    // With the writes stopped, a rollback (again) brings every one of them back.
+    step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
+    assert!(
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .contains("backend = \"sqlite\"")
+    );
+    for n in 0..written {
+        let p = s.sessions.join(format!("live-{n:05}")).join("state.json");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("live-{n:05} was lost"));
+        assert_eq!(text, format!("{{\"n\": {n}}}"));
+    }
+    let v = step(&s, &db, &["verify"]).expect(0);
+    assert_eq!(
+        v.count("missing") + v.count("extra") + v.count("different"),
+        0
+    );
+    eprintln!(
+        "{written} sessions written during the rollback; first rollback exit {}",
+        during.code
+    );
+}
