@@ -60,3 +60,25 @@ confirm() {
   read -r -p "$1 [y/N] " a
   case "$a" in y|Y|yes) return 0 ;; *) echo "stopped by the operator" >&2; exit 1 ;; esac
 }
+
+# The reference service sessiond as the application (needs SVC_DIR, a scratch folder).
+SVC_PID=""
+serve() { # serve sqlite|postgres: (re)start sessiond on that backend; sets SVC_URL
+  stop_service
+  local out="$SVC_DIR/sessiond.out"
+  : > "$out"
+  if [ "$1" = postgres ]; then
+    "$(dirname "$SDB")/sessiond" --listen 127.0.0.1:0 --quiet > "$out" 2> "$SVC_DIR/sessiond.log" &
+  else
+    env -u DATABASE_URL "$(dirname "$SDB")/sessiond" --listen 127.0.0.1:0 --quiet > "$out" 2> "$SVC_DIR/sessiond.log" &
+  fi
+  SVC_PID=$!
+  for _ in $(seq 1 100); do grep -q "listening on" "$out" && break; sleep 0.1; done
+  SVC_URL=$(sed -n 's/^listening on //p' "$out")
+  [ -n "$SVC_URL" ] || { echo "✗ sessiond did not start:" >&2; cat "$SVC_DIR/sessiond.log" >&2; exit 3; }
+  echo "── sessiond serving on $1 at $SVC_URL" >&2
+}
+stop_service() { # SIGTERM: pending progress is flushed before it exits
+  if [ -n "$SVC_PID" ]; then kill -TERM "$SVC_PID" 2>/dev/null || true; wait "$SVC_PID" 2>/dev/null || true; SVC_PID=""; fi
+}
+

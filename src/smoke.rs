@@ -476,7 +476,13 @@ fn sample_pg(c: &mut postgres::Client, schema: &str) -> Result<Vec<Row>> {
 }
 
 /// Up to [`STATUS_SAMPLE`] sessions of the legacy store, chosen at random in one scan.
+/// Only SQLite rows and their files: that is what the runtime SQLite store serves
+/// (sessions only in the deprecated JSON store are migrated, not served by it).
 fn sample_legacy(src: &Source) -> Result<Vec<Row>> {
+    let src = &Source {
+        sqlite: src.sqlite.clone(),
+        json_path: None,
+    };
     let mut rng = uuid::Uuid::new_v4().as_u128() as u64 | 1;
     let mut next = move || {
         rng ^= rng << 13;
