@@ -24,7 +24,7 @@ use crate::cli::Ctx;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::report::CheckStatus;
-use crate::source::{Item, Source};
+use crate::source::Source;
 use crate::target::{self, qualified, schema};
 
 /// Most sessions the status probe compares.
@@ -479,42 +479,16 @@ fn sample_pg(c: &mut postgres::Client, schema: &str) -> Result<Vec<Row>> {
 /// Only SQLite rows and their files: that is what the runtime SQLite store serves
 /// (sessions only in the deprecated JSON store are migrated, not served by it).
 fn sample_legacy(src: &Source) -> Result<Vec<Row>> {
-    let src = &Source {
+    let src = Source {
         sqlite: src.sqlite.clone(),
         json_path: None,
     };
-    let mut rng = uuid::Uuid::new_v4().as_u128() as u64 | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut reservoir: Vec<Row> = Vec::with_capacity(STATUS_SAMPLE);
-    let mut seen = 0u64;
-    src.open()?.scan(1000, |items| {
-        for it in items {
-            if let Item::Session(s) = it {
-                seen += 1;
-                let row = Row {
-                    id: s.id,
-                    status: s.meta.status,
-                    current_step: s.meta.current_step,
-                    cost: s.meta.cost,
-                };
-                if reservoir.len() < STATUS_SAMPLE {
-                    reservoir.push(row);
-                } else {
-                    let j = (next() % seen) as usize;
-                    if j < STATUS_SAMPLE {
-                        reservoir[j] = row;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })?;
-    Ok(reservoir)
+    src.sample(STATUS_SAMPLE, |s| Row {
+        id: s.id,
+        status: s.meta.status,
+        current_step: s.meta.current_step,
+        cost: s.meta.cost,
+    })
 }
 
 /// The state the database holds for a session now, as canonical text.

@@ -473,32 +473,7 @@ fn first_diff(a: &Spanned, ab: &[u8], b: &Spanned, bb: &[u8], path: String) -> O
     }
 }
 
-/// N ids chosen at random from the source (reservoir sampling over one scan).
+/// N ids chosen at random from the source.
 fn sample_ids(src: &Source, n: u64) -> Result<std::collections::HashSet<String>> {
-    let mut rng = uuid::Uuid::new_v4().as_u128() as u64 | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut reservoir: Vec<String> = Vec::with_capacity(n as usize);
-    let mut seen = 0u64;
-    src.open()?.scan(1000, |items| {
-        for it in items {
-            if let Item::Session(s) = it {
-                seen += 1;
-                if (reservoir.len() as u64) < n {
-                    reservoir.push(s.id);
-                } else {
-                    let j = next() % seen;
-                    if j < n {
-                        reservoir[j as usize] = s.id;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })?;
-    Ok(reservoir.into_iter().collect())
+    Ok(src.sample(n as usize, |s| s.id)?.into_iter().collect())
 }

@@ -907,3 +907,36 @@ fn row_bytes(r: &Row) -> Vec<u8> {
 pub fn load_json_store(p: &Path) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
     json_store::load(p)
 }
+
+impl Source {
+    /// Up to `n` valid sessions chosen at random in one scan (reservoir sampling),
+    /// each turned into a `T` by `map` as it is read.
+    pub fn sample<T>(&self, n: usize, mut map: impl FnMut(Session) -> T) -> Result<Vec<T>> {
+        let mut rng = uuid::Uuid::new_v4().as_u128() as u64 | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut reservoir: Vec<T> = Vec::with_capacity(n.min(1 << 16));
+        let mut seen = 0u64;
+        self.open()?.scan(1000, |items| {
+            for it in items {
+                if let Item::Session(s) = it {
+                    seen += 1;
+                    if reservoir.len() < n {
+                        reservoir.push(map(s));
+                    } else {
+                        let j = (next() % seen) as usize;
+                        if j < n {
+                            reservoir[j] = map(s);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(reservoir)
+    }
+}
