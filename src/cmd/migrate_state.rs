@@ -49,6 +49,9 @@ pub struct Args {
     /// Sessions per transaction.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
+    /// Connections writing at once into an empty target (each commits whole batches).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub jobs: u32,
 }
 
 impl Step for Args {
@@ -70,6 +73,23 @@ struct Planned {
     counts: Counts,
     conflicts: Vec<ConflictInfo>,
     invalid: Vec<Invalid>,
+    /// Sessions the ledger's stamps recognised without reading them.
+    known: u64,
+    /// Every item that was read (not recognised by its stamp), kept while they fit in
+    /// [`REPLAY_LIMIT`]: the load then writes these instead of scanning the source a
+    /// second time, so a catch-up reads the store once.
+    replay: Option<Vec<Item>>,
+    summary: crate::source::Summary,
+}
+
+/// The most state bytes (original and canonical) the planning pass keeps for the load.
+const REPLAY_LIMIT: usize = 64 << 20;
+
+fn session_bytes(s: &Session) -> usize {
+    s.state
+        .as_ref()
+        .map_or(0, |st| st.raw.len() + st.canonical.len())
+        + 256
 }
 
 /// Scan the whole source and classify every session, writing nothing.
@@ -81,14 +101,24 @@ fn plan_pass(
     batch: usize,
     progress: &mut Progress,
 ) -> Result<Planned> {
-    let mut p = Planned::default();
+    let mut p = Planned {
+        replay: Some(Vec::new()),
+        ..Planned::default()
+    };
+    let mut kept = 0usize;
     let summary = src.open()?.scan_with(batch, known, |items| {
         let mut sessions = Vec::with_capacity(items.len());
         let mut unchanged = 0u64;
         for it in items {
             match it {
                 Item::Session(s) => sessions.push(s),
-                Item::Invalid(i) => p.invalid.push(i),
+                Item::Invalid(i) => {
+                    if let Some(r) = &mut p.replay {
+                        kept += i.raw.len() + i.message.len() + 256;
+                        r.push(Item::Invalid(i.clone()));
+                    }
+                    p.invalid.push(i)
+                }
                 Item::Known { .. } => unchanged += 1,
             }
         }
@@ -98,13 +128,21 @@ fn plan_pass(
             p.counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
         }
         p.counts.unchanged += unchanged;
+        p.known += unchanged;
         p.counts.sessions += sessions.len() as u64 + unchanged;
         p.conflicts.extend(cl.conflicts);
         progress.tick(sessions.len() as u64 + unchanged, 0);
+        if let Some(r) = &mut p.replay {
+            kept += sessions.iter().map(session_bytes).sum::<usize>();
+            r.extend(sessions.into_iter().map(Item::Session));
+        }
+        if kept > REPLAY_LIMIT {
+            p.replay = None;
+        }
         Ok(())
     })?;
     p.counts.invalid = p.invalid.len() as u64;
-    let _ = summary;
+    p.summary = summary;
     Ok(p)
 }
 
@@ -147,19 +185,14 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let src = Source::from_config(&cfg);
     let schema_name = cfg.postgres.schema.clone();
     let batch = args.batch_size as usize;
-    let mut client = target::connect(&t)?;
     // A bounded wait for row locks the application holds; SESSIONDB_LOCK_TIMEOUT overrides.
     let lock_timeout = ctx
         .env
         .get("SESSIONDB_LOCK_TIMEOUT")
         .unwrap_or("30s")
         .to_owned();
-    client
-        .execute(
-            "SELECT set_config('lock_timeout', $1, false)",
-            &[&lock_timeout],
-        )
-        .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
+    let mut client = connect(&t, &lock_timeout)?;
+    let mut phases = Phases::default();
     let st = schema::status(&mut client, &schema_name)?;
     if let Some(p) = st.problems() {
         return Err(Error::Refused {
@@ -226,6 +259,8 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         .and_then(|d| crate::backup::Manifest::read(d).ok())
         .map(|m| m.counts.invalid);
     let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
+    let mut planned = None;
+    let t_plan = Instant::now();
     if needs_plan {
         let p = plan_pass(
             &src,
@@ -241,7 +276,10 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             return Err(e);
         }
         ctx.report.detail("planned", &p.counts);
+        planned = Some(p);
     }
+    phases.plan = t_plan.elapsed();
+    let t_backup = Instant::now();
     let backup_dir = match existing {
         Some(d) => d,
         None => {
@@ -267,109 +305,56 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
     }
 
-    // The load.
+    phases.backup = t_backup.elapsed();
+
+    // The load: the items the planning pass kept, else a second scan of the source.
     let mut progress = Progress::new("loading", estimate, ctx.common.quiet);
-    let mut counts = Counts::default();
-    let mut quarantined = 0u64;
-    let mut skipped: Vec<ConflictInfo> = Vec::new();
-    let mut quarantine_files: Option<Quarantine> = None;
-    let mut batch_no = 0u64;
-    let mut not_read = 0u64;
-    let summary = src.open()?.scan_with(batch, known.as_deref(), |items| {
-        batch_no += 1;
-        let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
-        let mut invalid: Vec<Invalid> = Vec::new();
-        for it in items {
-            match it {
-                Item::Session(s) => sessions.push(s),
-                Item::Invalid(i) => invalid.push(i),
-                Item::Known { .. } => {
-                    counts.sessions += 1;
-                    counts.unchanged += 1;
-                    not_read += 1;
-                }
-            }
+    let mut out = Loaded::default();
+    let (feed, read) = match planned {
+        Some(Planned {
+            replay: Some(items),
+            summary,
+            known,
+            ..
+        }) => {
+            out.counts.sessions += known;
+            out.counts.unchanged += known;
+            out.not_read += known;
+            (Feed::Replay(items, summary), "kept_from_plan")
         }
-        if sessions.is_empty() && invalid.is_empty() {
-            progress.tick(0, 0);
-            return Ok(());
-        }
-        if !invalid.is_empty() && !args.quarantine {
-            return Err(Error::InvalidSource {
-                code: "invalid_records",
-                message: format!("{} invalid record(s) appeared in the source during the run (e.g. {}); rerun with --quarantine or fix them", invalid.len(), invalid[0].message),
-            });
-        }
-        let mut tx = client.transaction().map_err(|e| Error::pg("starting a batch", "", e))?;
-        let hashes: Vec<String> = sessions.iter().map(Session::content_hash).collect();
-        let (actions, restamp) = if fresh {
-            (vec![Action::Insert; sessions.len()], Vec::new())
-        } else {
-            let cl = planner.classify(&mut tx, &sessions)?;
-            (cl.actions, cl.restamp)
-        };
-        load::restamp(&mut tx, &schema_name, &restamp)?;
-        let mut write = load::Batch { sessions: Vec::new() };
-        let mut adopt = Vec::new();
-        for ((s, h), a) in sessions.iter().zip(hashes).zip(&actions) {
-            counts.sessions += 1;
-            match a {
-                Action::Insert | Action::Update => {
-                    counts.add(*a);
-                    counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
-                    write.sessions.push((s, h));
-                }
-                Action::Unchanged => counts.add(*a),
-                Action::Adopt => {
-                    counts.add(*a);
-                    adopt.push((s, h));
-                }
-                Action::Conflict => match args.on_conflict {
-                    OnConflict::Fail => {
-                        return Err(Error::Conflict {
-                            message: format!("session {} changed in the target during the run; nothing more was written (earlier batches are committed and recorded)", s.id),
-                        });
-                    }
-                    OnConflict::Skip => {
-                        counts.conflicts += 1;
-                        skipped.push(ConflictInfo { session: s.id.clone(), reason: "skipped (--on-conflict skip)".into() });
-                    }
-                    OnConflict::SourceWins => {
-                        counts.conflicts += 1;
-                        counts.updated += 1;
-                        counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
-                        write.sessions.push((s, h));
-                    }
-                },
-            }
-        }
-        if !write.sessions.is_empty() {
-            if fresh {
-                load::copy_fresh(&mut tx, &schema_name, &run_uuid, &write)?;
-            } else {
-                load::upsert(&mut tx, &schema_name, &run_uuid, &write)?;
-            }
-        }
-        load::adopt(&mut tx, &schema_name, &run_uuid, &adopt)?;
-        if !invalid.is_empty() {
-            let q = match &mut quarantine_files {
-                Some(q) => q,
-                None => quarantine_files.insert(Quarantine::new(&backup_dir, &run_id)?),
-            };
-            for i in &invalid {
-                q.add(i)?;
-            }
-            let refs: Vec<&Invalid> = invalid.iter().collect();
-            load::record_quarantined(&mut tx, &schema_name, &run_uuid, &refs)?;
-            quarantined += invalid.len() as u64;
-            counts.invalid += invalid.len() as u64;
-        }
-        tx.commit().map_err(|e| Error::pg("committing a batch", "", e))?;
-        progress.tick(sessions.len() as u64, write.sessions.iter().map(|(s, _)| s.state.as_ref().map_or(0, |st| st.raw.len() as u64)).sum());
-        Ok(())
-    });
+        Some(_) => (Feed::Scan(known.as_deref()), "second_scan"),
+        None => (Feed::Scan(known.as_deref()), "single_scan"),
+    };
+    // How the load got its sessions: kept from the planning pass (what changed fit in
+    // memory), a second scan of the source, or the only scan (no planning pass needed).
+    ctx.report.detail("load_read", read);
+    let lc = LoadCtx {
+        src: &src,
+        schema: &schema_name,
+        run_uuid,
+        run_id: &run_id,
+        backup_dir: &backup_dir,
+        args,
+    };
+    let t_load = Instant::now();
+    let result = if fresh {
+        let jobs = (0..args.jobs)
+            .map(|_| connect(&t, &lock_timeout))
+            .collect::<Result<Vec<_>>>()?;
+        load_fresh(&lc, jobs, feed, &mut out, &mut progress)
+    } else {
+        load_incremental(&lc, &mut client, &planner, feed, &mut out, &mut progress)
+    };
     progress.done();
-    let summary = match summary {
+    phases.load = t_load.elapsed();
+    let Loaded {
+        counts,
+        quarantined,
+        skipped,
+        quarantine: quarantine_files,
+        not_read,
+    } = out;
+    let summary = match result {
         Ok(s) => s,
         Err(e) => {
             counts.to_report(&mut ctx.report);
@@ -384,22 +369,28 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     for w in &summary.warnings {
         ctx.report.warn(w.clone());
     }
+    let t_index = Instant::now();
     if fresh {
         client
             .batch_execute("SET maintenance_work_mem = '512MB'")
             .map_err(|e| Error::pg("raising maintenance_work_mem", "", e))?;
-        let t0 = Instant::now();
         schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
         ctx.report
-            .detail("gin_index_build_ms", t0.elapsed().as_millis() as u64);
+            .detail("gin_index_build_ms", t_index.elapsed().as_millis() as u64);
     }
-    if counts.inserted + counts.updated > 0 {
+    phases.index = t_index.elapsed();
+    // Fresh statistics after a load that changed much of the target; small catch-ups
+    // leave it to autovacuum (ANALYZE reads a 30,000-row sample of the states).
+    let t_analyze = Instant::now();
+    if (counts.inserted + counts.updated) * 10 > counts.sessions {
         let _ = client.batch_execute(&format!(
             "ANALYZE {}, {}",
             target::qualified(&schema_name, "sessions"),
             target::qualified(&schema_name, "session_state")
         ));
     }
+    phases.analyze = t_analyze.elapsed();
+    ctx.report.detail("phases_ms", phases.report());
     counts.to_report(&mut ctx.report);
     ctx.report.count("quarantined", quarantined);
     ctx.report.detail("unchanged_by_stamp", not_read);
@@ -426,6 +417,275 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     ctx.report.next_steps.push("verify".into());
     drop(lock);
     Ok(())
+}
+
+/// A connection with the run's bounded `lock_timeout`.
+fn connect(t: &crate::config::Target, lock_timeout: &str) -> Result<postgres::Client> {
+    let mut c = target::connect(t)?;
+    c.execute(
+        "SELECT set_config('lock_timeout', $1, false)",
+        &[&lock_timeout],
+    )
+    .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
+    Ok(c)
+}
+
+/// Where each part of a real run went, for the report (`details.phases_ms`).
+#[derive(Default)]
+struct Phases {
+    plan: Duration,
+    backup: Duration,
+    load: Duration,
+    index: Duration,
+    analyze: Duration,
+}
+
+impl Phases {
+    fn report(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_millis() as u64;
+        json!({"plan": ms(self.plan), "backup": ms(self.backup), "load": ms(self.load),
+               "index": ms(self.index), "analyze": ms(self.analyze)})
+    }
+}
+
+/// What the load did, kept also when it fails (the report shows what was committed).
+#[derive(Default)]
+struct Loaded {
+    counts: Counts,
+    quarantined: u64,
+    skipped: Vec<ConflictInfo>,
+    quarantine: Option<Quarantine>,
+    not_read: u64,
+}
+
+impl Loaded {
+    /// Save the raw bytes of invalid records under the backup's quarantine/; the ids
+    /// and codes to record in the ledger with the batch.
+    fn set_aside(
+        &mut self,
+        lc: &LoadCtx<'_>,
+        invalid: &[Invalid],
+    ) -> Result<Vec<(String, &'static str)>> {
+        if invalid.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !lc.args.quarantine {
+            return Err(Error::InvalidSource {
+                code: "invalid_records",
+                message: format!(
+                    "{} invalid record(s) appeared in the source during the run (e.g. {}); rerun with --quarantine or fix them",
+                    invalid.len(),
+                    invalid[0].message
+                ),
+            });
+        }
+        let q = match &mut self.quarantine {
+            Some(q) => q,
+            None => self
+                .quarantine
+                .insert(Quarantine::new(lc.backup_dir, lc.run_id)?),
+        };
+        for i in invalid {
+            q.add(i)?;
+        }
+        Ok(invalid
+            .iter()
+            .filter_map(|i| i.id.clone().map(|id| (id, i.code)))
+            .collect())
+    }
+}
+
+/// What a load needs to know besides its connection.
+struct LoadCtx<'a> {
+    src: &'a Source,
+    schema: &'a str,
+    run_uuid: uuid::Uuid,
+    run_id: &'a str,
+    backup_dir: &'a Path,
+    args: &'a Args,
+}
+
+/// Where the load's items come from.
+enum Feed<'k> {
+    /// What the planning pass read, in order, with its scan summary.
+    Replay(Vec<Item>, crate::source::Summary),
+    /// A scan of the source (skipping what the ledger's stamps recognise).
+    Scan(Option<&'k KnownFn<'k>>),
+}
+
+impl Feed<'_> {
+    fn run(
+        self,
+        src: &Source,
+        batch: usize,
+        mut f: impl FnMut(Vec<Item>) -> Result<()>,
+    ) -> Result<crate::source::Summary> {
+        match self {
+            Feed::Replay(items, summary) => {
+                let mut it = items.into_iter();
+                loop {
+                    let chunk: Vec<Item> = it.by_ref().take(batch).collect();
+                    if chunk.is_empty() {
+                        return Ok(summary);
+                    }
+                    f(chunk)?;
+                }
+            }
+            Feed::Scan(known) => src.open()?.scan_with(batch, known, f),
+        }
+    }
+}
+
+/// Load into an empty target: batches rendered here, in parallel, and committed by
+/// `clients.len()` writer threads (COPY straight into the tables, no staging).
+fn load_fresh(
+    lc: &LoadCtx<'_>,
+    clients: Vec<postgres::Client>,
+    feed: Feed<'_>,
+    out: &mut Loaded,
+    progress: &mut Progress,
+) -> Result<crate::source::Summary> {
+    std::thread::scope(|scope| {
+        let writers = load::Writers::start(scope, clients, lc.schema, lc.run_uuid);
+        let scanned = feed.run(lc.src, lc.args.batch_size as usize, |items| {
+            let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
+            let mut invalid: Vec<Invalid> = Vec::new();
+            for it in items {
+                match it {
+                    Item::Session(s) => sessions.push(s),
+                    Item::Invalid(i) => invalid.push(i),
+                    Item::Known { .. } => {
+                        out.counts.sessions += 1;
+                        out.counts.unchanged += 1;
+                        out.not_read += 1;
+                    }
+                }
+            }
+            let quarantined = out.set_aside(lc, &invalid)?;
+            let rendered = load::render_fresh(&sessions, &lc.run_uuid);
+            let n = sessions.len() as u64;
+            let bytes = rendered.state_bytes;
+            drop(sessions);
+            writers.send(load::Job {
+                rendered,
+                sessions: n,
+                invalid: invalid.len() as u64,
+                quarantined,
+            })?;
+            progress.tick(n + invalid.len() as u64, bytes);
+            Ok(())
+        });
+        let (written, failed) = writers.finish();
+        out.counts.sessions += written.sessions;
+        out.counts.inserted += written.sessions;
+        out.counts.bytes += written.state_bytes;
+        out.counts.invalid += written.invalid;
+        out.quarantined += written.invalid;
+        match failed {
+            Some(e) => Err(e),
+            None => scanned,
+        }
+    })
+}
+
+/// Load into a target that already holds sessions: each batch classified against the
+/// ledger and the target inside its transaction, then staged and upserted.
+fn load_incremental(
+    lc: &LoadCtx<'_>,
+    client: &mut postgres::Client,
+    planner: &Planner,
+    feed: Feed<'_>,
+    out: &mut Loaded,
+    progress: &mut Progress,
+) -> Result<crate::source::Summary> {
+    let args = lc.args;
+    feed.run(lc.src, args.batch_size as usize, |items| {
+        let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
+        let mut invalid: Vec<Invalid> = Vec::new();
+        for it in items {
+            match it {
+                Item::Session(s) => sessions.push(s),
+                Item::Invalid(i) => invalid.push(i),
+                Item::Known { .. } => {
+                    out.counts.sessions += 1;
+                    out.counts.unchanged += 1;
+                    out.not_read += 1;
+                }
+            }
+        }
+        if sessions.is_empty() && invalid.is_empty() {
+            progress.tick(0, 0);
+            return Ok(());
+        }
+        out.set_aside(lc, &invalid)?;
+        let mut tx = client
+            .transaction()
+            .map_err(|e| Error::pg("starting a batch", "", e))?;
+        let cl = planner.classify(&mut tx, &sessions)?;
+        load::restamp(&mut tx, lc.schema, &cl.restamp)?;
+        let mut counts = Counts::default();
+        let mut skipped = Vec::new();
+        let mut write = load::Batch {
+            sessions: Vec::new(),
+        };
+        let mut adopt = Vec::new();
+        for (s, a) in sessions.iter().zip(&cl.actions) {
+            counts.sessions += 1;
+            match a {
+                Action::Insert | Action::Update => {
+                    counts.add(*a);
+                    counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+                    write.sessions.push((s, s.content_hash()));
+                }
+                Action::Unchanged => counts.add(*a),
+                Action::Adopt => {
+                    counts.add(*a);
+                    adopt.push((s, s.content_hash()));
+                }
+                Action::Conflict => match args.on_conflict {
+                    OnConflict::Fail => {
+                        return Err(Error::Conflict {
+                            message: format!("session {} changed in the target during the run; nothing more was written (earlier batches are committed and recorded)", s.id),
+                        });
+                    }
+                    OnConflict::Skip => {
+                        counts.conflicts += 1;
+                        skipped.push(ConflictInfo {
+                            session: s.id.clone(),
+                            reason: "skipped (--on-conflict skip)".into(),
+                        });
+                    }
+                    OnConflict::SourceWins => {
+                        counts.conflicts += 1;
+                        counts.updated += 1;
+                        counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+                        write.sessions.push((s, s.content_hash()));
+                    }
+                },
+            }
+        }
+        if !write.sessions.is_empty() {
+            load::upsert(&mut tx, lc.schema, &lc.run_uuid, &write)?;
+        }
+        load::adopt(&mut tx, lc.schema, &lc.run_uuid, &adopt)?;
+        let refs: Vec<&Invalid> = invalid.iter().collect();
+        load::record_quarantined(&mut tx, lc.schema, &lc.run_uuid, &refs)?;
+        tx.commit()
+            .map_err(|e| Error::pg("committing a batch", "", e))?;
+        // Committed: count it.
+        let c = &mut out.counts;
+        c.sessions += counts.sessions;
+        c.inserted += counts.inserted;
+        c.updated += counts.updated;
+        c.unchanged += counts.unchanged;
+        c.conflicts += counts.conflicts;
+        c.bytes += counts.bytes;
+        c.invalid += invalid.len() as u64;
+        out.quarantined += invalid.len() as u64;
+        out.skipped.extend(skipped);
+        progress.tick(sessions.len() as u64, counts.bytes);
+        Ok(())
+    })
 }
 
 /// The ledger's stamps, asked a batch at a time on a connection of their own: sessions

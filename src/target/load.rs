@@ -11,22 +11,28 @@ use super::qualified;
 use crate::error::{Error, Result};
 use crate::source::{Invalid, Session, fields};
 
-/// Append `s` to a COPY text-format line, escaped.
+/// Append `s` to a COPY text-format line, escaped. Runs without a special byte are
+/// copied whole: state texts are megabytes a batch and rarely need escaping.
 fn field(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => out.extend_from_slice(b"\\N"),
-        Some(s) => {
-            for &b in s.as_bytes() {
-                match b {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    _ => out.push(b),
-                }
-            }
-        }
+    let Some(s) = s else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 fn sep(out: &mut Vec<u8>) {
@@ -80,40 +86,83 @@ pub struct Batch<'a> {
     pub sessions: Vec<(&'a Session, String)>,
 }
 
-/// Insert a batch into an empty target straight with COPY (no staging, no upsert).
-pub fn copy_fresh(
-    tx: &mut Transaction<'_>,
-    schema: &str,
-    run_id: &uuid::Uuid,
-    batch: &Batch<'_>,
-) -> Result<()> {
-    let mut sessions = Vec::with_capacity(batch.sessions.len() * 128);
-    let mut states = Vec::with_capacity(batch.sessions.len() * 4096);
-    let mut ledger = Vec::with_capacity(batch.sessions.len() * 160);
+/// A batch for an empty target, rendered as COPY text for its three tables. Rendering
+/// (hashing included) happens off the connection, in parallel, so that PostgreSQL is
+/// never left waiting for the client between batches.
+#[derive(Default)]
+pub struct Rendered {
+    pub sessions: Vec<u8>,
+    pub states: Vec<u8>,
+    pub ledger: Vec<u8>,
+    pub state_bytes: u64,
+}
+
+/// Render `sessions` (all to be inserted) for [`copy_rendered`], in parallel.
+pub fn render_fresh(sessions: &[Session], run_id: &uuid::Uuid) -> Rendered {
+    use rayon::prelude::*;
     let run = run_id.to_string();
-    for (s, hash) in &batch.sessions {
-        meta_fields(&mut sessions, s);
-        sessions.push(b'\n');
-        if let Some(text) = state_text(s) {
-            field(&mut states, Some(&s.id));
-            sep(&mut states);
-            field(&mut states, Some(text));
-            sep(&mut states);
-            field(&mut states, Some(&state_updated_at(s)));
-            states.push(b'\n');
-        }
-        field(&mut ledger, Some(&s.id));
-        sep(&mut ledger);
-        field(&mut ledger, Some("migrated"));
-        sep(&mut ledger);
-        field(&mut ledger, Some(hash));
-        sep(&mut ledger);
-        field(&mut ledger, s.state.as_ref().map(|st| st.hash()).as_deref());
-        sep(&mut ledger);
-        field(&mut ledger, Some(&run));
-        sep(&mut ledger);
-        field(&mut ledger, s.stamp.as_deref());
-        ledger.push(b'\n');
+    let parts: Vec<Rendered> = sessions
+        .par_chunks(64)
+        .map(|chunk| {
+            let mut r = Rendered {
+                sessions: Vec::with_capacity(chunk.len() * 160),
+                states: Vec::with_capacity(chunk.len() * 4200),
+                ledger: Vec::with_capacity(chunk.len() * 240),
+                state_bytes: 0,
+            };
+            for s in chunk {
+                render_one(&mut r, s, &run);
+            }
+            r
+        })
+        .collect();
+    let mut out = Rendered {
+        sessions: Vec::with_capacity(parts.iter().map(|p| p.sessions.len()).sum()),
+        states: Vec::with_capacity(parts.iter().map(|p| p.states.len()).sum()),
+        ledger: Vec::with_capacity(parts.iter().map(|p| p.ledger.len()).sum()),
+        state_bytes: 0,
+    };
+    for p in parts {
+        out.sessions.extend_from_slice(&p.sessions);
+        out.states.extend_from_slice(&p.states);
+        out.ledger.extend_from_slice(&p.ledger);
+        out.state_bytes += p.state_bytes;
+    }
+    out
+}
+
+fn render_one(r: &mut Rendered, s: &Session, run: &str) {
+    meta_fields(&mut r.sessions, s);
+    r.sessions.push(b'\n');
+    if let Some(text) = state_text(s) {
+        field(&mut r.states, Some(&s.id));
+        sep(&mut r.states);
+        field(&mut r.states, Some(text));
+        sep(&mut r.states);
+        field(&mut r.states, Some(&state_updated_at(s)));
+        r.states.push(b'\n');
+        r.state_bytes += text.len() as u64;
+    }
+    let ledger = &mut r.ledger;
+    field(ledger, Some(&s.id));
+    sep(ledger);
+    field(ledger, Some("migrated"));
+    sep(ledger);
+    field(ledger, Some(&s.content_hash()));
+    sep(ledger);
+    field(ledger, s.state.as_ref().map(|st| st.hash()).as_deref());
+    sep(ledger);
+    field(ledger, Some(run));
+    sep(ledger);
+    field(ledger, s.stamp.as_deref());
+    ledger.push(b'\n');
+}
+
+/// Insert a rendered batch into an empty target straight with COPY (no staging, no
+/// upsert): sessions, their states, and their ledger rows, in the caller's transaction.
+pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Result<()> {
+    if r.ledger.is_empty() {
+        return Ok(());
     }
     copy_in(
         tx,
@@ -121,16 +170,16 @@ pub fn copy_fresh(
             "COPY {} (id, user_id, status, current_step, cost, created_at, updated_at) FROM STDIN",
             qualified(schema, "sessions")
         ),
-        &sessions,
+        &r.sessions,
     )?;
-    if !states.is_empty() {
+    if !r.states.is_empty() {
         copy_in(
             tx,
             &format!(
                 "COPY {} (session_id, state, updated_at) FROM STDIN",
                 qualified(schema, "session_state")
             ),
-            &states,
+            &r.states,
         )?;
     }
     copy_in(
@@ -139,7 +188,7 @@ pub fn copy_fresh(
             "COPY {} (session_id, status, content_hash, state_hash, run_id, source_stamp) FROM STDIN",
             qualified(schema, "sessiondb_ledger")
         ),
-        &ledger,
+        &r.ledger,
     )?;
     Ok(())
 }
@@ -254,15 +303,23 @@ pub fn record_quarantined(
     run_id: &uuid::Uuid,
     invalid: &[&Invalid],
 ) -> Result<()> {
-    let with_id: Vec<&&Invalid> = invalid.iter().filter(|i| i.id.is_some()).collect();
-    if with_id.is_empty() {
+    let (ids, codes): (Vec<&str>, Vec<&str>) = invalid
+        .iter()
+        .filter_map(|i| i.id.as_deref().map(|id| (id, i.code)))
+        .unzip();
+    record_quarantined_ids(tx, schema, run_id, &ids, &codes)
+}
+
+fn record_quarantined_ids(
+    tx: &mut Transaction<'_>,
+    schema: &str,
+    run_id: &uuid::Uuid,
+    ids: &[&str],
+    codes: &[&str],
+) -> Result<()> {
+    if ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = with_id
-        .iter()
-        .map(|i| i.id.as_deref().unwrap_or_default())
-        .collect();
-    let codes: Vec<&str> = with_id.iter().map(|i| i.code).collect();
     tx.execute(
         &format!(
             "INSERT INTO {} (session_id, status, code, run_id)
@@ -274,6 +331,146 @@ pub fn record_quarantined(
         &[&ids, &codes, run_id],
     )
     .map_err(|e| Error::pg("recording quarantined records", "", e))?;
+    Ok(())
+}
+
+/// One batch for the [`Writers`]: rendered rows, and the ids and codes of the batch's
+/// quarantined records (their raw bytes are already saved).
+pub struct Job {
+    pub rendered: Rendered,
+    pub sessions: u64,
+    /// Invalid records set aside in this batch (with or without an id).
+    pub invalid: u64,
+    pub quarantined: Vec<(String, &'static str)>,
+}
+
+/// What the writers committed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    pub sessions: u64,
+    pub state_bytes: u64,
+    pub invalid: u64,
+}
+
+/// Writer threads for a load into an empty target. Each owns a connection and commits
+/// whole batches — data, ledger rows and quarantine records in one transaction — so a
+/// run killed at any moment leaves whole batches or nothing, in whatever order they
+/// committed; the rerun finds the rest missing from the ledger. Several writers keep
+/// several PostgreSQL backends parsing jsonb at once.
+pub struct Writers<'scope> {
+    send: Option<std::sync::mpsc::SyncSender<Job>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::ScopedJoinHandle<'scope, Result<Written>>>,
+}
+
+impl<'scope> Writers<'scope> {
+    /// One writer thread per client.
+    pub fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        clients: Vec<postgres::Client>,
+        schema: &str,
+        run_id: uuid::Uuid,
+    ) -> Writers<'scope> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let (send, recv) = std::sync::mpsc::sync_channel::<Job>(clients.len().max(1));
+        let recv = Arc::new(Mutex::new(recv));
+        let failed = Arc::new(AtomicBool::new(false));
+        let handles = clients
+            .into_iter()
+            .map(|mut client| {
+                let recv = recv.clone();
+                let failed = failed.clone();
+                let schema = schema.to_owned();
+                scope.spawn(move || {
+                    let mut done = Written::default();
+                    loop {
+                        let job = {
+                            let r = recv.lock().unwrap_or_else(|p| p.into_inner());
+                            r.recv()
+                        };
+                        let Ok(job) = job else { return Ok(done) };
+                        if let Err(e) = write_job(&mut client, &schema, &run_id, &job) {
+                            failed.store(true, Ordering::SeqCst);
+                            return Err(e);
+                        }
+                        done.sessions += job.sessions;
+                        done.state_bytes += job.rendered.state_bytes;
+                        done.invalid += job.invalid;
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            send: Some(send),
+            failed,
+            handles,
+        }
+    }
+
+    /// Queue a batch (blocks while every writer is busy). Fails once a writer has failed:
+    /// [`Writers::finish`] then returns that writer's error.
+    pub fn send(&self, job: Job) -> Result<()> {
+        let stopped = || Error::Refused {
+            code: "cancelled",
+            message: "a writer failed; the load stopped".into(),
+        };
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(stopped());
+        }
+        match &self.send {
+            Some(s) => s.send(job).map_err(|_| stopped()),
+            None => Err(stopped()),
+        }
+    }
+
+    /// Let the writers commit what is queued, wait for them, and add up what they
+    /// committed; the first writer error, if any.
+    pub fn finish(mut self) -> (Written, Option<Error>) {
+        drop(self.send.take());
+        let mut total = Written::default();
+        let mut first = None;
+        for h in self.handles.drain(..) {
+            match h.join() {
+                Ok(Ok(w)) => {
+                    total.sessions += w.sessions;
+                    total.state_bytes += w.state_bytes;
+                    total.invalid += w.invalid;
+                }
+                Ok(Err(e)) => {
+                    first.get_or_insert(e);
+                }
+                Err(_) => {
+                    first.get_or_insert(Error::Refused {
+                        code: "internal",
+                        message: "a writer thread panicked; committed batches are kept".into(),
+                    });
+                }
+            }
+        }
+        (total, first)
+    }
+}
+
+fn write_job(
+    client: &mut postgres::Client,
+    schema: &str,
+    run_id: &uuid::Uuid,
+    job: &Job,
+) -> Result<()> {
+    let mut tx = client
+        .transaction()
+        .map_err(|e| Error::pg("starting a batch", "", e))?;
+    copy_rendered(&mut tx, schema, &job.rendered)?;
+    let (ids, codes): (Vec<&str>, Vec<&str>) = job
+        .quarantined
+        .iter()
+        .map(|(i, c)| (i.as_str(), *c))
+        .unzip();
+    // Quarantined ids of this batch are not in its COPY: no ledger key collides.
+    record_quarantined_ids(&mut tx, schema, run_id, &ids, &codes)?;
+    tx.commit()
+        .map_err(|e| Error::pg("committing a batch", "", e))?;
     Ok(())
 }
 
@@ -294,4 +491,25 @@ pub fn restamp(tx: &mut Transaction<'_>, schema: &str, list: &[(String, String)]
     )
     .map_err(|e| Error::pg("recording source stamps", "", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    fn esc(s: Option<&str>) -> String {
+        let mut out = Vec::new();
+        field(&mut out, s);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn copy_text_escapes_only_what_copy_reads_specially() {
+        assert_eq!(esc(None), "\\N");
+        assert_eq!(esc(Some("")), "");
+        assert_eq!(esc(Some("plain {\"a\": 1}")), "plain {\"a\": 1}");
+        assert_eq!(esc(Some("a\\b\tc\nd\re\\")), "a\\\\b\\tc\\nd\\re\\\\");
+        assert_eq!(esc(Some("\\N")), "\\\\N");
+        assert_eq!(esc(Some("é\u{7f}\u{1}")), "é\u{7f}\u{1}");
+    }
 }

@@ -348,6 +348,13 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
         r.stdout
     );
     assert_eq!(r.report.details["unchanged_by_stamp"], 38);
+    // The planning pass read the two changed sessions; the load wrote what it kept
+    // instead of scanning the store a second time.
+    assert_eq!(
+        r.report.details["load_read"], "kept_from_plan",
+        "{}",
+        r.stdout
+    );
     let v = sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
