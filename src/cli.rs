@@ -253,7 +253,8 @@ pub fn summary(r: &Report) -> String {
     }
     for c in &r.checks {
         if c.status != report::CheckStatus::Pass {
-            out.push_str(&format!("\n  {:?} {}: {}", c.status, c.id, c.summary).to_lowercase());
+            let status = format!("{:?}", c.status).to_lowercase();
+            out.push_str(&format!("\n  {status} {}: {}", c.id, c.summary));
         }
     }
     for e in &r.errors {
