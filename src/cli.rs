@@ -123,6 +123,7 @@ impl Ctx {
             },
         )?;
         tracing::info!("database URL from {}: {}", t.origin, t.display);
+        tracing::info!("TLS: {}", t.tls.describe());
         self.report.target = Some(t.display.clone());
         Ok(t)
     }
