@@ -68,7 +68,7 @@ pub fn connector(t: &Target) -> Result<MakeTls> {
             check_host: tls.verify == Verify::ChainAndHost,
             algs,
         }));
-    let config = match (&tls.client_cert, &tls.client_key) {
+    let mut config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
             let chain = certificates(cert, "sslcert")?;
             let key_der = private_key(key, cert)?;
@@ -86,6 +86,8 @@ pub fn connector(t: &Target) -> Result<MakeTls> {
         }
         _ => builder.with_no_client_auth(),
     };
+    // As libpq 17 does; PostgreSQL 17 insists on it for sslnegotiation=direct.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(MakeTls {
         config: Arc::new(config),
         check_host: tls.verify == Verify::ChainAndHost,
