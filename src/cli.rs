@@ -123,6 +123,7 @@ impl Ctx {
             },
         )?;
         tracing::info!("database URL from {}: {}", t.origin, t.display);
+        tracing::info!("TLS: {}", t.tls.describe());
         self.report.target = Some(t.display.clone());
         Ok(t)
     }
@@ -253,7 +254,8 @@ pub fn summary(r: &Report) -> String {
     }
     for c in &r.checks {
         if c.status != report::CheckStatus::Pass {
-            out.push_str(&format!("\n  {:?} {}: {}", c.status, c.id, c.summary).to_lowercase());
+            let status = format!("{:?}", c.status).to_lowercase();
+            out.push_str(&format!("\n  {status} {}: {}", c.id, c.summary));
         }
     }
     for e in &r.errors {

@@ -420,7 +420,10 @@ pub fn url_password(s: &str) -> Option<String> {
 /// The PostgreSQL server to migrate into. `Debug` and `display` never show the password.
 #[derive(Clone)]
 pub struct Target {
+    /// Everything but TLS; its `ssl_mode` is `tls.mode` as tokio-postgres knows it.
     pub pg: postgres::Config,
+    /// TLS, with libpq's `sslmode` semantics (`target::tls` builds the connector).
+    pub tls: TlsSettings,
     /// The redacted connection string.
     pub display: String,
     /// Where it came from: "DATABASE_URL", "postgres.url in <file>", "libpq PG* variables".
@@ -429,8 +432,335 @@ pub struct Target {
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Target({} from {})", self.display, self.origin)
+        write!(
+            f,
+            "Target({} from {}, {})",
+            self.display,
+            self.origin,
+            self.tls.describe()
+        )
     }
+}
+
+// ---- TLS -----------------------------------------------------------------------------
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// Treated as `prefer` (libpq tries plain text first; the outcome is the same).
+    Allow,
+    /// The default: TLS when the server offers it, plain text otherwise; never verifies.
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// The mode tokio-postgres knows: whether it asks for TLS and whether it insists.
+    pub fn driver(self) -> postgres::config::SslMode {
+        match self {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                postgres::config::SslMode::Require
+            }
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Encrypted, certificate not checked (`prefer`, `require` without a root certificate).
+    Nothing,
+    /// The chain must lead to the root certificate; the host name is not checked
+    /// (`verify-ca`, and `require` when the root certificate file exists, as in libpq).
+    Chain,
+    /// The chain, and the host name (or IP address) against the certificate's names.
+    ChainAndHost,
+}
+
+/// A certificate or key file, and where its path came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFile {
+    pub path: PathBuf,
+    /// "sslrootcert in $DATABASE_URL", "PGSSLROOTCERT", "the default ~/.postgresql/root.crt".
+    pub from: String,
+}
+
+/// The TLS settings of a target, resolved like libpq: the connection string, then
+/// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, then the defaults (`prefer`,
+/// `~/.postgresql/root.crt`, `~/.postgresql/postgresql.crt` and `.key` when they exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    /// Where the mode came from ("sslmode in $DATABASE_URL", "PGSSLMODE", "the default").
+    pub mode_from: String,
+    pub verify: Verify,
+    /// The CA certificate(s) the server's certificate must chain to; set whenever
+    /// `verify` is not `Nothing` (the file may be missing: the connector says so). `None`
+    /// with verification means none was given and `$HOME` is unset.
+    pub root_cert: Option<TlsFile>,
+    /// A client certificate (PEM) and its key, for servers that ask for one.
+    pub client_cert: Option<TlsFile>,
+    pub client_key: Option<TlsFile>,
+}
+
+impl TlsSettings {
+    /// One line for stderr: the mode and the files, with where each came from.
+    pub fn describe(&self) -> String {
+        let mut s = format!("sslmode={} (from {})", self.mode, self.mode_from);
+        match (&self.root_cert, self.verify) {
+            (_, Verify::Nothing) => {}
+            (Some(r), v) => s.push_str(&format!(
+                ", {} checked against {} (from {})",
+                if v == Verify::Chain {
+                    "certificate chain"
+                } else {
+                    "certificate chain and host name"
+                },
+                r.path.display(),
+                r.from
+            )),
+            (None, _) => s.push_str(", no root certificate"),
+        }
+        if let Some(c) = &self.client_cert {
+            s.push_str(&format!(
+                ", client certificate {} (from {})",
+                c.path.display(),
+                c.from
+            ));
+        }
+        s
+    }
+}
+
+/// The TLS keywords of a connection string, as written.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsParams {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
+}
+
+impl TlsParams {
+    fn take(&mut self, key: &str, value: String) -> bool {
+        let slot = match key {
+            "sslmode" => &mut self.sslmode,
+            "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+}
+
+/// Take the TLS keywords out of a connection string (tokio-postgres knows only
+/// `sslmode=disable|prefer|require`, and none of the file keywords): the string without
+/// them, and their values. URL form (`?sslmode=...&sslrootcert=...`, percent-decoded) or
+/// keyword form (`sslmode=verify-full sslrootcert='/a b/ca.crt'`). A keyword string this
+/// cannot tokenise is returned as is, for the driver's parser to report.
+fn split_tls_params(conn: &str) -> std::result::Result<(String, TlsParams), String> {
+    let mut params = TlsParams::default();
+    if let Some(i) = conn.find("://") {
+        // As tokio-postgres reads a URL: the credentials end at the first '@'.
+        let rest = &conn[i + 3..];
+        let after_creds = rest.find('@').map_or(0, |a| a + 1);
+        let Some(q) = rest[after_creds..].find('?') else {
+            return Ok((conn.to_owned(), params));
+        };
+        let q = i + 3 + after_creds + q;
+        let mut kept = Vec::new();
+        for pair in conn[q + 1..].split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = redact::percent_decode(k).unwrap_or_default();
+            if matches!(
+                key.as_str(),
+                "sslmode" | "sslrootcert" | "sslcert" | "sslkey"
+            ) {
+                let value = redact::percent_decode(v)
+                    .ok_or_else(|| format!("{key}: the value is not UTF-8 once decoded"))?;
+                params.take(&key, value);
+            } else {
+                kept.push(pair);
+            }
+        }
+        let mut out = conn[..q].to_owned();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+        return Ok((out, params));
+    }
+    let Some(words) = keyword_params(conn) else {
+        return Ok((conn.to_owned(), params));
+    };
+    let mut out = String::new();
+    for (key, value, span) in words {
+        if !params.take(key, value) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&conn[span]);
+        }
+    }
+    Ok((out, params))
+}
+
+/// The `keyword = value` pairs of a libpq keyword string, with the span each takes, as
+/// tokio-postgres tokenises them (single quotes, backslash escapes); `None` when the
+/// string is malformed.
+fn keyword_params(s: &str) -> Option<Vec<(&str, String, std::ops::Range<usize>)>> {
+    let b = s.as_bytes();
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        ws(&mut i);
+        if i == b.len() {
+            return Some(out);
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
+            i += 1;
+        }
+        let key = &s[start..i];
+        ws(&mut i);
+        if key.is_empty() || b.get(i) != Some(&b'=') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        let mut value = Vec::new();
+        let quoted = b.get(i) == Some(&b'\'');
+        if quoted {
+            i += 1;
+        }
+        loop {
+            match b.get(i) {
+                None if quoted => return None,
+                None => break,
+                Some(b'\'') if quoted => {
+                    i += 1;
+                    break;
+                }
+                Some(c) if !quoted && c.is_ascii_whitespace() => break,
+                Some(b'\\') => {
+                    value.extend(b.get(i + 1));
+                    i = (i + 2).min(b.len());
+                }
+                Some(c) => {
+                    value.push(*c);
+                    i += 1;
+                }
+            }
+        }
+        out.push((key, String::from_utf8(value).ok()?, start..i));
+    }
+}
+
+/// Resolve the TLS settings: `given` from the connection string (which came from
+/// `origin`), then libpq's variables, then its defaults.
+fn tls_settings(given: TlsParams, origin: &str, env: &Env) -> Result<TlsSettings> {
+    let pick = |value: Option<String>, key: &str, var: &str| -> Option<(String, String)> {
+        match value {
+            Some(v) => Some((v, format!("{key} in {origin}"))),
+            None => env.get(var).map(|v| (v.to_owned(), var.to_owned())),
+        }
+    };
+    let file = |(path, from): (String, String)| TlsFile {
+        path: PathBuf::from(path),
+        from,
+    };
+    let (raw_mode, mode_from) = pick(given.sslmode, "sslmode", "PGSSLMODE")
+        .unwrap_or_else(|| ("prefer".to_owned(), "the default".to_owned()));
+    let mode = SslMode::parse(raw_mode.trim()).ok_or_else(|| Error::SettingInvalid {
+        name: mode_from.clone(),
+        message: format!(
+            "sslmode {raw_mode:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+        ),
+    })?;
+    if mode == SslMode::Disable {
+        return Ok(TlsSettings {
+            mode,
+            mode_from,
+            verify: Verify::Nothing,
+            root_cert: None,
+            client_cert: None,
+            client_key: None,
+        });
+    }
+    let home = env.get("HOME").map(|h| Path::new(h).join(".postgresql"));
+    let default = |name: &str| {
+        home.as_ref().map(|h| TlsFile {
+            path: h.join(name),
+            from: format!("the default ~/.postgresql/{name}"),
+        })
+    };
+    let root = pick(given.sslrootcert, "sslrootcert", "PGSSLROOTCERT")
+        .map(file)
+        .or_else(|| default("root.crt"));
+    let verify = match mode {
+        SslMode::VerifyFull => Verify::ChainAndHost,
+        SslMode::VerifyCa => Verify::Chain,
+        SslMode::Require if root.as_ref().is_some_and(|r| r.path.is_file()) => Verify::Chain,
+        _ => Verify::Nothing,
+    };
+    let client_cert = pick(given.sslcert, "sslcert", "PGSSLCERT")
+        .map(file)
+        .or_else(|| default("postgresql.crt").filter(|f| f.path.is_file()));
+    let client_key = match &client_cert {
+        None => None,
+        Some(_) => pick(given.sslkey, "sslkey", "PGSSLKEY")
+            .map(file)
+            .or_else(|| default("postgresql.key")),
+    };
+    Ok(TlsSettings {
+        mode,
+        mode_from,
+        verify,
+        root_cert: root.filter(|_| verify != Verify::Nothing),
+        client_cert,
+        client_key,
+    })
 }
 
 /// Which backend the application runs on, by the runtime gating of SPEC §3.
@@ -512,11 +842,15 @@ pub fn target(
                 message: m,
             })),
         });
-    let (mut pg, display, origin) = match chosen {
+    let (mut pg, display, origin, given) = match chosen {
         Some(r) => {
             let (u, origin) = r?;
+            let (rest, given) = split_tls_params(&u).map_err(|m| Error::SettingInvalid {
+                name: origin.clone(),
+                message: m,
+            })?;
             let pg: postgres::Config =
-                u.parse()
+                rest.parse()
                     .map_err(|e: postgres::Error| Error::SettingInvalid {
                         name: origin.clone(),
                         message: redact::text(&e.to_string()),
@@ -524,7 +858,7 @@ pub fn target(
             if let Some(pw) = pg.get_password() {
                 redact::register_secret(&String::from_utf8_lossy(pw));
             }
-            (pg, redact::url(&u), origin)
+            (pg, redact::url(&u), origin, given)
         }
         None => {
             let any = [
@@ -544,9 +878,12 @@ pub fn target(
                 postgres::Config::new(),
                 String::new(),
                 "libpq PG* variables".to_owned(),
+                TlsParams::default(),
             )
         }
     };
+    let tls = tls_settings(given, &origin, env)?;
+    pg.ssl_mode(tls.mode.driver());
     apply_libpq_env(&mut pg, env);
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(std::time::Duration::from_secs(10));
@@ -561,6 +898,7 @@ pub fn target(
     };
     Ok(Some(Target {
         pg,
+        tls,
         display,
         origin,
     }))
@@ -569,15 +907,29 @@ pub fn target(
 /// libpq's environment defaults, for what the connection string left unset.
 fn apply_libpq_env(pg: &mut postgres::Config, env: &Env) {
     if pg.get_hosts().is_empty() {
-        match env.get("PGHOST").or(env.get("PGHOSTADDR")) {
+        // A `hostaddr` without a `host` is also the name TLS checks (libpq's rule).
+        let addrs: Vec<String> = pg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+        match env.get("PGHOST") {
             Some(h) => {
                 for part in h.split(',') {
                     pg.host(part);
                 }
             }
-            None => {
-                pg.host("localhost");
+            None if !addrs.is_empty() => {
+                for a in &addrs {
+                    pg.host(a);
+                }
             }
+            None => match env.get("PGHOSTADDR") {
+                Some(h) => {
+                    for part in h.split(',') {
+                        pg.host(part);
+                    }
+                }
+                None => {
+                    pg.host("localhost");
+                }
+            },
         }
     }
     if pg.get_ports().is_empty() {
@@ -774,5 +1126,182 @@ mod tests {
         .unwrap();
         assert_eq!(t.display, "postgresql://pu:***@ph:5999/pd");
         assert!(target(&s2.postgres, None, &env(&[])).unwrap().is_none());
+    }
+
+    fn pg_settings() -> PostgresSettings {
+        Config::parse(
+            Path::new("/a/s.toml"),
+            "[sessiondb]\nbackend=\"sqlite\"\n",
+            &env(&[]),
+        )
+        .unwrap()
+        .postgres
+    }
+
+    #[test]
+    fn tls_params_leave_the_url() {
+        let (rest, p) = split_tls_params(
+            "postgresql://u:p%3F@h:5/db?sslmode=verify-full&application_name=x&sslrootcert=%2Fa%20b%2Fca.crt",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgresql://u:p%3F@h:5/db?application_name=x");
+        assert_eq!(p.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(p.sslrootcert.as_deref(), Some("/a b/ca.crt"));
+        let (rest, p) = split_tls_params("postgresql://h/db?sslcert=/c.crt&sslkey=/c.key").unwrap();
+        assert_eq!(rest, "postgresql://h/db");
+        assert_eq!(
+            (p.sslcert.as_deref(), p.sslkey.as_deref()),
+            (Some("/c.crt"), Some("/c.key"))
+        );
+        // A '?' in the password is not the query.
+        let (rest, p) = split_tls_params("postgresql://u:a?b@h/db").unwrap();
+        assert_eq!(
+            (rest.as_str(), p),
+            ("postgresql://u:a?b@h/db", TlsParams::default())
+        );
+    }
+
+    #[test]
+    fn tls_params_leave_the_keywords() {
+        let (rest, p) = split_tls_params(
+            "host=h sslmode = verify-ca  password='a b\\' c' sslrootcert='/x y/ca.crt' dbname=d",
+        )
+        .unwrap();
+        assert_eq!(rest, "host=h password='a b\\' c' dbname=d");
+        assert_eq!(p.sslmode.as_deref(), Some("verify-ca"));
+        assert_eq!(p.sslrootcert.as_deref(), Some("/x y/ca.crt"));
+        let cfg: postgres::Config = rest.parse().unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"a b' c"[..]));
+        // Malformed: left for the driver to report.
+        let (rest, _) = split_tls_params("host=h sslmode").unwrap();
+        assert_eq!(rest, "host=h sslmode");
+    }
+
+    #[test]
+    fn tls_modes_follow_libpq() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_str().unwrap();
+        let s = pg_settings();
+        let t = |url: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![("DATABASE_URL", url), ("HOME", home)];
+            pairs.extend_from_slice(extra);
+            target(&s, None, &env(&pairs))
+        };
+        // The default: prefer, nothing verified; the display keeps the query.
+        let d = t("postgresql://u:pw123456@h/db", &[]).unwrap().unwrap();
+        assert_eq!(
+            (d.tls.mode, d.tls.verify),
+            (SslMode::Prefer, Verify::Nothing)
+        );
+        assert_eq!(d.pg.get_ssl_mode(), postgres::config::SslMode::Prefer);
+        assert_eq!(d.tls.mode_from, "the default");
+        let v = t(
+            "postgresql://u:pw123456@h/db?sslmode=verify-full&sslrootcert=/x/ca.crt",
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(v.tls.verify, Verify::ChainAndHost);
+        assert_eq!(v.pg.get_ssl_mode(), postgres::config::SslMode::Require);
+        assert_eq!(
+            v.tls.root_cert.as_ref().unwrap().path,
+            PathBuf::from("/x/ca.crt")
+        );
+        assert_eq!(
+            v.tls.root_cert.as_ref().unwrap().from,
+            "sslrootcert in $DATABASE_URL"
+        );
+        assert_eq!(
+            v.display,
+            "postgresql://u:***@h/db?sslmode=verify-full&sslrootcert=/x/ca.crt"
+        );
+        // verify-ca from PGSSLMODE, root certificate by default under $HOME.
+        let v = t("host=h user=u", &[("PGSSLMODE", "verify-ca")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (v.tls.verify, v.tls.mode_from.as_str()),
+            (Verify::Chain, "PGSSLMODE")
+        );
+        assert_eq!(
+            v.tls.root_cert.unwrap().path,
+            dir.path().join(".postgresql/root.crt")
+        );
+        // The connection string wins over the variable.
+        let v = t(
+            "postgresql://h/db?sslmode=disable",
+            &[("PGSSLMODE", "verify-full")],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(v.pg.get_ssl_mode(), postgres::config::SslMode::Disable);
+        // require verifies the chain only once a root certificate file exists.
+        let r = t("postgresql://h/db?sslmode=require", &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.tls.verify, r.tls.root_cert), (Verify::Nothing, None));
+        std::fs::create_dir_all(dir.path().join(".postgresql")).unwrap();
+        std::fs::write(dir.path().join(".postgresql/root.crt"), "x").unwrap();
+        let r = t("postgresql://h/db?sslmode=require", &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.tls.verify, Verify::Chain);
+        // allow is prefer to the driver.
+        let a = t("postgresql://h/db?sslmode=allow", &[]).unwrap().unwrap();
+        assert_eq!(a.pg.get_ssl_mode(), postgres::config::SslMode::Prefer);
+        // A client certificate, with its key by default beside the others.
+        let c = t("postgresql://h/db", &[("PGSSLCERT", "/c/client.crt")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.tls.client_cert.unwrap().from, "PGSSLCERT");
+        assert_eq!(
+            c.tls.client_key.unwrap().path,
+            dir.path().join(".postgresql/postgresql.key")
+        );
+    }
+
+    #[test]
+    fn unknown_sslmode_names_its_origin() {
+        let s = pg_settings();
+        let e = target(
+            &s,
+            None,
+            &env(&[(
+                "DATABASE_URL",
+                "postgresql://u:pw123456@h/db?sslmode=verify_full",
+            )]),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "config_invalid");
+        let m = e.to_string();
+        assert!(
+            m.contains("sslmode in $DATABASE_URL") && m.contains("verify_full"),
+            "{m}"
+        );
+        let e = target(
+            &s,
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgresql://h/db"),
+                ("PGSSLMODE", "strict"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PGSSLMODE"), "{e}");
+    }
+
+    #[test]
+    fn hostaddr_alone_is_the_name_tls_checks() {
+        let t = target(
+            &pg_settings(),
+            None,
+            &env(&[("DATABASE_URL", "hostaddr=127.0.0.1 user=u dbname=d")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.pg.get_hosts(),
+            &[postgres::config::Host::Tcp("127.0.0.1".into())]
+        );
     }
 }

@@ -32,6 +32,16 @@ pub enum Error {
     #[error("postgres_unreachable: cannot connect to {target}: {message}")]
     PostgresUnreachable { target: String, message: String },
 
+    /// The TLS handshake failed, or the server does not speak TLS under an `sslmode`
+    /// that needs it. `reason` says why in plain words.
+    #[error("tls_failed: cannot connect to {target} over TLS (sslmode={sslmode}{}): {reason}", root_cert.as_ref().map(|p| format!(", sslrootcert {}", p.display())).unwrap_or_default())]
+    TlsFailed {
+        target: String,
+        sslmode: String,
+        root_cert: Option<PathBuf>,
+        reason: String,
+    },
+
     #[error("permission denied on {target}: {message}")]
     PermissionDenied { target: String, message: String },
 
@@ -108,6 +118,7 @@ impl Error {
             Error::ConfigInvalid { .. } | Error::SettingInvalid { .. } => "config_invalid",
             Error::NoTarget { .. } => "config_invalid",
             Error::PostgresUnreachable { .. } => "postgres_unreachable",
+            Error::TlsFailed { .. } => "tls_failed",
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Database { .. } => "database_error",
             Error::LockHeld { .. } => "lock_held",

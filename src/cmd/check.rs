@@ -302,11 +302,18 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     )?;
     let (version, encoding, user, db): (String, String, String, String) =
         (v[0].get(0), v[0].get(1), v[0].get(2), v[0].get(3));
+    let tls = target::session_tls(&mut c)?;
     ctx.report.check(
         "postgres_connectivity",
         CheckStatus::Pass,
-        format!("connected to {} as {user}", t.display),
-        json!({"database": db, "user": user}),
+        format!(
+            "connected to {} as {user}, {} (sslmode={})",
+            t.display,
+            tls.as_deref()
+                .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
+            t.tls.mode
+        ),
+        json!({"database": db, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
     );
     let enc_ok = encoding.eq_ignore_ascii_case("UTF8");
     ctx.report.check(

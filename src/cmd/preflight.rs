@@ -434,6 +434,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         Ok(r) => {
             let (v, enc, user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
             let ok = enc.eq_ignore_ascii_case("UTF8");
+            let tls = target::session_tls(&mut c).unwrap_or_default();
             ctx.report.check(
                 "postgres_connectivity",
                 if ok {
@@ -442,10 +443,13 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
                     CheckStatus::Fail
                 },
                 format!(
-                    "{} as {user}: PostgreSQL {v}, server_encoding {enc}",
-                    t.display
+                    "{} as {user}, {} (sslmode={}): PostgreSQL {v}, server_encoding {enc}",
+                    t.display,
+                    tls.as_deref()
+                        .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
+                    t.tls.mode
                 ),
-                json!({"server_version": v, "server_encoding": enc, "user": user}),
+                json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
             );
         }
         Err(e) => {

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
 };
-use tokio_postgres::NoTls;
 
 use super::error::{Error, Result};
 use super::state::State;
@@ -25,7 +24,10 @@ const OVERFLOW_IDLE: Duration = Duration::from_secs(30);
 
 pub(crate) struct PgStore {
     pool: Pool,
+    /// The redacted URL, for messages.
     target: String,
+    /// The whole target, to type a failed connection (`tls_failed`...) as `connect` does.
+    conn_target: Target,
     pool_size: u32,
     max_overflow: u32,
     acquire_timeout: Duration,
@@ -126,6 +128,7 @@ fn async_config(pg: &postgres::Config) -> tokio_postgres::Config {
     c.keepalives(pg.get_keepalives());
     c.keepalives_idle(pg.get_keepalives_idle());
     c.ssl_mode(pg.get_ssl_mode());
+    c.ssl_negotiation(pg.get_ssl_negotiation());
     c.target_session_attrs(pg.get_target_session_attrs());
     c.channel_binding(pg.get_channel_binding());
     c
@@ -155,9 +158,10 @@ impl PgStore {
     ) -> Result<PgStore> {
         prepare_schema(target, settings, apply_schema).await?;
         let cfg = async_config(&target.pg);
+        let tls = crate::target::tls::connector(target)?;
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            tls,
             ManagerConfig {
                 // A test query on every checkout: a connection the server dropped is
                 // replaced before the application sees it.
@@ -187,6 +191,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             target: target.display.clone(),
+            conn_target: target.clone(),
             pool_size: settings.pool_size,
             max_overflow: settings.max_overflow,
             acquire_timeout,
@@ -212,7 +217,9 @@ impl PgStore {
                 target: self.target.clone(),
                 message: "timed out connecting".into(),
             }),
-            PoolError::Backend(e) => pg_err("connecting", &self.target, e),
+            PoolError::Backend(e) => {
+                Error::Backend(crate::target::connect_error(&self.conn_target, e))
+            }
             PoolError::Closed => Error::Closed,
             other => Error::Backend(CrateError::PostgresUnreachable {
                 target: self.target.clone(),

@@ -3,43 +3,71 @@
 
 pub mod load;
 pub mod schema;
+pub mod tls;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::config::Target;
 use crate::error::{Error, Result};
 
-/// Connect to the target. Every error names the redacted URL, never the password.
+/// Connect to the target, over TLS as its `sslmode` says. Every error names the
+/// redacted URL, never the password.
 pub fn connect(t: &Target) -> Result<Client> {
-    t.pg.connect(NoTls).map_err(|e| {
-        let message = crate::redact::text(&crate::error::error_chain(&e));
-        match e.as_db_error() {
-            Some(db)
-                if db.code() == &postgres::error::SqlState::INVALID_PASSWORD
-                    || db.code()
-                        == &postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-            {
-                Error::PermissionDenied {
-                    target: t.display.clone(),
-                    message,
-                }
-            }
-            Some(db) if db.code() == &postgres::error::SqlState::INVALID_CATALOG_NAME => {
-                Error::PostgresUnreachable {
-                    target: t.display.clone(),
-                    message,
-                }
-            }
-            Some(_) => Error::Database {
-                context: format!("connecting to {}", t.display),
-                message,
-            },
-            None => Error::PostgresUnreachable {
+    let tls = tls::connector(t)?;
+    t.pg.connect(tls).map_err(|e| connect_error(t, e))
+}
+
+/// The typed error of a failed connection to `t` (the blocking client's or the pool's):
+/// `tls_failed`, `permission_denied`, `postgres_unreachable`, or a database error.
+pub fn connect_error(t: &Target, e: postgres::Error) -> Error {
+    if let Some(reason) = tls::failure(&e, t) {
+        return Error::TlsFailed {
+            target: t.display.clone(),
+            sslmode: t.tls.mode.to_string(),
+            root_cert: t.tls.root_cert.as_ref().map(|r| r.path.clone()),
+            reason: crate::redact::text(&reason),
+        };
+    }
+    let message = crate::redact::text(&crate::error::error_chain(&e));
+    match e.as_db_error() {
+        Some(db)
+            if db.code() == &postgres::error::SqlState::INVALID_PASSWORD
+                || db.code() == &postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            Error::PermissionDenied {
                 target: t.display.clone(),
                 message,
-            },
+            }
         }
-    })
+        Some(db) if db.code() == &postgres::error::SqlState::INVALID_CATALOG_NAME => {
+            Error::PostgresUnreachable {
+                target: t.display.clone(),
+                message,
+            }
+        }
+        Some(_) => Error::Database {
+            context: format!("connecting to {}", t.display),
+            message,
+        },
+        None => Error::PostgresUnreachable {
+            target: t.display.clone(),
+            message,
+        },
+    }
+}
+
+/// Whether this session is encrypted, and with which protocol (`pg_stat_ssl`).
+pub fn session_tls(c: &mut Client) -> Result<Option<String>> {
+    let row = c
+        .query_opt(
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .map_err(|e| Error::pg("reading pg_stat_ssl", "", e))?;
+    Ok(row.map(|r| {
+        r.get::<_, Option<String>>(0)
+            .unwrap_or_else(|| "TLS".into())
+    }))
 }
 
 /// Quote an identifier for SQL (`"a""b"`): names from config never reach SQL unquoted.

@@ -15,3 +15,4 @@ mod secrets;
 mod sessiond;
 mod store;
 mod support;
+mod tls;

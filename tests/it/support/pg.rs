@@ -4,7 +4,7 @@
 //! test process, guarded by a lock file) and leaves it running for the next.
 //! Each test gets its own database, dropped on success and kept on failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -28,7 +28,13 @@ fn repo() -> PathBuf {
 
 fn start_shared_cluster() -> String {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
-    std::fs::create_dir_all(&dir).unwrap();
+    start_cluster(&dir, None, || {})
+}
+
+/// Start (or reuse) the cluster in `dir`, under a lock file shared by every test
+/// process; `prepare` runs under the lock first. `ssl`: the folder with server.crt/.key.
+fn start_cluster(dir: &Path, ssl: Option<&Path>, prepare: impl FnOnce()) -> String {
+    std::fs::create_dir_all(dir).unwrap();
     let lock_path = dir.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -39,30 +45,98 @@ fn start_shared_cluster() -> String {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    let out = Command::new(repo().join("scripts/pg-ephemeral"))
-        .arg("start")
-        .arg(&dir)
-        .env("PG_EPHEMERAL_FAST", "1")
-        .output()
-        .expect("run scripts/pg-ephemeral");
+    prepare();
+    let mut cmd = Command::new(repo().join("scripts/pg-ephemeral"));
+    cmd.arg("start").arg(dir).env("PG_EPHEMERAL_FAST", "1");
+    if let Some(certs) = ssl {
+        cmd.env("PG_EPHEMERAL_SSL_DIR", certs);
+    }
+    let out = cmd.output().expect("run scripts/pg-ephemeral");
     drop(lock);
     assert!(
         out.status.success(),
-        "cannot start the test PostgreSQL: {}",
+        "cannot start the test PostgreSQL in {}: {}",
+        dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-pub fn admin() -> postgres::Client {
-    postgres::Client::connect(admin_url(), postgres::NoTls).expect("connect to the test cluster")
+/// The second, dedicated cluster of the TLS tests, with `ssl = on` (the shared one
+/// has no SSL): its superuser URL and the folder of the certificates it was started
+/// with — `ca.crt`, the CA that signed its certificate (for `localhost` and
+/// `127.0.0.1`), and `other-ca.crt`, an unrelated CA.
+pub struct SslCluster {
+    pub admin_url: String,
+    pub certs: PathBuf,
 }
 
-/// The URL of `db` on the test cluster, as the superuser.
-pub fn url_for(db: &str) -> String {
-    let base = admin_url();
-    let (head, _) = base.rsplit_once('/').expect("url has a database");
-    format!("{head}/{db}")
+pub fn ssl_cluster() -> &'static SslCluster {
+    static SSL: OnceLock<SslCluster> = OnceLock::new();
+    SSL.get_or_init(|| {
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = tmp.join("test-pg-ssl");
+        let certs = tmp.join("test-pg-ssl-certs");
+        let admin_url = start_cluster(&dir, Some(&certs), || {
+            if !certs.join("ca.crt").exists() {
+                make_certs(&certs);
+                // A cluster left running by an earlier run serves the old certificate.
+                let _ = Command::new(repo().join("scripts/pg-ephemeral"))
+                    .arg("stop")
+                    .arg(&dir)
+                    .output();
+            }
+        });
+        SslCluster { admin_url, certs }
+    })
+}
+
+/// The test PKI, made in-process: a CA, a server certificate it signs (DNS
+/// `localhost`, IP `127.0.0.1`) and its key, and an unrelated CA. `ca.crt` is written
+/// last: the folder is complete once it exists.
+fn make_certs(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = p.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(p, key))
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let (ca_pem, issuer) = ca("sessiondb test CA");
+    let (other_pem, _) = ca("an unrelated CA");
+    let key = KeyPair::generate().unwrap();
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("server.crt"), server.pem()).unwrap();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("server.key"))
+            .unwrap();
+        f.write_all(key.serialize_pem().as_bytes()).unwrap();
+    }
+    std::fs::write(dir.join("other-ca.crt"), other_pem).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca_pem).unwrap();
+}
+
+pub fn admin() -> postgres::Client {
+    postgres::Client::connect(admin_url(), postgres::NoTls).expect("connect to the test cluster")
 }
 
 /// The password in the admin URL.
@@ -81,10 +155,17 @@ pub fn password() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The superuser URL of its cluster.
+    admin: String,
 }
 
 impl TestDb {
     pub fn new(label: &str) -> TestDb {
+        TestDb::on(admin_url(), label)
+    }
+
+    /// A database of its own on the cluster of `admin` (a superuser URL).
+    pub fn on(admin: &str, label: &str) -> TestDb {
         let clean: String = label
             .chars()
             .map(|c| {
@@ -100,12 +181,15 @@ impl TestDb {
             &clean[..clean.len().min(40)],
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        admin()
+        postgres::Client::connect(admin, postgres::NoTls)
+            .expect("connect to the test cluster")
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .expect("create test database");
+        let (head, _) = admin.rsplit_once('/').expect("url has a database");
         TestDb {
-            url: url_for(&name),
+            url: format!("{head}/{name}"),
             name,
+            admin: admin.to_owned(),
         }
     }
     pub fn client(&self) -> postgres::Client {
@@ -119,7 +203,7 @@ impl Drop for TestDb {
             eprintln!("kept test database {} ({})", self.name, self.url);
             return;
         }
-        if let Ok(mut c) = postgres::Client::connect(admin_url(), postgres::NoTls) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
             let _ = c.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
