@@ -341,7 +341,21 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
                     src, rel, state, ..
                 } => {
                     let rel = Path::new(STATE_DIR).join(rel);
-                    match copy_file(&src, &dir, &rel)? {
+                    let copied = if state {
+                        copy_state_file(&src, &dir, &rel)?.map(|(entry, whole)| {
+                            if !whole {
+                                skipped_other.push(Skipped {
+                                    path: src.clone(),
+                                    target: None,
+                                    reason: format!("kept changing while the backup ran ({} tries): the copy may mix two versions; back up again once it settles", crate::source::READ_TRIES),
+                                });
+                            }
+                            entry
+                        })
+                    } else {
+                        copy_file(&src, &dir, &rel)?
+                    };
+                    match copied {
                         Some(entry) => {
                             counts.state_files += u64::from(state);
                             files.push(entry);
@@ -664,6 +678,27 @@ fn copy_file(src: &Path, dir: &Path, rel: &Path) -> Result<Option<FileEntry>> {
         sink.write(&buf[..n])?;
     }
     sink.finish().map(Some)
+}
+
+/// Copy a state file read whole (see [`crate::source::read_whole`]): never a mix of two
+/// versions of a file rewritten in place during the copy. `None` when it vanished; the
+/// flag is false when it kept changing and the last read was copied.
+fn copy_state_file(src: &Path, dir: &Path, rel: &Path) -> Result<Option<(FileEntry, bool)>> {
+    use crate::source::Whole;
+    let (bytes, whole) = match crate::source::read_whole(src) {
+        Ok(Whole::Read(b)) => (b, true),
+        Ok(Whole::KeptChanging(b)) => (b, false),
+        Ok(Whole::Gone) => return Ok(None),
+        Err(e) => {
+            return Err(Error::Unreadable {
+                path: src.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    let mut sink = Sink::create(dir, rel)?;
+    sink.write(&bytes)?;
+    Ok(Some((sink.finish()?, whole)))
 }
 
 /// Hash a file already written into the backup.

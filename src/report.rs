@@ -99,6 +99,9 @@ pub struct Report {
     /// Step-specific detail (named sessions, the plan, nested step reports).
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Warnings not listed, by code (see [`Report::warn`]).
+    #[serde(skip)]
+    truncated: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -124,6 +127,7 @@ impl Report {
             next_steps: Vec::new(),
             artifacts: Vec::new(),
             details: serde_json::Map::new(),
+            truncated: BTreeMap::new(),
         }
     }
 
@@ -142,8 +146,16 @@ impl Report {
         });
     }
 
+    /// Add a warning (once). At most [`INLINE_LIMIT`] of one code are listed; the rest
+    /// are counted, and [`Report::finish`] adds one `warnings_truncated` finding per
+    /// code, so that a store with thousands of the same oddity gives a readable report.
     pub fn warn(&mut self, f: Finding) {
-        if !self.warnings.contains(&f) {
+        if self.warnings.contains(&f) {
+            return;
+        }
+        if self.warnings.iter().filter(|w| w.code == f.code).count() >= INLINE_LIMIT {
+            *self.truncated.entry(f.code).or_default() += 1;
+        } else {
             self.warnings.push(f);
         }
     }
@@ -173,6 +185,12 @@ impl Report {
     pub fn finish(&mut self, error_exit: Option<i32>, problems: bool, started: std::time::Instant) {
         self.finished_at = now_rfc3339();
         self.duration_ms = started.elapsed().as_millis() as u64;
+        for (code, n) in std::mem::take(&mut self.truncated) {
+            self.warnings.push(Finding::new(
+                "warnings_truncated",
+                format!("{n} more `{code}` warning(s) not listed (the first {INLINE_LIMIT} are)"),
+            ));
+        }
         let (status, code) = match error_exit {
             Some(1) => (Status::Fail, 1),
             Some(code) => (Status::Error, code),
@@ -252,4 +270,40 @@ pub fn write_list<T: Serialize>(
             .map(|_| path.clone())
             .map_err(|e| format!("cannot write {}: {e}", path.display())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_of_one_code_are_listed_up_to_the_limit_then_counted() {
+        let mut r = Report::new("verify", "run");
+        for i in 0..INLINE_LIMIT + 150 {
+            r.warn(Finding::new("state_conflict", format!("session s{i}")));
+        }
+        // A repeat of a listed warning is neither listed twice nor counted.
+        r.warn(Finding::new("state_conflict", "session s0"));
+        r.warn(Finding::new("backend_drift", "drift"));
+        r.finish(None, false, std::time::Instant::now());
+        let listed = r
+            .warnings
+            .iter()
+            .filter(|w| w.code == "state_conflict")
+            .count();
+        assert_eq!(listed, INLINE_LIMIT);
+        let t: Vec<_> = r
+            .warnings
+            .iter()
+            .filter(|w| w.code == "warnings_truncated")
+            .collect();
+        assert_eq!(t.len(), 1);
+        assert!(
+            t[0].message.starts_with("150 more `state_conflict`"),
+            "{}",
+            t[0].message
+        );
+        assert!(r.warnings.iter().any(|w| w.code == "backend_drift"));
+        assert_eq!(r.status, Status::Warn);
+    }
 }

@@ -297,6 +297,8 @@ fn export(cfg: &Config, db: &Path, sessions_dir: &Path, list: &[Changed]) -> Res
                     source: e,
                 }
             })?;
+            // What an earlier rollback killed mid-write left next to it.
+            crate::fsutil::remove_stale_temps(&path);
         }
     }
     let tx = conn.transaction().map_err(|e| sqlite::map_err(db, e))?;

@@ -108,8 +108,100 @@ pub(crate) fn read_state(
             Vec::new(),
         ));
     }
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some((bytes, path))),
+    match read_whole(&path) {
+        Ok(Whole::Read(bytes)) => Ok(Some((bytes, path))),
+        Ok(Whole::Gone) => Ok(None),
+        Ok(Whole::KeptChanging(bytes)) => Err(invalid(
+            id,
+            "state_changing",
+            &path,
+            format!(
+                "the file kept changing while it was read ({READ_TRIES} tries): something rewrites it in place; run again once it settles (the last bytes read are kept)"
+            ),
+            bytes,
+        )),
         Err(e) => Err(invalid(id, "unreadable", &path, e.to_string(), Vec::new())),
     }
+}
+
+/// How many times a state file that changes under the reader is read again.
+pub const READ_TRIES: u32 = 5;
+
+/// What [`read_whole`] got.
+pub enum Whole {
+    Read(Vec<u8>),
+    /// Deleted before it could be read.
+    Gone,
+    /// Still changing after [`READ_TRIES`] tries: the last bytes read.
+    KeptChanging(Vec<u8>),
+}
+
+/// Read a file whole, and only whole. An in-place rewrite during the read would give a
+/// mix of two versions that may even parse, so the file's size and times must be the
+/// same before and after the read; a file written in the last second is read twice,
+/// 100 ms apart, and must read the same (file times move in clock ticks, so a write in
+/// the same tick as the first look would not show in them).
+pub fn read_whole(path: &Path) -> std::io::Result<Whole> {
+    use std::io::Read;
+    let read = || -> std::io::Result<Option<(Vec<u8>, bool, bool)>> {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let before = f.metadata()?;
+        let mut buf = Vec::with_capacity(before.len() as usize + 1);
+        f.read_to_end(&mut buf)?;
+        let after = f.metadata()?;
+        let stable = same_version(&before, &after) && buf.len() as u64 == after.len();
+        let recent = after
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_none_or(|age| age < std::time::Duration::from_secs(1));
+        Ok(Some((buf, stable, recent)))
+    };
+    let mut last = Vec::new();
+    for attempt in 0..READ_TRIES {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20 * attempt as u64));
+        }
+        let Some((bytes, stable, recent)) = read()? else {
+            return Ok(Whole::Gone);
+        };
+        if stable && !recent {
+            return Ok(Whole::Read(bytes));
+        }
+        if stable {
+            // Long enough apart that a writer paused mid-version (descheduled, say) has
+            // moved on by the second read.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            match read()? {
+                None => return Ok(Whole::Gone),
+                Some((again, true, _)) if again == bytes => return Ok(Whole::Read(bytes)),
+                Some((again, _, _)) => last = again,
+            }
+        } else {
+            last = bytes;
+        }
+    }
+    Ok(Whole::KeptChanging(last))
+}
+
+/// Whether two looks at one open file saw the same version of it.
+pub(crate) fn same_version(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (
+        a.len(),
+        a.mtime(),
+        a.mtime_nsec(),
+        a.ctime(),
+        a.ctime_nsec(),
+    ) == (
+        b.len(),
+        b.mtime(),
+        b.mtime_nsec(),
+        b.ctime(),
+        b.ctime_nsec(),
+    )
 }

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::report::Finding;
 use fields::{FieldError, Raw};
 
+pub use files::{READ_TRIES, Whole, read_whole};
 pub use json_store::JsonRecord;
 
 /// Session metadata, parsed.
@@ -244,20 +245,22 @@ impl Source {
     /// of the database (and its WAL), the JSON store, and every state file. Any write
     /// to the store changes it.
     pub fn quick_fingerprint(&self) -> Result<String> {
-        let mut h = Sha256::new();
-        let mut stat = |p: &Path| {
-            h.update(p.as_os_str().as_encoded_bytes());
+        use std::os::unix::fs::MetadataExt;
+        // What one file contributes: its path, then size, mtime and inode when it exists.
+        fn entry(p: &Path) -> Vec<u8> {
+            let mut e = p.as_os_str().as_encoded_bytes().to_vec();
             if let Ok(m) = std::fs::symlink_metadata(p) {
-                use std::os::unix::fs::MetadataExt;
-                h.update(m.size().to_le_bytes());
-                h.update(m.mtime().to_le_bytes());
-                h.update(m.mtime_nsec().to_le_bytes());
-                h.update(m.ino().to_le_bytes());
+                e.extend_from_slice(&m.size().to_le_bytes());
+                e.extend_from_slice(&m.mtime().to_le_bytes());
+                e.extend_from_slice(&m.mtime_nsec().to_le_bytes());
+                e.extend_from_slice(&m.ino().to_le_bytes());
             }
-        };
+            e
+        }
+        let mut h = Sha256::new();
         if let Some(s) = &self.sqlite {
-            stat(&s.path);
-            stat(&PathBuf::from(format!("{}-wal", s.path.display())));
+            h.update(entry(&s.path));
+            h.update(entry(&PathBuf::from(format!("{}-wal", s.path.display()))));
             let mut names: Vec<_> = match std::fs::read_dir(&s.sessions_dir) {
                 Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
                 Err(e) => {
@@ -268,12 +271,19 @@ impl Source {
                 }
             };
             names.sort();
-            for n in names {
-                stat(&s.sessions_dir.join(&n).join("state.json"));
+            // The stats in parallel, hashed in name order: the same digest as one by one.
+            for chunk in names.chunks(4096) {
+                let entries: Vec<Vec<u8>> = chunk
+                    .par_iter()
+                    .map(|n| entry(&s.sessions_dir.join(n).join("state.json")))
+                    .collect();
+                for e in entries {
+                    h.update(e);
+                }
             }
         }
         if let Some(j) = &self.json_path {
-            stat(j);
+            h.update(entry(j));
         }
         Ok(format!("q1:{}", hex::encode(h.finalize())))
     }
@@ -314,7 +324,7 @@ impl Reader {
         Ok(rows + self.json.len() as u64)
     }
 
-    /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows by id,
+    /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows in table order,
     /// then sessions only in the JSON store. Returns the summary with its warnings.
     pub fn scan(self, batch: usize, f: impl FnMut(Vec<Item>) -> Result<()>) -> Result<Summary> {
         self.scan_with(batch, None, f)
@@ -598,14 +608,14 @@ impl Resolve {
             .collect())
     }
 
-    /// The stamp of a row: `s1:` + 128 bits of SHA-256 over its raw fields, its JSON store
-    /// record, and the inode, size and times of its folder and state file. `None` for an
+    /// The stamp of a row: `s2:` + 128 bits of SHA-256 over its raw fields, its JSON store
+    /// record, and the inode, size, times and mode of its state file. `None` for an
     /// invalid id, a symlink, or a file changed within [`STAMP_SETTLE`].
     fn stamp(&self, r: &Row) -> Option<(String, String)> {
         use std::os::unix::fs::MetadataExt;
         let id = fields::id(&r.id).ok()?;
         let mut h = Sha256::new();
-        h.update(b"s1\0");
+        h.update(b"s2\0");
         h.update(row_bytes(r));
         if let Some(&i) = self.json_by_id.get(&id) {
             h.update(b"\0json\0");
@@ -620,8 +630,9 @@ impl Resolve {
                     + STAMP_SETTLE
                     > now
             };
-            let folder = dir.join(&id);
-            for p in [folder.clone(), folder.join("state.json")] {
+            // The state file alone: replacing, creating or deleting it changes its inode,
+            // times or presence, and renaming a file to it changes its ctime.
+            for p in [dir.join(&id).join("state.json")] {
                 match std::fs::symlink_metadata(&p) {
                     Ok(m) if m.file_type().is_symlink() => return None,
                     Ok(m) => {
@@ -646,7 +657,7 @@ impl Resolve {
             }
         }
         let d = h.finalize();
-        Some((id, format!("s1:{}", hex::encode(&d[..16]))))
+        Some((id, format!("s2:{}", hex::encode(&d[..16]))))
     }
 
     fn resolve_row(&self, r: Row) -> (Item, Vec<Finding>) {

@@ -637,3 +637,273 @@ fn a_100_mb_state_loads_with_bounded_memory() {
         &format!("{i} items loaded; peak RSS {peak:.0} MB of child processes for {size_mb:.0} MB"),
     );
 }
+
+#[test]
+fn kill_rollback_mid_export_leaves_whole_state_files_and_the_old_or_the_new_config() {
+    let n = 1500;
+    let (s, db) = loaded(n, "fault_kill_rollback");
+    for step in [&["verify"][..], &["set-default", "--dry-run=false"]] {
+        sessiondb(step)
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+            .expect(0);
+    }
+    // The application, now on PostgreSQL, edits every session before each rollback: each
+    // must export them all.
+    let edit = |k: u64| {
+        db.client()
+            .batch_execute(&format!(
+                "UPDATE session_state SET state = state || '{{\"pg\": {k}}}'"
+            ))
+            .unwrap()
+    };
+    let on_pg = std::fs::read_to_string(&s.config).unwrap();
+    // One whole rollback, timed: the kills land anywhere within 1.5 times that.
+    edit(0);
+    let t0 = Instant::now();
+    sessiondb(&["rollback", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let whole = t0.elapsed().as_millis() as u64;
+    let mut rng = Rng::new();
+    let mut configs = std::collections::BTreeSet::new();
+    let (mut killed, mut runs) = (0, 0);
+    let mut stray = 0;
+    for k in 1..=8 {
+        edit(k);
+        std::fs::write(&s.config, &on_pg).unwrap();
+        let child = spawn("rollback", &["--dry-run=false"], &s, &db.url);
+        killed += kill_after(child, Duration::from_millis(rng.below(whole * 3 / 2 + 1))) as u32;
+        runs += 1;
+        let now = std::fs::read_to_string(&s.config).unwrap();
+        toml::from_str::<toml::Table>(&now)
+            .unwrap_or_else(|e| panic!("a broken config after kill -9: {e}\n{now}"));
+        configs.insert(now);
+        // Every state file is whole: the legacy text or PostgreSQL's, never a prefix.
+        for e in std::fs::read_dir(&s.sessions).unwrap().flatten() {
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.contains(".tmp-") {
+                    stray += 1;
+                    continue;
+                }
+                if name == "state.json" {
+                    let bytes = std::fs::read(f.path()).unwrap();
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|e| {
+                        panic!("{} is not whole after kill -9: {e}", f.path().display())
+                    });
+                }
+            }
+        }
+    }
+    // Finished by running it again: the legacy store then matches PostgreSQL exactly.
+    std::fs::write(&s.config, &on_pg).unwrap();
+    let r = sessiondb(&["rollback", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let done = std::fs::read_to_string(&s.config).unwrap();
+    assert_ne!(done, on_pg, "the rollback switched the config");
+    for c in &configs {
+        assert!(
+            c == &on_pg || c == &done,
+            "a config that is neither the old nor the new file:\n{c}"
+        );
+    }
+    let v = sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    assert_eq!(
+        (v.count("missing"), v.count("extra"), v.count("different")),
+        (0, 0, 0),
+        "{}",
+        v.stdout
+    );
+    let mut with_pg = 0;
+    let mut left = 0;
+    for e in std::fs::read_dir(&s.sessions).unwrap().flatten() {
+        left += std::fs::read_dir(e.path())
+            .unwrap()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().contains(".tmp-"))
+            .count();
+        let p = e.path().join("state.json");
+        if let Ok(b) = std::fs::read(&p) {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            with_pg += (v.get("pg") == Some(&serde_json::json!(8))) as usize;
+        }
+    }
+    assert_eq!(
+        with_pg, n,
+        "every session came back with PostgreSQL's state"
+    );
+    assert_eq!(
+        left, 0,
+        "the rerun removed the temporary files the killed runs left"
+    );
+    row(
+        &format!("kill -9 at random moments ({runs} runs)"),
+        "rollback --dry-run=false",
+        &format!("{killed} killed (whole run {whole} ms)"),
+        &format!(
+            "config old or new ({} distinct), every state.json whole, {stray} temp file(s) left (removed by the rerun); rerun exported {} and verify found 0 differences in {n}",
+            configs.len(),
+            r.count("exported")
+        ),
+    );
+}
+
+/// Whether `v` is one letter repeated: a version the writer wrote, not a mix of two.
+fn one_letter(v: &str) -> bool {
+    v.bytes().all(|b| Some(b) == v.bytes().next())
+}
+
+#[test]
+fn a_state_file_rewritten_in_place_while_read_is_never_loaded_torn() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let s = Store::new();
+    s.bulk(20, 300);
+    const N: usize = 4 << 20;
+    let head = b"{\"v\": \"";
+    let mut body = Vec::with_capacity(N + 16);
+    body.extend_from_slice(head);
+    body.extend(std::iter::repeat_n(b'A', N));
+    body.extend_from_slice(b"\"}");
+    s.row(
+        &"hot",
+        &"u",
+        &"running",
+        &"step",
+        &1.0,
+        &"2024-01-01T00:00:00Z",
+        &"2024-01-01T00:00:00Z",
+        &rusqlite::types::Null,
+    );
+    s.state_file("hot", &body);
+    let path = s.sessions.join("hot/state.json");
+    // The application rewrites the file in place, same length, 64 KB at a time, without
+    // pause: a reader that is not careful gets the head of one version and the tail of
+    // another, and that mix is valid JSON.
+    let stop = AtomicBool::new(false);
+    let versions = AtomicU64::new(0);
+    let db = TestDb::new("fault_torn_read");
+    let (first, second) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut letter = b'A';
+            while !stop.load(Ordering::Relaxed) {
+                letter = if letter == b'Z' { b'A' } else { letter + 1 };
+                let chunk = vec![letter; 64 << 10];
+                for off in (0..N).step_by(chunk.len()) {
+                    f.write_all_at(&chunk, (head.len() + off) as u64).unwrap();
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                versions.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let first = sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"])
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+            .run();
+        let second = sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"])
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+            .run();
+        stop.store(true, Ordering::Relaxed);
+        (first, second)
+    });
+    assert_eq!(first.code, 0, "{}", first.stdout);
+    assert_eq!(second.code, 0, "{}", second.stdout);
+    // Whatever PostgreSQL holds for it is one whole version; otherwise it was set aside
+    // as still changing, with the bytes it last read.
+    let c = &mut db.client();
+    let held: Option<String> = c
+        .query_opt(
+            "SELECT state->>'v' FROM session_state WHERE session_id = 'hot'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    // Set aside: named in the quarantine index with its code, with the bytes last read.
+    let quarantined = [&first, &second].iter().any(|r| {
+        let Some(q) = r.report.details.get("quarantine").and_then(|q| q.as_str()) else {
+            return false;
+        };
+        std::fs::read_dir(q).unwrap().flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("index-")
+                && std::fs::read_to_string(e.path()).unwrap().lines().any(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["id"] == "hot"
+                        && v["code"] == "state_changing"
+                        && std::fs::metadata(
+                            std::path::Path::new(q).join(v["raw_file"].as_str().unwrap()),
+                        )
+                        .unwrap()
+                        .len()
+                            == body.len() as u64
+                })
+        })
+    });
+    match &held {
+        Some(v) => assert!(one_letter(v) && v.len() == N, "a torn state was loaded"),
+        None => assert!(
+            quarantined,
+            "neither loaded nor set aside: {}",
+            second.stdout
+        ),
+    }
+    // The backups hold one whole version, or say that the file kept changing.
+    for b in std::fs::read_dir(s.root().join("backups"))
+        .unwrap()
+        .flatten()
+    {
+        let copy = b.path().join("state/hot/state.json");
+        let Ok(bytes) = std::fs::read(&copy) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let whole = one_letter(v["v"].as_str().unwrap());
+        let m = sessiondb::backup::Manifest::read(&b.path()).unwrap();
+        assert!(
+            whole
+                || m.skipped_other
+                    .iter()
+                    .any(|k| k.reason.contains("kept changing")),
+            "{} holds a mix of two versions without saying so",
+            copy.display()
+        );
+    }
+    // Once the writes stop, a catch-up loads the file as it is.
+    sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let loaded: String = c
+        .query_one(
+            "SELECT state->>'v' FROM session_state WHERE session_id = 'hot'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(loaded, on_disk["v"].as_str().unwrap());
+    row(
+        "a state file rewritten in place while read",
+        "migrate-state --dry-run=false --quarantine (twice), then again",
+        &format!(
+            "{} versions written during the runs; {}",
+            versions.load(Ordering::Relaxed),
+            if held.is_some() {
+                "a whole version loaded"
+            } else {
+                "set aside as state_changing"
+            }
+        ),
+        "never a mix of two versions in PostgreSQL or a backup; loaded exactly once settled",
+    );
+}
