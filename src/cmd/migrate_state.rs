@@ -83,7 +83,7 @@ struct Planned {
 }
 
 /// The most state bytes (original and canonical) the planning pass keeps for the load.
-const REPLAY_LIMIT: usize = 64 << 20;
+const REPLAY_LIMIT: usize = 32 << 20;
 
 fn session_bytes(s: &Session) -> usize {
     s.state
