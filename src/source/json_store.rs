@@ -810,3 +810,518 @@ fn to_raw(v: &Spanned, bytes: &[u8]) -> Raw {
         Node::Array(_) | Node::Object(_) => Raw::Blob(bytes[v.span.clone()].to_vec()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Chunk sizes that put chunk boundaries everywhere, and the real one.
+    const CHUNKS: &[usize] = &[1, 2, 7, 64, CHUNK];
+
+    struct Doc {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    fn doc(text: impl AsRef<[u8]>) -> Doc {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session-db.json");
+        std::fs::write(&path, text).unwrap();
+        Doc { _dir: dir, path }
+    }
+
+    /// A record as the tests see it: its id (or `<code>` when it has none), its raw bytes
+    /// and its state.
+    type Seen<B> = (String, B, Option<B>);
+
+    /// Load `text` with every chunk size; all must agree. Returns the records' ids, raw
+    /// bytes and states, and the warnings' codes.
+    fn load_all(text: &str) -> Result<(Vec<Seen<String>>, Vec<String>)> {
+        let d = doc(text);
+        let mut first = None;
+        for &chunk in CHUNKS {
+            let got = load_in_chunks(&d.path, chunk).map(|(records, warnings)| {
+                let recs: Vec<_> = records
+                    .iter()
+                    .map(|r| {
+                        let raw = String::from_utf8(r.raw().unwrap()).unwrap();
+                        assert_eq!(
+                            raw.as_bytes(),
+                            &text.as_bytes()[r.offset as usize..r.offset as usize + r.len],
+                            "offset and length point at the record"
+                        );
+                        let state = r.state().unwrap().map(|s| String::from_utf8(s).unwrap());
+                        assert_eq!(r.has_state(), state.is_some());
+                        (
+                            r.id.clone().unwrap_or_else(|e| format!("<{}>", e.code)),
+                            raw,
+                            state,
+                        )
+                    })
+                    .collect();
+                let warnings: Vec<String> = warnings.iter().map(|w| w.code.clone()).collect();
+                (recs, warnings)
+            });
+            let shown = match &got {
+                Ok(v) => format!("{v:?}"),
+                Err(e) => format!("{} {e}", e.code()),
+            };
+            match &first {
+                None => first = Some(shown),
+                Some(f) => assert_eq!(f, &shown, "chunk size {chunk} disagrees"),
+            }
+            if chunk == CHUNK {
+                return got;
+            }
+        }
+        unreachable!()
+    }
+
+    fn err_of(text: &str) -> (String, String) {
+        let e = load_all(text).expect_err("an error");
+        (e.code().to_owned(), e.to_string())
+    }
+
+    #[test]
+    fn strings_hold_brackets_commas_and_escaped_quotes() {
+        let text = r#"{"version": 1, "sessions": [{"id": "a]},[{\"", "state": {"s": "x\\", "t": "]", "u": ",}"}}, {"id": "b\\\"]", "state": null}]}"#;
+        let (recs, warnings) = load_all(text).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].0, "a]},[{\"");
+        assert_eq!(
+            recs[0].2.as_deref(),
+            Some(r#"{"s": "x\\", "t": "]", "u": ",}"}"#)
+        );
+        assert_eq!(recs[1].0, "b\\\"]");
+        assert_eq!(recs[1].2, None, "a null state is no state");
+    }
+
+    #[test]
+    fn nested_values_and_whitespace_between_every_token() {
+        let text = " \r\n\t{ \"sessions\" \n:\t[ \n{ \"id\" : \"a\" , \"state\" : [ [ ] , { \"k\" : [ 1 , { } ] } ] } \n,\r\n { \"id\":\"b\" } \n] , \"version\" : 1 } \n";
+        let (recs, _) = load_all(text).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(
+            recs[0].2.as_deref(),
+            Some("[ [ ] , { \"k\" : [ 1 , { } ] } ]")
+        );
+        assert_eq!(recs[1].1, "{ \"id\":\"b\" }");
+    }
+
+    #[test]
+    fn both_shapes_and_empty_sessions() {
+        let rec = r#"{"id": "a", "state": {"n": 1}}"#;
+        for text in [
+            format!("[{rec}]"),
+            format!(r#"{{"version": 1, "sessions": [{rec}]}}"#),
+            format!(r#"{{"other": {{"sessions": 5}}, "sessions": [{rec}], "more": [1, 2]}}"#),
+            // Keys are compared decoded, as jsonb would.
+            format!(r#"{{"sessi\u006fns": [{rec}]}}"#),
+        ] {
+            let (recs, _) = load_all(&text).unwrap();
+            assert_eq!(recs, [("a".into(), rec.into(), Some(r#"{"n": 1}"#.into()))]);
+        }
+        for text in ["[]", " [ \n ] ", r#"{"version": 1, "sessions": []}"#] {
+            assert!(load_all(text).unwrap().0.is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn records_that_are_not_objects_are_kept_as_invalid() {
+        let (recs, _) = load_all(r#"[1, "x]", [{"id": "a"}], null, {"id": "b"}]"#).unwrap();
+        let got: Vec<_> = recs.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("<invalid_id>", "1"),
+                ("<invalid_id>", "\"x]\""),
+                ("<invalid_id>", r#"[{"id": "a"}]"#),
+                ("<invalid_id>", "null"),
+                ("b", r#"{"id": "b"}"#),
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_warn_and_the_last_wins() {
+        let (recs, warnings) = load_all(r#"[{"id": "a", "id": "b"}]"#).unwrap();
+        assert_eq!(recs[0].0, "b");
+        assert_eq!(warnings, ["duplicate_key"]);
+        // A second `sessions` replaces the first, as jsonb's last-wins does, with a warning
+        // (and the first array's warnings go with its records).
+        let (recs, warnings) = load_all(
+            r#"{"sessions": [{"id": "a", "id": "x"}], "version": 1, "sessions": [{"id": "b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].0, "b");
+        assert_eq!(warnings, ["duplicate_key"]);
+        let d = doc(r#"{"sessions": [], "sessions": [{"id": "b"}]}"#);
+        let (_, w) = load(&d.path).unwrap();
+        assert!(w[0].message.contains("`sessions` more than once"), "{w:?}");
+        assert!(w[0].message.contains("session-db.json"), "{w:?}");
+        // The last `sessions` is not an array: that is what counts.
+        let (code, msg) = err_of(r#"{"sessions": [{"id": "a"}], "sessions": {}}"#);
+        assert_eq!(code, "invalid_json");
+        assert!(msg.contains("`sessions` is not an array"), "{msg}");
+    }
+
+    #[test]
+    fn envelope_errors_keep_their_codes_and_messages() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                r#"{"version": 2, "sessions": []}"#,
+                "unsupported_version",
+                "version 2 is not supported (expected 1)",
+            ),
+            (
+                r#"{"sessions": [], "version": "1"}"#,
+                "unsupported_version",
+                r#"version "1" is not supported"#,
+            ),
+            (
+                r#"{"version": 1.0, "sessions": []}"#,
+                "unsupported_version",
+                "version 1.0 is not supported",
+            ),
+            (
+                r#"{"version": 1, "sessions": 3}"#,
+                "invalid_json",
+                "`sessions` is not an array",
+            ),
+            (r#"{"version": 1}"#, "invalid_json", "no `sessions` array"),
+            ("{}", "invalid_json", "no `sessions` array"),
+            (
+                "42",
+                "invalid_json",
+                "expected an object with `sessions` or an array of records",
+            ),
+            (
+                r#""a string""#,
+                "invalid_json",
+                "expected an object with `sessions`",
+            ),
+            (
+                "",
+                "invalid_json",
+                "line 1, column 1 (byte 0): unexpected end of input, expected a JSON value",
+            ),
+            (
+                "[{\"id\": \"a\"}]\n]",
+                "invalid_json",
+                "line 2, column 1 (byte 14): unexpected text after the JSON value",
+            ),
+            (
+                "[{\"id\": \"a\"}] x",
+                "invalid_json",
+                "unexpected text after the JSON value",
+            ),
+            (
+                "[{\"id\": \"a\"} {}]",
+                "invalid_json",
+                "expected ',' or ']'",
+            ),
+            (
+                "[{\"id\": \"a\"},]",
+                "invalid_json",
+                "expected a JSON value",
+            ),
+            (
+                r#"{"sessions": [] "version": 1}"#,
+                "invalid_json",
+                "expected ',' or '}'",
+            ),
+            (r#"{"sessions" []}"#, "invalid_json", "expected ':'"),
+            (r#"{sessions: []}"#, "invalid_json", "expected a string key"),
+            (
+                r#"{"sessions": [], "x": "\ud800"}"#,
+                "invalid_json",
+                "unpaired UTF-16 surrogate escape at byte 23",
+            ),
+            (
+                r#"{"sessions": [], "x": tru}"#,
+                "invalid_json",
+                "(byte 22): invalid literal",
+            ),
+        ];
+        for (text, code, part) in cases {
+            let (c, msg) = err_of(text);
+            assert_eq!(&c, code, "{text}: {msg}");
+            assert!(msg.contains(part), "{text}: {msg}");
+            assert!(msg.contains("JSON store "), "{msg}");
+            assert!(msg.contains("session-db.json"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_file_is_invalid_json_naming_where() {
+        let full = "{\"version\": 1, \"sessions\": [\n  {\"id\": \"a\", \"state\": {\"k\": \"]}\"}},\n  {\"id\": \"b\", \"state\": [1, 2]}\n]}\n";
+        assert!(load_all(full).is_ok());
+        for cut in 0..full.trim_end().len() {
+            let (code, msg) = err_of(&full[..cut]);
+            assert_eq!(code, "invalid_json", "cut at {cut}: {msg}");
+        }
+        // Cut two bytes into the second record, which starts at line 3, column 3.
+        let (_, msg) = err_of(&full[..70]);
+        assert!(
+            msg.contains("line 3, column 5 (byte 70): unexpected end of input in the value that starts at byte 68"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bad_record_names_the_record_its_offset_and_the_line_in_the_file() {
+        let text = "{\"version\": 1, \"sessions\": [\n  {\"id\": \"a\"},\n  {\"id\": \"b\", \"state\": [1 2]}\n]}";
+        let (code, msg) = err_of(text);
+        assert_eq!(code, "invalid_json");
+        assert!(
+            msg.contains("record 1 (at byte 46): invalid JSON at line 3, column 27 (byte 70): expected ',' or ']'"),
+            "{msg}"
+        );
+        // Invalid UTF-8 inside a record: the offset is the file's.
+        let mut bytes = b"[{\"id\": \"a\"}, {\"id\": \"".to_vec();
+        bytes.extend_from_slice(b"\xff\"}]");
+        let d = doc(&bytes);
+        let e = load(&d.path).unwrap_err();
+        assert_eq!(e.code(), "invalid_utf8");
+        assert!(
+            e.to_string()
+                .contains("record 1 (at byte 14): invalid UTF-8 at byte 22"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_store_changed_after_the_load_is_source_changed() {
+        let text = r#"{"version": 1, "sessions": [{"id": "a", "state": {"n": 1}}]}"#;
+        type Change = fn(&Path);
+        let changes: &[(&str, Change, &str)] = &[
+            (
+                "appended to",
+                |p| {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                    f.write_all(b"\n").unwrap();
+                },
+                "its size went from",
+            ),
+            (
+                "rewritten in place, same size",
+                |p| {
+                    let t = std::fs::read(p).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::fs::write(p, t.to_ascii_uppercase()).unwrap();
+                },
+                "its modification time changed",
+            ),
+            (
+                "replaced by a copy",
+                |p| {
+                    let tmp = p.with_extension("tmp");
+                    std::fs::copy(p, &tmp).unwrap();
+                    std::fs::rename(&tmp, p).unwrap();
+                },
+                "another file now has its name",
+            ),
+            (
+                "truncated",
+                |p| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .unwrap()
+                        .set_len(10)
+                        .unwrap();
+                },
+                "its size went from",
+            ),
+            (
+                "removed",
+                |p| std::fs::remove_file(p).unwrap(),
+                "it is gone",
+            ),
+        ];
+        for (what, change, words) in changes {
+            let d = doc(text);
+            let (recs, _) = load(&d.path).unwrap();
+            assert_eq!(recs[0].state().unwrap().unwrap(), br#"{"n": 1}"#);
+            change(&d.path);
+            for e in [recs[0].raw().unwrap_err(), recs[0].state().unwrap_err()] {
+                assert_eq!(e.code(), "source_changed", "{what}: {e}");
+                let msg = e.to_string();
+                assert!(msg.contains(&d.path.display().to_string()), "{msg}");
+                assert!(msg.contains("changed while it was being read"), "{msg}");
+                assert!(msg.contains(words), "{what}: {msg}");
+                assert!(msg.contains("record 0 (at byte 28)"), "{msg}");
+            }
+        }
+    }
+
+    // ---- the streaming loader against the whole-file parse it replaces ----------------
+
+    /// What the loader it replaces produced: the whole file parsed with `canon::parse`,
+    /// each record's id and its raw and state bytes cut from the tree's spans.
+    fn reference(bytes: &[u8]) -> std::result::Result<Vec<Seen<Vec<u8>>>, &'static str> {
+        let root = canon::parse(bytes).map_err(|e| e.code())?;
+        let list = match &root.node {
+            Node::Array(items) => items,
+            Node::Object(members) => {
+                let get = |k: &str| {
+                    members
+                        .iter()
+                        .rev()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v)
+                };
+                if let Some(v) = get("version") {
+                    if !matches!(&v.node, Node::Number { text_span } if &bytes[text_span.clone()] == b"1")
+                    {
+                        return Err("unsupported_version");
+                    }
+                }
+                match get("sessions") {
+                    Some(Spanned {
+                        node: Node::Array(items),
+                        ..
+                    }) => items,
+                    _ => return Err("invalid_json"),
+                }
+            }
+            _ => return Err("invalid_json"),
+        };
+        Ok(list
+            .iter()
+            .map(|rec| {
+                let id = match rec.get_last("id") {
+                    Some(v) => fields::id(&to_raw(v, bytes)),
+                    None => fields::id(&Raw::Null),
+                };
+                let state = match rec.get_last("state") {
+                    None
+                    | Some(Spanned {
+                        node: Node::Null, ..
+                    }) => None,
+                    Some(v) => Some(bytes[v.span.clone()].to_vec()),
+                };
+                let id = match (&rec.node, id) {
+                    (Node::Object(_), Ok(id)) => id,
+                    (Node::Object(_), Err(e)) => format!("<{}>", e.code),
+                    _ => "<invalid_id>".into(),
+                };
+                (id, bytes[rec.span.clone()].to_vec(), state)
+            })
+            .collect())
+    }
+
+    trait GetLast {
+        fn get_last(&self, k: &str) -> Option<&Spanned>;
+    }
+    impl GetLast for Spanned {
+        fn get_last(&self, k: &str) -> Option<&Spanned> {
+            match &self.node {
+                Node::Object(m) => m.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+    }
+
+    fn streamed(
+        bytes: &[u8],
+        chunk: usize,
+    ) -> std::result::Result<Vec<Seen<Vec<u8>>>, &'static str> {
+        let d = doc(bytes);
+        let (recs, _) = load_in_chunks(&d.path, chunk).map_err(|e| e.code())?;
+        Ok(recs
+            .iter()
+            .map(|r| {
+                let id = r.id.clone().unwrap_or_else(|e| format!("<{}>", e.code));
+                (id, r.raw().unwrap(), r.state().unwrap())
+            })
+            .collect())
+    }
+
+    fn ws() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["", "", " ", "\n", " \r\n\t "]).prop_map(str::to_owned)
+    }
+
+    fn string() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "a", "id", "state", "sessions", "]", "}", "[", "{", ",", ":", " ", "\\\"", "\\\\",
+            "\\n", "\\u00e9", "é", "\\/",
+        ]);
+        prop::collection::vec(piece, 0..6).prop_map(|p| format!("\"{}\"", p.concat()))
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            prop::sample::select(vec!["null", "true", "false", "0", "-1.5e3", "1"])
+                .prop_map(str::to_owned),
+            string(),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                (prop::collection::vec(inner.clone(), 0..5), ws()).prop_map(|(items, w)| {
+                    format!("[{w}{}{w}]", items.join(&format!("{w},{w}")))
+                }),
+                (prop::collection::vec((string(), inner), 0..5), ws()).prop_map(|(m, w)| {
+                    let m: Vec<String> = m.iter().map(|(k, v)| format!("{k}{w}:{w}{v}")).collect();
+                    format!("{{{w}{}{w}}}", m.join(&format!("{w},{w}")))
+                }),
+            ]
+        })
+    }
+
+    fn record() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (string(), value(), value(), ws()).prop_map(|(id, state, other, w)| {
+                format!(r#"{{{w}"id"{w}:{w}{id},{w}"state":{w}{state},"x"{w}:{other}{w}}}"#)
+            }),
+            1 => value(),
+        ]
+    }
+
+    fn store() -> impl Strategy<Value = String> {
+        (prop::collection::vec(record(), 0..6), ws(), 0..4u8, value()).prop_map(
+            |(recs, w, shape, other)| {
+                let list = format!("[{w}{}{w}]", recs.join(&format!("{w},{w}")));
+                match shape {
+                    0 => format!("{w}{list}{w}"),
+                    1 => format!(r#"{{{w}"version"{w}:{w}1{w},{w}"sessions"{w}:{w}{list}{w}}}"#),
+                    2 => format!(r#"{{"sessions":{list},{w}"other":{w}{other},"version":1}}"#),
+                    _ => format!(r#"{{"other":{other},"sessions":{list}}}"#),
+                }
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn streaming_finds_what_the_whole_file_parse_found(text in store(), chunk in 1usize..40) {
+            let want = reference(text.as_bytes());
+            prop_assert!(want.is_ok(), "the generator makes valid stores: {want:?}");
+            prop_assert_eq!(streamed(text.as_bytes(), chunk), want);
+        }
+
+        #[test]
+        fn damaged_stores_fail_as_the_whole_file_parse_failed(
+            text in store(),
+            at in any::<prop::sample::Index>(),
+            how in 0..3u8,
+            byte in prop::sample::select(b"[]{}\",:\\ 1a-".to_vec()),
+        ) {
+            let mut bytes = text.into_bytes();
+            let i = at.index(bytes.len() + 1);
+            match how {
+                0 => bytes.insert(i, byte),
+                1 if i < bytes.len() => { bytes.remove(i); }
+                _ if i < bytes.len() => bytes[i] = byte,
+                _ => bytes.push(byte),
+            }
+            prop_assert_eq!(streamed(&bytes, 7), reference(&bytes));
+        }
+    }
+}
