@@ -9,8 +9,9 @@
 //!
 //! [`Reader::scan`] streams: SQLite rows are read in id order inside one read
 //! transaction (a consistent snapshot of a live WAL database), state files are read and
-//! canonicalised in parallel one batch ahead of the consumer, so memory stays flat in
-//! the number of sessions.
+//! canonicalised in parallel one batch ahead of the consumer, and the JSON store is an
+//! index whose records read their bytes from the file as they are resolved, so memory
+//! stays flat in the number of sessions.
 
 pub mod fields;
 pub(crate) mod files;
