@@ -208,7 +208,12 @@ fn load_in_chunks(path: &Path, chunk: usize) -> Result<(Vec<JsonRecord>, Vec<Fin
         buf: Vec::new(),
     };
     let mut sc = Scanner::new(&file.file, chunk);
-    let envelope = loader.envelope(&mut sc).map_err(|f| loader.error(f))?;
+    // A file written to while it was read may look broken: say that it changed, first.
+    let envelope = loader.envelope(&mut sc).map_err(|f| {
+        file.check_unchanged("during the load")
+            .err()
+            .unwrap_or_else(|| loader.error(f))
+    })?;
     file.check_unchanged("at the end of the load")?;
     let Loader {
         records,
@@ -1157,6 +1162,43 @@ mod tests {
                 assert!(msg.contains("record 0 (at byte 28)"), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn a_store_written_to_during_the_load_is_source_changed() {
+        // About 1 MB, read 64 bytes at a time: the load takes many milliseconds, during
+        // which the file is cut in half and put back every millisecond. Whether the load
+        // meets the cut (a syntax error) or not, the answer is that the file changed.
+        let rec = format!(
+            r#"{{"id": "a", "state": {{"pad": "{}"}}}}"#,
+            "x".repeat(1000)
+        );
+        let text = format!("[{}]", vec![rec; 1000].join(",\n"));
+        let d = doc(&text);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop, text) = (d.path.clone(), stop.clone(), text.clone());
+            std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.set_len(text.len() as u64 / 2).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    f.write_all_at(text.as_bytes(), 0).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let got = load_in_chunks(&d.path, 64);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        let e = got.expect_err("the file changed under the load");
+        assert_eq!(e.code(), "source_changed", "{e}");
+        assert!(
+            e.to_string().contains("during the load")
+                || e.to_string().contains("at the end of the load"),
+            "{e}"
+        );
     }
 
     // ---- the streaming loader against the whole-file parse it replaces ----------------
