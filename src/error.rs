@@ -84,6 +84,13 @@ pub enum Error {
     #[error("invalid source: {message}")]
     InvalidSource { code: &'static str, message: String },
 
+    /// The deprecated JSON store is read at load time and again, record by record, on
+    /// demand; between the two it must not change.
+    #[error(
+        "the JSON store {path} changed while it was being read ({what}); it is deprecated and read-only, so nothing should write to it: find what does, then run again"
+    )]
+    SourceChanged { path: PathBuf, what: String },
+
     #[error("conflict: {message}")]
     Conflict { message: String },
 
@@ -137,6 +144,7 @@ impl Error {
             Error::SqliteCorrupt { .. } => "sqlite_corrupt",
             Error::Sqlite { .. } => "sqlite_error",
             Error::InvalidSource { code, .. } => code,
+            Error::SourceChanged { .. } => "source_changed",
             Error::Conflict { .. } => "conflict",
             Error::Refused { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",

@@ -9,8 +9,9 @@
 //!
 //! [`Reader::scan`] streams: SQLite rows are read in id order inside one read
 //! transaction (a consistent snapshot of a live WAL database), state files are read and
-//! canonicalised in parallel one batch ahead of the consumer, so memory stays flat in
-//! the number of sessions.
+//! canonicalised in parallel one batch ahead of the consumer, and the JSON store is an
+//! index whose records read their bytes from the file as they are resolved, so memory
+//! stays flat in the number of sessions.
 
 pub mod fields;
 pub(crate) mod files;
@@ -450,10 +451,10 @@ impl Reader {
             }
         }
         for idx in pending.chunks(batch) {
-            let resolved: Vec<_> = idx
+            let resolved = idx
                 .par_iter()
                 .map(|&i| ctx.resolve_json_only(&json[i]))
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
             let mut items = Vec::with_capacity(resolved.len());
             for (item, warnings) in resolved {
                 tally(&mut summary, &item, warnings);
@@ -573,10 +574,10 @@ impl Resolve {
         let stamped: Vec<(Row, Option<(String, String)>)> = rows
             .into_par_iter()
             .map(|r| {
-                let st = self.stamp(&r);
-                (r, st)
+                let st = self.stamp(&r)?;
+                Ok((r, st))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let known_ids = match known {
             Some(k) => {
                 let pairs: Vec<(&str, &str)> = stamped
@@ -591,40 +592,43 @@ impl Resolve {
             }
             None => HashSet::new(),
         };
-        Ok(stamped
+        stamped
             .into_par_iter()
             .map(|(r, st)| match st {
                 Some((id, stamp)) if known_ids.contains(&id) => {
-                    (Item::Known { id, stamp }, Vec::new())
+                    Ok((Item::Known { id, stamp }, Vec::new()))
                 }
                 st => {
-                    let (mut item, w) = self.resolve_row(r);
+                    let (mut item, w) = self.resolve_row(r)?;
                     if let Item::Session(s) = &mut item {
                         s.stamp = st.map(|(_, s)| s);
                     }
-                    (item, w)
+                    Ok((item, w))
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// The stamp of a row: `s2:` + 128 bits of SHA-256 over its raw fields, its JSON store
     /// record, and the inode, size, times and mode of its state file. `None` for an
-    /// invalid id, a symlink, or a file changed within [`STAMP_SETTLE`].
-    fn stamp(&self, r: &Row) -> Option<(String, String)> {
+    /// invalid id, a symlink, or a file changed within [`STAMP_SETTLE`]. Fails only when
+    /// the JSON store record cannot be read again.
+    fn stamp(&self, r: &Row) -> Result<Option<(String, String)>> {
         use std::os::unix::fs::MetadataExt;
-        let id = fields::id(&r.id).ok()?;
+        let Ok(id) = fields::id(&r.id) else {
+            return Ok(None);
+        };
         let mut h = Sha256::new();
         h.update(b"s2\0");
         h.update(row_bytes(r));
         if let Some(&i) = self.json_by_id.get(&id) {
             h.update(b"\0json\0");
-            h.update(&self.json[i].raw);
+            h.update(self.json[i].raw()?);
         }
         if let (Some(dir), true) = (&self.sessions_dir, fields::path_safe(&id)) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?;
+            let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+                return Ok(None);
+            };
             let recent = |secs: i64, nanos: i64| {
                 std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
                     + STAMP_SETTLE
@@ -634,10 +638,10 @@ impl Resolve {
             // times or presence, and renaming a file to it changes its ctime.
             for p in [dir.join(&id).join("state.json")] {
                 match std::fs::symlink_metadata(&p) {
-                    Ok(m) if m.file_type().is_symlink() => return None,
+                    Ok(m) if m.file_type().is_symlink() => return Ok(None),
                     Ok(m) => {
                         if recent(m.mtime(), m.mtime_nsec()) || recent(m.ctime(), m.ctime_nsec()) {
-                            return None;
+                            return Ok(None);
                         }
                         for v in [
                             m.ino() as i64,
@@ -652,15 +656,16 @@ impl Resolve {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => h.update(b"\0none\0"),
-                    Err(_) => return None,
+                    Err(_) => return Ok(None),
                 }
             }
         }
         let d = h.finalize();
-        Some((id, format!("s2:{}", hex::encode(&d[..16]))))
+        Ok(Some((id, format!("s2:{}", hex::encode(&d[..16])))))
     }
 
-    fn resolve_row(&self, r: Row) -> (Item, Vec<Finding>) {
+    /// Resolve one SQLite row. Fails only when its JSON store record cannot be read again.
+    fn resolve_row(&self, r: Row) -> Result<(Item, Vec<Finding>)> {
         let raw_row = || row_bytes(&r);
         let id = match fields::id(&r.id) {
             Ok(id) => id,
@@ -675,10 +680,10 @@ impl Resolve {
                     ),
                     ..e
                 };
-                return (
+                return Ok((
                     invalid_field(None, e, "sqlite_row", self.db_path.clone(), raw_row()),
                     vec![],
-                );
+                ));
             }
         };
         let meta = match parse_meta(
@@ -691,10 +696,10 @@ impl Resolve {
         ) {
             Ok(m) => m,
             Err(e) => {
-                return (
+                return Ok((
                     invalid_field(Some(id), e, "sqlite_row", self.db_path.clone(), raw_row()),
                     vec![],
-                );
+                ));
             }
         };
         let mut warnings = Vec::new();
@@ -713,72 +718,71 @@ impl Resolve {
             Raw::Null => None,
             other => Some(other.bytes()),
         };
-        let json_state = json_rec.and_then(|rec| rec.state.clone());
-        match self.resolve_state(
-            &id,
-            column.map(|b| (b, Origin::SqliteColumn)),
-            json_state,
-            &mut warnings,
-        ) {
-            Ok(state) => (
-                Item::Session(Session {
-                    id,
-                    meta,
-                    meta_origin: Origin::SqliteRow,
-                    state,
-                    stamp: None,
-                }),
-                warnings,
-            ),
-            Err(inv) => (Item::Invalid(*inv), warnings),
-        }
+        let json_state = match json_rec {
+            Some(rec) => rec.state()?,
+            None => None,
+        };
+        Ok(
+            match self.resolve_state(
+                &id,
+                column.map(|b| (b, Origin::SqliteColumn)),
+                json_state,
+                &mut warnings,
+            ) {
+                Ok(state) => (
+                    Item::Session(Session {
+                        id,
+                        meta,
+                        meta_origin: Origin::SqliteRow,
+                        state,
+                        stamp: None,
+                    }),
+                    warnings,
+                ),
+                Err(inv) => (Item::Invalid(*inv), warnings),
+            },
+        )
     }
 
-    fn resolve_json_only(&self, rec: &JsonRecord) -> (Item, Vec<Finding>) {
+    /// Resolve a session only in the JSON store (or a record without a usable id). Fails
+    /// only when the record cannot be read again.
+    fn resolve_json_only(&self, rec: &JsonRecord) -> Result<(Item, Vec<Finding>)> {
+        let bad = |id: Option<String>, e: &FieldError| -> Result<(Item, Vec<Finding>)> {
+            Ok((
+                invalid_field(
+                    id,
+                    e.clone(),
+                    "json_record",
+                    Some(rec.path().to_path_buf()),
+                    rec.raw()?,
+                ),
+                vec![],
+            ))
+        };
         let id = match &rec.id {
             Ok(id) => id.clone(),
-            Err(e) => {
-                return (
-                    invalid_field(
-                        None,
-                        e.clone(),
-                        "json_record",
-                        rec.path.clone(),
-                        rec.raw.clone(),
-                    ),
-                    vec![],
-                );
-            }
+            Err(e) => return bad(None, e),
         };
         let meta = match &rec.meta {
             Ok(m) => m.clone(),
-            Err(e) => {
-                return (
-                    invalid_field(
-                        Some(id),
-                        e.clone(),
-                        "json_record",
-                        rec.path.clone(),
-                        rec.raw.clone(),
-                    ),
-                    vec![],
-                );
-            }
+            Err(e) => return bad(Some(id), e),
         };
         let mut warnings = Vec::new();
-        match self.resolve_state(&id, None, rec.state.clone(), &mut warnings) {
-            Ok(state) => (
-                Item::Session(Session {
-                    id,
-                    meta,
-                    meta_origin: Origin::JsonStore,
-                    state,
-                    stamp: None,
-                }),
-                warnings,
-            ),
-            Err(inv) => (Item::Invalid(*inv), warnings),
-        }
+        Ok(
+            match self.resolve_state(&id, None, rec.state()?, &mut warnings) {
+                Ok(state) => (
+                    Item::Session(Session {
+                        id,
+                        meta,
+                        meta_origin: Origin::JsonStore,
+                        state,
+                        stamp: None,
+                    }),
+                    warnings,
+                ),
+                Err(inv) => (Item::Invalid(*inv), warnings),
+            },
+        )
     }
 
     /// Pick the state by precedence (file, column, JSON record), validating what is chosen
@@ -914,7 +918,8 @@ fn row_bytes(r: &Row) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Load the deprecated JSON store (for `check`): its records and warnings.
+/// Load the deprecated JSON store's index (for `check`, `preflight` and the runtime
+/// store): its records and warnings. Records read their bytes from the file on demand.
 pub fn load_json_store(p: &Path) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
     json_store::load(p)
 }

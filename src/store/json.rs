@@ -1,5 +1,7 @@
-//! The deprecated JSON SessionDB, read-only: loaded once when the store opens, served
-//! from memory. Every write is refused with `json_backend_deprecated`.
+//! The deprecated JSON SessionDB, read-only: its index (ids, metadata, where each record
+//! is in the file) is loaded once when the store opens and served from memory; a state is
+//! read from the file when asked for, and fails with `source_changed` if the file is no
+//! longer the one loaded. Every write is refused with `json_backend_deprecated`.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -9,18 +11,13 @@ use super::error::{Error, Result};
 use super::state::State;
 use super::{Meta, Page, SessionSummary};
 use crate::report::Finding;
-use crate::source::fields::FieldError;
+use crate::source::JsonRecord;
 
 pub(crate) struct JsonStore {
     path: PathBuf,
     /// By id, ordered bytewise (as the other backends list them); the last record of a
     /// duplicated id wins, as in the migration.
-    sessions: BTreeMap<String, Entry>,
-}
-
-struct Entry {
-    meta: std::result::Result<Meta, FieldError>,
-    state: Option<Vec<u8>>,
+    sessions: BTreeMap<String, JsonRecord>,
 }
 
 impl JsonStore {
@@ -33,15 +30,9 @@ impl JsonStore {
         let mut sessions = BTreeMap::new();
         let mut bad_ids = 0usize;
         for r in records {
-            match r.id {
+            match &r.id {
                 Ok(id) => {
-                    sessions.insert(
-                        id,
-                        Entry {
-                            meta: r.meta,
-                            state: r.state,
-                        },
-                    );
+                    sessions.insert(id.clone(), r);
                 }
                 Err(_) => bad_ids += 1,
             }
@@ -87,7 +78,7 @@ impl JsonStore {
         })
     }
 
-    fn meta(id: &str, e: &Entry) -> Result<Meta> {
+    fn meta(id: &str, e: &JsonRecord) -> Result<Meta> {
         e.meta.clone().map_err(|f| Error::InvalidRecord {
             id: id.to_owned(),
             code: f.code,
@@ -102,10 +93,10 @@ impl JsonStore {
         Ok(Some((Self::meta(id, e)?, self.state_of(id, e)?)))
     }
 
-    fn state_of(&self, id: &str, e: &Entry) -> Result<Option<State>> {
-        match &e.state {
+    fn state_of(&self, id: &str, e: &JsonRecord) -> Result<Option<State>> {
+        match e.state()? {
             None => Ok(None),
-            Some(b) => State::parse(b)
+            Some(b) => State::parse(&b)
                 .map(Some)
                 .map_err(|err| Error::InvalidRecord {
                     id: id.to_owned(),

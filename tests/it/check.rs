@@ -128,3 +128,62 @@ fn healthy_postgres_without_any_source_file() {
     );
     assert!(!r.stdout.contains(&pg::password()));
 }
+
+/// A 100 MB JSON store (40,000 records of about 2.6 KB, the fixture's size) is checked
+/// in memory flat in its size: the file is streamed and each state read when needed,
+/// never the whole file held (the whole-file parse peaked at over 10× the file).
+#[test]
+fn check_of_a_100_mb_json_store_keeps_memory_flat() {
+    use std::io::Write;
+    let s = Store::new();
+    let records = 40_000u64;
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&s.json).unwrap());
+        w.write_all(b"{\n  \"version\": 1,\n  \"sessions\": [")
+            .unwrap();
+        for i in 0..records {
+            let history: Vec<String> = (0..26)
+                .map(|k| {
+                    format!(
+                        r#"{{"k": {k}, "at": "2024-03-01T10:{:02}:00Z", "note": "step \"{k}\" of [plan], {{ok}}, \\ done é"}}"#,
+                        k % 60
+                    )
+                })
+                .collect();
+            // The last record's state is one jsonb refuses: it must be read, at the end.
+            let nul = if i == records - 1 { "\\u0000" } else { "" };
+            write!(
+                w,
+                r#"{}{{"id": "j-{i:06}", "user_id": "u-{}", "status": "running", "current_step": "step-3", "cost": 0.0123, "created_at": "2024-03-01T10:00:00Z", "updated_at": "2024-03-01T10:05:00Z", "state": {{"step": {i}, "tag": "{nul}", "history": [{}], "nested": [[1, [2, {{"a": []}}]], {{}}]}}}}"#,
+                if i == 0 { "\n    " } else { ",\n    " },
+                i % 977,
+                history.join(", ")
+            )
+            .unwrap();
+        }
+        w.write_all(b"\n  ]\n}\n").unwrap();
+        w.flush().unwrap();
+    }
+    s.write_config("json", "");
+    let size_mb = std::fs::metadata(&s.json).unwrap().len() as f64 / (1 << 20) as f64;
+    assert!(size_mb > 95.0, "the store is {size_mb:.0} MB");
+    let (r, peak) = sessiondb(&["check", "--backend", "json"])
+        .config(&s.config)
+        .run_peak_rss();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.count("sessions"), records - 1, "{}", r.stdout);
+    assert_eq!(r.count("invalid"), 1);
+    let bad = r
+        .report
+        .errors
+        .iter()
+        .find(|e| e.code == "jsonb_incompatible_nul")
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert_eq!(bad.session.as_deref(), Some("j-039999"));
+    let limit = 0.4 * size_mb + 20.0;
+    assert!(
+        peak < limit,
+        "peak RSS {peak:.0} MB for a {size_mb:.0} MB JSON store (limit {limit:.0} MB)"
+    );
+    eprintln!("check of a {size_mb:.0} MB JSON store: peak RSS {peak:.0} MB");
+}

@@ -356,6 +356,34 @@ fn store_reads_and_refuses_writes_json() {
     run(reads_and_writes(&fx));
 }
 
+/// The JSON backend keeps an index and reads states from the file when asked: a file
+/// rewritten after the store opened is refused with `source_changed`, naming the file,
+/// rather than served half old, half new.
+#[test]
+fn store_json_file_rewritten_after_open_is_source_changed() {
+    let fx = Fx::new(Kind::Json, "json_changed");
+    run(async {
+        let s = fx.open().await;
+        assert!(s.get("a-1").await.unwrap().is_some());
+        // The deprecated application writes the file again (same records, new layout).
+        let text = std::fs::read_to_string(&fx.legacy.json).unwrap();
+        std::fs::write(&fx.legacy.json, text.replace(", ", ",  ")).unwrap();
+        for e in [
+            s.get("a-1").await.unwrap_err(),
+            s.state("b-2").await.unwrap_err(),
+        ] {
+            assert_eq!(e.code(), "source_changed", "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&fx.legacy.json.display().to_string()), "{msg}");
+            assert!(msg.contains("changed while it was being read"), "{msg}");
+        }
+        // What is in memory still answers; a store opened now reads the new file.
+        assert_eq!(s.list(Page::first(10)).await.unwrap().len(), SEED.len());
+        let again = fx.open().await;
+        assert!(again.get("a-1").await.unwrap().is_some());
+    });
+}
+
 /// Writing through the store and reading back gives the same text on SQLite and
 /// PostgreSQL, and the legacy files stay readable by the migration.
 #[test]

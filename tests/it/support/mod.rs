@@ -123,26 +123,50 @@ impl Cmd {
             .cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.desc));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "{}: stdout is not one report ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-                self.desc
-            )
-        });
         let code = out.status.code().unwrap_or(-1);
-        assert_eq!(
-            report.exit_code, code,
-            "{}: report exit_code differs from the process's\n{stderr}",
-            self.desc
-        );
-        Run {
-            code,
-            stdout,
-            stderr,
-            report,
-        }
+        decode(&self.desc, code, &out.stdout, &out.stderr)
+    }
+
+    /// Run like [`Cmd::run`], and also return the process's own peak RSS in MB: its
+    /// `ru_maxrss` as `wait4` reports it, so what other tests ran in this process (their
+    /// children count in `getrusage(RUSAGE_CHILDREN)`) does not count.
+    pub fn run_peak_rss(mut self) -> (Run, f64) {
+        use std::io::Read;
+        use std::process::Stdio;
+        #[expect(
+            clippy::zombie_processes,
+            reason = "wait4 reaps it, below, to read its rusage"
+        )]
+        let mut child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.desc));
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).unwrap();
+                v
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let pid = child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: wait4 fills the status and the rusage we pass; the child is ours and
+        // not waited for elsewhere (dropping a `Child` does not wait).
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(waited, pid, "wait4 {}", std::io::Error::last_os_error());
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        };
+        let run = decode(&self.desc, code, &out.join().unwrap(), &err.join().unwrap());
+        (run, usage.ru_maxrss as f64 / 1024.0)
     }
     /// Run and assert the exit code.
     pub fn expect(self, code: i32) -> Run {
@@ -154,6 +178,27 @@ impl Cmd {
             r.code, r.stdout, r.stderr
         );
         r
+    }
+}
+
+/// Decode a run's stdout into its one report.
+fn decode(desc: &str, code: i32, stdout: &[u8], stderr: &[u8]) -> Run {
+    let stdout = String::from_utf8_lossy(stdout).into_owned();
+    let stderr = String::from_utf8_lossy(stderr).into_owned();
+    let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{desc}: stdout is not one report ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        )
+    });
+    assert_eq!(
+        report.exit_code, code,
+        "{desc}: report exit_code differs from the process's\n{stderr}"
+    );
+    Run {
+        code,
+        stdout,
+        stderr,
+        report,
     }
 }
 
