@@ -325,7 +325,7 @@ impl Reader {
         Ok(rows + self.json.len() as u64)
     }
 
-    /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows in table order,
+    /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows by id,
     /// then sessions only in the JSON store. Returns the summary with its warnings.
     pub fn scan(self, batch: usize, f: impl FnMut(Vec<Item>) -> Result<()>) -> Result<Summary> {
         self.scan_with(batch, None, f)
@@ -451,9 +451,44 @@ impl Reader {
             }
         }
         for idx in pending.chunks(batch) {
+            // Stamped like SQLite rows, so that a catch-up skips what it holds as it is.
+            let stamps: Vec<Option<(String, String)>> = idx
+                .par_iter()
+                .map(|&i| match &json[i].id {
+                    Ok(id) => ctx.stamp_of(id.clone(), None),
+                    Err(_) => Ok(None),
+                })
+                .collect::<Result<_>>()?;
+            let known_ids = match known {
+                Some(k) => {
+                    let pairs: Vec<(&str, &str)> = stamps
+                        .iter()
+                        .flatten()
+                        .map(|(i, s)| (i.as_str(), s.as_str()))
+                        .collect();
+                    if pairs.is_empty() {
+                        HashSet::new()
+                    } else {
+                        k(&pairs)?
+                    }
+                }
+                None => HashSet::new(),
+            };
             let resolved = idx
                 .par_iter()
-                .map(|&i| ctx.resolve_json_only(&json[i]))
+                .zip(stamps)
+                .map(|(&i, st)| match st {
+                    Some((id, stamp)) if known_ids.contains(&id) => {
+                        Ok((Item::Known { id, stamp }, Vec::new()))
+                    }
+                    st => {
+                        let (mut item, w) = ctx.resolve_json_only(&json[i])?;
+                        if let Item::Session(s) = &mut item {
+                            s.stamp = st.map(|(_, s)| s);
+                        }
+                        Ok((item, w))
+                    }
+                })
                 .collect::<Result<Vec<_>>>()?;
             let mut items = Vec::with_capacity(resolved.len());
             for (item, warnings) in resolved {
@@ -614,13 +649,22 @@ impl Resolve {
     /// invalid id, a symlink, or a file changed within [`STAMP_SETTLE`]. Fails only when
     /// the JSON store record cannot be read again.
     fn stamp(&self, r: &Row) -> Result<Option<(String, String)>> {
-        use std::os::unix::fs::MetadataExt;
         let Ok(id) = fields::id(&r.id) else {
             return Ok(None);
         };
+        self.stamp_of(id, Some(&row_bytes(r)))
+    }
+
+    /// The stamp of session `id`: its SQLite row's raw fields (`None`: a session only in
+    /// the JSON store), its JSON store record, its state file.
+    fn stamp_of(&self, id: String, row: Option<&[u8]>) -> Result<Option<(String, String)>> {
+        use std::os::unix::fs::MetadataExt;
         let mut h = Sha256::new();
         h.update(b"s2\0");
-        h.update(row_bytes(r));
+        match row {
+            Some(row) => h.update(row),
+            None => h.update(b"\0json-only\0"),
+        }
         if let Some(&i) = self.json_by_id.get(&id) {
             h.update(b"\0json\0");
             h.update(self.json[i].raw()?);

@@ -321,14 +321,19 @@ fn a_second_writer_fails_at_once_naming_the_holder() {
 #[test]
 fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
     let s = store_with(40);
+    // And a session only in the JSON store, with its state in a file.
+    s.json_store(
+        r#"{"version": 1, "sessions": [{"id": "j1", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}]}"#,
+    );
+    s.state_file("j1", br#"{"from": "file"}"#);
     // Stamps are only trusted for files older than two seconds (the racy-stamp rule).
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let db = TestDb::new("mig_stamps");
     migrate(&s, &db, &["--dry-run=false"]).expect(0);
     let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
-    assert_eq!(r.count("unchanged"), 40);
+    assert_eq!(r.count("unchanged"), 41);
     assert_eq!(
-        r.report.details["unchanged_by_stamp"], 40,
+        r.report.details["unchanged_by_stamp"], 41,
         "nothing was read again: {}",
         r.stdout
     );
@@ -343,11 +348,11 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
     let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
     assert_eq!(
         (r.count("updated"), r.count("unchanged")),
-        (2, 38),
+        (2, 39),
         "{}",
         r.stdout
     );
-    assert_eq!(r.report.details["unchanged_by_stamp"], 38);
+    assert_eq!(r.report.details["unchanged_by_stamp"], 39);
     // The planning pass read the two changed sessions; the load wrote what it kept
     // instead of scanning the store a second time.
     assert_eq!(
