@@ -459,6 +459,25 @@ struct Loaded {
 }
 
 impl Loaded {
+    /// The batch's sessions to write and invalid records; sessions the ledger's stamps
+    /// recognised are counted unchanged here.
+    fn split(&mut self, items: Vec<Item>) -> (Vec<Session>, Vec<Invalid>) {
+        let mut sessions = Vec::with_capacity(items.len());
+        let mut invalid = Vec::new();
+        for it in items {
+            match it {
+                Item::Session(s) => sessions.push(s),
+                Item::Invalid(i) => invalid.push(i),
+                Item::Known { .. } => {
+                    self.counts.sessions += 1;
+                    self.counts.unchanged += 1;
+                    self.not_read += 1;
+                }
+            }
+        }
+        (sessions, invalid)
+    }
+
     /// Save the raw bytes of invalid records under the backup's quarantine/; the ids
     /// and codes to record in the ledger with the batch.
     fn set_aside(
@@ -548,19 +567,7 @@ fn load_fresh(
     std::thread::scope(|scope| {
         let writers = load::Writers::start(scope, clients, lc.schema, lc.run_uuid);
         let scanned = feed.run(lc.src, lc.args.batch_size as usize, |items| {
-            let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
-            let mut invalid: Vec<Invalid> = Vec::new();
-            for it in items {
-                match it {
-                    Item::Session(s) => sessions.push(s),
-                    Item::Invalid(i) => invalid.push(i),
-                    Item::Known { .. } => {
-                        out.counts.sessions += 1;
-                        out.counts.unchanged += 1;
-                        out.not_read += 1;
-                    }
-                }
-            }
+            let (sessions, invalid) = out.split(items);
             let quarantined = out.set_aside(lc, &invalid)?;
             let rendered = load::render_fresh(&sessions, &lc.run_uuid);
             let n = sessions.len() as u64;
@@ -600,19 +607,7 @@ fn load_incremental(
 ) -> Result<crate::source::Summary> {
     let args = lc.args;
     feed.run(lc.src, args.batch_size as usize, |items| {
-        let mut sessions: Vec<Session> = Vec::with_capacity(items.len());
-        let mut invalid: Vec<Invalid> = Vec::new();
-        for it in items {
-            match it {
-                Item::Session(s) => sessions.push(s),
-                Item::Invalid(i) => invalid.push(i),
-                Item::Known { .. } => {
-                    out.counts.sessions += 1;
-                    out.counts.unchanged += 1;
-                    out.not_read += 1;
-                }
-            }
-        }
+        let (sessions, invalid) = out.split(items);
         if sessions.is_empty() && invalid.is_empty() {
             progress.tick(0, 0);
             return Ok(());

@@ -459,21 +459,7 @@ impl Reader {
                     Err(_) => Ok(None),
                 })
                 .collect::<Result<_>>()?;
-            let known_ids = match known {
-                Some(k) => {
-                    let pairs: Vec<(&str, &str)> = stamps
-                        .iter()
-                        .flatten()
-                        .map(|(i, s)| (i.as_str(), s.as_str()))
-                        .collect();
-                    if pairs.is_empty() {
-                        HashSet::new()
-                    } else {
-                        k(&pairs)?
-                    }
-                }
-                None => HashSet::new(),
-            };
+            let known_ids = ask_known(known, stamps.iter().flatten())?;
             let resolved = idx
                 .par_iter()
                 .zip(stamps)
@@ -548,6 +534,21 @@ impl Reader {
     }
 }
 
+/// The ids among `stamps` (id, stamp) that `known` holds as they are; none without it.
+fn ask_known<'s>(
+    known: Option<&KnownFn<'_>>,
+    stamps: impl Iterator<Item = &'s (String, String)>,
+) -> Result<HashSet<String>> {
+    let Some(k) = known else {
+        return Ok(HashSet::new());
+    };
+    let pairs: Vec<(&str, &str)> = stamps.map(|(i, s)| (i.as_str(), s.as_str())).collect();
+    if pairs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    k(&pairs)
+}
+
 fn tally(summary: &mut Summary, item: &Item, warnings: Vec<Finding>) {
     for w in warnings {
         if w.code == "state_conflict" {
@@ -613,20 +614,7 @@ impl Resolve {
                 Ok((r, st))
             })
             .collect::<Result<_>>()?;
-        let known_ids = match known {
-            Some(k) => {
-                let pairs: Vec<(&str, &str)> = stamped
-                    .iter()
-                    .filter_map(|(_, st)| st.as_ref().map(|(i, s)| (i.as_str(), s.as_str())))
-                    .collect();
-                if pairs.is_empty() {
-                    HashSet::new()
-                } else {
-                    k(&pairs)?
-                }
-            }
-            None => HashSet::new(),
-        };
+        let known_ids = ask_known(known, stamped.iter().filter_map(|(_, st)| st.as_ref()))?;
         stamped
             .into_par_iter()
             .map(|(r, st)| match st {
