@@ -13,7 +13,6 @@ Prints a table and writes bench/results.json. Timings are wall-clock seconds.
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,18 +34,24 @@ def sh(cmd, env=None, check=True, capture=True):
 
 
 def timed(cmd, env=None, ok=(0,)):
-    """Run a command; return (seconds, peak RSS in MB of that child, stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.monotonic()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    dt = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if r.returncode not in ok:
-        sys.stderr.write(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}\n")
+    """Run a command; return (seconds, peak RSS in MB of that child, stdout).
+
+    The peak RSS is that one child's, from wait4(2): RUSAGE_CHILDREN would give the
+    largest of every child so far, hiding a smaller process that ran after a larger one.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(p.pid, 0)
+        dt = time.monotonic() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
+    if p.returncode not in ok:
+        sys.stderr.write(f"failed ({p.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}\n")
         raise SystemExit(3)
-    # ru_maxrss of children is the max over all children so far: report it only when it grew.
-    rss = after / 1024 if after > before else None
-    return dt, rss, r.stdout
+    return dt, usage.ru_maxrss / 1024, stdout
 
 
 def psql(url, sql):
@@ -147,11 +152,17 @@ def main():
         ("catch-up / full load (target <= 0.1)", round(c["catchup_ratio"], 3)),
         ("verify (s)", round(c["verify_s"], 1)),
         ("verify / full load (target <= 0.3)", round(c["verify_ratio"], 2)),
-        ("peak RSS load (MB, target < 200)", c["load_rss_mb"]),
+        ("peak RSS load (MB, target < 200)", round(c["load_rss_mb"])),
+        ("peak RSS catch-up (MB)", round(c["catchup_rss_mb"])),
+        ("peak RSS verify (MB)", round(c["verify_rss_mb"])),
+        ("peak RSS backup (MB)", round(c["backup_rss_mb"])),
         ("backup (s)", round(c["backup_s"], 1)),
     ]
     for case in results["cases"][1:]:
-        rows.append((f"peak RSS load at {case['sessions']} (MB)", case["load_rss_mb"]))
+        n = case["sessions"]
+        rows.append((f"full load at {n} (s)", round(case["load_s"], 1)))
+        rows.append((f"peak RSS load at {n} (MB)", round(case["load_rss_mb"])))
+        rows.append((f"peak RSS backup at {n} (MB)", round(case["backup_rss_mb"])))
     for k, v in rows:
         print(f"{k:38} {v!s:>12}")
     print("written: bench/results.json")

@@ -137,26 +137,50 @@ pub struct Skipped {
 
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST);
-        let bytes = fs::read(&path).map_err(|e| Error::Unreadable {
-            path: path.clone(),
-            source: e,
-        })?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Unreadable {
-            path: path.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
-        })?;
-        if m.format != FORMAT {
-            return Err(Error::Unreadable {
-                path,
-                source: io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("format {:?}, expected {FORMAT:?}", m.format),
-                ),
-            });
-        }
-        Ok(m)
+        read_manifest(dir, |m: &Manifest| &m.format)
     }
+}
+
+/// What choosing a backup needs of its manifest, read without building its file list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestHead {
+    pub format: String,
+    pub created_at: String,
+    pub source_fingerprint: String,
+    pub fingerprint_after: String,
+    pub counts: ManifestCounts,
+}
+
+impl ManifestHead {
+    pub fn read(dir: &Path) -> Result<ManifestHead> {
+        read_manifest(dir, |m: &ManifestHead| &m.format)
+    }
+}
+
+/// Read `dir`'s manifest as a `T`, refusing another format than ours.
+fn read_manifest<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    format: impl Fn(&T) -> &str,
+) -> Result<T> {
+    let path = dir.join(MANIFEST);
+    let bytes = fs::read(&path).map_err(|e| Error::Unreadable {
+        path: path.clone(),
+        source: e,
+    })?;
+    let m: T = serde_json::from_slice(&bytes).map_err(|e| Error::Unreadable {
+        path: path.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
+    if format(&m) != FORMAT {
+        return Err(Error::Unreadable {
+            path,
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("format {:?}, expected {FORMAT:?}", format(&m)),
+            ),
+        });
+    }
+    Ok(m)
 }
 
 // ---- the plan ----------------------------------------------------------------------------
@@ -1274,7 +1298,7 @@ pub fn find_matching(backup_dir: &Path, fingerprint: &str) -> Option<PathBuf> {
         if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) || !is_complete(&dir) {
             continue;
         }
-        let Ok(m) = Manifest::read(&dir) else {
+        let Ok(m) = ManifestHead::read(&dir) else {
             continue;
         };
         if m.source_fingerprint != fingerprint || m.fingerprint_after != fingerprint {

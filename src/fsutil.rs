@@ -109,3 +109,46 @@ pub fn nearest_existing(p: &Path) -> std::path::PathBuf {
     }
     cur
 }
+
+/// What [`lstat_at`] reports of a file: enough to notice that it was replaced or rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub is_symlink: bool,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub mode: u32,
+}
+
+/// `lstat` of `rel` inside the open folder `dir` (`fstatat` with `AT_SYMLINK_NOFOLLOW`):
+/// the kernel walks only `rel`, not the folder's whole path again, which halves the cost
+/// of stat-ing every state file of a large store.
+pub fn lstat_at(dir: &fs::File, rel: &Path) -> io::Result<FileStamp> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(rel.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `dir` is an open descriptor, `c` a valid NUL-terminated path and `st` a
+    // valid out-pointer that fstatat fills.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(FileStamp {
+        is_symlink: st.st_mode & libc::S_IFMT == libc::S_IFLNK,
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        ctime: (st.st_ctime, st.st_ctime_nsec),
+        mode: st.st_mode,
+    })
+}

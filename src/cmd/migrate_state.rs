@@ -94,7 +94,7 @@ fn session_bytes(s: &Session) -> usize {
 
 /// Scan the whole source and classify every session, writing nothing.
 fn plan_pass(
-    src: &Source,
+    reader: crate::source::Reader,
     client: &mut postgres::Client,
     planner: &Planner,
     known: Option<&KnownFn<'_>>,
@@ -106,7 +106,7 @@ fn plan_pass(
         ..Planned::default()
     };
     let mut kept = 0usize;
-    let summary = src.open()?.scan_with(batch, known, |items| {
+    let summary = reader.scan_with(batch, known, |items| {
         let mut sessions = Vec::with_capacity(items.len());
         let mut unchanged = 0u64;
         for it in items {
@@ -202,7 +202,9 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     }
     ctx.report.detail("schema_pending", &st.pending);
     ctx.report.detail("on_conflict", args.on_conflict);
-    let estimate = src.open()?.estimate()?;
+    // One open for the estimate and the planning pass: the JSON store's index is built once.
+    let mut reader = Some(src.open()?);
+    let estimate = reader.as_ref().map_or(Ok(0), |r| r.estimate())?;
     let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
 
     if args.dry.dry_run {
@@ -210,7 +212,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         let planner = Planner::new(&mut client, &schema_name)?;
         let known = known_stamps(&t, &schema_name, &planner)?;
         let p = plan_pass(
-            &src,
+            reader.take().expect("opened above"),
             &mut client,
             &planner,
             known.as_deref(),
@@ -249,27 +251,48 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let run_uuid = uuid::Uuid::parse_str(&run_id).expect("run ids are uuids");
     let mut lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
     tracing::info!("holding the writers' lock for run {run_id}");
-    let fp = src.quick_fingerprint()?;
-    let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
     let planner = Planner::new(&mut client, &schema_name)?;
     let fresh = planner.target_empty;
     let known = known_stamps(&t, &schema_name, &planner)?;
-    let known_invalid = existing
-        .as_deref()
-        .and_then(|d| crate::backup::Manifest::read(d).ok())
-        .map(|m| m.counts.invalid);
-    let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
-    let mut planned = None;
     let t_plan = Instant::now();
-    if needs_plan {
+    // The source's fingerprint names its backup. A catch-up always plans, and takes the
+    // fingerprint from the stats its planning pass makes anyway; a first load may skip
+    // the plan, which depends on the backup, so it takes the fingerprint first.
+    let (fp, mut plan) = if fresh {
+        (src.quick_fingerprint()?, None)
+    } else {
         let p = plan_pass(
-            &src,
+            reader.take().expect("opened above").with_fingerprint()?,
             &mut client,
             &planner,
             known.as_deref(),
             batch,
             &mut progress,
         )?;
+        let fp = match &p.summary.fingerprint {
+            Some(fp) => fp.clone(),
+            None => src.quick_fingerprint()?,
+        };
+        (fp, Some(p))
+    };
+    let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
+    let known_invalid = existing
+        .as_deref()
+        .and_then(|d| crate::backup::ManifestHead::read(d).ok())
+        .map(|m| m.counts.invalid);
+    let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
+    if needs_plan && plan.is_none() {
+        plan = Some(plan_pass(
+            reader.take().expect("opened above"),
+            &mut client,
+            &planner,
+            known.as_deref(),
+            batch,
+            &mut progress,
+        )?);
+    }
+    let mut planned = None;
+    if let Some(p) = plan {
         progress.done();
         if let Err(e) = refuse_if_needed(ctx, &p, args, false) {
             report_planned(ctx, &p, args.quarantine);
@@ -766,7 +789,7 @@ fn existing_backup(
                     ),
                 });
             }
-            let manifest = crate::backup::Manifest::read(d)?;
+            let manifest = crate::backup::ManifestHead::read(d)?;
             if manifest.source_fingerprint != fp {
                 ctx.report.warn(Finding::new(
                     "backup_stale",

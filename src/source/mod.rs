@@ -15,6 +15,7 @@
 
 pub mod fields;
 pub(crate) mod files;
+pub mod fingerprint;
 mod json_store;
 pub mod sqlite;
 
@@ -30,10 +31,12 @@ use sha2::{Digest, Sha256};
 use crate::canon;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fsutil::FileStamp;
 use crate::report::Finding;
 use fields::{FieldError, Raw};
 
 pub use files::{READ_TRIES, Whole, read_whole};
+pub use fingerprint::Fingerprint;
 pub use json_store::JsonRecord;
 
 /// Session metadata, parsed.
@@ -185,6 +188,9 @@ pub struct Summary {
     pub duplicate_ids: u64,
     #[serde(skip)]
     pub warnings: Vec<Finding>,
+    /// The store's quick fingerprint, when the scan took it ([`Reader::with_fingerprint`]).
+    #[serde(skip)]
+    pub fingerprint: Option<String>,
 }
 
 /// The legacy store's locations.
@@ -236,6 +242,7 @@ impl Source {
         };
         Ok(Reader {
             source: self.clone(),
+            fingerprint: None,
             db,
             json,
             json_warnings,
@@ -244,55 +251,17 @@ impl Source {
 
     /// A cheap fingerprint of the store as it is on disk: sizes and modification times
     /// of the database (and its WAL), the JSON store, and every state file. Any write
-    /// to the store changes it.
+    /// to the store changes it. See [`fingerprint`].
     pub fn quick_fingerprint(&self) -> Result<String> {
-        use std::os::unix::fs::MetadataExt;
-        // What one file contributes: its path, then size, mtime and inode when it exists.
-        fn entry(p: &Path) -> Vec<u8> {
-            let mut e = p.as_os_str().as_encoded_bytes().to_vec();
-            if let Ok(m) = std::fs::symlink_metadata(p) {
-                e.extend_from_slice(&m.size().to_le_bytes());
-                e.extend_from_slice(&m.mtime().to_le_bytes());
-                e.extend_from_slice(&m.mtime_nsec().to_le_bytes());
-                e.extend_from_slice(&m.ino().to_le_bytes());
-            }
-            e
-        }
-        let mut h = Sha256::new();
-        if let Some(s) = &self.sqlite {
-            h.update(entry(&s.path));
-            h.update(entry(&PathBuf::from(format!("{}-wal", s.path.display()))));
-            let mut names: Vec<_> = match std::fs::read_dir(&s.sessions_dir) {
-                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
-                Err(e) => {
-                    return Err(Error::Unreadable {
-                        path: s.sessions_dir.clone(),
-                        source: e,
-                    });
-                }
-            };
-            names.sort();
-            // The stats in parallel, hashed in name order: the same digest as one by one.
-            for chunk in names.chunks(4096) {
-                let entries: Vec<Vec<u8>> = chunk
-                    .par_iter()
-                    .map(|n| entry(&s.sessions_dir.join(n).join("state.json")))
-                    .collect();
-                for e in entries {
-                    h.update(e);
-                }
-            }
-        }
-        if let Some(j) = &self.json_path {
-            h.update(entry(j));
-        }
-        Ok(format!("q1:{}", hex::encode(h.finalize())))
+        Ok(Fingerprint::start(self)?.finish())
     }
 }
 
 /// An open legacy store.
 pub struct Reader {
     source: Source,
+    /// Taken from the scan's stats ([`Reader::with_fingerprint`]).
+    fingerprint: Option<Fingerprint>,
     db: Option<rusqlite::Connection>,
     json: Vec<JsonRecord>,
     json_warnings: Vec<Finding>,
@@ -313,6 +282,13 @@ struct Row {
 impl Reader {
     pub fn source(&self) -> &Source {
         &self.source
+    }
+
+    /// Take the store's quick fingerprint during the scan, from the stats it makes
+    /// anyway: [`Summary::fingerprint`]. The folder is listed now.
+    pub fn with_fingerprint(mut self) -> Result<Reader> {
+        self.fingerprint = Some(Fingerprint::start(&self.source)?);
+        Ok(self)
     }
 
     /// Rows in the SQLite table (0 without SQLite) plus JSON-only records: a quick
@@ -366,7 +342,11 @@ impl Reader {
         let sessions_root = sessions_dir
             .as_ref()
             .and_then(|d| std::fs::canonicalize(d).ok());
+        let sessions_fd = sessions_dir
+            .as_ref()
+            .and_then(|d| std::fs::File::open(d).ok());
         let ctx = Arc::new(Resolve {
+            sessions_fd,
             db_path: self.source.sqlite.as_ref().map(|s| s.path.clone()),
             sessions_dir: sessions_dir.clone(),
             sessions_root,
@@ -375,27 +355,44 @@ impl Reader {
         });
         let mut seen_in_sqlite: HashSet<String> = HashSet::new();
 
-        // Stage 1 (a thread): read rows and resolve them in parallel, one batch ahead.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(Item, Vec<Finding>)>>>(2);
+        // Stage 1, four threads one batch apart: one reads SQLite rows; one stamps them
+        // (the stats in parallel); one asks the ledger which stamps it knows, so that its
+        // answer for one batch overlaps the stats of the next; one resolves what is not
+        // known (state files read and canonicalised in parallel).
+        type Chunk<T> = Result<Vec<T>>;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk<(Item, Vec<Finding>)>>(2);
         let db = self.db;
         let sqlite_path = self.source.sqlite.as_ref().map(|s| s.path.clone());
+        let mut fingerprint = self.fingerprint;
         let mut consumer_err = None;
         std::thread::scope(|scope| {
             let producer = match (db, sqlite_path) {
                 (Some(db), Some(path)) => {
-                    let ctx = ctx.clone();
-                    Some(scope.spawn(move || {
+                    let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Chunk<Row>>(2);
+                    let (stamped_tx, stamped_rx) =
+                        std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
+                    let (known_tx, known_rx) =
+                        std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
+                    let reader = scope.spawn(move || {
                         let res = sqlite::for_each_chunk(&db, &path, batch, |rows| {
-                            let resolved = ctx.resolve_chunk(rows, known)?;
-                            tx.send(Ok(resolved)).map_err(|_| Error::Refused {
-                                code: "cancelled",
-                                message: "scan cancelled".into(),
-                            })
+                            rows_tx.send(Ok(rows)).map_err(|_| cancelled())
                         });
                         if let Err(e) = res {
-                            let _ = tx.send(Err(e));
+                            let _ = rows_tx.send(Err(e));
                         }
-                    }))
+                    });
+                    let ctx1 = ctx.clone();
+                    let mut fp = fingerprint.take();
+                    let stamper = scope.spawn(move || {
+                        relay(rows_rx, stamped_tx, |r| ctx1.stamp_chunk(r, fp.as_mut()));
+                        fp
+                    });
+                    let asker =
+                        scope.spawn(move || relay(stamped_rx, known_tx, |s| mark_known(known, s)));
+                    let ctx = ctx.clone();
+                    let resolver =
+                        scope.spawn(move || relay(known_rx, tx, |s| ctx.resolve_chunk(s)));
+                    Some(([reader, asker, resolver], stamper))
                 }
                 _ => {
                     drop(tx);
@@ -431,13 +428,17 @@ impl Reader {
                 }
             }
             drop(rx);
-            if let Some(p) = producer {
-                let _ = p.join();
+            if let Some((others, stamper)) = producer {
+                for p in others {
+                    let _ = p.join();
+                }
+                fingerprint = stamper.join().ok().flatten();
             }
         });
         if let Some(e) = consumer_err {
             return Err(e);
         }
+        summary.fingerprint = fingerprint.map(Fingerprint::finish);
 
         // Stage 2: sessions only in the JSON store, and JSON records without a usable id.
         let mut pending: Vec<usize> = Vec::new();
@@ -455,11 +456,21 @@ impl Reader {
             let stamps: Vec<Option<(String, String)>> = idx
                 .par_iter()
                 .map(|&i| match &json[i].id {
-                    Ok(id) => ctx.stamp_of(id.clone(), None),
+                    Ok(id) => {
+                        let file = ctx.state_stat(id);
+                        let stamp = ctx.stamp_of(id, None, file.as_ref())?;
+                        Ok(stamp.map(|s| (id.clone(), s)))
+                    }
                     Err(_) => Ok(None),
                 })
                 .collect::<Result<_>>()?;
-            let known_ids = ask_known(known, stamps.iter().flatten())?;
+            let known_ids = ask_known(
+                known,
+                stamps
+                    .iter()
+                    .flatten()
+                    .map(|(i, s)| (i.as_str(), s.as_str())),
+            )?;
             let resolved = idx
                 .par_iter()
                 .zip(stamps)
@@ -537,12 +548,12 @@ impl Reader {
 /// The ids among `stamps` (id, stamp) that `known` holds as they are; none without it.
 fn ask_known<'s>(
     known: Option<&KnownFn<'_>>,
-    stamps: impl Iterator<Item = &'s (String, String)>,
+    stamps: impl Iterator<Item = (&'s str, &'s str)>,
 ) -> Result<HashSet<String>> {
     let Some(k) = known else {
         return Ok(HashSet::new());
     };
-    let pairs: Vec<(&str, &str)> = stamps.map(|(i, s)| (i.as_str(), s.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = stamps.collect();
     if pairs.is_empty() {
         return Ok(HashSet::new());
     }
@@ -569,9 +580,60 @@ fn tally(summary: &mut Summary, item: &Item, warnings: Vec<Finding>) {
     }
 }
 
+/// A row with a valid id: its stamp (`None`: it must be read), and whether the ledger
+/// knows the stamp.
+struct Stamped {
+    id: String,
+    stamp: Option<String>,
+    known: bool,
+}
+
+/// Mark the stamps of a chunk that the ledger knows (`known`; none without it).
+fn mark_known(
+    known: Option<&KnownFn<'_>>,
+    mut chunk: Vec<(Row, Option<Stamped>)>,
+) -> Result<Vec<(Row, Option<Stamped>)>> {
+    let known_ids = ask_known(
+        known,
+        chunk
+            .iter()
+            .filter_map(|(_, st)| st.as_ref())
+            .filter_map(|s| Some((s.id.as_str(), s.stamp.as_deref()?))),
+    )?;
+    for st in chunk.iter_mut().filter_map(|(_, st)| st.as_mut()) {
+        st.known = st.stamp.is_some() && known_ids.contains(&st.id);
+    }
+    Ok(chunk)
+}
+
+/// One stage of a pipeline: `f` applied to each chunk from `rx`, sent on to `tx`; stops
+/// after passing on an error, or when the next stage has gone.
+fn relay<T, U>(
+    rx: std::sync::mpsc::Receiver<Result<T>>,
+    tx: std::sync::mpsc::SyncSender<Result<U>>,
+    mut f: impl FnMut(T) -> Result<U>,
+) {
+    for input in rx {
+        let out = input.and_then(&mut f);
+        let failed = out.is_err();
+        if tx.send(out).is_err() || failed {
+            break;
+        }
+    }
+}
+
+fn cancelled() -> Error {
+    Error::Refused {
+        code: "cancelled",
+        message: "scan cancelled".into(),
+    }
+}
+
 /// What resolving a row needs, shared by the parallel workers.
 struct Resolve {
     sessions_dir: Option<PathBuf>,
+    /// The sessions folder, open: state files are stat-ed relative to it.
+    sessions_fd: Option<std::fs::File>,
     sessions_root: Option<PathBuf>,
     /// The SQLite database: where an invalid row is.
     db_path: Option<PathBuf>,
@@ -602,29 +664,62 @@ fn invalid_field(
 
 impl Resolve {
     /// Resolve a chunk of rows in parallel; rows whose stamp `known` recognises are not read.
-    fn resolve_chunk(
+    /// Stamp a chunk of rows, the stats in parallel; the stats go on to the fingerprint.
+    fn stamp_chunk(
         &self,
         rows: Vec<Row>,
-        known: Option<&KnownFn<'_>>,
-    ) -> Result<Vec<(Item, Vec<Finding>)>> {
-        let stamped: Vec<(Row, Option<(String, String)>)> = rows
+        fingerprint: Option<&mut Fingerprint>,
+    ) -> Result<Vec<(Row, Option<Stamped>)>> {
+        type Probed = (Row, Option<Stamped>, Option<std::io::Result<FileStamp>>);
+        let probed: Vec<Probed> = rows
             .into_par_iter()
             .map(|r| {
-                let st = self.stamp(&r)?;
-                Ok((r, st))
+                let Ok(id) = fields::id(&r.id) else {
+                    return Ok((r, None, None));
+                };
+                let file = self.state_stat(&id);
+                let stamp = self.stamp_of(&id, Some(&r), file.as_ref())?;
+                let st = Stamped {
+                    id,
+                    stamp,
+                    known: false,
+                };
+                Ok((r, Some(st), file))
             })
             .collect::<Result<_>>()?;
-        let known_ids = ask_known(known, stamped.iter().filter_map(|(_, st)| st.as_ref()))?;
+        if let Some(fp) = fingerprint {
+            for (_, st, file) in &probed {
+                let (Some(st), Some(file)) = (st, file) else {
+                    continue;
+                };
+                match file {
+                    Ok(m) => fp.feed(&st.id, Some(m)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => fp.feed(&st.id, None),
+                    Err(_) => {}
+                }
+            }
+        }
+        Ok(probed.into_iter().map(|(r, st, _)| (r, st)).collect())
+    }
+
+    /// Resolve a stamped chunk: known rows come out as [`Item::Known`] unread, the others
+    /// are resolved in parallel.
+    fn resolve_chunk(
+        &self,
+        stamped: Vec<(Row, Option<Stamped>)>,
+    ) -> Result<Vec<(Item, Vec<Finding>)>> {
         stamped
             .into_par_iter()
             .map(|(r, st)| match st {
-                Some((id, stamp)) if known_ids.contains(&id) => {
-                    Ok((Item::Known { id, stamp }, Vec::new()))
-                }
+                Some(Stamped {
+                    known: true,
+                    id,
+                    stamp: Some(stamp),
+                }) => Ok((Item::Known { id, stamp }, Vec::new())),
                 st => {
                     let (mut item, w) = self.resolve_row(r)?;
                     if let Item::Session(s) = &mut item {
-                        s.stamp = st.map(|(_, s)| s);
+                        s.stamp = st.and_then(|s| s.stamp);
                     }
                     Ok((item, w))
                 }
@@ -632,68 +727,76 @@ impl Resolve {
             .collect()
     }
 
-    /// The stamp of a row: `s2:` + 128 bits of SHA-256 over its raw fields, its JSON store
-    /// record, and the inode, size, times and mode of its state file. `None` for an
-    /// invalid id, a symlink, or a file changed within [`STAMP_SETTLE`]. Fails only when
-    /// the JSON store record cannot be read again.
-    fn stamp(&self, r: &Row) -> Result<Option<(String, String)>> {
-        let Ok(id) = fields::id(&r.id) else {
-            return Ok(None);
-        };
-        self.stamp_of(id, Some(&row_bytes(r)))
+    /// `lstat` of session `id`'s state file, relative to the open sessions folder.
+    /// `None` when the store has no sessions folder or `id` cannot name a folder.
+    fn state_stat(&self, id: &str) -> Option<std::io::Result<FileStamp>> {
+        if self.sessions_dir.is_none() || !fields::path_safe(id) {
+            return None;
+        }
+        Some(match &self.sessions_fd {
+            Some(dir) => crate::fsutil::lstat_at(dir, &Path::new(id).join("state.json")),
+            None => Err(std::io::Error::other(
+                "the sessions folder could not be opened",
+            )),
+        })
     }
 
-    /// The stamp of session `id`: its SQLite row's raw fields (`None`: a session only in
-    /// the JSON store), its JSON store record, its state file.
-    fn stamp_of(&self, id: String, row: Option<&[u8]>) -> Result<Option<(String, String)>> {
-        use std::os::unix::fs::MetadataExt;
+    /// The stamp of session `id`: `s3:` + 128 bits of SHA-256 over its SQLite row's raw
+    /// fields (`None`: a session only in the JSON store), its JSON store record, and the
+    /// inode, size, times and mode of its state file (`file`, from [`Self::state_stat`]).
+    /// `None` for a symlink, a file that could not be stat-ed, or one changed within
+    /// [`STAMP_SETTLE`]. Fails only when the JSON store record cannot be read again.
+    fn stamp_of(
+        &self,
+        id: &str,
+        row: Option<&Row>,
+        file: Option<&std::io::Result<FileStamp>>,
+    ) -> Result<Option<String>> {
         let mut h = Sha256::new();
-        h.update(b"s2\0");
+        h.update(b"s3\0");
         match row {
-            Some(row) => h.update(row),
+            Some(r) => hash_row(&mut h, r),
             None => h.update(b"\0json-only\0"),
         }
-        if let Some(&i) = self.json_by_id.get(&id) {
+        if let Some(&i) = self.json_by_id.get(id) {
             h.update(b"\0json\0");
             h.update(self.json[i].raw()?);
         }
-        if let (Some(dir), true) = (&self.sessions_dir, fields::path_safe(&id)) {
+        if let Some(file) = file {
             let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
                 return Ok(None);
             };
-            let recent = |secs: i64, nanos: i64| {
+            let recent = |(secs, nanos): (i64, i64)| {
                 std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
                     + STAMP_SETTLE
                     > now
             };
             // The state file alone: replacing, creating or deleting it changes its inode,
             // times or presence, and renaming a file to it changes its ctime.
-            for p in [dir.join(&id).join("state.json")] {
-                match std::fs::symlink_metadata(&p) {
-                    Ok(m) if m.file_type().is_symlink() => return Ok(None),
-                    Ok(m) => {
-                        if recent(m.mtime(), m.mtime_nsec()) || recent(m.ctime(), m.ctime_nsec()) {
-                            return Ok(None);
-                        }
-                        for v in [
-                            m.ino() as i64,
-                            m.size() as i64,
-                            m.mtime(),
-                            m.mtime_nsec(),
-                            m.ctime(),
-                            m.ctime_nsec(),
-                            m.mode() as i64,
-                        ] {
-                            h.update(v.to_le_bytes());
-                        }
+            match file {
+                Ok(m) if m.is_symlink => return Ok(None),
+                Ok(m) => {
+                    if recent(m.mtime) || recent(m.ctime) {
+                        return Ok(None);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => h.update(b"\0none\0"),
-                    Err(_) => return Ok(None),
+                    for v in [
+                        m.ino as i64,
+                        m.size as i64,
+                        m.mtime.0,
+                        m.mtime.1,
+                        m.ctime.0,
+                        m.ctime.1,
+                        m.mode as i64,
+                    ] {
+                        h.update(v.to_le_bytes());
+                    }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => h.update(b"\0none\0"),
+                Err(_) => return Ok(None),
             }
         }
         let d = h.finalize();
-        Ok(Some((id, format!("s2:{}", hex::encode(&d[..16])))))
+        Ok(Some(format!("s3:{}", hex::encode(&d[..16]))))
     }
 
     /// Resolve one SQLite row. Fails only when its JSON store record cannot be read again.
@@ -931,6 +1034,32 @@ fn describe_row(r: &Row) -> String {
         r.status.describe(),
         r.created_at.describe()
     )
+}
+
+/// Feed a SQLite row's raw fields to a stamp: each as a type tag, a length and its bytes,
+/// so that no two different rows feed the same bytes.
+fn hash_row(h: &mut Sha256, r: &Row) {
+    for f in [
+        &r.id,
+        &r.user_id,
+        &r.status,
+        &r.current_step,
+        &r.cost,
+        &r.created_at,
+        &r.updated_at,
+        &r.state,
+    ] {
+        let (tag, bytes): (u8, &[u8]) = match f {
+            Raw::Null => (0, &[]),
+            Raw::Integer(i) => (1, &i.to_le_bytes()[..]),
+            Raw::Real(x) => (2, &x.to_le_bytes()[..]),
+            Raw::Text(t) => (3, t.as_bytes()),
+            Raw::Blob(b) => (4, b),
+        };
+        h.update([tag]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
 }
 
 /// A SQLite row as JSON Lines bytes, for quarantine (binary values as hex).

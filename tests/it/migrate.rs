@@ -366,3 +366,46 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
         .expect(0);
     assert_eq!(v.count("different"), 0);
 }
+
+#[test]
+fn a_catch_up_uses_the_backup_of_the_store_as_it_is_and_takes_one_when_there_is_none() {
+    let s = store_with(20);
+    s.json_store(
+        r#"{"version": 1, "sessions": [{"id": "j1", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}]}"#,
+    );
+    // A folder with a state file and no metadata anywhere: in the fingerprint all the same.
+    s.state_file("zz-orphan", br#"{"orphan": true}"#);
+    let db = TestDb::new("mig_fp");
+    let backups = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(s.root().join("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(backups().len(), 1);
+    s.state_file("s00003", br#"{"edited": 1}"#);
+    let b = sessiondb(&["backup"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(0);
+    let taken = b.report.details["backup"].as_str().unwrap().to_owned();
+    // The catch-up's fingerprint comes from its planning pass's own stats: it must equal
+    // the one the backup took, or the backup would not be found.
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(r.report.details["backup"], taken.as_str(), "{}", r.stdout);
+    assert!(!r.has_warning("backup_stale"), "{}", r.stdout);
+    assert_eq!(backups().len(), 2, "no new backup was taken");
+    assert_eq!(r.count("updated"), 1);
+    // The store changes again: no backup matches, so the run takes one.
+    s.state_file("s00004", br#"{"edited": 2}"#);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    assert_eq!(backups().len(), 3, "{}", r.stdout);
+    assert_ne!(r.report.details["backup"], taken.as_str());
+    // Naming the older backup works, with a warning that it is older than the store.
+    let r = migrate(&s, &db, &["--dry-run=false", "--backup", &taken]).expect(0);
+    assert!(r.has_warning("backup_stale"), "{}", r.stdout);
+    assert_eq!(r.count("updated"), 0);
+}

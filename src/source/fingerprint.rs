@@ -1,0 +1,215 @@
+//! The store's quick fingerprint (`q1:`): the path, size, mtime and inode of the SQLite
+//! database, its WAL, every `state.json` under the sessions folder (in name order) and
+//! the JSON store. Any write to the store changes it; a backup records it, and a later
+//! run finds the backup of the store as it is by comparing it.
+//!
+//! Stat-ing every state file is most of its cost, and a catch-up scan stats them all
+//! anyway to stamp the rows: [`Fingerprint::feed`] takes those stats as the scan makes
+//! them, in id order, which is name order, so the fingerprint of a catch-up costs no
+//! second pass. Whatever the scan does not feed (a folder with no row, an id out of
+//! order) is stat-ed by the fingerprint itself, so the digest is the same either way.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::Source;
+use crate::error::{Error, Result};
+use crate::fsutil::{FileStamp, lstat_at};
+
+/// A fingerprint being taken: the folder's names listed and sorted, hashed up to `next`.
+pub struct Fingerprint {
+    h: Sha256,
+    sessions: Option<Sessions>,
+    json_path: Option<PathBuf>,
+}
+
+struct Sessions {
+    dir: PathBuf,
+    fd: File,
+    names: Vec<OsString>,
+    next: usize,
+}
+
+impl Fingerprint {
+    /// Start: the database and its WAL are hashed now, the folder listed.
+    pub fn start(source: &Source) -> Result<Fingerprint> {
+        let mut h = Sha256::new();
+        let mut sessions = None;
+        if let Some(s) = &source.sqlite {
+            h.update(path_entry(&s.path));
+            h.update(path_entry(&PathBuf::from(format!(
+                "{}-wal",
+                s.path.display()
+            ))));
+            let unreadable = |e| Error::Unreadable {
+                path: s.sessions_dir.clone(),
+                source: e,
+            };
+            let mut names: Vec<OsString> = std::fs::read_dir(&s.sessions_dir)
+                .map_err(unreadable)?
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect();
+            names.sort();
+            sessions = Some(Sessions {
+                dir: s.sessions_dir.clone(),
+                fd: File::open(&s.sessions_dir).map_err(unreadable)?,
+                names,
+                next: 0,
+            });
+        }
+        Ok(Fingerprint {
+            h,
+            sessions,
+            json_path: source.json_path.clone(),
+        })
+    }
+
+    /// The scan stat-ed `<id>/state.json`: `Some` with what it found, `None` when there
+    /// is no such file. Names before `id` that were not fed are stat-ed here.
+    pub fn feed(&mut self, id: &str, stat: Option<&FileStamp>) {
+        let Some(s) = &mut self.sessions else {
+            return;
+        };
+        let name = std::ffi::OsStr::new(id);
+        while s.next < s.names.len() && s.names[s.next].as_os_str() < name {
+            let e = s.entry_of(s.next, None);
+            self.h.update(e);
+            s.next += 1;
+        }
+        if s.next < s.names.len() && s.names[s.next] == name {
+            let e = s.entry_of(s.next, Some(stat));
+            self.h.update(e);
+            s.next += 1;
+        }
+    }
+
+    /// Stat what was not fed (in parallel), hash the JSON store, and give the digest.
+    pub fn finish(mut self) -> String {
+        if let Some(s) = &mut self.sessions {
+            let rest: Vec<usize> = (s.next..s.names.len()).collect();
+            for chunk in rest.chunks(4096) {
+                let entries: Vec<Vec<u8>> =
+                    chunk.par_iter().map(|&i| s.entry_of(i, None)).collect();
+                for e in entries {
+                    self.h.update(e);
+                }
+            }
+            s.next = s.names.len();
+        }
+        if let Some(j) = &self.json_path {
+            self.h.update(path_entry(j));
+        }
+        format!("q1:{}", hex::encode(self.h.finalize()))
+    }
+}
+
+impl Sessions {
+    /// The entry of the `i`th name: with `known` the stat the scan made (`None` inside:
+    /// no file), else a stat made now.
+    fn entry_of(&self, i: usize, known: Option<Option<&FileStamp>>) -> Vec<u8> {
+        let rel = Path::new(&self.names[i]).join("state.json");
+        let mut e = self.dir.join(&rel).into_os_string().into_encoded_bytes();
+        let stat = match known {
+            Some(s) => s.copied(),
+            None => lstat_at(&self.fd, &rel).ok(),
+        };
+        if let Some(m) = stat {
+            stat_entry(&mut e, m.size, m.mtime, m.ino);
+        }
+        e
+    }
+}
+
+/// What one file contributes: its path, then size, mtime and inode when it exists.
+fn path_entry(p: &Path) -> Vec<u8> {
+    let mut e = p.as_os_str().as_encoded_bytes().to_vec();
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        stat_entry(&mut e, m.size(), (m.mtime(), m.mtime_nsec()), m.ino());
+    }
+    e
+}
+
+fn stat_entry(e: &mut Vec<u8>, size: u64, mtime: (i64, i64), ino: u64) {
+    e.extend_from_slice(&size.to_le_bytes());
+    e.extend_from_slice(&mtime.0.to_le_bytes());
+    e.extend_from_slice(&mtime.1.to_le_bytes());
+    e.extend_from_slice(&ino.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SqliteSource;
+
+    /// The digest as versions before the fed fingerprint computed it, one whole-path
+    /// stat per file: backups taken by them must still be found.
+    fn by_paths(db: &Path, dir: &Path, json: &Path) -> String {
+        let mut h = Sha256::new();
+        h.update(path_entry(db));
+        h.update(path_entry(&PathBuf::from(format!("{}-wal", db.display()))));
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            h.update(path_entry(&dir.join(n).join("state.json")));
+        }
+        h.update(path_entry(json));
+        format!("q1:{}", hex::encode(h.finalize()))
+    }
+
+    #[test]
+    fn fed_or_not_the_digest_is_the_one_of_whole_path_stats() {
+        let tmp = std::env::temp_dir().join(format!("sdb-fp-{}", std::process::id()));
+        let dir = tmp.join("sessions");
+        std::fs::create_dir_all(&dir).unwrap();
+        for id in ["a", "b", "c", "d", "e"] {
+            std::fs::create_dir_all(dir.join(id)).unwrap();
+            if id != "c" {
+                std::fs::write(
+                    dir.join(id).join("state.json"),
+                    format!("{{\"id\":\"{id}\"}}"),
+                )
+                .unwrap();
+            }
+        }
+        let db = tmp.join("app.db");
+        let json = tmp.join("store.json");
+        std::fs::write(&db, b"db").unwrap();
+        std::fs::write(&json, b"[]").unwrap();
+        let src = Source {
+            sqlite: Some(SqliteSource {
+                path: db.clone(),
+                sessions_dir: dir.clone(),
+            }),
+            json_path: Some(json.clone()),
+        };
+        let expected = by_paths(&db, &dir, &json);
+        assert_eq!(src.quick_fingerprint().unwrap(), expected);
+
+        // Fed in id order, with ids that have no folder and a folder with no id ("d").
+        let fd = File::open(&dir).unwrap();
+        let stat = |id: &str| lstat_at(&fd, &Path::new(id).join("state.json")).ok();
+        let mut f = Fingerprint::start(&src).unwrap();
+        for id in ["0", "a", "b", "bb", "c", "e", "z"] {
+            let s = stat(id);
+            f.feed(id, s.as_ref());
+        }
+        assert_eq!(f.finish(), expected);
+
+        // A stat fed that differs from the file (the file changed after the scan's stat)
+        // changes the digest: the fed stat is what is hashed.
+        let mut f = Fingerprint::start(&src).unwrap();
+        let mut s = stat("b").unwrap();
+        s.size += 1;
+        f.feed("b", Some(&s));
+        assert_ne!(f.finish(), expected);
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
