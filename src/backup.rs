@@ -113,7 +113,41 @@ pub struct FileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_hex: Option<String>,
     pub bytes: u64,
-    pub sha256: String,
+    pub sha256: Digest32,
+}
+
+/// A SHA-256 digest: 64 hex digits in the manifest, 32 bytes in memory (a backup of a
+/// million files holds a million of them).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest32(pub [u8; 32]);
+
+impl std::fmt::Display for Digest32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Digest32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Digest32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest32 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text.as_bytes(), &mut out).map_err(|_| {
+            serde::de::Error::custom(format!("{text:?} is not a SHA-256 in hex (64 digits)"))
+        })?;
+        Ok(Digest32(out))
+    }
 }
 
 impl FileEntry {
@@ -490,10 +524,13 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     };
 
     // 6. The manifest last, then the marker goes: only now is this a backup.
-    let mut text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-    text.push(b'\n');
+    // Streamed to the file: at a million files the text would be as large again in memory.
     let mpath = dir.join(MANIFEST);
-    crate::fsutil::write_atomic(&mpath, &text, 0o600).map_err(|e| Error::Write {
+    crate::fsutil::write_atomic_with(&mpath, 0o600, |w| {
+        serde_json::to_writer_pretty(&mut *w, &manifest).map_err(io::Error::other)?;
+        w.write_all(b"\n")
+    })
+    .map_err(|e| Error::Write {
         path: mpath.clone(),
         source: e,
     })?;
@@ -668,7 +705,7 @@ impl Sink {
             path: p,
             path_hex,
             bytes: self.bytes,
-            sha256: hex::encode(self.hasher.finalize()),
+            sha256: Digest32(self.hasher.finalize().into()),
         })
     }
 }
@@ -741,7 +778,7 @@ fn hash_file(dir: &Path, rel: &Path) -> Result<FileEntry> {
     })
 }
 
-fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+fn sha256_file(path: &Path) -> io::Result<(u64, Digest32)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];
@@ -756,7 +793,7 @@ fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
         h.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((total, hex::encode(h.finalize())))
+    Ok((total, Digest32(h.finalize().into())))
 }
 
 // ---- the database copy -------------------------------------------------------------------

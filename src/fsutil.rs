@@ -17,6 +17,16 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
 /// fsync of the folder. The file ends with `mode` unless it existed, in which case its
 /// permissions are kept.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`], the content written by `write` (buffered) instead of held in memory
+/// whole: a large manifest streams to its file.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -39,7 +49,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
+        write(&mut w)?;
+        w.flush()?;
+        drop(w);
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
         drop(f);

@@ -141,7 +141,7 @@ fn full_backup_lists_every_file_with_its_hash_and_owner_only_modes() {
     assert_eq!(on_disk, listed);
     for f in &m.files {
         let p = dir.join(&f.path);
-        assert_eq!(sha256(&p), f.sha256, "{}", f.path);
+        assert_eq!(sha256(&p), f.sha256.to_string(), "{}", f.path);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), f.bytes, "{}", f.path);
     }
     assert_eq!(m.counts.bytes, m.files.iter().map(|f| f.bytes).sum::<u64>());
