@@ -276,11 +276,15 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         (fp, Some(p))
     };
     let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
-    let known_invalid = existing
-        .as_deref()
-        .and_then(|d| crate::backup::ManifestHead::read(d).ok())
-        .map(|m| m.counts.invalid);
-    let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
+    // A first load skips the planning pass when the backup counted no invalid record
+    // (its manifest is read only then: at a million files it is 150 MB of text).
+    let known_invalid = || {
+        existing
+            .as_deref()
+            .and_then(|d| crate::backup::ManifestHead::read(d).ok())
+            .map(|m| m.counts.invalid)
+    };
+    let needs_plan = !(fresh && (args.quarantine || known_invalid() == Some(0)));
     if needs_plan && plan.is_none() {
         plan = Some(plan_pass(
             reader.take().expect("opened above"),
