@@ -146,6 +146,15 @@ fn plan_pass(
     Ok(p)
 }
 
+/// The source's fingerprint that a planning pass took from its own stats (taken again
+/// only if that pass could not give it).
+fn scanned_fingerprint(p: &Planned, src: &Source) -> Result<String> {
+    match &p.summary.fingerprint {
+        Some(fp) => Ok(fp.clone()),
+        None => src.quick_fingerprint(),
+    }
+}
+
 fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool) {
     p.counts.to_report(&mut ctx.report);
     ctx.report.detail(
@@ -208,17 +217,17 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
 
     if args.dry.dry_run {
-        let fp = src.quick_fingerprint()?;
         let planner = Planner::new(&mut client, &schema_name)?;
         let known = known_stamps(&t, &schema_name, &planner)?;
         let p = plan_pass(
-            reader.take().expect("opened above"),
+            reader.take().expect("opened above").with_fingerprint()?,
             &mut client,
             &planner,
             known.as_deref(),
             batch,
             &mut progress,
         )?;
+        let fp = scanned_fingerprint(&p, &src)?;
         progress.done();
         report_planned(ctx, &p, args.quarantine);
         let backup = match &args.backup {
@@ -269,11 +278,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             batch,
             &mut progress,
         )?;
-        let fp = match &p.summary.fingerprint {
-            Some(fp) => fp.clone(),
-            None => src.quick_fingerprint()?,
-        };
-        (fp, Some(p))
+        (scanned_fingerprint(&p, &src)?, Some(p))
     };
     let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
     // A first load skips the planning pass when the backup counted no invalid record

@@ -663,7 +663,6 @@ fn invalid_field(
 }
 
 impl Resolve {
-    /// Resolve a chunk of rows in parallel; rows whose stamp `known` recognises are not read.
     /// Stamp a chunk of rows, the stats in parallel; the stats go on to the fingerprint.
     fn stamp_chunk(
         &self,

@@ -393,7 +393,14 @@ fn a_catch_up_uses_the_backup_of_the_store_as_it_is_and_takes_one_when_there_is_
         .expect(0);
     let taken = b.report.details["backup"].as_str().unwrap().to_owned();
     // The catch-up's fingerprint comes from its planning pass's own stats: it must equal
-    // the one the backup took, or the backup would not be found.
+    // the one the backup took, or the backup would not be found. The dry run's too.
+    let dry = migrate(&s, &db, &[]).expect(0);
+    assert_eq!(
+        dry.report.details["backup"],
+        format!("would use the matching backup {taken}").as_str(),
+        "{}",
+        dry.stdout
+    );
     let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
     assert_eq!(r.report.details["backup"], taken.as_str(), "{}", r.stdout);
     assert!(!r.has_warning("backup_stale"), "{}", r.stdout);
