@@ -584,6 +584,9 @@ struct Stats {
     too_long: BTreeMap<&'static str, Examples>,
     /// Values of columns with a unique index or a foreign key.
     watched: HashMap<String, HashSet<String>>,
+    /// The watched columns that must not repeat (a foreign key's may: many sessions
+    /// of one user).
+    unique: HashSet<String>,
     duplicates: HashMap<String, Vec<String>>,
 }
 
@@ -614,6 +617,7 @@ fn value(s: &Session, col: &str) -> Option<String> {
 impl Stats {
     fn new(shape: Option<&TableShape>) -> Stats {
         let mut watched = HashMap::new();
+        let mut unique = HashSet::new();
         let mut limits = BTreeMap::new();
         if let Some(sh) = shape {
             for c in &sh.columns {
@@ -625,6 +629,7 @@ impl Stats {
             for u in &sh.unique {
                 if u != "id" && SOURCE_COLUMNS.contains(&u.as_str()) {
                     watched.insert(u.clone(), HashSet::new());
+                    unique.insert(u.clone());
                 }
             }
             for fk in &sh.foreign_keys {
@@ -639,6 +644,7 @@ impl Stats {
             limits,
             too_long: BTreeMap::new(),
             watched,
+            unique,
             duplicates: HashMap::new(),
         }
     }
@@ -658,7 +664,7 @@ impl Stats {
                 }
             }
             if let (Some(v), Some(set)) = (v, self.watched.get_mut(col)) {
-                if !set.insert(v.clone()) {
+                if !set.insert(v.clone()) && self.unique.contains(col) {
                     self.duplicates.entry(col.to_owned()).or_default().push(v);
                 }
             }
