@@ -332,32 +332,21 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
             format!("server_encoding is {encoding}; sessiondb needs UTF8"),
         ));
     }
-    // Permissions: create in the schema, or read and write the tables that exist.
-    let perms = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
-                    CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN has_schema_privilege($1, 'CREATE') ELSE has_database_privilege(current_database(), 'CREATE') END,
-                    (SELECT coalesce(bool_and(has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') AND has_table_privilege(c.oid, 'UPDATE')), true)
-                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind = 'r')",
-            &[&schema_name],
-        )
-        .map_err(|e| Error::pg("checking permissions", &t.display, e))?;
-    let (schema_exists, can_create, can_write): (bool, bool, bool) =
-        (perms.get(0), perms.get(1), perms.get(2));
-    let perm_ok =
-        can_write && (can_create || schema::table_exists(&mut c, &schema_name, "session_state")?);
+    // Permissions: the probe preflight uses, so that the two agree.
+    let perms = target::Permissions::probe(&mut c, &schema_name)?;
+    let problem = perms.problem(&user);
     ctx.report.check(
         "postgres_permissions",
-        if perm_ok { CheckStatus::Pass } else { CheckStatus::Fail },
-        format!("schema {schema_name}: create {can_create}, read/write on existing tables {can_write}"),
-        json!({"schema": schema_name, "schema_exists": schema_exists, "create": can_create, "read_write": can_write}),
+        if problem.is_none() {
+            CheckStatus::Pass
+        } else {
+            CheckStatus::Fail
+        },
+        problem.clone().unwrap_or_else(|| perms.summary()),
+        serde_json::to_value(&perms).unwrap_or_default(),
     );
-    if !perm_ok {
-        findings.push(Finding::new(
-            "permission_denied",
-            format!("{user} cannot create or write the session tables in schema {schema_name}"),
-        ));
+    if let Some(p) = problem {
+        findings.push(Finding::new("permission_denied", p));
     }
     let st = schema::status(&mut c, &schema_name)?;
     let schema_status = if st.problems().is_some() {

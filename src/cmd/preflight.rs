@@ -430,7 +430,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
     };
     let schema_name = cfg.postgres.schema.clone();
     let info = c.query_one("SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text", &[]);
-    match info {
+    let user = match info {
         Ok(r) => {
             let (v, enc, user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
             let ok = enc.eq_ignore_ascii_case("UTF8");
@@ -451,6 +451,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
                 ),
                 json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
             );
+            user
         }
         Err(e) => {
             let e = Error::pg("reading server settings", &t.display, e);
@@ -462,7 +463,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             );
             return None;
         }
-    }
+    };
     match target::lock_free(&mut c, &schema_name) {
         Ok(Some(holder)) => ctx.report.warn(Finding::new(
             "lock_held",
@@ -471,57 +472,26 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         Ok(None) => {}
         Err(e) => ctx.report.warn(Finding::new(e.code(), e.to_string())),
     }
-    // Permissions: on existing tables SELECT/INSERT/UPDATE; else CREATE in the schema.
-    let perm = c.query_one(
-        "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind IN ('r', 'p'))
-         SELECT (SELECT count(*) FROM t)::int,
-                (SELECT coalesce(bool_and(has_table_privilege(oid, 'SELECT') AND has_table_privilege(oid, 'INSERT') AND has_table_privilege(oid, 'UPDATE')), true) FROM t),
-                CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN has_schema_privilege($1, 'CREATE')
-                     ELSE has_database_privilege(current_database(), 'CREATE') END",
-        &[&schema_name],
-    );
-    match perm {
-        Ok(r) => {
-            let (existing, rw, create): (i32, bool, bool) = (r.get(0), r.get(1), r.get(2));
-            let needs_create = existing < 2;
-            let ok = rw && (create || !needs_create);
-            let summary = if ok {
-                format!(
-                    "can {} in schema {schema_name}",
-                    if needs_create {
-                        "create the tables"
-                    } else {
-                        "read and write the tables"
-                    }
-                )
-            } else if !rw {
-                format!(
-                    "missing SELECT/INSERT/UPDATE on the session tables in schema {schema_name}"
-                )
-            } else {
-                format!(
-                    "no CREATE privilege in schema {schema_name}, and the tables do not exist yet"
-                )
-            };
+    // Permissions: SELECT/INSERT/UPDATE on the tables that exist, else CREATE in the
+    // schema, and a session that may write at all (the probe `check` uses too).
+    match target::Permissions::probe(&mut c, &schema_name) {
+        Ok(perms) => {
+            let problem = perms.problem(&user);
             ctx.report.check(
                 "postgres_permissions",
-                if ok {
+                if problem.is_none() {
                     CheckStatus::Pass
                 } else {
                     CheckStatus::Fail
                 },
-                summary.clone(),
-                json!({"existing_tables": existing, "read_write": rw, "create": create}),
+                problem.clone().unwrap_or_else(|| perms.summary()),
+                serde_json::to_value(&perms).unwrap_or_default(),
             );
-            if !ok {
-                ctx.report
-                    .errors
-                    .push(Finding::new("permission_denied", summary));
+            if let Some(p) = problem {
+                ctx.report.errors.push(Finding::new("permission_denied", p));
             }
         }
         Err(e) => {
-            let e = Error::pg("checking permissions", &t.display, e);
             ctx.report.check(
                 "postgres_permissions",
                 CheckStatus::Fail,

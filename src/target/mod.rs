@@ -173,6 +173,99 @@ pub fn lock_free(c: &mut Client, schema: &str) -> Result<Option<String>> {
     lock_holder(c, schema)
 }
 
+/// What the connected role may do with the session tables in a schema: the one probe
+/// behind `postgres_permissions` in both `check` and `preflight`, so that they agree.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Permissions {
+    pub schema: String,
+    pub schema_exists: bool,
+    /// How many of `sessions` and `session_state` exist already.
+    pub existing_tables: i32,
+    /// SELECT, INSERT and UPDATE on every one of them that exists.
+    pub read_write: bool,
+    /// CREATE in the schema (in the database when the schema does not exist yet).
+    pub create: bool,
+    /// The session's transactions are read-only (`default_transaction_read_only`, for
+    /// the role or the database, or a standby): nothing can be written, whatever the
+    /// grants say.
+    pub read_only: bool,
+    /// The server is a standby.
+    pub in_recovery: bool,
+}
+
+impl Permissions {
+    pub fn probe(c: &mut Client, schema: &str) -> Result<Permissions> {
+        let r = c
+            .query_one(
+                "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind IN ('r', 'p'))
+                 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                        (SELECT pg_catalog.count(*) FROM t)::int,
+                        (SELECT coalesce(pg_catalog.bool_and(pg_catalog.has_table_privilege(oid, 'SELECT')
+                                 AND pg_catalog.has_table_privilege(oid, 'INSERT')
+                                 AND pg_catalog.has_table_privilege(oid, 'UPDATE')), true) FROM t),
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
+                             THEN pg_catalog.has_schema_privilege($1, 'CREATE')
+                             ELSE pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') END,
+                        pg_catalog.current_setting('transaction_read_only')::bool,
+                        pg_catalog.pg_is_in_recovery()",
+                &[&schema],
+            )
+            .map_err(|e| Error::pg("checking permissions", "", e))?;
+        Ok(Permissions {
+            schema: schema.to_owned(),
+            schema_exists: r.get(0),
+            existing_tables: r.get(1),
+            read_write: r.get(2),
+            create: r.get(3),
+            read_only: r.get(4),
+            in_recovery: r.get(5),
+        })
+    }
+
+    /// Why `user` cannot migrate into the schema, and what to do; `None` when it can.
+    pub fn problem(&self, user: &str) -> Option<String> {
+        let schema = &self.schema;
+        if self.in_recovery {
+            return Some(
+                "the server is a standby (in recovery): every session is read-only; point the URL at the primary"
+                    .into(),
+            );
+        }
+        if self.read_only {
+            return Some(format!(
+                "the session is read-only (default_transaction_read_only = on, set for role {user} or its database): \
+                 nothing can be written; run `ALTER ROLE {} SET default_transaction_read_only = off` (or ALTER DATABASE), or use a role that may write",
+                ident(user)
+            ));
+        }
+        if !self.read_write {
+            return Some(format!(
+                "missing SELECT/INSERT/UPDATE on the session tables in schema {schema}"
+            ));
+        }
+        if self.existing_tables < 2 && !self.create {
+            return Some(format!(
+                "no CREATE privilege in schema {schema}, and the tables do not exist yet"
+            ));
+        }
+        None
+    }
+
+    /// The check's summary when there is no problem.
+    pub fn summary(&self) -> String {
+        format!(
+            "can {} in schema {}",
+            if self.existing_tables < 2 {
+                "create the tables"
+            } else {
+                "read and write the tables"
+            },
+            self.schema
+        )
+    }
+}
+
 /// A column of an existing target table.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Column {
