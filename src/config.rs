@@ -891,6 +891,11 @@ pub fn target(
     if pg.get_application_name().is_none() {
         pg.application_name("sessiondb");
     }
+    // Every connection made from this target (the commands, the writer lock, the runtime
+    // store's pool, sessiond, the smoke probe) runs with this search_path from its
+    // first statement.
+    let options = crate::target::startup_options(pg.get_options(), &settings.schema);
+    pg.options(&options);
     let display = if display.is_empty() {
         synth_display(&pg)
     } else {
@@ -1078,6 +1083,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");
+    }
+
+    /// Every target carries the search_path as a startup option, after the URL's own
+    /// options (the last `-c` wins), escaped for the server's splitting at whitespace.
+    #[test]
+    fn target_sets_search_path_after_the_urls_own_options() {
+        let s = Config::parse(
+            Path::new("/a/s.toml"),
+            "[sessiondb]\nbackend=\"sqlite\"\n[postgres]\nschema = 'a \"b\", c\\d'\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.postgres.schema, "a \"b\", c\\d");
+        let t = target(
+            &s.postgres,
+            None,
+            &env(&[(
+                "DATABASE_URL",
+                "postgresql://u@h/db?options=-c%20statement_timeout%3D5s%20-c%20search_path%3Devil",
+            )]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.pg.get_options(),
+            Some(
+                r#"-c statement_timeout=5s -c search_path=evil -c search_path=pg_catalog,\ "a\ ""b"",\ c\\d",\ pg_temp"#
+            )
+        );
+        let t = target(
+            &PostgresSettings {
+                schema: "public".into(),
+                ..s.postgres.clone()
+            },
+            None,
+            &env(&[("DATABASE_URL", "postgresql://u@h/db")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.pg.get_options(),
+            Some(r#"-c search_path=pg_catalog,\ "public",\ pg_temp"#)
+        );
     }
 
     #[test]

@@ -298,10 +298,16 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     };
     let v = q(
         &mut c,
-        "SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text, current_database()::text",
+        "SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding'),
+                current_user::text, pg_catalog.current_database()::text, pg_catalog.current_setting('search_path')",
     )?;
-    let (version, encoding, user, db): (String, String, String, String) =
-        (v[0].get(0), v[0].get(1), v[0].get(2), v[0].get(3));
+    let (version, encoding, user, db, search_path): (String, String, String, String, String) = (
+        v[0].get(0),
+        v[0].get(1),
+        v[0].get(2),
+        v[0].get(3),
+        v[0].get(4),
+    );
     let tls = target::session_tls(&mut c)?;
     ctx.report.check(
         "postgres_connectivity",
@@ -313,7 +319,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
                 .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
             t.tls.mode
         ),
-        json!({"database": db, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
+        json!({"database": db, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls, "search_path": search_path}),
     );
     let enc_ok = encoding.eq_ignore_ascii_case("UTF8");
     ctx.report.check(
@@ -370,7 +376,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     }
     let ext: Vec<String> = q(
         &mut c,
-        "SELECT extname || ' ' || extversion FROM pg_extension ORDER BY 1",
+        "SELECT pg_catalog.format('%s %s', extname, extversion) FROM pg_extension ORDER BY 1",
     )?
     .iter()
     .map(|r| r.get(0))
@@ -414,10 +420,11 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     }
     let h = q(
         &mut c,
-        "SELECT (SELECT count(*) FROM pg_stat_activity)::bigint,
-                current_setting('max_connections')::bigint,
-                (SELECT count(*) FROM pg_locks WHERE NOT granted)::bigint,
-                (SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND now() - query_start > interval '5 minutes')::bigint",
+        "SELECT (SELECT pg_catalog.count(*) FROM pg_stat_activity)::bigint,
+                pg_catalog.current_setting('max_connections')::bigint,
+                (SELECT pg_catalog.count(*) FROM pg_locks WHERE NOT granted)::bigint,
+                (SELECT pg_catalog.count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_catalog.pg_backend_pid()
+                    AND backend_type = 'client backend' AND pg_catalog.now() - query_start > interval '5 minutes')::bigint",
     )?;
     let (conns, max, waits, long): (i64, i64, i64, i64) =
         (h[0].get(0), h[0].get(1), h[0].get(2), h[0].get(3));

@@ -429,10 +429,15 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         }
     };
     let schema_name = cfg.postgres.schema.clone();
-    let info = c.query_one("SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text", &[]);
+    let info = c.query_one(
+        "SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding'),
+                current_user::text, pg_catalog.current_setting('search_path')",
+        &[],
+    );
     let user = match info {
         Ok(r) => {
-            let (v, enc, user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let (v, enc, user, search_path): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
             let ok = enc.eq_ignore_ascii_case("UTF8");
             let tls = target::session_tls(&mut c).unwrap_or_default();
             ctx.report.check(
@@ -449,7 +454,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
                         .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
                     t.tls.mode
                 ),
-                json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
+                json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls, "search_path": search_path}),
             );
             user
         }
@@ -717,7 +722,7 @@ fn check_constraints(
                 let mut missing: Vec<String> = Vec::new();
                 for chunk in values.chunks(10_000) {
                     let sql = format!(
-                        "SELECT v FROM unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{}::text = v)",
+                        "SELECT v FROM pg_catalog.unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{}::text = v)",
                         fk.parent,
                         target::ident(&fk.parent_column)
                     );
