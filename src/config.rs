@@ -170,6 +170,45 @@ pub struct Config {
     pub provenance: Vec<String>,
 }
 
+/// The `secret_in_config` warning: a password at rest in the config file, and, when the
+/// file's group or others have any access to it (`mode & 0o077`), who can read it and
+/// the command that closes it.
+fn secret_in_config(path: &Path, url_env: &str, mode: Option<u32>) -> Finding {
+    let at_rest = format!(
+        "{}: postgres.url holds a password (a secret at rest)",
+        path.display()
+    );
+    let message = match mode.map(|m| m & 0o777).filter(|m| m & 0o077 != 0) {
+        Some(m) => {
+            let who = if m & 0o004 != 0 {
+                "every user of this machine can read it"
+            } else if m & 0o040 != 0 {
+                "its group can read it"
+            } else {
+                "its group or other users have access to it"
+            };
+            format!(
+                "{at_rest}, and the file is mode {m:04o}: {who}. Run `chmod 600 {}`, and prefer ${url_env}",
+                shell_word(&path.display().to_string())
+            )
+        }
+        None => format!("{at_rest}; prefer ${url_env}"),
+    };
+    Finding::new("secret_in_config", message).path(path)
+}
+
+/// `s` as one shell word: as it is when that is safe, else single-quoted.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// Where the config file is, and how it was found.
 pub fn discover(flag: Option<&Path>, env: &Env) -> (PathBuf, String) {
     if let Some(p) = flag {
@@ -199,7 +238,12 @@ impl Config {
             path: path.clone(),
             source: e,
         })?;
-        let mut c = Config::parse(&abs, &text, env)?;
+        // Who else may read it: a password in a file others can read is worse.
+        let mode = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&path).ok().map(|m| m.mode())
+        };
+        let mut c = Config::parse_file(&abs, &text, env, mode)?;
         c.provenance
             .insert(0, format!("config file {} ({how})", abs.display()));
         Ok(c)
@@ -208,6 +252,11 @@ impl Config {
     /// Resolve a config from its text; `path` is where it lives (relative paths in it
     /// resolve against its folder).
     pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config> {
+        Config::parse_file(path, text, env, None)
+    }
+
+    /// [`Config::parse`], knowing the file's mode (`st_mode`) when it was read from one.
+    fn parse_file(path: &Path, text: &str, env: &Env, mode: Option<u32>) -> Result<Config> {
         let file: FileConfig = toml::from_str(text).map_err(|e| config_invalid(path, text, &e))?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let resolve = |p: &str| -> PathBuf {
@@ -262,13 +311,7 @@ impl Config {
         if let Some(u) = &fp.url {
             if let Some(pw) = url_password(u) {
                 redact::register_secret(&pw);
-                warnings.push(Finding::new(
-                    "secret_in_config",
-                    format!(
-                        "{}: postgres.url holds a password (a secret at rest); prefer ${url_env}",
-                        path.display()
-                    ),
-                ));
+                warnings.push(secret_in_config(path, &url_env, mode));
             }
         }
         let pool_size = env_u32(
@@ -891,6 +934,11 @@ pub fn target(
     if pg.get_application_name().is_none() {
         pg.application_name("sessiondb");
     }
+    // Every connection made from this target (the commands, the writer lock, the runtime
+    // store's pool, sessiond, the smoke probe) runs with this search_path from its
+    // first statement.
+    let options = crate::target::startup_options(pg.get_options(), &settings.schema);
+    pg.options(&options);
     let display = if display.is_empty() {
         synth_display(&pg)
     } else {
@@ -1078,6 +1126,85 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn secret_in_config_says_who_can_read_the_file_and_how_to_close_it() {
+        let w = secret_in_config(Path::new("/etc/app/s.toml"), "DATABASE_URL", Some(0o100644));
+        assert_eq!(
+            w.message,
+            "/etc/app/s.toml: postgres.url holds a password (a secret at rest), and the file is mode 0644: \
+             every user of this machine can read it. Run `chmod 600 /etc/app/s.toml`, and prefer $DATABASE_URL"
+        );
+        assert_eq!(w.path.as_deref(), Some("/etc/app/s.toml"));
+        let w = secret_in_config(Path::new("/srv/my app/it's.toml"), "DB", Some(0o640));
+        assert!(
+            w.message.contains("mode 0640: its group can read it"),
+            "{}",
+            w.message
+        );
+        assert!(
+            w.message
+                .contains(r"`chmod 600 '/srv/my app/it'\''s.toml'`"),
+            "{}",
+            w.message
+        );
+        let w = secret_in_config(Path::new("/a/s.toml"), "DB", Some(0o620));
+        assert!(
+            w.message.contains("its group or other users have access"),
+            "{}",
+            w.message
+        );
+        for closed in [Some(0o100600), Some(0o400), None] {
+            let w = secret_in_config(Path::new("/a/s.toml"), "DB", closed);
+            assert_eq!(
+                w.message,
+                "/a/s.toml: postgres.url holds a password (a secret at rest); prefer $DB"
+            );
+        }
+    }
+
+    /// Every target carries the search_path as a startup option, after the URL's own
+    /// options (the last `-c` wins), escaped for the server's splitting at whitespace.
+    #[test]
+    fn target_sets_search_path_after_the_urls_own_options() {
+        let s = Config::parse(
+            Path::new("/a/s.toml"),
+            "[sessiondb]\nbackend=\"sqlite\"\n[postgres]\nschema = 'a \"b\", c\\d'\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.postgres.schema, "a \"b\", c\\d");
+        let t = target(
+            &s.postgres,
+            None,
+            &env(&[(
+                "DATABASE_URL",
+                "postgresql://u@h/db?options=-c%20statement_timeout%3D5s%20-c%20search_path%3Devil",
+            )]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.pg.get_options(),
+            Some(
+                r#"-c statement_timeout=5s -c search_path=evil -c search_path=pg_catalog,\ "a\ ""b"",\ c\\d",\ pg_temp"#
+            )
+        );
+        let t = target(
+            &PostgresSettings {
+                schema: "public".into(),
+                ..s.postgres.clone()
+            },
+            None,
+            &env(&[("DATABASE_URL", "postgresql://u@h/db")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.pg.get_options(),
+            Some(r#"-c search_path=pg_catalog,\ "public",\ pg_temp"#)
+        );
     }
 
     #[test]

@@ -179,13 +179,14 @@ impl Planner {
         let sql = if has_state {
             format!(
                 "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, st.state::text
-                   FROM {} s LEFT JOIN {} st ON st.session_id = s.id WHERE s.id = ANY($1)",
+                   FROM {} s LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) s.id
+                  WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::text[])",
                 qualified(&self.schema, "sessions"),
                 qualified(&self.schema, "session_state")
             )
         } else {
             format!(
-                "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, NULL::text FROM {} s WHERE s.id = ANY($1)",
+                "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, NULL::text FROM {} s WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::text[])",
                 qualified(&self.schema, "sessions")
             )
         };

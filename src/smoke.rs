@@ -458,7 +458,7 @@ fn sample_pg(c: &mut postgres::Client, schema: &str) -> Result<Vec<Row>> {
     let rows = c
         .query(
             &format!(
-                "SELECT id, status, current_step, cost FROM {} ORDER BY random() LIMIT {STATUS_SAMPLE}",
+                "SELECT id, status, current_step, cost FROM {} ORDER BY pg_catalog.random() LIMIT {STATUS_SAMPLE}",
                 qualified(schema, "sessions")
             ),
             &[],
@@ -498,7 +498,7 @@ fn stored_state(backing: &mut Backing, id: &str) -> Result<Option<String>> {
             let row = client
                 .query_opt(
                     &format!(
-                        "SELECT state::text FROM {} WHERE session_id = $1",
+                        "SELECT state::text FROM {} WHERE session_id OPERATOR(pg_catalog.=) $1::text",
                         qualified(schema, "session_state")
                     ),
                     &[&id],

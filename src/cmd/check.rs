@@ -298,10 +298,16 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     };
     let v = q(
         &mut c,
-        "SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text, current_database()::text",
+        "SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding'),
+                current_user::text, pg_catalog.current_database()::text, pg_catalog.current_setting('search_path')",
     )?;
-    let (version, encoding, user, db): (String, String, String, String) =
-        (v[0].get(0), v[0].get(1), v[0].get(2), v[0].get(3));
+    let (version, encoding, user, db, search_path): (String, String, String, String, String) = (
+        v[0].get(0),
+        v[0].get(1),
+        v[0].get(2),
+        v[0].get(3),
+        v[0].get(4),
+    );
     let tls = target::session_tls(&mut c)?;
     ctx.report.check(
         "postgres_connectivity",
@@ -313,7 +319,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
                 .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
             t.tls.mode
         ),
-        json!({"database": db, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
+        json!({"database": db, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls, "search_path": search_path}),
     );
     let enc_ok = encoding.eq_ignore_ascii_case("UTF8");
     ctx.report.check(
@@ -332,32 +338,21 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
             format!("server_encoding is {encoding}; sessiondb needs UTF8"),
         ));
     }
-    // Permissions: create in the schema, or read and write the tables that exist.
-    let perms = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
-                    CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN has_schema_privilege($1, 'CREATE') ELSE has_database_privilege(current_database(), 'CREATE') END,
-                    (SELECT coalesce(bool_and(has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') AND has_table_privilege(c.oid, 'UPDATE')), true)
-                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind = 'r')",
-            &[&schema_name],
-        )
-        .map_err(|e| Error::pg("checking permissions", &t.display, e))?;
-    let (schema_exists, can_create, can_write): (bool, bool, bool) =
-        (perms.get(0), perms.get(1), perms.get(2));
-    let perm_ok =
-        can_write && (can_create || schema::table_exists(&mut c, &schema_name, "session_state")?);
+    // Permissions: the probe preflight uses, so that the two agree.
+    let perms = target::Permissions::probe(&mut c, &schema_name)?;
+    let problem = perms.problem(&user);
     ctx.report.check(
         "postgres_permissions",
-        if perm_ok { CheckStatus::Pass } else { CheckStatus::Fail },
-        format!("schema {schema_name}: create {can_create}, read/write on existing tables {can_write}"),
-        json!({"schema": schema_name, "schema_exists": schema_exists, "create": can_create, "read_write": can_write}),
+        if problem.is_none() {
+            CheckStatus::Pass
+        } else {
+            CheckStatus::Fail
+        },
+        problem.clone().unwrap_or_else(|| perms.summary()),
+        serde_json::to_value(&perms).unwrap_or_default(),
     );
-    if !perm_ok {
-        findings.push(Finding::new(
-            "permission_denied",
-            format!("{user} cannot create or write the session tables in schema {schema_name}"),
-        ));
+    if let Some(p) = problem {
+        findings.push(Finding::new("permission_denied", p));
     }
     let st = schema::status(&mut c, &schema_name)?;
     let schema_status = if st.problems().is_some() {
@@ -381,7 +376,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     }
     let ext: Vec<String> = q(
         &mut c,
-        "SELECT extname || ' ' || extversion FROM pg_extension ORDER BY 1",
+        "SELECT pg_catalog.format('%s %s', extname, extversion) FROM pg_extension ORDER BY 1",
     )?
     .iter()
     .map(|r| r.get(0))
@@ -425,10 +420,11 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     }
     let h = q(
         &mut c,
-        "SELECT (SELECT count(*) FROM pg_stat_activity)::bigint,
-                current_setting('max_connections')::bigint,
-                (SELECT count(*) FROM pg_locks WHERE NOT granted)::bigint,
-                (SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND now() - query_start > interval '5 minutes')::bigint",
+        "SELECT (SELECT pg_catalog.count(*) FROM pg_stat_activity)::bigint,
+                pg_catalog.current_setting('max_connections')::bigint,
+                (SELECT pg_catalog.count(*) FROM pg_locks WHERE NOT granted)::bigint,
+                (SELECT pg_catalog.count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_catalog.pg_backend_pid()
+                    AND backend_type = 'client backend' AND pg_catalog.now() - query_start > interval '5 minutes')::bigint",
     )?;
     let (conns, max, waits, long): (i64, i64, i64, i64) =
         (h[0].get(0), h[0].get(1), h[0].get(2), h[0].get(3));

@@ -455,7 +455,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
 fn connect(t: &crate::config::Target, lock_timeout: &str) -> Result<postgres::Client> {
     let mut c = target::connect(t)?;
     c.execute(
-        "SELECT set_config('lock_timeout', $1, false)",
+        "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
         &[&lock_timeout],
     )
     .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
@@ -728,7 +728,8 @@ fn known_stamps(
     }
     let conn = std::sync::Mutex::new(target::connect(t)?);
     let sql = format!(
-        "SELECT l.session_id FROM {} l JOIN unnest($1::text[], $2::text[]) AS u(i, s) ON l.session_id = u.i AND l.source_stamp = u.s
+        "SELECT l.session_id FROM {} l JOIN ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
+                 ON l.session_id = u.i AND l.source_stamp = u.s
           WHERE l.status = 'migrated'",
         target::qualified(schema_name, "sessiondb_ledger")
     );
@@ -849,7 +850,7 @@ fn record_run_end(
     let counts = serde_json::to_value(counts).unwrap_or_default();
     c.execute(
         &format!(
-            "UPDATE {} SET finished_at = now(), status = $2, counts = $3 WHERE run_id = $1",
+            "UPDATE {} SET finished_at = pg_catalog.now(), status = $2, counts = $3 WHERE run_id = $1",
             target::qualified(schema, "sessiondb_runs")
         ),
         &[run, &status, &counts],

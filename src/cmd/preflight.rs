@@ -429,10 +429,15 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         }
     };
     let schema_name = cfg.postgres.schema.clone();
-    let info = c.query_one("SELECT current_setting('server_version'), current_setting('server_encoding'), current_user::text", &[]);
-    match info {
+    let info = c.query_one(
+        "SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding'),
+                current_user::text, pg_catalog.current_setting('search_path')",
+        &[],
+    );
+    let user = match info {
         Ok(r) => {
-            let (v, enc, user): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let (v, enc, user, search_path): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
             let ok = enc.eq_ignore_ascii_case("UTF8");
             let tls = target::session_tls(&mut c).unwrap_or_default();
             ctx.report.check(
@@ -449,8 +454,9 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
                         .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
                     t.tls.mode
                 ),
-                json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls}),
+                json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls, "search_path": search_path}),
             );
+            user
         }
         Err(e) => {
             let e = Error::pg("reading server settings", &t.display, e);
@@ -462,7 +468,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             );
             return None;
         }
-    }
+    };
     match target::lock_free(&mut c, &schema_name) {
         Ok(Some(holder)) => ctx.report.warn(Finding::new(
             "lock_held",
@@ -471,57 +477,26 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         Ok(None) => {}
         Err(e) => ctx.report.warn(Finding::new(e.code(), e.to_string())),
     }
-    // Permissions: on existing tables SELECT/INSERT/UPDATE; else CREATE in the schema.
-    let perm = c.query_one(
-        "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind IN ('r', 'p'))
-         SELECT (SELECT count(*) FROM t)::int,
-                (SELECT coalesce(bool_and(has_table_privilege(oid, 'SELECT') AND has_table_privilege(oid, 'INSERT') AND has_table_privilege(oid, 'UPDATE')), true) FROM t),
-                CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) THEN has_schema_privilege($1, 'CREATE')
-                     ELSE has_database_privilege(current_database(), 'CREATE') END",
-        &[&schema_name],
-    );
-    match perm {
-        Ok(r) => {
-            let (existing, rw, create): (i32, bool, bool) = (r.get(0), r.get(1), r.get(2));
-            let needs_create = existing < 2;
-            let ok = rw && (create || !needs_create);
-            let summary = if ok {
-                format!(
-                    "can {} in schema {schema_name}",
-                    if needs_create {
-                        "create the tables"
-                    } else {
-                        "read and write the tables"
-                    }
-                )
-            } else if !rw {
-                format!(
-                    "missing SELECT/INSERT/UPDATE on the session tables in schema {schema_name}"
-                )
-            } else {
-                format!(
-                    "no CREATE privilege in schema {schema_name}, and the tables do not exist yet"
-                )
-            };
+    // Permissions: SELECT/INSERT/UPDATE on the tables that exist, else CREATE in the
+    // schema, and a session that may write at all (the probe `check` uses too).
+    match target::Permissions::probe(&mut c, &schema_name) {
+        Ok(perms) => {
+            let problem = perms.problem(&user);
             ctx.report.check(
                 "postgres_permissions",
-                if ok {
+                if problem.is_none() {
                     CheckStatus::Pass
                 } else {
                     CheckStatus::Fail
                 },
-                summary.clone(),
-                json!({"existing_tables": existing, "read_write": rw, "create": create}),
+                problem.clone().unwrap_or_else(|| perms.summary()),
+                serde_json::to_value(&perms).unwrap_or_default(),
             );
-            if !ok {
-                ctx.report
-                    .errors
-                    .push(Finding::new("permission_denied", summary));
+            if let Some(p) = problem {
+                ctx.report.errors.push(Finding::new("permission_denied", p));
             }
         }
         Err(e) => {
-            let e = Error::pg("checking permissions", &t.display, e);
             ctx.report.check(
                 "postgres_permissions",
                 CheckStatus::Fail,
@@ -584,6 +559,9 @@ struct Stats {
     too_long: BTreeMap<&'static str, Examples>,
     /// Values of columns with a unique index or a foreign key.
     watched: HashMap<String, HashSet<String>>,
+    /// The watched columns that must not repeat (a foreign key's may: many sessions
+    /// of one user).
+    unique: HashSet<String>,
     duplicates: HashMap<String, Vec<String>>,
 }
 
@@ -614,6 +592,7 @@ fn value(s: &Session, col: &str) -> Option<String> {
 impl Stats {
     fn new(shape: Option<&TableShape>) -> Stats {
         let mut watched = HashMap::new();
+        let mut unique = HashSet::new();
         let mut limits = BTreeMap::new();
         if let Some(sh) = shape {
             for c in &sh.columns {
@@ -625,6 +604,7 @@ impl Stats {
             for u in &sh.unique {
                 if u != "id" && SOURCE_COLUMNS.contains(&u.as_str()) {
                     watched.insert(u.clone(), HashSet::new());
+                    unique.insert(u.clone());
                 }
             }
             for fk in &sh.foreign_keys {
@@ -639,6 +619,7 @@ impl Stats {
             limits,
             too_long: BTreeMap::new(),
             watched,
+            unique,
             duplicates: HashMap::new(),
         }
     }
@@ -658,7 +639,7 @@ impl Stats {
                 }
             }
             if let (Some(v), Some(set)) = (v, self.watched.get_mut(col)) {
-                if !set.insert(v.clone()) {
+                if !set.insert(v.clone()) && self.unique.contains(col) {
                     self.duplicates.entry(col.to_owned()).or_default().push(v);
                 }
             }
@@ -741,7 +722,7 @@ fn check_constraints(
                 let mut missing: Vec<String> = Vec::new();
                 for chunk in values.chunks(10_000) {
                     let sql = format!(
-                        "SELECT v FROM unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{}::text = v)",
+                        "SELECT v FROM pg_catalog.unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{}::text = v)",
                         fk.parent,
                         target::ident(&fk.parent_column)
                     );

@@ -219,7 +219,8 @@ fn parse_backend(s: &str) -> Backend {
 pub fn find_changed(c: &mut postgres::Client, schema: &str) -> Result<Vec<Changed>> {
     let sql = format!(
         "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, st.state::text, l.content_hash
-           FROM {} s LEFT JOIN {} st ON st.session_id = s.id LEFT JOIN {} l ON l.session_id = s.id AND l.status = 'migrated'",
+           FROM {} s LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) s.id
+                LEFT JOIN {} l ON l.session_id OPERATOR(pg_catalog.=) s.id AND l.status = 'migrated'",
         qualified(schema, "sessions"),
         qualified(schema, "session_state"),
         qualified(schema, "sessiondb_ledger")
@@ -357,9 +358,10 @@ fn mark_exported(
     c.execute(
         &format!(
             "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id)
-                  SELECT i, 'migrated', h, sh, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(i, h, sh)
+                  SELECT i, 'migrated', h, sh, $4
+                    FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS u(i, h, sh)
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now()",
+                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now()",
             qualified(schema, "sessiondb_ledger")
         ),
         &[&ids, &hashes, &state_hashes, &run],

@@ -151,17 +151,17 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     let mut tx = c
         .transaction()
         .map_err(|e| Error::pg("starting a transaction", &t.display, e))?;
-    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; CREATE TEMP TABLE sessiondb_verify_ids (id text PRIMARY KEY) ON COMMIT DROP")
+    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; CREATE TEMP TABLE pg_temp.sessiondb_verify_ids (id text PRIMARY KEY) ON COMMIT DROP")
         .map_err(|e| Error::pg("preparing verify", &t.display, e))?;
     let sessions_t = qualified(&schema_name, "sessions");
     let state_t = qualified(&schema_name, "session_state");
     let ledger_t = qualified(&schema_name, "sessiondb_ledger");
     let fetch_sql = format!(
         "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at,
-                encode(sha256(convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash, u.id
-           FROM unnest($1::text[]) AS u(id)
-           LEFT JOIN {sessions_t} s ON s.id = u.id
-           LEFT JOIN {state_t} st ON st.session_id = u.id
+                pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash, u.id
+           FROM pg_catalog.unnest($1::text[]) AS u(id)
+           LEFT JOIN {sessions_t} s ON s.id OPERATOR(pg_catalog.=) u.id
+           LEFT JOIN {state_t} st ON st.session_id OPERATOR(pg_catalog.=) u.id
            LEFT JOIN {ledger_t} l ON l.session_id = u.id"
     );
     let summary = src.open()?.scan(1000, |items| {
@@ -190,7 +190,7 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
         let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
         if sampled.is_none() {
             let all: Vec<&str> = ids.iter().copied().chain(invalid_ids.iter().map(|(i, _)| i.as_str())).collect();
-            tx.execute("INSERT INTO sessiondb_verify_ids SELECT DISTINCT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&all])
+            tx.execute("INSERT INTO pg_temp.sessiondb_verify_ids SELECT DISTINCT pg_catalog.unnest($1::text[]) ON CONFLICT DO NOTHING", &[&all])
                 .map_err(|e| Error::pg("recording source ids", "", e))?;
         }
         // Invalid records: quarantined by a run, or not.
@@ -259,7 +259,7 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     }
     if sampled.is_none() {
         let extra = tx
-            .query(&format!("SELECT s.id FROM {sessions_t} s WHERE NOT EXISTS (SELECT 1 FROM sessiondb_verify_ids v WHERE v.id = s.id) ORDER BY s.id"), &[])
+            .query(&format!("SELECT s.id FROM {sessions_t} s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.sessiondb_verify_ids v WHERE v.id OPERATOR(pg_catalog.=) s.id) ORDER BY s.id"), &[])
             .map_err(|e| Error::pg("looking for extra sessions", "", e))?;
         counts.extra = extra.len() as u64;
         for r in extra {
@@ -413,7 +413,7 @@ fn compare_state(
     };
     let raw = std::str::from_utf8(&st.raw).unwrap_or_default();
     let row = tx
-        .query_one(&format!("SELECT ($1::text::jsonb)::text = state::text, state::text FROM {state_t} WHERE session_id = $2"), &[&raw, &s.id])
+        .query_one(&format!("SELECT ($1::text::jsonb)::text = state::text, state::text FROM {state_t} WHERE session_id OPERATOR(pg_catalog.=) $2::text"), &[&raw, &s.id])
         .map_err(|e| Error::pg("comparing a state", "", e))?;
     let equal: bool = row.get(0);
     if equal {

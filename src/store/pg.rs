@@ -54,9 +54,12 @@ impl Sql {
         Sql {
             get: format!(
                 "SELECT s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, st.state::text
-                   FROM {sessions} s LEFT JOIN {state} st ON st.session_id = s.id WHERE s.id = $1"
+                   FROM {sessions} s LEFT JOIN {state} st ON st.session_id OPERATOR(pg_catalog.=) s.id
+                  WHERE s.id OPERATOR(pg_catalog.=) $1::text"
             ),
-            state: format!("SELECT state::text FROM {state} WHERE session_id = $1"),
+            state: format!(
+                "SELECT state::text FROM {state} WHERE session_id OPERATOR(pg_catalog.=) $1::text"
+            ),
             insert_session: format!(
                 "INSERT INTO {sessions} (id, user_id, status, current_step, cost, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
@@ -65,28 +68,29 @@ impl Sql {
                 "INSERT INTO {state} (session_id, state, updated_at) VALUES ($1, $2::text::jsonb, $3)"
             ),
             put_state: format!(
-                "WITH s AS (UPDATE {sessions} SET updated_at = $3 WHERE id = $1 RETURNING id)
+                "WITH s AS (UPDATE {sessions} SET updated_at = $3 WHERE id OPERATOR(pg_catalog.=) $1::text RETURNING id)
                  INSERT INTO {state} AS t (session_id, state, updated_at)
                       SELECT s.id, $2::text::jsonb, $3 FROM s
                  ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
             ),
             write_states: format!(
-                "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[]) AS u(id, state)),
-                      s AS (UPDATE {sessions} t SET updated_at = $3 FROM input WHERE t.id = input.id RETURNING t.id)
+                "WITH input AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(id, state)),
+                      s AS (UPDATE {sessions} t SET updated_at = $3 FROM input WHERE t.id OPERATOR(pg_catalog.=) input.id RETURNING t.id)
                  INSERT INTO {state} AS t (session_id, state, updated_at)
-                      SELECT input.id, input.state::jsonb, $3 FROM input JOIN s ON s.id = input.id
+                      SELECT input.id, input.state::jsonb, $3 FROM input JOIN s ON s.id OPERATOR(pg_catalog.=) input.id
                  ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
                  RETURNING t.session_id"
             ),
             update_meta: format!(
                 "UPDATE {sessions} SET status = coalesce($2, status), current_step = coalesce($3, current_step),
                         cost = coalesce($4, cost), updated_at = $5
-                  WHERE id = $1 RETURNING user_id, status, current_step, cost, created_at, updated_at"
+                  WHERE id OPERATOR(pg_catalog.=) $1::text RETURNING user_id, status, current_step, cost, created_at, updated_at"
             ),
             // Ids compare bytewise ("C"), as SQLite and the JSON store order them.
             list: format!(
                 "SELECT id, user_id, status, current_step, cost, created_at, updated_at FROM {sessions}
-                  WHERE $1::text IS NULL OR id COLLATE \"C\" > $1 ORDER BY id COLLATE \"C\" LIMIT $2"
+                  WHERE $1::text IS NULL OR id COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.>) $1::text
+                  ORDER BY id COLLATE pg_catalog.\"C\" LIMIT $2"
             ),
         }
     }

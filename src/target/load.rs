@@ -211,7 +211,7 @@ pub fn upsert(
     batch: &Batch<'_>,
 ) -> Result<()> {
     tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS sessiondb_stage (
+        "CREATE TEMP TABLE IF NOT EXISTS pg_temp.sessiondb_stage (
             id text, user_id text, status text, current_step text, cost float8,
             created_at timestamptz, updated_at timestamptz, state text, state_updated_at timestamptz,
             content_hash text, state_hash text, source_stamp text) ON COMMIT DELETE ROWS",
@@ -232,30 +232,30 @@ pub fn upsert(
         field(&mut data, s.stamp.as_deref());
         data.push(b'\n');
     }
-    copy_in(tx, "COPY sessiondb_stage FROM STDIN", &data)?;
+    copy_in(tx, "COPY pg_temp.sessiondb_stage FROM STDIN", &data)?;
     let sessions = qualified(schema, "sessions");
     let state = qualified(schema, "session_state");
     let ledger = qualified(schema, "sessiondb_ledger");
     let sql = format!(
         "INSERT INTO {sessions} AS t (id, user_id, status, current_step, cost, created_at, updated_at)
-              SELECT id, user_id, status, current_step, cost, created_at, updated_at FROM sessiondb_stage
+              SELECT id, user_id, status, current_step, cost, created_at, updated_at FROM pg_temp.sessiondb_stage
          ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, status = EXCLUDED.status,
               current_step = EXCLUDED.current_step, cost = EXCLUDED.cost,
               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at;
          INSERT INTO {state} AS t (session_id, state, updated_at)
-              SELECT id, state::jsonb, state_updated_at FROM sessiondb_stage WHERE state IS NOT NULL
+              SELECT id, state::jsonb, state_updated_at FROM pg_temp.sessiondb_stage WHERE state IS NOT NULL
          ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
               WHERE t.state::text IS DISTINCT FROM EXCLUDED.state::text OR t.updated_at IS DISTINCT FROM EXCLUDED.updated_at;
-         DELETE FROM {state} WHERE session_id IN (SELECT id FROM sessiondb_stage WHERE state IS NULL);"
+         DELETE FROM {state} WHERE session_id OPERATOR(pg_catalog.=) ANY (SELECT id FROM pg_temp.sessiondb_stage WHERE state IS NULL);"
     );
     tx.batch_execute(&sql)
         .map_err(|e| Error::pg("upserting a batch", "", e))?;
     tx.execute(
         &format!(
             "INSERT INTO {ledger} (session_id, status, content_hash, state_hash, code, run_id, migrated_at, source_stamp)
-                  SELECT id, 'migrated', content_hash, state_hash, NULL, $1, now(), source_stamp FROM sessiondb_stage
+                  SELECT id, 'migrated', content_hash, state_hash, NULL, $1, pg_catalog.now(), source_stamp FROM pg_temp.sessiondb_stage
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now(),
+                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
                   source_stamp = EXCLUDED.source_stamp"
         ),
         &[run_id],
@@ -284,9 +284,10 @@ pub fn adopt(
     tx.execute(
         &format!(
             "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id, source_stamp)
-                  SELECT i, 'migrated', h, sh, $4, st FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) AS u(i, h, sh, st)
+                  SELECT i, 'migrated', h, sh, $4, st
+                    FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($5::text[])) AS u(i, h, sh, st)
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = now(),
+                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
                   source_stamp = EXCLUDED.source_stamp",
             qualified(schema, "sessiondb_ledger")
         ),
@@ -323,9 +324,9 @@ fn record_quarantined_ids(
     tx.execute(
         &format!(
             "INSERT INTO {} (session_id, status, code, run_id)
-                  SELECT i, 'quarantined', c, $3 FROM unnest($1::text[], $2::text[]) AS u(i, c)
+                  SELECT i, 'quarantined', c, $3 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, c)
              ON CONFLICT (session_id) DO UPDATE SET status = 'quarantined',
-                  code = EXCLUDED.code, run_id = EXCLUDED.run_id, migrated_at = now()",
+                  code = EXCLUDED.code, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now()",
             qualified(schema, "sessiondb_ledger")
         ),
         &[&ids, &codes, run_id],
@@ -484,7 +485,8 @@ pub fn restamp(tx: &mut Transaction<'_>, schema: &str, list: &[(String, String)]
     let stamps: Vec<&str> = list.iter().map(|(_, s)| s.as_str()).collect();
     tx.execute(
         &format!(
-            "UPDATE {} l SET source_stamp = u.s FROM unnest($1::text[], $2::text[]) AS u(i, s) WHERE l.session_id = u.i",
+            "UPDATE {} l SET source_stamp = u.s FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
+              WHERE l.session_id = u.i",
             qualified(schema, "sessiondb_ledger")
         ),
         &[&ids, &stamps],

@@ -60,7 +60,7 @@ pub fn connect_error(t: &Target, e: postgres::Error) -> Error {
 pub fn session_tls(c: &mut Client) -> Result<Option<String>> {
     let row = c
         .query_opt(
-            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid() AND ssl",
             &[],
         )
         .map_err(|e| Error::pg("reading pg_stat_ssl", "", e))?;
@@ -73,6 +73,40 @@ pub fn session_tls(c: &mut Client) -> Result<Option<String>> {
 /// Quote an identifier for SQL (`"a""b"`): names from config never reach SQL unquoted.
 pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The `search_path` of every connection: `pg_catalog` first, so that no function,
+/// operator, type or table another role created in the configured schema can stand in
+/// for a built-in of the same name and argument types; then the configured schema;
+/// `pg_temp` last, so that a temporary table never shadows anything (sessiondb names its
+/// own as `pg_temp.name`).
+///
+/// search_path alone does not stop a function whose argument types match a call *better*
+/// than the built-in's (`public.convert_to(text, text)` beats
+/// `pg_catalog.convert_to(text, name)` for a literal): every built-in the tool's SQL
+/// calls is written `pg_catalog.name(...)`, and every operator has operands of the exact
+/// types of a pg_catalog operator or is written `OPERATOR(pg_catalog.=)`.
+pub fn search_path(schema: &str) -> String {
+    format!("pg_catalog, {}, pg_temp", ident(schema))
+}
+
+/// The startup `options` that set [`search_path`] for `schema` from the connection's
+/// first statement on, after whatever `options` the connection string gave (the last
+/// `-c` of a setting wins, so the URL cannot undo it). The server splits `options` at
+/// whitespace unless escaped with a backslash: a schema name may hold spaces, quotes,
+/// commas or backslashes.
+pub fn startup_options(given: Option<&str>, schema: &str) -> String {
+    let mut value = String::new();
+    for c in format!("search_path={}", search_path(schema)).chars() {
+        if c == '\\' || c.is_ascii_whitespace() || c == '\u{b}' {
+            value.push('\\');
+        }
+        value.push(c);
+    }
+    match given.map(str::trim).filter(|g| !g.is_empty()) {
+        Some(g) => format!("{g} -c {value}"),
+        None => format!("-c {value}"),
+    }
 }
 
 /// `"schema"."table"`.
@@ -98,11 +132,11 @@ pub fn lock_holder(c: &mut Client, schema: &str) -> Result<Option<String>> {
     let rows = c
         .query(
             "SELECT a.pid, a.usename::text, a.application_name,
-                    coalesce(a.client_hostname, host(a.client_addr), CASE WHEN a.backend_start IS NOT NULL THEN 'local socket' END),
-                    to_char(coalesce(a.xact_start, a.backend_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                    coalesce(a.client_hostname, pg_catalog.host(a.client_addr), CASE WHEN a.backend_start IS NOT NULL THEN 'local socket' END),
+                    pg_catalog.to_char(coalesce(a.xact_start, a.backend_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database())
                 AND l.classid::bigint = $1 AND l.objid::bigint = $2",
             &[&classid, &objid],
         )
@@ -143,7 +177,10 @@ impl WriterLock {
         let mut client = connect(&cfg)?;
         let key = lock_key(schema);
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .query_one(
+                "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)",
+                &[&key],
+            )
             .map_err(|e| Error::pg("taking the writer lock", &t.display, e))?
             .get(0);
         if !got {
@@ -162,15 +199,109 @@ impl WriterLock {
 
 impl Drop for WriterLock {
     fn drop(&mut self) {
-        let _ = self
-            .client
-            .execute("SELECT pg_advisory_unlock($1)", &[&self.key]);
+        let _ = self.client.execute(
+            "SELECT pg_catalog.pg_advisory_unlock($1::bigint)",
+            &[&self.key],
+        );
     }
 }
 
 /// Whether the writers' lock is free right now (preflight, check).
 pub fn lock_free(c: &mut Client, schema: &str) -> Result<Option<String>> {
     lock_holder(c, schema)
+}
+
+/// What the connected role may do with the session tables in a schema: the one probe
+/// behind `postgres_permissions` in both `check` and `preflight`, so that they agree.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Permissions {
+    pub schema: String,
+    pub schema_exists: bool,
+    /// How many of `sessions` and `session_state` exist already.
+    pub existing_tables: i32,
+    /// SELECT, INSERT and UPDATE on every one of them that exists.
+    pub read_write: bool,
+    /// CREATE in the schema (in the database when the schema does not exist yet).
+    pub create: bool,
+    /// The session's transactions are read-only (`default_transaction_read_only`, for
+    /// the role or the database, or a standby): nothing can be written, whatever the
+    /// grants say.
+    pub read_only: bool,
+    /// The server is a standby.
+    pub in_recovery: bool,
+}
+
+impl Permissions {
+    pub fn probe(c: &mut Client, schema: &str) -> Result<Permissions> {
+        let r = c
+            .query_one(
+                "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname IN ('sessions', 'session_state') AND c.relkind IN ('r', 'p'))
+                 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                        (SELECT pg_catalog.count(*) FROM t)::int,
+                        (SELECT coalesce(pg_catalog.bool_and(pg_catalog.has_table_privilege(oid, 'SELECT')
+                                 AND pg_catalog.has_table_privilege(oid, 'INSERT')
+                                 AND pg_catalog.has_table_privilege(oid, 'UPDATE')), true) FROM t),
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
+                             THEN pg_catalog.has_schema_privilege($1, 'CREATE')
+                             ELSE pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') END,
+                        pg_catalog.current_setting('transaction_read_only')::bool,
+                        pg_catalog.pg_is_in_recovery()",
+                &[&schema],
+            )
+            .map_err(|e| Error::pg("checking permissions", "", e))?;
+        Ok(Permissions {
+            schema: schema.to_owned(),
+            schema_exists: r.get(0),
+            existing_tables: r.get(1),
+            read_write: r.get(2),
+            create: r.get(3),
+            read_only: r.get(4),
+            in_recovery: r.get(5),
+        })
+    }
+
+    /// Why `user` cannot migrate into the schema, and what to do; `None` when it can.
+    pub fn problem(&self, user: &str) -> Option<String> {
+        let schema = &self.schema;
+        if self.in_recovery {
+            return Some(
+                "the server is a standby (in recovery): every session is read-only; point the URL at the primary"
+                    .into(),
+            );
+        }
+        if self.read_only {
+            return Some(format!(
+                "the session is read-only (default_transaction_read_only = on, set for role {user} or its database): \
+                 nothing can be written; run `ALTER ROLE {} SET default_transaction_read_only = off` (or ALTER DATABASE), or use a role that may write",
+                ident(user)
+            ));
+        }
+        if !self.read_write {
+            return Some(format!(
+                "missing SELECT/INSERT/UPDATE on the session tables in schema {schema}"
+            ));
+        }
+        if self.existing_tables < 2 && !self.create {
+            return Some(format!(
+                "no CREATE privilege in schema {schema}, and the tables do not exist yet"
+            ));
+        }
+        None
+    }
+
+    /// The check's summary when there is no problem.
+    pub fn summary(&self) -> String {
+        format!(
+            "can {} in schema {}",
+            if self.existing_tables < 2 {
+                "create the tables"
+            } else {
+                "read and write the tables"
+            },
+            self.schema
+        )
+    }
 }
 
 /// A column of an existing target table.
@@ -206,8 +337,8 @@ pub fn table_shape(c: &mut Client, schema: &str, table: &str) -> Result<Option<T
     let err = |e| Error::pg("reading the target table", "", e);
     let cols = c
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull, a.atthasdef,
-                    CASE WHEN a.atttypmod > 4 AND a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype) THEN a.atttypmod - 4 END
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL::integer), a.attnotnull, a.atthasdef,
+                    CASE WHEN a.atttypmod > 4 AND a.atttypid IN ('pg_catalog.varchar'::pg_catalog.regtype::oid, 'pg_catalog.bpchar'::pg_catalog.regtype::oid) THEN a.atttypmod - 4 END
                FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&schema, &table],
@@ -240,13 +371,13 @@ pub fn table_shape(c: &mut Client, schema: &str, table: &str) -> Result<Option<T
         .collect();
     let foreign_keys = c
         .query(
-            "SELECT con.conname::text, a.attname::text, format('%I.%I', pn.nspname, pc.relname), pa.attname::text
+            "SELECT con.conname::text, a.attname::text, pg_catalog.format('%I.%I', pn.nspname, pc.relname), pa.attname::text
                FROM pg_constraint con
                JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = con.conkey[1]
                JOIN pg_class pc ON pc.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
                JOIN pg_attribute pa ON pa.attrelid = pc.oid AND pa.attnum = con.confkey[1]
-              WHERE n.nspname = $1 AND c.relname = $2 AND con.contype = 'f' AND array_length(con.conkey, 1) = 1",
+              WHERE n.nspname = $1 AND c.relname = $2 AND con.contype = 'f' AND pg_catalog.array_length(con.conkey, 1) = 1",
             &[&schema, &table],
         )
         .map_err(err)?

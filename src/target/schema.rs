@@ -19,6 +19,10 @@ pub struct Migration {
 pub const VERSIONS_TABLE: &str = "sessiondb_schema_versions";
 pub const GIN_INDEX: &str = "session_state_state_gin";
 
+/// The versions' SQL calls no function but `now()` in column defaults (resolved once,
+/// when the table is created, with pg_catalog first in the search_path: see
+/// [`super::search_path`]). An applied version is never edited, so new SQL that calls
+/// built-ins goes in a new version, written `pg_catalog.name(...)`.
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "sessions, session_state and bookkeeping",
@@ -121,7 +125,7 @@ impl Status {
 
 pub fn table_exists(c: &mut impl GenericClient, schema: &str, table: &str) -> Result<bool> {
     c.query_one(
-        "SELECT to_regclass($1) IS NOT NULL",
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
         &[&qualified(schema, table)],
     )
     .map(|r| r.get(0))
@@ -175,7 +179,7 @@ pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<
             .map_err(|e| Error::pg("creating the schema", "", e))?;
     }
     tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), run_id uuid)",
+        "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(), run_id uuid)",
         qualified(schema, VERSIONS_TABLE)
     ))
     .map_err(|e| Error::pg("creating the schema versions table", "", e))?;
@@ -218,7 +222,7 @@ pub fn ensure_gin_index(c: &mut impl GenericClient, schema: &str, opclass: &str)
         return Ok(false);
     }
     c.batch_execute(&format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (state {})",
+        "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (state pg_catalog.{})",
         ident(GIN_INDEX),
         qualified(schema, "session_state"),
         opclass

@@ -1,5 +1,8 @@
 //! `sessiondb check` on each backend.
 
+use sessiondb::report::CheckStatus;
+
+use crate::support::pg::{Role, TestDb};
 use crate::support::store::Store;
 use crate::support::{TempDir, pg, sessiondb};
 
@@ -186,4 +189,54 @@ fn check_of_a_100_mb_json_store_keeps_memory_flat() {
         "peak RSS {peak:.0} MB for a {size_mb:.0} MB JSON store (limit {limit:.0} MB)"
     );
     eprintln!("check of a {size_mb:.0} MB JSON store: peak RSS {peak:.0} MB");
+}
+
+/// A role whose sessions are read-only (`default_transaction_read_only = on`) can hold
+/// every grant and still write nothing: `check` fails `postgres_permissions` as
+/// `preflight` does (one probe), saying why and how to fix it.
+#[test]
+fn a_read_only_role_fails_postgres_permissions_in_check_as_in_preflight() {
+    let role = Role::new("readonly");
+    let db = TestDb::new("check_read_only");
+    // The database's owner: it may create in public (owned by pg_database_owner).
+    db.client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" OWNER TO \"{}\"",
+            db.name, role.name
+        ))
+        .unwrap();
+    pg::admin()
+        .batch_execute(&format!(
+            "ALTER ROLE \"{}\" SET default_transaction_read_only = on",
+            role.name
+        ))
+        .unwrap();
+    let s = Store::new();
+    s.session("a", r#"{"x": 1}"#);
+    for args in [&["check", "--backend", "postgres"][..], &["preflight"]] {
+        let r = sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", role.url(&db))
+            .expect(sessiondb::exit::PROBLEMS);
+        let c = r.check("postgres_permissions");
+        assert_eq!(c.status, CheckStatus::Fail, "{args:?}: {}", r.stdout);
+        assert_eq!(c.details["read_only"], true, "{args:?}: {}", r.stdout);
+        assert_eq!(
+            c.details["create"], true,
+            "{args:?}: the grants alone would do"
+        );
+        assert!(
+            c.summary.contains("read-only")
+                && c.summary.contains("default_transaction_read_only = off"),
+            "{args:?}: {}",
+            c.summary
+        );
+        let e = r
+            .report
+            .errors
+            .iter()
+            .find(|e| e.code == "permission_denied")
+            .unwrap_or_else(|| panic!("{args:?}: {}", r.stdout));
+        assert_eq!(e.message, c.summary);
+    }
 }

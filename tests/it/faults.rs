@@ -405,6 +405,17 @@ fn a_schema_name_with_a_quote_works() {
         .unwrap()
         .get(0);
     assert_eq!(n, 5);
+    // The name reaches every connection's search_path whole (quote, space, hyphen).
+    let r = sessiondb(&["check", "--backend", "postgres"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(sessiondb::exit::OK);
+    assert_eq!(
+        r.check("postgres_connectivity").details["search_path"],
+        r#"pg_catalog, "we""ird sch-ema", pg_temp"#,
+        "{}",
+        r.stdout
+    );
     row(
         "schema name with a quote",
         "migrate-state, verify",

@@ -7,6 +7,7 @@ mod cli;
 mod cutover;
 mod faults;
 mod fixture;
+mod hijack;
 mod migrate;
 mod preflight;
 mod resume;

@@ -10,8 +10,9 @@ use std::process::Command;
 use sessiondb::report::{CheckStatus, Finding};
 use sha2::{Digest, Sha256};
 
+use crate::support::pg::{Role, TestDb};
 use crate::support::store::Store;
-use crate::support::{Cmd, Run, TempDir, pg, pg::TestDb, sessiondb};
+use crate::support::{Cmd, Run, TempDir, sessiondb};
 
 fn preflight(s: &Store, db: &TestDb, args: &[&str]) -> Cmd {
     let mut a = vec!["preflight"];
@@ -211,45 +212,6 @@ fn preflight_unreachable_postgres_names_the_redacted_url() {
     assert_eq!(r.check("plan").details["target_reachable"], false);
 }
 
-/// A login role of the test cluster, dropped with the test.
-struct Role {
-    name: String,
-    password: String,
-}
-
-impl Role {
-    fn new(label: &str) -> Role {
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let r = Role {
-            name: format!("{label}_{suffix}"),
-            password: format!("pw-{suffix}-role"),
-        };
-        pg::admin()
-            .batch_execute(&format!(
-                "CREATE ROLE \"{}\" LOGIN PASSWORD '{}'",
-                r.name, r.password
-            ))
-            .unwrap();
-        r
-    }
-
-    /// The URL of `db` as this role.
-    fn url(&self, db: &TestDb) -> String {
-        let admin = format!("postgres:{}@", pg::password());
-        assert!(db.url.contains(&admin));
-        db.url
-            .replace(&admin, &format!("{}:{}@", self.name, self.password))
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(pg::admin_url(), postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS \"{}\"", self.name));
-        }
-    }
-}
-
 #[test]
 fn preflight_role_without_create_fails_permissions() {
     let s = store_with(3);
@@ -437,6 +399,8 @@ fn preflight_foreign_key_without_a_parent_fails_naming_the_value() {
             && m.contains("1 value(s)")),
         "{errs:?}"
     );
+    // Many sessions of one user: a foreign key column repeats, and that is no problem.
+    assert!(!errs.iter().any(|m| m.contains("is unique")), "{errs:?}");
 }
 
 #[test]

@@ -125,3 +125,44 @@ fn a_password_in_the_config_file_is_warned_and_never_printed() {
         p == s.config || p.ends_with("config/sessiondb.toml")
     });
 }
+
+/// A password in a config file that other users can read: the warning says who can read
+/// it and gives the fix (`chmod 600 FILE`); once the file is the owner's alone, it is the
+/// plain secret-at-rest warning.
+#[test]
+fn a_password_in_a_config_file_others_can_read_is_warned_with_chmod_600() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Store::new();
+    s.session("a", r#"{"x": 1}"#);
+    let db = pg::TestDb::new("secrets_mode");
+    s.write_config("sqlite", &format!("\n[postgres]\nurl = \"{}\"\n", db.url));
+    let secret_warning = |mode: u32| {
+        std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = sessiondb(&["check", "--backend", "sqlite"])
+            .config(&s.config)
+            .expect(sessiondb::exit::OK);
+        clean(&r, &pg::password(), "check");
+        r.report
+            .warnings
+            .iter()
+            .find(|w| w.code == "secret_in_config")
+            .unwrap_or_else(|| panic!("no secret_in_config: {}", r.stdout))
+            .clone()
+    };
+    let w = secret_warning(0o644);
+    let path = s.config.display().to_string();
+    assert!(
+        w.message
+            .contains("mode 0644: every user of this machine can read it")
+            && w.message.contains(&format!("`chmod 600 {path}`")),
+        "{}",
+        w.message
+    );
+    assert_eq!(w.path.as_deref(), Some(path.as_str()));
+    let w = secret_warning(0o600);
+    assert!(
+        !w.message.contains("chmod") && w.message.contains("a secret at rest"),
+        "{}",
+        w.message
+    );
+}

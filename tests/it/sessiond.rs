@@ -20,16 +20,16 @@ use crate::support::store::Store;
 use crate::support::{Cmd, Run, SCRUB, sessiondb};
 
 /// A running `sessiond`, killed if the test fails before stopping it.
-struct Service {
+pub(crate) struct Service {
     child: Option<Child>,
-    url: String,
+    pub(crate) url: String,
     stderr: Arc<Mutex<String>>,
     drain: Option<JoinHandle<()>>,
 }
 
 impl Service {
     /// Start on `config`; with `database_url`, the runtime gating picks PostgreSQL.
-    fn start(config: &Path, database_url: Option<&str>) -> Service {
+    pub(crate) fn start(config: &Path, database_url: Option<&str>) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
         cmd.arg("--config")
             .arg(config)
@@ -81,7 +81,7 @@ impl Service {
         s
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -93,7 +93,7 @@ impl Service {
     }
 
     /// SIGTERM, wait, and return everything it wrote on stderr; it must exit 0.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -117,7 +117,7 @@ impl Drop for Service {
 
 /// A blocking client on one sessiond that remembers the last state it sent for each
 /// session.
-struct Client {
+pub(crate) struct Client {
     agent: ureq::Agent,
     base: String,
 }
@@ -141,15 +141,15 @@ impl Client {
         (resp.status().as_u16(), v)
     }
 
-    fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         self.call("GET", path, None)
     }
 
-    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &str) -> (u16, Value) {
         self.call("POST", path, Some(body))
     }
 
-    fn create(&self, written: &mut BTreeMap<String, Value>, id: &str, state: Value) {
+    pub(crate) fn create(&self, written: &mut BTreeMap<String, Value>, id: &str, state: Value) {
         let body = json!({"id": id, "user_id": "u-http", "status": "running",
                           "current_step": "start", "cost": 0.5, "state": state});
         let (code, v) = self.post("/api/sessions", &body.to_string());
@@ -158,14 +158,14 @@ impl Client {
         written.insert(id.to_owned(), state);
     }
 
-    fn progress(&self, written: &mut BTreeMap<String, Value>, id: &str, state: Value) {
+    pub(crate) fn progress(&self, written: &mut BTreeMap<String, Value>, id: &str, state: Value) {
         let (code, v) = self.post(&format!("/api/sessions/{id}/progress"), &state.to_string());
         assert_eq!(code, 202, "progress {id}: {v}");
         written.insert(id.to_owned(), state);
     }
 
     /// A session created and moved through three progress updates.
-    fn session_with_progress(&self, written: &mut BTreeMap<String, Value>, id: &str) {
+    pub(crate) fn session_with_progress(&self, written: &mut BTreeMap<String, Value>, id: &str) {
         self.create(written, id, json!({"progress": 0, "phase": "new"}));
         for i in 1..=3 {
             self.progress(

@@ -211,3 +211,49 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// A login role of the test cluster (roles are the cluster's, not a database's), dropped
+/// with the test. Declare it before the [`TestDb`] it owns objects in: locals drop in
+/// reverse order, so the database goes first and the role can then be dropped.
+pub struct Role {
+    pub name: String,
+    pub password: String,
+}
+
+impl Role {
+    pub fn new(label: &str) -> Role {
+        Role::with(label, "")
+    }
+
+    /// A role with extra attributes (`SUPERUSER`, ...).
+    pub fn with(label: &str, attributes: &str) -> Role {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let r = Role {
+            name: format!("{label}_{suffix}"),
+            password: format!("pw-{suffix}-role"),
+        };
+        admin()
+            .batch_execute(&format!(
+                "CREATE ROLE \"{}\" LOGIN {attributes} PASSWORD '{}'",
+                r.name, r.password
+            ))
+            .unwrap();
+        r
+    }
+
+    /// The URL of `db` as this role.
+    pub fn url(&self, db: &TestDb) -> String {
+        let admin = format!("postgres:{}@", password());
+        assert!(db.url.contains(&admin));
+        db.url
+            .replace(&admin, &format!("{}:{}@", self.name, self.password))
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(admin_url(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS \"{}\"", self.name));
+        }
+    }
+}
