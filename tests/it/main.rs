@@ -1,6 +1,7 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
 mod backup;
+mod backup_check;
 mod canon;
 mod check;
 mod cli;
@@ -9,6 +10,7 @@ mod faults;
 mod fixture;
 mod migrate;
 mod preflight;
+mod quarantine;
 mod resume;
 mod runbooks;
 mod secrets;
