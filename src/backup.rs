@@ -14,9 +14,13 @@
 //! ```
 //!
 //! Kill-safety: a folder that holds `INCOMPLETE`, or no `manifest.json`, is not a
-//! backup, whatever else it holds; [`find_matching`] and [`verify`] say so. Nothing here
-//! deletes a file it did not just create (the marker), and nothing here writes to the
-//! source: the database is opened read-only and the state files are only read.
+//! backup, whatever else it holds; [`matching`] and [`check`] say so. The writing
+//! process holds a lock on the marker (`flock`, gone with the process), and the marker
+//! names it. Nothing here deletes a backup: besides the marker it just wrote, the only
+//! thing removed is the folder of a failed backup (`find_failed` says which), before a
+//! new backup is written. Nothing here writes to the source: the database is opened
+//! read-only and the state files are only read; a file of the store the tool may not
+//! read is noted in the manifest (`unreadable`), not copied.
 //!
 //! `sessions.jsonl` is resolved from the SQLite *copy* (plus the state files and the
 //! JSON store), so the dump and `sqlite/app.db` describe the same snapshot of a live
@@ -1426,6 +1430,8 @@ pub struct Checked {
     /// How many problems, of which the first are in `problems`.
     pub problem_count: u64,
     pub problems: Vec<Problem>,
+    /// How long the check took.
+    pub ms: u64,
     /// The manifest's head, when it could be read.
     #[serde(skip)]
     pub head: Option<ManifestHead>,
@@ -1498,6 +1504,13 @@ pub fn is_complete(dir: &Path) -> bool {
 /// The first `keep` problems are kept (all are counted). `Err` only when `dir` cannot
 /// be read at all.
 pub fn check(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
+    let t0 = Instant::now();
+    let mut out = check_inner(dir, depth, keep)?;
+    out.ms = t0.elapsed().as_millis() as u64;
+    Ok(out)
+}
+
+fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
     let meta = fs::metadata(dir).map_err(|e| Error::Unreadable {
         path: dir.to_path_buf(),
         source: e,
@@ -1516,6 +1529,7 @@ pub fn check(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
         sound: 0,
         problem_count: 0,
         problems: Vec::new(),
+        ms: 0,
         head: None,
     };
     let note = |out: &mut Checked, p: Problem| {
@@ -1539,13 +1553,19 @@ pub fn check(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
         );
     }
     let mpath = dir.join(MANIFEST);
+    // Listed files are stat-ed relative to the open folder: the kernel walks only their
+    // own path (as the store's scan does).
+    let root = File::open(dir).map_err(|e| Error::Unreadable {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let mut chunk: Vec<FileEntry> = Vec::with_capacity(CHECK_CHUNK);
     let mut sqlite_sound = false;
     let mut run_chunk = |out: &mut Checked, chunk: &mut Vec<FileEntry>| {
         use rayon::prelude::*;
         let results: Vec<std::result::Result<(), Problem>> = chunk
             .par_iter()
-            .map(|f| check_entry(dir, &mpath, f, depth))
+            .map(|f| check_entry(dir, &root, &mpath, f, depth))
             .collect();
         for (f, r) in chunk.drain(..).zip(results) {
             out.files += 1;
@@ -1628,6 +1648,7 @@ pub fn verify(dir: &Path) -> Result<Checked> {
 /// One listed file, as deeply as `depth` says.
 fn check_entry(
     dir: &Path,
+    root: &File,
     mpath: &Path,
     f: &FileEntry,
     depth: Depth,
@@ -1649,7 +1670,7 @@ fn check_entry(
         path: path.clone(),
         message,
     };
-    match fs::symlink_metadata(&path) {
+    match crate::fsutil::lstat_at(root, &rel) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(problem(
             "backup_missing_file",
             format!("{} is missing", f.path),
@@ -1658,17 +1679,15 @@ fn check_entry(
             "backup_damaged",
             format!("{} cannot be read: {e}", f.path),
         )),
-        Ok(m) if !m.is_file() => Err(problem(
+        Ok(m) if m.mode & libc::S_IFMT != libc::S_IFREG => Err(problem(
             "backup_damaged",
             format!("{} is not a regular file", f.path),
         )),
-        Ok(m) if m.len() != f.bytes => Err(problem(
+        Ok(m) if m.size != f.bytes => Err(problem(
             "backup_damaged",
             format!(
                 "{} has {} bytes, the manifest says {}",
-                f.path,
-                m.len(),
-                f.bytes
+                f.path, m.size, f.bytes
             ),
         )),
         Ok(_) => Ok(()),

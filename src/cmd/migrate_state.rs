@@ -806,12 +806,16 @@ fn choose_backup(
             json!({
                 "dir": c.dir, "files": c.files, "bytes": c.bytes, "sound": c.sound,
                 "checksums": c.checksums, "problems": c.problem_count,
-                "first_problems": c.problems,
+                "first_problems": c.problems, "ms": c.ms,
             }),
         );
     };
+    let not_a_backup = |d: &Path, e: Error| Error::Refused {
+        code: "backup_incomplete",
+        message: format!("{} is not a backup: {e}", d.display()),
+    };
     if let Some(d) = &args.backup {
-        let c = crate::backup::check(d, depth, SUMMARY_PROBLEMS)?;
+        let c = crate::backup::check(d, depth, SUMMARY_PROBLEMS).map_err(|e| not_a_backup(d, e))?;
         report(ctx, &c);
         if !c.is_sound() {
             ctx.report.next_steps.push(format!(
@@ -845,7 +849,19 @@ fn choose_backup(
         return Ok(Some(c));
     }
     for d in crate::backup::matching(&cfg.backup_dir, fp) {
-        let c = crate::backup::check(&d, depth, SUMMARY_PROBLEMS)?;
+        let c = match crate::backup::check(&d, depth, SUMMARY_PROBLEMS) {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.report.warn(
+                    Finding::new(
+                        "backup_incomplete",
+                        format!("the matching backup {}: passed over", not_a_backup(&d, e)),
+                    )
+                    .path(&d),
+                );
+                continue;
+            }
+        };
         if c.is_sound() {
             tracing::info!("using the matching backup {}", d.display());
             report(ctx, &c);
