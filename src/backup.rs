@@ -14,9 +14,13 @@
 //! ```
 //!
 //! Kill-safety: a folder that holds `INCOMPLETE`, or no `manifest.json`, is not a
-//! backup, whatever else it holds; [`find_matching`] and [`verify`] say so. Nothing here
-//! deletes a file it did not just create (the marker), and nothing here writes to the
-//! source: the database is opened read-only and the state files are only read.
+//! backup, whatever else it holds; [`matching`] and [`check`] say so. The writing
+//! process holds a lock on the marker (`flock`, gone with the process), and the marker
+//! names it. Nothing here deletes a backup: besides the marker it just wrote, the only
+//! thing removed is the folder of a failed backup (`find_failed` says which), before a
+//! new backup is written. Nothing here writes to the source: the database is opened
+//! read-only and the state files are only read; a file of the store the tool may not
+//! read is noted in the manifest (`unreadable`), not copied.
 //!
 //! `sessions.jsonl` is resolved from the SQLite *copy* (plus the state files and the
 //! JSON store), so the dump and `sqlite/app.db` describe the same snapshot of a live
@@ -83,9 +87,14 @@ pub struct Manifest {
     pub counts: ManifestCounts,
     pub files: Vec<FileEntry>,
     pub skipped_symlinks: Vec<Skipped>,
-    /// Entries that are neither files nor folders, or that could not be read.
+    /// Entries that are neither files nor folders, or that vanished or kept changing.
     #[serde(default)]
     pub skipped_other: Vec<Skipped>,
+    /// Files of the store that the backup was not allowed to read (their path and the
+    /// error): not copied. The backup is complete without them; the records they hold
+    /// are invalid (`unreadable`) and quarantined without bytes by `migrate-state`.
+    #[serde(default)]
+    pub unreadable: Vec<Skipped>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +254,10 @@ pub struct Plan {
     pub available: Option<u64>,
     pub skipped_symlinks: Vec<Skipped>,
     pub skipped_other: Vec<Skipped>,
+    /// Entries the backup would not be allowed to read (their error).
+    pub unreadable: Vec<Skipped>,
+    /// Folders of failed backups that a backup taken now would remove first.
+    pub would_remove: Vec<PathBuf>,
 }
 
 /// Measure a backup of `cfg`'s store without writing anything.
@@ -271,6 +284,8 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         .ok(),
         skipped_symlinks: Vec::new(),
         skipped_other: Vec::new(),
+        unreadable: Vec::new(),
+        would_remove: failed_backups(&cfg.backup_dir, None, std::time::SystemTime::now()),
     };
     if let Some(s) = &cfg.sqlite {
         walk_sessions(&s.sessions_dir, opts.include_uploads, |found| {
@@ -288,6 +303,7 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
                 }
                 Found::Skip(s, SkipKind::Symlink) => p.skipped_symlinks.push(s),
                 Found::Skip(s, SkipKind::Other) => p.skipped_other.push(s),
+                Found::Skip(s, SkipKind::Unreadable) => p.unreadable.push(s),
             }
             Ok(())
         })?;
@@ -312,11 +328,18 @@ pub struct BackupResult {
     pub warnings: Vec<Finding>,
     /// The first invalid records (all are in `invalid.jsonl`).
     pub invalid: Vec<Finding>,
+    /// Folders of failed backups removed before this one was written
+    /// ([`failed_backups`]).
+    pub removed_incomplete: Vec<PathBuf>,
 }
 
 /// Take a backup of `cfg`'s store: see the module documentation. On an error the folder
-/// is left as it is, with its `INCOMPLETE` marker and without a manifest.
+/// is left as it is, with its `INCOMPLETE` marker and without a manifest, for the next
+/// backup to remove. A state file (or upload) the tool may not read is noted in the
+/// manifest's `unreadable` and warned about, not copied: the backup is complete without
+/// it.
 pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> {
+    let started = std::time::SystemTime::now();
     let src = Source::from_config(cfg);
     // Resolve before acting: the store must be readable before a folder is created.
     if src.sqlite.is_none() && src.json_path.is_none() {
@@ -340,11 +363,14 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     }
     let fingerprint_before = src.quick_fingerprint()?;
 
-    let dir = create_folder(&cfg.backup_dir)?;
+    // The marker stays locked while this process writes: no other backup removes it.
+    let (dir, _writing) = create_folder(&cfg.backup_dir, run_id)?;
     tracing::info!("backup folder: {}", dir.display());
+    let mut warnings = Vec::new();
+    // Before copying: a failed backup's leftovers may hold the room this one needs.
+    let removed_incomplete = remove_failed_backups(&cfg.backup_dir, &dir, started, &mut warnings);
     let mut files: Vec<FileEntry> = Vec::new();
     let mut counts = ManifestCounts::default();
-    let mut warnings = Vec::new();
 
     // 1. The database: one snapshot, read in one transaction.
     let mut rows_before = None;
@@ -394,6 +420,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     // 3. The state files (and with --include-uploads, everything in each <id>/).
     let mut skipped_symlinks = Vec::new();
     let mut skipped_other = Vec::new();
+    let mut unreadable = Vec::new();
     if let Some(s) = &src.sqlite {
         tracing::info!("copying state files from {}", s.sessions_dir.display());
         walk_sessions(&s.sessions_dir, opts.include_uploads, |found| {
@@ -404,33 +431,34 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
                 } => {
                     let rel = Path::new(STATE_DIR).join(rel);
                     let copied = if state {
-                        copy_state_file(&src, &dir, &rel)?.map(|(entry, whole)| {
-                            if !whole {
-                                skipped_other.push(Skipped {
-                                    path: src.clone(),
-                                    target: None,
-                                    reason: format!("kept changing while the backup ran ({} tries): the copy may mix two versions; back up again once it settles", crate::source::READ_TRIES),
-                                });
-                            }
-                            entry
-                        })
+                        copy_state_file(&src, &dir, &rel)?
                     } else {
                         copy_file(&src, &dir, &rel)?
                     };
+                    let skip = |reason: String| Skipped {
+                        path: src.clone(),
+                        target: None,
+                        reason,
+                    };
                     match copied {
-                        Some(entry) => {
+                        Copied::File(entry) => {
                             counts.state_files += u64::from(state);
                             files.push(entry);
                         }
-                        None => skipped_other.push(Skipped {
-                            path: src,
-                            target: None,
-                            reason: "vanished while the backup ran".into(),
-                        }),
+                        Copied::KeptChanging(entry) => {
+                            skipped_other.push(skip(format!("kept changing while the backup ran ({} tries): the copy may mix two versions; back up again once it settles", crate::source::READ_TRIES)));
+                            counts.state_files += u64::from(state);
+                            files.push(entry);
+                        }
+                        Copied::Gone => {
+                            skipped_other.push(skip("vanished while the backup ran".into()))
+                        }
+                        Copied::Unreadable(e) => unreadable.push(skip(e.to_string())),
                     }
                 }
                 Found::Skip(s, SkipKind::Symlink) => skipped_symlinks.push(s),
                 Found::Skip(s, SkipKind::Other) => skipped_other.push(s),
+                Found::Skip(s, SkipKind::Unreadable) => unreadable.push(s),
             }
             Ok(())
         })?;
@@ -453,26 +481,40 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
             .path(&s.path),
         );
     }
+    for s in &unreadable {
+        warnings.push(
+            Finding::new(
+                "backup_unreadable",
+                format!(
+                    "{}: cannot be read ({}): not copied; the backup is complete without it and notes it in its manifest",
+                    s.path.display(),
+                    s.reason
+                ),
+            )
+            .path(&s.path),
+        );
+    }
 
     // 4. The JSON store and the config, as they are.
-    if let Some(j) = &src.json_path {
-        if let Some(e) = copy_file(j, &dir, Path::new(JSON_COPY))? {
-            files.push(e);
-        } else {
-            return Err(Error::Unreadable {
-                path: j.clone(),
-                source: io::Error::new(io::ErrorKind::NotFound, "vanished while copying"),
-            });
-        }
-    }
-    match copy_file(&cfg.path, &dir, Path::new(CONFIG_COPY))? {
-        Some(e) => files.push(e),
-        None => {
-            return Err(Error::Unreadable {
-                path: cfg.path.clone(),
-                source: io::Error::new(io::ErrorKind::NotFound, "vanished while copying"),
-            });
-        }
+    // Without either the backup could not put the store back: they must be copied.
+    for (from, rel) in src
+        .json_path
+        .iter()
+        .map(|j| (j, JSON_COPY))
+        .chain([(&cfg.path, CONFIG_COPY)])
+    {
+        let source = match copy_file(from, &dir, Path::new(rel))? {
+            Copied::File(e) | Copied::KeptChanging(e) => {
+                files.push(e);
+                continue;
+            }
+            Copied::Gone => io::Error::new(io::ErrorKind::NotFound, "vanished while copying"),
+            Copied::Unreadable(e) => e,
+        };
+        return Err(Error::Unreadable {
+            path: from.clone(),
+            source,
+        });
     }
 
     let fingerprint_after = src.quick_fingerprint()?;
@@ -525,6 +567,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         files,
         skipped_symlinks,
         skipped_other,
+        unreadable,
     };
 
     // 6. The manifest last, then the marker goes: only now is this a backup.
@@ -549,6 +592,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         manifest,
         warnings,
         invalid: invalid_findings,
+        removed_incomplete,
     })
 }
 
@@ -562,9 +606,25 @@ fn folder_name() -> String {
     )
 }
 
+/// Whether `name` is a backup folder's name, as [`folder_name`] makes them.
+fn is_folder_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    b.len() == 25
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Create `backup_dir` (0700 if missing), a fresh backup folder in it (0700), and its
-/// marker, first of all.
-fn create_folder(backup_dir: &Path) -> Result<PathBuf> {
+/// marker, first of all. The marker names the process writing the backup, which holds
+/// an exclusive lock on it (`flock`) until it is done: the returned file.
+fn create_folder(backup_dir: &Path, run_id: &str) -> Result<(PathBuf, File)> {
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |e| Error::Write { path, source: e }
@@ -578,11 +638,179 @@ fn create_folder(backup_dir: &Path) -> Result<PathBuf> {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(werr(&dir))?;
     let marker = dir.join(MARKER);
     let mut f = create_file(&marker)?;
-    f.write_all(b"this backup is incomplete until manifest.json exists and this file is gone\n")
-        .and_then(|_| f.sync_all())
-        .map_err(werr(&marker))?;
+    lock(&f, true).map_err(werr(&marker))?;
+    writeln!(
+        f,
+        "this backup is incomplete until manifest.json exists and this file is gone\n\
+         pid {}\nhost {}\nrun {run_id}\n\
+         (a folder still holding this file is not a backup: the next backup removes it \
+         once no process holds a lock on this file)",
+        std::process::id(),
+        hostname(),
+    )
+    .and_then(|_| f.sync_all())
+    .map_err(werr(&marker))?;
     sync_dir(&dir)?;
-    Ok(dir)
+    Ok((dir, f))
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `flock` on `f`: exclusive and waiting when `wait`, else exclusive or fail at once.
+fn lock(f: &File, wait: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: `f` is an open descriptor for the call's duration.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What a marker says about the process that wrote it: its pid and host, when it names
+/// them (markers written before they did name nothing).
+fn marker_writer(text: &str) -> (Option<u32>, Option<&str>) {
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' '))
+            .map(str::trim)
+    };
+    (field("pid").and_then(|p| p.parse().ok()), field("host"))
+}
+
+/// Whether process `pid` runs on this machine.
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 checks for the process only; nothing is sent.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The folders under `backup_dir` that are leftovers of failed backups, as of a backup
+/// that began at `began` (`own`: its own folder, never one of them). A folder is one
+/// only when all of these hold:
+///
+/// - it is a folder (not a link) directly under `backup_dir`, named as backups are;
+/// - it still holds the `INCOMPLETE` marker, a regular file: it is not a backup (a
+///   folder without the marker is never touched, whatever else it holds or lacks);
+/// - the marker was last written before `began`: the backup it belongs to began first;
+/// - no process holds the marker's lock: no live backup is writing it (a killed one
+///   lost its lock with its life);
+/// - the marker names no live process of this host (and a marker from another host
+///   is left alone unless it names nothing: older markers did not).
+///
+/// Each returned folder comes with its marker open and locked: hold it while removing.
+fn find_failed(
+    backup_dir: &Path,
+    own: Option<&Path>,
+    began: std::time::SystemTime,
+) -> Vec<(PathBuf, File)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(backup_dir) else {
+        return out;
+    };
+    let host = hostname();
+    for entry in rd.flatten() {
+        let dir = entry.path();
+        let named = entry.file_name().to_str().is_some_and(is_folder_name);
+        if !named || Some(dir.as_path()) == own {
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let marker = dir.join(MARKER);
+        let Ok(meta) = fs::symlink_metadata(&marker) else {
+            continue;
+        };
+        if !meta.is_file() || meta.modified().map_or(true, |m| m >= began) {
+            continue;
+        }
+        let Ok(f) = File::open(&marker) else {
+            continue;
+        };
+        if lock(&f, false).is_err() {
+            continue;
+        }
+        // Still the marker it was (the backup may have finished in between)?
+        let same = fs::symlink_metadata(&marker)
+            .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+        if !same || dir.join(MANIFEST).exists() {
+            continue;
+        }
+        let text = fs::read_to_string(&marker).unwrap_or_default();
+        match marker_writer(&text) {
+            (Some(pid), Some(h)) if h == host => {
+                if pid != std::process::id() && process_alive(pid) {
+                    continue;
+                }
+            }
+            (_, Some(_)) => continue,
+            (_, None) => {}
+        }
+        out.push((dir, f));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The leftovers of failed backups that a backup beginning now would remove
+/// (see [`find_failed`]); nothing is removed.
+pub fn failed_backups(
+    backup_dir: &Path,
+    own: Option<&Path>,
+    began: std::time::SystemTime,
+) -> Vec<PathBuf> {
+    find_failed(backup_dir, own, began)
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect()
+}
+
+/// Remove the leftovers of failed backups (see [`find_failed`]): they hold nothing
+/// anyone relies on, and they may hold the room this backup needs. What cannot be
+/// removed is warned about (`backup_cleanup`); the backup goes on.
+fn remove_failed_backups(
+    backup_dir: &Path,
+    own: &Path,
+    began: std::time::SystemTime,
+    warnings: &mut Vec<Finding>,
+) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for (dir, _held) in find_failed(backup_dir, Some(own), began) {
+        tracing::info!(
+            "removing {}: a backup that never finished (its INCOMPLETE marker, no live writer)",
+            dir.display()
+        );
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) => warnings.push(
+                Finding::new(
+                    "backup_cleanup",
+                    format!(
+                        "{}: a backup that never finished could not be removed: {e}",
+                        dir.display()
+                    ),
+                )
+                .path(&dir),
+            ),
+        }
+    }
+    if !removed.is_empty() {
+        let _ = sync_dir(backup_dir);
+    }
+    removed
 }
 
 fn wal_path(db: &Path) -> PathBuf {
@@ -714,17 +942,24 @@ impl Sink {
     }
 }
 
-/// Copy `src`'s bytes to `<dir>/<rel>` (0600). `None` when `src` no longer exists.
-fn copy_file(src: &Path, dir: &Path, rel: &Path) -> Result<Option<FileEntry>> {
+/// What copying one file of the store gave. Errors writing the backup are `Err`;
+/// errors reading the store's file are [`Copied::Unreadable`], for the caller to judge.
+enum Copied {
+    File(FileEntry),
+    /// Copied, but it kept changing while read: the last read was copied.
+    KeptChanging(FileEntry),
+    /// It no longer exists.
+    Gone,
+    /// The tool may not read it (or reading it failed): nothing of it was kept.
+    Unreadable(io::Error),
+}
+
+/// Copy `src`'s bytes to `<dir>/<rel>` (0600).
+fn copy_file(src: &Path, dir: &Path, rel: &Path) -> Result<Copied> {
     let mut from = match File::open(src) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::Unreadable {
-                path: src.to_path_buf(),
-                source: e,
-            });
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Gone),
+        Err(e) => return Ok(Copied::Unreadable(e)),
     };
     let mut sink = Sink::create(dir, rel)?;
     let mut buf = vec![0u8; COPY_BUF];
@@ -734,36 +969,36 @@ fn copy_file(src: &Path, dir: &Path, rel: &Path) -> Result<Option<FileEntry>> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(Error::Unreadable {
-                    path: src.to_path_buf(),
-                    source: e,
-                });
+                // Not a copy: the part written goes (this run created it).
+                let path = sink.path.clone();
+                drop(sink);
+                let _ = fs::remove_file(path);
+                return Ok(Copied::Unreadable(e));
             }
         };
         sink.write(&buf[..n])?;
     }
-    sink.finish().map(Some)
+    sink.finish().map(Copied::File)
 }
 
 /// Copy a state file read whole (see [`crate::source::read_whole`]): never a mix of two
-/// versions of a file rewritten in place during the copy. `None` when it vanished; the
-/// flag is false when it kept changing and the last read was copied.
-fn copy_state_file(src: &Path, dir: &Path, rel: &Path) -> Result<Option<(FileEntry, bool)>> {
+/// versions of a file rewritten in place during the copy.
+fn copy_state_file(src: &Path, dir: &Path, rel: &Path) -> Result<Copied> {
     use crate::source::Whole;
     let (bytes, whole) = match crate::source::read_whole(src) {
         Ok(Whole::Read(b)) => (b, true),
         Ok(Whole::KeptChanging(b)) => (b, false),
-        Ok(Whole::Gone) => return Ok(None),
-        Err(e) => {
-            return Err(Error::Unreadable {
-                path: src.to_path_buf(),
-                source: e,
-            });
-        }
+        Ok(Whole::Gone) => return Ok(Copied::Gone),
+        Err(e) => return Ok(Copied::Unreadable(e)),
     };
     let mut sink = Sink::create(dir, rel)?;
     sink.write(&bytes)?;
-    Ok(Some((sink.finish()?, whole)))
+    let entry = sink.finish()?;
+    Ok(if whole {
+        Copied::File(entry)
+    } else {
+        Copied::KeptChanging(entry)
+    })
 }
 
 /// Hash a file already written into the backup.
@@ -983,6 +1218,8 @@ fn invalid_line(i: &source::Invalid) -> InvalidLine<'_> {
 enum SkipKind {
     Symlink,
     Other,
+    /// The tool may not read it: its error is the reason.
+    Unreadable,
 }
 
 /// What the walk of the sessions folder found. `rel` is relative to the sessions folder.
@@ -1012,14 +1249,14 @@ fn walk_sessions(
         source: e,
     };
     let root = fs::canonicalize(dir).map_err(|e| unreadable(dir, e))?;
-    let skip_other = |path: &Path, reason: String| {
+    let skip_unreadable = |path: &Path, reason: String| {
         Found::Skip(
             Skipped {
                 path: path.to_path_buf(),
                 target: None,
                 reason,
             },
-            SkipKind::Other,
+            SkipKind::Unreadable,
         )
     };
     for entry in fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
@@ -1030,7 +1267,7 @@ fn walk_sessions(
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                visit(skip_other(&folder, format!("unreadable: {e}")))?;
+                visit(skip_unreadable(&folder, e.to_string()))?;
                 continue;
             }
         };
@@ -1064,7 +1301,7 @@ fn walk_sessions(
                 Ok(e) => e,
                 Err(err) => {
                     let path = err.path().unwrap_or(&folder).to_path_buf();
-                    visit(skip_other(&path, format!("unreadable: {err}")))?;
+                    visit(skip_unreadable(&path, err.to_string()))?;
                     continue;
                 }
             };
@@ -1112,27 +1349,28 @@ fn resolve_link(root: &Path, link: &Path) -> Link {
 
 /// A file to copy, a reason not to, or nothing (no such file).
 fn consider_file(root: &Path, path: &Path, rel: PathBuf, state: bool) -> Option<Found> {
-    let skip_other = |reason: String| {
+    let skip = |reason: String, kind: SkipKind| {
         Some(Found::Skip(
             Skipped {
                 path: path.to_path_buf(),
                 target: None,
                 reason,
             },
-            SkipKind::Other,
+            kind,
         ))
     };
+    let skip_other = |reason: String| skip(reason, SkipKind::Other);
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => return skip_other(format!("unreadable: {e}")),
+        Err(e) => return skip(e.to_string(), SkipKind::Unreadable),
     };
     let meta = if meta.file_type().is_symlink() {
         match resolve_link(root, path) {
             Link::Inside(real) => match fs::metadata(real) {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => return skip_other("a symlink to a folder: not followed".into()),
-                Err(e) => return skip_other(format!("unreadable: {e}")),
+                Err(e) => return skip(e.to_string(), SkipKind::Unreadable),
             },
             Link::Skip(found) => return Some(found),
         }
@@ -1154,7 +1392,7 @@ fn consider_file(root: &Path, path: &Path, rel: PathBuf, state: bool) -> Option<
 
 /// Something wrong with a backup: `backup_incomplete`, `backup_missing_file` or
 /// `backup_damaged`, and the file it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     pub code: &'static str,
     pub path: PathBuf,
@@ -1167,31 +1405,112 @@ impl Problem {
     }
 }
 
-#[derive(Debug)]
-pub struct VerifyResult {
-    /// The manifest, when it could be read.
-    pub manifest: Option<Manifest>,
-    pub problems: Vec<Problem>,
-    pub files_checked: u64,
-    pub bytes_checked: u64,
+/// How deeply [`check`] reads a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Every file the manifest lists is there, a regular file of the listed size: one
+    /// `stat` a file, what every `migrate-state` run does before its first write.
+    Sizes,
+    /// And each file's SHA-256 matches, and the SQLite copy passes `integrity_check`:
+    /// `backup --verify`, `migrate-state --verify-backup`.
+    Checksums,
 }
 
-impl VerifyResult {
-    pub fn sound(&self) -> bool {
-        self.manifest.is_some() && self.problems.is_empty()
+/// What [`check`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    pub dir: PathBuf,
+    /// Whether the files' SHA-256 were compared ([`Depth::Checksums`]).
+    pub checksums: bool,
+    /// Files the manifest lists, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Listed files found sound.
+    pub sound: u64,
+    /// How many problems, of which the first are in `problems`.
+    pub problem_count: u64,
+    pub problems: Vec<Problem>,
+    /// How long the check took.
+    pub ms: u64,
+    /// The manifest's head, when it could be read.
+    #[serde(skip)]
+    pub head: Option<ManifestHead>,
+}
+
+impl Checked {
+    /// A finished backup whose every listed file checked out.
+    pub fn is_sound(&self) -> bool {
+        self.head.is_some() && self.problem_count == 0
+    }
+
+    /// The code of the refusal to rely on it: `backup_incomplete` (never finished),
+    /// else `backup_damaged`.
+    pub fn code(&self) -> &'static str {
+        if self.problems.iter().any(|p| p.code == "backup_incomplete") {
+            "backup_incomplete"
+        } else {
+            "backup_damaged"
+        }
+    }
+
+    /// What is wrong, in one line: the count and the first few problems.
+    pub fn summary(&self) -> String {
+        if self.head.is_none() || self.code() == "backup_incomplete" {
+            let first = self.problems.first().map_or("", |p| p.message.as_str());
+            return format!("{} is not a complete backup: {first}", self.dir.display());
+        }
+        let shown: Vec<&str> = self
+            .problems
+            .iter()
+            .take(SUMMARY_PROBLEMS)
+            .map(|p| p.message.as_str())
+            .collect();
+        let more = self.problem_count.saturating_sub(shown.len() as u64);
+        format!(
+            "{} is damaged: {} of {} listed files {} ({}{})",
+            self.dir.display(),
+            self.problem_count,
+            self.files,
+            if self.checksums {
+                "are missing or differ from the manifest"
+            } else {
+                "are missing or of another size than the manifest says"
+            },
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        )
     }
 }
 
+/// How many problems a one-line summary names.
+pub const SUMMARY_PROBLEMS: usize = 5;
+/// Listed files checked at once, in parallel.
+const CHECK_CHUNK: usize = 4096;
+
 /// Whether `dir` is a finished backup: a manifest and no marker. Says nothing about
-/// its contents: see [`verify`].
+/// its contents: see [`check`].
 pub fn is_complete(dir: &Path) -> bool {
     !dir.join(MARKER).exists() && dir.join(MANIFEST).is_file()
 }
 
-/// Check an existing backup against its manifest: the marker is gone, every listed file
-/// is there with its size and SHA-256, and the SQLite copy passes `integrity_check`.
-/// `Err` only when `dir` cannot be read at all.
-pub fn verify(dir: &Path) -> Result<VerifyResult> {
+/// Check an existing backup against its manifest, as deeply as `depth` says: the marker
+/// is gone, and every listed file is there with its size (and its SHA-256, and the
+/// SQLite copy passes `integrity_check`). The manifest is streamed, the files checked
+/// a chunk at a time in parallel: a manifest of a million files is never held whole.
+/// The first `keep` problems are kept (all are counted). `Err` only when `dir` cannot
+/// be read at all.
+pub fn check(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
+    let t0 = Instant::now();
+    let mut out = check_inner(dir, depth, keep)?;
+    out.ms = t0.elapsed().as_millis() as u64;
+    Ok(out)
+}
+
+fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
     let meta = fs::metadata(dir).map_err(|e| Error::Unreadable {
         path: dir.to_path_buf(),
         source: e,
@@ -1202,87 +1521,177 @@ pub fn verify(dir: &Path) -> Result<VerifyResult> {
             source: io::Error::new(io::ErrorKind::InvalidInput, "not a folder"),
         });
     }
-    let mut out = VerifyResult {
-        manifest: None,
+    let mut out = Checked {
+        dir: dir.to_path_buf(),
+        checksums: depth == Depth::Checksums,
+        files: 0,
+        bytes: 0,
+        sound: 0,
+        problem_count: 0,
         problems: Vec::new(),
-        files_checked: 0,
-        bytes_checked: 0,
+        ms: 0,
+        head: None,
+    };
+    let note = |out: &mut Checked, p: Problem| {
+        out.problem_count += 1;
+        if out.problems.len() < keep {
+            out.problems.push(p);
+        }
     };
     let marker = dir.join(MARKER);
     if fs::symlink_metadata(&marker).is_ok() {
-        out.problems.push(Problem {
-            code: "backup_incomplete",
-            path: marker,
-            message: format!(
-                "{} holds the {MARKER} marker: the backup never finished; it is not a backup",
-                dir.display()
-            ),
-        });
-    }
-    let mpath = dir.join(MANIFEST);
-    let manifest = match Manifest::read(dir) {
-        Ok(m) => m,
-        Err(Error::Unreadable { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            out.problems.push(Problem {
+        note(
+            &mut out,
+            Problem {
                 code: "backup_incomplete",
-                path: mpath,
+                path: marker,
                 message: format!(
-                    "{} has no {MANIFEST}: the backup never finished; it is not a backup",
+                    "{} holds the {MARKER} marker: the backup never finished; it is not a backup",
                     dir.display()
                 ),
-            });
+            },
+        );
+    }
+    let mpath = dir.join(MANIFEST);
+    // Listed files are stat-ed relative to the open folder: the kernel walks only their
+    // own path (as the store's scan does).
+    let root = File::open(dir).map_err(|e| Error::Unreadable {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut chunk: Vec<FileEntry> = Vec::with_capacity(CHECK_CHUNK);
+    let mut sqlite_sound = false;
+    let mut run_chunk = |out: &mut Checked, chunk: &mut Vec<FileEntry>| {
+        use rayon::prelude::*;
+        let results: Vec<std::result::Result<(), Problem>> = chunk
+            .par_iter()
+            .map(|f| check_entry(dir, &root, &mpath, f, depth))
+            .collect();
+        for (f, r) in chunk.drain(..).zip(results) {
+            out.files += 1;
+            out.bytes += f.bytes;
+            match r {
+                Ok(()) => {
+                    out.sound += 1;
+                    sqlite_sound |= f.path == SQLITE_COPY && f.path_hex.is_none();
+                }
+                Err(p) => note(out, p),
+            }
+        }
+    };
+    let streamed = stream_manifest(dir, &mut |f| {
+        chunk.push(f);
+        if chunk.len() >= CHECK_CHUNK {
+            run_chunk(&mut out, &mut chunk);
+        }
+    });
+    run_chunk(&mut out, &mut chunk);
+    let head = match streamed {
+        Ok(h) => h,
+        Err(Error::Unreadable { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            note(
+                &mut out,
+                Problem {
+                    code: "backup_incomplete",
+                    path: mpath,
+                    message: format!(
+                        "{} has no {MANIFEST}: the backup never finished; it is not a backup",
+                        dir.display()
+                    ),
+                },
+            );
             return Ok(out);
         }
         Err(e) => {
-            out.problems.push(Problem {
-                code: "backup_damaged",
-                path: mpath,
-                message: e.to_string(),
-            });
+            note(
+                &mut out,
+                Problem {
+                    code: "backup_damaged",
+                    path: mpath,
+                    message: e.to_string(),
+                },
+            );
             return Ok(out);
         }
     };
-    for f in &manifest.files {
-        let rel = f.rel_path();
-        let path = dir.join(&rel);
-        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-            out.problems.push(Problem {
-                code: "backup_damaged",
-                path: mpath.clone(),
-                message: format!("{MANIFEST} lists {:?}, a path outside the backup", f.path),
-            });
-            continue;
-        }
-        match check_file(&path, f) {
-            Ok(()) => {
-                out.files_checked += 1;
-                out.bytes_checked += f.bytes;
-                if f.path == SQLITE_COPY && f.path_hex.is_none() {
-                    match check_sqlite_copy(&path) {
-                        Ok(rows) if rows != manifest.counts.sqlite_rows => {
-                            out.problems.push(Problem {
-                                code: "backup_damaged",
-                                path: path.clone(),
-                                message: format!(
-                                    "{SQLITE_COPY} holds {rows} rows, the manifest says {}",
-                                    manifest.counts.sqlite_rows
-                                ),
-                            })
-                        }
-                        Ok(_) => {}
-                        Err(msg) => out.problems.push(Problem {
-                            code: "backup_damaged",
-                            path: path.clone(),
-                            message: msg,
-                        }),
-                    }
-                }
-            }
-            Err(p) => out.problems.push(p),
+    if depth == Depth::Checksums && sqlite_sound {
+        let path = dir.join(SQLITE_COPY);
+        let bad = match check_sqlite_copy(&path) {
+            Ok(rows) if rows != head.counts.sqlite_rows => Some(format!(
+                "{SQLITE_COPY} holds {rows} rows, the manifest says {}",
+                head.counts.sqlite_rows
+            )),
+            Ok(_) => None,
+            Err(msg) => Some(msg),
+        };
+        if let Some(message) = bad {
+            out.sound -= 1;
+            note(
+                &mut out,
+                Problem {
+                    code: "backup_damaged",
+                    path,
+                    message,
+                },
+            );
         }
     }
-    out.manifest = Some(manifest);
+    out.head = Some(head);
     Ok(out)
+}
+
+/// `backup --verify`: [`check`] with the checksums, every problem kept.
+pub fn verify(dir: &Path) -> Result<Checked> {
+    check(dir, Depth::Checksums, usize::MAX)
+}
+
+/// One listed file, as deeply as `depth` says.
+fn check_entry(
+    dir: &Path,
+    root: &File,
+    mpath: &Path,
+    f: &FileEntry,
+    depth: Depth,
+) -> std::result::Result<(), Problem> {
+    let rel = f.rel_path();
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(Problem {
+            code: "backup_damaged",
+            path: mpath.to_path_buf(),
+            message: format!("{MANIFEST} lists {:?}, a path outside the backup", f.path),
+        });
+    }
+    let path = dir.join(&rel);
+    if depth == Depth::Checksums {
+        return check_file(&path, f);
+    }
+    let problem = |code: &'static str, message: String| Problem {
+        code,
+        path: path.clone(),
+        message,
+    };
+    match crate::fsutil::lstat_at(root, &rel) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(problem(
+            "backup_missing_file",
+            format!("{} is missing", f.path),
+        )),
+        Err(e) => Err(problem(
+            "backup_damaged",
+            format!("{} cannot be read: {e}", f.path),
+        )),
+        Ok(m) if m.mode & libc::S_IFMT != libc::S_IFREG => Err(problem(
+            "backup_damaged",
+            format!("{} is not a regular file", f.path),
+        )),
+        Ok(m) if m.size != f.bytes => Err(problem(
+            "backup_damaged",
+            format!(
+                "{} has {} bytes, the manifest says {}",
+                f.path, m.size, f.bytes
+            ),
+        )),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// One listed file: present, its size, its hash.
@@ -1319,7 +1728,7 @@ fn check_file(path: &Path, f: &FileEntry) -> std::result::Result<(), Problem> {
     }
 }
 
-/// The self-check's half of [`verify`]: every file written matches what was recorded.
+/// The self-check's half of [`check`]: every file written matches what was recorded.
 fn check_files(dir: &Path, files: &[FileEntry]) -> Vec<String> {
     files
         .iter()
@@ -1328,13 +1737,132 @@ fn check_files(dir: &Path, files: &[FileEntry]) -> Vec<String> {
         .collect()
 }
 
-/// The newest complete backup under `backup_dir` taken of a store whose fingerprint was
-/// `fingerprint` (and did not change while it was taken). Folders with the marker or
-/// without a readable manifest are never considered. Does not re-hash the files: call
-/// [`verify`] on the result before relying on it.
-pub fn find_matching(backup_dir: &Path, fingerprint: &str) -> Option<PathBuf> {
-    let mut best: Option<(String, PathBuf)> = None;
-    for entry in fs::read_dir(backup_dir).ok()?.flatten() {
+/// Read `dir`'s manifest once, as a stream: each listed file goes to `each` as it is
+/// parsed, and the head comes back at the end. Refuses another format than ours.
+pub fn stream_manifest(dir: &Path, each: &mut dyn FnMut(FileEntry)) -> Result<ManifestHead> {
+    use serde::de::DeserializeSeed;
+    let path = dir.join(MANIFEST);
+    let bad = |e: String| Error::Unreadable {
+        path: path.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    };
+    let file = File::open(&path).map_err(|e| Error::Unreadable {
+        path: path.clone(),
+        source: e,
+    })?;
+    let mut de = serde_json::Deserializer::from_reader(io::BufReader::with_capacity(1 << 20, file));
+    let head = ManifestSeed { each }
+        .deserialize(&mut de)
+        .and_then(|h| de.end().map(|_| h))
+        .map_err(|e| bad(e.to_string()))?;
+    if head.format != FORMAT {
+        return Err(bad(format!(
+            "format {:?}, expected {FORMAT:?}",
+            head.format
+        )));
+    }
+    Ok(head)
+}
+
+/// Deserializes a manifest into its head, handing each entry of `files` to `each`.
+struct ManifestSeed<'a> {
+    each: &'a mut dyn FnMut(FileEntry),
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ManifestSeed<'_> {
+    type Value = ManifestHead;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<ManifestHead, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_> {
+    type Value = ManifestHead;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sessiondb backup manifest (an object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<ManifestHead, A::Error> {
+        use serde::de::Error as _;
+        let each = self.each;
+        let (mut format, mut created_at, mut before, mut after, mut counts) =
+            (None, None, None, None, None);
+        let mut files = false;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "format" => format = Some(map.next_value()?),
+                "created_at" => created_at = Some(map.next_value()?),
+                "source_fingerprint" => before = Some(map.next_value()?),
+                "fingerprint_after" => after = Some(map.next_value()?),
+                "counts" => counts = Some(map.next_value()?),
+                "files" => {
+                    map.next_value_seed(FilesSeed(&mut *each))?;
+                    files = true;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !files {
+            return Err(A::Error::missing_field("files"));
+        }
+        Ok(ManifestHead {
+            format: format.ok_or_else(|| A::Error::missing_field("format"))?,
+            created_at: created_at.ok_or_else(|| A::Error::missing_field("created_at"))?,
+            source_fingerprint: before
+                .ok_or_else(|| A::Error::missing_field("source_fingerprint"))?,
+            fingerprint_after: after.ok_or_else(|| A::Error::missing_field("fingerprint_after"))?,
+            counts: counts.ok_or_else(|| A::Error::missing_field("counts"))?,
+        })
+    }
+}
+
+/// The manifest's `files`, each entry handed on as parsed.
+struct FilesSeed<'a>(&'a mut dyn FnMut(FileEntry));
+
+impl<'de> serde::de::DeserializeSeed<'de> for FilesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FilesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the list of files")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<FileEntry>()? {
+            (self.0)(entry);
+        }
+        Ok(())
+    }
+}
+
+/// The complete backups under `backup_dir` taken of a store whose fingerprint was
+/// `fingerprint` (and did not change while they were taken), newest first. Folders with
+/// the marker or without a readable manifest are never considered. Does not look at
+/// the files: [`check`] the one to rely on.
+pub fn matching(backup_dir: &Path, fingerprint: &str) -> Vec<PathBuf> {
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    let Ok(rd) = fs::read_dir(backup_dir) else {
+        return Vec::new();
+    };
+    for entry in rd.flatten() {
         let dir = entry.path();
         if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) || !is_complete(&dir) {
             continue;
@@ -1346,9 +1874,13 @@ pub fn find_matching(backup_dir: &Path, fingerprint: &str) -> Option<PathBuf> {
             continue;
         }
         let key = format!("{}\0{}", m.created_at, entry.file_name().to_string_lossy());
-        if best.as_ref().is_none_or(|(k, _)| &key > k) {
-            best = Some((key, dir));
-        }
+        found.push((key, dir));
     }
-    best.map(|(_, d)| d)
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().map(|(_, d)| d).collect()
+}
+
+/// The newest of [`matching`].
+pub fn find_matching(backup_dir: &Path, fingerprint: &str) -> Option<PathBuf> {
+    matching(backup_dir, fingerprint).into_iter().next()
 }

@@ -272,6 +272,28 @@ pub fn write_list<T: Serialize>(
     )
 }
 
+/// Copy a JSON Lines file (the quarantine's index of a run) beside the report as `name`,
+/// each line redacted as [`write_list`] does, streamed. Returns the path written.
+pub fn copy_list(report_dir: &Path, name: &str, from: &Path) -> Result<PathBuf, String> {
+    use std::io::BufRead;
+    let path = report_dir.join(name);
+    let src =
+        std::fs::File::open(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    crate::fsutil::create_private_dir_all(report_dir)
+        .and_then(|_| {
+            crate::fsutil::write_atomic_with(&path, 0o600, |w| {
+                for line in std::io::BufReader::new(src).lines() {
+                    let line = line?;
+                    w.write_all(redact::text(&line).as_bytes())?;
+                    w.write_all(b"\n")?;
+                }
+                Ok(())
+            })
+        })
+        .map(|_| path.clone())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

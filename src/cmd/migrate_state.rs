@@ -46,6 +46,10 @@ pub struct Args {
     /// The backup of the current source to rely on (else the newest matching one, else a new one).
     #[arg(long, value_name = "DIR")]
     pub backup: Option<PathBuf>,
+    /// Check the backup relied on against its manifest's SHA-256 sums, not only that
+    /// every listed file is there with its size.
+    #[arg(long)]
+    pub verify_backup: bool,
     /// Sessions per transaction.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
@@ -230,12 +234,13 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         let fp = scanned_fingerprint(&p, &src)?;
         progress.done();
         report_planned(ctx, &p, args.quarantine);
-        let backup = match &args.backup {
-            Some(d) => format!("would use the backup {}", d.display()),
-            None => match crate::backup::find_matching(&cfg.backup_dir, &fp) {
-                Some(d) => format!("would use the matching backup {}", d.display()),
-                None => format!("would take a backup under {}", cfg.backup_dir.display()),
-            },
+        // The same choice and check as the real run, refusing what it would refuse.
+        let backup = match choose_backup(ctx, &cfg, args, &fp)? {
+            Some(c) if args.backup.is_some() => {
+                format!("would use the backup {}", c.dir.display())
+            }
+            Some(c) => format!("would use the matching backup {}", c.dir.display()),
+            None => format!("would take a backup under {}", cfg.backup_dir.display()),
         };
         ctx.report.detail("backup", &backup);
         ctx.report
@@ -280,16 +285,14 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         )?;
         (scanned_fingerprint(&p, &src)?, Some(p))
     };
-    let existing = existing_backup(ctx, &cfg, args.backup.as_deref(), &fp)?;
-    // A first load skips the planning pass when the backup counted no invalid record
-    // (its manifest is read only then: at a million files it is 150 MB of text).
-    let known_invalid = || {
-        existing
-            .as_deref()
-            .and_then(|d| crate::backup::ManifestHead::read(d).ok())
-            .map(|m| m.counts.invalid)
-    };
-    let needs_plan = !(fresh && (args.quarantine || known_invalid() == Some(0)));
+    // Before the first write: the backup to stand on, checked (else one is taken below).
+    let existing = choose_backup(ctx, &cfg, args, &fp)?;
+    // A first load skips the planning pass when the backup counted no invalid record.
+    let known_invalid = existing
+        .as_ref()
+        .and_then(|c| c.head.as_ref())
+        .map(|m| m.counts.invalid);
+    let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
     if needs_plan && plan.is_none() {
         plan = Some(plan_pass(
             reader.take().expect("opened above"),
@@ -313,10 +316,22 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     phases.plan = t_plan.elapsed();
     let t_backup = Instant::now();
     let backup_dir = match existing {
-        Some(d) => d,
+        Some(c) => c.dir,
         None => {
-            tracing::info!("no backup of the current source: taking one");
-            crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?.dir
+            tracing::info!("no sound backup of the current source: taking one");
+            let taken = crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?;
+            for w in taken
+                .warnings
+                .iter()
+                .filter(|w| w.code == "backup_unreadable")
+            {
+                ctx.report.warn(w.clone());
+            }
+            if !taken.removed_incomplete.is_empty() {
+                ctx.report
+                    .detail("removed_incomplete", &taken.removed_incomplete);
+            }
+            taken.dir
         }
     };
     ctx.report.artifact("backup", &backup_dir);
@@ -386,6 +401,9 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         quarantine: quarantine_files,
         not_read,
     } = out;
+    if let Some(q) = &quarantine_files {
+        report_quarantine(ctx, q);
+    }
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
@@ -427,10 +445,6 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     ctx.report.count("quarantined", quarantined);
     ctx.report.detail("unchanged_by_stamp", not_read);
     record_run_end(&mut client, &schema_name, &run_uuid, "done", &counts)?;
-    if let Some(q) = quarantine_files {
-        ctx.report.artifact("quarantine", &q.dir);
-        ctx.report.detail("quarantine", &q.dir);
-    }
     ctx.report.detail(
         "skipped_conflicts",
         skipped.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
@@ -439,12 +453,6 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         crate::report::write_list(ctx.report_dir(), "migrate-state-skipped.jsonl", &skipped)
     {
         ctx.report.artifact("skipped_conflicts", &path);
-    }
-    if quarantined > 0 {
-        ctx.report.warn(Finding::new(
-            "quarantined",
-            format!("{quarantined} invalid record(s) set aside under the backup's quarantine/"),
-        ));
     }
     ctx.report.next_steps.push("verify".into());
     drop(lock);
@@ -536,13 +544,8 @@ impl Loaded {
                 .quarantine
                 .insert(Quarantine::new(lc.backup_dir, lc.run_id)?),
         };
-        for i in invalid {
-            q.add(i)?;
-        }
-        Ok(invalid
-            .iter()
-            .filter_map(|i| i.id.clone().map(|id| (id, i.code)))
-            .collect())
+        q.add(invalid)?;
+        Ok(invalid.iter().map(|i| (i.ledger_key(), i.code)).collect())
     }
 }
 
@@ -777,48 +780,103 @@ fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, dry: bool) -> Resul
     Ok(())
 }
 
-/// The backup to rely on, if one exists: `--backup` (verified), else the newest backup
-/// whose manifest matches the current source. `None`: one must be taken.
-fn existing_backup(
+/// The backup a run stands on, chosen and checked before anything is written: the dry
+/// run and the real run call this one function, so the dry run refuses what the real
+/// run would. `--backup DIR`: that folder, which must be a complete backup with every
+/// listed file present at its size (`--verify-backup`: its SHA-256 too), else the run is
+/// refused (`backup_incomplete`, `backup_damaged`), naming the backup and what is wrong.
+/// Without it: the newest complete backup of the current source that checks out; one
+/// that does not is passed over with a warning (the real run takes a sound one of its
+/// own: refusing would leave the operator nothing to do but delete it). `None`: a
+/// backup must be taken.
+fn choose_backup(
     ctx: &mut Ctx,
     cfg: &Config,
-    given: Option<&Path>,
+    args: &Args,
     fp: &str,
-) -> Result<Option<PathBuf>> {
-    match given {
-        Some(d) => {
-            // The backup verified itself when it was taken (hashes, integrity_check) and
-            // wrote its manifest last: a complete folder is trusted here; `backup --verify`
-            // re-hashes it on demand.
-            if !crate::backup::is_complete(d) {
-                return Err(Error::Refused {
-                    code: "backup_incomplete",
-                    message: format!(
-                        "{} is not a complete backup (no manifest, or an INCOMPLETE marker): take a new one",
-                        d.display()
-                    ),
-                });
-            }
-            let manifest = crate::backup::ManifestHead::read(d)?;
-            if manifest.source_fingerprint != fp {
-                ctx.report.warn(Finding::new(
-                    "backup_stale",
-                    format!(
-                        "the backup {} was taken from an older state of the source",
-                        d.display()
-                    ),
-                ));
-            }
-            Ok(Some(d.to_path_buf()))
+) -> Result<Option<crate::backup::Checked>> {
+    use crate::backup::{Depth, SUMMARY_PROBLEMS};
+    let depth = if args.verify_backup {
+        Depth::Checksums
+    } else {
+        Depth::Sizes
+    };
+    let report = |ctx: &mut Ctx, c: &crate::backup::Checked| {
+        ctx.report.detail(
+            "backup_check",
+            json!({
+                "dir": c.dir, "files": c.files, "bytes": c.bytes, "sound": c.sound,
+                "checksums": c.checksums, "problems": c.problem_count,
+                "first_problems": c.problems, "ms": c.ms,
+            }),
+        );
+    };
+    let not_a_backup = |d: &Path, e: Error| Error::Refused {
+        code: "backup_incomplete",
+        message: format!("{} is not a backup: {e}", d.display()),
+    };
+    if let Some(d) = &args.backup {
+        let c = crate::backup::check(d, depth, SUMMARY_PROBLEMS).map_err(|e| not_a_backup(d, e))?;
+        report(ctx, &c);
+        if !c.is_sound() {
+            ctx.report.next_steps.push(format!(
+                "do not rely on {}: take a new backup with `backup`, or leave out --backup and migrate-state --dry-run=false takes one",
+                d.display()
+            ));
+            return Err(Error::Refused {
+                code: c.code(),
+                message: format!("the backup {}: refused", c.summary()),
+            });
         }
-        None => {
-            let found = crate::backup::find_matching(&cfg.backup_dir, fp);
-            if let Some(d) = &found {
-                tracing::info!("using the matching backup {}", d.display());
-            }
-            Ok(found)
+        if c.head.as_ref().is_some_and(|h| h.source_fingerprint != fp) {
+            ctx.report.warn(Finding::new(
+                "backup_stale",
+                format!(
+                    "the backup {} was taken from an older state of the source",
+                    d.display()
+                ),
+            ));
         }
+        tracing::info!(
+            "using the backup {}: {} listed files present{}",
+            d.display(),
+            c.files,
+            if c.checksums {
+                ", their SHA-256 match"
+            } else {
+                " at their sizes"
+            }
+        );
+        return Ok(Some(c));
     }
+    for d in crate::backup::matching(&cfg.backup_dir, fp) {
+        let c = match crate::backup::check(&d, depth, SUMMARY_PROBLEMS) {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.report.warn(
+                    Finding::new(
+                        "backup_incomplete",
+                        format!("the matching backup {}: passed over", not_a_backup(&d, e)),
+                    )
+                    .path(&d),
+                );
+                continue;
+            }
+        };
+        if c.is_sound() {
+            tracing::info!("using the matching backup {}", d.display());
+            report(ctx, &c);
+            return Ok(Some(c));
+        }
+        ctx.report.warn(
+            Finding::new(
+                c.code(),
+                format!("the matching backup {}: passed over", c.summary()),
+            )
+            .path(&d),
+        );
+    }
+    Ok(None)
 }
 
 fn record_run_start(
@@ -865,55 +923,194 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Invalid records set aside: raw files and one NDJSON index under the backup's quarantine/.
+/// Invalid records set aside under the backup's `quarantine/`: each record's raw bytes
+/// in a file of their own, and this run's index (`index-<run>.ndjson`, one line a
+/// record: id, code, message, path, kind, raw file, size, SHA-256). A record whose
+/// bytes the quarantine already holds (the same id, code and SHA-256 in an earlier
+/// run's index, the file still there with those bytes) is pointed at, not copied again;
+/// an unreadable file has no bytes to keep: its line says where it is and why.
 struct Quarantine {
     dir: PathBuf,
-    index: Vec<u8>,
+    index: std::fs::File,
     index_path: PathBuf,
     n: u64,
     run8: String,
+    /// What earlier runs' indexes say the quarantine holds: (id, code, SHA-256) → file.
+    held: std::collections::HashMap<HeldKey, String>,
+    /// This run's first [`INLINE_LIMIT`] index lines, for the report.
+    listed: Vec<serde_json::Value>,
+    total: u64,
+    reused: u64,
 }
+
+type HeldKey = (Option<String>, String, String);
 
 impl Quarantine {
     fn new(backup: &Path, run_id: &str) -> Result<Quarantine> {
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = backup.join("quarantine");
-        crate::fsutil::create_private_dir_all(&dir).map_err(|e| Error::Write {
-            path: dir.clone(),
-            source: e,
-        })?;
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e| Error::Write { path, source: e }
+        };
+        crate::fsutil::create_private_dir_all(&dir).map_err(werr(&dir))?;
+        let held = Self::read_held(&dir);
         let run8 = run_id.chars().take(8).collect::<String>();
+        let index_path = dir.join(format!("index-{run_id}.ndjson"));
+        let index = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&index_path)
+            .map_err(werr(&index_path))?;
         Ok(Quarantine {
-            index_path: dir.join(format!("index-{run_id}.ndjson")),
+            index_path,
+            index,
             dir,
-            index: Vec::new(),
             n: 0,
             run8,
+            held,
+            listed: Vec::new(),
+            total: 0,
+            reused: 0,
         })
     }
 
-    fn add(&mut self, i: &Invalid) -> Result<()> {
-        self.n += 1;
-        let name = format!("{}-{:06}-{}.raw", self.run8, self.n, i.code);
-        let path = self.dir.join(&name);
-        crate::fsutil::write_atomic(&path, &i.raw, 0o600).map_err(|e| Error::Write {
-            path: path.clone(),
-            source: e,
-        })?;
-        let line = json!({
-            "id": i.id, "code": i.code, "message": i.message, "path": i.path, "record": i.record,
-            "raw_file": name, "bytes": i.raw.len(),
-            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&i.raw)),
-        });
+    /// Every raw file the indexes in `dir` name, by (id, code, SHA-256). A line that
+    /// does not parse (the torn end of a run killed mid-write) is passed over.
+    fn read_held(dir: &Path) -> std::collections::HashMap<HeldKey, String> {
+        use std::io::BufRead;
+        let mut held = std::collections::HashMap::new();
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return held;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("index-") && name.ends_with(".ndjson")) {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            for line in std::io::BufReader::new(f).lines().map_while(|l| l.ok()) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let (Some(code), Some(sha), Some(raw)) = (
+                    v["code"].as_str(),
+                    v["sha256"].as_str(),
+                    v["raw_file"].as_str(),
+                ) else {
+                    continue;
+                };
+                let id = v["id"].as_str().map(str::to_owned);
+                held.entry((id, code.to_owned(), sha.to_owned()))
+                    .or_insert_with(|| raw.to_owned());
+            }
+        }
+        held
+    }
+
+    /// Whether `name` in the quarantine holds exactly `raw`.
+    fn holds(&self, name: &str, raw: &[u8]) -> bool {
+        let safe = Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        safe && std::fs::read(self.dir.join(name)).is_ok_and(|b| b == raw)
+    }
+
+    /// Set a batch of records aside; their index lines are appended in one write.
+    fn add(&mut self, batch: &[Invalid]) -> Result<()> {
+        use std::io::Write;
+        let mut lines = Vec::new();
+        for i in batch {
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&i.raw));
+            let key: HeldKey = (i.id.clone(), i.code.to_owned(), sha.clone());
+            let (raw_file, reused) = if i.code == "unreadable" {
+                // Not read: there are no bytes, only where it is and the error.
+                (None, false)
+            } else if let Some(name) = self.held.get(&key).filter(|n| self.holds(n, &i.raw)) {
+                (Some(name.clone()), true)
+            } else {
+                self.n += 1;
+                let name = format!("{}-{:06}-{}.raw", self.run8, self.n, i.code);
+                let path = self.dir.join(&name);
+                crate::fsutil::write_atomic(&path, &i.raw, 0o600).map_err(|e| Error::Write {
+                    path: path.clone(),
+                    source: e,
+                })?;
+                self.held.insert(key, name.clone());
+                (Some(name), false)
+            };
+            self.reused += u64::from(reused);
+            let line = json!({
+                "id": i.id, "code": i.code, "message": i.message, "path": i.path, "record": i.record,
+                "raw_file": raw_file, "bytes": i.raw.len(), "sha256": sha, "reused": reused,
+            });
+            lines.extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
+            lines.push(b'\n');
+            if self.listed.len() < INLINE_LIMIT {
+                self.listed.push(line);
+            }
+            self.total += 1;
+        }
         self.index
-            .extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
-        self.index.push(b'\n');
-        crate::fsutil::write_atomic(&self.index_path, &self.index, 0o600).map_err(|e| {
-            Error::Write {
+            .write_all(&lines)
+            .and_then(|_| self.index.sync_data())
+            .map_err(|e| Error::Write {
                 path: self.index_path.clone(),
                 source: e,
-            }
-        })
+            })
     }
+}
+
+/// Name what a run set aside: the first [`INLINE_LIMIT`] records in
+/// `details.quarantined` (id, code, raw file), every one of them in
+/// `migrate-state-quarantined.jsonl` beside the report (with `--report-dir`), and one
+/// `quarantined` warning.
+fn report_quarantine(ctx: &mut Ctx, q: &Quarantine) {
+    ctx.report.artifact("quarantine", &q.dir);
+    ctx.report.detail("quarantine", &q.dir);
+    ctx.report.detail("quarantined", &q.listed);
+    if let Some(dir) = ctx.report_dir() {
+        match crate::report::copy_list(dir, "migrate-state-quarantined.jsonl", &q.index_path) {
+            Ok(path) => ctx.report.artifact("quarantined", &path),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    if q.total == 0 {
+        return;
+    }
+    let named: Vec<String> = q
+        .listed
+        .iter()
+        .take(5)
+        .map(|l| {
+            format!(
+                "{} ({})",
+                l["id"].as_str().map_or_else(
+                    || "a record without a usable id".to_owned(),
+                    |i| format!("{i:?}")
+                ),
+                l["code"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    ctx.report.warn(
+        Finding::new(
+            "quarantined",
+            format!(
+                "{} invalid record(s) set aside under {} ({}{}; {} already held there, not copied again); every one is listed in {}",
+                q.total,
+                q.dir.display(),
+                named.join(", "),
+                if q.total > named.len() as u64 { ", ..." } else { "" },
+                q.reused,
+                q.index_path.display()
+            ),
+        )
+        .path(&q.dir),
+    );
 }
 
 /// Progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise.

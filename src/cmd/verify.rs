@@ -177,35 +177,44 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
                 }
                 Item::Invalid(i) => {
                     counts.sessions += 1;
-                    if let Some(id) = i.id.clone() {
-                        invalid_ids.push((id, i.code));
-                    } else {
-                        counts.invalid += 1;
-                        diffs.push(Difference { session: String::new(), kind: "invalid", field: None, path: i.path.as_ref().map(|p| p.display().to_string()), detail: Some(i.message.clone()) });
-                    }
+                    invalid_ids.push(i);
                 }
                 Item::Known { .. } => unreachable!("verify reads every session"),
             }
         }
         let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
         if sampled.is_none() {
-            let all: Vec<&str> = ids.iter().copied().chain(invalid_ids.iter().map(|(i, _)| i.as_str())).collect();
+            let all: Vec<&str> = ids.iter().copied().chain(invalid_ids.iter().filter_map(|i| i.id.as_deref())).collect();
             tx.execute("INSERT INTO pg_temp.sessiondb_verify_ids SELECT DISTINCT pg_catalog.unnest($1::text[]) ON CONFLICT DO NOTHING", &[&all])
                 .map_err(|e| Error::pg("recording source ids", "", e))?;
         }
-        // Invalid records: quarantined by a run, or not.
+        // Invalid records: quarantined by a run (the ledger holds each under its key,
+        // records without a usable id too), or not.
         if !invalid_ids.is_empty() {
-            let iids: Vec<&str> = invalid_ids.iter().map(|(i, _)| i.as_str()).collect();
+            let keys: Vec<String> = invalid_ids.iter().map(|i| i.ledger_key()).collect();
             let rows = tx
-                .query(&format!("SELECT session_id FROM {ledger_t} WHERE session_id = ANY($1) AND status = 'quarantined'"), &[&iids])
+                .query(&format!("SELECT session_id FROM {ledger_t} WHERE session_id OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[]) AND status OPERATOR(pg_catalog.=) 'quarantined'"), &[&keys])
                 .map_err(|e| Error::pg("reading the ledger", "", e))?;
             let q: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-            for (id, code) in invalid_ids {
-                if q.contains(&id) {
+            for (i, key) in invalid_ids.into_iter().zip(keys) {
+                if q.contains(&key) {
                     counts.quarantined += 1;
+                    diffs.push(Difference {
+                        session: i.id.unwrap_or_default(),
+                        kind: "quarantined",
+                        field: None,
+                        path: i.path.as_ref().map(|p| p.display().to_string()),
+                        detail: Some(format!("quarantined by a run ({}): {}", i.code, i.message)),
+                    });
                 } else {
                     counts.invalid += 1;
-                    diffs.push(Difference { session: id, kind: "invalid", field: None, path: None, detail: Some(format!("invalid in the source ({code}) and not quarantined")) });
+                    diffs.push(Difference {
+                        session: i.id.unwrap_or_default(),
+                        kind: "invalid",
+                        field: None,
+                        path: i.path.as_ref().map(|p| p.display().to_string()),
+                        detail: Some(format!("invalid in the source ({}) and not quarantined: {}", i.code, i.message)),
+                    });
                 }
             }
         }

@@ -151,7 +151,27 @@ impl Invalid {
         f.path = self.path.as_ref().map(|p| p.display().to_string());
         f
     }
+
+    /// The key the ledger records this record under once it is quarantined, and that
+    /// `verify` looks it up by: its id, or for a record without a usable id (empty,
+    /// NULL, holding a control character) [`NO_ID_KEY`] + its kind + the SHA-256 of its
+    /// raw bytes, which no id can be (ids hold no control character). The same record
+    /// read again gets the same key; a changed one is a new record, not quarantined yet.
+    pub fn ledger_key(&self) -> String {
+        match &self.id {
+            Some(id) => id.clone(),
+            None => format!(
+                "{NO_ID_KEY}{}:{}",
+                self.record,
+                hex::encode(Sha256::digest(&self.raw))
+            ),
+        }
+    }
 }
+
+/// How the ledger keys of records without a usable id begin (see
+/// [`Invalid::ledger_key`]): a control character, never in an id.
+pub const NO_ID_KEY: &str = "\u{1}no-id:";
 
 #[derive(Debug, Clone)]
 pub enum Item {

@@ -297,17 +297,17 @@ pub fn adopt(
     Ok(())
 }
 
-/// Record quarantined records (those with an id) so that verify counts them.
+/// Record quarantined records, each under its [`Invalid::ledger_key`] (records without
+/// a usable id too), so that verify counts them as quarantined.
 pub fn record_quarantined(
     tx: &mut Transaction<'_>,
     schema: &str,
     run_id: &uuid::Uuid,
     invalid: &[&Invalid],
 ) -> Result<()> {
-    let (ids, codes): (Vec<&str>, Vec<&str>) = invalid
-        .iter()
-        .filter_map(|i| i.id.as_deref().map(|id| (id, i.code)))
-        .unzip();
+    let keys: Vec<String> = invalid.iter().map(|i| i.ledger_key()).collect();
+    let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let codes: Vec<&str> = invalid.iter().map(|i| i.code).collect();
     record_quarantined_ids(tx, schema, run_id, &ids, &codes)
 }
 
@@ -324,7 +324,8 @@ fn record_quarantined_ids(
     tx.execute(
         &format!(
             "INSERT INTO {} (session_id, status, code, run_id)
-                  SELECT i, 'quarantined', c, $3 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, c)
+                  SELECT DISTINCT ON (i) i, 'quarantined', c, $3
+                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(i, c)
              ON CONFLICT (session_id) DO UPDATE SET status = 'quarantined',
                   code = EXCLUDED.code, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now()",
             qualified(schema, "sessiondb_ledger")

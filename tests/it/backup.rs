@@ -11,7 +11,7 @@ use sessiondb::source::Source;
 use sha2::{Digest, Sha256};
 
 use crate::support::store::Store;
-use crate::support::{Run, sessiondb, write};
+use crate::support::{Run, Tmpfs, sessiondb, write};
 
 fn fingerprint(s: &Store) -> String {
     let cfg = Config::load(Some(&s.config), &Env::default()).unwrap();
@@ -443,28 +443,6 @@ fn dry_run_creates_nothing() {
     assert!(!backup_dir(&s).exists());
     take(&s, &["--dry-run=false"]);
     assert!(backup_dir(&s).exists());
-}
-
-/// A tiny tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
 mod backup;
+mod backup_check;
 mod canon;
 mod check;
 mod cli;
@@ -10,6 +11,7 @@ mod fixture;
 mod hijack;
 mod migrate;
 mod preflight;
+mod quarantine;
 mod resume;
 mod runbooks;
 mod secrets;

@@ -234,3 +234,51 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Whether the tests run as root: needed to run a command as another user ([`Cmd::user`])
+/// or to mount a filesystem.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid and gid of the user `nobody`.
+pub fn nobody() -> (u32, u32) {
+    let name = std::ffi::CString::new("nobody").unwrap();
+    // SAFETY: a valid NUL-terminated name; the result is read at once, before any
+    // other getpw* call on this thread.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "no user nobody");
+    // SAFETY: non-null, as just checked.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// Give every entry under `root` (itself included, links not followed) to `uid:gid`.
+pub fn chown_tree(root: &Path, uid: u32, gid: u32) {
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).unwrap();
+    }
+}
+
+/// A tiny tmpfs mounted for one test, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
