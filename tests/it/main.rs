@@ -1,9 +1,11 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
+mod advice;
 mod backup;
 mod canon;
 mod check;
 mod cli;
+mod conflicts;
 mod cutover;
 mod faults;
 mod fixture;
