@@ -113,10 +113,22 @@ pub fn decide(
 ) -> (Action, Option<&'static str>) {
     use TargetView::*;
     match (written, target) {
-        (Some(w), AsWritten) => (if w == source { Action::Unchanged } else { Action::Update }, None),
-        (Some(w), Hash(t)) if t == w => {
-            (if w == source { Action::Unchanged } else { Action::Update }, None)
-        }
+        (Some(w), AsWritten) => (
+            if w == source {
+                Action::Unchanged
+            } else {
+                Action::Update
+            },
+            None,
+        ),
+        (Some(w), Hash(t)) if t == w => (
+            if w == source {
+                Action::Unchanged
+            } else {
+                Action::Update
+            },
+            None,
+        ),
         // Changed in the target to what the source holds now (e.g. exported back by a
         // rollback): nothing to write, the ledger learns it.
         (Some(_), Hash(t)) if t == source => (Action::Adopt, None),
@@ -187,7 +199,10 @@ impl Planner {
         let sessions_exists = fit.sessions.is_some();
         let state_exists = fit.session_state.is_some();
         let mut empty = true;
-        for (exists, table) in [(sessions_exists, "sessions"), (ledger_exists, "sessiondb_ledger")] {
+        for (exists, table) in [
+            (sessions_exists, "sessions"),
+            (ledger_exists, "sessiondb_ledger"),
+        ] {
             if exists {
                 let any: bool = c
                     .query_one(

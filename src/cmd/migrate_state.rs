@@ -834,7 +834,10 @@ fn refuse_problems(ctx: &mut Ctx, problems: &[Problem]) -> Result<()> {
     ctx.report.next_steps.push(
         "fix the target tables or the data as each problem says (preflight names them all), then run migrate-state again: nothing was written".into(),
     );
-    let code = if problems.iter().any(|p| p.code == crate::target::constraints::SCHEMA_MISMATCH) {
+    let code = if problems
+        .iter()
+        .any(|p| p.code == crate::target::constraints::SCHEMA_MISMATCH)
+    {
         crate::target::constraints::SCHEMA_MISMATCH
     } else {
         first.code

@@ -564,7 +564,11 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
 
 /// Warn of two or more GIN indexes on `session_state.state` (the application's and
 /// sessiondb's, say): each costs every write, and one serves the queries.
-pub fn warn_duplicate_gin(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str) -> Result<()> {
+pub fn warn_duplicate_gin(
+    ctx: &mut Ctx,
+    c: &mut postgres::Client,
+    schema_name: &str,
+) -> Result<()> {
     if let Some(w) = schema::duplicate_gin(c, schema_name)? {
         ctx.report.warn(w);
     }
@@ -635,7 +639,9 @@ fn check_constraints(
         ));
     }
     for p in &problems {
-        ctx.report.errors.push(Finding::new(p.code, p.message.clone()));
+        ctx.report
+            .errors
+            .push(Finding::new(p.code, p.message.clone()));
     }
     ctx.report.check(
         "constraints",

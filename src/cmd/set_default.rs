@@ -77,7 +77,10 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
             };
             if !force {
                 let (first, next) = if migrated {
-                    ("run verify first", "verify, then set-default --dry-run=false again")
+                    (
+                        "run verify first",
+                        "verify, then set-default --dry-run=false again",
+                    )
                 } else {
                     (
                         "load it first",

@@ -144,7 +144,9 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
             json!({"problems": shape}),
         );
         for p in &shape {
-            ctx.report.errors.push(Finding::new(p.code, p.message.clone()));
+            ctx.report
+                .errors
+                .push(Finding::new(p.code, p.message.clone()));
         }
         ctx.problems = true;
         ctx.report.next_steps.push(
@@ -381,7 +383,7 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
                 .next_steps
                 .push("set-default --dry-run=false".into()),
             Phase::CutOver => ctx.report.next_steps.extend([
-                format!("the cutover is done (the config says backend = \"postgres\"): smoke-test the running application (verify --smoke-url URL) and monitor it (errors, latency, sessiondb check --backend postgres)"),
+                "the cutover is done (the config says backend = \"postgres\"): smoke-test the running application (verify --smoke-url URL) and monitor it (errors, latency, sessiondb check --backend postgres)".to_owned(),
                 "to go back: rollback --dry-run=false".to_owned(),
             ]),
             Phase::RolledBack { at } => ctx.report.next_steps.extend([

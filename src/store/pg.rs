@@ -454,7 +454,8 @@ async fn prepare_schema(target: &Target, settings: &PostgresSettings, apply: boo
                 code: "schema_pending",
                 message: format!(
                     "schema version(s) {:?} are not applied on {}: run `sessiondb migrate-state --dry-run=false` or open the store with apply_schema",
-                    st.pending_for_store(), target.display
+                    st.pending_for_store(),
+                    target.display
                 ),
             });
         }

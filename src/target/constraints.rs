@@ -240,7 +240,14 @@ impl Fit {
     /// a value that still does not decode is [`Error::ColumnDecode`], naming the column.
     pub fn meta_select(&self, a: &str) -> String {
         let mut out = Vec::new();
-        for name in ["user_id", "status", "current_step", "cost", "created_at", "updated_at"] {
+        for name in [
+            "user_id",
+            "status",
+            "current_step",
+            "cost",
+            "created_at",
+            "updated_at",
+        ] {
             let ty = self.column(name).map(|c| c.data_type.as_str());
             let col = format!("{a}.{}", ident(name));
             out.push(match (name, ty) {
@@ -256,7 +263,12 @@ impl Fit {
     }
 }
 
-fn table_shape_problems(out: &mut Vec<Problem>, table: &str, sh: &TableShape, written: &[(&str, &str)]) {
+fn table_shape_problems(
+    out: &mut Vec<Problem>,
+    table: &str,
+    sh: &TableShape,
+    written: &[(&str, &str)],
+) {
     for (name, ty) in written {
         if !sh.columns.iter().any(|c| c.name == *name) {
             out.push(Problem::shape(format!(
@@ -370,7 +382,10 @@ impl Stats {
             }
             if let Some(set) = self.unique.get_mut(col) {
                 if !set.insert(v.clone()) {
-                    self.duplicates.entry(col.to_owned()).or_default().push(v.clone());
+                    self.duplicates
+                        .entry(col.to_owned())
+                        .or_default()
+                        .push(v.clone());
                 }
             }
             if let Some(set) = self.referenced.get_mut(col) {
@@ -455,9 +470,15 @@ mod tests {
         let msgs: Vec<&str> = p.iter().map(|p| p.message.as_str()).collect();
         assert!(p.iter().all(|p| p.code == SCHEMA_MISMATCH), "{p:?}");
         assert_eq!(p.len(), 3, "{msgs:?}");
-        assert!(msgs[0].starts_with("sessions.current_step is missing"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("sessions.current_step is missing"),
+            "{msgs:?}"
+        );
         assert!(msgs[1].starts_with("sessions.cost is text"), "{msgs:?}");
-        assert!(msgs[2].starts_with("sessions.question is NOT NULL"), "{msgs:?}");
+        assert!(
+            msgs[2].starts_with("sessions.question is NOT NULL"),
+            "{msgs:?}"
+        );
     }
 
     #[test]

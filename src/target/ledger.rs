@@ -88,7 +88,11 @@ pub fn moved(c: &mut impl GenericClient, schema: &str) -> Result<Vec<Moved>> {
             super::ident(w.key)
         ));
         cols.push(version(&a));
-        differs.push(format!("l.{} IS DISTINCT FROM {}", w.ledger_column, version(&a)));
+        differs.push(format!(
+            "l.{} IS DISTINCT FROM {}",
+            w.ledger_column,
+            version(&a)
+        ));
     }
     let own = format!("w0.{}", super::ident(WATCHED[0].key));
     let sql = format!(

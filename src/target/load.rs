@@ -172,7 +172,11 @@ fn ledger_with_versions(r: &Rendered, xid: i64) -> Vec<u8> {
     let xid = xid.to_string();
     let mut out = Vec::with_capacity(r.ledger.len() + r.ledger_state.len() * 24);
     // COPY text escapes newlines inside fields: a raw newline ends a line.
-    for (line, has_state) in r.ledger.split_inclusive(|b| *b == b'\n').zip(&r.ledger_state) {
+    for (line, has_state) in r
+        .ledger
+        .split_inclusive(|b| *b == b'\n')
+        .zip(&r.ledger_state)
+    {
         out.extend_from_slice(&line[..line.len() - 1]);
         sep(&mut out);
         field(&mut out, Some(&xid));

@@ -54,7 +54,13 @@ fn backend_drift_is_judged_against_the_config_as_the_step_leaves_it() {
     let r = step(
         &s,
         &db,
-        &["migrate", "to", "postgres", "--dry-run=false", "--set-default"],
+        &[
+            "migrate",
+            "to",
+            "postgres",
+            "--dry-run=false",
+            "--set-default",
+        ],
     )
     .expect(exit::OK);
     assert!(config_says(&s, "postgres"));
@@ -167,7 +173,9 @@ fn duplicate_gin_indexes_on_the_state_column_are_warned() {
     let db = TestDb::new("adv_gin_dup");
     step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
     db.client()
-        .batch_execute("CREATE INDEX app_state_idx ON session_state USING gin (state jsonb_path_ops)")
+        .batch_execute(
+            "CREATE INDEX app_state_idx ON session_state USING gin (state jsonb_path_ops)",
+        )
         .unwrap();
     let c = sessiondb(&["check", "--backend", "postgres"])
         .env("DATABASE_URL", &db.url)

@@ -25,7 +25,10 @@ fn migrate(s: &Store, db: &TestDb, args: &[&str]) -> Run {
 fn store_with(n: usize) -> Store {
     let s = Store::new();
     for i in 0..n {
-        s.session(&format!("s{i:05}"), &format!("{{\"n\": {i}, \"pct\": 1.50}}"));
+        s.session(
+            &format!("s{i:05}"),
+            &format!("{{\"n\": {i}, \"pct\": 1.50}}"),
+        );
     }
     s
 }
@@ -50,7 +53,10 @@ fn state_of(db: &TestDb, id: &str) -> Option<String> {
 }
 
 fn status_of(db: &TestDb, id: &str) -> Option<String> {
-    one(db, &format!("SELECT status FROM sessions WHERE id = '{id}'"))
+    one(
+        db,
+        &format!("SELECT status FROM sessions WHERE id = '{id}'"),
+    )
 }
 
 /// The sessions a report names as conflicts (planned, or skipped by the load).
@@ -104,6 +110,15 @@ fn a_target_row_changed_behind_sessiondbs_back_is_a_conflict_though_its_source_i
     assert_exit(&r, exit::OK);
     assert_eq!((r.count("conflicts"), r.count("updated")), (3, 0));
     assert_eq!(named(&r, "skipped_conflicts"), changed, "{}", r.stdout);
+    // The first load recorded the versions of every row it wrote (else every row would
+    // have moved, and been judged by its content): only the four touched rows moved,
+    // and the one rewritten as it was is recorded anew.
+    assert_eq!(
+        r.report.details["row_versions"],
+        serde_json::json!({"learned": 0, "rewritten_as_they_were": 1, "changed_in_target": 3}),
+        "{}",
+        r.stdout
+    );
     assert_eq!(state_of(&db, "s00001").as_deref(), Some(app_state));
     assert_eq!(state_of(&db, "s00004"), None);
 
@@ -121,7 +136,11 @@ fn a_target_row_changed_behind_sessiondbs_back_is_a_conflict_though_its_source_i
     );
 
     // source-wins rewrites them from the source, reading only those three again.
-    let r = migrate(&s, &db, &["--dry-run=false", "--on-conflict", "source-wins"]);
+    let r = migrate(
+        &s,
+        &db,
+        &["--dry-run=false", "--on-conflict", "source-wins"],
+    );
     assert_exit(&r, exit::OK);
     assert_eq!(r.count("conflicts"), 3, "{}", r.stdout);
     assert_eq!(
@@ -150,6 +169,12 @@ fn a_target_row_changed_behind_sessiondbs_back_is_a_conflict_though_its_source_i
         r.stdout
     );
     assert_eq!(r.report.details["unchanged_by_stamp"], 6, "{}", r.stdout);
+    assert_eq!(
+        r.report.details["row_versions"],
+        serde_json::json!({"learned": 0, "rewritten_as_they_were": 0, "changed_in_target": 0}),
+        "the upserts recorded the versions they wrote: {}",
+        r.stdout
+    );
     let v = step(&s, &db, &["verify"]).run();
     assert_exit(&v, exit::OK);
     row(
@@ -204,7 +229,12 @@ fn a_ledger_from_before_row_versions_keeps_working_and_recheck_trusts_nothing() 
     let r = migrate(
         &s,
         &db,
-        &["--dry-run=false", "--recheck", "--on-conflict", "source-wins"],
+        &[
+            "--dry-run=false",
+            "--recheck",
+            "--on-conflict",
+            "source-wins",
+        ],
     );
     assert_exit(&r, exit::OK);
     assert_eq!(r.count("conflicts"), 2, "{}", r.stdout);
@@ -238,7 +268,10 @@ fn a_target_that_preflight_calls_incompatible_is_refused_before_any_write() {
     let pf = step(&s, &db, &["preflight"]).run();
     assert_exit(&pf, exit::PROBLEMS);
     assert!(pf.has_error("schema_mismatch"), "{}", pf.stdout);
-    for args in [&["--batch-size", "5"][..], &["--dry-run=false", "--batch-size", "5"]] {
+    for args in [
+        &["--batch-size", "5"][..],
+        &["--dry-run=false", "--batch-size", "5"],
+    ] {
         let r = migrate(&s, &db, args);
         assert_exit(&r, exit::PROBLEMS);
         let e = r
@@ -255,10 +288,7 @@ fn a_target_that_preflight_calls_incompatible_is_refused_before_any_write() {
     let rows = one(&db, "SELECT count(*)::text FROM sessions");
     assert_eq!(rows.as_deref(), Some("0"), "nothing written");
     assert_eq!(
-        one(
-            &db,
-            "SELECT to_regclass('sessiondb_schema_versions')::text"
-        ),
+        one(&db, "SELECT to_regclass('sessiondb_schema_versions')::text"),
         None,
         "no schema version recorded as applied"
     );
@@ -288,7 +318,10 @@ fn a_not_null_column_the_source_leaves_empty_is_refused_before_the_first_batch()
     db.client()
         .batch_execute(&APP_SESSIONS.replace("user_id text", "user_id text NOT NULL"))
         .unwrap();
-    for args in [&["--batch-size", "2"][..], &["--dry-run=false", "--batch-size", "2"]] {
+    for args in [
+        &["--batch-size", "2"][..],
+        &["--dry-run=false", "--batch-size", "2"],
+    ] {
         let r = migrate(&s, &db, args);
         assert_exit(&r, exit::PROBLEMS);
         let e = r
