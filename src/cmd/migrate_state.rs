@@ -274,9 +274,36 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             },
         );
         refuse_if_needed(ctx, &p, args, true)?;
-        ctx.report
-            .next_steps
-            .push("migrate-state --dry-run=false to load".into());
+        let c = &p.counts;
+        let writes = c.inserted
+            + c.updated
+            + c.invalid
+            + if args.on_conflict == OnConflict::SourceWins {
+                c.conflicts
+            } else {
+                0
+            };
+        let ch = &planner.changes;
+        let bookkeeping = !st.pending.is_empty()
+            || (!planner.target_empty
+                && (!ch.tracked || ch.unknown > 0 || !ch.rewritten.is_empty()));
+        ctx.report.next_steps.push(if writes == 0 && !bookkeeping {
+            "nothing to write: the target holds every session as the source has it; verify".into()
+        } else {
+            let mut cmd = "migrate-state --dry-run=false".to_owned();
+            match args.on_conflict {
+                OnConflict::Fail => {}
+                OnConflict::Skip => cmd.push_str(" --on-conflict skip"),
+                OnConflict::SourceWins => cmd.push_str(" --on-conflict source-wins"),
+            }
+            if args.recheck {
+                cmd.push_str(" --recheck");
+            }
+            if args.quarantine {
+                cmd.push_str(" --quarantine");
+            }
+            format!("{cmd} to write what this plan says")
+        });
         return Ok(());
     }
 

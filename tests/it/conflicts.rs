@@ -175,6 +175,12 @@ fn a_target_row_changed_behind_sessiondbs_back_is_a_conflict_though_its_source_i
         "the upserts recorded the versions they wrote: {}",
         r.stdout
     );
+    let dry = migrate(&s, &db, &[]);
+    assert!(
+        dry.report.next_steps[0].starts_with("nothing to write"),
+        "{:?}",
+        dry.report.next_steps
+    );
     let v = step(&s, &db, &["verify"]).run();
     assert_exit(&v, exit::OK);
     row(
