@@ -67,6 +67,9 @@ pub struct Ctx {
     /// Set when the step found problems (exit 1) without an error.
     pub problems: bool,
     started: Instant,
+    /// The config as [`Ctx::config`] loaded it: its path and backend, to judge
+    /// `backend_drift` again against the file as the step leaves it.
+    loaded: Option<(PathBuf, config::Backend)>,
 }
 
 impl Ctx {
@@ -78,6 +81,7 @@ impl Ctx {
             common,
             problems: false,
             started: Instant::now(),
+            loaded: None,
         }
     }
 
@@ -106,7 +110,31 @@ impl Ctx {
             self.report.warn(w);
         }
         self.report.source = source_json(&cfg);
+        self.loaded = Some((cfg.path.clone(), cfg.backend));
         Ok(cfg)
+    }
+
+    /// `backend_drift` judged against the config as it is now: a step that switched
+    /// the backend (set-default, rollback, the umbrella) leaves a report whose warning
+    /// speaks of the file it left, not of the one it found.
+    fn refresh_drift(&mut self) {
+        let Some((path, was)) = self.loaded.clone() else {
+            return;
+        };
+        let Ok(cfg) = Config::load(Some(&path), &self.env) else {
+            return;
+        };
+        if cfg.backend == was {
+            return;
+        }
+        let Ok(rt) = config::runtime(&cfg.postgres.url_env, &self.env) else {
+            return;
+        };
+        self.report.warnings.retain(|w| w.code != "backend_drift");
+        if let Some(w) = config::drift(cfg.backend, &rt, &cfg.path) {
+            self.report.warn(w);
+        }
+        self.report.source = source_json(&cfg);
     }
 
     /// The PostgreSQL target, required.
@@ -202,6 +230,7 @@ pub fn execute<S: Step>(step: &S, env: Env) -> Report {
             Some(crate::exit::OPERATIONAL)
         }
     };
+    ctx.refresh_drift();
     let problems = ctx.problems;
     ctx.report.finish(error_exit, problems, ctx.started);
     ctx.report

@@ -97,6 +97,16 @@ pub enum Error {
     #[error("{message}")]
     Refused { code: &'static str, message: String },
 
+    /// A target column whose values sessiondb cannot read as the type it expects.
+    #[error(
+        "schema_mismatch: cannot read {table}.{column}: {message} (preflight's constraints check says what the column must be)"
+    )]
+    ColumnDecode {
+        table: String,
+        column: String,
+        message: String,
+    },
+
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
 
@@ -147,6 +157,7 @@ impl Error {
             Error::SourceChanged { .. } => "source_changed",
             Error::Conflict { .. } => "conflict",
             Error::Refused { code, .. } => code,
+            Error::ColumnDecode { .. } => "schema_mismatch",
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
             Error::StepFailed { .. } => "step_failed",
             Error::Timeout { code, .. } => code,
@@ -162,9 +173,10 @@ impl Error {
             | Error::ConfigInvalid { .. }
             | Error::SettingInvalid { .. }
             | Error::NoTarget { .. } => exit::USAGE,
-            Error::InvalidSource { .. } | Error::Conflict { .. } | Error::Refused { .. } => {
-                exit::PROBLEMS
-            }
+            Error::InvalidSource { .. }
+            | Error::Conflict { .. }
+            | Error::Refused { .. }
+            | Error::ColumnDecode { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
             _ => exit::OPERATIONAL,
         }

@@ -1,16 +1,26 @@
 //! The plan: for each source session, what a load would do to the target — insert,
-//! update, leave unchanged, or stop at a conflict (the target row differs from what
-//! sessiondb last wrote there). Preflight, the dry run and the real run all classify
-//! through [`Planner::classify`], so what a dry run says is what a real run does.
+//! update, leave unchanged, adopt, or stop at a conflict (the target row differs from
+//! what sessiondb last wrote there, whether or not the source changed: SPEC §4).
+//! Preflight, the dry run and the real run all classify through [`Planner::classify`],
+//! so what a dry run says is what a real run does.
+//!
+//! The decision itself is [`decide`], a pure function of three content hashes: the
+//! source's, the one the ledger recorded when sessiondb last wrote the session, and
+//! the target's when it was read. The [`Planner`] gathers them at the edges: the ledger
+//! rows of a batch, and the target rows of the sessions that may differ — those the
+//! source changed, those whose row versions moved since sessiondb wrote them
+//! ([`crate::target::ledger::moved`], one query per run), or every one with
+//! `--recheck`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use postgres::Client;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::source::{self, Meta, Session};
-use crate::target::qualified;
+use crate::target::constraints::{Fit, get};
+use crate::target::{ledger, qualified};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,6 +83,86 @@ pub struct LedgerEntry {
     pub source_stamp: Option<String>,
 }
 
+impl LedgerEntry {
+    /// The content hash of what sessiondb last wrote, for a migrated session.
+    fn written(&self) -> Option<&str> {
+        (self.status == "migrated")
+            .then_some(self.content_hash.as_deref())
+            .flatten()
+    }
+}
+
+/// What is known of a session's target rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetView<'a> {
+    /// Not read: its row versions say it is as sessiondb last wrote it.
+    AsWritten,
+    /// No row.
+    Absent,
+    /// Read: the content hash of what it holds.
+    Hash(&'a str),
+}
+
+/// What a load does with one session, and why when it is a conflict: the source's
+/// content hash, the hash sessiondb recorded when it last wrote the session (`None`:
+/// it never did), and what the target holds.
+pub fn decide(
+    source: &str,
+    written: Option<&str>,
+    target: TargetView<'_>,
+) -> (Action, Option<&'static str>) {
+    use TargetView::*;
+    match (written, target) {
+        (Some(w), AsWritten) => (
+            if w == source {
+                Action::Unchanged
+            } else {
+                Action::Update
+            },
+            None,
+        ),
+        (Some(w), Hash(t)) if t == w => (
+            if w == source {
+                Action::Unchanged
+            } else {
+                Action::Update
+            },
+            None,
+        ),
+        // Changed in the target to what the source holds now (e.g. exported back by a
+        // rollback): nothing to write, the ledger learns it.
+        (Some(_), Hash(t)) if t == source => (Action::Adopt, None),
+        (Some(_), Hash(_)) => (
+            Action::Conflict,
+            Some("the target row was changed since sessiondb wrote it"),
+        ),
+        (Some(_), Absent) => (
+            Action::Conflict,
+            Some("the target row was deleted since sessiondb wrote it"),
+        ),
+        (None, Absent | AsWritten) => (Action::Insert, None),
+        (None, Hash(t)) if t == source => (Action::Adopt, None),
+        (None, Hash(_)) => (
+            Action::Conflict,
+            Some("the target already holds this id with other content, not written by sessiondb"),
+        ),
+    }
+}
+
+/// What the ledger's row versions say about the target, gathered once per run.
+#[derive(Debug, Default)]
+pub struct TargetChanges {
+    /// Whether the ledger records row versions (schema version 2 applied).
+    pub tracked: bool,
+    /// Sessions whose target rows hold other than what sessiondb last wrote.
+    pub changed: HashSet<String>,
+    /// Rows rewritten by someone as they were (their versions moved, their content did
+    /// not): not conflicts; a real run records their versions.
+    pub rewritten: Vec<ledger::Moved>,
+    /// Migrated sessions whose row versions the ledger does not know yet.
+    pub unknown: u64,
+}
+
 /// A batch, classified.
 #[derive(Debug, Default)]
 pub struct Classified {
@@ -92,45 +182,85 @@ pub struct Planner {
     /// Whether the bookkeeping tables exist (else nothing is in the ledger).
     ledger_exists: bool,
     sessions_exists: bool,
+    state_exists: bool,
+    /// The metadata columns of `sessions`, as read ([`Fit::meta_select`]).
+    meta_select: String,
+    /// Read every session's target rows (`--recheck`), whatever the versions say.
+    recheck: bool,
+    pub changes: TargetChanges,
 }
 
 impl Planner {
-    pub fn new(c: &mut Client, schema: &str) -> Result<Planner> {
+    /// Look at the target as it is: whether it is empty, and which sessions' rows
+    /// moved since sessiondb wrote them (read in one snapshot, with their content, so
+    /// that a row rewritten as it was is told from one changed).
+    pub fn new(c: &mut Client, schema: &str, fit: &Fit, recheck: bool) -> Result<Planner> {
         let ledger_exists = crate::target::schema::table_exists(c, schema, "sessiondb_ledger")?;
-        let sessions_exists = crate::target::schema::table_exists(c, schema, "sessions")?;
+        let sessions_exists = fit.sessions.is_some();
+        let state_exists = fit.session_state.is_some();
         let mut empty = true;
-        if sessions_exists {
-            let any: bool = c
-                .query_one(
-                    &format!(
-                        "SELECT EXISTS (SELECT 1 FROM {})",
-                        qualified(schema, "sessions")
-                    ),
-                    &[],
-                )
-                .map_err(|e| Error::pg("reading the target", "", e))?
-                .get(0);
-            empty &= !any;
+        for (exists, table) in [
+            (sessions_exists, "sessions"),
+            (ledger_exists, "sessiondb_ledger"),
+        ] {
+            if exists {
+                let any: bool = c
+                    .query_one(
+                        &format!("SELECT EXISTS (SELECT 1 FROM {})", qualified(schema, table)),
+                        &[],
+                    )
+                    .map_err(|e| Error::pg("reading the target", "", e))?
+                    .get(0);
+                empty &= !any;
+            }
         }
-        if ledger_exists {
-            let any: bool = c
-                .query_one(
-                    &format!(
-                        "SELECT EXISTS (SELECT 1 FROM {})",
-                        qualified(schema, "sessiondb_ledger")
-                    ),
-                    &[],
-                )
-                .map_err(|e| Error::pg("reading the ledger", "", e))?
-                .get(0);
-            empty &= !any;
-        }
-        Ok(Planner {
+        let mut p = Planner {
             schema: schema.to_owned(),
             target_empty: empty,
             ledger_exists,
             sessions_exists,
-        })
+            state_exists,
+            meta_select: fit.meta_select("s"),
+            recheck,
+            changes: TargetChanges::default(),
+        };
+        if !empty && ledger_exists && sessions_exists && state_exists {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(|e| Error::pg("starting a transaction", "", e))?;
+            p.changes = p.target_changes(&mut tx)?;
+            tx.commit()
+                .map_err(|e| Error::pg("reading the target", "", e))?;
+        }
+        Ok(p)
+    }
+
+    fn target_changes(&self, c: &mut impl postgres::GenericClient) -> Result<TargetChanges> {
+        let mut out = TargetChanges {
+            tracked: ledger::tracked(c, &self.schema)?,
+            ..TargetChanges::default()
+        };
+        if !out.tracked {
+            return Ok(out);
+        }
+        out.unknown = ledger::unknown(c, &self.schema)?;
+        let moved = ledger::moved(c, &self.schema)?;
+        for chunk in moved.chunks(1000) {
+            let ids: Vec<&str> = chunk.iter().map(|m| m.id.as_str()).collect();
+            let now = self.target_hashes(c, &ids)?;
+            for m in chunk {
+                match (now.get(&m.id), &m.ledger_hash) {
+                    (Some(t), Some(w)) if t == w => out.rewritten.push(m.clone()),
+                    _ => {
+                        out.changed.insert(m.id.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The ledger rows of `ids`.
@@ -175,41 +305,42 @@ impl Planner {
         if !self.sessions_exists || self.target_empty || ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let has_state = crate::target::schema::table_exists(c, &self.schema, "session_state")?;
-        let sql = if has_state {
+        let sql = if self.state_exists {
             format!(
-                "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, st.state::text
+                "SELECT s.id, {}, st.state::pg_catalog.text
                    FROM {} s LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) s.id
-                  WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::text[])",
+                  WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+                self.meta_select,
                 qualified(&self.schema, "sessions"),
                 qualified(&self.schema, "session_state")
             )
         } else {
             format!(
-                "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, NULL::text FROM {} s WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::text[])",
+                "SELECT s.id, {}, NULL::pg_catalog.text FROM {} s WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+                self.meta_select,
                 qualified(&self.schema, "sessions")
             )
         };
         let rows = c
             .query(&sql, &[&ids])
             .map_err(|e| Error::pg("reading target rows", "", e))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                let state: Option<String> = r.get(7);
-                let meta = Meta {
-                    user_id: r.get(1),
-                    status: r.get(2),
-                    current_step: r.get(3),
-                    cost: r.get(4),
-                    created_at: r.get(5),
-                    updated_at: r.get(6),
-                };
-                let h = source::content_hash(&id, &meta, state.as_deref());
-                (id, h)
-            })
-            .collect())
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let t = "sessions";
+            let id: String = get(r, 0, t)?;
+            let state: Option<String> = get(r, 7, "session_state")?;
+            let meta = Meta {
+                user_id: get(r, 1, t)?,
+                status: get(r, 2, t)?,
+                current_step: get(r, 3, t)?,
+                cost: get(r, 4, t)?,
+                created_at: get(r, 5, t)?,
+                updated_at: get(r, 6, t)?,
+            };
+            let h = source::content_hash(&id, &meta, state.as_deref());
+            out.insert(id, h);
+        }
+        Ok(out)
     }
 
     /// Classify a batch. Returns one action per session, and the conflicts explained.
@@ -220,62 +351,80 @@ impl Planner {
     ) -> Result<Classified> {
         let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
         let ledger = self.ledger(c, &ids)?;
-        // Read the target only for sessions that may be written.
-        let mut need: Vec<&str> = Vec::new();
         let hashes: Vec<String> = batch.iter().map(Session::content_hash).collect();
-        for (s, h) in batch.iter().zip(&hashes) {
-            match ledger.get(&s.id) {
-                Some(l)
-                    if l.status == "migrated" && l.content_hash.as_deref() == Some(h.as_str()) => {}
-                _ => need.push(s.id.as_str()),
-            }
-        }
+        // Read the target of the sessions that may differ from what sessiondb wrote.
+        let read: Vec<bool> = batch
+            .iter()
+            .zip(&hashes)
+            .map(|(s, h)| {
+                let written = ledger.get(&s.id).and_then(LedgerEntry::written);
+                self.recheck || written != Some(h.as_str()) || self.changes.changed.contains(&s.id)
+            })
+            .collect();
+        let need: Vec<&str> = ids
+            .iter()
+            .zip(&read)
+            .filter_map(|(id, r)| r.then_some(*id))
+            .collect();
         let target = self.target_hashes(c, &need)?;
-        let mut actions = Vec::with_capacity(batch.len());
-        let mut conflicts = Vec::new();
-        let mut restamp = Vec::new();
-        for (s, h) in batch.iter().zip(&hashes) {
-            let led = ledger.get(&s.id).filter(|l| l.status == "migrated");
-            if let (Some(l), Some(stamp)) = (led, &s.stamp) {
-                if l.content_hash.as_deref() == Some(h.as_str())
-                    && l.source_stamp.as_ref() != Some(stamp)
-                {
-                    restamp.push((s.id.clone(), stamp.clone()));
+        let mut out = Classified {
+            actions: Vec::with_capacity(batch.len()),
+            ..Classified::default()
+        };
+        for ((s, h), read) in batch.iter().zip(&hashes).zip(read) {
+            let written = ledger.get(&s.id).and_then(LedgerEntry::written);
+            if let (Some(w), Some(stamp)) = (written, &s.stamp) {
+                let l = &ledger[&s.id];
+                if w == h && l.source_stamp.as_ref() != Some(stamp) {
+                    out.restamp.push((s.id.clone(), stamp.clone()));
                 }
             }
-            let tgt = target.get(&s.id);
-            let action = match (led, tgt) {
-                (Some(l), _) if l.content_hash.as_deref() == Some(h.as_str()) => Action::Unchanged,
-                (Some(l), Some(t)) if l.content_hash.as_deref() == Some(t.as_str()) => {
-                    Action::Update
-                }
-                (Some(_), Some(_)) => {
-                    conflicts.push(ConflictInfo {
-                        session: s.id.clone(),
-                        reason: "the target row was changed since sessiondb wrote it".into(),
-                    });
-                    Action::Conflict
-                }
-                (Some(_), None) => {
-                    conflicts.push(ConflictInfo {
-                        session: s.id.clone(),
-                        reason: "the target row was deleted since sessiondb wrote it".into(),
-                    });
-                    Action::Conflict
-                }
-                (None, None) => Action::Insert,
-                (None, Some(t)) if t == h => Action::Adopt,
-                (None, Some(_)) => {
-                    conflicts.push(ConflictInfo { session: s.id.clone(), reason: "the target already holds this id with other content, not written by sessiondb".into() });
-                    Action::Conflict
-                }
+            let view = match (read, target.get(&s.id)) {
+                (false, _) => TargetView::AsWritten,
+                (true, Some(t)) => TargetView::Hash(t),
+                (true, None) => TargetView::Absent,
             };
-            actions.push(action);
+            let (action, why) = decide(h, written, view);
+            if let Some(reason) = why {
+                out.conflicts.push(ConflictInfo {
+                    session: s.id.clone(),
+                    reason: reason.into(),
+                });
+            }
+            out.actions.push(action);
         }
-        Ok(Classified {
-            actions,
-            conflicts,
-            restamp,
-        })
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TargetView::*;
+    use super::*;
+
+    #[test]
+    fn decide_covers_every_case() {
+        let cases: &[(&str, Option<&str>, TargetView<'_>, Action)] = &[
+            // Written, and the target as written: the source decides.
+            ("a", Some("a"), AsWritten, Action::Unchanged),
+            ("b", Some("a"), AsWritten, Action::Update),
+            ("a", Some("a"), Hash("a"), Action::Unchanged),
+            ("b", Some("a"), Hash("a"), Action::Update),
+            // The target changed behind sessiondb's back: a conflict whether or not
+            // the source changed, unless it now holds what the source holds.
+            ("a", Some("a"), Hash("x"), Action::Conflict),
+            ("b", Some("a"), Hash("x"), Action::Conflict),
+            ("b", Some("a"), Hash("b"), Action::Adopt),
+            ("a", Some("a"), Absent, Action::Conflict),
+            // Never written by sessiondb.
+            ("a", None, Absent, Action::Insert),
+            ("a", None, Hash("a"), Action::Adopt),
+            ("a", None, Hash("x"), Action::Conflict),
+        ];
+        for (src, written, target, want) in cases {
+            let (got, why) = decide(src, *written, *target);
+            assert_eq!(got, *want, "{src} {written:?} {target:?}");
+            assert_eq!(why.is_some(), *want == Action::Conflict);
+        }
     }
 }

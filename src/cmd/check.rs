@@ -418,6 +418,9 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
             format!("index {i} is invalid: REINDEX it"),
         ));
     }
+    if let Some(w) = schema::duplicate_gin(&mut c, &schema_name)? {
+        ctx.report.warn(w);
+    }
     let h = q(
         &mut c,
         "SELECT (SELECT pg_catalog.count(*) FROM pg_stat_activity)::bigint,

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::plan::{Action, ConflictInfo, Counts, Planner};
 use crate::report::{Finding, INLINE_LIMIT};
 use crate::source::{Invalid, Item, KnownFn, Session, Source};
-use crate::target::{self, WriterLock, load, schema};
+use crate::target::constraints::{Fit, Problem};
+use crate::target::{self, WriterLock, ledger, load, schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -50,6 +51,10 @@ pub struct Args {
     /// every listed file is there with its size.
     #[arg(long)]
     pub verify_backup: bool,
+    /// Compare every session with the target, trusting neither the source stamps nor
+    /// the ledger's row versions (reads the whole source and every target row).
+    #[arg(long)]
+    pub recheck: bool,
     /// Sessions per transaction.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
@@ -84,6 +89,8 @@ struct Planned {
     /// second time, so a catch-up reads the store once.
     replay: Option<Vec<Item>>,
     summary: crate::source::Summary,
+    /// What the target's constraints refuse of the data read.
+    problems: Vec<Problem>,
 }
 
 /// The most state bytes (original and canonical) the planning pass keeps for the load.
@@ -96,11 +103,14 @@ fn session_bytes(s: &Session) -> usize {
         + 256
 }
 
-/// Scan the whole source and classify every session, writing nothing.
+/// Scan the whole source and classify every session, writing nothing; check what was
+/// read against the target's constraints (the same checks as preflight's).
+#[allow(clippy::too_many_arguments)]
 fn plan_pass(
     reader: crate::source::Reader,
     client: &mut postgres::Client,
     planner: &Planner,
+    fit: &Fit,
     known: Option<&KnownFn<'_>>,
     batch: usize,
     progress: &mut Progress,
@@ -109,6 +119,7 @@ fn plan_pass(
         replay: Some(Vec::new()),
         ..Planned::default()
     };
+    let mut stats = fit.needs_data().then(|| fit.stats());
     let mut kept = 0usize;
     let summary = reader.scan_with(batch, known, |items| {
         let mut sessions = Vec::with_capacity(items.len());
@@ -127,6 +138,9 @@ fn plan_pass(
             }
         }
         let cl = planner.classify(client, &sessions)?;
+        if let Some(st) = &mut stats {
+            sessions.iter().for_each(|s| st.add(s));
+        }
         for (s, a) in sessions.iter().zip(cl.actions) {
             p.counts.add(a);
             p.counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
@@ -147,6 +161,9 @@ fn plan_pass(
     })?;
     p.counts.invalid = p.invalid.len() as u64;
     p.summary = summary;
+    if let Some(st) = &stats {
+        p.problems = fit.data_problems(client, st)?;
+    }
     Ok(p)
 }
 
@@ -161,6 +178,7 @@ fn scanned_fingerprint(p: &Planned, src: &Source) -> Result<String> {
 
 fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool) {
     p.counts.to_report(&mut ctx.report);
+    ctx.report.detail("unchanged_by_stamp", p.known);
     ctx.report.detail(
         "conflicts",
         p.conflicts.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
@@ -215,18 +233,25 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     }
     ctx.report.detail("schema_pending", &st.pending);
     ctx.report.detail("on_conflict", args.on_conflict);
+    ctx.report.detail("recheck", args.recheck);
+    // The target's tables as they are: a shape that cannot take the data is refused
+    // before anything else (SPEC §9), by the dry run as by the real run.
+    let fit = Fit::read(&mut client, &schema_name)?;
+    refuse_problems(ctx, &fit.shape_problems())?;
     // One open for the estimate and the planning pass: the JSON store's index is built once.
     let mut reader = Some(src.open()?);
     let estimate = reader.as_ref().map_or(Ok(0), |r| r.estimate())?;
     let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
 
     if args.dry.dry_run {
-        let planner = Planner::new(&mut client, &schema_name)?;
-        let known = known_stamps(&t, &schema_name, &planner)?;
+        let planner = Planner::new(&mut client, &schema_name, &fit, args.recheck)?;
+        warn_versions(ctx, &planner, true);
+        let known = known_stamps(&t, &schema_name, &planner, args.recheck)?;
         let p = plan_pass(
             reader.take().expect("opened above").with_fingerprint()?,
             &mut client,
             &planner,
+            &fit,
             known.as_deref(),
             batch,
             &mut progress,
@@ -254,9 +279,36 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             },
         );
         refuse_if_needed(ctx, &p, args, true)?;
-        ctx.report
-            .next_steps
-            .push("migrate-state --dry-run=false to load".into());
+        let c = &p.counts;
+        let writes = c.inserted
+            + c.updated
+            + c.invalid
+            + if args.on_conflict == OnConflict::SourceWins {
+                c.conflicts
+            } else {
+                0
+            };
+        let ch = &planner.changes;
+        let bookkeeping = !st.pending.is_empty()
+            || (!planner.target_empty
+                && (!ch.tracked || ch.unknown > 0 || !ch.rewritten.is_empty()));
+        ctx.report.next_steps.push(if writes == 0 && !bookkeeping {
+            "nothing to write: the target holds every session as the source has it; verify".into()
+        } else {
+            let mut cmd = "migrate-state --dry-run=false".to_owned();
+            match args.on_conflict {
+                OnConflict::Fail => {}
+                OnConflict::Skip => cmd.push_str(" --on-conflict skip"),
+                OnConflict::SourceWins => cmd.push_str(" --on-conflict source-wins"),
+            }
+            if args.recheck {
+                cmd.push_str(" --recheck");
+            }
+            if args.quarantine {
+                cmd.push_str(" --quarantine");
+            }
+            format!("{cmd} to write what this plan says")
+        });
         return Ok(());
     }
 
@@ -265,9 +317,10 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     let run_uuid = uuid::Uuid::parse_str(&run_id).expect("run ids are uuids");
     let mut lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
     tracing::info!("holding the writers' lock for run {run_id}");
-    let planner = Planner::new(&mut client, &schema_name)?;
+    let planner = Planner::new(&mut client, &schema_name, &fit, args.recheck)?;
+    warn_versions(ctx, &planner, false);
     let fresh = planner.target_empty;
-    let known = known_stamps(&t, &schema_name, &planner)?;
+    let known = known_stamps(&t, &schema_name, &planner, args.recheck)?;
     let t_plan = Instant::now();
     // The source's fingerprint names its backup. A catch-up always plans, and takes the
     // fingerprint from the stats its planning pass makes anyway; a first load may skip
@@ -279,6 +332,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             reader.take().expect("opened above").with_fingerprint()?,
             &mut client,
             &planner,
+            &fit,
             known.as_deref(),
             batch,
             &mut progress,
@@ -292,12 +346,15 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         .as_ref()
         .and_then(|c| c.head.as_ref())
         .map(|m| m.counts.invalid);
-    let needs_plan = !(fresh && (args.quarantine || known_invalid == Some(0)));
+    // Constraints that depend on the values need every session checked first.
+    let needs_plan =
+        fit.needs_data() || !(fresh && (args.quarantine || known_invalid == Some(0)));
     if needs_plan && plan.is_none() {
         plan = Some(plan_pass(
             reader.take().expect("opened above"),
             &mut client,
             &planner,
+            &fit,
             known.as_deref(),
             batch,
             &mut progress,
@@ -343,9 +400,22 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
             .transaction()
             .map_err(|e| Error::pg("starting a transaction", &t.display, e))?;
         let applied = schema::apply(&mut tx, &schema_name, &run_id)?;
+        // The ledger's row versions: learned where not known yet (a ledger from before
+        // schema version 2), recorded anew for rows rewritten as they were.
+        let ch = &planner.changes;
+        let learned = if !ch.tracked || ch.unknown > 0 {
+            ledger::learn_unknown(&mut tx, &schema_name)?
+        } else {
+            0
+        };
+        let relearned = ledger::relearn(&mut tx, &schema_name, &ch.rewritten)?;
         tx.commit()
             .map_err(|e| Error::pg("committing the schema", &t.display, e))?;
         ctx.report.detail("schema_applied", &applied);
+        ctx.report.detail(
+            "row_versions",
+            json!({"learned": learned, "rewritten_as_they_were": relearned, "changed_in_target": ch.changed.len()}),
+        );
     }
     record_run_start(&mut client, &schema_name, &run_uuid, &fp, &backup_dir)?;
     if !fresh {
@@ -720,15 +790,19 @@ fn load_incremental(
 
 /// The ledger's stamps, asked a batch at a time on a connection of their own: sessions
 /// whose sources are stamped exactly as when they were last migrated are not read again,
-/// so a catch-up costs in proportion to what changed. `None` for an empty target.
+/// so a catch-up costs in proportion to what changed. Sessions whose target rows changed
+/// are read all the same (a conflict to name, or to rewrite from the source). `None`
+/// for an empty target, and with `--recheck` (every session is read).
 fn known_stamps(
     t: &crate::config::Target,
     schema_name: &str,
     planner: &Planner,
+    recheck: bool,
 ) -> Result<Option<Box<KnownFn<'static>>>> {
-    if planner.target_empty {
+    if planner.target_empty || recheck {
         return Ok(None);
     }
+    let changed = planner.changes.changed.clone();
     let conn = std::sync::Mutex::new(target::connect(t)?);
     let sql = format!(
         "SELECT l.session_id FROM {} l JOIN ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
@@ -743,12 +817,79 @@ fn known_stamps(
         let rows = c
             .query(&sql, &[&ids, &stamps])
             .map_err(|e| Error::pg("reading the ledger's stamps", "", e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .filter(|id| !changed.contains(id))
+            .collect())
     })))
 }
 
-/// Refuse on invalid records (without --quarantine) or conflicts (with --on-conflict fail).
+/// Warn when the ledger cannot tell which target rows sessiondb wrote: then a change
+/// made in the target before this run cannot be seen.
+fn warn_versions(ctx: &mut Ctx, planner: &Planner, dry: bool) {
+    if planner.target_empty {
+        return;
+    }
+    let ch = &planner.changes;
+    let what = if !ch.tracked {
+        "the ledger does not record which target rows sessiondb wrote (it predates schema version 2)".to_owned()
+    } else if ch.unknown > 0 {
+        format!(
+            "{} migrated session(s) have no recorded target row versions",
+            ch.unknown
+        )
+    } else {
+        return;
+    };
+    let then = if dry {
+        "the real run records them"
+    } else {
+        "this run records them as the target is now"
+    };
+    ctx.report.warn(Finding::new(
+        "row_versions_unknown",
+        format!(
+            "{what}: a change made in the target before they are recorded cannot be seen; {then}. To compare every session with the target once: migrate-state --recheck"
+        ),
+    ));
+}
+
+/// Refuse on what the target's tables or constraints cannot take (`schema_mismatch`
+/// for their shape, `constraint` for the data), each named.
+fn refuse_problems(ctx: &mut Ctx, problems: &[Problem]) -> Result<()> {
+    let Some(first) = problems.first() else {
+        return Ok(());
+    };
+    ctx.report.detail("target_problems", problems);
+    ctx.report.next_steps.push(
+        "fix the target tables or the data as each problem says (preflight names them all), then run migrate-state again: nothing was written".into(),
+    );
+    let code = if problems
+        .iter()
+        .any(|p| p.code == crate::target::constraints::SCHEMA_MISMATCH)
+    {
+        crate::target::constraints::SCHEMA_MISMATCH
+    } else {
+        first.code
+    };
+    Err(Error::Refused {
+        code,
+        message: format!(
+            "the target cannot take the data, nothing written: {}",
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })
+}
+
+/// Refuse on what the target's constraints refuse, invalid records (without
+/// --quarantine) or conflicts (with --on-conflict fail).
 fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, dry: bool) -> Result<()> {
+    refuse_problems(ctx, &p.problems)?;
     let would = if dry { "would refuse" } else { "refused" };
     if !p.invalid.is_empty() && !args.quarantine {
         ctx.report
@@ -765,7 +906,7 @@ fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, dry: bool) -> Resul
     }
     if !p.conflicts.is_empty() && args.on_conflict == OnConflict::Fail {
         ctx.report.next_steps.push(
-            "inspect the conflicts; rerun with --on-conflict skip or --on-conflict source-wins"
+            "the sessions in details.conflicts differ in the target from what sessiondb last wrote there: check which side is right (the target may hold the application's writes); then rerun with --on-conflict skip to keep the target's rows, or --on-conflict source-wins to rewrite them from the source (runbooks/incident.md)"
                 .into(),
         );
         return Err(Error::Conflict {

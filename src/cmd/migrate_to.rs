@@ -84,6 +84,10 @@ impl Step for Args {
         if self.set_default {
             plan.push(("set-default", with(std::slice::from_ref(&dry))));
         }
+        // The config as the umbrella finds it (its own warnings, backend_drift judged
+        // again at the end against the file as the steps leave it); a config that does
+        // not load fails the first step, which says why.
+        let _ = ctx.config();
         let mut reports: Vec<Report> = Vec::new();
         for (name, argv) in plan {
             let r = run_named(name, &argv, ctx)?;
@@ -100,7 +104,9 @@ impl Step for Args {
                 format!("{name}: {:?} (exit {})", r.status, r.exit_code).to_lowercase(),
                 serde_json::json!({"run_id": r.run_id}),
             );
-            for w in &r.warnings {
+            // Each step's drift warning speaks of the config as that step found it: the
+            // umbrella's own speaks of the config as the steps left it.
+            for w in r.warnings.iter().filter(|w| w.code != "backend_drift") {
                 ctx.report.warn(w.clone());
             }
             let code = r.exit_code;

@@ -4,7 +4,7 @@
 //! does not exist yet, its nearest existing parent) is checked with faccessat(2),
 //! creating nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::plan::{Counts, Planner};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{self, Item, Session, Source, sqlite};
-use crate::target::{self, TableShape, schema};
+use crate::target::constraints::{Fit, Stats};
+use crate::target::{self, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -70,17 +71,22 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
 
     // The target.
     let mut pg = connect_target(ctx, &cfg);
-    let shape = match pg.as_mut() {
-        Some(c) => target::table_shape(c, &cfg.postgres.schema, "sessions")?,
-        None => None,
+    let fit = match pg.as_mut() {
+        Some(c) => Fit::read(c, &cfg.postgres.schema)?,
+        None => Fit::default(),
     };
+    // Its shape first: a table that cannot take the data is not read as if it could.
+    let shape_ok = fit.shape_problems().is_empty();
     let planner = match pg.as_mut() {
-        Some(c) => Some(Planner::new(c, &cfg.postgres.schema)?),
-        None => None,
+        Some(c) if shape_ok => Some(Planner::new(c, &cfg.postgres.schema, &fit, false)?),
+        _ => None,
     };
+    if let Some(c) = pg.as_mut() {
+        warn_duplicate_gin(ctx, c, &cfg.postgres.schema)?;
+    }
 
     // One pass over every session.
-    let mut stats = Stats::new(shape.as_ref());
+    let mut stats = fit.stats();
     let mut counts = Counts::default();
     let mut invalid: Vec<source::Invalid> = Vec::new();
     let mut conflicts = Vec::new();
@@ -252,7 +258,7 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     check_constraints(
         ctx,
         pg.as_mut(),
-        shape.as_ref(),
+        &fit,
         summary.as_ref().map(|_| &stats),
         &invalid,
         quarantine,
@@ -531,220 +537,33 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
     Some(c)
 }
 
-/// How many example sessions a constraint problem names.
-const EXAMPLES: usize = 5;
-
-/// The sessions behind one problem: how many, and the first few ids.
-#[derive(Default)]
-struct Examples {
-    count: u64,
-    ids: Vec<String>,
-}
-
-impl Examples {
-    fn add(&mut self, id: &str) {
-        self.count += 1;
-        if self.ids.len() < EXAMPLES {
-            self.ids.push(id.to_owned());
-        }
+/// Warn of two or more GIN indexes on `session_state.state` (the application's and
+/// sessiondb's, say): each costs every write, and one serves the queries.
+pub fn warn_duplicate_gin(
+    ctx: &mut Ctx,
+    c: &mut postgres::Client,
+    schema_name: &str,
+) -> Result<()> {
+    if let Some(w) = schema::duplicate_gin(c, schema_name)? {
+        ctx.report.warn(w);
     }
-}
-
-/// Per-column facts about the source that the target's constraints care about.
-struct Stats {
-    nulls: BTreeMap<&'static str, Examples>,
-    max_len: BTreeMap<&'static str, usize>,
-    /// Character limits of the existing table's columns, and the sessions over them.
-    limits: BTreeMap<&'static str, usize>,
-    too_long: BTreeMap<&'static str, Examples>,
-    /// Values of columns with a unique index or a foreign key.
-    watched: HashMap<String, HashSet<String>>,
-    /// The watched columns that must not repeat (a foreign key's may: many sessions
-    /// of one user).
-    unique: HashSet<String>,
-    duplicates: HashMap<String, Vec<String>>,
-}
-
-const SOURCE_COLUMNS: [&str; 8] = [
-    "id",
-    "user_id",
-    "status",
-    "current_step",
-    "cost",
-    "created_at",
-    "updated_at",
-    "state",
-];
-
-fn value(s: &Session, col: &str) -> Option<String> {
-    match col {
-        "id" => Some(s.id.clone()),
-        "user_id" => s.meta.user_id.clone(),
-        "status" => s.meta.status.clone(),
-        "current_step" => s.meta.current_step.clone(),
-        "cost" => s.meta.cost.map(|c| c.to_string()),
-        "created_at" => s.meta.created_at.map(|t| t.to_rfc3339()),
-        "updated_at" => s.meta.updated_at.map(|t| t.to_rfc3339()),
-        _ => None,
-    }
-}
-
-impl Stats {
-    fn new(shape: Option<&TableShape>) -> Stats {
-        let mut watched = HashMap::new();
-        let mut unique = HashSet::new();
-        let mut limits = BTreeMap::new();
-        if let Some(sh) = shape {
-            for c in &sh.columns {
-                let name = SOURCE_COLUMNS.iter().find(|n| **n == c.name);
-                if let (Some(name), Some(max)) = (name, c.max_len) {
-                    limits.insert(*name, max.max(0) as usize);
-                }
-            }
-            for u in &sh.unique {
-                if u != "id" && SOURCE_COLUMNS.contains(&u.as_str()) {
-                    watched.insert(u.clone(), HashSet::new());
-                    unique.insert(u.clone());
-                }
-            }
-            for fk in &sh.foreign_keys {
-                if SOURCE_COLUMNS.contains(&fk.column.as_str()) {
-                    watched.insert(fk.column.clone(), HashSet::new());
-                }
-            }
-        }
-        Stats {
-            nulls: BTreeMap::new(),
-            max_len: BTreeMap::new(),
-            limits,
-            too_long: BTreeMap::new(),
-            watched,
-            unique,
-            duplicates: HashMap::new(),
-        }
-    }
-
-    fn add(&mut self, s: &Session) {
-        for col in SOURCE_COLUMNS {
-            let v = value(s, col);
-            match &v {
-                None => self.nulls.entry(col).or_default().add(&s.id),
-                Some(v) => {
-                    let len = v.chars().count();
-                    let l = self.max_len.entry(col).or_default();
-                    *l = (*l).max(len);
-                    if self.limits.get(col).is_some_and(|max| len > *max) {
-                        self.too_long.entry(col).or_default().add(&s.id);
-                    }
-                }
-            }
-            if let (Some(v), Some(set)) = (v, self.watched.get_mut(col)) {
-                if !set.insert(v.clone()) && self.unique.contains(col) {
-                    self.duplicates.entry(col.to_owned()).or_default().push(v);
-                }
-            }
-        }
-    }
-}
-
-fn type_ok(col: &str, ty: &str) -> bool {
-    let text = ["text", "character varying", "character"];
-    match col {
-        "id" | "user_id" | "status" | "current_step" => text.contains(&ty),
-        "cost" => ["double precision", "real", "numeric"].contains(&ty),
-        "created_at" | "updated_at" => {
-            ["timestamp with time zone", "timestamp without time zone"].contains(&ty)
-        }
-        "state" => ["jsonb", "json"].contains(&ty),
-        _ => true,
-    }
+    Ok(())
 }
 
 fn check_constraints(
     ctx: &mut Ctx,
     pg: Option<&mut postgres::Client>,
-    shape: Option<&TableShape>,
-    // None when the source could not be read: then only the table's shape is checked.
+    fit: &Fit,
+    // None when the source could not be read: then only the tables' shape is checked.
     stats: Option<&Stats>,
     invalid: &[source::Invalid],
     quarantine: bool,
     cfg: &Config,
 ) -> Result<()> {
-    let mut problems: Vec<String> = Vec::new();
-    let empty = Stats::new(None);
     let source_read = stats.is_some();
-    let stats = stats.unwrap_or(&empty);
-    if let Some(sh) = shape {
-        for col in &sh.columns {
-            let known = SOURCE_COLUMNS.contains(&col.name.as_str());
-            if known && !type_ok(&col.name, &col.data_type) {
-                problems.push(format!(
-                    "sessions.{} is {}, which cannot hold the source's values",
-                    col.name, col.data_type
-                ));
-            }
-            if col.not_null && known && col.name == "state" && !col.has_default {
-                problems.push("sessions.state is NOT NULL, but sessiondb leaves this legacy column empty (state goes to session_state)".into());
-            } else if col.not_null && known && col.name != "id" {
-                if let Some(ex) = stats.nulls.get(col.name.as_str()) {
-                    problems.push(format!(
-                        "sessions.{} is NOT NULL but {} source session(s) have no {}, e.g. {:?}",
-                        col.name, ex.count, col.name, ex.ids
-                    ));
-                }
-            } else if col.not_null && !known && !col.has_default {
-                problems.push(format!(
-                    "sessions.{} is NOT NULL without a default, and sessiondb does not fill it",
-                    col.name
-                ));
-            }
-            if let (Some(max), Some(ex)) = (col.max_len, stats.too_long.get(col.name.as_str())) {
-                let longest = stats.max_len.get(col.name.as_str()).copied().unwrap_or(0);
-                problems.push(format!(
-                    "sessions.{} is limited to {max} characters but {} source session(s) have longer values (up to {longest}), e.g. {:?}",
-                    col.name, ex.count, ex.ids
-                ));
-            }
-        }
-        for (col, dups) in &stats.duplicates {
-            problems.push(format!(
-                "sessions.{col} is unique but {} source value(s) repeat (e.g. {:?})",
-                dups.len(),
-                dups.first()
-            ));
-        }
-        if let Some(c) = pg {
-            for fk in &sh.foreign_keys {
-                let Some(values) = stats.watched.get(&fk.column) else {
-                    continue;
-                };
-                let values: Vec<&str> = values.iter().map(String::as_str).collect();
-                let mut missing: Vec<String> = Vec::new();
-                for chunk in values.chunks(10_000) {
-                    let sql = format!(
-                        "SELECT v FROM pg_catalog.unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{}::text = v)",
-                        fk.parent,
-                        target::ident(&fk.parent_column)
-                    );
-                    let rows = c
-                        .query(&sql, &[&chunk])
-                        .map_err(|e| Error::pg("checking a foreign key", "", e))?;
-                    missing.extend(rows.iter().map(|r| r.get::<_, String>(0)));
-                }
-                if !missing.is_empty() {
-                    missing.sort();
-                    problems.push(format!(
-                        "foreign key {} (sessions.{} → {}.{}): {} value(s) have no parent, e.g. {:?}",
-                        fk.name,
-                        fk.column,
-                        fk.parent,
-                        fk.parent_column,
-                        missing.len(),
-                        &missing[..missing.len().min(5)]
-                    ));
-                }
-            }
-        }
+    let mut problems = fit.shape_problems();
+    if let (Some(c), Some(stats), true) = (pg, stats, problems.is_empty()) {
+        problems.extend(fit.data_problems(c, stats)?);
     }
     let jsonb_bad = invalid
         .iter()
@@ -777,7 +596,11 @@ fn check_constraints(
     } else if problems.is_empty() {
         "the target's constraints accept the data".to_owned()
     } else {
-        problems.join("; ")
+        problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
     };
     if !invalid.is_empty() {
         summary.push_str(&format!(
@@ -793,13 +616,13 @@ fn check_constraints(
     for p in &problems {
         ctx.report
             .errors
-            .push(Finding::new("constraint", p.clone()));
+            .push(Finding::new(p.code, p.message.clone()));
     }
     ctx.report.check(
         "constraints",
         status,
         summary,
-        json!({"existing_table": shape, "problems": problems, "schema": cfg.postgres.schema, "invalid_by_code": by_code(invalid)}),
+        json!({"existing_table": fit.sessions, "existing_state_table": fit.session_state, "problems": problems, "schema": cfg.postgres.schema, "invalid_by_code": by_code(invalid)}),
     );
     Ok(())
 }

@@ -66,7 +66,9 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
             Some(*run)
         }
         other => {
+            let migrated = anything_migrated(&mut c, &schema_name)?;
             let why = match other {
+                _ if !migrated => format!("nothing was migrated to {} yet", t.display),
                 None => "no verify has been recorded".to_owned(),
                 Some((run, _, false)) => format!("the newest verify ({run}) did not pass"),
                 Some((run, _, true)) => {
@@ -74,15 +76,24 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
                 }
             };
             if !force {
+                let (first, next) = if migrated {
+                    (
+                        "run verify first",
+                        "verify, then set-default --dry-run=false again",
+                    )
+                } else {
+                    (
+                        "load it first",
+                        "migrate-state --dry-run=false, then verify, then set-default --dry-run=false",
+                    )
+                };
                 ctx.report.check(
                     "verify",
                     CheckStatus::Fail,
-                    format!("refused: {why}; run verify first (or --force)"),
+                    format!("refused: {why}; {first} (or --force)"),
                     json!({}),
                 );
-                ctx.report
-                    .next_steps
-                    .push("verify, then set-default again".into());
+                ctx.report.next_steps.push(next.into());
                 return Err(Error::Refused {
                     code: "verify_required",
                     message: format!(
@@ -136,6 +147,22 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
         format!("or by hand: set backend = \"{}\" in {} (the previous file is {}), then restart the application", edit.from, cfg.path.display(), saved.display()),
     ]);
     Ok(())
+}
+
+/// Whether the ledger records any session as migrated.
+fn anything_migrated(c: &mut postgres::Client, schema_name: &str) -> Result<bool> {
+    if !schema::table_exists(c, schema_name, "sessiondb_ledger")? {
+        return Ok(false);
+    }
+    c.query_one(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE status = 'migrated')",
+            qualified(schema_name, "sessiondb_ledger")
+        ),
+        &[],
+    )
+    .map(|r| r.get(0))
+    .map_err(|e| Error::pg("reading the ledger", "", e))
 }
 
 /// The newest verification: (run id, source fingerprint, passed).

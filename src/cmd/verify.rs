@@ -12,9 +12,11 @@ use serde_json::json;
 
 use crate::canon::{self, Node, Spanned};
 use crate::cli::{Common, Ctx, Step};
+use crate::config::Backend;
 use crate::error::{Error, Result};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{Item, Meta, Session, Source, fields};
+use crate::target::constraints::{Fit, get};
 use crate::target::{self, qualified, schema};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,24 +91,33 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
 
     // The schema and the index.
     let st = schema::status(&mut c, &schema_name)?;
-    let schema_ok = st.problems().is_none() && st.pending.is_empty();
+    // Versions only sessiondb's bookkeeping needs may be pending (a newer sessiondb
+    // than the last load): the next migrate-state applies them.
+    let (status, summary) = match st.problems() {
+        Some(p) => (CheckStatus::Fail, p),
+        None if !st.pending_for_store().is_empty() => (
+            CheckStatus::Fail,
+            format!(
+                "schema versions {:?} not applied: nothing was migrated yet",
+                st.pending
+            ),
+        ),
+        None if !st.pending.is_empty() => (
+            CheckStatus::Warn,
+            format!(
+                "schema versions {:?} applied; {:?} (sessiondb's bookkeeping) not yet: the next migrate-state --dry-run=false applies them",
+                st.applied, st.pending
+            ),
+        ),
+        None => (
+            CheckStatus::Pass,
+            format!("schema versions {:?} applied", st.applied),
+        ),
+    };
     ctx.report.check(
         "schema",
-        if schema_ok {
-            CheckStatus::Pass
-        } else {
-            CheckStatus::Fail
-        },
-        if schema_ok {
-            format!("schema versions {:?} applied", st.applied)
-        } else {
-            st.problems().unwrap_or_else(|| {
-                format!(
-                    "schema versions {:?} not applied: nothing was migrated yet",
-                    st.pending
-                )
-            })
-        },
+        status,
+        summary,
         serde_json::to_value(&st).unwrap_or_default(),
     );
     if !schema::table_exists(&mut c, &schema_name, "sessions")?
@@ -116,6 +127,31 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
         ctx.report
             .next_steps
             .push("migrate-state --dry-run=false".into());
+        return Ok(());
+    }
+    // Tables whose columns cannot hold the data are not read as if they could.
+    let fit = Fit::read(&mut c, &schema_name)?;
+    let shape = fit.shape_problems();
+    if !shape.is_empty() {
+        ctx.report.check(
+            "target_tables",
+            CheckStatus::Fail,
+            shape
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            json!({"problems": shape}),
+        );
+        for p in &shape {
+            ctx.report
+                .errors
+                .push(Finding::new(p.code, p.message.clone()));
+        }
+        ctx.problems = true;
+        ctx.report.next_steps.push(
+            "fix the target tables as each problem says (preflight's constraints check names them too), then migrate-state --dry-run=false and verify again".into(),
+        );
         return Ok(());
     }
     let gin = schema::index_state(&mut c, &schema_name)?;
@@ -157,12 +193,13 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     let state_t = qualified(&schema_name, "session_state");
     let ledger_t = qualified(&schema_name, "sessiondb_ledger");
     let fetch_sql = format!(
-        "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at,
+        "SELECT s.id, {},
                 pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash, u.id
            FROM pg_catalog.unnest($1::text[]) AS u(id)
            LEFT JOIN {sessions_t} s ON s.id OPERATOR(pg_catalog.=) u.id
            LEFT JOIN {state_t} st ON st.session_id OPERATOR(pg_catalog.=) u.id
-           LEFT JOIN {ledger_t} l ON l.session_id = u.id"
+           LEFT JOIN {ledger_t} l ON l.session_id = u.id",
+        fit.meta_select("s")
     );
     let summary = src.open()?.scan(1000, |items| {
         let mut batch: Vec<Session> = Vec::with_capacity(items.len());
@@ -224,12 +261,16 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
         let rows = tx.query(&fetch_sql, &[&ids]).map_err(|e| Error::pg("reading target rows", "", e))?;
         let mut by_id: HashMap<String, (Option<TargetRow>, Option<LedgerRow>)> = HashMap::with_capacity(rows.len());
         for r in &rows {
+            let t = "sessions";
             let id: String = r.get(10);
             let exists: Option<String> = r.get(0);
-            let trow = exists.map(|_| TargetRow {
-                meta: Meta { user_id: r.get(1), status: r.get(2), current_step: r.get(3), cost: r.get(4), created_at: r.get(5), updated_at: r.get(6) },
-                state_sha: r.get(7),
-            });
+            let trow = match exists {
+                Some(_) => Some(TargetRow {
+                    meta: Meta { user_id: get(r, 1, t)?, status: get(r, 2, t)?, current_step: get(r, 3, t)?, cost: get(r, 4, t)?, created_at: get(r, 5, t)?, updated_at: get(r, 6, t)? },
+                    state_sha: r.get(7),
+                }),
+                None => None,
+            };
             let ledger: Option<String> = r.get(8);
             by_id.insert(id, (trow, ledger.map(|l| (l, r.get(9)))));
         }
@@ -325,6 +366,18 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     {
         ctx.report.artifact("differences", &p);
     }
+    let phase = phase(&mut c, &schema_name, cfg.backend)?;
+    let changed_in_target = diffs.iter().filter(|d| d.kind == "different").count();
+    if changed_in_target > 0 {
+        ctx.report.next_steps.push(match &phase {
+            Phase::CutOver => format!(
+                "{changed_in_target} session(s) differ from the legacy store although it did not change: the config says backend = \"postgres\", so these are the application's writes since the cutover; nothing to repair (rollback --dry-run=false would bring them back into the legacy store)"
+            ),
+            _ => format!(
+                "{changed_in_target} session(s) differ in the target although their source did not change since sessiondb wrote them (kind \"different\" in details.differences): someone changed the target. Check a few on both sides. If the source is right: migrate-state --dry-run=false --on-conflict source-wins rewrites them (run it first without --dry-run=false: it names each conflict; add --recheck if it names fewer than {changed_in_target}). If the target is right (the application already writes there), do not overwrite it: see runbooks/incident.md"
+            ),
+        });
+    }
     if counts.drifted > 0 || counts.missing > 0 {
         ctx.report.next_steps.push("the source changed or sessions are missing: run a catch-up migrate-state --dry-run=false, then verify again".into());
     }
@@ -332,9 +385,21 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
         ctx.report.next_steps.push("extra sessions exist only in PostgreSQL (written by the application after a cutover, or deleted from the source): inspect them before a rollback".into());
     }
     if !failed {
-        ctx.report
-            .next_steps
-            .push("set-default --dry-run=false".into());
+        let url_env = &cfg.postgres.url_env;
+        match &phase {
+            Phase::Before => ctx
+                .report
+                .next_steps
+                .push("set-default --dry-run=false".into()),
+            Phase::CutOver => ctx.report.next_steps.extend([
+                "the cutover is done (the config says backend = \"postgres\"): smoke-test the running application (verify --smoke-url URL) and monitor it (errors, latency, sessiondb check --backend postgres)".to_owned(),
+                "to go back: rollback --dry-run=false".to_owned(),
+            ]),
+            Phase::RolledBack { at } => ctx.report.next_steps.extend([
+                format!("restart the application on sqlite (unset {url_env} or point it at the SQLite URL): the config says backend = \"sqlite\" since the rollback of {at}"),
+                "to cut over again later: migrate-state --dry-run=false, verify, then set-default --dry-run=false".to_owned(),
+            ]),
+        }
     } else {
         ctx.problems = true;
     }
@@ -347,6 +412,27 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     )
     .map_err(|e| Error::pg("recording the verification", &t.display, e))?;
     Ok(())
+}
+
+/// Where the cutover stands, for the advice: before it, done, or rolled back.
+enum Phase {
+    Before,
+    CutOver,
+    RolledBack { at: String },
+}
+
+fn phase(c: &mut postgres::Client, schema_name: &str, backend: Backend) -> Result<Phase> {
+    if backend == Backend::Postgres {
+        return Ok(Phase::CutOver);
+    }
+    let set = crate::cutover::latest(c, schema_name, "set_default")?;
+    let back = crate::cutover::latest(c, schema_name, "rollback")?;
+    Ok(match (set, back) {
+        (s, Some(b)) if s.as_ref().is_none_or(|s| s.id < b.id) => Phase::RolledBack {
+            at: b.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        },
+        _ => Phase::Before,
+    })
 }
 
 fn compare_meta(a: &Meta, b: &Meta) -> Option<Difference> {

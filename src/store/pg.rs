@@ -450,7 +450,7 @@ async fn prepare_schema(target: &Target, settings: &PostgresSettings, apply: boo
                 message: p,
             });
         }
-        if st.pending.is_empty() {
+        if st.pending.is_empty() || (!apply && st.pending_for_store().is_empty()) {
             return Ok(());
         }
         if !apply {
@@ -458,7 +458,8 @@ async fn prepare_schema(target: &Target, settings: &PostgresSettings, apply: boo
                 code: "schema_pending",
                 message: format!(
                     "schema version(s) {:?} are not applied on {}: run `sessiondb migrate-state --dry-run=false` or open the store with apply_schema",
-                    st.pending, target.display
+                    st.pending_for_store(),
+                    target.display
                 ),
             });
         }

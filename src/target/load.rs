@@ -93,7 +93,11 @@ pub struct Batch<'a> {
 pub struct Rendered {
     pub sessions: Vec<u8>,
     pub states: Vec<u8>,
+    /// Ledger lines without their last two fields, the row versions, which only the
+    /// writing transaction knows ([`copy_rendered`] adds them).
     pub ledger: Vec<u8>,
+    /// Whether each ledger line's session has a state row.
+    pub ledger_state: Vec<bool>,
     pub state_bytes: u64,
 }
 
@@ -108,6 +112,7 @@ pub fn render_fresh(sessions: &[Session], run_id: &uuid::Uuid) -> Rendered {
                 sessions: Vec::with_capacity(chunk.len() * 160),
                 states: Vec::with_capacity(chunk.len() * 4200),
                 ledger: Vec::with_capacity(chunk.len() * 240),
+                ledger_state: Vec::with_capacity(chunk.len()),
                 state_bytes: 0,
             };
             for s in chunk {
@@ -120,12 +125,14 @@ pub fn render_fresh(sessions: &[Session], run_id: &uuid::Uuid) -> Rendered {
         sessions: Vec::with_capacity(parts.iter().map(|p| p.sessions.len()).sum()),
         states: Vec::with_capacity(parts.iter().map(|p| p.states.len()).sum()),
         ledger: Vec::with_capacity(parts.iter().map(|p| p.ledger.len()).sum()),
+        ledger_state: Vec::with_capacity(sessions.len()),
         state_bytes: 0,
     };
     for p in parts {
         out.sessions.extend_from_slice(&p.sessions);
         out.states.extend_from_slice(&p.states);
         out.ledger.extend_from_slice(&p.ledger);
+        out.ledger_state.extend_from_slice(&p.ledger_state);
         out.state_bytes += p.state_bytes;
     }
     out
@@ -156,14 +163,41 @@ fn render_one(r: &mut Rendered, s: &Session, run: &str) {
     sep(ledger);
     field(ledger, s.stamp.as_deref());
     ledger.push(b'\n');
+    r.ledger_state.push(s.state.is_some());
+}
+
+/// The rendered ledger lines with their row versions: every row of the batch was
+/// written by the transaction whose id is `xid` (see [`super::ledger::CURRENT_XID`]).
+fn ledger_with_versions(r: &Rendered, xid: i64) -> Vec<u8> {
+    let xid = xid.to_string();
+    let mut out = Vec::with_capacity(r.ledger.len() + r.ledger_state.len() * 24);
+    // COPY text escapes newlines inside fields: a raw newline ends a line.
+    for (line, has_state) in r
+        .ledger
+        .split_inclusive(|b| *b == b'\n')
+        .zip(&r.ledger_state)
+    {
+        out.extend_from_slice(&line[..line.len() - 1]);
+        sep(&mut out);
+        field(&mut out, Some(&xid));
+        sep(&mut out);
+        field(&mut out, has_state.then_some(xid.as_str()));
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Insert a rendered batch into an empty target straight with COPY (no staging, no
-/// upsert): sessions, their states, and their ledger rows, in the caller's transaction.
+/// upsert): sessions, their states, and their ledger rows with the row versions, in the
+/// caller's transaction.
 pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Result<()> {
     if r.ledger.is_empty() {
         return Ok(());
     }
+    let xid: i64 = tx
+        .query_one(super::ledger::CURRENT_XID, &[])
+        .map_err(|e| Error::pg("reading the transaction id", "", e))?
+        .get(0);
     copy_in(
         tx,
         &format!(
@@ -185,10 +219,10 @@ pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Re
     copy_in(
         tx,
         &format!(
-            "COPY {} (session_id, status, content_hash, state_hash, run_id, source_stamp) FROM STDIN",
+            "COPY {} (session_id, status, content_hash, state_hash, run_id, source_stamp, sessions_xmin, state_xmin) FROM STDIN",
             qualified(schema, "sessiondb_ledger")
         ),
-        &r.ledger,
+        &ledger_with_versions(r, xid),
     )?;
     Ok(())
 }
@@ -250,13 +284,18 @@ pub fn upsert(
     );
     tx.batch_execute(&sql)
         .map_err(|e| Error::pg("upserting a batch", "", e))?;
+    // The rows' versions as this transaction left them (a state row left as it was,
+    // being equal, keeps its version).
     tx.execute(
         &format!(
-            "INSERT INTO {ledger} (session_id, status, content_hash, state_hash, code, run_id, migrated_at, source_stamp)
-                  SELECT id, 'migrated', content_hash, state_hash, NULL, $1, pg_catalog.now(), source_stamp FROM pg_temp.sessiondb_stage
+            "INSERT INTO {ledger} (session_id, status, content_hash, state_hash, code, run_id, migrated_at, source_stamp, sessions_xmin, state_xmin)
+                  SELECT k.id, 'migrated', k.content_hash, k.state_hash, NULL, $1, pg_catalog.now(), k.source_stamp, {}
+                    FROM pg_temp.sessiondb_stage k{}
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
                   state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
-                  source_stamp = EXCLUDED.source_stamp"
+                  source_stamp = EXCLUDED.source_stamp, sessions_xmin = EXCLUDED.sessions_xmin, state_xmin = EXCLUDED.state_xmin",
+            super::ledger::versions_select(),
+            super::ledger::versions_from(schema, "k.id")
         ),
         &[run_id],
     )
@@ -283,13 +322,15 @@ pub fn adopt(
     let stamps: Vec<Option<&str>> = sessions.iter().map(|(s, _)| s.stamp.as_deref()).collect();
     tx.execute(
         &format!(
-            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id, source_stamp)
-                  SELECT i, 'migrated', h, sh, $4, st
-                    FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($5::text[])) AS u(i, h, sh, st)
+            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id, source_stamp, sessions_xmin, state_xmin)
+                  SELECT u.i, 'migrated', u.h, u.sh, $4, u.st, {}
+                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[])) AS u(i, h, sh, st){}
              ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
                   state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
-                  source_stamp = EXCLUDED.source_stamp",
-            qualified(schema, "sessiondb_ledger")
+                  source_stamp = EXCLUDED.source_stamp, sessions_xmin = EXCLUDED.sessions_xmin, state_xmin = EXCLUDED.state_xmin",
+            qualified(schema, "sessiondb_ledger"),
+            super::ledger::versions_select(),
+            super::ledger::versions_from(schema, "u.i")
         ),
         &[&ids, &hashes, &state_hashes, run_id, &stamps],
     )

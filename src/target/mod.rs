@@ -1,6 +1,8 @@
 //! The target: PostgreSQL. Connecting (errors named with the redacted URL), quoting,
 //! the versioned schema, the writers' advisory lock, and health queries.
 
+pub mod constraints;
+pub mod ledger;
 pub mod load;
 pub mod schema;
 pub mod tls;

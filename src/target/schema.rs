@@ -14,6 +14,9 @@ pub struct Migration {
     pub name: &'static str,
     /// SQL with `{schema}` standing for the quoted schema name.
     pub sql: &'static str,
+    /// Whether the runtime store needs it (else it is sessiondb's own bookkeeping: the
+    /// application runs on a target where it is still pending).
+    pub store_needs: bool,
 }
 
 pub const VERSIONS_TABLE: &str = "sessiondb_schema_versions";
@@ -23,10 +26,12 @@ pub const GIN_INDEX: &str = "session_state_state_gin";
 /// when the table is created, with pg_catalog first in the search_path: see
 /// [`super::search_path`]). An applied version is never edited, so new SQL that calls
 /// built-ins goes in a new version, written `pg_catalog.name(...)`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "sessions, session_state and bookkeeping",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "sessions, session_state and bookkeeping",
+        store_needs: true,
+        sql: r#"
 CREATE TABLE IF NOT EXISTS {schema}.sessions (
     id text PRIMARY KEY,
     user_id text,
@@ -85,7 +90,22 @@ CREATE TABLE IF NOT EXISTS {schema}.sessiondb_cutovers (
     run_id uuid NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "ledger: the row versions sessiondb last wrote",
+        store_needs: false,
+        // The `xmin` of the `sessions` and `session_state` rows as sessiondb committed
+        // them (32-bit transaction ids, as bigint): a row whose xmin moved was rewritten
+        // by someone. NULL: not known yet (ledgers written before this version), learned
+        // by the next run (`target::ledger::learn_unknown`).
+        sql: r#"
+ALTER TABLE {schema}.sessiondb_ledger
+    ADD COLUMN IF NOT EXISTS sessions_xmin bigint,
+    ADD COLUMN IF NOT EXISTS state_xmin bigint;
+"#,
+    },
+];
 
 pub fn checksum(m: &Migration) -> String {
     hex::encode(sha2::Sha256::digest(m.sql.as_bytes()))
@@ -106,6 +126,16 @@ pub struct Status {
 }
 
 impl Status {
+    /// The pending versions that the runtime store needs (the others are sessiondb's
+    /// own bookkeeping, applied by the next `migrate-state --dry-run=false`).
+    pub fn pending_for_store(&self) -> Vec<i32> {
+        self.pending
+            .iter()
+            .copied()
+            .filter(|v| MIGRATIONS.iter().any(|m| m.version == *v && m.store_needs))
+            .collect()
+    }
+
     pub fn problems(&self) -> Option<String> {
         if !self.mismatched.is_empty() {
             return Some(format!(
@@ -251,6 +281,54 @@ pub fn index_state(
         )
         .map_err(|e| Error::pg("reading indexes", "", e))?;
     Ok(rows.first().map(|r| (r.get(0), r.get(1), r.get(2))))
+}
+
+/// Every whole-column GIN index on `session_state.state` (not partial, not on an
+/// expression): `(name, opclass)`, by name.
+pub fn gin_indexes(c: &mut impl GenericClient, schema: &str) -> Result<Vec<(String, String)>> {
+    let rows = c
+        .query(
+            "SELECT ci.relname::pg_catalog.text, coalesce(oc.opcname::pg_catalog.text, '')
+               FROM pg_catalog.pg_index i
+               JOIN pg_catalog.pg_class ci ON ci.oid = i.indexrelid
+               JOIN pg_catalog.pg_class ct ON ct.oid = i.indrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = ct.relnamespace
+               JOIN pg_catalog.pg_am am ON am.oid = ci.relam
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = ct.oid AND a.attname = 'state'
+               LEFT JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[0]
+              WHERE n.nspname = $1 AND ct.relname = 'session_state' AND am.amname = 'gin'
+                AND i.indnatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL
+              ORDER BY 1",
+            &[&schema],
+        )
+        .map_err(|e| Error::pg("reading indexes", "", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The `duplicate_gin_index` warning when `session_state.state` has more than one GIN
+/// index (say the application's and sessiondb's): every write updates each, and one
+/// serves the queries.
+pub fn duplicate_gin(
+    c: &mut impl GenericClient,
+    schema: &str,
+) -> Result<Option<crate::report::Finding>> {
+    let all = gin_indexes(c, schema)?;
+    if all.len() < 2 {
+        return Ok(None);
+    }
+    let names: Vec<String> = all.iter().map(|(n, o)| format!("{n} ({o})")).collect();
+    let keep = all
+        .iter()
+        .find(|(n, _)| n != GIN_INDEX)
+        .map_or(all[0].0.as_str(), |(n, _)| n.as_str());
+    Ok(Some(crate::report::Finding::new(
+        "duplicate_gin_index",
+        format!(
+            "session_state.state has {} GIN indexes: {}; each slows every write and one serves the queries: keep the one your queries use (say {keep}) and drop the others (DROP INDEX CONCURRENTLY), checking their opclass first (jsonb_path_ops serves only @>)",
+            all.len(),
+            names.join(", ")
+        ),
+    )))
 }
 
 /// Apply the schema in a transaction that is rolled back: DDL errors surface, nothing changes.

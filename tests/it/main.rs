@@ -1,10 +1,12 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
+mod advice;
 mod backup;
 mod backup_check;
 mod canon;
 mod check;
 mod cli;
+mod conflicts;
 mod cutover;
 mod faults;
 mod fixture;

@@ -850,9 +850,9 @@ fn preflight_plan_counts_updates_unchanged_and_conflicts_on_a_loaded_target() {
         .execute("UPDATE sessions SET status = 'done' WHERE id = 's005'", [])
         .unwrap();
     s.session("s010", r#"{"new": true}"#);
-    // Changed in the target by hand, behind sessiondb's back: s007 alone (nothing would
-    // be written to it, so no conflict: verify reports it as different), and s008,
-    // which the source changed too (a load would overwrite the edit: a conflict).
+    // Changed in the target by hand, behind sessiondb's back: s007 alone, and s008,
+    // which the source changed too. Both are conflicts (SPEC §4: whether or not the
+    // source changed since).
     db.client()
         .batch_execute(
             "UPDATE session_state SET state = '{\"edited\": \"by hand\"}' WHERE session_id IN ('s007', 's008')",
@@ -870,14 +870,15 @@ fn preflight_plan_counts_updates_unchanged_and_conflicts_on_a_loaded_target() {
             r.count("conflicts"),
             r.count("invalid"),
         ),
-        (11, 1, 2, 7, 1, 0),
+        (11, 1, 2, 6, 2, 0),
         "{}",
         r.stdout
     );
     assert_eq!(failed(&r), ["plan"], "{}", r.stdout);
     let conflicts = &r.check("plan").details["conflicts"];
-    assert_eq!(conflicts.as_array().unwrap().len(), 1, "{conflicts}");
-    assert_eq!(conflicts[0]["session"], "s008");
+    assert_eq!(conflicts.as_array().unwrap().len(), 2, "{conflicts}");
+    assert_eq!(conflicts[0]["session"], "s007");
+    assert_eq!(conflicts[1]["session"], "s008");
 }
 
 // ---- preflight writes nothing --------------------------------------------------------------
