@@ -97,6 +97,16 @@ pub enum Error {
     #[error("{message}")]
     Refused { code: &'static str, message: String },
 
+    /// A path a write would go through is not what it must be: a symlink, or a path
+    /// leading outside the store (`symlink_outside_root`), or a special file where a
+    /// folder or a regular file belongs (`not_regular_file`). Nothing was written there.
+    #[error("{message}")]
+    UnsafePath {
+        code: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
 
@@ -147,6 +157,7 @@ impl Error {
             Error::SourceChanged { .. } => "source_changed",
             Error::Conflict { .. } => "conflict",
             Error::Refused { code, .. } => code,
+            Error::UnsafePath { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
             Error::StepFailed { .. } => "step_failed",
             Error::Timeout { code, .. } => code,
@@ -162,9 +173,10 @@ impl Error {
             | Error::ConfigInvalid { .. }
             | Error::SettingInvalid { .. }
             | Error::NoTarget { .. } => exit::USAGE,
-            Error::InvalidSource { .. } | Error::Conflict { .. } | Error::Refused { .. } => {
-                exit::PROBLEMS
-            }
+            Error::InvalidSource { .. }
+            | Error::Conflict { .. }
+            | Error::Refused { .. }
+            | Error::UnsafePath { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
             _ => exit::OPERATIONAL,
         }

@@ -446,10 +446,11 @@ fn dry_run_creates_nothing() {
 }
 
 /// A tiny tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
+/// A small tmpfs mounted on a folder for one test (root only): a filesystem that fills.
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let st = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -458,6 +459,16 @@ impl Tmpfs {
             .unwrap();
         assert!(st.success(), "mount tmpfs on {}", dir.display());
         Tmpfs(dir.to_path_buf())
+    }
+
+    /// Grow (or shrink) it, keeping what it holds.
+    pub(crate) fn remount(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.0.display());
     }
 }
 

@@ -10,6 +10,7 @@ mod fixture;
 mod migrate;
 mod preflight;
 mod resume;
+mod rollback;
 mod runbooks;
 mod secrets;
 mod sessiond;
