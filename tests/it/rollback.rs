@@ -302,6 +302,51 @@ fn rollback_refuses_up_front_a_row_the_legacy_table_cannot_hold() {
 }
 
 #[test]
+fn rollback_refuses_up_front_a_value_a_strict_column_refuses() {
+    let s = Store::new();
+    s.conn()
+        .execute_batch(
+            "DROP TABLE sessions;
+             CREATE TABLE sessions (id TEXT PRIMARY KEY, user_id TEXT, status TEXT, current_step TEXT, cost INTEGER, created_at TEXT, updated_at TEXT, state TEXT) STRICT;",
+        )
+        .unwrap();
+    for i in 0..3 {
+        let id = format!("s{i}");
+        s.row(
+            &id,
+            &"u",
+            &"running",
+            &"plan",
+            &2,
+            &"2024-03-01T10:00:00Z",
+            &"2024-03-01T10:00:00Z",
+            &rusqlite::types::Null,
+        );
+        s.state_file(&id, format!("{{\"legacy\": {i}}}").as_bytes());
+    }
+    let db = cut_over(&s, "rb_strict");
+    edit_in_pg(&db, &["s0", "s1"], 1);
+    db.client()
+        .batch_execute("UPDATE sessions SET cost = 0.5 WHERE id = 's1'")
+        .unwrap();
+    let r = refused_alike(&s, &db, "schema_mismatch", &[]);
+    let e = error(&r, "schema_mismatch");
+    assert!(
+        e.message.contains("STRICT")
+            && e.message.contains("\"cost\"")
+            && e.message.contains("\"s1\""),
+        "{}",
+        e.message
+    );
+    row(
+        "STRICT legacy table, a cost its INTEGER column refuses",
+        "rollback (dry run and --dry-run=false)",
+        "exit 1 both, schema_mismatch naming sessions.cost and the session",
+        "nothing written, config unchanged",
+    );
+}
+
+#[test]
 fn rollback_undoes_a_round_that_the_legacy_table_refuses_at_commit_and_a_rerun_completes() {
     let (s, db) = store_cut_over(4, "rb_trigger");
     // What only SQLite can tell: a trigger refusing new rows.

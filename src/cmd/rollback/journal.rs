@@ -242,6 +242,24 @@ impl Open {
     }
 }
 
+/// The state of the journal at `path`.
+fn read_state(path: &Path) -> Result<State> {
+    #[derive(Deserialize)]
+    struct Head {
+        state: State,
+    }
+    let f = File::open(path).map_err(|e| Error::Unreadable {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let h: Head =
+        serde_json::from_reader(io::BufReader::new(f)).map_err(|e| Error::Unreadable {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+    Ok(h.state)
+}
+
 /// Every journal under `backup_dir` that is neither done nor undone, oldest first.
 pub fn unfinished(backup_dir: &Path) -> Result<Vec<(PathBuf, Journal)>> {
     let mut out = Vec::new();
@@ -266,10 +284,12 @@ pub fn unfinished(backup_dir: &Path) -> Result<Vec<(PathBuf, Journal)>> {
             if !(name.starts_with("round-") && name.ends_with(".json")) {
                 continue;
             }
-            let j = Journal::read(&f.path())?;
-            if matches!(j.state, State::Prepared | State::Sealed) {
-                out.push((f.path(), j));
+            // Most journals are done: only their state is read (the file lists are
+            // skipped, not built).
+            if !matches!(read_state(&f.path())?, State::Prepared | State::Sealed) {
+                continue;
             }
+            out.push((f.path(), Journal::read(&f.path())?));
         }
     }
     out.sort_by(|a, b| (&a.1.created_at, a.1.round).cmp(&(&b.1.created_at, b.1.round)));

@@ -313,18 +313,20 @@ impl Legacy {
             }
         }
         // Columns sessiondb writes: a NULL where the table says NOT NULL, or (STRICT) a
-        // value of a type the column refuses.
-        type Get = fn(&RowValues) -> Option<&'static str>;
-        let kinds: [(&str, Get); 7] = [
-            ("user_id", |v| v.user_id.as_ref().map(|_| "TEXT")),
-            ("status", |v| v.status.as_ref().map(|_| "TEXT")),
-            ("current_step", |v| v.current_step.as_ref().map(|_| "TEXT")),
-            ("cost", |v| v.cost.map(|_| "REAL")),
-            ("created_at", |v| v.created_at.as_ref().map(|_| "TEXT")),
-            ("updated_at", |v| v.updated_at.as_ref().map(|_| "TEXT")),
-            ("state", |v| v.state.as_ref().map(|_| "TEXT")),
+        // value the column's type refuses.
+        type Get = for<'v> fn(&'v RowValues) -> Option<Value<'v>>;
+        let fields: [(&str, Get); 7] = [
+            ("user_id", |v| v.user_id.as_deref().map(Value::Text)),
+            ("status", |v| v.status.as_deref().map(Value::Text)),
+            ("current_step", |v| {
+                v.current_step.as_deref().map(Value::Text)
+            }),
+            ("cost", |v| v.cost.map(Value::Real)),
+            ("created_at", |v| v.created_at.as_deref().map(Value::Text)),
+            ("updated_at", |v| v.updated_at.as_deref().map(Value::Text)),
+            ("state", |v| v.state.as_deref().map(Value::Text)),
         ];
-        for (name, get) in kinds {
+        for (name, get) in fields {
             let Some(col) = self.column(name) else {
                 continue;
             };
@@ -343,22 +345,17 @@ impl Legacy {
                 });
             }
             if self.strict {
-                let decl = col.decl.to_ascii_uppercase();
                 let bad: Vec<&str> = exports
                     .iter()
-                    .filter(|e| match get(&e.values) {
-                        Some(kind) => !(decl == "ANY" || decl == kind),
-                        None => false,
-                    })
+                    .filter(|e| get(&e.values).is_some_and(|v| !v.fits_strict(&col.decl)))
                     .map(|e| e.session.as_str())
                     .collect();
                 if !bad.is_empty() {
                     out.push(Error::Refused {
                         code: "schema_mismatch",
                         message: format!(
-                            "the legacy table {table} is STRICT and its column {name:?} is {}, which cannot hold the {} value of {}; nothing was written",
+                            "the legacy table {table} is STRICT and its column {name:?} is {}, which refuses the values PostgreSQL holds for {}; nothing was written — widen the column (ANY or TEXT), then run rollback again",
                             col.decl,
-                            get(&exports.iter().find(|e| get(&e.values).is_some()).expect("one").values).unwrap_or("?"),
                             named(&bad)
                         ),
                     });
@@ -366,6 +363,28 @@ impl Legacy {
             }
         }
         out
+    }
+}
+
+/// A value rollback writes, as a STRICT table judges it.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Text(&'a str),
+    Real(f64),
+}
+
+impl Value<'_> {
+    /// Whether a STRICT column of type `decl` takes it: SQLite converts a value to the
+    /// column's type when it can do so without loss, and refuses it otherwise.
+    fn fits_strict(&self, decl: &str) -> bool {
+        match (decl.to_ascii_uppercase().as_str(), *self) {
+            ("ANY" | "TEXT", _) => true,
+            ("REAL", Value::Real(_)) => true,
+            ("REAL", Value::Text(t)) => t.trim().parse::<f64>().is_ok_and(f64::is_finite),
+            ("INTEGER" | "INT", Value::Real(r)) => r.fract() == 0.0 && r.abs() < 9.2e18,
+            ("INTEGER" | "INT", Value::Text(t)) => t.trim().parse::<i64>().is_ok(),
+            _ => false,
+        }
     }
 }
 
