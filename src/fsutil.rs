@@ -190,6 +190,8 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// The filesystem it is on.
+    pub dev: u64,
 }
 
 impl Entry {
@@ -405,6 +407,14 @@ impl Dir {
         Ok(())
     }
 
+    /// Flush every file of the filesystem holding this folder (`syncfs`): one call in
+    /// place of an fsync of each file written there.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        // SAFETY: a valid descriptor.
+        check(unsafe { libc::syncfs(self.raw()) })?;
+        Ok(())
+    }
+
     /// The names in the folder (without `.` and `..`), at most `limit` of them.
     pub fn names(&self, limit: usize) -> io::Result<Vec<std::ffi::OsString>> {
         use std::os::unix::ffi::OsStrExt;
@@ -451,6 +461,7 @@ fn entry_of(st: &libc::stat) -> Entry {
         uid: st.st_uid,
         gid: st.st_gid,
         size: st.st_size as u64,
+        dev: st.st_dev,
     }
 }
 

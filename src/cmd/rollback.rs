@@ -36,7 +36,7 @@ use crate::cutover;
 use crate::error::{Error, Result};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::Meta;
-use crate::source::write::{FileDigest, STATE_FILE};
+use crate::source::write::{FileDigest, STATE_FILE, Sync};
 use crate::target::{self, WriterLock, qualified};
 use legacy::{Export, FileAction, Legacy, RowWrite, StateTo};
 
@@ -314,9 +314,26 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
 
     // ---- act ----------------------------------------------------------------------
     let run_id = ctx.run_id();
-    let _lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
-    // Back up what the export replaces.
-    let backup = crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?;
+    let before_export = (|| {
+        let lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
+        // Back up what the export replaces.
+        let backup = crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?;
+        Ok((lock, backup))
+    })();
+    let (_lock, backup) = match before_export {
+        Ok(x) => x,
+        Err(e) => {
+            held(
+                ctx,
+                Held::Unchanged,
+                "nothing was written: the legacy store and the config are as they were".into(),
+            );
+            ctx.report
+                .next_steps
+                .push("fix what the error names, then rollback --dry-run=false again".into());
+            return Err(e);
+        }
+    };
     ctx.report.artifact("backup", &backup.dir);
     let mut out = Outcome {
         rounds: Vec::new(),
@@ -670,12 +687,22 @@ fn export_round(
             let slot = x.slot.expect("a file to write has a slot");
             legacy
                 .sessions
-                .stage(&x.session, &slot, &f.temp, x.file_bytes().expect("bytes"))
+                .stage(
+                    &x.session,
+                    &slot,
+                    &f.temp,
+                    x.file_bytes().expect("bytes"),
+                    Sync::Later,
+                )
                 .map(|_| ())
         })();
         if let Err(e) = staged {
             return (path, Err(settle(&mut open, e)));
         }
+    }
+    // Every new file durable before the rows can commit (one syncfs for them all).
+    if let Err(e) = legacy.sessions.sync() {
+        return (path, Err(settle(&mut open, e)));
     }
     // 2. The rows, one transaction, sealed in the journal before the commit.
     let rows = legacy::open_rw(&legacy.db)
@@ -689,9 +716,12 @@ fn export_round(
         if i == half {
             journal::kill_point("installing", round);
         }
-        if let Err(e) = legacy.sessions.install(&f.session, &f.temp) {
+        if let Err(e) = legacy.sessions.install(&f.session, &f.temp, Sync::Later) {
             return (path, Err(settle(&mut open, e)));
         }
+    }
+    if let Err(e) = legacy.sessions.sync() {
+        return (path, Err(settle(&mut open, e)));
     }
     if let Err(e) = open.set(journal::State::Done) {
         // Everything is in; the rerun finds the journal sealed and rolls it forward

@@ -55,6 +55,15 @@ impl Slot {
     }
 }
 
+/// When a write is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// At once: the file and its folder are synced (one write).
+    Each,
+    /// By the caller, for many writes at once, with [`Sessions::sync`].
+    Later,
+}
+
 /// The SHA-256 of a file's bytes and its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileDigest {
@@ -78,6 +87,8 @@ impl FileDigest {
 #[derive(Debug)]
 pub struct Sessions {
     root: Dir,
+    /// The filesystem the sessions folder is on.
+    dev: u64,
     /// The usual (file, folder) permissions of the store, looked up once.
     modes: OnceLock<(u32, u32)>,
 }
@@ -100,8 +111,16 @@ impl Sessions {
                 e
             },
         })?;
+        let dev = root
+            .stat_self()
+            .map_err(|e| Error::Unreadable {
+                path: dir.to_path_buf(),
+                source: e,
+            })?
+            .dev;
         Ok(Sessions {
             root,
+            dev,
             modes: OnceLock::new(),
         })
     }
@@ -291,9 +310,19 @@ impl Sessions {
     }
 
     /// Create `<id>/` (when `slot` says there is none) and write `bytes` to the new file
-    /// `<id>/<temp>`, synced, with the mode and owner `state.json` will have. Returns
-    /// whether the folder was created here.
-    pub fn stage(&self, id: &str, slot: &Slot, temp: &str, bytes: &[u8]) -> Result<bool> {
+    /// `<id>/<temp>`, with the mode and owner `state.json` will have. With `Sync::Each`
+    /// the file and its folder are synced here; with `Sync::Later` the caller calls
+    /// [`Sessions::sync`] once for many (a folder on another filesystem, a mount inside
+    /// the sessions folder, is synced here all the same). Returns whether the folder
+    /// was created here.
+    pub fn stage(
+        &self,
+        id: &str,
+        slot: &Slot,
+        temp: &str,
+        bytes: &[u8],
+        sync: Sync,
+    ) -> Result<bool> {
         let (file_mode, dir_mode) = self.usual_modes();
         let root_owner = self.root.stat_self().ok();
         let made = if *slot == Slot::NoFolder {
@@ -322,6 +351,7 @@ impl Sessions {
             false
         };
         let folder = self.folder(id)?;
+        let each = self.sync_each(&folder, sync);
         let path = self.folder_path(id).join(temp);
         let (mode, owner) = match slot {
             Slot::File { file, .. } => (file.perm, Some((file.uid, file.gid))),
@@ -335,8 +365,11 @@ impl Sessions {
             if let (true, Some((uid, gid))) = (crate::fsutil::is_root(), owner) {
                 std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
             }
-            f.sync_all()?;
-            folder.sync()
+            if each {
+                f.sync_all()?;
+                folder.sync()?;
+            }
+            Ok(())
         })();
         if let Err(e) = result {
             let _ = folder.unlink(osstr(temp));
@@ -345,7 +378,7 @@ impl Sessions {
             }
             return Err(self.write_err(path)(e));
         }
-        if made {
+        if made && each {
             self.root
                 .sync()
                 .map_err(self.write_err(self.dir().to_path_buf()))?;
@@ -353,15 +386,31 @@ impl Sessions {
         Ok(made)
     }
 
+    /// Whether writes into `folder` are synced one by one.
+    fn sync_each(&self, folder: &Dir, sync: Sync) -> bool {
+        sync == Sync::Each || folder.stat_self().map_or(true, |e| e.dev != self.dev)
+    }
+
+    /// Make everything written with `Sync::Later` durable: one `syncfs` of the sessions
+    /// folder's filesystem.
+    pub fn sync(&self) -> Result<()> {
+        self.root
+            .sync_filesystem()
+            .map_err(self.write_err(self.dir().to_path_buf()))
+    }
+
     /// Put `<id>/<temp>` in place of `<id>/state.json` (one atomic rename inside the
-    /// folder, then the folder synced).
-    pub fn install(&self, id: &str, temp: &str) -> Result<()> {
+    /// folder; the folder synced as `sync` says).
+    pub fn install(&self, id: &str, temp: &str, sync: Sync) -> Result<()> {
         let folder = self.folder(id)?;
         let path = self.file_path(id);
         folder
             .rename(osstr(temp), osstr(STATE_FILE))
             .map_err(self.write_err(path.clone()))?;
-        folder.sync().map_err(self.write_err(path))
+        if self.sync_each(&folder, sync) {
+            folder.sync().map_err(self.write_err(path))?;
+        }
+        Ok(())
     }
 
     /// Remove `<id>/<temp>` if it is there, and `<id>/` when `folder_made` and empty.
@@ -403,8 +452,8 @@ impl Sessions {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
-        let made = self.stage(id, &slot, &temp, bytes)?;
-        if let Err(e) = self.install(id, &temp) {
+        let made = self.stage(id, &slot, &temp, bytes, Sync::Each)?;
+        if let Err(e) = self.install(id, &temp, Sync::Each) {
             let _ = self.discard(id, &temp, made);
             return Err(e);
         }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::legacy;
 use crate::error::{Error, Result};
-use crate::source::write::{FileDigest, STATE_FILE, Sessions};
+use crate::source::write::{FileDigest, STATE_FILE, Sessions, Sync};
 
 pub const DIR: &str = "rollback";
 pub const FORMAT: &str = "sessiondb.rollback-journal/v1";
@@ -417,12 +417,13 @@ pub fn recover(path: &Path, j: &mut Journal, lock_held: bool) -> Result<Recovery
         Action::RollForward => {
             for f in &j.files {
                 if !f.new.is(sessions.digest(&f.session, STATE_FILE)?) {
-                    sessions.install(&f.session, &f.temp)?;
+                    sessions.install(&f.session, &f.temp, Sync::Later)?;
                     files += 1;
                 } else {
                     sessions.discard(&f.session, &f.temp, false)?;
                 }
             }
+            sessions.sync()?;
             j.state = State::Done;
         }
         Action::RollBack => {
@@ -430,6 +431,7 @@ pub fn recover(path: &Path, j: &mut Journal, lock_held: bool) -> Result<Recovery
                 sessions.discard(&f.session, &f.temp, f.creates_folder)?;
                 files += 1;
             }
+            sessions.sync()?;
             j.state = State::Undone;
         }
         Action::Running => unreachable!("the lock is held here"),
