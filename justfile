@@ -45,12 +45,12 @@ smoke URL: build
 bench:
     scripts/bench
 
-# Fault-injection suite (kills, PostgreSQL and filesystem faults, concurrency, secrets): prints fault, command, outcome, data check
+# Fault-injection suite (kills, PostgreSQL and filesystem faults, concurrency, secrets, writes into the legacy store): prints fault, command, outcome, data check
 faults:
     #!/usr/bin/env bash
     set -euo pipefail
     export SESSIONDB_FAULTS_TABLE=$(mktemp) SESSIONDB_FAULTS_SCALE=${SESSIONDB_FAULTS_SCALE:-50000}
-    scripts/test -E 'test(faults::) | test(hijack::) | test(resume::) | test(secrets::) | test(backup::full_disk) | test(quarantine::) | test(backup_check::) | test(conflicts::)'
+    scripts/test -E 'test(faults::) | test(hijack::) | test(resume::) | test(secrets::) | test(backup::full_disk) | test(quarantine::) | test(backup_check::) | test(conflicts::) | test(rollback::)'
     python3 -c 'import sys; rows=[l.rstrip("\n").split("\t") for l in open(sys.argv[1])]; rows=[["fault","command","outcome","data check"]]+rows; w=[max(len(r[i]) for r in rows) for i in range(4)]; [print("  ".join(c.ljust(w[i]) for i,c in enumerate(r))) for r in rows]' "$SESSIONDB_FAULTS_TABLE"
 
 # Format check and clippy with warnings as errors

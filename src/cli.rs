@@ -207,6 +207,7 @@ pub fn execute<S: Step>(step: &S, env: Env) -> Report {
             let mut f = Finding::new(e.code(), crate::error::error_chain(&e));
             if let Error::Unreadable { path, .. }
             | Error::Write { path, .. }
+            | Error::UnsafePath { path, .. }
             | Error::BackupSelfCheck { dir: path, .. } = &e
             {
                 f = f.path(path);

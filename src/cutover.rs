@@ -1,6 +1,15 @@
 //! The switch between backends: editing `sessiondb.backend` in the config (keeping
 //! every comment and the layout; compare-and-swap on the old value; atomic write; the
 //! previous file kept beside the backups), and the cutover records in the target.
+//!
+//! A config that is a symlink (config management, stow, a deploy that links releases)
+//! is edited where the link leads: the file it points to is replaced atomically (a temp
+//! file in that file's own folder, fsync, rename over it, fsync of the folder) and the
+//! link stays a link. Replacing the link with a regular file would silently detach the
+//! config from whatever manages it. Where the file cannot be written — a read-only
+//! filesystem, a folder this user may not write, or a Kubernetes ConfigMap or Secret
+//! mount (a read-only chain of links through `..data/` that the kubelet rewrites) — the
+//! edit is refused when it is planned (`config_read_only`), so a dry run refuses too.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +24,10 @@ use crate::target::qualified;
 #[derive(Debug, Clone, Serialize)]
 pub struct Edit {
     pub path: PathBuf,
+    /// The file rewritten: `path` itself, or the file its symlink(s) lead to.
+    pub target: PathBuf,
+    /// Whether `path` is a symlink (then `target` is edited and the link kept).
+    pub via_symlink: bool,
     pub from: String,
     pub to: String,
     #[serde(skip)]
@@ -27,6 +40,114 @@ pub struct Edit {
 
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Where the config file at `path` really is, and whether it is reached through a
+/// symlink; refused (`config_read_only`) when it cannot be replaced there.
+fn edit_target(path: &Path, to: Backend) -> Result<(PathBuf, bool)> {
+    let unreadable = |e| Error::Unreadable {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let via_symlink = std::fs::symlink_metadata(path)
+        .map_err(unreadable)?
+        .file_type()
+        .is_symlink();
+    let target = if via_symlink {
+        std::fs::canonicalize(path).map_err(unreadable)?
+    } else {
+        path.to_path_buf()
+    };
+    let refuse = |why: String| Error::Refused {
+        code: "config_read_only",
+        message: format!(
+            "{} cannot be switched to backend = \"{to}\": {why}; nothing was written",
+            path.display()
+        ),
+    };
+    if via_symlink && kubernetes_mount(path) {
+        return Err(refuse(format!(
+            "it is a Kubernetes ConfigMap or Secret mount (a read-only chain of symlinks through ..data/ to {}, rewritten by the kubelet): set backend = \"{to}\" in the ConfigMap itself and restart the pods (to run this step anyway, point --config at a writable copy whose paths are absolute)",
+            target.display()
+        )));
+    }
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if read_only_fs(&dir) {
+        return Err(refuse(format!(
+            "{} is on a read-only filesystem",
+            if via_symlink {
+                format!("the file it links to, {},", target.display())
+            } else {
+                "it".to_owned()
+            }
+        )));
+    }
+    if !writable(&dir) {
+        return Err(refuse(format!(
+            "this user may not create files in {} (the file is replaced by a rename there)",
+            dir.display()
+        )));
+    }
+    Ok((target, via_symlink))
+}
+
+/// Whether `path` is a link into a Kubernetes volume: the link (or its folder) goes
+/// through the `..data` link that ConfigMap, Secret and projected volumes have.
+fn kubernetes_mount(path: &Path) -> bool {
+    let mut cur = path.to_path_buf();
+    for _ in 0..40 {
+        let Ok(next) = std::fs::read_link(&cur) else {
+            break;
+        };
+        if next.components().any(|c| c.as_os_str() == "..data") {
+            return true;
+        }
+        cur = match cur.parent() {
+            Some(p) => p.join(next),
+            None => next,
+        };
+    }
+    path.parent().is_some_and(|d| {
+        std::fs::symlink_metadata(d.join("..data")).is_ok_and(|m| m.file_type().is_symlink())
+    })
+}
+
+fn read_only_fs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// The warning a step gives when it edits a config through a symlink.
+pub fn symlink_warning(edit: &Edit) -> Option<crate::report::Finding> {
+    edit.via_symlink.then(|| {
+        crate::report::Finding::new(
+            "config_symlink",
+            format!(
+                "{} is a symlink: the file it leads to, {}, is edited in place (the link is kept); if config management owns that file, change backend there too, or its next run undoes this",
+                edit.path.display(),
+                edit.target.display()
+            ),
+        )
+        .path(&edit.target)
+    })
 }
 
 /// Plan setting `sessiondb.backend` to `to`. `None` when it already is.
@@ -63,6 +184,7 @@ pub fn plan_edit(path: &Path, to: Backend) -> Result<Option<Edit>> {
     if from == to.as_str() {
         return Ok(None);
     }
+    let (target, via_symlink) = edit_target(path, to)?;
     let decor = value.decor().clone();
     let mut new_value = toml_edit::Value::from(to.as_str());
     *new_value.decor_mut() = decor;
@@ -76,6 +198,8 @@ pub fn plan_edit(path: &Path, to: Backend) -> Result<Option<Edit>> {
         .collect();
     Ok(Some(Edit {
         path: path.to_path_buf(),
+        target,
+        via_symlink,
         from,
         to: to.as_str().to_owned(),
         old_text,
@@ -85,14 +209,36 @@ pub fn plan_edit(path: &Path, to: Backend) -> Result<Option<Edit>> {
 }
 
 /// Apply a planned edit: the file must still be what was planned from (compare and
-/// swap), the previous file is saved under `<backup_dir>/config-history/`, and the new
-/// file replaces it atomically with its permissions kept. Returns where the previous
+/// swap; a link must still lead to the same file), the previous file is saved under
+/// `<backup_dir>/config-history/`, and the new file replaces the target atomically
+/// with its permissions kept (a symlink stays a symlink). Returns where the previous
 /// file was saved.
 pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBuf> {
-    let now = std::fs::read_to_string(&edit.path).map_err(|e| Error::Unreadable {
+    let unreadable = |e| Error::Unreadable {
         path: edit.path.clone(),
         source: e,
-    })?;
+    };
+    let is_link = std::fs::symlink_metadata(&edit.path)
+        .map_err(unreadable)?
+        .file_type()
+        .is_symlink();
+    let leads_to = if is_link {
+        std::fs::canonicalize(&edit.path).map_err(unreadable)?
+    } else {
+        edit.path.clone()
+    };
+    if is_link != edit.via_symlink || leads_to != edit.target {
+        return Err(Error::Refused {
+            code: "config_changed",
+            message: format!(
+                "{} now leads to {} (it led to {} when this step planned): nothing written; run it again",
+                edit.path.display(),
+                leads_to.display(),
+                edit.target.display()
+            ),
+        });
+    }
+    let now = std::fs::read_to_string(&edit.target).map_err(unreadable)?;
     if now != edit.old_text {
         return Err(Error::Refused {
             code: "config_changed",
@@ -120,9 +266,9 @@ pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBu
             source: e,
         }
     })?;
-    crate::fsutil::write_atomic(&edit.path, edit.new_text.as_bytes(), 0o644).map_err(|e| {
+    crate::fsutil::write_atomic(&edit.target, edit.new_text.as_bytes(), 0o644).map_err(|e| {
         Error::Write {
-            path: edit.path.clone(),
+            path: edit.target.clone(),
             source: e,
         }
     })?;

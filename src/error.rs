@@ -107,6 +107,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A path a write would go through is not what it must be: a symlink, or a path
+    /// leading outside the store (`symlink_outside_root`), or a special file where a
+    /// folder or a regular file belongs (`not_regular_file`). Nothing was written there.
+    #[error("{message}")]
+    UnsafePath {
+        code: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
 
@@ -158,6 +168,7 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::Refused { code, .. } => code,
             Error::ColumnDecode { .. } => "schema_mismatch",
+            Error::UnsafePath { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
             Error::StepFailed { .. } => "step_failed",
             Error::Timeout { code, .. } => code,
@@ -177,6 +188,7 @@ impl Error {
             | Error::Conflict { .. }
             | Error::Refused { .. }
             | Error::ColumnDecode { .. } => exit::PROBLEMS,
+            | Error::UnsafePath { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
             _ => exit::OPERATIONAL,
         }

@@ -86,14 +86,18 @@ pub fn remove_stale_temps(path: &Path) -> usize {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } != 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone && fs::remove_file(e.path()).is_ok() {
+        if process_gone(pid) && fs::remove_file(e.path()).is_ok() {
             removed += 1;
         }
     }
     removed
+}
+
+/// Whether no process `pid` runs any more.
+pub fn process_gone(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// Free bytes available to an unprivileged user on the filesystem holding `path`.
@@ -164,4 +168,305 @@ pub fn lstat_at(dir: &fs::File, rel: &Path) -> io::Result<FileStamp> {
         ctime: (st.st_ctime, st.st_ctime_nsec),
         mode: st.st_mode,
     })
+}
+
+/// An open folder, and the `*at` calls relative to it: every component below it is
+/// opened with `O_NOFOLLOW`, so a symlink swapped in between a check and a write can
+/// never redirect the write. The folder itself is opened by path (a link to it, such as
+/// a sessions folder on a mounted volume, is followed once, when it is opened).
+#[derive(Debug)]
+pub struct Dir {
+    fd: std::os::fd::OwnedFd,
+    path: std::path::PathBuf,
+}
+
+/// `lstat` of one entry of a [`Dir`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// `st_mode & S_IFMT`.
+    pub kind: u32,
+    /// The permission bits.
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// The filesystem it is on.
+    pub dev: u64,
+}
+
+impl Entry {
+    pub fn is_symlink(&self) -> bool {
+        self.kind == libc::S_IFLNK
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind == libc::S_IFREG
+    }
+    /// What the entry is, in words ("a symlink", "a FIFO"...).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            libc::S_IFLNK => "a symlink",
+            libc::S_IFDIR => "a folder",
+            libc::S_IFREG => "a regular file",
+            libc::S_IFIFO => "a FIFO",
+            libc::S_IFSOCK => "a socket",
+            libc::S_IFCHR => "a character device",
+            libc::S_IFBLK => "a block device",
+            _ => "a special file",
+        }
+    }
+}
+
+fn cstr(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&b'/') || b == b"." || b == b".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not one path component"),
+        ));
+    }
+    std::ffi::CString::new(b).map_err(io::Error::other)
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl Dir {
+    /// Open the folder at `path` (following a link to it).
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(Dir {
+            fd: f.into(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path it was opened by, joined with the names it was entered by: for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn raw(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Open the subfolder `name`; a symlink there is refused by the kernel (`ELOOP`, or
+    /// `ENOTDIR` for anything that is not a folder).
+    pub fn open_dir(&self, name: &std::ffi::OsStr) -> io::Result<Dir> {
+        use std::os::fd::FromRawFd;
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
+        let fd = check(unsafe {
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        Ok(Dir {
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            path: self.path.join(name),
+        })
+    }
+
+    /// `lstat` of `name` (never following it).
+    pub fn lstat(&self, name: &std::ffi::OsStr) -> io::Result<Entry> {
+        let c = cstr(name)?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor, a NUL-terminated name and a valid out-pointer.
+        check(unsafe {
+            libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        })?;
+        Ok(entry_of(&st))
+    }
+
+    /// `fstat` of the folder itself.
+    pub fn stat_self(&self) -> io::Result<Entry> {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a valid out-pointer.
+        check(unsafe { libc::fstat(self.raw(), &mut st) })?;
+        Ok(entry_of(&st))
+    }
+
+    /// The target of the symlink `name`, for messages.
+    pub fn read_link(&self, name: &std::ffi::OsStr) -> io::Result<std::path::PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        let c = cstr(name)?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: a valid descriptor, a NUL-terminated name, and a buffer of that length.
+        let n =
+            unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(std::ffi::OsString::from_vec(buf).into())
+    }
+
+    /// Create the subfolder `name` with `mode` (`EEXIST` when anything is there).
+    pub fn mkdir(&self, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) })?;
+        Ok(())
+    }
+
+    /// Create the file `name`, which must not exist (not even as a dangling link).
+    pub fn create_new(&self, name: &std::ffi::OsStr, mode: u32) -> io::Result<fs::File> {
+        use std::os::fd::FromRawFd;
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
+        let fd = check(unsafe {
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        })?;
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
+    }
+
+    /// Open `name` for reading; a symlink is refused (`ELOOP`), and a FIFO does not
+    /// block the open (`O_NONBLOCK`): check [`Entry::is_file`] of the handle's metadata.
+    pub fn open_read(&self, name: &std::ffi::OsStr) -> io::Result<fs::File> {
+        use std::os::fd::FromRawFd;
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
+        let fd = check(unsafe {
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let f = unsafe { fs::File::from_raw_fd(fd) };
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Rename `from` to `to`, both in this folder (atomic; replaces `to`, and a symlink
+    /// at `to` is replaced itself, never followed).
+    pub fn rename(&self, from: &std::ffi::OsStr, to: &std::ffi::OsStr) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid descriptors and NUL-terminated names.
+        check(unsafe { libc::renameat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr()) })?;
+        Ok(())
+    }
+
+    /// Remove the file `name`.
+    pub fn unlink(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) })?;
+        Ok(())
+    }
+
+    /// Remove the empty subfolder `name`.
+    pub fn rmdir(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), libc::AT_REMOVEDIR) })?;
+        Ok(())
+    }
+
+    /// Give `name` (not followed) to `uid:gid`.
+    pub fn chown(&self, name: &std::ffi::OsStr, uid: u32, gid: u32) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        check(unsafe {
+            libc::fchownat(self.raw(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+        })?;
+        Ok(())
+    }
+
+    /// fsync the folder (its entries).
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: a valid descriptor.
+        check(unsafe { libc::fsync(self.raw()) })?;
+        Ok(())
+    }
+
+    /// Flush every file of the filesystem holding this folder (`syncfs`): one call in
+    /// place of an fsync of each file written there.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        // SAFETY: a valid descriptor.
+        check(unsafe { libc::syncfs(self.raw()) })?;
+        Ok(())
+    }
+
+    /// The names in the folder (without `.` and `..`), at most `limit` of them.
+    pub fn names(&self, limit: usize) -> io::Result<Vec<std::ffi::OsString>> {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: dup of a valid descriptor; fdopendir takes the copy and closedir closes it.
+        let fd = check(unsafe { libc::fcntl(self.raw(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        let d = unsafe { libc::fdopendir(fd) };
+        if d.is_null() {
+            let e = io::Error::last_os_error();
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        // Start from the beginning: the duplicate shares the offset of the original.
+        unsafe { libc::rewinddir(d) };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            // SAFETY: `d` is an open directory stream; readdir returns NULL at the end.
+            let ent = unsafe { libc::readdir(d) };
+            if ent.is_null() {
+                break;
+            }
+            // SAFETY: d_name is NUL-terminated within the entry readdir returned.
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+            let b = name.to_bytes();
+            if b != b"." && b != b".." {
+                out.push(std::ffi::OsStr::from_bytes(b).to_owned());
+            }
+        }
+        // SAFETY: `d` is open; closing it closes `fd`.
+        unsafe { libc::closedir(d) };
+        Ok(out)
+    }
+}
+
+impl std::os::fd::AsRawFd for Dir {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.raw()
+    }
+}
+
+fn entry_of(st: &libc::stat) -> Entry {
+    Entry {
+        kind: st.st_mode & libc::S_IFMT,
+        perm: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        dev: st.st_dev,
+    }
+}
+
+/// Whether this process runs as root (and may give files to their owners).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

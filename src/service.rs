@@ -328,7 +328,9 @@ impl From<store::Error> for ApiError {
             | E::MergeUnsupported { .. } => StatusCode::BAD_REQUEST,
             E::ReadOnly { .. } => StatusCode::FORBIDDEN,
             E::PoolExhausted { .. } | E::Closed | E::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::InvalidRecord { .. } | E::ProgressFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            E::InvalidRecord { .. } | E::UnsafePath { .. } | E::ProgressFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::error!("{}", redact::text(&crate::error::error_chain(&e)));

@@ -52,6 +52,9 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
         ctx.report.count("changed", 0);
         return Ok(());
     };
+    if let Some(w) = cutover::symlink_warning(&edit) {
+        ctx.report.warn(w);
+    }
     let mut c = target::connect(&t)?;
     let fp = Source::from_config(&cfg).quick_fingerprint()?;
     let verification = latest_verification(&mut c, &schema_name)?;

@@ -18,6 +18,7 @@ pub(crate) mod files;
 pub mod fingerprint;
 mod json_store;
 pub mod sqlite;
+pub mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -53,6 +53,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A session's place in the sessions folder is not one the store writes into: its
+    /// `<id>/` or its `state.json` is a symlink (`symlink_outside_root`), or a special
+    /// file (`not_regular_file`). Nothing was written there; final, not retried.
+    #[error("{message}")]
+    UnsafePath {
+        id: String,
+        code: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+
     /// Merge mode could not patch a state without changing it (numbers serde_json cannot
     /// hold exactly).
     #[error("session {id:?}: cannot merge-patch this state without loss: {message}")]
@@ -108,6 +119,7 @@ impl Error {
             Error::InvalidField { code, .. } => code,
             Error::InvalidState { source, .. } => source.code(),
             Error::InvalidRecord { code, .. } => code,
+            Error::UnsafePath { code, .. } => code,
             Error::MergeUnsupported { .. } => "merge_unsupported",
             Error::PoolExhausted { .. } => "pool_exhausted",
             Error::Closed => "closed",
@@ -127,6 +139,7 @@ impl Error {
             | Error::InvalidField { .. }
             | Error::InvalidState { .. }
             | Error::InvalidRecord { .. }
+            | Error::UnsafePath { .. }
             | Error::MergeUnsupported { .. }
             | Error::Closed
             | Error::ProgressFailed { .. } => false,

@@ -1,8 +1,8 @@
 //! The SQLite + state files backend: the legacy layout of SPEC §1, written the way the
 //! application wrote it, but safely. One read-write connection with a busy timeout,
 //! used from `spawn_blocking`; every write takes SQLite's write lock first
-//! (`BEGIN IMMEDIATE`), writes `state.json` atomically (temp file, fsync, rename), and
-//! commits. An id that is unsafe as a path component keeps its state in the `state`
+//! (`BEGIN IMMEDIATE`), writes `state.json` atomically (temp file, fsync, rename) and
+//! never through a symlink ([`crate::source::write`]), and commits. An id that is unsafe as a path component keeps its state in the `state`
 //! column and never becomes a path.
 
 use std::io::ErrorKind;
@@ -18,10 +18,8 @@ use super::state::State;
 use super::{Meta, MetaPatch, Page, SessionSummary, ValidNew};
 use crate::error::Error as CrateError;
 use crate::source::fields::{self, Raw};
+use crate::source::write::{Sessions, Slot};
 use crate::source::{files, parse_meta, sqlite as legacy};
-
-/// Mode of a state file this store creates (an existing file keeps its own).
-const STATE_FILE_MODE: u32 = 0o644;
 
 #[derive(Clone)]
 pub(crate) struct SqliteStore {
@@ -121,7 +119,12 @@ impl SqliteStore {
             }
             let as_file = fields::path_safe(&n.id);
             let file = i.dir.join(&n.id).join("state.json");
-            if as_file && std::fs::symlink_metadata(&file).is_ok() {
+            let sessions = if as_file { Some(i.sessions()?) } else { None };
+            let slot = match &sessions {
+                Some(d) => Some(d.slot(&n.id).map_err(|e| store_err(&n.id, e))?),
+                None => None,
+            };
+            if matches!(slot, Some(Slot::File { .. })) {
                 return Err(Error::Backend(CrateError::Conflict {
                     message: format!(
                         "session {:?}: {} exists without a row (an orphan state file); it is never overwritten: migrate or move it first",
@@ -150,16 +153,13 @@ impl SqliteStore {
             )
             .map_err(|e| sq(&i.db, e))?;
             let mut created = None;
-            if let (Some(s), true) = (&n.state, as_file) {
-                created = Some(i.write_file(&n.id, s)?);
+            if let (Some(s), Some(d)) = (&n.state, &sessions) {
+                created = Some(d.write(&n.id, s.as_str().as_bytes()).map_err(|e| store_err(&n.id, e))?);
             }
             if let Err(e) = tx.commit() {
                 // The row is not there: take back the file written for it.
-                if let Some(made_folder) = created {
-                    let _ = std::fs::remove_file(&file);
-                    if made_folder {
-                        let _ = std::fs::remove_dir(i.dir.join(&n.id));
-                    }
+                if let (Some(made_folder), Some(d)) = (created, &sessions) {
+                    let _ = d.remove(&n.id, made_folder);
                 }
                 return Err(sq(&i.db, e));
             }
@@ -332,50 +332,18 @@ impl Inner {
             })
     }
 
-    /// Write `state.json` of a path-safe id atomically. Returns whether its folder was
-    /// created here.
+    /// The sessions folder, opened for this write (opened each time: a volume mounted
+    /// after the store was opened is the one written to).
+    fn sessions(&self) -> Result<Sessions> {
+        Sessions::open(&self.dir).map_err(Error::Backend)
+    }
+
+    /// Write `state.json` of a path-safe id atomically, never through a symlink (see
+    /// [`crate::source::write`]). Returns whether its folder was created here.
     fn write_file(&self, id: &str, s: &State) -> Result<bool> {
-        let folder = self.dir.join(id);
-        let werr = |path: &Path, e: std::io::Error| {
-            Error::Backend(CrateError::Write {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        };
-        let made = match std::fs::symlink_metadata(&folder) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let real = std::fs::canonicalize(&folder).ok();
-                let inside = match (&self.root, real) {
-                    (Some(root), Some(real)) => real.starts_with(root),
-                    _ => false,
-                };
-                if !inside {
-                    return Err(Error::Backend(CrateError::Refused {
-                        code: "symlink_outside_root",
-                        message: format!(
-                            "session {id:?}: {} is a symlink leading outside {}: not written through",
-                            folder.display(),
-                            self.dir.display()
-                        ),
-                    }));
-                }
-                false
-            }
-            Ok(_) => false,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                std::fs::create_dir(&folder).map_err(|e| werr(&folder, e))?;
-                true
-            }
-            Err(e) => return Err(werr(&folder, e)),
-        };
-        let path = folder.join("state.json");
-        if let Err(e) = crate::fsutil::write_atomic(&path, s.as_str().as_bytes(), STATE_FILE_MODE) {
-            if made {
-                let _ = std::fs::remove_dir(&folder);
-            }
-            return Err(werr(&path, e));
-        }
-        Ok(made)
+        self.sessions()?
+            .write(id, s.as_str().as_bytes())
+            .map_err(|e| store_err(id, e))
     }
 
     /// One state write inside the caller's transaction: the file (when the id is path
@@ -435,6 +403,23 @@ fn meta(id: &str, r: &RawMeta) -> Result<Meta> {
         code: e.code,
         message: e.message,
     })
+}
+
+/// A refusal of the sessions folder, as the store's own typed error.
+fn store_err(id: &str, e: CrateError) -> Error {
+    match e {
+        CrateError::UnsafePath {
+            code,
+            path,
+            message,
+        } => Error::UnsafePath {
+            id: id.to_owned(),
+            code,
+            path,
+            message,
+        },
+        other => Error::Backend(other),
+    }
 }
 
 fn sq(db: &Path, e: rusqlite::Error) -> Error {

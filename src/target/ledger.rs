@@ -83,7 +83,7 @@ pub fn moved(c: &mut impl GenericClient, schema: &str) -> Result<Vec<Moved>> {
     for (i, w) in WATCHED.iter().enumerate() {
         let a = format!("w{i}");
         joins.push_str(&format!(
-            " LEFT JOIN {} {a} ON {a}.{} = l.session_id",
+            " LEFT JOIN {} {a} ON {a}.{} OPERATOR(pg_catalog.=) l.session_id",
             qualified(schema, w.table),
             super::ident(w.key)
         ));
@@ -144,8 +144,8 @@ pub fn learn_unknown(c: &mut impl GenericClient, schema: &str) -> Result<u64> {
         .map(|(i, w)| format!("{} = {}", w.ledger_column, version(&format!("w{i}"))))
         .collect();
     let sql = format!(
-        "UPDATE {} l SET {} FROM {} w0 LEFT JOIN {} w1 ON w1.{} = w0.{}
-          WHERE w0.{} = l.session_id AND l.status = 'migrated' AND l.{} IS NULL",
+        "UPDATE {} l SET {} FROM {} w0 LEFT JOIN {} w1 ON w1.{} OPERATOR(pg_catalog.=) w0.{}
+          WHERE w0.{} OPERATOR(pg_catalog.=) l.session_id AND l.status = 'migrated' AND l.{} IS NULL",
         qualified(schema, "sessiondb_ledger"),
         sets.join(", "),
         qualified(schema, WATCHED[0].table),

@@ -669,9 +669,43 @@ fn a_100_mb_state_loads_with_bounded_memory() {
     );
 }
 
+/// Per session: its SQLite `current_step` and the `pg` key of its state file (`None`
+/// when the file has none), and the temporary files left in the sessions folder.
+fn legacy_versions(
+    s: &Store,
+) -> (
+    std::collections::BTreeMap<String, (String, Option<i64>)>,
+    usize,
+) {
+    let c = s.conn();
+    let mut st = c.prepare("SELECT id, current_step FROM sessions").unwrap();
+    let steps: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for (id, step) in steps {
+        let bytes = std::fs::read(s.sessions.join(&id).join("state.json")).unwrap();
+        // Every state file is whole: the legacy text or PostgreSQL's, never a prefix.
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{id}/state.json is not whole after kill -9: {e}"));
+        out.insert(id, (step, v.get("pg").and_then(|p| p.as_i64())));
+    }
+    let mut temps = 0;
+    for e in std::fs::read_dir(&s.sessions).unwrap().flatten() {
+        temps += std::fs::read_dir(e.path())
+            .unwrap()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().contains(".tmp-"))
+            .count();
+    }
+    (out, temps)
+}
+
 #[test]
-fn kill_rollback_mid_export_leaves_whole_state_files_and_the_old_or_the_new_config() {
-    let n = 1500;
+fn kill_rollback_at_any_moment_leaves_the_legacy_store_untouched_or_complete() {
+    let n = 600;
     let (s, db) = loaded(n, "fault_kill_rollback");
     for step in [&["verify"][..], &["set-default", "--dry-run=false"]] {
         sessiondb(step)
@@ -679,17 +713,18 @@ fn kill_rollback_mid_export_leaves_whole_state_files_and_the_old_or_the_new_conf
             .env("DATABASE_URL", &db.url)
             .expect(0);
     }
-    // The application, now on PostgreSQL, edits every session before each rollback: each
-    // must export them all.
+    // The application, now on PostgreSQL, edits every session (its state and a metadata
+    // field) before each rollback: each must export them all, rows and files.
     let edit = |k: u64| {
         db.client()
             .batch_execute(&format!(
-                "UPDATE session_state SET state = state || '{{\"pg\": {k}}}'"
+                "UPDATE session_state SET state = state || '{{\"pg\": {k}}}';
+                 UPDATE sessions SET current_step = 'pg-{k}';"
             ))
             .unwrap()
     };
     let on_pg = std::fs::read_to_string(&s.config).unwrap();
-    // One whole rollback, timed: the kills land anywhere within 1.5 times that.
+    // One whole rollback, timed: the random kills land anywhere within 1.5 times that.
     edit(0);
     let t0 = Instant::now();
     sessiondb(&["rollback", "--dry-run=false"])
@@ -697,36 +732,100 @@ fn kill_rollback_mid_export_leaves_whole_state_files_and_the_old_or_the_new_conf
         .env("DATABASE_URL", &db.url)
         .expect(0);
     let whole = t0.elapsed().as_millis() as u64;
+    // A server that is not there: the next run finishes or undoes what a killed one left
+    // (that needs only the legacy store) before it fails to connect.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("postgresql://app@127.0.0.1:{port}/app");
+    // Each moment of a round by name (the rollback kills itself there), then at random.
+    let points = [
+        "journal",
+        "staging",
+        "sealed",
+        "committed",
+        "installing",
+        "done",
+    ];
     let mut rng = Rng::new();
     let mut configs = std::collections::BTreeSet::new();
-    let (mut killed, mut runs) = (0, 0);
-    let mut stray = 0;
-    for k in 1..=8 {
+    let (mut killed, mut runs, mut untouched, mut complete) = (0, 0, 0, 0);
+    let (mut forward, mut back, mut stray) = (0, 0, 0);
+    for k in 1..=(points.len() as u64 + 8) {
         edit(k);
         std::fs::write(&s.config, &on_pg).unwrap();
-        let child = spawn("rollback", &["--dry-run=false"], &s, &db.url);
-        killed += kill_after(child, Duration::from_millis(rng.below(whole * 3 / 2 + 1))) as u32;
+        let (before, _) = legacy_versions(&s);
+        let point = points.get(k as usize - 1).copied();
+        let child = {
+            let mut cmd = Command::new(bin_path("rollback"));
+            cmd.args(["--dry-run=false", "--config"])
+                .arg(&s.config)
+                .env("DATABASE_URL", &db.url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(p) = point {
+                cmd.env("SESSIONDB_FAULT_KILL", p);
+            }
+            cmd.spawn().unwrap()
+        };
+        let died = match point {
+            Some(p) => {
+                let st = {
+                    let mut c = child;
+                    c.wait().unwrap()
+                };
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(st.signal(), Some(libc::SIGKILL), "killed itself at {p}");
+                true
+            }
+            None => kill_after(child, Duration::from_millis(rng.below(whole * 3 / 2 + 1))),
+        };
+        killed += died as u32;
         runs += 1;
         let now = std::fs::read_to_string(&s.config).unwrap();
         toml::from_str::<toml::Table>(&now)
             .unwrap_or_else(|e| panic!("a broken config after kill -9: {e}\n{now}"));
         configs.insert(now);
-        // Every state file is whole: the legacy text or PostgreSQL's, never a prefix.
-        for e in std::fs::read_dir(&s.sessions).unwrap().flatten() {
-            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if name.contains(".tmp-") {
-                    stray += 1;
-                    continue;
-                }
-                if name == "state.json" {
-                    let bytes = std::fs::read(f.path()).unwrap();
-                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|e| {
-                        panic!("{} is not whole after kill -9: {e}", f.path().display())
-                    });
-                }
+        let (_, temps) = legacy_versions(&s);
+        stray += temps;
+        // The next run settles it first.
+        let r = sessiondb(&["rollback", "--dry-run=false"])
+            .config(&s.config)
+            .env("DATABASE_URL", &nowhere)
+            .expect(3);
+        assert!(r.has_error("postgres_unreachable"), "{}", r.stdout);
+        for rec in r.report.details["recovered"].as_array().unwrap() {
+            match rec["action"].as_str().unwrap() {
+                "roll_forward" => forward += 1,
+                "roll_back" => back += 1,
+                other => panic!("{other}: {}", r.stdout),
             }
         }
+        let (after, temps) = legacy_versions(&s);
+        assert_eq!(temps, 0, "the next run removed every temporary file");
+        let new = format!("pg-{k}");
+        let is_complete = after
+            .values()
+            .all(|(st, pg)| *st == new && *pg == Some(k as i64));
+        let is_untouched = after == before;
+        assert!(
+            is_complete || is_untouched,
+            "killed at {point:?}: the legacy store is neither as it was nor complete: {} of {n} rows new, {} files new",
+            after.values().filter(|(st, _)| *st == new).count(),
+            after
+                .values()
+                .filter(|(_, pg)| *pg == Some(k as i64))
+                .count(),
+        );
+        match point {
+            Some("journal" | "staging" | "sealed") => assert!(is_untouched, "{point:?}"),
+            Some(_) => assert!(is_complete, "{point:?}"),
+            None => {}
+        }
+        untouched += is_untouched as u32;
+        complete += is_complete as u32;
     }
     // Finished by running it again: the legacy store then matches PostgreSQL exactly.
     std::fs::write(&s.config, &on_pg).unwrap();
@@ -752,34 +851,23 @@ fn kill_rollback_mid_export_leaves_whole_state_files_and_the_old_or_the_new_conf
         "{}",
         v.stdout
     );
-    let mut with_pg = 0;
-    let mut left = 0;
-    for e in std::fs::read_dir(&s.sessions).unwrap().flatten() {
-        left += std::fs::read_dir(e.path())
-            .unwrap()
-            .flatten()
-            .filter(|f| f.file_name().to_string_lossy().contains(".tmp-"))
-            .count();
-        let p = e.path().join("state.json");
-        if let Ok(b) = std::fs::read(&p) {
-            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-            with_pg += (v.get("pg") == Some(&serde_json::json!(8))) as usize;
-        }
-    }
-    assert_eq!(
-        with_pg, n,
-        "every session came back with PostgreSQL's state"
+    let (last, temps) = legacy_versions(&s);
+    let k = points.len() as i64 + 8;
+    assert!(
+        last.values()
+            .all(|(st, pg)| *st == format!("pg-{k}") && *pg == Some(k)),
+        "every session came back with PostgreSQL's row and state"
     );
-    assert_eq!(
-        left, 0,
-        "the rerun removed the temporary files the killed runs left"
-    );
+    assert_eq!(temps, 0);
     row(
-        &format!("kill -9 at random moments ({runs} runs)"),
+        &format!(
+            "kill -9 of rollback: at each of its {} moments, then at random ({runs} runs)",
+            points.len()
+        ),
         "rollback --dry-run=false",
         &format!("{killed} killed (whole run {whole} ms)"),
         &format!(
-            "config old or new ({} distinct), every state.json whole, {stray} temp file(s) left (removed by the rerun); rerun exported {} and verify found 0 differences in {n}",
+            "after each, the next run settled it ({forward} rolled forward, {back} rolled back, {stray} temp file(s) removed): {untouched} untouched, {complete} complete, none in between; config old or new ({} distinct); the final rerun exported {}, verify 0 differences in {n}",
             configs.len(),
             r.count("exported")
         ),

@@ -15,6 +15,7 @@ mod migrate;
 mod preflight;
 mod quarantine;
 mod resume;
+mod rollback;
 mod runbooks;
 mod secrets;
 mod sessiond;

@@ -275,6 +275,16 @@ impl Tmpfs {
         assert!(st.success(), "mount tmpfs on {}", dir.display());
         Tmpfs(dir.to_path_buf())
     }
+
+    /// Grow (or shrink) it, keeping what it holds.
+    pub fn remount(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.0.display());
+    }
 }
 
 impl Drop for Tmpfs {
