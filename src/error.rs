@@ -188,7 +188,7 @@ impl Error {
             | Error::Conflict { .. }
             | Error::Refused { .. }
             | Error::ColumnDecode { .. } => exit::PROBLEMS,
-            | Error::UnsafePath { .. } => exit::PROBLEMS,
+            Error::UnsafePath { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
             _ => exit::OPERATIONAL,
         }

@@ -347,8 +347,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
         .and_then(|c| c.head.as_ref())
         .map(|m| m.counts.invalid);
     // Constraints that depend on the values need every session checked first.
-    let needs_plan =
-        fit.needs_data() || !(fresh && (args.quarantine || known_invalid == Some(0)));
+    let needs_plan = fit.needs_data() || !(fresh && (args.quarantine || known_invalid == Some(0)));
     if needs_plan && plan.is_none() {
         plan = Some(plan_pass(
             reader.take().expect("opened above"),

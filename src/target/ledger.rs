@@ -203,7 +203,7 @@ pub fn versions_from(schema: &str, key: &str) -> String {
         .enumerate()
         .map(|(i, w)| {
             format!(
-                " LEFT JOIN {} w{i} ON w{i}.{} = {key}",
+                " LEFT JOIN {} w{i} ON w{i}.{} OPERATOR(pg_catalog.=) {key}",
                 qualified(schema, w.table),
                 super::ident(w.key)
             )
