@@ -178,6 +178,7 @@ pub fn execute<S: Step>(step: &S, env: Env) -> Report {
         Ok(Err(e)) => {
             let mut f = Finding::new(e.code(), crate::error::error_chain(&e));
             if let Error::Unreadable { path, .. }
+            | Error::NotRegularFile { path, .. }
             | Error::Write { path, .. }
             | Error::BackupSelfCheck { dir: path, .. } = &e
             {

@@ -29,12 +29,18 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
+/// The config file's text, read as [`crate::config::read_text`] reads it: a regular
+/// file only, bounded in size.
+fn read_config(path: &Path) -> Result<String> {
+    crate::config::read_text(path)?.ok_or_else(|| Error::Unreadable {
+        path: path.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
 /// Plan setting `sessiondb.backend` to `to`. `None` when it already is.
 pub fn plan_edit(path: &Path, to: Backend) -> Result<Option<Edit>> {
-    let old_text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let old_text = read_config(path)?;
     let mut doc: toml_edit::DocumentMut =
         old_text
             .parse()
@@ -89,10 +95,7 @@ pub fn plan_edit(path: &Path, to: Backend) -> Result<Option<Edit>> {
 /// file replaces it atomically with its permissions kept. Returns where the previous
 /// file was saved.
 pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBuf> {
-    let now = std::fs::read_to_string(&edit.path).map_err(|e| Error::Unreadable {
-        path: edit.path.clone(),
-        source: e,
-    })?;
+    let now = read_config(&edit.path)?;
     if now != edit.old_text {
         return Err(Error::Refused {
             code: "config_changed",

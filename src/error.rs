@@ -58,6 +58,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A configured path (the config file, `sqlite.path`, `json.path`,
+    /// `sqlite.sessions_dir`) is a FIFO, a device, a socket or a file of a kernel
+    /// pseudo-filesystem: refused before anything was read from it.
+    #[error("{path} is {what}")]
+    NotRegularFile {
+        path: PathBuf,
+        what: crate::fsutil::NotRegular,
+    },
+
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -116,6 +125,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of reading `path`: [`Error::NotRegularFile`] when the read was refused
+    /// because `path` is not a regular file (see [`crate::fsutil::open_regular`]), else
+    /// [`Error::Unreadable`].
+    pub fn read(path: &std::path::Path, e: std::io::Error) -> Error {
+        match crate::fsutil::not_regular(&e) {
+            Some(what) => Error::NotRegularFile {
+                path: path.to_path_buf(),
+                what,
+            },
+            None => Error::Unreadable {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        }
+    }
+
     /// The stable code that names this error in a report.
     pub fn code(&self) -> &'static str {
         match self {
@@ -130,6 +155,7 @@ impl Error {
             Error::Database { .. } => "database_error",
             Error::LockHeld { .. } => "lock_held",
             Error::Unreadable { .. } => "unreadable",
+            Error::NotRegularFile { .. } => "not_regular_file",
             Error::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 "disk_space"
             }
@@ -161,7 +187,8 @@ impl Error {
             | Error::ConfigNotFound { .. }
             | Error::ConfigInvalid { .. }
             | Error::SettingInvalid { .. }
-            | Error::NoTarget { .. } => exit::USAGE,
+            | Error::NoTarget { .. }
+            | Error::NotRegularFile { .. } => exit::USAGE,
             Error::InvalidSource { .. } | Error::Conflict { .. } | Error::Refused { .. } => {
                 exit::PROBLEMS
             }

@@ -59,6 +59,9 @@ const ROUNDS: usize = 3;
 
 pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
     let cfg = ctx.config()?;
+    // The store this writes back into: a FIFO or a device at one of its paths is refused
+    // before anything else, in the dry run too.
+    crate::source::Source::from_config(&cfg).check_paths()?;
     let t = ctx.target(Some(&cfg))?;
     let schema_name = cfg.postgres.schema.clone();
     let mut c = target::connect(&t)?;

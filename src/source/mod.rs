@@ -216,6 +216,7 @@ impl Source {
                 message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
             });
         }
+        self.check_paths()?;
         let db = match &self.sqlite {
             Some(s) => {
                 let conn = sqlite::open(&s.path)?;
@@ -247,6 +248,25 @@ impl Source {
             json,
             json_warnings,
         })
+    }
+
+    /// Refuse with `not_regular_file`, before anything is read, a configured path that
+    /// is a FIFO, a device, a socket or a file of a kernel pseudo-filesystem (the
+    /// sessions folder must be a folder). Nothing here opens what could block.
+    pub fn check_paths(&self) -> Result<()> {
+        let check = |p: &Path, folder: bool| {
+            crate::fsutil::check_kind(p, folder)
+                .map(|_| ())
+                .map_err(|e| Error::read(p, e))
+        };
+        if let Some(s) = &self.sqlite {
+            check(&s.path, false)?;
+            check(&s.sessions_dir, true)?;
+        }
+        if let Some(j) = &self.json_path {
+            check(j, false)?;
+        }
+        Ok(())
     }
 
     /// A cheap fingerprint of the store as it is on disk: sizes and modification times
@@ -344,7 +364,7 @@ impl Reader {
             .and_then(|d| std::fs::canonicalize(d).ok());
         let sessions_fd = sessions_dir
             .as_ref()
-            .and_then(|d| std::fs::File::open(d).ok());
+            .and_then(|d| crate::fsutil::open_dir(d).ok());
         let ctx = Arc::new(Resolve {
             sessions_fd,
             db_path: self.source.sqlite.as_ref().map(|s| s.path.clone()),

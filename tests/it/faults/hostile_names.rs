@@ -1,0 +1,1 @@
+//! Ids and file names that hold anything (issue 14.4, 14.5).
