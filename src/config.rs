@@ -256,6 +256,7 @@ impl Config {
             });
         }
         if let Some(u) = &fp.url {
+            redact::register_in(u);
             if let Some(pw) = url_password(u) {
                 redact::register_secret(&pw);
                 warnings.push(Finding::new(
@@ -802,6 +803,10 @@ pub struct Runtime {
 /// The runtime gating: a PostgreSQL URL in the url variable means postgres; a SQLite URL
 /// or none means sqlite + files.
 pub fn runtime(settings_url_env: &str, env: &Env) -> Result<Runtime> {
+    if let Some(raw) = env.get(settings_url_env) {
+        // Masked wherever it turns up, even if nothing ever parses it.
+        redact::register_in(raw);
+    }
     match env.get(settings_url_env) {
         None => Ok(Runtime {
             backend: Backend::Sqlite,
@@ -863,6 +868,7 @@ pub fn target(
     let chosen = [from_env, from_file]
         .into_iter()
         .flatten()
+        .inspect(|(raw, _)| redact::register_in(raw))
         .find_map(|(raw, origin)| match normalize_url(&raw) {
             Ok(DbUrl::Postgres(u)) => Some(Ok((u, origin))),
             Ok(DbUrl::Sqlite(_)) => None,

@@ -1,7 +1,8 @@
 //! Typed errors. Each variant names what failed and carries its context; `code()` is the
 //! stable snake_case code of the report (SPEC §6) and `exit_code()` its exit code (SPEC §4).
-//! Messages are lowercase fragments; `report::emit` passes every message through
-//! `redact::text`, so no variant can leak a password even if a driver echoes one.
+//! Messages are lowercase fragments. A connection string is redacted where it is built
+//! into a variant (`Target.display`), a driver's error text through `redact::text`, and
+//! `report::emit` masks every secret the configuration holds in the report's values.
 
 use std::path::PathBuf;
 

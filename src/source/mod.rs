@@ -148,8 +148,10 @@ impl Invalid {
     pub fn finding(&self) -> Finding {
         let mut f = Finding::new(self.code, self.message.clone());
         f.session = self.id.clone();
-        f.path = self.path.as_ref().map(|p| p.display().to_string());
-        f
+        match &self.path {
+            Some(p) => f.path(p),
+            None => f,
+        }
     }
 }
 
@@ -542,7 +544,7 @@ impl Reader {
                             "orphan_state_file",
                             format!(
                                 "{} has a folder name that is not UTF-8: not migrated, not deleted",
-                                state.display()
+                                crate::term::path(&state)
                             ),
                         )
                         .path(&state),
