@@ -1,4 +1,5 @@
-//! Small filesystem helpers: atomic writes, owner-only folders.
+//! Small filesystem helpers: atomic writes, owner-only folders, and opening only regular
+//! files and folders ([`open_regular`], [`open_dir`], [`check_kind`]).
 
 use std::fs;
 use std::io::{self, Write};
