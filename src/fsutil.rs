@@ -244,19 +244,12 @@ fn expect_type(m: &fs::Metadata, ifmt: u32) -> io::Result<()> {
 }
 
 /// The kernel pseudo-filesystems whose files are made up on each read: procfs and its
-/// kin. Checked on the open descriptor (`fstatfs`), not by the path: procfs may be
-/// mounted anywhere (`/host/proc` in a container), reached through a symlink or a bind
-/// mount, and a path prefix says nothing about what a later component resolves to.
-#[cfg(target_os = "linux")]
-fn pseudo_filesystem(f: &fs::File) -> io::Result<Option<&'static str>> {
-    use std::os::fd::AsRawFd;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `f` is an open descriptor and `st` a valid out-pointer.
-    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // f_type's C type differs between targets; the magic numbers are 32-bit.
-    Ok(match st.f_type as u32 {
+/// kin, by the filesystem's magic number. Asked of the open descriptor (`fstatfs`), not
+/// told by the path: procfs may be mounted anywhere (`/host/proc` in a container),
+/// reached through a symlink or a bind mount, and a path prefix says nothing about what
+/// a later component resolves to.
+fn pseudo_name(f_type: u32) -> Option<&'static str> {
+    match f_type {
         0x0000_9fa0 => Some("a file of the kernel's proc filesystem"),
         0x6265_6572 => Some("a file of the kernel's sysfs"),
         0x6462_6720 => Some("a file of the kernel's debugfs"),
@@ -267,7 +260,34 @@ fn pseudo_filesystem(f: &fs::File) -> io::Result<Option<&'static str>> {
         0xcafe_4a11 => Some("a file of the kernel's bpf filesystem"),
         0xde5e_81e4 => Some("a file of the kernel's efivarfs"),
         _ => None,
-    })
+    }
+}
+
+/// [`pseudo_name`] of the filesystem holding the open file `f`.
+#[cfg(target_os = "linux")]
+fn pseudo_filesystem(f: &fs::File) -> io::Result<Option<&'static str>> {
+    use std::os::fd::AsRawFd;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open descriptor and `st` a valid out-pointer.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // f_type's C type differs between targets; the magic numbers are 32-bit.
+    Ok(pseudo_name(st.f_type as u32))
+}
+
+/// [`pseudo_name`] of the filesystem holding `path`, without opening it (`statfs`):
+/// opening and closing a SQLite database this process has open would drop its locks.
+#[cfg(target_os = "linux")]
+fn pseudo_filesystem_at(path: &Path) -> io::Result<Option<&'static str>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pseudo_name(st.f_type as u32))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -275,10 +295,20 @@ fn pseudo_filesystem(_f: &fs::File) -> io::Result<Option<&'static str>> {
     Ok(None)
 }
 
+#[cfg(not(target_os = "linux"))]
+fn pseudo_filesystem_at(_path: &Path) -> io::Result<Option<&'static str>> {
+    Ok(None)
+}
+
 /// Open with `O_NONBLOCK` (a FIFO opens at once instead of waiting for a writer) and
 /// `O_NOCTTY`, then check what was opened: the path may have been swapped since it was
 /// looked at, so the descriptor's own `fstat` and `fstatfs` decide.
-fn open_checked(path: &Path, ifmt: u32, extra: libc::c_int) -> io::Result<fs::File> {
+fn open_checked(
+    path: &Path,
+    ifmt: u32,
+    extra: libc::c_int,
+    blocking: bool,
+) -> io::Result<(fs::File, fs::Metadata)> {
     let expected = if ifmt == libc::S_IFDIR {
         FOLDER
     } else {
@@ -296,9 +326,13 @@ fn open_checked(path: &Path, ifmt: u32, extra: libc::c_int) -> io::Result<fs::Fi
             }
             _ => e,
         })?;
-    expect_type(&f.metadata()?, ifmt)?;
+    let m = f.metadata()?;
+    expect_type(&m, ifmt)?;
     if let Some(what) = pseudo_filesystem(&f)? {
         return Err(NotRegular::err(what, expected));
+    }
+    if !blocking {
+        return Ok((f, m));
     }
     // Regular files ignore O_NONBLOCK, but the descriptor may be handed on: clear it.
     // SAFETY: fcntl on a descriptor we own, with integer arguments only.
@@ -309,7 +343,7 @@ fn open_checked(path: &Path, ifmt: u32, extra: libc::c_int) -> io::Result<fs::Fi
             libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
         }
     }
-    Ok(f)
+    Ok((f, m))
 }
 
 /// Open `path` for reading only if it is a regular file on a real filesystem; a symlink
@@ -328,13 +362,30 @@ pub fn open_regular(path: &Path, follow: bool) -> io::Result<fs::File> {
         path,
         libc::S_IFREG,
         if follow { 0 } else { libc::O_NOFOLLOW },
+        true,
+    )
+    .map(|(f, _)| f)
+}
+
+/// [`open_regular`] for a path the caller has just looked at and found a regular file
+/// (a state file, stat-ed by the scan): no second `stat`, and the descriptor, read
+/// and dropped by the caller, keeps `O_NONBLOCK` (which regular files ignore). What was
+/// swapped in since the look is refused as by [`open_regular`]. Returns the file and
+/// what its descriptor's `fstat` said.
+pub fn reopen_regular(path: &Path, follow: bool) -> io::Result<(fs::File, fs::Metadata)> {
+    open_checked(
+        path,
+        libc::S_IFREG,
+        if follow { 0 } else { libc::O_NOFOLLOW },
+        false,
     )
 }
 
 /// The type of `path` (links followed), when it exists: `Err` with a [`NotRegular`] when
 /// it is a special file (a FIFO, a device, a socket) or a file of a pseudo-filesystem,
-/// where `folder` says which of a regular file or a folder it should be. Neither opens
-/// nor reads anything that could block. A regular file where a folder is expected (or
+/// where `folder` says which of a regular file or a folder it should be. Nothing is
+/// opened (`stat` and `statfs` only): nothing can block, and no lock SQLite holds on
+/// the file in this process is dropped by a close. A regular file where a folder is expected (or
 /// the reverse) is `Ok`: the caller says what is wrong with it.
 pub fn check_kind(path: &Path, folder: bool) -> io::Result<Option<fs::Metadata>> {
     let m = match fs::metadata(path) {
@@ -349,24 +400,8 @@ pub fn check_kind(path: &Path, folder: bool) -> io::Result<Option<fs::Metadata>>
             expected,
         ));
     }
-    // Open it (a regular file or a folder opens without blocking) to ask its filesystem.
-    let flags = if m.is_dir() { libc::O_DIRECTORY } else { 0 };
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | flags)
-        .open(path);
-    match f {
-        Ok(f) => {
-            if let Some(what) = pseudo_filesystem(&f)? {
-                return Err(NotRegular::err(what, expected));
-            }
-        }
-        // Swapped since the stat: refuse what it is now, or let the open that follows
-        // report why it cannot be read.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return Err(NotRegular::err("a socket", expected));
-        }
-        Err(_) => {}
+    if let Some(what) = pseudo_filesystem_at(path)? {
+        return Err(NotRegular::err(what, expected));
     }
     Ok(Some(m))
 }
@@ -383,7 +418,7 @@ pub fn open_dir(path: &Path) -> io::Result<fs::File> {
         ));
     }
     expect_type(&m, libc::S_IFDIR)?;
-    open_checked(path, libc::S_IFDIR, libc::O_DIRECTORY)
+    open_checked(path, libc::S_IFDIR, libc::O_DIRECTORY, true).map(|(f, _)| f)
 }
 
 #[cfg(test)]

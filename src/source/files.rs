@@ -167,9 +167,10 @@ pub enum Whole {
 /// 100 ms apart, and must read the same (file times move in clock ticks, so a write in
 /// the same tick as the first look would not show in them).
 ///
-/// Only a regular file is read ([`crate::fsutil::open_regular`], links followed): a FIFO,
-/// a device or a pseudo-file swapped in is an error that
-/// [`crate::fsutil::not_regular`] recognises. No read goes past the size the file had
+/// The caller has looked at `path` and found a regular file. It is opened without
+/// blocking and its descriptor checked ([`crate::fsutil::reopen_regular`], links
+/// followed): a FIFO, a device or a pseudo-file swapped in since is an error that
+/// [`crate::fsutil::not_regular`] recognises, and nothing of it is read. No read goes past the size the file had
 /// when it was opened (one byte more shows that it grew, and it is read again).
 pub fn read_whole(path: &Path) -> std::io::Result<Whole> {
     read_whole_with(path, true)
@@ -179,12 +180,11 @@ pub fn read_whole(path: &Path) -> std::io::Result<Whole> {
 pub(crate) fn read_whole_with(path: &Path, follow: bool) -> std::io::Result<Whole> {
     use std::io::Read;
     let read = || -> std::io::Result<Option<(Vec<u8>, bool, bool)>> {
-        let f = match crate::fsutil::open_regular(path, follow) {
-            Ok(f) => f,
+        let (f, before) = match crate::fsutil::reopen_regular(path, follow) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let before = f.metadata()?;
         let mut buf = Vec::with_capacity(before.len() as usize + 1);
         (&f).take(before.len() + 1).read_to_end(&mut buf)?;
         let after = f.metadata()?;
