@@ -262,6 +262,8 @@ pub struct Plan {
 
 /// Measure a backup of `cfg`'s store without writing anything.
 pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
+    // A FIFO or a device in the store is refused here, in the dry run too.
+    Source::from_config(cfg).check_paths()?;
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).ok();
     let sqlite_bytes = cfg
         .sqlite
@@ -348,6 +350,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
             message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
         });
     }
+    src.check_paths()?;
     if let Some(s) = &src.sqlite {
         let conn = sqlite::open(&s.path)?;
         sqlite::check_table(&conn, &s.path)?;
@@ -954,9 +957,11 @@ enum Copied {
     Unreadable(io::Error),
 }
 
-/// Copy `src`'s bytes to `<dir>/<rel>` (0600).
+/// Copy `src`'s bytes to `<dir>/<rel>` (0600). Only a regular file is read: a FIFO or a
+/// device swapped in since it was looked at is refused (`Unreadable`, with
+/// `not_regular_file` inside), never a hang or an endless copy.
 fn copy_file(src: &Path, dir: &Path, rel: &Path) -> Result<Copied> {
-    let mut from = match File::open(src) {
+    let mut from = match crate::fsutil::open_regular(src, true) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Copied::Gone),
         Err(e) => return Ok(Copied::Unreadable(e)),

@@ -13,6 +13,7 @@ use crate::config::{self, Config, Env, Target};
 use crate::error::{Error, Result};
 use crate::redact;
 use crate::report::{self, Finding, Report};
+use crate::term;
 
 /// Flags every step takes, defined once and flattened into each command's `Args`.
 #[derive(Debug, Clone, Args, Default)]
@@ -206,6 +207,7 @@ pub fn execute<S: Step>(step: &S, env: Env) -> Report {
         Ok(Err(e)) => {
             let mut f = Finding::new(e.code(), crate::error::error_chain(&e));
             if let Error::Unreadable { path, .. }
+            | Error::NotRegularFile { path, .. }
             | Error::Write { path, .. }
             | Error::UnsafePath { path, .. }
             | Error::BackupSelfCheck { dir: path, .. } = &e
@@ -247,26 +249,33 @@ pub fn parse_args<S: Step>(argv: &[String]) -> std::result::Result<S, clap::Erro
 
 /// Emit the report and the human summary; returns the exit code.
 fn finish(report: &mut Report, common: &Common) -> i32 {
+    // Secrets masked in the values, once: the report and the summary show the same.
+    let mut safe = report.redacted();
     if let Err(e) = report::emit(
-        report,
+        &safe,
         common.report_file.as_deref(),
         common.report_dir.as_deref(),
     ) {
         // stdout already holds the report; say so on stderr and fail operationally.
-        eprintln!("{}", redact::text(&format!("error: {e}")));
+        let line = redact::known_secrets(&format!("error: {e}"));
+        let _ = writeln!(std::io::stderr(), "{}", term::escape(&line));
         report.exit_code = crate::exit::OPERATIONAL;
+        safe.exit_code = report.exit_code;
     }
     if !common.quiet {
-        let _ = writeln!(std::io::stderr(), "{}", redact::text(&summary(report)));
+        let _ = writeln!(std::io::stderr(), "{}", summary(&safe));
     }
     report.exit_code
 }
 
-/// A short human summary for stderr.
+/// A short human summary for stderr. Every field is [`term::escape`]d: the summary's
+/// lines are the tool's, and no id or file name in a message can colour the terminal
+/// or add a line of its own.
 pub fn summary(r: &Report) -> String {
+    let e = |s: &str| term::escape(s).into_owned();
     let mut out = format!(
         "{}: {} (exit {}){}",
-        r.step,
+        e(&r.step),
         serde_json::to_value(r.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -279,20 +288,24 @@ pub fn summary(r: &Report) -> String {
         }
     );
     if !r.counts.is_empty() {
-        let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let counts: Vec<String> = r
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{}={v}", e(k)))
+            .collect();
         out.push_str(&format!("\n  counts: {}", counts.join(" ")));
     }
     for c in &r.checks {
         if c.status != report::CheckStatus::Pass {
             let status = format!("{:?}", c.status).to_lowercase();
-            out.push_str(&format!("\n  {status} {}: {}", c.id, c.summary));
+            out.push_str(&format!("\n  {status} {}: {}", e(&c.id), e(&c.summary)));
         }
     }
-    for e in &r.errors {
-        out.push_str(&format!("\n  error {}: {}", e.code, e.message));
+    for f in &r.errors {
+        out.push_str(&format!("\n  error {}: {}", e(&f.code), e(&f.message)));
     }
     for w in r.warnings.iter().take(10) {
-        out.push_str(&format!("\n  warning {}: {}", w.code, w.message));
+        out.push_str(&format!("\n  warning {}: {}", e(&w.code), e(&w.message)));
     }
     if r.warnings.len() > 10 {
         out.push_str(&format!(
@@ -301,18 +314,21 @@ pub fn summary(r: &Report) -> String {
         ));
     }
     for s in &r.next_steps {
-        out.push_str(&format!("\n  next: {s}"));
+        out.push_str(&format!("\n  next: {}", e(s)));
     }
     out
 }
 
-/// A stderr writer that redacts every write.
+/// The log's stderr writer. The formatter writes each event whole, in one write ending
+/// with its newline: every registered secret is masked in it, and every control
+/// character but that final newline escaped ([`term::escape_line`]), so that no id or
+/// file name in a message colours the terminal or forges a line.
 struct RedactingStderr;
 
 impl Write for RedactingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = redact::text(&String::from_utf8_lossy(buf));
-        std::io::stderr().write_all(text.as_bytes())?;
+        let text = redact::known_secrets(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(term::escape_line(&text).as_bytes())?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

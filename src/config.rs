@@ -227,12 +227,8 @@ impl Config {
     /// Find, read and resolve the config file.
     pub fn load(flag: Option<&Path>, env: &Env) -> Result<Config> {
         let (path, how) = discover(flag, env);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::ConfigNotFound { path, how });
-            }
-            Err(e) => return Err(Error::Unreadable { path, source: e }),
+        let Some(text) = read_text(&path)? else {
+            return Err(Error::ConfigNotFound { path, how });
         };
         let abs = std::path::absolute(&path).map_err(|e| Error::Unreadable {
             path: path.clone(),
@@ -309,6 +305,7 @@ impl Config {
             });
         }
         if let Some(u) = &fp.url {
+            redact::register_in(u);
             if let Some(pw) = url_password(u) {
                 redact::register_secret(&pw);
                 warnings.push(secret_in_config(path, &url_env, mode));
@@ -362,6 +359,39 @@ impl Config {
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
+}
+
+/// The largest config file read: a real one is a few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of the config file at `path`; `None` when there is none. Only a regular file
+/// is read (a FIFO would block forever, a device never end: both are refused with
+/// `not_regular_file`), and at most [`MAX_CONFIG_BYTES`] of it.
+pub fn read_text(path: &Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let f = match crate::fsutil::open_regular(path, true) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::read(path, e)),
+    };
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::read(path, e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::ConfigInvalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "too large: over {MAX_CONFIG_BYTES} bytes (1 MiB); a sessiondb config is a few kilobytes, is this the right file?"
+            ),
+        });
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| Error::Unreadable {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+        })
 }
 
 fn env_u32(env: &Env, name: &str, default: u32, provenance: &mut Vec<String>) -> Result<u32> {
@@ -816,6 +846,10 @@ pub struct Runtime {
 /// The runtime gating: a PostgreSQL URL in the url variable means postgres; a SQLite URL
 /// or none means sqlite + files.
 pub fn runtime(settings_url_env: &str, env: &Env) -> Result<Runtime> {
+    if let Some(raw) = env.get(settings_url_env) {
+        // Masked wherever it turns up, even if nothing ever parses it.
+        redact::register_in(raw);
+    }
     match env.get(settings_url_env) {
         None => Ok(Runtime {
             backend: Backend::Sqlite,
@@ -877,6 +911,7 @@ pub fn target(
     let chosen = [from_env, from_file]
         .into_iter()
         .flatten()
+        .inspect(|(raw, _)| redact::register_in(raw))
         .find_map(|(raw, origin)| match normalize_url(&raw) {
             Ok(DbUrl::Postgres(u)) => Some(Ok((u, origin))),
             Ok(DbUrl::Sqlite(_)) => None,

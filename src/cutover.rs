@@ -150,12 +150,18 @@ pub fn symlink_warning(edit: &Edit) -> Option<crate::report::Finding> {
     })
 }
 
+/// The config file's text, read as [`crate::config::read_text`] reads it: a regular
+/// file only, bounded in size.
+fn read_config(path: &Path) -> Result<String> {
+    crate::config::read_text(path)?.ok_or_else(|| Error::Unreadable {
+        path: path.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
 /// Plan setting `sessiondb.backend` to `to`. `None` when it already is.
 pub fn plan_edit(path: &Path, to: Backend) -> Result<Option<Edit>> {
-    let old_text = std::fs::read_to_string(path).map_err(|e| Error::Unreadable {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let old_text = read_config(path)?;
     let mut doc: toml_edit::DocumentMut =
         old_text
             .parse()
@@ -238,7 +244,7 @@ pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBu
             ),
         });
     }
-    let now = std::fs::read_to_string(&edit.target).map_err(unreadable)?;
+    let now = read_config(&edit.target)?;
     if now != edit.old_text {
         return Err(Error::Refused {
             code: "config_changed",

@@ -1,7 +1,8 @@
 //! Typed errors. Each variant names what failed and carries its context; `code()` is the
 //! stable snake_case code of the report (SPEC §6) and `exit_code()` its exit code (SPEC §4).
-//! Messages are lowercase fragments; `report::emit` passes every message through
-//! `redact::text`, so no variant can leak a password even if a driver echoes one.
+//! Messages are lowercase fragments. A connection string is redacted where it is built
+//! into a variant (`Target.display`), a driver's error text through `redact::text`, and
+//! `report::emit` masks every secret the configuration holds in the report's values.
 
 use std::path::PathBuf;
 
@@ -56,6 +57,15 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+
+    /// A configured path (the config file, `sqlite.path`, `json.path`,
+    /// `sqlite.sessions_dir`) is a FIFO, a device, a socket or a file of a kernel
+    /// pseudo-filesystem: refused before anything was read from it.
+    #[error("{path} is {what}")]
+    NotRegularFile {
+        path: PathBuf,
+        what: crate::fsutil::NotRegular,
     },
 
     #[error("cannot write {path}: {source}")]
@@ -136,6 +146,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of reading `path`: [`Error::NotRegularFile`] when the read was refused
+    /// because `path` is not a regular file (see [`crate::fsutil::open_regular`]), else
+    /// [`Error::Unreadable`].
+    pub fn read(path: &std::path::Path, e: std::io::Error) -> Error {
+        match crate::fsutil::not_regular(&e) {
+            Some(what) => Error::NotRegularFile {
+                path: path.to_path_buf(),
+                what,
+            },
+            None => Error::Unreadable {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        }
+    }
+
     /// The stable code that names this error in a report.
     pub fn code(&self) -> &'static str {
         match self {
@@ -150,6 +176,7 @@ impl Error {
             Error::Database { .. } => "database_error",
             Error::LockHeld { .. } => "lock_held",
             Error::Unreadable { .. } => "unreadable",
+            Error::NotRegularFile { .. } => "not_regular_file",
             Error::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 "disk_space"
             }
@@ -183,7 +210,8 @@ impl Error {
             | Error::ConfigNotFound { .. }
             | Error::ConfigInvalid { .. }
             | Error::SettingInvalid { .. }
-            | Error::NoTarget { .. } => exit::USAGE,
+            | Error::NoTarget { .. }
+            | Error::NotRegularFile { .. } => exit::USAGE,
             Error::InvalidSource { .. }
             | Error::Conflict { .. }
             | Error::Refused { .. }

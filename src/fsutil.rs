@@ -1,4 +1,5 @@
-//! Small filesystem helpers: atomic writes, owner-only folders.
+//! Small filesystem helpers: atomic writes, owner-only folders, and opening only regular
+//! files and folders ([`open_regular`], [`open_dir`], [`check_kind`]).
 
 use std::fs;
 use std::io::{self, Write};
@@ -469,4 +470,346 @@ fn entry_of(st: &libc::stat) -> Entry {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+// ---- only regular files ------------------------------------------------------------------
+//
+// A configured path or a state file may be a FIFO (an open blocks until a writer comes,
+// forever), a device (`/dev/zero` reads without end), a socket, or a file of a kernel
+// pseudo-filesystem (`/proc/self/status` says it is a regular file of 0 bytes, then reads
+// whatever the kernel makes up). None of them is ever read: [`open_regular`] and
+// [`open_dir`] refuse them without blocking, with a [`NotRegular`] error.
+
+/// Why a path was refused: what it is, and what it should have been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotRegular {
+    /// "a FIFO (named pipe)", "a character device", ...
+    pub what: &'static str,
+    /// "a regular file" or "a folder".
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, not {}: refused without reading it",
+            self.what, self.expected
+        )
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+impl NotRegular {
+    fn err(what: &'static str, expected: &'static str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, NotRegular { what, expected })
+    }
+}
+
+/// The [`NotRegular`] inside `e`, when `e` is a refusal of [`open_regular`] or [`open_dir`].
+pub fn not_regular(e: &io::Error) -> Option<NotRegular> {
+    e.get_ref()?.downcast_ref::<NotRegular>().copied()
+}
+
+const REGULAR: &str = "a regular file";
+const FOLDER: &str = "a folder";
+
+/// What a file of mode `mode` is, in words.
+fn kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a folder",
+        libc::S_IFIFO => "a FIFO (named pipe)",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFLNK => "a symlink",
+        _ => "a special file",
+    }
+}
+
+/// What the file `m` describes is, in words ("a FIFO (named pipe)", "a folder", ...).
+pub fn kind_of(m: &fs::Metadata) -> &'static str {
+    kind(std::os::unix::fs::MetadataExt::mode(m))
+}
+
+/// `Err` when `m` is not of the type `expected` (`S_IFREG` or `S_IFDIR`).
+fn expect_type(m: &fs::Metadata, ifmt: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if m.mode() & libc::S_IFMT == ifmt {
+        return Ok(());
+    }
+    let expected = if ifmt == libc::S_IFDIR {
+        FOLDER
+    } else {
+        REGULAR
+    };
+    Err(NotRegular::err(kind(m.mode()), expected))
+}
+
+/// The kernel pseudo-filesystems whose files are made up on each read: procfs and its
+/// kin, by the filesystem's magic number. Asked of the open descriptor (`fstatfs`), not
+/// told by the path: procfs may be mounted anywhere (`/host/proc` in a container),
+/// reached through a symlink or a bind mount, and a path prefix says nothing about what
+/// a later component resolves to.
+fn pseudo_name(f_type: u32) -> Option<&'static str> {
+    match f_type {
+        0x0000_9fa0 => Some("a file of the kernel's proc filesystem"),
+        0x6265_6572 => Some("a file of the kernel's sysfs"),
+        0x6462_6720 => Some("a file of the kernel's debugfs"),
+        0x7472_6163 => Some("a file of the kernel's tracefs"),
+        0x7363_6673 => Some("a file of the kernel's securityfs"),
+        0x0027_e0eb | 0x6367_7270 => Some("a file of the kernel's cgroup filesystem"),
+        0x6265_6570 => Some("a file of the kernel's configfs"),
+        0xcafe_4a11 => Some("a file of the kernel's bpf filesystem"),
+        0xde5e_81e4 => Some("a file of the kernel's efivarfs"),
+        _ => None,
+    }
+}
+
+/// [`pseudo_name`] of the filesystem holding the open file `f`.
+#[cfg(target_os = "linux")]
+fn pseudo_filesystem(f: &fs::File) -> io::Result<Option<&'static str>> {
+    use std::os::fd::AsRawFd;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open descriptor and `st` a valid out-pointer.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // f_type's C type differs between targets; the magic numbers are 32-bit.
+    Ok(pseudo_name(st.f_type as u32))
+}
+
+/// [`pseudo_name`] of the filesystem holding `path`, without opening it (`statfs`):
+/// opening and closing a SQLite database this process has open would drop its locks.
+#[cfg(target_os = "linux")]
+fn pseudo_filesystem_at(path: &Path) -> io::Result<Option<&'static str>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pseudo_name(st.f_type as u32))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pseudo_filesystem(_f: &fs::File) -> io::Result<Option<&'static str>> {
+    Ok(None)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pseudo_filesystem_at(_path: &Path) -> io::Result<Option<&'static str>> {
+    Ok(None)
+}
+
+/// Open with `O_NONBLOCK` (a FIFO opens at once instead of waiting for a writer) and
+/// `O_NOCTTY`, then check what was opened: the path may have been swapped since it was
+/// looked at, so the descriptor's own `fstat` and `fstatfs` decide.
+fn open_checked(
+    path: &Path,
+    ifmt: u32,
+    extra: libc::c_int,
+    blocking: bool,
+) -> io::Result<(fs::File, fs::Metadata)> {
+    let expected = if ifmt == libc::S_IFDIR {
+        FOLDER
+    } else {
+        REGULAR
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | extra)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // open(2) of a unix socket.
+            Some(libc::ENXIO) => NotRegular::err("a socket", expected),
+            Some(libc::ELOOP) if extra & libc::O_NOFOLLOW != 0 => {
+                NotRegular::err("a symlink", expected)
+            }
+            _ => e,
+        })?;
+    let m = f.metadata()?;
+    expect_type(&m, ifmt)?;
+    if let Some(what) = pseudo_filesystem(&f)? {
+        return Err(NotRegular::err(what, expected));
+    }
+    if !blocking {
+        return Ok((f, m));
+    }
+    // Regular files ignore O_NONBLOCK, but the descriptor may be handed on: clear it.
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+    Ok((f, m))
+}
+
+/// Open `path` for reading only if it is a regular file on a real filesystem; a symlink
+/// is followed when `follow`, else refused (`O_NOFOLLOW`). It is looked at first without
+/// opening it (a `stat` never blocks, and opening some devices has effects: a tape
+/// rewinds), then opened without blocking and its descriptor checked again. Refusals are
+/// [`NotRegular`] errors (see [`not_regular`]); a missing file is `NotFound` as usual.
+pub fn open_regular(path: &Path, follow: bool) -> io::Result<fs::File> {
+    let m = if follow {
+        fs::metadata(path)?
+    } else {
+        fs::symlink_metadata(path)?
+    };
+    expect_type(&m, libc::S_IFREG)?;
+    open_checked(
+        path,
+        libc::S_IFREG,
+        if follow { 0 } else { libc::O_NOFOLLOW },
+        true,
+    )
+    .map(|(f, _)| f)
+}
+
+/// [`open_regular`] for a path the caller has just looked at and found a regular file
+/// (a state file, stat-ed by the scan): no second `stat`, and the descriptor, read
+/// and dropped by the caller, keeps `O_NONBLOCK` (which regular files ignore). What was
+/// swapped in since the look is refused as by [`open_regular`]. Returns the file and
+/// what its descriptor's `fstat` said.
+pub fn reopen_regular(path: &Path, follow: bool) -> io::Result<(fs::File, fs::Metadata)> {
+    open_checked(
+        path,
+        libc::S_IFREG,
+        if follow { 0 } else { libc::O_NOFOLLOW },
+        false,
+    )
+}
+
+/// The type of `path` (links followed), when it exists: `Err` with a [`NotRegular`] when
+/// it is a special file (a FIFO, a device, a socket) or a file of a pseudo-filesystem,
+/// where `folder` says which of a regular file or a folder it should be. Nothing is
+/// opened (`stat` and `statfs` only): nothing can block, and no lock SQLite holds on
+/// the file in this process is dropped by a close. A regular file where a folder is expected (or
+/// the reverse) is `Ok`: the caller says what is wrong with it.
+pub fn check_kind(path: &Path, folder: bool) -> io::Result<Option<fs::Metadata>> {
+    let m = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let expected = if folder { FOLDER } else { REGULAR };
+    if !(m.is_file() || m.is_dir()) {
+        return Err(NotRegular::err(
+            kind(std::os::unix::fs::MetadataExt::mode(&m)),
+            expected,
+        ));
+    }
+    if let Some(what) = pseudo_filesystem_at(path)? {
+        return Err(NotRegular::err(what, expected));
+    }
+    Ok(Some(m))
+}
+
+/// Open the folder `path` (links followed), refusing without blocking what is not a
+/// folder on a real filesystem: a FIFO or a device is a [`NotRegular`] error, a regular
+/// file `NotADirectory`.
+pub fn open_dir(path: &Path) -> io::Result<fs::File> {
+    let m = fs::metadata(path)?;
+    if m.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "a regular file, not a folder",
+        ));
+    }
+    expect_type(&m, libc::S_IFDIR)?;
+    open_checked(path, libc::S_IFDIR, libc::O_DIRECTORY, true).map(|(f, _)| f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfifo(p: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    fn refused(r: io::Result<fs::File>) -> NotRegular {
+        let e = r.expect_err("refused");
+        not_regular(&e).unwrap_or_else(|| panic!("not a NotRegular: {e}"))
+    }
+
+    #[test]
+    fn only_regular_files_open() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        mkfifo(&fifo);
+        let sock = d.path().join("sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let file = d.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+
+        assert_eq!(
+            refused(open_regular(&fifo, true)).what,
+            "a FIFO (named pipe)"
+        );
+        assert_eq!(
+            refused(open_regular(Path::new("/dev/zero"), true)).what,
+            "a character device"
+        );
+        assert_eq!(refused(open_regular(&sock, true)).what, "a socket");
+        assert!(
+            refused(open_regular(Path::new("/proc/self/status"), true))
+                .what
+                .contains("proc")
+        );
+        assert!(
+            refused(open_regular(d.path(), true))
+                .what
+                .contains("folder")
+        );
+        assert_eq!(refused(open_regular(&link, false)).what, "a symlink");
+        assert!(open_regular(&link, true).is_ok());
+        assert!(open_regular(&file, false).is_ok());
+        assert_eq!(
+            open_regular(&d.path().join("none"), true)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        // The descriptor handed back blocks as usual.
+        let f = open_regular(&file, true).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETFL on an open descriptor.
+        let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(fl & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
+    fn only_real_folders_open() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        mkfifo(&fifo);
+        assert_eq!(refused(open_dir(&fifo)).expected, "a folder");
+        assert!(
+            refused(open_dir(Path::new("/proc/self")))
+                .what
+                .contains("proc")
+        );
+        assert!(open_dir(d.path()).is_ok());
+        let file = d.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert_eq!(
+            open_dir(&file).unwrap_err().kind(),
+            io::ErrorKind::NotADirectory
+        );
+        assert!(check_kind(&fifo, true).is_err());
+        assert!(check_kind(Path::new("/proc/self/status"), false).is_err());
+        assert!(check_kind(&file, true).unwrap().is_some());
+        assert!(check_kind(&d.path().join("none"), false).unwrap().is_none());
+    }
 }

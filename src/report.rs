@@ -49,6 +49,9 @@ pub struct Finding {
     pub session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The path's bytes in hex, when they are not UTF-8 (`path` is then lossy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
 }
 
 impl Finding {
@@ -58,6 +61,7 @@ impl Finding {
             message: message.into(),
             session: None,
             path: None,
+            path_hex: None,
         }
     }
     pub fn session(mut self, id: &str) -> Finding {
@@ -65,7 +69,12 @@ impl Finding {
         self
     }
     pub fn path(mut self, p: &Path) -> Finding {
+        use std::os::unix::ffi::OsStrExt;
         self.path = Some(p.display().to_string());
+        self.path_hex = p
+            .to_str()
+            .is_none()
+            .then(|| hex::encode(p.as_os_str().as_bytes()));
         self
     }
 }
@@ -206,10 +215,24 @@ impl Report {
         self.exit_code = code;
     }
 
+    /// The report with every secret the configuration and the environment hold masked
+    /// in its values ([`redact::value`]): the last resort behind the redaction done where
+    /// each connection string is built into a field. Ids and file names are kept as
+    /// they are.
+    pub fn redacted(&self) -> Report {
+        let mut v = serde_json::to_value(self).expect("a report always serializes");
+        if !redact::value(&mut v) {
+            return self.clone();
+        }
+        // Back through the struct, so that the fields keep their order.
+        let mut r: Report = serde_json::from_value(v).expect("a redacted report is a report");
+        r.truncated = self.truncated.clone();
+        r
+    }
+
     /// The report as redacted, pretty JSON.
     pub fn to_json(&self) -> String {
-        let text = serde_json::to_string_pretty(self).expect("a report always serializes");
-        redact::text(&text)
+        serde_json::to_string_pretty(&self.redacted()).expect("a report always serializes")
     }
 }
 
@@ -260,8 +283,13 @@ pub fn write_list<T: Serialize>(
     let path = dir.join(name);
     let mut buf = Vec::new();
     for it in items {
-        let line = serde_json::to_string(it).unwrap_or_default();
-        buf.extend_from_slice(redact::text(&line).as_bytes());
+        let mut v = serde_json::to_value(it).unwrap_or_default();
+        let line = if redact::value(&mut v) {
+            serde_json::to_string(&v)
+        } else {
+            serde_json::to_string(it)
+        };
+        buf.extend_from_slice(line.unwrap_or_default().as_bytes());
         buf.push(b'\n');
     }
     Some(

@@ -137,7 +137,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(args, Env::from_process())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{}", redact::text(&crate::error::error_chain(&e)));
+            tracing::error!("{}", crate::error::error_chain(&e));
             ExitCode::from(e.exit_code().clamp(0, 255) as u8)
         }
     }
@@ -333,7 +333,7 @@ impl From<store::Error> for ApiError {
             }
         };
         if status.is_server_error() {
-            tracing::error!("{}", redact::text(&crate::error::error_chain(&e)));
+            tracing::error!("{}", crate::error::error_chain(&e));
         }
         ApiError::new(status, e.code(), crate::error::error_chain(&e))
     }
@@ -353,7 +353,8 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": redact::text(&self.message)}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        redact::value(&mut body);
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -377,8 +378,10 @@ async fn health(Shared(app): Shared<App>) -> Response {
             json!(app.window.as_millis() as u64),
         );
     }
-    // Warnings and errors carry free text: redact the whole document.
-    let text = redact::text(&body.to_string());
+    // The last resort on the values (the target is redacted where it is built): ids and
+    // paths in the warnings are data, kept as they are.
+    redact::value(&mut body);
+    let text = body.to_string();
     (
         code,
         [(axum::http::header::CONTENT_TYPE, "application/json")],

@@ -136,6 +136,8 @@ struct Health {
 struct Probe {
     agent: ureq::Agent,
     base: String,
+    /// `base` with any password masked: what reports and messages show.
+    display: String,
 }
 
 /// A response: status and body text, or why there was none.
@@ -148,38 +150,43 @@ impl Probe {
             .timeout_global(Some(Duration::from_secs(15)))
             .build()
             .new_agent();
+        crate::redact::register_in(url);
+        let base = url.trim_end_matches('/').to_owned();
         Probe {
             agent,
-            base: url.trim_end_matches('/').to_owned(),
+            display: crate::redact::url(&base),
+            base,
         }
     }
 
     fn get(&self, path: &str) -> Answer {
         let url = format!("{}{path}", self.base);
+        let shown = format!("{}{path}", self.display);
         let mut r = self
             .agent
             .get(&url)
             .call()
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {shown}: {e}"))?;
         let text = r
             .body_mut()
             .read_to_string()
-            .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+            .map_err(|e| format!("GET {shown}: reading the body: {e}"))?;
         Ok((r.status().as_u16(), text))
     }
 
     fn post(&self, path: &str, body: &str) -> Answer {
         let url = format!("{}{path}", self.base);
+        let shown = format!("{}{path}", self.display);
         let mut r = self
             .agent
             .post(&url)
             .header("content-type", "application/json")
             .send(body)
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {shown}: {e}"))?;
         let text = r
             .body_mut()
             .read_to_string()
-            .map_err(|e| format!("POST {url}: reading the body: {e}"))?;
+            .map_err(|e| format!("POST {shown}: reading the body: {e}"))?;
         Ok((r.status().as_u16(), text))
     }
 
@@ -191,7 +198,7 @@ impl Probe {
                     "smoke_health",
                     CheckStatus::Fail,
                     format!("the service does not answer: {e}"),
-                    json!({"url": self.base}),
+                    json!({"url": self.display}),
                 );
                 return None;
             }
@@ -235,7 +242,7 @@ impl Probe {
                 CheckStatus::Fail
             },
             summary,
-            json!({"url": self.base, "http_status": code, "health": body}),
+            json!({"url": self.display, "http_status": code, "health": body}),
         );
         backend.map(|backend| Health {
             backend,

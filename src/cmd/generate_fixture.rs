@@ -58,9 +58,9 @@ impl Step for Args {
 
         // Read the config back through the real parser: what we wrote must load.
         let config_path = opts.out.join(fixture::CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::Unreadable {
+        let text = crate::config::read_text(&config_path)?.ok_or_else(|| Error::Unreadable {
             path: config_path.clone(),
-            source: e,
+            source: std::io::ErrorKind::NotFound.into(),
         })?;
         let cfg = Config::parse(&config_path, &text, &ctx.env)?;
         ctx.report.source = cli::source_json(&cfg);

@@ -165,6 +165,9 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
         path: cfg.path.clone(),
         message: "rollback exports into [sqlite]; there is none".into(),
     })?;
+    // The store this writes back into: a FIFO or a device at one of its paths is refused
+    // before anything else, in the dry run too.
+    crate::source::Source::from_config(&cfg).check_paths()?;
     // Earlier rollbacks killed or failed half-way: the real run finishes or undoes each
     // first (this needs only the legacy store), the dry run says which it would.
     let recoveries = recover_earlier(ctx, &cfg, dry_run)?;

@@ -1,5 +1,6 @@
 //! State files: `<sessions_dir>/<id>/state.json`. Symlinks that leave the store are
-//! recorded, never followed; unreadable and oversized files are invalid records.
+//! recorded, never followed; unreadable and oversized files are invalid records, and so
+//! is a special file (a FIFO, a socket, a device: `not_regular_file`), never opened.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -84,15 +85,30 @@ pub(crate) fn read_state(
             ));
         }
     }
+    // A link inside the store is followed; a file that was no link is opened without
+    // following one (`O_NOFOLLOW`), so that swapping in a link after this look does not
+    // lead the read out of the store.
+    let follow = meta.file_type().is_symlink();
     let meta = std::fs::metadata(&path)
         .map_err(|e| invalid(id, "unreadable", &path, e.to_string(), Vec::new()))?;
-    if !meta.is_file() {
+    if meta.is_dir() {
         return Err(invalid(
             id,
             "unreadable",
             &path,
-            "not a regular file".into(),
+            "a folder, not a regular file".into(),
             Vec::new(),
+        ));
+    }
+    if !meta.is_file() {
+        // A FIFO would block the read, a device never end it: never opened.
+        return Err(not_regular(
+            id,
+            &path,
+            crate::fsutil::NotRegular {
+                what: crate::fsutil::kind_of(&meta),
+                expected: "a regular file",
+            },
         ));
     }
     if meta.len() as usize > MAX_STATE_BYTES {
@@ -108,7 +124,7 @@ pub(crate) fn read_state(
             Vec::new(),
         ));
     }
-    match read_whole(&path) {
+    match read_whole_with(&path, follow) {
         Ok(Whole::Read(bytes)) => Ok(Some((bytes, path))),
         Ok(Whole::Gone) => Ok(None),
         Ok(Whole::KeptChanging(bytes)) => Err(invalid(
@@ -120,8 +136,17 @@ pub(crate) fn read_state(
             ),
             bytes,
         )),
-        Err(e) => Err(invalid(id, "unreadable", &path, e.to_string(), Vec::new())),
+        Err(e) => Err(match crate::fsutil::not_regular(&e) {
+            Some(nr) => not_regular(id, &path, nr),
+            None => invalid(id, "unreadable", &path, e.to_string(), Vec::new()),
+        }),
     }
+}
+
+/// A state file that is not a regular file: an invalid record without bytes (none were
+/// read), which quarantine records by its path and message.
+fn not_regular(id: &str, path: &Path, nr: crate::fsutil::NotRegular) -> Box<Invalid> {
+    invalid(id, "not_regular_file", path, nr.to_string(), Vec::new())
 }
 
 /// How many times a state file that changes under the reader is read again.
@@ -141,17 +166,27 @@ pub enum Whole {
 /// same before and after the read; a file written in the last second is read twice,
 /// 100 ms apart, and must read the same (file times move in clock ticks, so a write in
 /// the same tick as the first look would not show in them).
+///
+/// The caller has looked at `path` and found a regular file. It is opened without
+/// blocking and its descriptor checked ([`crate::fsutil::reopen_regular`], links
+/// followed): a FIFO, a device or a pseudo-file swapped in since is an error that
+/// [`crate::fsutil::not_regular`] recognises, and nothing of it is read. No read goes past the size the file had
+/// when it was opened (one byte more shows that it grew, and it is read again).
 pub fn read_whole(path: &Path) -> std::io::Result<Whole> {
+    read_whole_with(path, true)
+}
+
+/// [`read_whole`]; a symlink at `path` is refused unless `follow`.
+pub(crate) fn read_whole_with(path: &Path, follow: bool) -> std::io::Result<Whole> {
     use std::io::Read;
     let read = || -> std::io::Result<Option<(Vec<u8>, bool, bool)>> {
-        let mut f = match std::fs::File::open(path) {
-            Ok(f) => f,
+        let (f, before) = match crate::fsutil::reopen_regular(path, follow) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let before = f.metadata()?;
         let mut buf = Vec::with_capacity(before.len() as usize + 1);
-        f.read_to_end(&mut buf)?;
+        (&f).take(before.len() + 1).read_to_end(&mut buf)?;
         let after = f.metadata()?;
         let stable = same_version(&before, &after) && buf.len() as u64 == after.len();
         let recent = after

@@ -77,20 +77,18 @@ impl Fingerprint {
     pub fn start(source: &Source) -> Result<Fingerprint> {
         let mut h = Sha256::new();
         let mut sessions = None;
+        source.check_paths()?;
         if let Some(s) = &source.sqlite {
             h.update(path_entry(&s.path));
             h.update(path_entry(&PathBuf::from(format!(
                 "{}-wal",
                 s.path.display()
             ))));
-            let unreadable = |e| Error::Unreadable {
-                path: s.sessions_dir.clone(),
-                source: e,
-            };
+            let unreadable = |e| Error::read(&s.sessions_dir, e);
             let names = Names::list(&s.sessions_dir).map_err(unreadable)?;
             sessions = Some(Sessions {
                 dir: s.sessions_dir.clone(),
-                fd: File::open(&s.sessions_dir).map_err(unreadable)?,
+                fd: crate::fsutil::open_dir(&s.sessions_dir).map_err(unreadable)?,
                 names,
                 next: 0,
             });

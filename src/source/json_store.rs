@@ -193,7 +193,8 @@ fn load_in_chunks(path: &Path, chunk: usize) -> Result<(Vec<JsonRecord>, Vec<Fin
         path: path.to_path_buf(),
         source: e,
     };
-    let file = File::open(path).map_err(unreadable)?;
+    // Only a regular file: a FIFO would block the open, `/dev/zero` never end.
+    let file = crate::fsutil::open_regular(path, true).map_err(|e| Error::read(path, e))?;
     let identity = Identity::of(&file.metadata().map_err(unreadable)?);
     let file = Arc::new(StoreFile {
         path: path.to_path_buf(),

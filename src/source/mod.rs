@@ -149,8 +149,10 @@ impl Invalid {
     pub fn finding(&self) -> Finding {
         let mut f = Finding::new(self.code, self.message.clone());
         f.session = self.id.clone();
-        f.path = self.path.as_ref().map(|p| p.display().to_string());
-        f
+        match &self.path {
+            Some(p) => f.path(p),
+            None => f,
+        }
     }
 
     /// The key the ledger records this record under once it is quarantined, and that
@@ -237,6 +239,7 @@ impl Source {
                 message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
             });
         }
+        self.check_paths()?;
         let db = match &self.sqlite {
             Some(s) => {
                 let conn = sqlite::open(&s.path)?;
@@ -268,6 +271,25 @@ impl Source {
             json,
             json_warnings,
         })
+    }
+
+    /// Refuse with `not_regular_file`, before anything is read, a configured path that
+    /// is a FIFO, a device, a socket or a file of a kernel pseudo-filesystem (the
+    /// sessions folder must be a folder). Nothing here opens what could block.
+    pub fn check_paths(&self) -> Result<()> {
+        let check = |p: &Path, folder: bool| {
+            crate::fsutil::check_kind(p, folder)
+                .map(|_| ())
+                .map_err(|e| Error::read(p, e))
+        };
+        if let Some(s) = &self.sqlite {
+            check(&s.path, false)?;
+            check(&s.sessions_dir, true)?;
+        }
+        if let Some(j) = &self.json_path {
+            check(j, false)?;
+        }
+        Ok(())
     }
 
     /// A cheap fingerprint of the store as it is on disk: sizes and modification times
@@ -365,7 +387,7 @@ impl Reader {
             .and_then(|d| std::fs::canonicalize(d).ok());
         let sessions_fd = sessions_dir
             .as_ref()
-            .and_then(|d| std::fs::File::open(d).ok());
+            .and_then(|d| crate::fsutil::open_dir(d).ok());
         let ctx = Arc::new(Resolve {
             sessions_fd,
             db_path: self.source.sqlite.as_ref().map(|s| s.path.clone()),
@@ -543,7 +565,7 @@ impl Reader {
                             "orphan_state_file",
                             format!(
                                 "{} has a folder name that is not UTF-8: not migrated, not deleted",
-                                state.display()
+                                crate::term::path(&state)
                             ),
                         )
                         .path(&state),

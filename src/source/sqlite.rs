@@ -51,12 +51,12 @@ pub fn map_err(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-/// Check that `path` is an existing SQLite file, without creating anything.
+/// Check that `path` is an existing SQLite file, without creating anything. Only a
+/// regular file is opened (`not_regular_file` otherwise: a FIFO would block the open).
+/// SQLite then opens the file again by its name, as it must to find its `-wal` and
+/// `-shm` companions; a FIFO swapped in between these two opens is the one case left.
 pub fn check_header(path: &Path) -> Result<()> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::Unreadable {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let mut f = crate::fsutil::open_regular(path, true).map_err(|e| Error::read(path, e))?;
     let mut head = [0u8; 16];
     let mut n = 0;
     while n < 16 {

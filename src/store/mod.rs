@@ -277,11 +277,10 @@ pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> 
     };
     tracing::info!(
         backend = backend.as_str(),
-        "session store: {backend} at {} ({reason})",
-        redact::text(&location)
+        "session store: {backend} at {location} ({reason})",
     );
     for w in &warnings {
-        tracing::warn!(code = %w.code, "{}", redact::text(&w.message));
+        tracing::warn!(code = %w.code, "{}", w.message);
     }
     let db = Arc::new(db);
     let batcher = progress::Batcher::start(db.clone(), opts.batch, concurrency);
@@ -289,7 +288,8 @@ pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> 
         inner: Arc::new(Inner {
             db,
             backend,
-            description: format!("{backend} at {} ({reason})", redact::text(&location)),
+            // The target's display is redacted where it is built; paths are data.
+            description: format!("{backend} at {location} ({reason})"),
             warnings,
             drift,
             batcher,

@@ -604,7 +604,7 @@ impl Shared {
             attempts = f.attempts,
             code = f.error.code(),
             "progress write failed: {}",
-            crate::redact::text(&f.error.to_string())
+            crate::redact::known_secrets(&f.error.to_string())
         );
         // Listed before the receipts see it: a flush woken by the receipt finds it.
         self.counters.failures.fetch_add(1, Ordering::Relaxed);

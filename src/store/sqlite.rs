@@ -53,6 +53,7 @@ impl SqliteStore {
             conn.busy_timeout(busy_timeout)
                 .map_err(|e| legacy::map_err(&db, e))?;
             legacy::check_table(&conn, &db)?;
+            crate::fsutil::check_kind(&dir, true).map_err(|e| CrateError::read(&dir, e))?;
             if !dir.is_dir() {
                 return Err(Error::Backend(CrateError::Unreadable {
                     path: dir,

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use crate::support::store::Store;
 use crate::support::{Cmd, Run, bin_path, pg, pg::TestDb, sessiondb};
 
+mod hostile_names;
+mod special_files;
+
 pub(crate) fn row(fault: &str, command: &str, outcome: &str, check: &str) {
     if let Ok(p) = std::env::var("SESSIONDB_FAULTS_TABLE") {
         use std::io::Write;

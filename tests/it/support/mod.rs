@@ -127,6 +127,49 @@ impl Cmd {
         decode(&self.desc, code, &out.stdout, &out.stderr)
     }
 
+    /// Run like [`Cmd::run`], but kill the process if it has not ended within `limit`: a
+    /// command that hangs (on a FIFO, say) fails the test, naming itself, instead of
+    /// blocking the suite. The limit is a fail-safe, not a timing assertion: pick one far
+    /// above the command's normal time.
+    pub fn run_within(mut self, limit: std::time::Duration) -> Run {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.desc));
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+                panic!(
+                    "{}: still running after {limit:?}, killed: it hangs\n--- stderr\n{stderr}",
+                    self.desc
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let code = status.code().unwrap_or(-1);
+        decode(&self.desc, code, &out.join().unwrap(), &err.join().unwrap())
+    }
+
     /// Run like [`Cmd::run`], and also return the process's own peak RSS in MB: its
     /// `ru_maxrss` as `wait4` reports it, so what other tests ran in this process (their
     /// children count in `getrusage(RUSAGE_CHILDREN)`) does not count.
