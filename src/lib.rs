@@ -21,3 +21,4 @@ pub mod smoke;
 pub mod source;
 pub mod store;
 pub mod target;
+pub mod value;
