@@ -89,6 +89,7 @@ impl Ctx {
     /// each setting came from goes to stderr.
     pub fn config(&mut self) -> Result<Config> {
         let cfg = Config::load(self.common.config.as_deref(), &self.env)?;
+        cfg.require_default_schema(&self.report.step)?;
         for line in &cfg.provenance {
             tracing::info!("{line}");
         }
