@@ -385,6 +385,8 @@ enum UmbrellaCmd {
     Migrate(cmd::migrate_to::MigrateArgs),
     /// Write a realistic legacy store and its sessiondb.toml.
     GenerateFixture(cmd::generate_fixture::Args),
+    /// Inspect a store and propose a commented sessiondb.toml for it.
+    Init(cmd::init::Args),
 }
 
 /// The `sessiondb` binary.
@@ -408,6 +410,7 @@ pub fn umbrella() -> ExitCode {
             },
         },
         UmbrellaCmd::GenerateFixture(a) => run_step(a),
+        UmbrellaCmd::Init(a) => run_step(a),
     };
     exit_code(code)
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod exit;
 pub mod fixture;
 pub mod fsutil;
+pub mod init;
 pub mod plan;
 pub mod redact;
 pub mod report;

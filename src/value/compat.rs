@@ -65,10 +65,10 @@ pub fn compat(kind: SourceKind, ty: &PgType) -> Compat {
         // A text column where a number lives: the application's two schemas disagree
         // (it would read back strings where it wrote numbers).
         (K::Integer | K::Real, t) if t.is_text() => {
-            Mismatch("the column is text but the source column holds numbers")
+            Mismatch("the source column holds numbers (the application's two schemas disagree)")
         }
         (K::Boolean, t) if t.is_text() => {
-            Mismatch("the column is text but the source column holds booleans")
+            Mismatch("the source column holds booleans (the application's two schemas disagree)")
         }
         (_, T::Text) => Convert("written as the source's text"),
         (_, T::Varchar(_) | T::Char(_)) => {
