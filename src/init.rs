@@ -505,9 +505,7 @@ fn guess_mapping(
                     _ => format!("the table has no column for {f}"),
                 };
                 if f == Field::Id {
-                    undecided.push(format!(
-                        "no column holds the session id (no column \"id\", no single-column primary key): set [sqlite.columns] id"
-                    ));
+                    undecided.push("no column holds the session id (no column \"id\", no single-column primary key): set [sqlite.columns] id".to_owned());
                 }
                 out.push(Guess {
                     field: f,
@@ -1085,7 +1083,7 @@ fn inspect_target(
         .stored_columns()
         .zip(scans.iter().zip(choices))
         .filter(|(c, _)| !shape.ignored.contains(&c.name))
-        .filter(|(c, _)| !(shape.mapping.field_of(&c.name) == Some(Field::State)))
+        .filter(|(c, _)| shape.mapping.field_of(&c.name) != Some(Field::State))
         .map(|(c, (s, ch))| SourceColumn {
             name: c.name.clone(),
             kind: ch.kind,

@@ -170,8 +170,8 @@ pub fn integer(name: &str, v: &Raw) -> Result<Option<i64>, FieldError> {
         // 2^63 is exactly representable; anything at or beyond it does not fit an i64.
         Raw::Real(f)
             if f.fract() == 0.0
-                && *f >= -9.223_372_036_854_775_808e18
-                && *f < 9.223_372_036_854_775_808e18 =>
+                && *f >= -9_223_372_036_854_775_808.0
+                && *f < 9_223_372_036_854_775_808.0 =>
         {
             Ok(Some(*f as i64))
         }

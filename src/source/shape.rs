@@ -225,7 +225,9 @@ pub fn read_table(conn: &Connection, db: &Path, name: &str) -> Result<Option<Tab
     let mut stmt = conn
         .prepare("SELECT id, seq, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1, 'main') ORDER BY id, seq")
         .map_err(&err)?;
-    let mut fks: BTreeMap<i64, (String, Vec<String>, Vec<Option<String>>)> = BTreeMap::new();
+    /// Per foreign key id: the parent, the columns, the parent's columns as declared.
+    type Declared = (String, Vec<String>, Vec<Option<String>>);
+    let mut fks: BTreeMap<i64, Declared> = BTreeMap::new();
     let rows = stmt
         .query_map([&name], |r| {
             Ok((
