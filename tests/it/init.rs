@@ -432,11 +432,13 @@ fn the_runtime_store_refuses_a_mapped_config_rather_than_use_the_default_columns
     let config = out.join("sessiondb.toml");
     std::fs::write(&config, generated).unwrap();
     let cfg = load(&config);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let e = rt
-        .block_on(sessiondb::store::open(&cfg, &Env::default()))
-        .err()
-        .expect("a mapped config is refused");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Err(e) = rt.block_on(sessiondb::store::open(&cfg, &Env::default())) else {
+        panic!("a mapped config must be refused");
+    };
     assert_eq!(e.code(), "not_implemented", "{e}");
     assert!(e.to_string().contains("[sqlite.columns]"), "{e}");
 }
