@@ -94,6 +94,7 @@ impl Ctx {
     /// each setting came from goes to stderr.
     pub fn config(&mut self) -> Result<Config> {
         let cfg = Config::load(self.common.config.as_deref(), &self.env)?;
+        cfg.require_default_schema(&self.report.step)?;
         for line in &cfg.provenance {
             tracing::info!("{line}");
         }
@@ -430,6 +431,8 @@ enum UmbrellaCmd {
     Migrate(cmd::migrate_to::MigrateArgs),
     /// Write a realistic legacy store and its sessiondb.toml.
     GenerateFixture(cmd::generate_fixture::Args),
+    /// Inspect a store and propose a commented sessiondb.toml for it.
+    Init(cmd::init::Args),
 }
 
 /// The `sessiondb` binary.
@@ -453,6 +456,7 @@ pub fn umbrella() -> ExitCode {
             },
         },
         UmbrellaCmd::GenerateFixture(a) => run_step(a),
+        UmbrellaCmd::Init(a) => run_step(a),
     };
     exit_code(code)
 }

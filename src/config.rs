@@ -2,7 +2,7 @@
 //! target, and the runtime gating. Everything is resolved here, before any side effect;
 //! `Resolved::describe` says on stderr where each setting came from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::redact;
 use crate::report::Finding;
+use crate::source::fields::Raw;
+use crate::source::shape::Field;
 
 pub const DEFAULT_FILE: &str = "sessiondb.toml";
 pub const DEFAULT_URL_ENV: &str = "DATABASE_URL";
@@ -97,12 +99,17 @@ struct FileMain {
 struct FileSqlite {
     path: String,
     sessions_dir: Option<String>,
+    table: Option<String>,
+    copy_tables: Option<Vec<String>>,
+    ignore_columns: Option<Vec<String>>,
+    columns: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileJson {
     path: Option<String>,
+    fields: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -114,6 +121,7 @@ struct FilePostgres {
     pool_size: Option<u32>,
     max_overflow: Option<u32>,
     gin_opclass: Option<GinOpclass>,
+    fill: Option<BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +162,85 @@ impl fmt::Debug for PostgresSettings {
     }
 }
 
+/// The default sessions table (SPEC §1).
+pub const DEFAULT_TABLE: &str = "sessions";
+
+/// How the application's own schema is read (SPEC §9): `sqlite.table`,
+/// `sqlite.copy_tables`, `sqlite.ignore_columns`, `[sqlite.columns]`, `[json.fields]`,
+/// `[postgres.fill]`. Checked here against each other; checked against the database by
+/// `source::shape` (a column named here that the table lacks is `config_invalid` there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSchema {
+    /// The sessions table (`sqlite.table`, default `sessions`).
+    pub table: String,
+    /// More tables copied as they are (FK parents are found without being named).
+    pub copy_tables: Vec<String>,
+    /// Source columns deliberately left behind (warned, never carried).
+    pub ignore_columns: Vec<String>,
+    /// `[sqlite.columns]` as written: field → column, `""` for absent. A field not
+    /// named maps to the column of its own name when there is one.
+    pub columns: BTreeMap<Field, String>,
+    /// `[json.fields]` as written: field → the JSON store record's key, `""` for absent.
+    pub json_fields: BTreeMap<Field, String>,
+    /// `[postgres.fill]`: constants for NOT NULL target columns nothing fills.
+    pub fill: Vec<Fill>,
+}
+
+/// One `[postgres.fill]` constant: `"table.column" = value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fill {
+    pub table: String,
+    pub column: String,
+    /// The constant, as a source value: converted to the column's type like any other.
+    pub value: Raw,
+}
+
+impl Default for AppSchema {
+    fn default() -> AppSchema {
+        AppSchema {
+            table: DEFAULT_TABLE.to_owned(),
+            copy_tables: Vec::new(),
+            ignore_columns: Vec::new(),
+            columns: BTreeMap::new(),
+            json_fields: BTreeMap::new(),
+            fill: Vec::new(),
+        }
+    }
+}
+
+impl AppSchema {
+    /// The settings that make this more than SPEC §1's default store: an empty list
+    /// when every one is absent or says what the default says (`table = "sessions"`,
+    /// `cost = "cost"`).
+    pub fn customised(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.table != DEFAULT_TABLE {
+            keys.push("sqlite.table");
+        }
+        if !self.copy_tables.is_empty() {
+            keys.push("sqlite.copy_tables");
+        }
+        if !self.ignore_columns.is_empty() {
+            keys.push("sqlite.ignore_columns");
+        }
+        if self.columns.iter().any(|(f, c)| c != f.name()) {
+            keys.push("[sqlite.columns]");
+        }
+        if self.json_fields.iter().any(|(f, k)| k != f.name()) {
+            keys.push("[json.fields]");
+        }
+        if !self.fill.is_empty() {
+            keys.push("[postgres.fill]");
+        }
+        keys
+    }
+}
+
+/// The steps that read a store through its [`AppSchema`] today. Every other step reads
+/// SPEC §1's default table only, so it refuses a config that maps another shape rather
+/// than read the wrong columns ([`Config::require_default_schema`]).
+pub const SCHEMA_AWARE_STEPS: [&str; 3] = ["check", "init", "generate-fixture"];
+
 /// The configuration file, resolved: paths absolute, environment overrides applied.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -162,6 +249,8 @@ pub struct Config {
     pub backend: Backend,
     pub sqlite: Option<SqliteSource>,
     pub json_path: Option<PathBuf>,
+    /// How the application's own schema is read (SPEC §9).
+    pub app: AppSchema,
     pub postgres: PostgresSettings,
     pub backup_dir: PathBuf,
     /// Warnings raised while resolving (`json_backend_deprecated`, `secret_in_config`...).
@@ -290,7 +379,13 @@ impl Config {
             .as_ref()
             .and_then(|j| j.path.as_deref())
             .map(resolve);
-        let fp = file.postgres.unwrap_or_default();
+        let mut fp = file.postgres.unwrap_or_default();
+        let app = app_schema(
+            path,
+            file.sqlite.as_ref(),
+            file.json.as_ref(),
+            fp.fill.take(),
+        )?;
         let url_env = fp.url_env.unwrap_or_else(|| DEFAULT_URL_ENV.to_owned());
         if url_env.is_empty()
             || !url_env
@@ -341,6 +436,7 @@ impl Config {
             backend,
             sqlite,
             json_path,
+            app,
             postgres: PostgresSettings {
                 url_env,
                 url_in_file: fp.url,
@@ -359,6 +455,208 @@ impl Config {
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
+
+    /// Refuse, for a step that reads only SPEC §1's default table, a config that maps
+    /// the application's own schema: it would read the wrong table or columns.
+    pub fn require_default_schema(&self, step: &str) -> Result<()> {
+        let keys = self.app.customised();
+        if keys.is_empty() || SCHEMA_AWARE_STEPS.contains(&step) {
+            return Ok(());
+        }
+        Err(Error::SchemaNotWired {
+            step: step.to_owned(),
+            config: self.path.clone(),
+            keys: keys.join(", "),
+        })
+    }
+}
+
+fn invalid(path: &Path, message: String) -> Error {
+    Error::ConfigInvalid {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// A table or column name from the config: not empty, no NUL (any other character is
+/// fine: names are always quoted).
+fn check_name(path: &Path, key: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(invalid(path, format!("{key} is empty: expected a name")));
+    }
+    if name.contains('\0') {
+        return Err(invalid(
+            path,
+            format!("{key} {name:?} holds a NUL character"),
+        ));
+    }
+    Ok(())
+}
+
+/// A list of names, each valid, none twice (SQLite's names ignore ASCII case).
+fn name_list(path: &Path, key: &str, names: Option<&Vec<String>>) -> Result<Vec<String>> {
+    let names = names.cloned().unwrap_or_default();
+    for (i, n) in names.iter().enumerate() {
+        check_name(path, &format!("{key}[{i}]"), n)?;
+        if names[..i].iter().any(|m| m.eq_ignore_ascii_case(n)) {
+            return Err(invalid(path, format!("{key} names {n:?} twice")));
+        }
+    }
+    Ok(names)
+}
+
+/// `[sqlite.columns]` or `[json.fields]`: known fields, `id` present if named, no
+/// column or key given to two fields.
+fn field_map(
+    path: &Path,
+    section: &str,
+    map: Option<&BTreeMap<String, String>>,
+) -> Result<BTreeMap<Field, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map.into_iter().flatten() {
+        let field = Field::parse(k).ok_or_else(|| {
+            invalid(
+                path,
+                format!(
+                    "{section}: {k:?} is not one of sessiondb's fields ({})",
+                    Field::names()
+                ),
+            )
+        })?;
+        if v.contains('\0') {
+            return Err(invalid(
+                path,
+                format!("{section} {k} holds a NUL character"),
+            ));
+        }
+        if field == Field::Id && v.is_empty() {
+            return Err(invalid(
+                path,
+                format!("{section} id = \"\": the id is the one field that cannot be absent"),
+            ));
+        }
+        if !v.is_empty() {
+            if let Some((other, _)) = out
+                .iter()
+                .find(|(_, c): &(&Field, &String)| c.eq_ignore_ascii_case(v))
+            {
+                return Err(invalid(
+                    path,
+                    format!("{section}: {other} and {k} are both mapped to {v:?}"),
+                ));
+            }
+        }
+        out.insert(field, v.clone());
+    }
+    Ok(out)
+}
+
+/// `[postgres.fill]`: `"table.column" = value`, or `[postgres.fill.table]` with
+/// `column = value`. Values: strings, integers, floats, booleans, dates.
+fn fill_list(path: &Path, fill: Option<BTreeMap<String, toml::Value>>) -> Result<Vec<Fill>> {
+    let mut out: Vec<Fill> = Vec::new();
+    let mut add = |table: &str, column: &str, v: &toml::Value| -> Result<()> {
+        let key = format!("[postgres.fill] {table}.{column}");
+        check_name(path, &key, table)?;
+        check_name(path, &key, column)?;
+        let value = match v {
+            toml::Value::String(s) => Raw::Text(s.clone()),
+            toml::Value::Integer(i) => Raw::Integer(*i),
+            toml::Value::Float(f) => Raw::Real(*f),
+            toml::Value::Boolean(b) => Raw::Integer(i64::from(*b)),
+            toml::Value::Datetime(d) => Raw::Text(d.to_string()),
+            toml::Value::Array(_) | toml::Value::Table(_) => {
+                return Err(invalid(
+                    path,
+                    format!("{key}: expected a string, a number, a boolean or a date"),
+                ));
+            }
+        };
+        if out.iter().any(|f| f.table == table && f.column == column) {
+            return Err(invalid(path, format!("{key} is given twice")));
+        }
+        out.push(Fill {
+            table: table.to_owned(),
+            column: column.to_owned(),
+            value,
+        });
+        Ok(())
+    };
+    for (k, v) in fill.into_iter().flatten() {
+        match &v {
+            toml::Value::Table(t) => {
+                for (column, cv) in t {
+                    add(&k, column, cv)?;
+                }
+            }
+            _ => {
+                let Some((table, column)) = k.split_once('.') else {
+                    return Err(invalid(
+                        path,
+                        format!("[postgres.fill] {k:?}: expected \"table.column\""),
+                    ));
+                };
+                add(table, column, &v)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn app_schema(
+    path: &Path,
+    sqlite: Option<&FileSqlite>,
+    json: Option<&FileJson>,
+    fill: Option<BTreeMap<String, toml::Value>>,
+) -> Result<AppSchema> {
+    let table = sqlite
+        .and_then(|s| s.table.clone())
+        .unwrap_or_else(|| DEFAULT_TABLE.to_owned());
+    check_name(path, "sqlite.table", &table)?;
+    let copy_tables = name_list(
+        path,
+        "sqlite.copy_tables",
+        sqlite.and_then(|s| s.copy_tables.as_ref()),
+    )?;
+    if let Some(t) = copy_tables.iter().find(|t| t.eq_ignore_ascii_case(&table)) {
+        return Err(invalid(
+            path,
+            format!("sqlite.copy_tables names {t:?}, the sessions table itself"),
+        ));
+    }
+    let ignore_columns = name_list(
+        path,
+        "sqlite.ignore_columns",
+        sqlite.and_then(|s| s.ignore_columns.as_ref()),
+    )?;
+    let columns = field_map(
+        path,
+        "[sqlite.columns]",
+        sqlite.and_then(|s| s.columns.as_ref()),
+    )?;
+    // A column both mapped and ignored is a contradiction. (Ignoring the column of a
+    // field's own name, with the field not mapped, just leaves the field absent.)
+    for (f, c) in &columns {
+        if let Some(i) = ignore_columns
+            .iter()
+            .find(|i| !c.is_empty() && i.eq_ignore_ascii_case(c))
+        {
+            return Err(invalid(
+                path,
+                format!("{i:?} is both mapped ([sqlite.columns] {f}) and in sqlite.ignore_columns"),
+            ));
+        }
+    }
+    let json_fields = field_map(path, "[json.fields]", json.and_then(|j| j.fields.as_ref()))?;
+    let fill = fill_list(path, fill)?;
+    Ok(AppSchema {
+        table,
+        copy_tables,
+        ignore_columns,
+        columns,
+        json_fields,
+        fill,
+    })
 }
 
 /// The largest config file read: a real one is a few kilobytes.
@@ -1450,6 +1748,120 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("PGSSLMODE"), "{e}");
+    }
+
+    fn app_of(tail: &str) -> Result<AppSchema> {
+        let text = format!("[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n{tail}");
+        Config::parse(Path::new("/a/s.toml"), &text, &env(&[])).map(|c| c.app)
+    }
+
+    #[test]
+    fn application_schema_keys() {
+        let a = app_of("").unwrap();
+        assert_eq!(a, AppSchema::default());
+        assert!(a.customised().is_empty());
+        let a = app_of(
+            "table = \"app_sessions\"\ncopy_tables = [\"tags\"]\nignore_columns = [\"junk\"]\n[sqlite.columns]\ncost = \"last_cost_usd\"\nstate = \"\"\n[json]\npath = \"s.json\"\n[json.fields]\nid = \"session\"\ncreated_at = \"createdAt\"\n[postgres.fill]\n\"sessions.question\" = \"\"\n[postgres.fill.users]\nactive = true\nlevel = 3\n",
+        )
+        .unwrap();
+        assert_eq!(a.table, "app_sessions");
+        assert_eq!(a.copy_tables, ["tags"]);
+        assert_eq!(a.columns[&Field::Cost], "last_cost_usd");
+        assert_eq!(a.columns[&Field::State], "");
+        assert_eq!(a.json_fields[&Field::Id], "session");
+        assert_eq!(
+            a.fill,
+            [
+                Fill {
+                    table: "sessions".into(),
+                    column: "question".into(),
+                    value: Raw::Text(String::new())
+                },
+                Fill {
+                    table: "users".into(),
+                    column: "active".into(),
+                    value: Raw::Integer(1)
+                },
+                Fill {
+                    table: "users".into(),
+                    column: "level".into(),
+                    value: Raw::Integer(3)
+                },
+            ]
+        );
+        assert_eq!(
+            a.customised(),
+            [
+                "sqlite.table",
+                "sqlite.copy_tables",
+                "sqlite.ignore_columns",
+                "[sqlite.columns]",
+                "[json.fields]",
+                "[postgres.fill]"
+            ]
+        );
+        // Naming the defaults is not a customisation.
+        let a = app_of("table = \"sessions\"\n[sqlite.columns]\ncost = \"cost\"\n").unwrap();
+        assert!(a.customised().is_empty());
+    }
+
+    #[test]
+    fn application_schema_keys_are_checked() {
+        for (tail, needle) in [
+            (
+                "[sqlite.columns]\ncosts = \"x\"\n",
+                "\"costs\" is not one of sessiondb's fields",
+            ),
+            ("[sqlite.columns]\nid = \"\"\n", "cannot be absent"),
+            (
+                "[sqlite.columns]\ncost = \"x\"\nstatus = \"X\"\n",
+                "both mapped to",
+            ),
+            ("table = \"\"\n", "sqlite.table is empty"),
+            ("copy_tables = [\"a\", \"A\"]\n", "twice"),
+            (
+                "copy_tables = [\"sessions\"]\n",
+                "the sessions table itself",
+            ),
+            (
+                "ignore_columns = [\"x\"]\n[sqlite.columns]\ncost = \"x\"\n",
+                "both mapped",
+            ),
+            (
+                "[postgres.fill]\nquestion = \"\"\n",
+                "expected \"table.column\"",
+            ),
+            ("[postgres.fill]\n\"s.q\" = [1]\n", "expected a string"),
+            ("[sqlite]\n", "line"),
+            ("columns = 3\n", "line 5"),
+            ("[json.fields]\nid = \"\"\n", "cannot be absent"),
+            ("tables = []\n", "unknown field"),
+        ] {
+            let e = app_of(tail).unwrap_err();
+            assert_eq!(e.code(), "config_invalid", "{tail}");
+            assert!(e.to_string().contains(needle), "{tail}: {e}");
+        }
+    }
+
+    #[test]
+    fn steps_that_read_only_the_default_table_refuse_a_mapped_config() {
+        let text = "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[sqlite.columns]\ncost = \"last_cost_usd\"\n";
+        let c = Config::parse(Path::new("/a/s.toml"), text, &env(&[])).unwrap();
+        let e = c.require_default_schema("migrate-state").unwrap_err();
+        assert_eq!(
+            (e.code(), e.exit_code()),
+            ("not_implemented", crate::exit::USAGE)
+        );
+        assert!(e.to_string().contains("[sqlite.columns]"), "{e}");
+        c.require_default_schema("check").unwrap();
+        c.require_default_schema("init").unwrap();
+        let plain = Config::parse(
+            Path::new("/a/s.toml"),
+            "[sessiondb]\nbackend = \"sqlite\"\n",
+            &env(&[]),
+        )
+        .unwrap();
+        plain.require_default_schema("migrate-state").unwrap();
     }
 
     #[test]

@@ -137,6 +137,46 @@ pub enum Error {
         message: String,
     },
 
+    /// A config that maps the application's own schema (SPEC §9), given to a step that
+    /// reads only the default table so far: refused rather than read the wrong columns.
+    #[error(
+        "{step} cannot read this store yet: {config} maps the application's own schema ({keys}), and reading a mapped store is not wired into {step} yet (issue 17); `sessiondb init` and `sessiondb check` read it. Nothing was done"
+    )]
+    SchemaNotWired {
+        step: String,
+        config: PathBuf,
+        keys: String,
+    },
+
+    /// The config names a table or column that the SQLite database does not have, or
+    /// maps its fields in a way the table cannot satisfy.
+    #[error("{config}: {key}: {message}")]
+    MappingInvalid {
+        config: PathBuf,
+        key: String,
+        message: String,
+    },
+
+    /// The source's schema cannot be read as SPEC §9 needs (a cycle of foreign keys, a
+    /// copied table without a primary key...).
+    #[error("SQLite database {path}: {message}")]
+    SourceSchema { path: PathBuf, message: String },
+
+    /// The target cannot hold the source as it is (SPEC §9): names the table, the
+    /// column and the fix.
+    #[error("schema_mismatch: {table}{}: {message}; fix: {fix}", column.as_ref().map(|c| format!(".{c}")).unwrap_or_default())]
+    SchemaMismatch {
+        table: String,
+        column: Option<String>,
+        message: String,
+        fix: String,
+    },
+
+    /// `init` found a config already at its destination and was not given `--force`,
+    /// or the destination is not a regular file.
+    #[error("{path} {why}; nothing was written")]
+    ConfigExists { path: PathBuf, why: String },
+
     #[error("step {step} failed (exit {exit}): {message}")]
     StepFailed {
         step: String,
@@ -198,6 +238,11 @@ impl Error {
             Error::UnsafePath { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
             Error::StepFailed { .. } => "step_failed",
+            Error::SchemaNotWired { .. } => "not_implemented",
+            Error::MappingInvalid { .. } => "config_invalid",
+            Error::SourceSchema { .. } => "sqlite_schema",
+            Error::SchemaMismatch { .. } => "schema_mismatch",
+            Error::ConfigExists { .. } => "config_exists",
             Error::Timeout { code, .. } => code,
         }
     }
@@ -211,11 +256,16 @@ impl Error {
             | Error::ConfigInvalid { .. }
             | Error::SettingInvalid { .. }
             | Error::NoTarget { .. }
-            | Error::NotRegularFile { .. } => exit::USAGE,
+            | Error::NotRegularFile { .. }
+            | Error::SchemaNotWired { .. }
+            | Error::MappingInvalid { .. }
+            | Error::ConfigExists { .. } => exit::USAGE,
             Error::InvalidSource { .. }
             | Error::Conflict { .. }
             | Error::Refused { .. }
-            | Error::ColumnDecode { .. } => exit::PROBLEMS,
+            | Error::ColumnDecode { .. }
+            | Error::SourceSchema { .. }
+            | Error::SchemaMismatch { .. } => exit::PROBLEMS,
             Error::UnsafePath { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
             _ => exit::OPERATIONAL,

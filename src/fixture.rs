@@ -20,6 +20,7 @@
 //! | 9     | SQLite row + `state.json`, and a copy of the row in the JSON store (even blocks) | 0.5% |
 //! | rest  | SQLite row + `state.json`, `state` column NULL          | 90.5–91% |
 
+pub mod app;
 mod content;
 mod json;
 mod rng;
@@ -66,6 +67,19 @@ pub struct Options {
     /// Declare `cost`, `created_at`, `updated_at` without a type, so SQLite keeps each
     /// value's storage class (see [`sqlite_ddl`]).
     pub loose_types: bool,
+    /// Which store: SPEC §1's default shape, or an application's own schema ([`app`]).
+    pub schema: Schema,
+}
+
+/// The schema of the generated store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Schema {
+    /// SPEC §1's `sessions` table, state files and the deprecated JSON store.
+    #[default]
+    Default,
+    /// An application's own schema (SPEC §9, issue 17): `users` and `sessions` as
+    /// SQLAlchemy makes them, state only in files. See [`app`].
+    App,
 }
 
 /// One deliberately invalid record added by `--bad`.
@@ -1037,6 +1051,7 @@ mod tests {
             seed: 1,
             bad: true,
             loose_types: false,
+            schema: Schema::Default,
         };
         let text = config_text(&opts);
         let c = crate::config::Config::parse(

@@ -28,6 +28,10 @@ pub struct Args {
     /// of the contract (the default) SQLite converts them on insert.
     #[arg(long)]
     pub loose_types: bool,
+    /// `default`: SPEC §1's store. `app`: an application's own schema (users and
+    /// sessions as SQLAlchemy makes them, state only in files; SPEC §9).
+    #[arg(long, value_enum, default_value_t = fixture::Schema::Default)]
+    pub schema: fixture::Schema,
     #[command(flatten)]
     pub common: Common,
 }
@@ -47,6 +51,7 @@ impl Step for Args {
             seed: self.seed,
             bad: self.bad,
             loose_types: self.loose_types,
+            schema: self.schema,
         };
         tracing::info!(
             "writing {} sessions (seed {}) into {}",
@@ -54,6 +59,9 @@ impl Step for Args {
             opts.seed,
             opts.out.display()
         );
+        if opts.schema == fixture::Schema::App {
+            return run_app(ctx, &opts);
+        }
         let sum = fixture::generate(&opts)?;
 
         // Read the config back through the real parser: what we wrote must load.
@@ -89,4 +97,39 @@ impl Step for Args {
         );
         Ok(())
     }
+}
+
+/// `--schema app`: the application's own schema, and its config read back.
+fn run_app(ctx: &mut Ctx, opts: &fixture::Options) -> Result<()> {
+    let sum = fixture::app::generate(opts)?;
+    let config_path = opts.out.join(fixture::CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::Unreadable {
+        path: config_path.clone(),
+        source: e,
+    })?;
+    let cfg = Config::parse(&config_path, &text, &ctx.env)?;
+    ctx.report.source = cli::source_json(&cfg);
+    let r = &mut ctx.report;
+    r.count("sessions", sum.sessions);
+    r.count("bytes", sum.bytes.total);
+    if let serde_json::Value::Object(details) = serde_json::to_value(&sum).unwrap_or_default() {
+        r.details.extend(details);
+    }
+    r.artifact("config", &config_path);
+    r.artifact("sqlite", &opts.out.join(fixture::SQLITE_PATH));
+    r.artifact("sessions_dir", &opts.out.join(fixture::SESSIONS_DIR));
+    r.next_steps.push(format!(
+        "sessiondb check --config {}",
+        config_path.display()
+    ));
+    tracing::info!(
+        "wrote {} sessions of {} users ({} soft-deleted, {} without a cost), {} state files, {} bytes",
+        sum.sessions,
+        sum.users,
+        sum.deleted,
+        sum.null_costs,
+        sum.state_files,
+        sum.bytes.total
+    );
+    Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod generate_fixture;
+pub mod init;
 pub mod migrate_state;
 pub mod migrate_to;
 pub mod preflight;

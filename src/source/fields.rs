@@ -1,7 +1,12 @@
 //! Loosely typed legacy fields, parsed strictly: timestamps in every accepted form,
 //! `cost` as real, integer or text, ids, and text columns.
+//!
+//! The general parsers ([`parse_timestamp`], which keeps a naive timestamp naive,
+//! [`number`], [`integer`], [`boolean`]) are what `crate::value::convert` builds on for
+//! every column of an application's own schema (SPEC §9); [`timestamp`] and [`cost`] are
+//! the default shape's fields (SPEC §1), unchanged.
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
 /// A raw value as the legacy store holds it (SQLite's storage classes; JSON maps onto them).
 #[derive(Debug, Clone, PartialEq)]
@@ -125,28 +130,122 @@ pub fn text(name: &str, v: &Raw) -> Result<Option<String>, FieldError> {
 
 /// `cost`: real, integer, or text holding a finite number; NULL stays NULL.
 pub fn cost(v: &Raw) -> Result<Option<f64>, FieldError> {
+    number("cost", "invalid_cost", v)
+}
+
+/// A number: real, integer, or text holding a finite number (surrounding spaces are
+/// ignored); NULL stays NULL. Refusals carry `code` and name the column `name`.
+pub fn number(name: &str, code: &'static str, v: &Raw) -> Result<Option<f64>, FieldError> {
     let f = match v {
         Raw::Null => return Ok(None),
         Raw::Integer(i) => *i as f64,
         Raw::Real(f) => *f,
         Raw::Text(s) if s.trim().is_empty() => {
-            return Err(err("invalid_cost", "cost is an empty text".into()));
+            return Err(err(code, format!("{name} is an empty text")));
         }
         Raw::Text(s) => s.trim().parse::<f64>().map_err(|_| {
             err(
-                "invalid_cost",
-                format!("cost {:?} is not a number", truncate(s, 80)),
+                code,
+                format!("{name} {:?} is not a number", truncate(s, 80)),
             )
         })?,
-        Raw::Blob(_) => return Err(err("invalid_cost", format!("cost is {}", v.describe()))),
+        Raw::Blob(_) => return Err(err(code, format!("{name} is {}", v.describe()))),
     };
     if !f.is_finite() {
         return Err(err(
-            "invalid_cost",
-            format!("cost {} is not a finite number", v.describe()),
+            code,
+            format!("{name} {} is not a finite number", v.describe()),
         ));
     }
     Ok(Some(f))
+}
+
+/// A whole number: an integer, a real with no fraction (`3.0`), or text holding an
+/// integer (`" 42 "`, `"-7"`); NULL stays NULL. Code `invalid_value`.
+pub fn integer(name: &str, v: &Raw) -> Result<Option<i64>, FieldError> {
+    let bad = |what: String| err("invalid_value", format!("{name} {what}"));
+    match v {
+        Raw::Null => Ok(None),
+        Raw::Integer(i) => Ok(Some(*i)),
+        // 2^63 is exactly representable; anything at or beyond it does not fit an i64.
+        Raw::Real(f)
+            if f.fract() == 0.0
+                && *f >= -9_223_372_036_854_775_808.0
+                && *f < 9_223_372_036_854_775_808.0 =>
+        {
+            Ok(Some(*f as i64))
+        }
+        Raw::Real(_) => Err(bad(format!("{} is not a whole number", v.describe()))),
+        Raw::Text(s) => {
+            let t = s.trim();
+            let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(format!("{} is not a whole number", v.describe())));
+            }
+            t.parse::<i64>()
+                .map(Some)
+                .map_err(|_| bad(format!("{} does not fit a 64-bit integer", v.describe())))
+        }
+        Raw::Blob(_) => Err(bad(format!("is {}", v.describe()))),
+    }
+}
+
+/// A boolean: the integers 0 and 1 (SQLite's own booleans, as SQLAlchemy writes them),
+/// the reals 0.0 and 1.0, or the texts PostgreSQL's `boolean` accepts (`t`/`f`,
+/// `true`/`false`, `y`/`n`, `yes`/`no`, `on`/`off`, `1`/`0`; any case, spaces ignored);
+/// NULL stays NULL. Code `invalid_value`.
+pub fn boolean(name: &str, v: &Raw) -> Result<Option<bool>, FieldError> {
+    let bad = || {
+        err(
+            "invalid_value",
+            format!(
+                "{name} {} is not a boolean (expected 0/1 or true/false)",
+                v.describe()
+            ),
+        )
+    };
+    match v {
+        Raw::Null => Ok(None),
+        Raw::Integer(0) => Ok(Some(false)),
+        Raw::Integer(1) => Ok(Some(true)),
+        Raw::Real(f) if *f == 0.0 => Ok(Some(false)),
+        Raw::Real(f) if *f == 1.0 => Ok(Some(true)),
+        Raw::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "t" | "true" | "y" | "yes" | "on" | "1" => Ok(Some(true)),
+            "f" | "false" | "n" | "no" | "off" | "0" => Ok(Some(false)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// A timestamp as the source wrote it: with a zone (or an epoch, which is an instant),
+/// or naive. Rounded to the microsecond, as PostgreSQL rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// `YYYY-MM-DD HH:MM:SS[.ffffff]` without a zone: the application's wall clock
+    /// (UTC by SPEC §1), kept as it is for a `timestamp without time zone` column.
+    Naive(NaiveDateTime),
+    /// RFC 3339 with `Z` or an offset, or epoch seconds / milliseconds: an instant.
+    Aware(DateTime<Utc>),
+}
+
+impl Stamp {
+    /// The instant, a naive value taken as UTC (SPEC §1).
+    pub fn utc(self) -> DateTime<Utc> {
+        match self {
+            Stamp::Naive(n) => n.and_utc(),
+            Stamp::Aware(t) => t,
+        }
+    }
+    /// The wall-clock value, an aware one in UTC (SPEC §9: an aware timestamp going
+    /// into `timestamp without time zone` is written in UTC).
+    pub fn naive_utc(self) -> NaiveDateTime {
+        match self {
+            Stamp::Naive(n) => n,
+            Stamp::Aware(t) => t.naive_utc(),
+        }
+    }
 }
 
 /// Epoch values at or above this are milliseconds (1e11 s is the year 5138).
@@ -155,6 +254,12 @@ const MILLIS_THRESHOLD: f64 = 1e11;
 /// A timestamp: RFC 3339 (`Z` or an offset), `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC), or
 /// epoch seconds / milliseconds as numbers. Rounded to the microsecond, as PostgreSQL does.
 pub fn timestamp(name: &str, v: &Raw) -> Result<Option<DateTime<Utc>>, FieldError> {
+    Ok(parse_timestamp(name, v)?.map(Stamp::utc))
+}
+
+/// A timestamp in any form [`timestamp`] accepts, naive text kept naive. Rounded to the
+/// microsecond, as PostgreSQL does. Code `invalid_timestamp`.
+pub fn parse_timestamp(name: &str, v: &Raw) -> Result<Option<Stamp>, FieldError> {
     let bad = || {
         err(
             "invalid_timestamp",
@@ -163,12 +268,44 @@ pub fn timestamp(name: &str, v: &Raw) -> Result<Option<DateTime<Utc>>, FieldErro
     };
     let t = match v {
         Raw::Null => return Ok(None),
-        Raw::Integer(i) => epoch(*i as f64).ok_or_else(bad)?,
-        Raw::Real(f) => epoch(*f).ok_or_else(bad)?,
+        Raw::Integer(i) => Stamp::Aware(epoch(*i as f64).ok_or_else(bad)?),
+        Raw::Real(f) => Stamp::Aware(epoch(*f).ok_or_else(bad)?),
         Raw::Text(s) => parse_text_timestamp(s.trim()).ok_or_else(bad)?,
         Raw::Blob(_) => return Err(bad()),
     };
-    Ok(Some(round_micros(t)))
+    Ok(Some(match t {
+        Stamp::Naive(n) => Stamp::Naive(round_micros(n.and_utc()).naive_utc()),
+        Stamp::Aware(a) => Stamp::Aware(round_micros(a)),
+    }))
+}
+
+/// A calendar date: `YYYY-MM-DD` text, or a timestamp (any form) at midnight exactly;
+/// NULL stays NULL. A time of day is refused rather than dropped. Code `invalid_value`.
+pub fn date(name: &str, v: &Raw) -> Result<Option<NaiveDate>, FieldError> {
+    if let Raw::Text(s) = v {
+        if let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+            return Ok(Some(d));
+        }
+    }
+    let bad = |why: &str| {
+        err(
+            "invalid_value",
+            format!("{name} {} is not a date{why}", v.describe()),
+        )
+    };
+    match parse_timestamp(name, v).map_err(|_| bad(""))? {
+        None => Ok(None),
+        Some(s) => {
+            let n = s.naive_utc();
+            if n.time() == chrono::NaiveTime::MIN {
+                Ok(Some(n.date()))
+            } else {
+                Err(bad(
+                    " (it has a time of day, which a date column would drop)",
+                ))
+            }
+        }
+    }
 }
 
 fn epoch(x: f64) -> Option<DateTime<Utc>> {
@@ -186,18 +323,18 @@ fn epoch(x: f64) -> Option<DateTime<Utc>> {
         .single()
 }
 
-fn parse_text_timestamp(s: &str) -> Option<DateTime<Utc>> {
+fn parse_text_timestamp(s: &str) -> Option<Stamp> {
     if s.is_empty() {
         return None;
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
+        return Some(Stamp::Aware(t.with_timezone(&Utc)));
     }
     // RFC 3339 with a space instead of the `T`.
     if s.len() > 10 && s.as_bytes()[10] == b' ' {
         let with_t = format!("{}T{}", &s[..10], &s[11..]);
         if let Ok(t) = DateTime::parse_from_rfc3339(&with_t) {
-            return Some(t.with_timezone(&Utc));
+            return Some(Stamp::Aware(t.with_timezone(&Utc)));
         }
     }
     for f in [
@@ -207,20 +344,20 @@ fn parse_text_timestamp(s: &str) -> Option<DateTime<Utc>> {
         "%Y-%m-%dT%H:%M",
     ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
-            return Some(n.and_utc());
+            return Some(Stamp::Naive(n));
         }
     }
     if s.bytes()
         .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
         && s.bytes().any(|b| b.is_ascii_digit())
     {
-        return epoch(s.parse::<f64>().ok()?);
+        return epoch(s.parse::<f64>().ok()?).map(Stamp::Aware);
     }
     None
 }
 
 /// Round to the microsecond, ties to even (PostgreSQL rounds fractional seconds with rint).
-fn round_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+pub fn round_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     let nanos = t.timestamp_subsec_nanos() as u64;
     let (q, r) = (nanos / 1000, nanos % 1000);
     let micros = if r > 500 || (r == 500 && q % 2 == 1) {

@@ -17,6 +17,7 @@ pub mod fields;
 pub(crate) mod files;
 pub mod fingerprint;
 mod json_store;
+pub mod shape;
 pub mod sqlite;
 pub mod write;
 

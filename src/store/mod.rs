@@ -206,6 +206,8 @@ pub async fn open(cfg: &Config, env: &Env) -> Result<Store> {
 
 /// [`open`] with options.
 pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> {
+    // The store reads and writes SPEC §1's default columns only, so far.
+    cfg.require_default_schema("the runtime store")?;
     let rt = config::runtime(&cfg.postgres.url_env, env)?;
     let mut warnings = cfg.warnings.clone();
     let drift = config::drift(cfg.backend, &rt, &cfg.path);

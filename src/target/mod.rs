@@ -1,6 +1,7 @@
 //! The target: PostgreSQL. Connecting (errors named with the redacted URL), quoting,
 //! the versioned schema, the writers' advisory lock, and health queries.
 
+pub mod catalog;
 pub mod constraints;
 pub mod ledger;
 pub mod load;

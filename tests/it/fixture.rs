@@ -413,3 +413,201 @@ fn refuses_an_out_folder_that_is_not_empty() {
     std::fs::create_dir(&empty).unwrap();
     generate_ok(&empty, &["--sessions", "10"]);
 }
+
+// ---- --schema app ----------------------------------------------------------------------
+
+/// The application's schema of issue 17, verbatim, one statement at a time.
+const ISSUE_DDL: &[&str] = &[
+    "CREATE TABLE users (id VARCHAR NOT NULL PRIMARY KEY, external_id VARCHAR NOT NULL,\n  display_name VARCHAR, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)",
+    "CREATE UNIQUE INDEX ix_users_external_id ON users (external_id)",
+    "CREATE TABLE session_state (session_id VARCHAR NOT NULL PRIMARY KEY, state JSON NOT NULL,\n  updated_at DATETIME NOT NULL)",
+    "CREATE TABLE sessions (id VARCHAR NOT NULL PRIMARY KEY,\n  user_id VARCHAR NOT NULL REFERENCES users (id), question TEXT NOT NULL,\n  current_step VARCHAR NOT NULL, status VARCHAR NOT NULL,\n  created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,\n  is_deleted BOOLEAN NOT NULL,\n  last_cost_usd FLOAT, last_total_tokens INTEGER)",
+    "CREATE INDEX ix_sessions_is_deleted ON sessions (is_deleted)",
+    "CREATE INDEX ix_sessions_user_id ON sessions (user_id)",
+];
+
+fn app_rows(root: &Path) -> Vec<SqlRow> {
+    let conn = rusqlite::Connection::open(root.join("data/app.db")).unwrap();
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT * FROM users ORDER BY id",
+        "SELECT * FROM sessions ORDER BY id",
+    ] {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        let rows: Vec<SqlRow> = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        let v = r.get_ref(i)?;
+                        Ok((
+                            format!("{:?}", v.data_type()),
+                            match v {
+                                rusqlite::types::ValueRef::Null => String::new(),
+                                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                                rusqlite::types::ValueRef::Real(f) => format!("{f:?}"),
+                                rusqlite::types::ValueRef::Text(t)
+                                | rusqlite::types::ValueRef::Blob(t) => {
+                                    String::from_utf8_lossy(t).into_owned()
+                                }
+                            },
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        out.extend(rows);
+    }
+    out
+}
+
+#[test]
+fn app_schema_is_the_applications_own_and_the_same_seed_writes_the_same_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let run = generate_ok(&a, &["--schema", "app", "--sessions", "200", "--seed", "9"]);
+    generate_ok(&b, &["--schema", "app", "--sessions", "200", "--seed", "9"]);
+    generate_ok(
+        &c,
+        &["--schema", "app", "--sessions", "200", "--seed", "10"],
+    );
+    assert_eq!(snapshot(&a), snapshot(&b));
+    assert_eq!(app_rows(&a), app_rows(&b));
+    assert_ne!(app_rows(&a), app_rows(&c));
+
+    let conn = rusqlite::Connection::open(a.join("data/app.db")).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |x| x.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sql: Vec<String> = conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(sql, ISSUE_DDL);
+    let one = |q: &str| -> i64 { conn.query_row(q, [], |r| r.get(0)).unwrap() };
+    assert_eq!(one("SELECT count(*) FROM sessions"), 200);
+    assert_eq!(one("SELECT count(*) FROM session_state"), 0);
+    assert!(one("SELECT count(*) FROM users") >= 3);
+    assert!(
+        one("SELECT count(*) FROM (SELECT user_id FROM sessions GROUP BY 1 HAVING count(*) > 1)")
+            >= 2,
+        "several owners with several sessions"
+    );
+    assert!(one("SELECT count(*) FROM sessions WHERE is_deleted = 1") > 0);
+    assert_eq!(
+        one(
+            "SELECT count(*) FROM sessions WHERE is_deleted NOT IN (0, 1) OR typeof(is_deleted) <> 'integer'"
+        ),
+        0
+    );
+    assert!(one("SELECT count(*) FROM sessions WHERE last_cost_usd IS NULL") > 0);
+    assert!(
+        one(
+            "SELECT count(*) FROM sessions WHERE last_total_tokens IS NULL AND last_cost_usd IS NOT NULL"
+        ) > 0
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM sessions WHERE typeof(last_cost_usd) NOT IN ('real', 'null')"),
+        0
+    );
+    assert!(one("SELECT count(*) FROM users WHERE display_name IS NULL") > 0);
+    assert_eq!(
+        one(
+            "SELECT count(*) FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE u.id IS NULL"
+        ),
+        0
+    );
+    // SQLAlchemy's text, always six digits, no zone; ids made of the creation time.
+    let mut stmt = conn.prepare("SELECT id, created_at, updated_at FROM sessions UNION ALL SELECT 'session_' || id, created_at, updated_at FROM users").unwrap();
+    let rows: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (id, ca, ua) in &rows {
+        for t in [ca, ua] {
+            assert!(
+                chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.6f").is_ok()
+                    && t.len() == 26,
+                "{t}"
+            );
+        }
+        assert!(ua >= ca, "{id}: updated before created");
+    }
+    for (id, ca, _) in rows.iter().filter(|(id, _, _)| !id.contains('-')) {
+        let digits: String = ca.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!(
+            id,
+            &format!(
+                "session_{}_{}_{}",
+                &digits[..8],
+                &digits[8..14],
+                &digits[14..]
+            )
+        );
+    }
+    // State only in files: every file parses; some sessions have none yet.
+    let r = &run.report;
+    let with_state = detail_u64(r, "state_files");
+    let without = detail_u64(r, "without_state");
+    assert_eq!(with_state + without, 200);
+    assert!(without > 0 && with_state > 150, "{with_state} / {without}");
+    let mut files = 0;
+    for e in std::fs::read_dir(a.join("sessions")).unwrap() {
+        let p = e.unwrap().path().join("state.json");
+        if p.exists() {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(&p).unwrap()).unwrap();
+            files += 1;
+        }
+    }
+    assert_eq!(files, with_state);
+    // The config maps what the schema names otherwise, and parses.
+    let text = std::fs::read_to_string(a.join("sessiondb.toml")).unwrap();
+    let cfg =
+        sessiondb::config::Config::parse(&a.join("sessiondb.toml"), &text, &Default::default())
+            .unwrap();
+    use sessiondb::source::shape::Field;
+    assert_eq!(cfg.app.columns[&Field::Cost], "last_cost_usd");
+    assert_eq!(cfg.app.columns[&Field::State], "");
+    assert!(cfg.json_path.is_none());
+    assert_eq!(
+        detail_u64(r, "deleted"),
+        one("SELECT count(*) FROM sessions WHERE is_deleted = 1") as u64
+    );
+}
+
+#[test]
+fn schema_default_is_what_no_flag_writes_and_app_refuses_bad() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    generate_ok(&a, &["--sessions", "120", "--seed", "4", "--bad"]);
+    generate_ok(
+        &b,
+        &[
+            "--sessions",
+            "120",
+            "--seed",
+            "4",
+            "--bad",
+            "--schema",
+            "default",
+        ],
+    );
+    assert_eq!(snapshot(&a), snapshot(&b));
+    assert_eq!(sqlite_rows(&a), sqlite_rows(&b));
+    let run = generate(
+        &tmp.path().join("c"),
+        &["--schema", "app", "--sessions", "5", "--bad"],
+    );
+    assert_eq!(run.code, sessiondb::exit::USAGE, "{}", run.stderr);
+}
