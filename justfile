@@ -1,4 +1,5 @@
-# sessiondb runbooks. `just --list` shows them; runbooks/ explains each sequence.
+# sessiondb runbooks. `just --list` shows them (README.md, "Runbooks", lists every one);
+# runbooks/ explains each sequence.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 profile := env("SESSIONDB_PROFILE", "release")
@@ -6,6 +7,7 @@ sdb := "target/" + profile + "/sessiondb"
 cargo_profile := if profile == "release" { "--release" } else { "" }
 
 # List the recipes
+[private]
 default:
     @just --list --unsorted
 
@@ -64,6 +66,7 @@ ci:
     just test
     SESSIONDB_PROFILE=debug just stage-migrate-ephemeral
 
-# Build the binaries
+# Build the binaries, with cargo's progress: a first release build takes minutes (README, Quick start)
+[private]
 build:
-    cargo build {{cargo_profile}} --bins --quiet
+    cargo build {{cargo_profile}} --bins

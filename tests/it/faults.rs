@@ -335,21 +335,44 @@ fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
     let db = TestDb::new("fault_two_writers");
     // Take a matching backup first so both runs go straight to the lock and the load.
     sessiondb(&["backup"]).config(&s.config).expect(0);
-    let first = Command::new(bin_path("migrate-state"))
+    let mut first = Command::new(bin_path("migrate-state"))
         .args(["--dry-run=false", "--batch-size", "50", "--config"])
         .arg(&s.config)
         .env("DATABASE_URL", &db.url)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the first run holds the lock.
+    // Wait until the first run holds the lock in this test's database. pg_locks lists
+    // the locks of every database of the server, and the writers of tests running
+    // alongside hold the same key (schema "public") in theirs: a loop that counted
+    // those went on before the first run had its lock, the second migrate-state below
+    // took it instead, and the first run failed with lock_held.
     let key = sessiondb::target::lock_key("public");
-    let t0 = Instant::now();
+    let (classid, objid) = (
+        ((key as u64) >> 32) as u32 as i64,
+        (key as u64 & 0xffff_ffff) as i64,
+    );
+    let mut c = db.client();
     loop {
-        let held: i64 = db.client().query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid::bigint = ($1::bigint & 4294967295)", &[&key]).unwrap().get(0);
-        if held > 0 || t0.elapsed() > Duration::from_secs(30) {
+        let held: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND classid::bigint = $1 AND objid::bigint = $2",
+                &[&classid, &objid],
+            )
+            .unwrap()
+            .get(0);
+        if held > 0 {
             break;
+        }
+        if let Some(status) = first.try_wait().unwrap() {
+            let out = first.wait_with_output().unwrap();
+            panic!(
+                "the first run ended ({status}) before it was seen holding the lock: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -379,7 +402,13 @@ fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
         }
     }
     let out = first.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "the first run failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let n: i64 = db
         .client()
         .query_one("SELECT count(*) FROM sessions", &[])
