@@ -793,7 +793,7 @@ pub fn url_password(s: &str) -> Option<String> {
 pub struct Target {
     /// Everything but TLS; its `ssl_mode` is `tls.mode` as tokio-postgres knows it.
     pub pg: postgres::Config,
-    /// TLS, with libpq's `sslmode` semantics (`target::tls` builds the connector).
+    /// TLS, with libpq's `sslmode` semantics (`pg::tls` builds the connector).
     pub tls: TlsSettings,
     /// The redacted connection string.
     pub display: String,
@@ -1270,7 +1270,7 @@ pub fn target(
     // Every connection made from this target (the commands, the writer lock, the runtime
     // store's pool, sessiond, the smoke probe) runs with this search_path from its
     // first statement.
-    let options = crate::target::startup_options(pg.get_options(), &settings.schema);
+    let options = crate::pg::startup_options(pg.get_options(), &settings.schema);
     pg.options(&options);
     let display = if display.is_empty() {
         synth_display(&pg)

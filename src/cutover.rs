@@ -18,7 +18,7 @@ use sha2::Digest;
 
 use crate::config::Backend;
 use crate::error::{Error, Result};
-use crate::target::qualified;
+use crate::pg::qualified;
 
 /// A planned edit of the config file.
 #[derive(Debug, Clone, Serialize)]
@@ -322,7 +322,7 @@ pub fn latest(
     schema: &str,
     kind: &str,
 ) -> Result<Option<Cutover>> {
-    if !crate::target::schema::table_exists(c, schema, "sessiondb_cutovers")? {
+    if !crate::pg::schema::table_exists(c, schema, "sessiondb_cutovers")? {
         return Ok(None);
     }
     let rows = c

@@ -23,12 +23,12 @@ use serde::Serialize;
 
 use crate::config::{self, AppSchema, Config, DbUrl, Env};
 use crate::error::{Error, Result};
+use crate::pg::catalog::{self, Fit, SourceColumn, TargetTable};
 use crate::report::Finding;
 use crate::source::shape::{
     self, ColumnScan, Field, JsonKeys, Shape, Table, TypeChoice, choose_type, scan_table,
 };
 use crate::source::sqlite;
-use crate::target::catalog::{self, Fit, SourceColumn, TargetTable};
 use crate::value::compat::SourceKind;
 
 /// What `init` was asked.
@@ -1054,7 +1054,7 @@ fn inspect_target(
         error: None,
     };
     let read = (|| -> Result<BTreeMap<String, TargetTable>> {
-        let mut c = crate::target::connect(&t)?;
+        let mut c = crate::pg::connect(&t)?;
         let mut tx = c
             .build_transaction()
             .read_only(true)

@@ -9,7 +9,7 @@
 //! the target's when it was read. The [`Planner`] gathers them at the edges: the ledger
 //! rows of a batch, and the target rows of the sessions that may differ — those the
 //! source changed, those whose row versions moved since sessiondb wrote them
-//! ([`crate::target::ledger::moved`], one query per run), or every one with
+//! ([`crate::pg::ledger::moved`], one query per run), or every one with
 //! `--recheck`.
 
 use std::collections::{HashMap, HashSet};
@@ -18,9 +18,9 @@ use postgres::Client;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::pg::constraints::{Fit, get};
+use crate::pg::{ledger, qualified};
 use crate::source::{self, Meta, Session};
-use crate::target::constraints::{Fit, get};
-use crate::target::{ledger, qualified};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -195,7 +195,7 @@ impl Planner {
     /// moved since sessiondb wrote them (read in one snapshot, with their content, so
     /// that a row rewritten as it was is told from one changed).
     pub fn new(c: &mut Client, schema: &str, fit: &Fit, recheck: bool) -> Result<Planner> {
-        let ledger_exists = crate::target::schema::table_exists(c, schema, "sessiondb_ledger")?;
+        let ledger_exists = crate::pg::schema::table_exists(c, schema, "sessiondb_ledger")?;
         let sessions_exists = fit.sessions.is_some();
         let state_exists = fit.session_state.is_some();
         let mut empty = true;

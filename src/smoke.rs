@@ -23,9 +23,9 @@ use crate::canon;
 use crate::cli::Ctx;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
+use crate::pg::{self, qualified, schema};
 use crate::report::CheckStatus;
 use crate::source::Source;
-use crate::target::{self, qualified, schema};
 
 /// Most sessions the status probe compares.
 pub const STATUS_SAMPLE: usize = 20;
@@ -63,7 +63,7 @@ pub fn run(ctx: &mut Ctx, url: &str, verify: impl FnOnce(&mut Ctx) -> Result<()>
     let t = config::target(&cfg.postgres, Some(&cfg.path), &ctx.env)?;
     let schema_name = cfg.postgres.schema.clone();
     let mut pg = match &t {
-        Some(t) => Some(target::connect(t)?),
+        Some(t) => Some(pg::connect(t)?),
         None => None,
     };
     let tables = match &mut pg {

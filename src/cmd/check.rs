@@ -6,10 +6,10 @@ use serde_json::json;
 use crate::cli::{Common, Ctx, Step};
 use crate::config::{self, Backend, Config};
 use crate::error::{Error, Result};
+use crate::pg::{self, schema};
 use crate::report::{CheckStatus, Finding};
 use crate::source::shape::Shape;
 use crate::source::{Item, Source, sqlite};
-use crate::target::{self, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -346,7 +346,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
         .map(|c| c.postgres.schema.clone())
         .unwrap_or_else(|| "public".into());
     against(ctx, t.display.clone());
-    let mut c = match target::connect(&t) {
+    let mut c = match pg::connect(&t) {
         Ok(c) => c,
         Err(e) => {
             ctx.report.check(
@@ -375,7 +375,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
         v[0].get(3),
         v[0].get(4),
     );
-    let tls = target::session_tls(&mut c)?;
+    let tls = pg::session_tls(&mut c)?;
     ctx.report.check(
         "postgres_connectivity",
         CheckStatus::Pass,
@@ -406,7 +406,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
         ));
     }
     // Permissions: the probe preflight uses, so that the two agree.
-    let perms = target::Permissions::probe(&mut c, &schema_name)?;
+    let perms = pg::Permissions::probe(&mut c, &schema_name)?;
     let problem = perms.problem(&user);
     ctx.report.check(
         "postgres_permissions",
@@ -510,7 +510,7 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
         format!("{conns}/{max} connections, {waits} lock wait(s), {long} query(ies) running over 5 minutes"),
         json!({"connections": conns, "max_connections": max, "lock_waits": waits, "long_running": long}),
     );
-    if let Some(holder) = target::lock_free(&mut c, &schema_name)? {
+    if let Some(holder) = pg::lock_free(&mut c, &schema_name)? {
         ctx.report.warn(Finding::new(
             "lock_held",
             format!("a sessiondb writer is running: {holder}"),

@@ -15,11 +15,11 @@ use serde_json::json;
 use crate::cli::{Common, Ctx, DryRun, Step};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::pg::constraints::{Fit, Problem};
+use crate::pg::{self, WriterLock, ledger, load, schema};
 use crate::plan::{Action, ConflictInfo, Counts, Planner};
 use crate::report::{Finding, INLINE_LIMIT};
 use crate::source::{Invalid, Item, KnownFn, Session, Source};
-use crate::target::constraints::{Fit, Problem};
-use crate::target::{self, WriterLock, ledger, load, schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -504,8 +504,8 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
     if (counts.inserted + counts.updated) * 10 > counts.sessions {
         let _ = client.batch_execute(&format!(
             "ANALYZE {}, {}",
-            target::qualified(&schema_name, "sessions"),
-            target::qualified(&schema_name, "session_state")
+            pg::qualified(&schema_name, "sessions"),
+            pg::qualified(&schema_name, "session_state")
         ));
     }
     phases.analyze = t_analyze.elapsed();
@@ -530,7 +530,7 @@ pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
 
 /// A connection with the run's bounded `lock_timeout`.
 fn connect(t: &crate::config::Target, lock_timeout: &str) -> Result<postgres::Client> {
-    let mut c = target::connect(t)?;
+    let mut c = pg::connect(t)?;
     c.execute(
         "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
         &[&lock_timeout],
@@ -802,12 +802,12 @@ fn known_stamps(
         return Ok(None);
     }
     let changed = planner.changes.changed.clone();
-    let conn = std::sync::Mutex::new(target::connect(t)?);
+    let conn = std::sync::Mutex::new(pg::connect(t)?);
     let sql = format!(
         "SELECT l.session_id FROM {} l JOIN ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
                  ON l.session_id = u.i AND l.source_stamp = u.s
           WHERE l.status = 'migrated'",
-        target::qualified(schema_name, "sessiondb_ledger")
+        pg::qualified(schema_name, "sessiondb_ledger")
     );
     Ok(Some(Box::new(move |pairs: &[(&str, &str)]| {
         let ids: Vec<&str> = pairs.iter().map(|p| p.0).collect();
@@ -866,9 +866,9 @@ fn refuse_problems(ctx: &mut Ctx, problems: &[Problem]) -> Result<()> {
     );
     let code = if problems
         .iter()
-        .any(|p| p.code == crate::target::constraints::SCHEMA_MISMATCH)
+        .any(|p| p.code == crate::pg::constraints::SCHEMA_MISMATCH)
     {
-        crate::target::constraints::SCHEMA_MISMATCH
+        crate::pg::constraints::SCHEMA_MISMATCH
     } else {
         first.code
     };
@@ -1030,7 +1030,7 @@ fn record_run_start(
     c.execute(
         &format!(
             "INSERT INTO {} (run_id, step, host, pid, tool_version, source_fingerprint, backup) VALUES ($1, 'migrate-state', $2, $3, $4, $5, $6)",
-            target::qualified(schema, "sessiondb_runs")
+            pg::qualified(schema, "sessiondb_runs")
         ),
         &[run, &host, &(std::process::id() as i32), &env!("CARGO_PKG_VERSION"), &fingerprint, &backup.display().to_string()],
     )
@@ -1049,7 +1049,7 @@ fn record_run_end(
     c.execute(
         &format!(
             "UPDATE {} SET finished_at = pg_catalog.now(), status = $2, counts = $3 WHERE run_id = $1",
-            target::qualified(schema, "sessiondb_runs")
+            pg::qualified(schema, "sessiondb_runs")
         ),
         &[run, &status, &counts],
     )

@@ -12,11 +12,11 @@ use serde_json::json;
 use crate::cli::{Common, Ctx, Step};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::pg::constraints::{Fit, Stats};
+use crate::pg::{self, schema};
 use crate::plan::{Counts, Planner};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{self, Item, Session, Source, sqlite};
-use crate::target::constraints::{Fit, Stats};
-use crate::target::{self, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -407,7 +407,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             return None;
         }
     };
-    let mut c = match target::connect(&t) {
+    let mut c = match pg::connect(&t) {
         Ok(c) => c,
         Err(e) => {
             ctx.report.check(
@@ -445,7 +445,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             let (v, enc, user, search_path): (String, String, String, String) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
             let ok = enc.eq_ignore_ascii_case("UTF8");
-            let tls = target::session_tls(&mut c).unwrap_or_default();
+            let tls = pg::session_tls(&mut c).unwrap_or_default();
             ctx.report.check(
                 "postgres_connectivity",
                 if ok {
@@ -475,7 +475,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             return None;
         }
     };
-    match target::lock_free(&mut c, &schema_name) {
+    match pg::lock_free(&mut c, &schema_name) {
         Ok(Some(holder)) => ctx.report.warn(Finding::new(
             "lock_held",
             format!("a sessiondb writer is running now: {holder}"),
@@ -485,7 +485,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
     }
     // Permissions: SELECT/INSERT/UPDATE on the tables that exist, else CREATE in the
     // schema, and a session that may write at all (the probe `check` uses too).
-    match target::Permissions::probe(&mut c, &schema_name) {
+    match pg::Permissions::probe(&mut c, &schema_name) {
         Ok(perms) => {
             let problem = perms.problem(&user);
             ctx.report.check(

@@ -34,10 +34,10 @@ use crate::cli::{Common, Ctx, DryRun, Step};
 use crate::config::{Backend, Config};
 use crate::cutover;
 use crate::error::{Error, Result};
+use crate::pg::{self, WriterLock, qualified};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::Meta;
 use crate::source::write::{FileDigest, STATE_FILE, Sync};
-use crate::target::{self, WriterLock, qualified};
 use legacy::{Export, FileAction, Legacy, RowWrite, StateTo};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -173,7 +173,7 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
     let recoveries = recover_earlier(ctx, &cfg, dry_run)?;
     let t = ctx.target(Some(&cfg))?;
     let schema_name = cfg.postgres.schema.clone();
-    let mut c = target::connect(&t)?;
+    let mut c = pg::connect(&t)?;
     let cut = cutover::latest(&mut c, &schema_name, "set_default")?;
     let back_to = match (&cut, cfg.backend) {
         (Some(cu), _) => parse_backend(&cu.from_backend),
@@ -193,7 +193,7 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
     }
     ctx.report.detail("cutover", &cut);
     ctx.report.detail("back_to", back_to);
-    if !crate::target::schema::table_exists(&mut c, &schema_name, "sessiondb_ledger")? {
+    if !crate::pg::schema::table_exists(&mut c, &schema_name, "sessiondb_ledger")? {
         return Err(Error::Refused {
             code: "nothing_migrated",
             message: "the target has no sessiondb ledger: nothing was migrated, nothing to export"

@@ -7,9 +7,9 @@ use crate::cli::{Common, Ctx, DryRun, Step};
 use crate::config::Backend;
 use crate::cutover;
 use crate::error::{Error, Result};
+use crate::pg::{self, WriterLock, qualified, schema};
 use crate::report::{CheckStatus, Finding};
 use crate::source::Source;
-use crate::target::{self, WriterLock, qualified, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -55,7 +55,7 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
     if let Some(w) = cutover::symlink_warning(&edit) {
         ctx.report.warn(w);
     }
-    let mut c = target::connect(&t)?;
+    let mut c = pg::connect(&t)?;
     let fp = Source::from_config(&cfg).quick_fingerprint()?;
     let verification = latest_verification(&mut c, &schema_name)?;
     let verify_run = match &verification {

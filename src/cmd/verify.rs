@@ -14,10 +14,10 @@ use crate::canon::{self, Node, Spanned};
 use crate::cli::{Common, Ctx, Step};
 use crate::config::Backend;
 use crate::error::{Error, Result};
+use crate::pg::constraints::{Fit, get};
+use crate::pg::{self, qualified, schema};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{Item, Meta, Session, Source, fields};
-use crate::target::constraints::{Fit, get};
-use crate::target::{self, qualified, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -86,7 +86,7 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     let t = ctx.target(Some(&cfg))?;
     let src = Source::from_config(&cfg);
     let schema_name = cfg.postgres.schema.clone();
-    let mut c = target::connect(&t)?;
+    let mut c = pg::connect(&t)?;
     let fingerprint = src.quick_fingerprint()?;
 
     // The schema and the index.

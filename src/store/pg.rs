@@ -16,8 +16,8 @@ use super::state::State;
 use super::{Meta, MetaPatch, Page, PoolStats, SessionSummary, ValidNew};
 use crate::config::{PostgresSettings, Target};
 use crate::error::Error as CrateError;
+use crate::pg::{qualified, schema};
 use crate::redact;
-use crate::target::{qualified, schema};
 
 /// Idle connections beyond `pool_size` are closed after this long unused (the overflow).
 const OVERFLOW_IDLE: Duration = Duration::from_secs(30);
@@ -162,7 +162,7 @@ impl PgStore {
     ) -> Result<PgStore> {
         prepare_schema(target, settings, apply_schema).await?;
         let cfg = async_config(&target.pg);
-        let tls = crate::target::tls::connector(target)?;
+        let tls = crate::pg::tls::connector(target)?;
         let mgr = Manager::from_config(
             cfg,
             tls,
@@ -221,9 +221,7 @@ impl PgStore {
                 target: self.target.clone(),
                 message: "timed out connecting".into(),
             }),
-            PoolError::Backend(e) => {
-                Error::Backend(crate::target::connect_error(&self.conn_target, e))
-            }
+            PoolError::Backend(e) => Error::Backend(crate::pg::connect_error(&self.conn_target, e)),
             PoolError::Closed => Error::Closed,
             other => Error::Backend(CrateError::PostgresUnreachable {
                 target: self.target.clone(),
@@ -442,7 +440,7 @@ async fn prepare_schema(target: &Target, settings: &PostgresSettings, apply: boo
     let schema_name = settings.schema.clone();
     let opclass = settings.gin_opclass.as_sql();
     let run = tokio::task::spawn_blocking(move || -> crate::error::Result<()> {
-        let mut c = crate::target::connect(&target)?;
+        let mut c = crate::pg::connect(&target)?;
         let st = schema::status(&mut c, &schema_name)?;
         if let Some(p) = st.problems() {
             return Err(CrateError::Refused {
@@ -486,7 +484,7 @@ async fn prepare_schema(target: &Target, settings: &PostgresSettings, apply: boo
             }
             // Another process may have applied it at the same moment: fine if it is now.
             Err(e) => {
-                let mut c = crate::target::connect(&target)?;
+                let mut c = crate::pg::connect(&target)?;
                 let st = schema::status(&mut c, &schema_name)?;
                 if st.pending.is_empty() && st.problems().is_none() {
                     Ok(())

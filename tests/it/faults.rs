@@ -348,7 +348,7 @@ fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
     // alongside hold the same key (schema "public") in theirs: a loop that counted
     // those went on before the first run had its lock, the second migrate-state below
     // took it instead, and the first run failed with lock_held.
-    let key = sessiondb::target::lock_key("public");
+    let key = sessiondb::pg::lock_key("public");
     let (classid, objid) = (
         ((key as u64) >> 32) as u32 as i64,
         (key as u64 & 0xffff_ffff) as i64,

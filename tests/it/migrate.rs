@@ -300,7 +300,7 @@ fn a_second_writer_fails_at_once_naming_the_holder() {
     let mut holder = db.url.parse::<postgres::Config>().unwrap();
     holder.application_name("sessiondb:11111111-2222-3333-4444-555555555555");
     let mut c = holder.connect(postgres::NoTls).unwrap();
-    let key = sessiondb::target::lock_key("public");
+    let key = sessiondb::pg::lock_key("public");
     c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let t0 = std::time::Instant::now();

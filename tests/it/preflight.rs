@@ -261,7 +261,7 @@ fn hold_writer_lock(db: &TestDb, run_id: &str) -> (postgres::Client, i32) {
     let mut cfg = db.url.parse::<postgres::Config>().unwrap();
     cfg.application_name(&format!("sessiondb:{run_id}"));
     let mut c = cfg.connect(postgres::NoTls).unwrap();
-    let key = sessiondb::target::lock_key("public");
+    let key = sessiondb::pg::lock_key("public");
     c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     (c, pid)

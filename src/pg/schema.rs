@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS {schema}.sessiondb_cutovers (
         // The `xmin` of the `sessions` and `session_state` rows as sessiondb committed
         // them (32-bit transaction ids, as bigint): a row whose xmin moved was rewritten
         // by someone. NULL: not known yet (ledgers written before this version), learned
-        // by the next run (`target::ledger::learn_unknown`).
+        // by the next run (`pg::ledger::learn_unknown`).
         sql: r#"
 ALTER TABLE {schema}.sessiondb_ledger
     ADD COLUMN IF NOT EXISTS sessions_xmin bigint,

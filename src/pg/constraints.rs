@@ -415,7 +415,7 @@ pub fn get<'a, T: postgres::types::FromSql<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::ForeignKey;
+    use crate::pg::ForeignKey;
 
     fn col(name: &str, ty: &str, not_null: bool) -> Column {
         Column {
