@@ -153,8 +153,7 @@ fn existing_config(out: &Path, env: &Env) -> Option<Config> {
 fn regular_file(path: &Path, what: &str) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(Error::InvalidSource {
-            code: "not_regular_file",
+        Ok(_) => Err(Error::NotInspectable {
             message: format!(
                 "{what} {} is not a regular file; it was not read",
                 path.display()
@@ -1037,7 +1036,9 @@ fn inspect_target(
     app: &AppSchema,
     undecided: &mut Vec<String>,
 ) -> Result<Option<TargetReport>> {
-    let settings = existing.map_or_else(crate::cli::default_pg_settings, |c| c.postgres.clone());
+    let settings = existing.map_or_else(crate::config::PostgresSettings::defaults, |c| {
+        c.postgres.clone()
+    });
     let Some(t) = config::target(&settings, existing.map(|c| c.path.as_path()), env)? else {
         return Ok(None);
     };

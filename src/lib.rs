@@ -5,17 +5,19 @@
 
 pub mod backup;
 pub mod canon;
-pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod cutover;
+pub mod driver;
 pub mod error;
 pub mod exit;
+pub mod fault;
 pub mod fixture;
 pub mod fsutil;
 pub mod init;
 pub mod pg;
 pub mod plan;
+pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod service;

@@ -215,10 +215,7 @@ pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<
     .map_err(|e| Error::pg("creating the schema versions table", "", e))?;
     let st = status(tx, schema)?;
     if let Some(p) = st.problems() {
-        return Err(Error::Refused {
-            code: "schema_mismatch",
-            message: p,
-        });
+        return Err(Error::SchemaVersions { message: p });
     }
     let run = uuid::Uuid::parse_str(run_id).ok();
     let mut done = Vec::new();

@@ -52,6 +52,34 @@ pub struct Meta {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// The metadata fields, in the order of [`Meta::texts`]: also the names of the target
+/// columns they go to, and the order every reader and writer of those columns keeps.
+pub const META_FIELDS: [&str; 6] = [
+    "user_id",
+    "status",
+    "current_step",
+    "cost",
+    "created_at",
+    "updated_at",
+];
+
+impl Meta {
+    /// Each field as the one text both sides hash, compare and COPY ([`META_FIELDS`]
+    /// order): the text fields as they are, the cost in Rust's shortest round-trip
+    /// form, timestamps as RFC 3339 UTC with microseconds.
+    pub fn texts(&self) -> [Option<std::borrow::Cow<'_, str>>; 6] {
+        use std::borrow::Cow::{Borrowed, Owned};
+        [
+            self.user_id.as_deref().map(Borrowed),
+            self.status.as_deref().map(Borrowed),
+            self.current_step.as_deref().map(Borrowed),
+            self.cost.map(|c| Owned(format!("{c:?}"))),
+            self.created_at.as_ref().map(|t| Owned(fields::fmt_ts(t))),
+            self.updated_at.as_ref().map(|t| Owned(fields::fmt_ts(t))),
+        ]
+    }
+}
+
 /// Where a piece of a session came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,15 +146,9 @@ pub fn content_hash(id: &str, m: &Meta, canonical_state: Option<&str>) -> String
         h.update(b"\0");
     };
     field(Some(id.as_bytes()));
-    field(m.user_id.as_deref().map(str::as_bytes));
-    field(m.status.as_deref().map(str::as_bytes));
-    field(m.current_step.as_deref().map(str::as_bytes));
-    let cost = m.cost.map(|c| format!("{c:?}"));
-    field(cost.as_deref().map(str::as_bytes));
-    let ca = m.created_at.as_ref().map(fields::fmt_ts);
-    field(ca.as_deref().map(str::as_bytes));
-    let ua = m.updated_at.as_ref().map(fields::fmt_ts);
-    field(ua.as_deref().map(str::as_bytes));
+    for v in &m.texts() {
+        field(v.as_deref().map(str::as_bytes));
+    }
     field(canonical_state.map(str::as_bytes));
     format!("v1:{}", hex::encode(h.finalize()))
 }
@@ -235,10 +257,7 @@ impl Source {
     /// Open every part of the store read-only and load the JSON store's index.
     pub fn open(&self) -> Result<Reader> {
         if self.sqlite.is_none() && self.json_path.is_none() {
-            return Err(Error::InvalidSource {
-                code: "config_invalid",
-                message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
-            });
+            return Err(Error::NoLegacyStore);
         }
         self.check_paths()?;
         let db = match &self.sqlite {
@@ -321,6 +340,22 @@ struct Row {
     created_at: Raw,
     updated_at: Raw,
     state: Raw,
+}
+
+impl Row {
+    /// The row's fields in [`sqlite::COLUMNS`] order.
+    fn fields(&self) -> [&Raw; 8] {
+        [
+            &self.id,
+            &self.user_id,
+            &self.status,
+            &self.current_step,
+            &self.cost,
+            &self.created_at,
+            &self.updated_at,
+            &self.state,
+        ]
+    }
 }
 
 impl Reader {
@@ -409,6 +444,7 @@ impl Reader {
         let sqlite_path = self.source.sqlite.as_ref().map(|s| s.path.clone());
         let mut fingerprint = self.fingerprint;
         let mut consumer_err = None;
+        let mut stage_panic = None;
         std::thread::scope(|scope| {
             let producer = match (db, sqlite_path) {
                 (Some(db), Some(path)) => {
@@ -418,7 +454,10 @@ impl Reader {
                     let (known_tx, known_rx) =
                         std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
                     let reader = scope.spawn(move || {
+                        let mut n = 0;
                         let res = sqlite::for_each_chunk(&db, &path, batch, |rows| {
+                            crate::fault::panic_point("read", n);
+                            n += 1;
                             rows_tx.send(Ok(rows)).map_err(|_| cancelled())
                         });
                         if let Err(e) = res {
@@ -428,15 +467,21 @@ impl Reader {
                     let ctx1 = ctx.clone();
                     let mut fp = fingerprint.take();
                     let stamper = scope.spawn(move || {
-                        relay(rows_rx, stamped_tx, |r| ctx1.stamp_chunk(r, fp.as_mut()));
+                        relay("stamp", rows_rx, stamped_tx, |r| {
+                            ctx1.stamp_chunk(r, fp.as_mut())
+                        });
                         fp
                     });
-                    let asker =
-                        scope.spawn(move || relay(stamped_rx, known_tx, |s| mark_known(known, s)));
+                    let asker = scope.spawn(move || {
+                        relay("ask", stamped_rx, known_tx, |s| mark_known(known, s))
+                    });
                     let ctx = ctx.clone();
-                    let resolver =
-                        scope.spawn(move || relay(known_rx, tx, |s| ctx.resolve_chunk(s)));
-                    Some(([reader, asker, resolver], stamper))
+                    let resolver = scope
+                        .spawn(move || relay("resolve", known_rx, tx, |s| ctx.resolve_chunk(s)));
+                    Some((
+                        [("read", reader), ("ask", asker), ("resolve", resolver)],
+                        stamper,
+                    ))
                 }
                 _ => {
                     drop(tx);
@@ -473,13 +518,23 @@ impl Reader {
             }
             drop(rx);
             if let Some((others, stamper)) = producer {
-                for p in others {
-                    let _ = p.join();
+                // A stage that panicked dropped its sender: to the consumer the input
+                // simply ended. Its panic fails the scan, which never ends short as if
+                // the store held no more sessions.
+                for (stage, p) in others {
+                    if let Err(panic) = p.join() {
+                        stage_panic.get_or_insert_with(|| stage_panicked(stage, panic.as_ref()));
+                    }
                 }
-                fingerprint = stamper.join().ok().flatten();
+                match stamper.join() {
+                    Ok(fp) => fingerprint = fp,
+                    Err(panic) => {
+                        stage_panic.get_or_insert_with(|| stage_panicked("stamp", panic.as_ref()));
+                    }
+                }
             }
         });
-        if let Some(e) = consumer_err {
+        if let Some(e) = stage_panic.or(consumer_err) {
             return Err(e);
         }
         summary.fingerprint = fingerprint.map(Fingerprint::finish);
@@ -653,11 +708,13 @@ fn mark_known(
 /// One stage of a pipeline: `f` applied to each chunk from `rx`, sent on to `tx`; stops
 /// after passing on an error, or when the next stage has gone.
 fn relay<T, U>(
+    stage: &str,
     rx: std::sync::mpsc::Receiver<Result<T>>,
     tx: std::sync::mpsc::SyncSender<Result<U>>,
     mut f: impl FnMut(T) -> Result<U>,
 ) {
-    for input in rx {
+    for (n, input) in rx.into_iter().enumerate() {
+        crate::fault::panic_point(stage, n as u64);
         let out = input.and_then(&mut f);
         let failed = out.is_err();
         if tx.send(out).is_err() || failed {
@@ -666,9 +723,18 @@ fn relay<T, U>(
     }
 }
 
+/// The error of a scan stage that panicked.
+fn stage_panicked(stage: &str, panic: &(dyn std::any::Any + Send)) -> Error {
+    Error::Internal {
+        message: format!(
+            "the scan's {stage} stage panicked ({}); the scan stopped, and nothing it had not read was taken for the end of the store",
+            crate::error::panic_message(panic)
+        ),
+    }
+}
+
 fn cancelled() -> Error {
-    Error::Refused {
-        code: "cancelled",
+    Error::Cancelled {
         message: "scan cancelled".into(),
     }
 }
@@ -1082,16 +1148,7 @@ fn describe_row(r: &Row) -> String {
 /// Feed a SQLite row's raw fields to a stamp: each as a type tag, a length and its bytes,
 /// so that no two different rows feed the same bytes.
 fn hash_row(h: &mut Sha256, r: &Row) {
-    for f in [
-        &r.id,
-        &r.user_id,
-        &r.status,
-        &r.current_step,
-        &r.cost,
-        &r.created_at,
-        &r.updated_at,
-        &r.state,
-    ] {
+    for f in r.fields() {
         let (tag, bytes): (u8, &[u8]) = match f {
             Raw::Null => (0, &[]),
             Raw::Integer(i) => (1, &i.to_le_bytes()[..]),
@@ -1114,12 +1171,12 @@ fn row_bytes(r: &Row) -> Vec<u8> {
         Raw::Text(s) => serde_json::json!(s),
         Raw::Blob(b) => serde_json::json!({ "hex": hex::encode(b) }),
     };
-    serde_json::to_vec(&serde_json::json!({
-        "id": v(&r.id), "user_id": v(&r.user_id), "status": v(&r.status),
-        "current_step": v(&r.current_step), "cost": v(&r.cost), "created_at": v(&r.created_at),
-        "updated_at": v(&r.updated_at), "state": v(&r.state),
-    }))
-    .unwrap_or_default()
+    let fields: serde_json::Map<String, serde_json::Value> = sqlite::COLUMNS
+        .iter()
+        .zip(r.fields())
+        .map(|(name, f)| ((*name).to_owned(), v(f)))
+        .collect();
+    serde_json::to_vec(&fields).unwrap_or_default()
 }
 
 /// Load the deprecated JSON store's index (for `check`, `preflight` and the runtime

@@ -443,17 +443,13 @@ async fn prepare_schema(target: &Target, settings: &PostgresSettings, apply: boo
         let mut c = crate::pg::connect(&target)?;
         let st = schema::status(&mut c, &schema_name)?;
         if let Some(p) = st.problems() {
-            return Err(CrateError::Refused {
-                code: "schema_mismatch",
-                message: p,
-            });
+            return Err(CrateError::SchemaVersions { message: p });
         }
         if st.pending.is_empty() || (!apply && st.pending_for_store().is_empty()) {
             return Ok(());
         }
         if !apply {
-            return Err(CrateError::Refused {
-                code: "schema_pending",
+            return Err(CrateError::SchemaPending {
                 message: format!(
                     "schema version(s) {:?} are not applied on {}: run `sessiondb migrate-state --dry-run=false` or open the store with apply_schema",
                     st.pending_for_store(),
