@@ -16,7 +16,7 @@ use crate::config;
 use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
 use crate::init;
-use crate::report::{CheckStatus, Finding};
+use crate::report::{CheckStatus, Finding, Report};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -130,6 +130,25 @@ fn report(
     d: &mut Details,
 ) {
     let r = &mut ctx.report;
+    report_store(r, f, shape);
+    report_target(r, f);
+    r.count("sessions", f.rows);
+    r.count("state_files", f.state_files);
+    d.extra_columns = Some(f.extras.clone());
+    d.parent_tables = Some(f.parents.clone());
+    d.child_tables = Some(f.children.clone());
+    d.other_tables = Some(f.other_tables.clone());
+    d.undecided = Some(f.undecided.clone());
+    for w in &f.warnings {
+        r.warn(w.clone());
+    }
+    for u in &f.undecided {
+        r.warn(Finding::new("init_undecided", u.clone()));
+    }
+}
+
+/// The store found: `sqlite`, `mapping`, `sessions_dir`, `json_store`.
+fn report_store(r: &mut Report, f: &init::Inspection, shape: &crate::source::shape::Shape) {
     r.source = json!({
         "sqlite": f.sqlite.path,
         "sessions_dir": f.sessions_dir.as_ref().map(|d| &d.path),
@@ -208,6 +227,10 @@ fn report(
             json!({}),
         ),
     }
+}
+
+/// The target, read-only: whether each table it would use fits.
+fn report_target(r: &mut Report, f: &init::Inspection) {
     match &f.target {
         None => r.check(
             "target",
@@ -251,18 +274,5 @@ fn report(
                 json!({"tables": t.tables, "schema": t.schema}),
             );
         }
-    }
-    r.count("sessions", f.rows);
-    r.count("state_files", f.state_files);
-    d.extra_columns = Some(f.extras.clone());
-    d.parent_tables = Some(f.parents.clone());
-    d.child_tables = Some(f.children.clone());
-    d.other_tables = Some(f.other_tables.clone());
-    d.undecided = Some(f.undecided.clone());
-    for w in &f.warnings {
-        r.warn(w.clone());
-    }
-    for u in &f.undecided {
-        r.warn(Finding::new("init_undecided", u.clone()));
     }
 }
