@@ -50,6 +50,7 @@ PROBE_SESSIONS = 1000
 CHANGED_FRACTION = 0.01
 INDEX_MEM = "512MB"  # what the old floor used for its index build
 RSS_GOAL_MB = 200
+PGLOADER_HEAP_MB = 4096
 
 # The tables as sessiondb's schema version 1 creates them (src/target/schema.rs).
 DDL = (
@@ -156,10 +157,22 @@ PY_MEASURE = (
 RSS_VIA = "GNU time (/usr/bin/time -f %M)" if GNU_TIME else "a minimal Python parent (adds about 7 MB)"
 
 
+def dirty_mb():
+    """Dirty and under-writeback page cache (MB): a backup's syncfs waits for all of the
+    filesystem's, whoever wrote it (the server's files too, when on the same one)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = sum(int(line.split()[1]) for line in f if line.startswith(("Dirty:", "Writeback:")))
+        return round(kb / 1024, 1)
+    except OSError:
+        return None
+
+
 def timed(ctx, argv, env=None, ok=(0,), label=None):
     """Run a command; return a record: seconds, its own peak RSS (see GNU_TIME), its CPU
     (user + system, with any children it waited for), the server's CPU meanwhile, its
     stdout, and the command as shown."""
+    dirty = dirty_mb()
     cpu0 = server_cpu(ctx)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", dir=ctx.work, prefix="rss-") as rss:
@@ -183,6 +196,9 @@ def timed(ctx, argv, env=None, ok=(0,), label=None):
         "s": dt,
         "rss_mb": rss_kb / 1024 if rss_kb is not None else None,
         "cpu_s": usage.ru_utime + usage.ru_stime,
+        "user_s": usage.ru_utime,
+        "sys_s": usage.ru_stime,
+        "dirty_mb_before": dirty,
         "server_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
         "exit": code,
         "command": label or ctx.show(argv),
@@ -291,7 +307,8 @@ class Case:
         """A command's time, peak RSS, CPU and the server's CPU, under one name."""
         self.m(name, rec)
         self.m(name + "_rss", rec, unit="MB", key="rss_mb")
-        self.m(name + "_cpu", rec, unit="s", key="cpu_s")
+        self.m(name + "_cpu", rec, unit="s", key="cpu_s", user=round(rec["user_s"], 3), sys=round(rec["sys_s"], 3),
+               dirty_mb_before=rec["dirty_mb_before"])
         if rec["server_cpu_s"] is not None:
             self.m(name + "_server_cpu", rec, unit="s", key="server_cpu_s")
 
@@ -568,36 +585,53 @@ def outside_baselines(ctx, case, res, rows_tsv, opclass):
     if not pgl:
         case.notes.append("pgloader not run: no pgloader on PATH (Debian package `pgloader`; scripts/bench installs it when apt-get works)")
     else:
-        db = new_db(ctx, f"bench_pgloader_{n}")
-        q(ctx, db, DDL)
-        load = os.path.join(ctx.work, "pgloader.load")
-        with open(load, "w") as f:
-            f.write(f"LOAD DATABASE\n  FROM sqlite://{sq}\n  INTO {ctx.url(db)}?sslmode=disable\n"
-                    "  WITH data only, create no tables, create no indexes, reset no sequences\n"
-                    "  INCLUDING ONLY TABLE NAMES LIKE 'sessions';\n")
-        try:
-            rec = timed(ctx, [pgl, "--no-ssl-cert-verification", load], env=ctx.env())
-            got = int(q(ctx, db, "SELECT count(*) FROM sessions WHERE state IS NOT NULL").strip())
-            want = case.facts.get("target_state_rows")
-            if got != want:
-                raise Failed(f"pgloader loaded {got} states of {want}:\n{rec['stdout'][-2000:]}")
-            md5 = q(ctx, db, STATES_MD5.replace("session_id", "id").replace("FROM session_state",
-                                                                         "FROM sessions WHERE state IS NOT NULL")).strip()
-            if md5 != case.facts["target_states_md5"]:
-                raise Failed("pgloader's states differ from sessiondb's")
-            index = timed(ctx, psql(ctx, db, f"SET maintenance_work_mem = '{INDEX_MEM}'",
-                                    f"CREATE INDEX ON sessions USING gin (state {opclass})"), env=ctx.env())
-            case.cmd("pgloader_load", rec)
-            case.cmd("pgloader_index", index)
-            case.m("pgloader", rec["s"] + index["s"], command=f"{rec['command']} ; {index['command']}")
-            case.facts["pgloader_rows"] = got
-            ver = sh(ctx, [pgl, "--version"]).split("\n")[0]
-            case.facts["pgloader_version"] = ver
-            with open(load) as f:
-                case.facts["pgloader_load_file"] = f.read().replace(ctx.work, "$WORK")
-        except Failed as e:
-            case.notes.append(f"pgloader failed: {str(e)[:600]}")
-        q(ctx, "postgres", f'DROP DATABASE "{db}" WITH (FORCE)')
+        # pgloader's own defaults, with a 4 GB Lisp heap (its default heap was exhausted
+        # at 50,000 sessions); if that still runs out, once more with `prefetch rows`
+        # bounded, pgloader's documented remedy. A failed attempt is not timed; the
+        # results say which attempt the number is from.
+        attempts = [(PGLOADER_HEAP_MB, None), (PGLOADER_HEAP_MB, 10000)]
+        for i, (heap, prefetch) in enumerate(attempts):
+            db = new_db(ctx, f"bench_pgloader_{n}")
+            q(ctx, db, DDL)
+            load = os.path.join(ctx.work, "pgloader.load")
+            with_ = "data only, create no tables, create no indexes, reset no sequences"
+            if prefetch:
+                with_ += f", prefetch rows = {prefetch}"
+            with open(load, "w") as f:
+                f.write(f"LOAD DATABASE\n  FROM sqlite://{sq}\n  INTO {ctx.url(db)}?sslmode=disable\n"
+                        f"  WITH {with_}\n  INCLUDING ONLY TABLE NAMES LIKE 'sessions';\n")
+            try:
+                rec = timed(ctx, [pgl, "--dynamic-space-size", str(heap), "--no-ssl-cert-verification", load],
+                            env=ctx.env())
+                got = int(q(ctx, db, "SELECT count(*) FROM sessions WHERE state IS NOT NULL").strip())
+                want = case.facts.get("target_state_rows")
+                if got != want:
+                    raise Failed(f"pgloader loaded {got} states of {want}:\n{rec['stdout'][-2000:]}")
+                md5 = q(ctx, db, STATES_MD5.replace("session_id", "id").replace(
+                    "FROM session_state", "FROM sessions WHERE state IS NOT NULL")).strip()
+                if md5 != case.facts["target_states_md5"]:
+                    raise Failed("pgloader's states differ from sessiondb's")
+                index = timed(ctx, psql(ctx, db, f"SET maintenance_work_mem = '{INDEX_MEM}'",
+                                        f"CREATE INDEX ON sessions USING gin (state {opclass})"), env=ctx.env())
+                case.cmd("pgloader_load", rec)
+                case.cmd("pgloader_index", index)
+                case.m("pgloader", rec["s"] + index["s"], command=f"{rec['command']} ; {index['command']}")
+                case.facts["pgloader_rows"] = got
+                case.facts["pgloader_version"] = sh(ctx, [pgl, "--version"]).split("\n")[0]
+                with open(load) as f:
+                    case.facts["pgloader_load_file"] = f.read().replace(ctx.work, "$WORK")
+                if prefetch:
+                    case.notes.append(f"pgloader ran with prefetch rows = {prefetch}: with its default it exhausted its {heap} MB heap")
+                break
+            except Failed as e:
+                text = str(e)
+                retry = "Heap exhausted" in text and i + 1 < len(attempts)
+                if not retry:
+                    case.notes.append(f"pgloader failed: {text[:600]}")
+                else:
+                    case.facts["pgloader_heap_exhausted"] = {"heap_mb": heap, "prefetch_rows": prefetch or "default"}
+            finally:
+                q(ctx, "postgres", f'DROP DATABASE "{db}" WITH (FORCE)')
     os.unlink(sq)
 
 
@@ -642,18 +676,22 @@ def run_case(ctx, n, full, res):
     env = ctx.env(db, cfg)
     case.facts["env"] = "DATABASE_URL=<the run's database> SESSIONDB_CONFIG=$WORK/store-N/sessiondb.toml"
 
-    # The first backup against cp -a of the same folders, both cold.
-    if full:
-        cold = drop_caches(ctx)
-        src = [os.path.join(store, "data"), os.path.join(store, "sessions")]
-        dest = os.path.join(ctx.work, "cp")
+    # The first backup against cp -a of the same folders, both cold; then both warm.
+    src = [os.path.join(store, "data"), os.path.join(store, "sessions")]
+    dest = os.path.join(ctx.work, "cp")
+
+    def cp_folders(name, cold):
         os.mkdir(dest)
         rec = timed(ctx, ["cp", "-a", *src, dest + "/"])
         sync = timed(ctx, ["sync", "-f", dest])
-        case.m("cp_a", rec, cold_cache=cold)
-        case.m("cp_a_sync", rec["s"] + sync["s"], command=f"{rec['command']} ; {sync['command']}", cold_cache=cold)
+        case.cmd(name, rec)
+        case.measures[name]["cold_cache"] = cold
+        case.m(name + "_sync", rec["s"] + sync["s"], command=f"{rec['command']} ; {sync['command']}", cold_cache=cold)
         case.facts["cp_a_files"], case.facts["cp_a_bytes"] = tree_size(dest)
         shutil.rmtree(dest)
+
+    if full:
+        cp_folders("cp_a", drop_caches(ctx))
         # cp -a of only what the backup copies: the db, the JSON store, the state files.
         cold = drop_caches(ctx)
         os.mkdir(dest)
@@ -664,11 +702,10 @@ def run_case(ctx, n, full, res):
                 if os.path.isfile(os.path.join(store, p)):
                     f.write(p.encode(errors="surrogateescape") + b"\0")
         t0 = time.monotonic()
-        r1 = timed(ctx, ["cp", "-a", os.path.join(store, "data"), dest + "/"])
+        timed(ctx, ["cp", "-a", os.path.join(store, "data"), dest + "/"])
         r2 = timed(ctx, ["sh", "-c", f"cd '{store}' && xargs -0 cp -a --parents -t '{dest}' < '{lst}' && sync -f '{dest}'"],
                    label=f"cp -a $WORK/store-{n}/data $WORK/cp/ ; (cd $WORK/store-{n} && xargs -0 cp -a --parents -t $WORK/cp < <every sessions/*/state.json> && sync -f $WORK/cp)")
         case.m("cp_a_state_sync", time.monotonic() - t0, command=r2["command"], cold_cache=cold)
-        del r1
         shutil.rmtree(dest)
         os.unlink(lst)
     cold = drop_caches(ctx)
@@ -679,6 +716,18 @@ def run_case(ctx, n, full, res):
     case.measures["backup"]["cold_cache"] = cold
     case.facts["backup_counts"] = first["counts"]
     case.facts["backup_dir_files"], case.facts["backup_dir_bytes"] = tree_size(first_dir)
+    if full:
+        # Warm: cp -a right after, then a full backup again with the first set aside (so
+        # it is still a first backup: nothing earlier to share with), then put back.
+        cp_folders("cp_a_warm", False)
+        aside = os.path.join(ctx.work, "first-backup-aside")
+        os.rename(first_dir, aside)
+        try:
+            rec = timed(ctx, [SDB, "backup", "--quiet"], env=env)
+            case.cmd("backup_warm", rec)
+            shutil.rmtree(report_of(rec)["details"]["backup"])
+        finally:
+            os.rename(aside, first_dir)
 
     # The full load, as the runbook runs it: after `backup`, which it uses.
     rec = timed(ctx, [SDB, "migrate-state", "--dry-run=false", "--quiet"], env=env)
@@ -785,6 +834,7 @@ def run_case(ctx, n, full, res):
         case.ratio("backup/cp_a_sync", "backup", "cp_a_sync", 1.2)
         case.ratio("backup/cp_a", "backup", "cp_a")
         case.ratio("backup/cp_a_state_sync", "backup", "cp_a_state_sync")
+        case.ratio("backup_warm/cp_a_warm_sync", "backup_warm", "cp_a_warm_sync")
     case.facts["load_average"] = res["_loadavg"].between(t_case, time.monotonic())
     shutil.rmtree(store, ignore_errors=True)
     q(ctx, "postgres", f'DROP DATABASE "{db}" WITH (FORCE)')
@@ -842,6 +892,8 @@ def table(run):
         ("  cp -a of data/ and sessions/, then sync -f", "cp_a_sync", None, ""),
         ("  the same cp -a without the sync", "cp_a", "backup/cp_a", "backup / cp -a alone"),
         ("  cp -a of the db, JSON store, state files only, + sync", "cp_a_state_sync", "backup/cp_a_state_sync", "backup / this"),
+        ("  first backup again, warm (the first set aside)", "backup_warm", "backup_warm/cp_a_warm_sync", "of cp -a + sync, warm"),
+        ("  cp -a of data/ and sessions/ + sync, warm", "cp_a_warm_sync", None, ""),
         ("second backup after the 1% change", "backup2", "backup2/backup", "of the first (goal: ∝ change)"),
     ]
     w = max(len(r[0]) for r in rows) + 2
@@ -851,11 +903,13 @@ def table(run):
         print(f"{label:{w}} {val(name):>9}  {r:>8}  {goal:>7}  {mark:8} {what}")
     print()
     cpu = []
-    for k in ("load", "floor_same_copy", "floor_same_index", "python_script", "pgloader_load", "catchup", "verify", "backup"):
+    for k in ("load", "floor_same_copy", "floor_same_index", "python_script", "pgloader_load", "catchup", "verify",
+              "backup", "backup_warm", "cp_a", "cp_a_warm"):
         if k in M:
             sc = M.get(k + "_server_cpu")
-            cpu.append(f"{k} {M[k + '_cpu']['value']:.1f}/{sc['value'] if sc else float('nan'):.1f}")
-    print("CPU s, the command's / the server's: " + ", ".join(cpu))
+            c = M[k + "_cpu"]
+            cpu.append(f"{k} {c.get('user', 0):.1f}+{c.get('sys', 0):.1f}/{sc['value'] if sc else float('nan'):.1f}")
+    print("CPU s, the command's user+sys / the server's: " + ", ".join(cpu))
     names = ["backup", "load", "catchup", "verify", "backup2", "python_script", "pgloader_load"]
     for case in cases:
         m = case["measures"]
