@@ -5,7 +5,8 @@ Starts a throwaway PostgreSQL (fsync on), generates a legacy store and measures,
 ratios between numbers of the same run (README, "Benchmarks", says what each row means):
 
   - `cp -a` of the store's folders (SQLite db + JSON store + sessions dir) against the
-    first `sessiondb backup`, both from a cold page cache when the kernel lets us drop it;
+    first `sessiondb backup`, both from a cold page cache when the kernel lets us drop it,
+    then both warm;
   - the full load as the runbook runs it (`backup`, then `migrate-state --dry-run=false`,
     which uses that matching backup);
   - the psql floor: `\\copy` of the same rows, pre-rendered, plus `CREATE INDEX ... gin`,
@@ -18,14 +19,17 @@ ratios between numbers of the same run (README, "Benchmarks", says what each row
   - after 1% of the states changed: the catch-up as the runbook runs it (no `--backup`:
     it takes its own), with its backup's share from the report's `details.phases_ms`;
     a full verify; a second `backup` against the first;
-  - every command's peak RSS (its own, from wait4) and CPU, and the server's CPU.
+  - every command's peak RSS (its own: see GNU_TIME) and CPU, and the server's CPU.
+sessiondb's sequence runs first; the floors and outside baselines last, on rows exported
+right after the load, so the catch-up follows the load as in the runbook.
 
 BENCH_SESSIONS (default 200000) sets the size; BENCH_LARGE=1000000 adds a case at that
 size (every sessiondb command, its peak RSS and the load time against the main case).
 Appends one object to bench/results.json and prints a table with issue 19's goals.
 Needs python3 >= 3.11 and psql; psycopg 3 (PyPI `psycopg[binary]`) and pgloader (Debian
-`pgloader`) for the outside baselines: scripts/bench installs them when missing. A
-baseline that cannot run says why in the table and in the results.
+`pgloader`) for the outside baselines, GNU time (Debian `time`) for peak RSS:
+scripts/bench installs them when missing. A baseline that cannot run says why in the
+table and in the results.
 """
 import datetime
 import json
