@@ -632,6 +632,7 @@ def outside_baselines(ctx, case, res, rows_tsv, opclass):
                 retry = "Heap exhausted" in text and i + 1 < len(attempts)
                 if not retry:
                     case.notes.append(f"pgloader failed: {text[:600]}")
+                    break
                 else:
                     case.facts["pgloader_heap_exhausted"] = {"heap_mb": heap, "prefetch_rows": prefetch or "default"}
             finally:
