@@ -24,7 +24,7 @@
 //! lets requests in flight finish, then closes the store, which writes every pending
 //! progress update.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -325,7 +325,10 @@ impl From<store::Error> for ApiError {
             E::InvalidId { .. }
             | E::InvalidField { .. }
             | E::InvalidState { .. }
+            | E::UnknownColumn { .. }
+            | E::MissingValue { .. }
             | E::MergeUnsupported { .. } => StatusCode::BAD_REQUEST,
+            E::ParentNotFound { .. } => StatusCode::CONFLICT,
             E::ReadOnly { .. } => StatusCode::FORBIDDEN,
             E::PoolExhausted { .. } | E::Closed | E::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::InvalidRecord { .. } | E::UnsafePath { .. } | E::ProgressFailed { .. } => {
@@ -400,6 +403,12 @@ struct CreateBody {
     current_step: Option<String>,
     cost: Option<f64>,
     state: Option<Box<RawValue>>,
+    /// The table's extra columns by name (an application's own schema, SPEC §9).
+    #[serde(default)]
+    extra: store::Extra,
+    /// Parent rows to create when missing: `{"users": {"external_id": "..."}}`.
+    #[serde(default)]
+    parents: BTreeMap<String, store::Extra>,
 }
 
 /// A session's metadata, as the service returns it.
@@ -412,10 +421,12 @@ struct SessionBody {
     cost: Option<f64>,
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
+    /// The extra columns (`{}` on SPEC §1's table).
+    extra: store::Extra,
 }
 
 impl SessionBody {
-    fn new(id: String, m: store::Meta) -> SessionBody {
+    fn new(id: String, m: store::Meta, extra: store::Extra) -> SessionBody {
         SessionBody {
             id,
             user_id: m.user_id,
@@ -424,6 +435,7 @@ impl SessionBody {
             cost: m.cost,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            extra,
         }
     }
 }
@@ -451,12 +463,14 @@ async fn create(
             current_step: b.current_step,
             cost: b.cost,
             state: b.state.map(|r| r.get().to_owned().into()),
+            extra: b.extra,
+            parents: b.parents,
         })
         .await?;
     app.remember(&s.id);
     Ok((
         StatusCode::CREATED,
-        axum::Json(SessionBody::new(s.id, s.meta)),
+        axum::Json(SessionBody::new(s.id, s.meta, s.extra)),
     )
         .into_response())
 }
@@ -470,6 +484,8 @@ struct StatusBody {
     progress: Option<Box<RawValue>>,
     cost: Option<f64>,
     updated_at: Option<DateTime<Utc>>,
+    /// The extra columns (`{}` on SPEC §1's table).
+    extra: store::Extra,
 }
 
 async fn status(Shared(app): Shared<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -487,6 +503,7 @@ async fn status(Shared(app): Shared<App>, Path(id): Path<String>) -> Result<Resp
         progress,
         cost: s.meta.cost,
         updated_at: s.meta.updated_at,
+        extra: s.extra,
     })
     .into_response())
 }
@@ -562,7 +579,7 @@ async fn summary(Shared(app): Shared<App>, Path(id): Path<String>) -> Result<Res
     app.remember(&id);
     let state = s.state.as_ref().map(describe);
     Ok(axum::Json(SummaryBody {
-        meta: SessionBody::new(s.id, s.meta),
+        meta: SessionBody::new(s.id, s.meta, s.extra),
         state,
     })
     .into_response())
