@@ -685,8 +685,8 @@ fn mismatch(table: &str, column: Option<&str>, message: String, fix: String) -> 
     }
 }
 
-/// Whether the target is SPEC §2's default schema (or nothing yet, for a default
-/// config): applied as before. Else the application's own tables, used as they are.
+/// Whether the target's sessions table is SPEC §2's (SPEC §1's columns, no foreign
+/// key) and the config maps nothing: the default layout. Else the application's own.
 fn is_default(app: &AppSchema, tables: &BTreeMap<String, TargetTable>) -> bool {
     app.customised().is_empty()
         && tables.get(DEFAULT_TABLE).is_none_or(|t| {
@@ -992,14 +992,14 @@ async fn prepare(
     let opclass = settings.gin_opclass.as_sql();
     let (app, config) = (app.clone(), config.to_path_buf());
     let run = tokio::task::spawn_blocking(move || -> crate::error::Result<Prepared> {
-        let mut c = crate::target::connect(&target)?;
-        let tables = catalog::read_tables(&mut c, &schema_name)?;
-        let default = is_default(&app, &tables);
-        if default {
+        if app.customised().is_empty() {
+            // SPEC §2's schema, applied on a fresh database as it always was (tables
+            // the application made already are left as they are).
             prepare_default(&target, &schema_name, opclass, apply)?;
         } else {
             // The application's own tables: used as they are, nothing applied; a
             // sessiondb schema there must still be one this version knows.
+            let mut c = crate::target::connect(&target)?;
             let st = schema::status(&mut c, &schema_name)?;
             if let Some(p) = st.problems() {
                 return Err(CrateError::Refused {
@@ -1007,10 +1007,11 @@ async fn prepare(
                     message: p,
                 });
             }
-            return layout_of(&schema_name, &tables, &app, &config, false);
         }
+        let mut c = crate::target::connect(&target)?;
         let tables = catalog::read_tables(&mut c, &schema_name)?;
-        layout_of(&schema_name, &tables, &app, &config, true)
+        let default = is_default(&app, &tables);
+        layout_of(&schema_name, &tables, &app, &config, default)
     });
     run.await
         .map_err(|e| {

@@ -708,7 +708,7 @@ fn table_model(
             ty,
             PgType::Timestamp(_) | PgType::TimestampTz(_) | PgType::Boolean
         ) {
-            detect_form(conn, db, &t.name, &c.name)?
+            detect_form(conn, db, &t.name, c)?
         } else {
             Form::default()
         };
@@ -733,10 +733,11 @@ fn table_model(
     })
 }
 
-/// The form a column's values are in, from up to 64 of them (SQLAlchemy's text and 0/1
-/// for a column with none yet).
-fn detect_form(conn: &Connection, db: &Path, table: &str, column: &str) -> Result<Form> {
-    let c = ident(column);
+/// The form a column's values are in, from up to 64 of them. A column with none yet: a
+/// `DATETIME`/`TIMESTAMP` one gets SQLAlchemy's text (what those declarations come
+/// from), any other SPEC §1's RFC 3339; booleans 0/1.
+fn detect_form(conn: &Connection, db: &Path, table: &str, column: &shape::Column) -> Result<Form> {
+    let c = ident(&column.name);
     let mut st = conn
         .prepare(&format!(
             "SELECT {c} FROM {} WHERE {c} IS NOT NULL LIMIT 64",
@@ -748,6 +749,12 @@ fn detect_form(conn: &Connection, db: &Path, table: &str, column: &str) -> Resul
         .map_err(|e| sq(db, e))?
         .collect::<rusqlite::Result<_>>()
         .map_err(|e| sq(db, e))?;
+    if vals.is_empty() {
+        let d = column.declared.to_ascii_uppercase();
+        if !(d.contains("DATETIME") || d.contains("TIMESTAMP")) {
+            return Ok(RFC3339);
+        }
+    }
     Ok(Form::detect(&vals))
 }
 

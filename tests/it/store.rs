@@ -1427,3 +1427,39 @@ fn store_app_schema_on_postgres_writes_the_rows_the_application_reads() {
 fn run_value<T, F: Future<Output = T>>(f: F) -> T {
     rt().block_on(f)
 }
+
+#[test]
+fn store_app_schema_on_postgres_never_creates_default_tables_for_a_mapped_config() {
+    let app = AppStore::new(3);
+    let db = TestDb::new("store_app_pg_empty");
+    let env = Env(HashMap::from([("DATABASE_URL".to_owned(), db.url.clone())]));
+    let cfg = Config::load(Some(&app.config), &env).unwrap();
+    let e = run_value(store::open(&cfg, &env)).unwrap_err();
+    assert_eq!(e.code(), "schema_mismatch", "{e}");
+    let msg = sessiondb::error::error_chain(&e);
+    assert!(
+        msg.contains("\"sessions\"") && msg.contains("start the application once"),
+        "{msg}"
+    );
+    // Nothing made: no SPEC §2 `sessions` with the wrong columns, no bookkeeping.
+    let n: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // The application's tables without session_state: named too.
+    app.pg_tables(&db);
+    db.client()
+        .batch_execute("DROP TABLE session_state")
+        .unwrap();
+    let e = run_value(store::open(&cfg, &env)).unwrap_err();
+    assert_eq!(e.code(), "schema_mismatch", "{e}");
+    assert!(
+        sessiondb::error::error_chain(&e).contains("session_state"),
+        "{e}"
+    );
+}
