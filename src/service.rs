@@ -6,16 +6,21 @@
 //!
 //! - `GET /api/health`: probes the store now; 200 when it answers, 503 when not.
 //! - `POST /api/sessions`: create (`id`, `user_id`, `status`, `current_step`, `cost`,
-//!   `state`, all optional); 201, or 409 for an id that exists.
+//!   `state`, all optional; on an application's own table, `extra`: its other columns by
+//!   name, and `parents`: rows to create when missing, `{"users": {"external_id": ..}}`);
+//!   201, or 409 for an id that exists or a parent row that does not.
 //! - `GET /api/sessions/{id}/status`: status, current_step, progress (the state's
-//!   top-level `progress` member), cost, as stored (progress still in its batching
-//!   window is not visible yet).
-//! - `GET /api/sessions/{id}/summary`: metadata and the state's size and top-level keys.
+//!   top-level `progress` member), cost and the extra columns (`extra`), as stored
+//!   (progress still in its batching window is not visible yet).
+//! - `GET /api/sessions/{id}/summary`: metadata with the extra columns, and the state's
+//!   size and top-level keys.
 //! - `POST /api/sessions/{id}/progress`: the body is the new state, queued on the
 //!   batched progress writer; 202.
 //!
 //! Errors are `{"error": {"code", "message"}}`: 404 for an unknown session, 400 for a
-//! body that is not JSON or a state jsonb would refuse, 409 for an existing id, 503 when
+//! body that is not JSON or a state jsonb would refuse (or an extra column the table
+//! cannot hold: `unknown_column`, `missing_value`, `invalid_value`), 409 for an existing
+//! id or a missing parent row (`parent_not_found`), 503 when
 //! the store is unreachable. States are taken as raw text, never through `f64`, so
 //! numbers are kept exactly as jsonb keeps them.
 //!

@@ -20,6 +20,11 @@
 //! per session over a window (350 ms by default) and writes only the last state of each
 //! window.
 //!
+//! On an application's own tables (SPEC §9) the same calls read and write them as they
+//! are: fields at their mapped columns, the other columns as [`Extra`] (JSON, converted
+//! to each column's type), the parent rows a session references checked or created
+//! ([`NewSession::parents`]). See `docs/embedding.md`, "Application schemas".
+//!
 //! The API is async, on tokio: PostgreSQL through `tokio-postgres` and a `deadpool`
 //! pool, SQLite and the state files on tokio's blocking pool. A [`Store`] is cheap to
 //! clone and share between tasks (an axum `State`, for one).
