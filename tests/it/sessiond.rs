@@ -550,7 +550,7 @@ use crate::support::store::{AppStore, is_sqlalchemy_time};
 /// Through HTTP, on the application's own tables: create with extra columns (and a new
 /// user), progress, status and summary with mapped fields and extras, refusals as
 /// errors with their codes. Returns after SIGTERM (which writes pending progress).
-fn app_over_http(app: &AppStore, user: &str, database_url: Option<&str>) {
+pub(crate) fn app_over_http(app: &AppStore, user: &str, database_url: Option<&str>) {
     let svc = Service::start(&app.config, database_url);
     let c = svc.client();
     let body = json!({
