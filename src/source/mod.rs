@@ -521,7 +521,9 @@ impl<'k> Scan<'k> {
             let ctx = self.ctx.clone();
             let mut fp = fingerprint;
             let stamper = scope.spawn(move || {
-                relay("stamp", rows_rx, stamped_tx, |r| ctx.stamp_chunk(r, fp.as_mut()));
+                relay("stamp", rows_rx, stamped_tx, |r| {
+                    ctx.stamp_chunk(r, fp.as_mut())
+                });
                 fp
             });
             let asker =
@@ -582,9 +584,7 @@ impl<'k> Scan<'k> {
     fn json_only(&mut self, f: &mut impl FnMut(Vec<Item>) -> Result<()>) -> Result<()> {
         let pending: Vec<usize> = (0..self.json.len())
             .filter(|&i| match &self.json[i].id {
-                Ok(id) => {
-                    self.json_by_id.get(id) == Some(&i) && !self.seen_in_sqlite.contains(id)
-                }
+                Ok(id) => self.json_by_id.get(id) == Some(&i) && !self.seen_in_sqlite.contains(id),
                 Err(_) => true,
             })
             .collect();
@@ -671,9 +671,15 @@ impl<'k> Scan<'k> {
             }
             self.summary.orphans += 1;
             self.summary.warnings.push(
-                Finding::new("orphan_state_file", format!("{} has no metadata in SQLite or the JSON store: not migrated, not deleted", state.display()))
-                    .session(name)
-                    .path(&state),
+                Finding::new(
+                    "orphan_state_file",
+                    format!(
+                        "{} has no metadata in SQLite or the JSON store: not migrated, not deleted",
+                        state.display()
+                    ),
+                )
+                .session(name)
+                .path(&state),
             );
         }
         self.summary.state_files = names;

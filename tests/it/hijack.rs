@@ -413,3 +413,17 @@ fn planted_varchar_operators_are_never_used_on_application_tables() {
         "0 planted calls, look-alikes unchanged, no right gained",
     );
 }
+
+/// The application's own schema (issue 17: a mapped config, `users`, `session_state`
+/// without a foreign key, naive timestamps): `sessiond` creates sessions with extra
+/// columns and a new user, writes progress and reads them back through planted
+/// functions and varchar operators, and calls none of them.
+#[test]
+fn planted_objects_are_never_used_by_sessiond_on_the_applications_own_tables() {
+    let h = Hostile::new("hijack_app", 0, "", true);
+    let app = crate::support::store::AppStore::new(4);
+    app.pg_tables(&h.db);
+    let (user, ..) = app.user();
+    crate::sessiond::app_over_http(&app, &user, Some(&h.url()));
+    h.assert_untouched("sessiond on the application's own tables");
+}
