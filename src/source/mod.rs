@@ -422,6 +422,9 @@ impl Reader {
     }
 }
 
+/// A batch handed from one stage of the scan to the next, or the error that ended it.
+type Chunk<T> = Result<Vec<T>>;
+
 /// A scan under way: what it has seen, and what resolving needs.
 struct Scan<'k> {
     batch: usize,
@@ -498,7 +501,6 @@ impl<'k> Scan<'k> {
         fingerprint: Option<Fingerprint>,
         f: &mut impl FnMut(Vec<Item>) -> Result<()>,
     ) -> Result<Option<Fingerprint>> {
-        type Chunk<T> = Result<Vec<T>>;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk<(Item, Vec<Finding>)>>(2);
         let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Chunk<Row>>(2);
         let (stamped_tx, stamped_rx) =
@@ -555,7 +557,7 @@ impl<'k> Scan<'k> {
     /// receiver dropped, the stages stop).
     fn consume(
         &mut self,
-        rx: std::sync::mpsc::Receiver<Result<Vec<(Item, Vec<Finding>)>>>,
+        rx: std::sync::mpsc::Receiver<Chunk<(Item, Vec<Finding>)>>,
         f: &mut impl FnMut(Vec<Item>) -> Result<()>,
     ) -> Result<()> {
         for chunk in rx {
