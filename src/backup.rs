@@ -345,10 +345,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let src = Source::from_config(cfg);
     // Resolve before acting: the store must be readable before a folder is created.
     if src.sqlite.is_none() && src.json_path.is_none() {
-        return Err(Error::InvalidSource {
-            code: "config_invalid",
-            message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
-        });
+        return Err(Error::NoLegacyStore);
     }
     src.check_paths()?;
     if let Some(s) = &src.sqlite {

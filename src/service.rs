@@ -128,7 +128,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    crate::cli::init_tracing(args.quiet);
+    crate::driver::init_tracing(args.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,14 +1,20 @@
 //! `backup` (SPEC §4): a verified, timestamped copy of the legacy store, or with
-//! `--verify DIR` a check of an existing one. The work is in [`crate::backup`].
+//! `--verify DIR` a check of an existing one. The work is in [`crate::backup`]; this is
+//! resolve (the config) → plan ([`backup::plan`]: what it would copy, the space it
+//! needs, what it could not read) → act ([`backup::take`]), the dry run printing the
+//! plan. A backup only adds files and takes no writers' lock: it reads the source in
+//! one snapshot of its own.
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::json;
 
-use crate::backup::{self, Options};
-use crate::cli::{Common, Ctx, Step};
+use crate::backup::{self, BackupResult, Options, Skipped};
+use crate::config::Config;
+use crate::driver::{Common, Ctx, Step};
 use crate::error::Result;
-use crate::report::{CheckStatus, Finding};
+use crate::report::{CheckStatus, Finding, lossy_opt_path};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -33,32 +39,70 @@ pub struct Args {
     pub verify: Option<PathBuf>,
 }
 
+crate::details! {
+    /// `details` of a backup report.
+    pub struct Details {
+        /// The dry run's plan.
+        pub plan: backup::Plan,
+        /// Folders of failed backups removed first.
+        pub removed_incomplete: Vec<PathBuf>,
+        /// The first invalid records saved in `invalid.jsonl`.
+        pub invalid: Vec<Finding>,
+        /// The backup folder (written, or checked with `--verify`).
+        #[serde(serialize_with = "lossy_opt_path")]
+        pub backup: PathBuf,
+        pub manifest: ManifestSummary,
+    }
+}
+
+/// What the manifest of a backup just written says besides its files.
+#[derive(Debug, Serialize)]
+pub struct ManifestSummary {
+    pub source_fingerprint: String,
+    pub fingerprint_after: String,
+    pub skipped_symlinks: Vec<Skipped>,
+    pub skipped_other: Vec<Skipped>,
+    pub unreadable: Vec<Skipped>,
+}
+
 impl Step for Args {
     const NAME: &'static str = "backup";
-    fn common(&self) -> &Common {
-        &self.common
-    }
+    type Details = Details;
+    crate::step_flags!();
     fn dry_run(&self) -> Option<bool> {
         match self.verify {
             Some(_) => None,
             None => Some(self.dry_run),
         }
     }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+    fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
         if let Some(dir) = &self.verify {
-            return verify(ctx, dir);
+            return verify(ctx, dir, d);
         }
         let opts = Options {
             include_uploads: self.include_uploads,
         };
-        run(ctx, &opts, self.dry_run)
+        run(ctx, &opts, self.dry_run, d)
     }
 }
 
 /// Take a backup, or with `dry_run` show its plan.
-pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool) -> Result<()> {
+pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool, d: &mut Details) -> Result<()> {
     let cfg = ctx.config()?;
     let plan = backup::plan(&cfg, opts)?;
+    check_space(ctx, &cfg, &plan);
+    if dry_run {
+        show(ctx, plan, d);
+        return Ok(());
+    }
+    let res = backup::take(&cfg, opts, &ctx.run_id())?;
+    report_taken(ctx, res, d);
+    Ok(())
+}
+
+/// `backup_space`: the estimate against the free space (short: a warning, since the
+/// estimate is rough and the copy is checked as it is written).
+fn check_space(ctx: &mut Ctx, cfg: &Config, plan: &backup::Plan) {
     tracing::info!(
         "backup of about {} bytes into {} ({} free)",
         plan.estimated_bytes,
@@ -67,7 +111,7 @@ pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool) -> Result<()> {
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
     );
     let short = plan.available.filter(|&a| a < plan.estimated_bytes);
-    let space = match short {
+    let (status, summary) = match short {
         Some(a) => {
             let msg = format!(
                 "{} has {a} bytes free; the backup is estimated at {} bytes",
@@ -85,49 +129,51 @@ pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool) -> Result<()> {
     };
     ctx.report.check(
         "backup_space",
-        space.0,
-        space.1,
+        status,
+        summary,
         json!({"estimated_bytes": plan.estimated_bytes, "available": plan.available}),
     );
-    if dry_run {
-        ctx.report.count("bytes", plan.estimated_bytes);
-        ctx.report.count("state_files", plan.state_files);
-        for s in &plan.skipped_symlinks {
-            ctx.report.warn(
-                Finding::new(
-                    "symlink_outside_root",
-                    format!("{}: {}: would not be copied", s.path.display(), s.reason),
-                )
-                .path(&s.path),
-            );
-        }
-        for s in &plan.unreadable {
-            ctx.report.warn(
-                Finding::new(
-                    "backup_unreadable",
-                    format!(
-                        "{}: cannot be read ({}): would not be copied, and noted in the manifest",
-                        s.path.display(),
-                        s.reason
-                    ),
-                )
-                .path(&s.path),
-            );
-        }
-        ctx.report.detail("plan", &plan);
-        ctx.report
-            .next_steps
-            .push("backup (without --dry-run) to write it".into());
-        return Ok(());
-    }
+}
 
-    let res = backup::take(&cfg, opts, &ctx.run_id())?;
-    let m = &res.manifest;
-    for w in res.warnings {
-        ctx.report.warn(w);
+/// The dry run: the plan, and what would not be copied.
+fn show(ctx: &mut Ctx, plan: backup::Plan, d: &mut Details) {
+    ctx.report.count("bytes", plan.estimated_bytes);
+    ctx.report.count("state_files", plan.state_files);
+    for s in &plan.skipped_symlinks {
+        ctx.report.warn(
+            Finding::new(
+                "symlink_outside_root",
+                format!("{}: {}: would not be copied", s.path.display(), s.reason),
+            )
+            .path(&s.path),
+        );
     }
+    for s in &plan.unreadable {
+        ctx.report.warn(
+            Finding::new(
+                "backup_unreadable",
+                format!(
+                    "{}: cannot be read ({}): would not be copied, and noted in the manifest",
+                    s.path.display(),
+                    s.reason
+                ),
+            )
+            .path(&s.path),
+        );
+    }
+    d.plan = Some(plan);
     ctx.report
-        .detail("removed_incomplete", &res.removed_incomplete);
+        .next_steps
+        .push("backup (without --dry-run) to write it".into());
+}
+
+/// The backup taken: its self-check, counts, artifacts and what its manifest says.
+fn report_taken(ctx: &mut Ctx, res: BackupResult, d: &mut Details) {
+    let m = &res.manifest;
+    for w in &res.warnings {
+        ctx.report.warn(w.clone());
+    }
+    d.removed_incomplete = Some(res.removed_incomplete.clone());
     if m.counts.invalid > 0 {
         ctx.report.warn(Finding::new(
             "invalid_records",
@@ -137,7 +183,7 @@ pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool) -> Result<()> {
                 res.dir.join(backup::INVALID_JSONL).display()
             ),
         ));
-        ctx.report.detail("invalid", &res.invalid);
+        d.invalid = Some(res.invalid.clone());
     }
     ctx.report.check(
         "self_check",
@@ -163,35 +209,31 @@ pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool) -> Result<()> {
     ctx.report.artifact("backup", &res.dir);
     ctx.report
         .artifact("manifest", &res.dir.join(backup::MANIFEST));
-    ctx.report.detail("backup", &res.dir);
-    ctx.report.detail(
-        "manifest",
-        json!({
-            "source_fingerprint": m.source_fingerprint,
-            "fingerprint_after": m.fingerprint_after,
-            "skipped_symlinks": m.skipped_symlinks,
-            "skipped_other": m.skipped_other,
-            "unreadable": m.unreadable,
-        }),
-    );
-    let d = res.dir.display();
+    let dir = res.dir.display();
     ctx.report
         .next_steps
-        .push(format!("migrate-state --dry-run=false --backup {d}"));
+        .push(format!("migrate-state --dry-run=false --backup {dir}"));
     ctx.report
         .next_steps
-        .push(format!("backup --verify {d} (re-check it at any time)"));
-    Ok(())
+        .push(format!("backup --verify {dir} (re-check it at any time)"));
+    d.backup = Some(res.dir.clone());
+    d.manifest = Some(ManifestSummary {
+        source_fingerprint: m.source_fingerprint.clone(),
+        fingerprint_after: m.fingerprint_after.clone(),
+        skipped_symlinks: m.skipped_symlinks.clone(),
+        skipped_other: m.skipped_other.clone(),
+        unreadable: m.unreadable.clone(),
+    });
 }
 
 /// `backup --verify DIR`: exit 1 naming every missing or damaged file.
-pub fn verify(ctx: &mut Ctx, dir: &Path) -> Result<()> {
+pub fn verify(ctx: &mut Ctx, dir: &Path, d: &mut Details) -> Result<()> {
     // The config only adds its warnings here: a backup is checked on its own.
     if let Err(e) = ctx.config() {
         tracing::info!("config not loaded ({e}); checking the backup on its own");
     }
     let res = backup::verify(dir)?;
-    ctx.report.detail("backup", dir);
+    d.backup = Some(dir.to_path_buf());
     ctx.report.artifact("backup", dir);
     ctx.report.count("files", res.sound);
     ctx.report.count("bytes", res.bytes);

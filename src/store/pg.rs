@@ -20,11 +20,11 @@ use super::state::State;
 use super::{Meta, MetaPatch, Page, PoolStats, SessionSummary, ValidNew};
 use crate::config::{AppSchema, DEFAULT_TABLE, PostgresSettings, Target};
 use crate::error::Error as CrateError;
+use crate::pg::catalog::{self, TargetTable};
+use crate::pg::{ident, qualified, schema};
 use crate::redact;
 use crate::source::fields::Raw;
 use crate::source::shape::{Field, Mode};
-use crate::target::catalog::{self, TargetTable};
-use crate::target::{ident, qualified, schema};
 use crate::value::sqlite::Form;
 use crate::value::{PgType, Value};
 
@@ -249,7 +249,7 @@ impl PgStore {
             state.name
         );
         let cfg = async_config(&target.pg);
-        let tls = crate::target::tls::connector(target)?;
+        let tls = crate::pg::tls::connector(target)?;
         let mgr = Manager::from_config(
             cfg,
             tls,
@@ -311,9 +311,7 @@ impl PgStore {
                 target: self.target.clone(),
                 message: "timed out connecting".into(),
             }),
-            PoolError::Backend(e) => {
-                Error::Backend(crate::target::connect_error(&self.conn_target, e))
-            }
+            PoolError::Backend(e) => Error::Backend(crate::pg::connect_error(&self.conn_target, e)),
             PoolError::Closed => Error::Closed,
             other => Error::Backend(CrateError::PostgresUnreachable {
                 target: self.target.clone(),
@@ -999,16 +997,13 @@ async fn prepare(
         } else {
             // The application's own tables: used as they are, nothing applied; a
             // sessiondb schema there must still be one this version knows.
-            let mut c = crate::target::connect(&target)?;
+            let mut c = crate::pg::connect(&target)?;
             let st = schema::status(&mut c, &schema_name)?;
             if let Some(p) = st.problems() {
-                return Err(CrateError::Refused {
-                    code: "schema_mismatch",
-                    message: p,
-                });
+                return Err(CrateError::SchemaVersions { message: p });
             }
         }
-        let mut c = crate::target::connect(&target)?;
+        let mut c = crate::pg::connect(&target)?;
         let tables = catalog::read_tables(&mut c, &schema_name)?;
         let default = is_default(&app, &tables);
         layout_of(&schema_name, &tables, &app, &config, default)
@@ -1032,20 +1027,16 @@ fn prepare_default(
     apply: bool,
 ) -> crate::error::Result<()> {
     {
-        let mut c = crate::target::connect(target)?;
+        let mut c = crate::pg::connect(target)?;
         let st = schema::status(&mut c, schema_name)?;
         if let Some(p) = st.problems() {
-            return Err(CrateError::Refused {
-                code: "schema_mismatch",
-                message: p,
-            });
+            return Err(CrateError::SchemaVersions { message: p });
         }
         if st.pending.is_empty() || (!apply && st.pending_for_store().is_empty()) {
             return Ok(());
         }
         if !apply {
-            return Err(CrateError::Refused {
-                code: "schema_pending",
+            return Err(CrateError::SchemaPending {
                 message: format!(
                     "schema version(s) {:?} are not applied on {}: run `sessiondb migrate-state --dry-run=false` or open the store with apply_schema",
                     st.pending_for_store(),
@@ -1076,7 +1067,7 @@ fn prepare_default(
             }
             // Another process may have applied it at the same moment: fine if it is now.
             Err(e) => {
-                let mut c = crate::target::connect(target)?;
+                let mut c = crate::pg::connect(target)?;
                 let st = schema::status(&mut c, schema_name)?;
                 if st.pending.is_empty() && st.problems().is_none() {
                     Ok(())

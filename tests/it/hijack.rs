@@ -136,7 +136,7 @@ fn plant_varchar_operators(db: &TestDb, low: &Role) {
 /// searched before `pg_temp` when pg_temp comes last): each holds a sentinel row, open
 /// to everyone, so that a write or read that reached one would succeed and show.
 fn plant_tables(db: &TestDb, low: &Role) {
-    let m = &sessiondb::target::schema::MIGRATIONS[0];
+    let m = &sessiondb::pg::schema::MIGRATIONS[0];
     let sql = format!(
         "CREATE TABLE evil.sessiondb_schema_versions (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), run_id uuid);
          {}
@@ -157,7 +157,7 @@ fn plant_tables(db: &TestDb, low: &Role) {
          GRANT ALL ON public.sessiondb_stage, public.sessiondb_verify_ids TO PUBLIC;",
         m.sql.replace("{schema}", "evil"),
         m.name,
-        sessiondb::target::schema::checksum(m),
+        sessiondb::pg::schema::checksum(m),
     );
     as_role(db, low, &sql);
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use sessiondb::exit;
 use sessiondb::report::CheckStatus;
 
 use crate::support::pg::{self, TestDb};
@@ -269,7 +270,7 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     let m = step(&s, &db, &["migrate-state", "--dry-run=false"]).run();
     stop.store(true, Ordering::Relaxed);
     written.extend(writer.join().unwrap());
-    assert_eq!(m.code, 0, "{}\n{}", m.stdout, m.stderr);
+    assert_eq!(m.code, exit::OK, "{}\n{}", m.stdout, m.stderr);
     // Status shows what is stored: the last update lands within the window (+ slack).
     let deadline = std::time::Instant::now() + Duration::from_millis(350 + 1000);
     let st = loop {
@@ -305,10 +306,10 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     written.extend(burst);
 
     // 2. Catch up, verify, switch.
-    let catchup = step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
+    let catchup = step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
     assert!(catchup.count("inserted") + catchup.count("updated") > 0);
-    step(&s, &db, &["verify"]).expect(0);
-    step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["verify"]).expect(exit::OK);
+    step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::OK);
 
     // 3. On PostgreSQL: smoke, then more writes.
     let svc = Service::start(&s.config, Some(&db.url));
@@ -318,7 +319,7 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     assert_eq!(h["backend"], "postgres");
     assert!(h["pool"]["max_size"].as_u64().unwrap() > 0, "{h}");
     assert!(h["drift"].is_null(), "{h}");
-    let smoke = step(&s, &db, &["verify", "--smoke-url", &svc.url]).expect(0);
+    let smoke = step(&s, &db, &["verify", "--smoke-url", &svc.url]).expect(exit::OK);
     assert_smoke_passed(
         &smoke,
         &["sessions", "smoke_health", "smoke_status", "smoke_write"],
@@ -369,13 +370,13 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     assert_eq!(flushed, canonical(&written["pg-3"]));
 
     // 4. Roll back, 5. restart on SQLite and smoke again (no PostgreSQL URL: probes only).
-    let rb = step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
+    let rb = step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OK);
     assert!(rb.count("exported") >= 6, "{}", rb.stdout);
     let svc = Service::start(&s.config, None);
     let c = svc.client();
     let smoke = sessiondb(&["verify", "--smoke-url", &svc.url])
         .config(&s.config)
-        .expect(0);
+        .expect(exit::OK);
     assert_smoke_passed(&smoke, &["smoke_health", "smoke_status", "smoke_write"]);
     assert_eq!(smoke.check("verify").status, CheckStatus::Skip);
     let (id, state) = smoke_session(&smoke);
@@ -537,7 +538,7 @@ fn sessiond_smoke_fails_with_exit_1_when_the_service_is_down() {
     // Port 9 (discard) on loopback: nothing listens there.
     let r = sessiondb(&["verify", "--smoke-url", "http://127.0.0.1:9"])
         .config(&s.config)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     for id in ["smoke_health", "smoke_status", "smoke_write"] {
         assert_eq!(r.check(id).status, CheckStatus::Fail, "{id}: {}", r.stdout);
     }
