@@ -428,21 +428,21 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         mapped_summary(cfg, &dir.join(SQLITE_COPY))?
     } else {
         copy_source.open()?.scan(SCAN_BATCH, |items| {
-        for item in items {
-            match item {
-                Item::Session(s) => sessions.line(&session_line(&s))?,
-                Item::Invalid(i) => {
-                    if invalid_findings.len() < crate::report::INLINE_LIMIT {
-                        invalid_findings.push(i.finding());
+            for item in items {
+                match item {
+                    Item::Session(s) => sessions.line(&session_line(&s))?,
+                    Item::Invalid(i) => {
+                        if invalid_findings.len() < crate::report::INLINE_LIMIT {
+                            invalid_findings.push(i.finding());
+                        }
+                        invalid.line(&invalid_line(&i))?
                     }
-                    invalid.line(&invalid_line(&i))?
-                }
-                Item::Known { .. } => {
-                    unreachable!("a scan without a known function reads everything")
+                    Item::Known { .. } => {
+                        unreachable!("a scan without a known function reads everything")
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
         })?
     };
     files.push(sessions.finish()?);
