@@ -432,6 +432,33 @@ fn the_applications_own_tables_are_used_as_they_are_and_a_catch_up_rewrites_only
             .get::<_, String>(0),
         "2026-01-02 03:04:05.678901"
     );
+    // The application changes a user on PostgreSQL: a catch-up names the conflict and
+    // writes nothing, until the row is as sessiondb wrote it again.
+    db.client()
+        .execute(
+            "UPDATE users SET display_name = 'Written by the app' WHERE id = $1",
+            &[&uid],
+        )
+        .unwrap();
+    let c = app.step(&db, &["migrate-state", "--dry-run=false"]).run();
+    assert_eq!(c.code, exit::PROBLEMS, "{}", c.stdout);
+    assert!(c.has_error("conflict"), "{}", c.stdout);
+    assert!(
+        c.report.details["conflicts"][0]["session"]
+            .as_str()
+            .is_some_and(|s| s == format!("users:{uid}")),
+        "{}",
+        c.stdout
+    );
+    db.client()
+        .execute(
+            "UPDATE users SET display_name = 'Renamed Owner' WHERE id = $1",
+            &[&uid],
+        )
+        .unwrap();
+    app.step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    app.step(&db, &["verify"]).expect(exit::OK);
     app.step(&db, &["set-default", "--dry-run=false"])
         .expect(exit::OK);
 }
