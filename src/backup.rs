@@ -367,7 +367,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let src = Source::from_config(cfg);
     // A mapped store (SPEC §9) is copied as it is (the database and the files); its
     // sessions are not listed in sessions.jsonl, which holds SPEC §1's fields.
-    let mapped = !cfg.app.customised().is_empty();
+    let mapped = crate::source::app::is_mapped(cfg);
     // Resolve before acting: the store must be readable before a folder is created.
     if src.sqlite.is_none() && src.json_path.is_none() {
         return Err(Error::NoLegacyStore);

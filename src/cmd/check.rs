@@ -202,7 +202,7 @@ fn check_sqlite(
             return Ok(());
         }
     }
-    if !cfg.app.customised().is_empty() {
+    if crate::source::app::is_mapped(cfg) {
         return check_mapped(ctx, cfg, &conn, &s.path, findings);
     }
     if let Err(e) = sqlite::check_table(&conn, &s.path) {

@@ -39,10 +39,8 @@ pub(crate) struct MappedPlan {
     pub bad_rows: Vec<String>,
 }
 
-/// Whether the config maps the application's own schema (then the mapped path runs).
-pub(crate) fn is_mapped(cfg: &Config) -> bool {
-    !cfg.app.customised().is_empty()
-}
+/// Whether the config's store is the application's own schema (then the mapped path runs).
+pub(crate) use crate::source::app::is_mapped;
 
 fn view<'a>(m: &'a HashMap<String, String>, k: &str) -> TargetView<'a> {
     match m.get(k) {
