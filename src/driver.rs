@@ -117,18 +117,6 @@ impl Ctx {
     pub fn config(&mut self) -> Result<Config> {
         let cfg = Config::load(self.common.config.as_deref(), &self.env)?;
         cfg.require_default_schema(&self.report.step)?;
-        // A config that maps nothing, on a table that is not SPEC §1's shape (columns of
-        // the application's own, a foreign key): the steps not wired to it refuse it too.
-        if !config::SCHEMA_AWARE_STEPS.contains(&self.report.step.as_str())
-            && cfg.app.customised().is_empty()
-            && crate::source::app::is_mapped(&cfg)
-        {
-            return Err(crate::error::Error::SchemaNotWired {
-                step: self.report.step.clone(),
-                config: cfg.path.clone(),
-                keys: "it maps nothing, but the sessions table has columns SPEC §1 does not have, or a foreign key".into(),
-            });
-        }
         for line in &cfg.provenance {
             tracing::info!("{line}");
         }

@@ -557,23 +557,46 @@ fn targets_that_cannot_take_the_data_are_refused_by_preflight_and_migrate_state_
 }
 
 #[test]
-fn a_config_that_maps_nothing_on_the_applications_table_still_carries_every_column() {
-    // The store's own shape decides: a table with columns SPEC §1 does not have and a
-    // foreign key is read as the application's, never through SPEC §1's columns.
-    let db = TestDb::new("app_unmapped_config");
-    let app = App::new("30", None);
-    std::fs::write(
-        &app.config,
-        "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"data/app.db\"\nsessions_dir = \"sessions\"\n",
-    )
-    .unwrap();
-    app.step(&db, &["migrate-state", "--dry-run=false"])
-        .expect(exit::OK);
-    let v = app.step(&db, &["verify"]).expect(exit::OK);
-    assert_eq!(v.check("tables").status, CheckStatus::Pass, "{}", v.stdout);
-    assert_same(&app, &db);
-    // rollback, not wired to such a store yet, refuses it rather than read SPEC §1's
-    // columns.
-    let r = app.step(&db, &["rollback"]).expect(exit::USAGE);
-    assert!(r.has_error("not_implemented"), "{}", r.stdout);
+fn a_mapped_session_whose_value_its_column_cannot_hold_refuses_the_load_before_any_write() {
+    let db = TestDb::new("app_invalid_value");
+    db.client().batch_execute(APP_PG_DDL).unwrap();
+    let app = App::new("12", None);
+    let id: String = {
+        let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+        let id: String = conn
+            .query_row("SELECT id FROM sessions ORDER BY id LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        conn.execute(
+            "UPDATE sessions SET is_deleted = 'maybe' WHERE id = ?1",
+            [&id],
+        )
+        .unwrap();
+        id
+    };
+    let p = app.step(&db, &["preflight"]).expect(exit::PROBLEMS);
+    assert!(
+        p.report
+            .errors
+            .iter()
+            .any(|e| e.code == "invalid_value" && e.message.contains(&id)),
+        "{}",
+        p.stdout
+    );
+    for args in [
+        &["migrate-state"][..],
+        &["migrate-state", "--dry-run=false"],
+    ] {
+        let r = app.step(&db, args).expect(exit::PROBLEMS);
+        assert!(r.has_error("invalid_records"), "{args:?}: {}", r.stdout);
+        assert!(r.report.errors[0].message.contains(&id), "{}", r.stdout);
+    }
+    assert_eq!(
+        one(&db, "SELECT count(*) FROM users"),
+        0,
+        "no parent row written either"
+    );
+    assert_eq!(one(&db, "SELECT count(*) FROM sessions"), 0);
+    assert_eq!(one(&db, "SELECT count(*) FROM session_state"), 0);
 }
