@@ -726,6 +726,24 @@ impl StatePlan {
         Ok(())
     }
 
+    /// Remove the state rows of sessions that have no state in the source any more
+    /// (inside the caller's transaction), so that the target holds what the source does.
+    pub fn clear(&self, c: &mut impl GenericClient, schema: &str, ids: &[&str]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        c.execute(
+            &format!(
+                "DELETE FROM {} WHERE {}::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+                qualified(schema, STATE_TABLE),
+                ident(&self.session_id)
+            ),
+            &[&ids],
+        )
+        .map_err(|e| Error::pg("removing state rows", "", e))?;
+        Ok(())
+    }
+
     /// The updated_at of a session's state row: the session's own, converted to the
     /// column's type (`None`: the load time).
     pub fn updated_value(&self, raw: Option<&Raw>) -> Option<Value> {

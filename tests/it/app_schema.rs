@@ -388,6 +388,18 @@ fn the_applications_own_tables_are_used_as_they_are_and_a_catch_up_rewrites_only
         .unwrap();
         (sid, uid)
     };
+    // And the state file of another session goes away.
+    let gone: String = app
+        .read_db()
+        .query_row(
+            "SELECT id FROM sessions ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let file = app.root.join("sessions").join(&gone).join("state.json");
+    assert!(file.is_file(), "the fixture gave {gone} a state");
+    std::fs::remove_file(&file).unwrap();
     let catch_up = app
         .step(&db, &["migrate-state", "--dry-run=false"])
         .expect(exit::OK);
@@ -395,11 +407,11 @@ fn the_applications_own_tables_are_used_as_they_are_and_a_catch_up_rewrites_only
     let u = table_counts(&catch_up, "users");
     assert_eq!(
         (s["updated"].as_u64(), s["inserted"].as_u64()),
-        (Some(1), Some(0)),
+        (Some(2), Some(0)),
         "{}",
         catch_up.stdout
     );
-    assert_eq!(s["unchanged"].as_u64(), Some(29), "{}", catch_up.stdout);
+    assert_eq!(s["unchanged"].as_u64(), Some(28), "{}", catch_up.stdout);
     assert_eq!(
         (u["updated"].as_u64(), u["inserted"].as_u64()),
         (Some(1), Some(0)),
@@ -431,6 +443,17 @@ fn the_applications_own_tables_are_used_as_they_are_and_a_catch_up_rewrites_only
             .unwrap()
             .get::<_, String>(0),
         "2026-01-02 03:04:05.678901"
+    );
+    assert_eq!(
+        db.client()
+            .query_one(
+                "SELECT count(*) FROM session_state WHERE session_id = $1",
+                &[&gone]
+            )
+            .unwrap()
+            .get::<_, i64>(0),
+        0,
+        "the state row of a session whose state file went away"
     );
     // The application changes a user on PostgreSQL: a catch-up names the conflict and
     // writes nothing, until the row is as sessiondb wrote it again.

@@ -482,6 +482,12 @@ fn load(
                     })
                     .collect();
                 p.target.state.write(&mut tx, schema_name, &states)?;
+                let stateless: Vec<&str> = rows
+                    .iter()
+                    .filter(|(s, _, _, write)| *write && s.state.is_none())
+                    .map(|(s, _, _, _)| s.id.as_str())
+                    .collect();
+                p.target.state.clear(&mut tx, schema_name, &stateless)?;
                 let ledger_rows: Vec<(&str, &str, Option<String>)> = rows
                     .iter()
                     .map(|(s, r, _, _)| {
