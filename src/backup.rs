@@ -408,7 +408,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         tracing::info!("copying {} (online backup)", s.path.display());
         let dest = dir.join(SQLITE_COPY);
         mkdirs(dest.parent().expect("a file in a folder"))?;
-        rows_before = Some(copy_sqlite(&s.path, &dest)?);
+        rows_before = Some(copy_sqlite(&s.path, &dest, &cfg.app.table)?);
         files.push(hash_file(&dir, Path::new(SQLITE_COPY))?);
     }
 
@@ -566,7 +566,9 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     tracing::info!("self-check: re-reading {} files", files.len());
     let mut problems = check_files(&dir, &files);
     if let Some(before) = rows_before {
-        match check_sqlite_copy(&dir.join(SQLITE_COPY)) {
+        match check_sqlite_copy(&dir.join(SQLITE_COPY), Some(&cfg.app.table))
+            .map(|r| r.unwrap_or(before))
+        {
             Ok(rows) if rows < before => problems.push(format!(
                 "{SQLITE_COPY} holds {rows} rows, the source held {before} when counted"
             )),
@@ -1089,7 +1091,7 @@ fn dest_err(dest: &Path, e: rusqlite::Error) -> Error {
 /// Busy and locked are retried with a short backoff for up to [`BUSY_RETRY`]. The copy
 /// is left in rollback-journal mode: one self-contained file. Returns the rows the
 /// source held in that snapshot.
-fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
+fn copy_sqlite(src: &Path, dest: &Path, table: &str) -> Result<u64> {
     let from = sqlite::open(src)?;
     drop(create_file(dest)?);
     let mut to = Connection::open_with_flags(
@@ -1127,7 +1129,14 @@ fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
     // The read transaction that the count and the copy share.
     let rows = loop {
         let begun = from.execute_batch("BEGIN DEFERRED").and_then(|_| {
-            from.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            from.query_row(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    crate::source::shape::ident(table)
+                ),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
         });
         match begun {
             Ok(n) => break n as u64,
@@ -1165,8 +1174,10 @@ fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
     Ok(rows)
 }
 
-/// `PRAGMA integrity_check` and the row count of a copy; `Err` says what is wrong.
-fn check_sqlite_copy(path: &Path) -> std::result::Result<u64, String> {
+/// `PRAGMA integrity_check` and the row count of a copy's sessions table (`table`, else
+/// `sessions`; `None` when no table was named and the copy has no `sessions`: an
+/// application's table of another name); `Err` says what is wrong.
+fn check_sqlite_copy(path: &Path, table: Option<&str>) -> std::result::Result<Option<u64>, String> {
     let rel = SQLITE_COPY;
     let conn = sqlite::open(path).map_err(|e| format!("{rel}: {e}"))?;
     let mut stmt = conn
@@ -1182,7 +1193,21 @@ fn check_sqlite_copy(path: &Path) -> std::result::Result<u64, String> {
             found.into_iter().take(5).collect::<Vec<_>>().join("; ")
         ));
     }
-    sqlite::count(&conn, path).map_err(|e| format!("{rel}: {e}"))
+    let name = table.unwrap_or(crate::config::DEFAULT_TABLE);
+    if table.is_none()
+        && crate::source::shape::read_table(&conn, path, name)
+            .map_err(|e| format!("{rel}: {e}"))?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    conn.query_row(
+        &format!("SELECT count(*) FROM {}", crate::source::shape::ident(name)),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| Some(n as u64))
+    .map_err(|e| format!("{rel}: {}", sqlite::map_err(path, e)))
 }
 
 // ---- the JSON Lines dump -----------------------------------------------------------------
@@ -1652,8 +1677,8 @@ fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
     };
     if depth == Depth::Checksums && sqlite_sound {
         let path = dir.join(SQLITE_COPY);
-        let bad = match check_sqlite_copy(&path) {
-            Ok(rows) if rows != head.counts.sqlite_rows => Some(format!(
+        let bad = match check_sqlite_copy(&path, None) {
+            Ok(Some(rows)) if rows != head.counts.sqlite_rows => Some(format!(
                 "{SQLITE_COPY} holds {rows} rows, the manifest says {}",
                 head.counts.sqlite_rows
             )),

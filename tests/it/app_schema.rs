@@ -623,3 +623,39 @@ fn a_mapped_session_whose_value_its_column_cannot_hold_refuses_the_load_before_a
     assert_eq!(one(&db, "SELECT count(*) FROM sessions"), 0);
     assert_eq!(one(&db, "SELECT count(*) FROM session_state"), 0);
 }
+
+#[test]
+fn an_application_table_of_another_name_is_loaded_under_that_name_and_nothing_else_is_created() {
+    let db = TestDb::new("app_other_table_name");
+    let dir = TempDir::new();
+    let root = dir.path().join("store");
+    sessiondb(&["generate-fixture", "--schema", "app", "--sessions", "20"])
+        .arg("--out")
+        .arg(&root)
+        .expect(exit::OK);
+    std::fs::remove_file(root.join("sessiondb.toml")).unwrap();
+    rusqlite::Connection::open(root.join("data/app.db"))
+        .unwrap()
+        .execute_batch("ALTER TABLE sessions RENAME TO chat_sessions")
+        .unwrap();
+    sessiondb(&["init", "--table", "chat_sessions"])
+        .cwd(&root)
+        .expect(exit::OK);
+    let config = root.join("sessiondb.toml");
+    for args in [&["migrate-state", "--dry-run=false"][..], &["verify"]] {
+        sessiondb(args)
+            .config(&config)
+            .env("DATABASE_URL", &db.url)
+            .expect(exit::OK);
+    }
+    assert_eq!(one(&db, "SELECT count(*) FROM chat_sessions"), 20);
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'sessions'"
+        ),
+        0,
+        "no SPEC §2 sessions table beside the application's"
+    );
+    assert!(one(&db, "SELECT count(*) FROM session_state") > 0);
+}
