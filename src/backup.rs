@@ -335,6 +335,28 @@ pub struct BackupResult {
     pub removed_incomplete: Vec<PathBuf>,
 }
 
+/// The counts of a mapped store's copy: its sessions table's rows.
+fn mapped_summary(cfg: &Config, copy: &Path) -> Result<crate::source::Summary> {
+    let conn = sqlite::open(copy)?;
+    let shape = crate::source::shape::Shape::read(&conn, copy, &cfg.path, &cfg.app)?;
+    let n: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM {}",
+                crate::source::shape::ident(&shape.sessions.name)
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sqlite::map_err(copy, e))?;
+    Ok(crate::source::Summary {
+        sessions: n as u64,
+        sqlite_rows: n as u64,
+        warnings: shape.warnings,
+        ..Default::default()
+    })
+}
+
 /// Take a backup of `cfg`'s store: see the module documentation. On an error the folder
 /// is left as it is, with its `INCOMPLETE` marker and without a manifest, for the next
 /// backup to remove. A state file (or upload) the tool may not read is noted in the
@@ -343,6 +365,9 @@ pub struct BackupResult {
 pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> {
     let started = std::time::SystemTime::now();
     let src = Source::from_config(cfg);
+    // A mapped store (SPEC §9) is copied as it is (the database and the files); its
+    // sessions are not listed in sessions.jsonl, which holds SPEC §1's fields.
+    let mapped = crate::source::app::is_mapped(cfg);
     // Resolve before acting: the store must be readable before a folder is created.
     if src.sqlite.is_none() && src.json_path.is_none() {
         return Err(Error::NoLegacyStore);
@@ -350,7 +375,12 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     src.check_paths()?;
     if let Some(s) = &src.sqlite {
         let conn = sqlite::open(&s.path)?;
-        sqlite::check_table(&conn, &s.path)?;
+        if mapped {
+            // SPEC §9: the application's own table, read as the config maps it.
+            crate::source::shape::Shape::read(&conn, &s.path, &cfg.path, &cfg.app)?;
+        } else {
+            sqlite::check_table(&conn, &s.path)?;
+        }
         if !s.sessions_dir.is_dir() {
             return Err(Error::Unreadable {
                 path: s.sessions_dir.clone(),
@@ -378,7 +408,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         tracing::info!("copying {} (online backup)", s.path.display());
         let dest = dir.join(SQLITE_COPY);
         mkdirs(dest.parent().expect("a file in a folder"))?;
-        rows_before = Some(copy_sqlite(&s.path, &dest)?);
+        rows_before = Some(copy_sqlite(&s.path, &dest, &cfg.app.table)?);
         files.push(hash_file(&dir, Path::new(SQLITE_COPY))?);
     }
 
@@ -394,23 +424,27 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let mut sessions = Sink::create(&dir, Path::new(SESSIONS_JSONL))?;
     let mut invalid = Sink::create(&dir, Path::new(INVALID_JSONL))?;
     let mut invalid_findings = Vec::new();
-    let summary = copy_source.open()?.scan(SCAN_BATCH, |items| {
-        for item in items {
-            match item {
-                Item::Session(s) => sessions.line(&session_line(&s))?,
-                Item::Invalid(i) => {
-                    if invalid_findings.len() < crate::report::INLINE_LIMIT {
-                        invalid_findings.push(i.finding());
+    let summary = if mapped {
+        mapped_summary(cfg, &dir.join(SQLITE_COPY))?
+    } else {
+        copy_source.open()?.scan(SCAN_BATCH, |items| {
+            for item in items {
+                match item {
+                    Item::Session(s) => sessions.line(&session_line(&s))?,
+                    Item::Invalid(i) => {
+                        if invalid_findings.len() < crate::report::INLINE_LIMIT {
+                            invalid_findings.push(i.finding());
+                        }
+                        invalid.line(&invalid_line(&i))?
                     }
-                    invalid.line(&invalid_line(&i))?
-                }
-                Item::Known { .. } => {
-                    unreachable!("a scan without a known function reads everything")
+                    Item::Known { .. } => {
+                        unreachable!("a scan without a known function reads everything")
+                    }
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?
+    };
     files.push(sessions.finish()?);
     files.push(invalid.finish()?);
     counts.sessions = summary.sessions;
@@ -532,7 +566,9 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     tracing::info!("self-check: re-reading {} files", files.len());
     let mut problems = check_files(&dir, &files);
     if let Some(before) = rows_before {
-        match check_sqlite_copy(&dir.join(SQLITE_COPY)) {
+        match check_sqlite_copy(&dir.join(SQLITE_COPY), Some(&cfg.app.table))
+            .map(|r| r.unwrap_or(before))
+        {
             Ok(rows) if rows < before => problems.push(format!(
                 "{SQLITE_COPY} holds {rows} rows, the source held {before} when counted"
             )),
@@ -1055,7 +1091,7 @@ fn dest_err(dest: &Path, e: rusqlite::Error) -> Error {
 /// Busy and locked are retried with a short backoff for up to [`BUSY_RETRY`]. The copy
 /// is left in rollback-journal mode: one self-contained file. Returns the rows the
 /// source held in that snapshot.
-fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
+fn copy_sqlite(src: &Path, dest: &Path, table: &str) -> Result<u64> {
     let from = sqlite::open(src)?;
     drop(create_file(dest)?);
     let mut to = Connection::open_with_flags(
@@ -1093,7 +1129,14 @@ fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
     // The read transaction that the count and the copy share.
     let rows = loop {
         let begun = from.execute_batch("BEGIN DEFERRED").and_then(|_| {
-            from.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            from.query_row(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    crate::source::shape::ident(table)
+                ),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
         });
         match begun {
             Ok(n) => break n as u64,
@@ -1131,8 +1174,10 @@ fn copy_sqlite(src: &Path, dest: &Path) -> Result<u64> {
     Ok(rows)
 }
 
-/// `PRAGMA integrity_check` and the row count of a copy; `Err` says what is wrong.
-fn check_sqlite_copy(path: &Path) -> std::result::Result<u64, String> {
+/// `PRAGMA integrity_check` and the row count of a copy's sessions table (`table`, else
+/// `sessions`; `None` when no table was named and the copy has no `sessions`: an
+/// application's table of another name); `Err` says what is wrong.
+fn check_sqlite_copy(path: &Path, table: Option<&str>) -> std::result::Result<Option<u64>, String> {
     let rel = SQLITE_COPY;
     let conn = sqlite::open(path).map_err(|e| format!("{rel}: {e}"))?;
     let mut stmt = conn
@@ -1148,7 +1193,21 @@ fn check_sqlite_copy(path: &Path) -> std::result::Result<u64, String> {
             found.into_iter().take(5).collect::<Vec<_>>().join("; ")
         ));
     }
-    sqlite::count(&conn, path).map_err(|e| format!("{rel}: {e}"))
+    let name = table.unwrap_or(crate::config::DEFAULT_TABLE);
+    if table.is_none()
+        && crate::source::shape::read_table(&conn, path, name)
+            .map_err(|e| format!("{rel}: {e}"))?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    conn.query_row(
+        &format!("SELECT count(*) FROM {}", crate::source::shape::ident(name)),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| Some(n as u64))
+    .map_err(|e| format!("{rel}: {}", sqlite::map_err(path, e)))
 }
 
 // ---- the JSON Lines dump -----------------------------------------------------------------
@@ -1618,8 +1677,8 @@ fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
     };
     if depth == Depth::Checksums && sqlite_sound {
         let path = dir.join(SQLITE_COPY);
-        let bad = match check_sqlite_copy(&path) {
-            Ok(rows) if rows != head.counts.sqlite_rows => Some(format!(
+        let bad = match check_sqlite_copy(&path, None) {
+            Ok(Some(rows)) if rows != head.counts.sqlite_rows => Some(format!(
                 "{SQLITE_COPY} holds {rows} rows, the manifest says {}",
                 head.counts.sqlite_rows
             )),

@@ -260,7 +260,16 @@ impl AppSchema {
 /// The steps that read a store through its [`AppSchema`] today. Every other step reads
 /// SPEC §1's default table only, so it refuses a config that maps another shape rather
 /// than read the wrong columns ([`Config::require_default_schema`]).
-pub const SCHEMA_AWARE_STEPS: [&str; 3] = ["check", "init", "generate-fixture"];
+pub const SCHEMA_AWARE_STEPS: [&str; 8] = [
+    "check",
+    "init",
+    "generate-fixture",
+    "preflight",
+    "backup",
+    "migrate-state",
+    "verify",
+    "set-default",
+];
 
 /// The configuration file, resolved: paths absolute, environment overrides applied.
 #[derive(Debug, Clone)]
@@ -1879,7 +1888,7 @@ mod tests {
     fn steps_that_read_only_the_default_table_refuse_a_mapped_config() {
         let text = "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[sqlite.columns]\ncost = \"last_cost_usd\"\n";
         let c = Config::parse(Path::new("/a/s.toml"), text, &env(&[])).unwrap();
-        let e = c.require_default_schema("migrate-state").unwrap_err();
+        let e = c.require_default_schema("rollback").unwrap_err();
         assert_eq!(
             (e.code(), e.exit_code()),
             ("not_implemented", crate::exit::USAGE)
@@ -1887,6 +1896,8 @@ mod tests {
         assert!(e.to_string().contains("[sqlite.columns]"), "{e}");
         c.require_default_schema("check").unwrap();
         c.require_default_schema("init").unwrap();
+        c.require_default_schema("migrate-state").unwrap();
+        c.require_default_schema("verify").unwrap();
         let plain = Config::parse(
             Path::new("/a/s.toml"),
             "[sessiondb]\nbackend = \"sqlite\"\n",

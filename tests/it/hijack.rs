@@ -427,3 +427,48 @@ fn planted_objects_are_never_used_by_sessiond_on_the_applications_own_tables() {
     crate::sessiond::app_over_http(&app, &user, Some(&h.url()));
     h.assert_untouched("sessiond on the application's own tables");
 }
+
+/// The load of an application's own schema (issue 17: `generate-fixture --schema app`,
+/// the config `init` proposes, the application's tables made first with `varchar`
+/// columns, a foreign key and its GIN index): preflight, a first load, a catch-up and
+/// verify call no planted function or operator.
+#[test]
+fn planted_objects_are_never_used_by_the_mapped_load_on_the_applications_own_tables() {
+    let ddl = "CREATE TABLE public.users (id varchar PRIMARY KEY, external_id varchar NOT NULL UNIQUE,
+                 display_name varchar, created_at timestamp NOT NULL, updated_at timestamp NOT NULL);
+               CREATE TABLE public.sessions (id varchar PRIMARY KEY, user_id varchar NOT NULL REFERENCES public.users(id),
+                 question text NOT NULL, current_step varchar NOT NULL, status varchar NOT NULL,
+                 created_at timestamp NOT NULL, updated_at timestamp NOT NULL, is_deleted boolean NOT NULL,
+                 last_cost_usd double precision, last_total_tokens integer);
+               CREATE TABLE public.session_state (session_id varchar PRIMARY KEY, state jsonb NOT NULL,
+                 updated_at timestamp NOT NULL);
+               CREATE INDEX ix_session_state_state_gin ON public.session_state USING gin (state);";
+    let h = Hostile::new("hijack_app_load", 0, ddl, true);
+    let dir = crate::support::TempDir::new();
+    let root = dir.path().join("store");
+    sessiondb(&["generate-fixture", "--schema", "app", "--sessions", "8"])
+        .arg("--out")
+        .arg(&root)
+        .expect(exit::OK);
+    std::fs::remove_file(root.join("sessiondb.toml")).unwrap();
+    sessiondb(&["init"]).cwd(&root).expect(exit::OK);
+    let config = root.join("sessiondb.toml");
+    for args in [
+        &["preflight"][..],
+        &["migrate-state", "--dry-run=false"],
+        &["migrate-state", "--dry-run=false"],
+        &["verify"],
+    ] {
+        sessiondb(args)
+            .config(&config)
+            .env("DATABASE_URL", h.url())
+            .expect(exit::OK);
+        h.assert_untouched(&args.join(" "));
+    }
+    let n: i64 =
+        h.db.client()
+            .query_one("SELECT count(*) FROM public.sessions", &[])
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 8);
+}

@@ -1,6 +1,7 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
 mod advice;
+mod app_schema;
 mod backup;
 mod backup_check;
 mod canon;
