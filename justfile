@@ -43,7 +43,7 @@ sessiond ADDR="127.0.0.1:8080": build
 smoke URL: build
     {{sdb}} verify --smoke-url {{URL}}
 
-# Benchmarks against a throwaway PostgreSQL: ratios to psql baselines, peak memory (writes bench/results.json)
+# Benchmarks against a throwaway PostgreSQL, as the runbook runs the commands: same-run ratios to cp -a, the psql floor, a psycopg script and pgloader, peak RSS (appends to bench/results.json)
 bench:
     scripts/bench
 

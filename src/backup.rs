@@ -290,7 +290,13 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     t.copy_json_and_config()?;
     let fingerprint_after = t.settle(&fingerprint_before)?;
     let (spool, sqlite_rows) = t.self_check(rows_before)?;
-    t.seal(run_id, fingerprint_before, fingerprint_after, sqlite_rows, spool)
+    t.seal(
+        run_id,
+        fingerprint_before,
+        fingerprint_after,
+        sqlite_rows,
+        spool,
+    )
 }
 
 /// The store `cfg` names, checked readable: a source, its database and table, its
@@ -298,10 +304,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
 fn resolve_source(cfg: &Config) -> Result<Source> {
     let src = Source::from_config(cfg);
     if src.sqlite.is_none() && src.json_path.is_none() {
-        return Err(Error::InvalidSource {
-            code: "config_invalid",
-            message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
-        });
+        return Err(Error::NoLegacyStore);
     }
     src.check_paths()?;
     if let Some(s) = &src.sqlite {
@@ -348,7 +351,8 @@ fn choose_base(
         .collect();
     names.sort();
     let same = |s: &ManifestSource| {
-        (&s.sqlite, &s.sessions_dir, &s.json) == (&source.sqlite, &source.sessions_dir, &source.json)
+        (&s.sqlite, &s.sessions_dir, &s.json)
+            == (&source.sqlite, &source.sessions_dir, &source.json)
     };
     names.into_iter().rev().find_map(|d| {
         if !is_complete(&d) {
@@ -460,12 +464,12 @@ impl<'a> Taking<'a> {
         };
         // Lines are only carried between the same versions: they are what this one writes.
         let base = match &mut self.base {
-            Some((head, cursor)) if head.tool_version == env!("CARGO_PKG_VERSION") => cursor
-                .other(SESSIONS_JSONL)
-                .map(|listed| dump::BaseDump {
+            Some((head, cursor)) if head.tool_version == env!("CARGO_PKG_VERSION") => {
+                cursor.other(SESSIONS_JSONL).map(|listed| dump::BaseDump {
                     path: cursor.dir.join(SESSIONS_JSONL),
                     listed,
-                }),
+                })
+            }
             _ => None,
         };
         let d = dump::write(&self.dir, &copy, base)?;
@@ -737,8 +741,12 @@ impl<'a> Taking<'a> {
     ) -> Result<BackupResult> {
         for e in self.early.iter().filter(|e| !e.blob) {
             let p = self.dir.join(e.rel_path());
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o400))
-                .map_err(|err| Error::Write { path: p, source: err })?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o400)).map_err(|err| {
+                Error::Write {
+                    path: p,
+                    source: err,
+                }
+            })?;
         }
         self.early.sort_by(|a, b| a.key().cmp(&b.key()));
         let spooled = {
@@ -815,7 +823,11 @@ impl Work {
     /// Share the base's blob when it is there at its size, else read and copy the file;
     /// a copy keeps the stamp when the file still looks as it did before it was read.
     fn share_or_copy(&self, blobs: &Blobs, walker: &Walker) -> Result<Copied> {
-        if let Some(e) = self.earlier.as_ref().filter(|e| blobs.has(&e.sha256, e.bytes)) {
+        if let Some(e) = self
+            .earlier
+            .as_ref()
+            .filter(|e| blobs.has(&e.sha256, e.bytes))
+        {
             let mut e = e.clone();
             e.shared = true;
             return Ok(Copied::File(e));
@@ -934,8 +946,7 @@ pub struct Extracted {
 /// Nothing else is written, nothing of the store is touched.
 pub fn extract(dir: &Path, to: &Path) -> Result<Extracted> {
     if !is_complete(dir) {
-        return Err(Error::Refused {
-            code: "backup_incomplete",
+        return Err(Error::BackupIncomplete {
             message: format!(
                 "{} is not a complete backup (its {MARKER} marker, or no {MANIFEST}): nothing extracted",
                 dir.display()
@@ -993,8 +1004,7 @@ pub fn extract(dir: &Path, to: &Path) -> Result<Extracted> {
 /// One listed file of `dir`, written to `<to>/<its path>` and checked.
 fn extract_one(dir: &Path, to: &Path, f: &FileEntry) -> Result<()> {
     let rel = f.rel_path();
-    let damaged = |message: String| Error::Refused {
-        code: "backup_damaged",
+    let damaged = |message: String| Error::BackupDamaged {
         message: format!(
             "{}: {message}; {} is left incomplete",
             dir.display(),
@@ -1008,7 +1018,8 @@ fn extract_one(dir: &Path, to: &Path, f: &FileEntry) -> Result<()> {
         )));
     }
     let from = stored_path(dir, f);
-    let mut input = File::open(&from).map_err(|e| damaged(format!("{} cannot be read: {e}", from.display())))?;
+    let mut input = File::open(&from)
+        .map_err(|e| damaged(format!("{} cannot be read: {e}", from.display())))?;
     let mut sink = dump::Sink::create(to, &rel)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {

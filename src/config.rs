@@ -16,6 +16,12 @@ use crate::source::shape::Field;
 
 pub const DEFAULT_FILE: &str = "sessiondb.toml";
 pub const DEFAULT_URL_ENV: &str = "DATABASE_URL";
+/// The runtime store's pool without `postgres.pool_size` / `DB_POOL_SIZE`.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+/// Connections beyond the pool without `postgres.max_overflow` / `DB_MAX_OVERFLOW`.
+pub const DEFAULT_MAX_OVERFLOW: u32 = 20;
+/// The target's schema without `postgres.schema`.
+pub const DEFAULT_SCHEMA: &str = "public";
 
 /// A snapshot of the environment, so resolution is a pure function of its inputs.
 #[derive(Debug, Clone, Default)]
@@ -147,6 +153,21 @@ pub struct PostgresSettings {
     pub pool_size: u32,
     pub max_overflow: u32,
     pub gin_opclass: GinOpclass,
+}
+
+impl PostgresSettings {
+    /// The settings of a step run without a config file: `$DATABASE_URL`, schema
+    /// `public`, the default pool.
+    pub fn defaults() -> PostgresSettings {
+        PostgresSettings {
+            url_env: DEFAULT_URL_ENV.to_owned(),
+            url_in_file: None,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+            max_overflow: DEFAULT_MAX_OVERFLOW,
+            gin_opclass: GinOpclass::JsonbOps,
+        }
+    }
 }
 
 impl fmt::Debug for PostgresSettings {
@@ -409,16 +430,16 @@ impl Config {
         let pool_size = env_u32(
             env,
             "DB_POOL_SIZE",
-            fp.pool_size.unwrap_or(10),
+            fp.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
             &mut provenance,
         )?;
         let max_overflow = env_u32(
             env,
             "DB_MAX_OVERFLOW",
-            fp.max_overflow.unwrap_or(20),
+            fp.max_overflow.unwrap_or(DEFAULT_MAX_OVERFLOW),
             &mut provenance,
         )?;
-        let schema = fp.schema.unwrap_or_else(|| "public".to_owned());
+        let schema = fp.schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
         if schema.is_empty() || schema.contains('\0') {
             return Err(Error::ConfigInvalid {
                 path: path.to_path_buf(),
@@ -448,6 +469,17 @@ impl Config {
             backup_dir,
             warnings,
             provenance,
+        })
+    }
+
+    /// The report's `source` (SPEC §5): the config and the stores it names.
+    pub fn source_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "config": self.path,
+            "backend": self.backend,
+            "sqlite": self.sqlite.as_ref().map(|s| &s.path),
+            "sessions_dir": self.sqlite.as_ref().map(|s| &s.sessions_dir),
+            "json": self.json_path,
         })
     }
 
@@ -793,7 +825,7 @@ pub fn url_password(s: &str) -> Option<String> {
 pub struct Target {
     /// Everything but TLS; its `ssl_mode` is `tls.mode` as tokio-postgres knows it.
     pub pg: postgres::Config,
-    /// TLS, with libpq's `sslmode` semantics (`target::tls` builds the connector).
+    /// TLS, with libpq's `sslmode` semantics (`pg::tls` builds the connector).
     pub tls: TlsSettings,
     /// The redacted connection string.
     pub display: String,
@@ -1270,7 +1302,7 @@ pub fn target(
     // Every connection made from this target (the commands, the writer lock, the runtime
     // store's pool, sessiond, the smoke probe) runs with this search_path from its
     // first statement.
-    let options = crate::target::startup_options(pg.get_options(), &settings.schema);
+    let options = crate::pg::startup_options(pg.get_options(), &settings.schema);
     pg.options(&options);
     let display = if display.is_empty() {
         synth_display(&pg)

@@ -1,6 +1,7 @@
 //! The switch between backends: editing `sessiondb.backend` in the config (keeping
 //! every comment and the layout; compare-and-swap on the old value; atomic write; the
-//! previous file kept beside the backups), and the cutover records in the target.
+//! previous file kept beside the backups). The cutover records in the target are
+//! `crate::pg::ledger::runs`.
 //!
 //! A config that is a symlink (config management, stow, a deploy that links releases)
 //! is edited where the link leads: the file it points to is replaced atomically (a temp
@@ -18,7 +19,6 @@ use sha2::Digest;
 
 use crate::config::Backend;
 use crate::error::{Error, Result};
-use crate::target::qualified;
 
 /// A planned edit of the config file.
 #[derive(Debug, Clone, Serialize)]
@@ -58,8 +58,7 @@ fn edit_target(path: &Path, to: Backend) -> Result<(PathBuf, bool)> {
     } else {
         path.to_path_buf()
     };
-    let refuse = |why: String| Error::Refused {
-        code: "config_read_only",
+    let refuse = |why: String| Error::ConfigReadOnly {
         message: format!(
             "{} cannot be switched to backend = \"{to}\": {why}; nothing was written",
             path.display()
@@ -234,8 +233,7 @@ pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBu
         edit.path.clone()
     };
     if is_link != edit.via_symlink || leads_to != edit.target {
-        return Err(Error::Refused {
-            code: "config_changed",
+        return Err(Error::ConfigChanged {
             message: format!(
                 "{} now leads to {} (it led to {} when this step planned): nothing written; run it again",
                 edit.path.display(),
@@ -246,8 +244,7 @@ pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBu
     }
     let now = read_config(&edit.target)?;
     if now != edit.old_text {
-        return Err(Error::Refused {
-            code: "config_changed",
+        return Err(Error::ConfigChanged {
             message: format!(
                 "{} changed while this step ran; nothing written: run it again",
                 edit.path.display()
@@ -279,64 +276,4 @@ pub fn apply_edit(edit: &Edit, backup_dir: &Path, run_id: &str) -> Result<PathBu
         }
     })?;
     Ok(saved)
-}
-
-/// A recorded cutover or rollback.
-#[derive(Debug, Clone, Serialize)]
-pub struct Cutover {
-    pub id: i64,
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub kind: String,
-    pub from_backend: String,
-    pub to_backend: String,
-    pub config_path: String,
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn record(
-    c: &mut impl postgres::GenericClient,
-    schema: &str,
-    kind: &str,
-    from: &str,
-    to: &str,
-    config_path: &Path,
-    config_sha: &str,
-    verify_run: Option<uuid::Uuid>,
-    run_id: &str,
-) -> Result<()> {
-    let run = uuid::Uuid::parse_str(run_id).expect("run ids are uuids");
-    c.execute(
-        &format!(
-            "INSERT INTO {} (kind, from_backend, to_backend, config_path, config_sha256, verify_run_id, run_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            qualified(schema, "sessiondb_cutovers")
-        ),
-        &[&kind, &from, &to, &config_path.display().to_string(), &config_sha, &verify_run, &run],
-    )
-    .map_err(|e| Error::pg("recording the cutover", "", e))?;
-    Ok(())
-}
-
-/// The newest cutover (set-default) record, if any.
-pub fn latest(
-    c: &mut impl postgres::GenericClient,
-    schema: &str,
-    kind: &str,
-) -> Result<Option<Cutover>> {
-    if !crate::target::schema::table_exists(c, schema, "sessiondb_cutovers")? {
-        return Ok(None);
-    }
-    let rows = c
-        .query(
-            &format!("SELECT id, at, kind, from_backend, to_backend, config_path FROM {} WHERE kind = $1 ORDER BY id DESC LIMIT 1", qualified(schema, "sessiondb_cutovers")),
-            &[&kind],
-        )
-        .map_err(|e| Error::pg("reading cutovers", "", e))?;
-    Ok(rows.first().map(|r| Cutover {
-        id: r.get(0),
-        at: r.get(1),
-        kind: r.get(2),
-        from_backend: r.get(3),
-        to_backend: r.get(4),
-        config_path: r.get(5),
-    }))
 }

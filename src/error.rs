@@ -91,8 +91,22 @@ pub enum Error {
     #[error("SQLite database {path}: {message}")]
     Sqlite { path: PathBuf, message: String },
 
+    /// The config names neither a SQLite store nor a JSON store.
+    #[error("the config names no legacy store: neither [sqlite] nor [json]")]
+    NoLegacyStore,
+
+    /// The deprecated JSON store does not load: `code` is what is wrong with it
+    /// (`invalid_json`, `invalid_utf8`...), as for one of its records.
     #[error("invalid source: {message}")]
-    InvalidSource { code: &'static str, message: String },
+    JsonStoreInvalid { code: &'static str, message: String },
+
+    /// Invalid records in the source and no `--quarantine`: nothing was written.
+    #[error("invalid source: {message}")]
+    InvalidRecords { message: String },
+
+    /// A file `init` was pointed at is not a regular file: it was not read.
+    #[error("invalid source: {message}")]
+    NotInspectable { message: String },
 
     /// The deprecated JSON store is read at load time and again, record by record, on
     /// demand; between the two it must not change.
@@ -101,21 +115,93 @@ pub enum Error {
     )]
     SourceChanged { path: PathBuf, what: String },
 
+    /// A state file or a legacy row changed while rollback wrote beside it: nothing
+    /// was written there.
+    #[error("{message}")]
+    ChangedDuringWrite { message: String },
+
     #[error("conflict: {message}")]
     Conflict { message: String },
 
+    /// The applied schema versions are not this tool's: one was edited, or a newer
+    /// sessiondb applied more.
     #[error("{message}")]
-    Refused { code: &'static str, message: String },
+    SchemaVersions { message: String },
 
-    /// A target column whose values sessiondb cannot read as the type it expects.
+    /// Schema versions the runtime store needs are not applied (and it may not apply them).
+    #[error("{message}")]
+    SchemaPending { message: String },
+
+    /// The target's tables cannot take the data as they are shaped (SPEC §9): every
+    /// problem named, nothing written.
+    #[error("the target cannot take the data, nothing written: {message}")]
+    TablesUnfit { message: String },
+
+    /// The data breaks a constraint of the target's tables (NOT NULL, length, unique,
+    /// foreign key): every problem named, nothing written.
+    #[error("the target cannot take the data, nothing written: {message}")]
+    ConstraintViolated { message: String },
+
+    /// The legacy table cannot take what rollback would write into it (a NOT NULL
+    /// column without a value, a STRICT column's type): nothing written.
+    #[error("{message}")]
+    LegacyTableUnfit { message: String },
+
+    /// The backup a run would stand on is not one (no manifest, still `INCOMPLETE`).
+    #[error("{message}")]
+    BackupIncomplete { message: String },
+
+    /// The backup a run would stand on lacks listed files, or holds them changed.
+    #[error("{message}")]
+    BackupDamaged { message: String },
+
+    /// The backup taken for a rollback does not hold a file the export replaces.
+    #[error("{message}")]
+    BackupMissingFile { message: String },
+
+    /// set-default without a passed verify of the current source (and no `--force`).
+    #[error("set-default needs a passed verify of the current source: {why}")]
+    VerifyRequired { why: String },
+
+    /// The config cannot be rewritten where it is (a read-only filesystem, a
+    /// Kubernetes ConfigMap mount): refused when planned, by the dry run too.
+    #[error("{message}")]
+    ConfigReadOnly { message: String },
+
+    /// The config changed between the plan of an edit and the edit.
+    #[error("{message}")]
+    ConfigChanged { message: String },
+
+    /// rollback: the config says postgres but the target records no cutover.
     #[error(
-        "schema_mismatch: cannot read {table}.{column}: {message} (preflight's constraints check says what the column must be)"
+        "{config} says postgres but no cutover is recorded in the target, so the previous backend is unknown: edit the file by hand"
     )]
-    ColumnDecode {
-        table: String,
-        column: String,
-        message: String,
-    },
+    NoCutover { config: PathBuf },
+
+    #[error(
+        "the previous backend was the deprecated JSON store, which is read-only: roll back to sqlite by hand"
+    )]
+    JsonBackendDeprecated,
+
+    #[error("the target has no sessiondb ledger: nothing was migrated, nothing to export")]
+    NothingMigrated,
+
+    /// rollback: PostgreSQL kept changing through every round.
+    #[error("{message}")]
+    StillWriting { message: String },
+
+    /// A rollback journal that does not agree with the legacy store.
+    #[error("{message}")]
+    JournalConflict { message: String },
+
+    /// A pipeline stopped because another part of it failed first (that part's error is
+    /// the one reported).
+    #[error("{message}")]
+    Cancelled { message: String },
+
+    /// A bug: a panic, on the main thread or on a worker (a scan stage, a writer).
+    #[error("internal error (a bug): {message}")]
+    Internal { message: String },
 
     /// A path a write would go through is not what it must be: a symlink, or a path
     /// leading outside the store (`symlink_outside_root`), or a special file where a
@@ -130,12 +216,11 @@ pub enum Error {
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
 
-    #[error("{code} while {context}: {message}")]
-    Timeout {
-        code: &'static str,
-        context: String,
-        message: String,
-    },
+    #[error("lock_timeout while {context}: {message}")]
+    LockTimeout { context: String, message: String },
+
+    #[error("statement_timeout while {context}: {message}")]
+    StatementTimeout { context: String, message: String },
 
     /// A config that maps the application's own schema (SPEC §9), given to a step that
     /// reads only the default table so far: refused rather than read the wrong columns.
@@ -230,20 +315,40 @@ impl Error {
             Error::NotSqlite { .. } => "not_sqlite",
             Error::SqliteCorrupt { .. } => "sqlite_corrupt",
             Error::Sqlite { .. } => "sqlite_error",
-            Error::InvalidSource { code, .. } => code,
-            Error::SourceChanged { .. } => "source_changed",
+            Error::NoLegacyStore => "config_invalid",
+            Error::JsonStoreInvalid { code, .. } => code,
+            Error::InvalidRecords { .. } => "invalid_records",
+            Error::NotInspectable { .. } => "not_regular_file",
+            Error::SourceChanged { .. } | Error::ChangedDuringWrite { .. } => "source_changed",
             Error::Conflict { .. } => "conflict",
-            Error::Refused { code, .. } => code,
-            Error::ColumnDecode { .. } => "schema_mismatch",
+            Error::SchemaVersions { .. }
+            | Error::TablesUnfit { .. }
+            | Error::LegacyTableUnfit { .. }
+            | Error::SchemaMismatch { .. } => "schema_mismatch",
+            Error::SchemaPending { .. } => "schema_pending",
+            Error::ConstraintViolated { .. } => "constraint",
+            Error::BackupIncomplete { .. } => "backup_incomplete",
+            Error::BackupDamaged { .. } => "backup_damaged",
+            Error::BackupMissingFile { .. } => "backup_missing_file",
+            Error::VerifyRequired { .. } => "verify_required",
+            Error::ConfigReadOnly { .. } => "config_read_only",
+            Error::ConfigChanged { .. } => "config_changed",
+            Error::NoCutover { .. } => "no_cutover",
+            Error::JsonBackendDeprecated => "json_backend_deprecated",
+            Error::NothingMigrated => "nothing_migrated",
+            Error::StillWriting { .. } => "still_writing",
+            Error::JournalConflict { .. } => "rollback_journal_conflict",
+            Error::Cancelled { .. } => "cancelled",
+            Error::Internal { .. } => "internal_error",
             Error::UnsafePath { code, .. } => code,
             Error::BackupSelfCheck { .. } => "backup_self_check_failed",
             Error::StepFailed { .. } => "step_failed",
             Error::SchemaNotWired { .. } => "not_implemented",
             Error::MappingInvalid { .. } => "config_invalid",
             Error::SourceSchema { .. } => "sqlite_schema",
-            Error::SchemaMismatch { .. } => "schema_mismatch",
             Error::ConfigExists { .. } => "config_exists",
-            Error::Timeout { code, .. } => code,
+            Error::LockTimeout { .. } => "lock_timeout",
+            Error::StatementTimeout { .. } => "statement_timeout",
         }
     }
 
@@ -259,16 +364,79 @@ impl Error {
             | Error::NotRegularFile { .. }
             | Error::SchemaNotWired { .. }
             | Error::MappingInvalid { .. }
+            | Error::NoLegacyStore
             | Error::ConfigExists { .. } => exit::USAGE,
-            Error::InvalidSource { .. }
+            Error::JsonStoreInvalid { .. }
+            | Error::InvalidRecords { .. }
+            | Error::NotInspectable { .. }
+            | Error::ChangedDuringWrite { .. }
             | Error::Conflict { .. }
-            | Error::Refused { .. }
-            | Error::ColumnDecode { .. }
+            | Error::SchemaVersions { .. }
+            | Error::SchemaPending { .. }
+            | Error::TablesUnfit { .. }
+            | Error::ConstraintViolated { .. }
+            | Error::LegacyTableUnfit { .. }
+            | Error::BackupIncomplete { .. }
+            | Error::BackupDamaged { .. }
+            | Error::BackupMissingFile { .. }
+            | Error::VerifyRequired { .. }
+            | Error::ConfigReadOnly { .. }
+            | Error::ConfigChanged { .. }
+            | Error::NoCutover { .. }
+            | Error::JsonBackendDeprecated
+            | Error::NothingMigrated
+            | Error::StillWriting { .. }
+            | Error::JournalConflict { .. }
             | Error::SourceSchema { .. }
-            | Error::SchemaMismatch { .. } => exit::PROBLEMS,
-            Error::UnsafePath { .. } => exit::PROBLEMS,
+            | Error::SchemaMismatch { .. }
+            | Error::UnsafePath { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
-            _ => exit::OPERATIONAL,
+            Error::PostgresUnreachable { .. }
+            | Error::TlsFailed { .. }
+            | Error::PermissionDenied { .. }
+            | Error::Database { .. }
+            | Error::LockHeld { .. }
+            | Error::Unreadable { .. }
+            | Error::Write { .. }
+            | Error::DiskSpace { .. }
+            | Error::NotSqlite { .. }
+            | Error::SqliteCorrupt { .. }
+            | Error::Sqlite { .. }
+            | Error::SourceChanged { .. }
+            | Error::BackupSelfCheck { .. }
+            | Error::LockTimeout { .. }
+            | Error::StatementTimeout { .. }
+            | Error::Cancelled { .. }
+            | Error::Internal { .. } => exit::OPERATIONAL,
+        }
+    }
+
+    /// The report's finding for this error: its code, its message with every cause,
+    /// and the path it is about.
+    pub fn finding(&self) -> crate::report::Finding {
+        let f = crate::report::Finding::new(self.code(), error_chain(self));
+        match self.path() {
+            Some(p) => f.path(p),
+            None => f,
+        }
+    }
+
+    /// The file or folder this error is about, when it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Unreadable { path, .. }
+            | Error::NotRegularFile { path, .. }
+            | Error::Write { path, .. }
+            | Error::UnsafePath { path, .. }
+            | Error::BackupSelfCheck { dir: path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// A panic caught at the edge of a step, as [`Error::Internal`].
+    pub fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
+        Error::Internal {
+            message: panic_message(payload),
         }
     }
 
@@ -277,8 +445,7 @@ impl Error {
         if let Some(db) = err.as_db_error() {
             let message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
             if db.code() == &postgres::error::SqlState::LOCK_NOT_AVAILABLE {
-                return Error::Timeout {
-                    code: "lock_timeout",
+                return Error::LockTimeout {
                     context: context.to_owned(),
                     message: format!(
                         "{message}: another session holds a lock on the rows or tables being written (lock_timeout; see pg_locks); nothing of this batch was written"
@@ -286,8 +453,7 @@ impl Error {
                 };
             }
             if db.code() == &postgres::error::SqlState::QUERY_CANCELED {
-                return Error::Timeout {
-                    code: "statement_timeout",
+                return Error::StatementTimeout {
                     context: context.to_owned(),
                     message: format!(
                         "{message}: a statement ran longer than the role's statement_timeout; nothing of this batch was written (raise it, or lower --batch-size)"
@@ -321,6 +487,15 @@ impl Error {
 fn is_connection_error(err: &postgres::Error) -> bool {
     let text = format!("{err:?}");
     text.contains("Connect") || text.contains("Io") || text.contains("Timeout")
+}
+
+/// What a panic said (its payload, when it is text).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The message of an error and of every cause below it, joined with ": ".

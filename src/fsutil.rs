@@ -210,16 +210,7 @@ impl Entry {
     }
     /// What the entry is, in words ("a symlink", "a FIFO"...).
     pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            libc::S_IFLNK => "a symlink",
-            libc::S_IFDIR => "a folder",
-            libc::S_IFREG => "a regular file",
-            libc::S_IFIFO => "a FIFO",
-            libc::S_IFSOCK => "a socket",
-            libc::S_IFCHR => "a character device",
-            libc::S_IFBLK => "a block device",
-            _ => "a special file",
-        }
+        kind(self.kind)
     }
 }
 

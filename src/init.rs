@@ -23,12 +23,12 @@ use serde::Serialize;
 
 use crate::config::{self, AppSchema, Config, DbUrl, Env};
 use crate::error::{Error, Result};
+use crate::pg::catalog::{self, Fit, SourceColumn, TargetTable};
 use crate::report::Finding;
 use crate::source::shape::{
     self, ColumnScan, Field, JsonKeys, Shape, Table, TypeChoice, choose_type, scan_table,
 };
 use crate::source::sqlite;
-use crate::target::catalog::{self, Fit, SourceColumn, TargetTable};
 use crate::value::compat::SourceKind;
 
 /// What `init` was asked.
@@ -153,8 +153,7 @@ fn existing_config(out: &Path, env: &Env) -> Option<Config> {
 fn regular_file(path: &Path, what: &str) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(Error::InvalidSource {
-            code: "not_regular_file",
+        Ok(_) => Err(Error::NotInspectable {
             message: format!(
                 "{what} {} is not a regular file; it was not read",
                 path.display()
@@ -1037,7 +1036,9 @@ fn inspect_target(
     app: &AppSchema,
     undecided: &mut Vec<String>,
 ) -> Result<Option<TargetReport>> {
-    let settings = existing.map_or_else(crate::cli::default_pg_settings, |c| c.postgres.clone());
+    let settings = existing.map_or_else(crate::config::PostgresSettings::defaults, |c| {
+        c.postgres.clone()
+    });
     let Some(t) = config::target(&settings, existing.map(|c| c.path.as_path()), env)? else {
         return Ok(None);
     };
@@ -1054,7 +1055,7 @@ fn inspect_target(
         error: None,
     };
     let read = (|| -> Result<BTreeMap<String, TargetTable>> {
-        let mut c = crate::target::connect(&t)?;
+        let mut c = crate::pg::connect(&t)?;
         let mut tx = c
             .build_transaction()
             .read_only(true)

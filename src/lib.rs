@@ -5,22 +5,24 @@
 
 pub mod backup;
 pub mod canon;
-pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod cutover;
+pub mod driver;
 pub mod error;
 pub mod exit;
+pub mod fault;
 pub mod fixture;
 pub mod fsutil;
 pub mod init;
+pub mod pg;
 pub mod plan;
+pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod service;
 pub mod smoke;
 pub mod source;
 pub mod store;
-pub mod target;
 pub mod term;
 pub mod value;

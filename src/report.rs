@@ -10,6 +10,26 @@ use serde::{Deserialize, Serialize};
 use crate::redact;
 
 pub const SCHEMA: &str = "sessiondb.report/v1";
+
+/// A step's `details` (SPEC §5): a struct whose every field is optional and left out of
+/// the report until the step sets it. Fields are written with their value's type;
+/// the macro makes each `Option<T>`, skipped while `None`.
+#[macro_export]
+macro_rules! details {
+    ($(#[$m:meta])* $vis:vis struct $name:ident {
+        $($(#[$fm:meta])* $fvis:vis $f:ident : $t:ty),* $(,)?
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, serde::Serialize)]
+        $vis struct $name {
+            $(
+                $(#[$fm])*
+                #[serde(skip_serializing_if = "Option::is_none")]
+                $fvis $f: Option<$t>,
+            )*
+        }
+    };
+}
 /// How many named items a report lists inline; the rest go to a file.
 pub const INLINE_LIMIT: usize = 100;
 
@@ -180,9 +200,19 @@ impl Report {
         });
     }
 
-    pub fn detail(&mut self, key: &str, v: impl Serialize) {
-        self.details
-            .insert(key.to_owned(), serde_json::to_value(v).unwrap_or_default());
+    /// Fold a step's typed details into the envelope's `details` (an object; a value
+    /// that serializes to `null` leaves it empty). A value that does not serialize is
+    /// a bug: its error takes the place of the details rather than lose the report.
+    pub fn set_details(&mut self, details: &impl Serialize) {
+        self.details = match serde_json::to_value(details) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(serde_json::Value::Null) => serde_json::Map::new(),
+            Ok(other) => serde_json::Map::from_iter([("value".to_owned(), other)]),
+            Err(e) => serde_json::Map::from_iter([(
+                "details_error".to_owned(),
+                serde_json::Value::String(e.to_string()),
+            )]),
+        };
     }
 
     pub fn has_failed_check(&self) -> bool {
@@ -270,6 +300,20 @@ pub fn emit(
         written.push(t);
     }
     Ok(written)
+}
+
+/// A path as report text (lossy where it is not UTF-8: `serde` refuses such a path,
+/// and a report is written whatever its paths hold). For `#[serde(serialize_with)]`.
+pub fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// [`lossy_path`] of an optional path.
+pub fn lossy_opt_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => lossy_path(p, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Write a full list of named items (e.g. every invalid record) as JSON Lines next to

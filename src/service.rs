@@ -6,16 +6,21 @@
 //!
 //! - `GET /api/health`: probes the store now; 200 when it answers, 503 when not.
 //! - `POST /api/sessions`: create (`id`, `user_id`, `status`, `current_step`, `cost`,
-//!   `state`, all optional); 201, or 409 for an id that exists.
+//!   `state`, all optional; on an application's own table, `extra`: its other columns by
+//!   name, and `parents`: rows to create when missing, `{"users": {"external_id": ..}}`);
+//!   201, or 409 for an id that exists or a parent row that does not.
 //! - `GET /api/sessions/{id}/status`: status, current_step, progress (the state's
-//!   top-level `progress` member), cost, as stored (progress still in its batching
-//!   window is not visible yet).
-//! - `GET /api/sessions/{id}/summary`: metadata and the state's size and top-level keys.
+//!   top-level `progress` member), cost and the extra columns (`extra`), as stored
+//!   (progress still in its batching window is not visible yet).
+//! - `GET /api/sessions/{id}/summary`: metadata with the extra columns, and the state's
+//!   size and top-level keys.
 //! - `POST /api/sessions/{id}/progress`: the body is the new state, queued on the
 //!   batched progress writer; 202.
 //!
 //! Errors are `{"error": {"code", "message"}}`: 404 for an unknown session, 400 for a
-//! body that is not JSON or a state jsonb would refuse, 409 for an existing id, 503 when
+//! body that is not JSON or a state jsonb would refuse (or an extra column the table
+//! cannot hold: `unknown_column`, `missing_value`, `invalid_value`), 409 for an existing
+//! id or a missing parent row (`parent_not_found`), 503 when
 //! the store is unreachable. States are taken as raw text, never through `f64`, so
 //! numbers are kept exactly as jsonb keeps them.
 //!
@@ -24,7 +29,7 @@
 //! lets requests in flight finish, then closes the store, which writes every pending
 //! progress update.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,7 +128,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    crate::cli::init_tracing(args.quiet);
+    crate::driver::init_tracing(args.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -325,7 +330,10 @@ impl From<store::Error> for ApiError {
             E::InvalidId { .. }
             | E::InvalidField { .. }
             | E::InvalidState { .. }
+            | E::UnknownColumn { .. }
+            | E::MissingValue { .. }
             | E::MergeUnsupported { .. } => StatusCode::BAD_REQUEST,
+            E::ParentNotFound { .. } => StatusCode::CONFLICT,
             E::ReadOnly { .. } => StatusCode::FORBIDDEN,
             E::PoolExhausted { .. } | E::Closed | E::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::InvalidRecord { .. } | E::UnsafePath { .. } | E::ProgressFailed { .. } => {
@@ -400,6 +408,12 @@ struct CreateBody {
     current_step: Option<String>,
     cost: Option<f64>,
     state: Option<Box<RawValue>>,
+    /// The table's extra columns by name (an application's own schema, SPEC §9).
+    #[serde(default)]
+    extra: store::Extra,
+    /// Parent rows to create when missing: `{"users": {"external_id": "..."}}`.
+    #[serde(default)]
+    parents: BTreeMap<String, store::Extra>,
 }
 
 /// A session's metadata, as the service returns it.
@@ -412,10 +426,12 @@ struct SessionBody {
     cost: Option<f64>,
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
+    /// The extra columns (`{}` on SPEC §1's table).
+    extra: store::Extra,
 }
 
 impl SessionBody {
-    fn new(id: String, m: store::Meta) -> SessionBody {
+    fn new(id: String, m: store::Meta, extra: store::Extra) -> SessionBody {
         SessionBody {
             id,
             user_id: m.user_id,
@@ -424,6 +440,7 @@ impl SessionBody {
             cost: m.cost,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            extra,
         }
     }
 }
@@ -451,12 +468,14 @@ async fn create(
             current_step: b.current_step,
             cost: b.cost,
             state: b.state.map(|r| r.get().to_owned().into()),
+            extra: b.extra,
+            parents: b.parents,
         })
         .await?;
     app.remember(&s.id);
     Ok((
         StatusCode::CREATED,
-        axum::Json(SessionBody::new(s.id, s.meta)),
+        axum::Json(SessionBody::new(s.id, s.meta, s.extra)),
     )
         .into_response())
 }
@@ -470,6 +489,8 @@ struct StatusBody {
     progress: Option<Box<RawValue>>,
     cost: Option<f64>,
     updated_at: Option<DateTime<Utc>>,
+    /// The extra columns (`{}` on SPEC §1's table).
+    extra: store::Extra,
 }
 
 async fn status(Shared(app): Shared<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -487,6 +508,7 @@ async fn status(Shared(app): Shared<App>, Path(id): Path<String>) -> Result<Resp
         progress,
         cost: s.meta.cost,
         updated_at: s.meta.updated_at,
+        extra: s.extra,
     })
     .into_response())
 }
@@ -562,7 +584,7 @@ async fn summary(Shared(app): Shared<App>, Path(id): Path<String>) -> Result<Res
     app.remember(&id);
     let state = s.state.as_ref().map(describe);
     Ok(axum::Json(SummaryBody {
-        meta: SessionBody::new(s.id, s.meta),
+        meta: SessionBody::new(s.id, s.meta, s.extra),
         state,
     })
     .into_response())

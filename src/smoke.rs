@@ -12,20 +12,21 @@
 //! not through the service. The probe session is named `smoke-…` and stays: it is a
 //! real write, like the application's.
 //!
-//! The normal verify runs first when there is a target with sessiondb's tables; without
-//! one (an application still on SQLite, or after a rollback) only the probes run.
+//! `verify` runs its comparison first when there is a target with sessiondb's tables,
+//! then these probes on the same config and connection; without one (an application
+//! still on SQLite, or after a rollback) only the probes run.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::canon;
-use crate::cli::Ctx;
-use crate::config::{self, Config};
-use crate::error::{Error, Result};
+use crate::config::Config;
+use crate::driver::Ctx;
+use crate::error::Result;
+use crate::pg::rows::{self, Status as Row};
 use crate::report::CheckStatus;
 use crate::source::Source;
-use crate::target::{self, qualified, schema};
 
 /// Most sessions the status probe compares.
 pub const STATUS_SAMPLE: usize = 20;
@@ -48,49 +49,10 @@ enum Backing {
     Unavailable(String),
 }
 
-/// Metadata the status probe compares.
-#[derive(Debug, Clone, PartialEq)]
-struct Row {
-    id: String,
-    status: Option<String>,
-    current_step: Option<String>,
-    cost: Option<f64>,
-}
-
-/// Run the normal verify (when the target has sessiondb's tables), then the probes.
-pub fn run(ctx: &mut Ctx, url: &str, verify: impl FnOnce(&mut Ctx) -> Result<()>) -> Result<()> {
-    let cfg = Config::load(ctx.common.config.as_deref(), &ctx.env)?;
-    let t = config::target(&cfg.postgres, Some(&cfg.path), &ctx.env)?;
+/// The probes, on the config verify loaded and the connection it made (`None`: no
+/// target is configured).
+pub fn probe(ctx: &mut Ctx, url: &str, cfg: &Config, pg: Option<postgres::Client>) -> Result<()> {
     let schema_name = cfg.postgres.schema.clone();
-    let mut pg = match &t {
-        Some(t) => Some(target::connect(t)?),
-        None => None,
-    };
-    let tables = match &mut pg {
-        Some(c) => {
-            schema::table_exists(c, &schema_name, "sessions")?
-                && schema::table_exists(c, &schema_name, "sessiondb_ledger")?
-        }
-        None => false,
-    };
-    if tables {
-        verify(ctx)?;
-    } else {
-        let cfg = ctx.config()?;
-        if t.is_some() {
-            ctx.target(Some(&cfg))?;
-        }
-        let why = match &t {
-            None => format!(
-                "no PostgreSQL target ({} does not hold a PostgreSQL URL): only the smoke probes ran",
-                cfg.postgres.url_env
-            ),
-            Some(_) => "the target has no sessiondb tables yet: only the smoke probes ran".into(),
-        };
-        ctx.report
-            .check("verify", CheckStatus::Skip, why, json!({}));
-    }
-
     let probe = Probe::new(url);
     let health = probe.health(ctx);
     let backing = match health.as_ref().map(|h| h.backend.as_str()) {
@@ -105,7 +67,7 @@ pub fn run(ctx: &mut Ctx, url: &str, verify: impl FnOnce(&mut Ctx) -> Result<()>
             )),
         },
         Some(_) => Backing::Legacy {
-            source: Source::from_config(&cfg),
+            source: Source::from_config(cfg),
             sessions_dir: cfg.sqlite.as_ref().map(|s| s.sessions_dir.clone()),
         },
         None => Backing::Unavailable("the service did not answer its health probe".into()),
@@ -259,7 +221,9 @@ impl Probe {
                     .check("smoke_status", CheckStatus::Fail, why.clone(), json!({}));
                 return Ok(());
             }
-            Backing::Postgres { client, schema } => sample_pg(client, schema)?,
+            Backing::Postgres { client, schema } => {
+                rows::sample_status(client.as_mut(), schema, STATUS_SAMPLE)?
+            }
             Backing::Legacy { source, .. } => sample_legacy(source)?,
         };
         let mut mismatches = Vec::new();
@@ -461,27 +425,6 @@ fn encode_segment(id: &str) -> String {
     out
 }
 
-fn sample_pg(c: &mut postgres::Client, schema: &str) -> Result<Vec<Row>> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT id, status, current_step, cost FROM {} ORDER BY pg_catalog.random() LIMIT {STATUS_SAMPLE}",
-                qualified(schema, "sessions")
-            ),
-            &[],
-        )
-        .map_err(|e| Error::pg("sampling sessions", "", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| Row {
-            id: r.get(0),
-            status: r.get(1),
-            current_step: r.get(2),
-            cost: r.get(3),
-        })
-        .collect())
-}
-
 /// Up to [`STATUS_SAMPLE`] sessions of the legacy store, chosen at random in one scan.
 /// Only SQLite rows and their files: that is what the runtime SQLite store serves
 /// (sessions only in the deprecated JSON store are migrated, not served by it).
@@ -501,18 +444,7 @@ fn sample_legacy(src: &Source) -> Result<Vec<Row>> {
 /// The state the database holds for a session now, as canonical text.
 fn stored_state(backing: &mut Backing, id: &str) -> Result<Option<String>> {
     match backing {
-        Backing::Postgres { client, schema } => {
-            let row = client
-                .query_opt(
-                    &format!(
-                        "SELECT state::text FROM {} WHERE session_id OPERATOR(pg_catalog.=) $1::text",
-                        qualified(schema, "session_state")
-                    ),
-                    &[&id],
-                )
-                .map_err(|e| Error::pg("reading session_state", "", e))?;
-            Ok(row.map(|r| r.get(0)))
-        }
+        Backing::Postgres { client, schema } => rows::state_text(client.as_mut(), schema, id),
         Backing::Legacy { sessions_dir, .. } => {
             let Some(dir) = sessions_dir else {
                 return Ok(None);

@@ -299,7 +299,8 @@ impl Blobs {
         for fan in rd.flatten() {
             let is_fan = fan.file_name().len() == 2
                 && fan.file_name().to_str().is_some_and(|n| {
-                    n.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                    n.bytes()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
                 })
                 && fan.file_type().is_ok_and(|t| t.is_dir());
             if !is_fan {
@@ -316,7 +317,10 @@ impl Blobs {
                 }
                 let temp = name.starts_with(TEMP_PREFIX);
                 let unlisted = name.len() == 64
-                    && fan.file_name().to_str().is_some_and(|f| name.starts_with(f))
+                    && fan
+                        .file_name()
+                        .to_str()
+                        .is_some_and(|f| name.starts_with(f))
                     && Digest32::parse(name).is_some_and(|d| !keep.contains(&d));
                 if !(temp || unlisted) {
                     continue;
@@ -334,7 +338,10 @@ impl Blobs {
             }
         }
         // Streamed blobs are written at the top before their name is known.
-        for e in fs::read_dir(&self.root).map_err(|e| Error::read(&self.root, e))?.flatten() {
+        for e in fs::read_dir(&self.root)
+            .map_err(|e| Error::read(&self.root, e))?
+            .flatten()
+        {
             let name = e.file_name();
             if name.to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX))
                 && e.file_type().is_ok_and(|t| t.is_file())

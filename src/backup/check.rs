@@ -312,10 +312,9 @@ fn check_entry(
         (true, None) => Err(io::Error::from(io::ErrorKind::NotFound)),
     };
     match stat {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(problem(
-            "backup_missing_file",
-            format!("{name} is missing"),
-        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(problem("backup_missing_file", format!("{name} is missing")))
+        }
         Err(e) => Err(problem(
             "backup_damaged",
             format!("{name} cannot be read: {e}"),
@@ -350,10 +349,9 @@ fn check_file(path: &Path, f: &FileEntry) -> std::result::Result<(), Problem> {
         message,
     };
     match sha256_file(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(problem(
-            "backup_missing_file",
-            format!("{name} is missing"),
-        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(problem("backup_missing_file", format!("{name} is missing")))
+        }
         Err(e) => Err(problem(
             "backup_damaged",
             format!("{name} cannot be read: {e}"),

@@ -227,4 +227,3 @@ pub(super) fn remove_failed_backups(
     }
     removed
 }
-

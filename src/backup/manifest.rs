@@ -515,7 +515,11 @@ pub(super) fn write(dir: &Path, head: &Manifest, spool: &Path) -> Result<()> {
     let spooled = File::open(spool).map_err(|e| Error::read(spool, e))?;
     crate::fsutil::write_atomic_with(&mpath, 0o400, |w| {
         let field = |w: &mut dyn Write, k: &str, v: &dyn erased::Ser| -> io::Result<()> {
-            write!(w, "  {}: ", serde_json::to_string(k).map_err(io::Error::other)?)?;
+            write!(
+                w,
+                "  {}: ",
+                serde_json::to_string(k).map_err(io::Error::other)?
+            )?;
             v.write_to(w)?;
             w.write_all(b",\n")
         };

@@ -246,7 +246,12 @@ fn of_fingerprint(h: &ManifestHead, fp: &str) -> bool {
     h.source_fingerprint == fp && h.fingerprint_after == fp
 }
 
-fn relies_on(r: &Reliance, dir: &Path, head: &ManifestHead, all: &[(PathBuf, ManifestHead)]) -> bool {
+fn relies_on(
+    r: &Reliance,
+    dir: &Path,
+    head: &ManifestHead,
+    all: &[(PathBuf, ManifestHead)],
+) -> bool {
     match &r.rule {
         Rule::Fingerprint(fp) => head.source_fingerprint == *fp || head.fingerprint_after == *fp,
         Rule::Folder(name) => dir.file_name().is_some_and(|n| n == name.as_str()),
@@ -316,14 +321,12 @@ fn remove_backup(backup_dir: &Path, dir: &Path) -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| super::folders::is_folder_name(n))
-        .ok_or_else(|| Error::Refused {
-            code: "prune_refused",
+        .ok_or_else(|| Error::Internal {
             message: format!("{} is not named as a backup: not removed", dir.display()),
         })?;
     let meta = fs::symlink_metadata(dir).map_err(|e| Error::read(dir, e))?;
     if !meta.is_dir() || dir.parent() != Some(backup_dir) {
-        return Err(Error::Refused {
-            code: "prune_refused",
+        return Err(Error::Internal {
             message: format!(
                 "{} is not a folder directly in {}: not removed",
                 dir.display(),

@@ -125,7 +125,10 @@ pub(super) fn stamp(s: &Stat, now: std::time::SystemTime) -> Option<String> {
 #[derive(Debug)]
 pub(super) enum Looked {
     /// A regular file: its stat, and its stamp when it may be trusted.
-    File { stat: Stat, stamp: Option<String> },
+    File {
+        stat: Stat,
+        stamp: Option<String>,
+    },
     /// No such file (a session folder without `state.json`).
     Missing,
     Skip(Skipped, SkipKind),
@@ -335,14 +338,16 @@ impl Walker {
     /// The same look again, after reading: whether the file is still what was stat-ed.
     pub(super) fn unchanged_since(&self, c: &Candidate, stat: &Stat) -> bool {
         let again = if c.at_root {
-            crate::fsutil::lstat_at(&self.fd, &c.rel).ok().map(|m| Stat {
-                dev: m.dev,
-                ino: m.ino,
-                size: m.size,
-                mtime: m.mtime,
-                ctime: m.ctime,
-                mode: m.mode,
-            })
+            crate::fsutil::lstat_at(&self.fd, &c.rel)
+                .ok()
+                .map(|m| Stat {
+                    dev: m.dev,
+                    ino: m.ino,
+                    size: m.size,
+                    mtime: m.mtime,
+                    ctime: m.ctime,
+                    mode: m.mode,
+                })
         } else {
             fs::symlink_metadata(&c.src).ok().map(|m| Stat::of(&m))
         };
@@ -597,10 +602,7 @@ mod tests {
     #[test]
     fn a_file_changed_within_the_settle_time_gets_no_stamp() {
         let now = std::time::SystemTime::now();
-        let secs = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let mut s = Stat {
             dev: 1,
             ino: 2,

@@ -1,4 +1,4 @@
 //! `backup`: see `sessiondb::cmd::backup`.
 fn main() -> std::process::ExitCode {
-    sessiondb::cli::binary::<sessiondb::cmd::backup::Args>()
+    sessiondb::driver::binary::<sessiondb::cmd::backup::Args>()
 }

@@ -1,4 +1,4 @@
 //! `preflight`: see `sessiondb::cmd::preflight`.
 fn main() -> std::process::ExitCode {
-    sessiondb::cli::binary::<sessiondb::cmd::preflight::Args>()
+    sessiondb::driver::binary::<sessiondb::cmd::preflight::Args>()
 }

@@ -1,4 +1,4 @@
 //! `rollback`: see `sessiondb::cmd::rollback`.
 fn main() -> std::process::ExitCode {
-    sessiondb::cli::binary::<sessiondb::cmd::rollback::Args>()
+    sessiondb::driver::binary::<sessiondb::cmd::rollback::Args>()
 }

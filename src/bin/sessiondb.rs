@@ -1,4 +1,4 @@
-//! `sessiondb`: the umbrella over every step; see `sessiondb::cli::umbrella`.
+//! `sessiondb`: the umbrella over every step; see `sessiondb::cmd::umbrella`.
 fn main() -> std::process::ExitCode {
-    sessiondb::cli::umbrella()
+    sessiondb::cmd::umbrella()
 }

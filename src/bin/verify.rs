@@ -1,4 +1,4 @@
 //! `verify`: see `sessiondb::cmd::verify`.
 fn main() -> std::process::ExitCode {
-    sessiondb::cli::binary::<sessiondb::cmd::verify::Args>()
+    sessiondb::driver::binary::<sessiondb::cmd::verify::Args>()
 }

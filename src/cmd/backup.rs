@@ -2,19 +2,24 @@
 //! did not change with the newest earlier one); `--verify DIR`, a check of an existing
 //! one; `--extract DIR --to OUT`, a backup written out as plain files; `--prune`, the
 //! removal of old backups (a dry run unless `--dry-run=false`). The work is in
-//! [`crate::backup`].
+//! [`crate::backup`]; this is resolve (the config) → plan ([`backup::plan`]: what it
+//! would copy, the space it needs, what it could not read; [`prune::Pruning::plan`]) →
+//! act ([`backup::take`], [`prune::Pruning::act`]), the dry run printing the plan. A
+//! backup only adds files and takes no writers' lock: it reads the source in one
+//! snapshot of its own. A prune holds the writers' lock while it decides and removes.
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::json;
 
 use crate::backup::prune::{self, Facts, Pruning, Reliance, Rule};
-use crate::backup::{self, Options, human_bytes};
-use crate::cli::{Common, Ctx, Step};
+use crate::backup::{self, BackupResult, Options, Sharing, Skipped, Swept, human_bytes};
 use crate::config::Config;
+use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
-use crate::report::{CheckStatus, Finding};
-use crate::target;
+use crate::pg;
+use crate::report::{CheckStatus, Finding, lossy_opt_path};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -54,11 +59,46 @@ pub struct Args {
     pub keep: Option<u64>,
 }
 
+crate::details! {
+    /// `details` of a backup report.
+    pub struct Details {
+        /// The dry run's plan.
+        pub plan: backup::Plan,
+        /// Folders of failed backups removed first.
+        pub removed_incomplete: Vec<PathBuf>,
+        /// The first invalid records saved in `invalid.jsonl`.
+        pub invalid: Vec<Finding>,
+        /// The backup folder (written, or checked with `--verify`).
+        #[serde(serialize_with = "lossy_opt_path")]
+        pub backup: PathBuf,
+        pub manifest: ManifestSummary,
+        /// `--extract`: what was written out.
+        pub extracted: backup::Extracted,
+        /// `--prune`: what the cutover records say they rely on.
+        pub cutover_reliances: Vec<Reliance>,
+        /// `--prune`: what is kept and why, what is (or would be) removed.
+        pub prune: prune::PrunePlan,
+        /// `--prune --dry-run=false`: the blobs removed.
+        pub blobs_removed: Swept,
+    }
+}
+
+/// What the manifest of a backup just written says besides its files.
+#[derive(Debug, Serialize)]
+pub struct ManifestSummary {
+    pub source_fingerprint: String,
+    pub fingerprint_after: String,
+    /// What this backup shares with the earlier one (absent for a first backup).
+    pub sharing: Option<Sharing>,
+    pub skipped_symlinks: Vec<Skipped>,
+    pub skipped_other: Vec<Skipped>,
+    pub unreadable: Vec<Skipped>,
+}
+
 impl Step for Args {
     const NAME: &'static str = "backup";
-    fn common(&self) -> &Common {
-        &self.common
-    }
+    type Details = Details;
+    crate::step_flags!();
     fn dry_run(&self) -> Option<bool> {
         if self.verify.is_some() || self.extract.is_some() {
             return None;
@@ -67,41 +107,41 @@ impl Step for Args {
         // backups: it writes only when told to.
         Some(self.dry_run.unwrap_or(self.prune))
     }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+    fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
         if let Some(dir) = &self.verify {
-            return verify(ctx, dir);
+            return verify(ctx, dir, d);
         }
         if let (Some(dir), Some(to)) = (&self.extract, &self.to) {
-            return extract(ctx, dir, to);
+            return extract(ctx, dir, to, d);
         }
         if self.prune {
             let keep = self.keep.map_or(prune::DEFAULT_KEEP, |k| k as usize);
-            return run_prune(ctx, keep, self.dry_run.unwrap_or(true));
+            return run_prune(ctx, keep, self.dry_run.unwrap_or(true), d);
         }
         let opts = Options {
             include_uploads: self.include_uploads,
         };
-        run(ctx, &opts, self.dry_run.unwrap_or(false))
+        run(ctx, &opts, self.dry_run.unwrap_or(false), d)
     }
 }
 
 /// Take a backup, or with `dry_run` show its plan.
-pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool) -> Result<()> {
+pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool, d: &mut Details) -> Result<()> {
     let cfg = ctx.config()?;
     let plan = backup::plan(&cfg, opts)?;
-    report_space(ctx, &cfg, &plan);
+    check_space(ctx, &cfg, &plan);
     if dry_run {
-        report_plan(ctx, &plan);
+        show(ctx, plan, d);
         return Ok(());
     }
     let res = backup::take(&cfg, opts, &ctx.run_id())?;
-    report_taken(ctx, res);
+    report_taken(ctx, res, d);
     Ok(())
 }
 
 /// The estimate against the room where the backup goes: a `backup_space` check, and a
 /// `low_disk_space` warning when it may not fit.
-fn report_space(ctx: &mut Ctx, cfg: &Config, plan: &backup::Plan) {
+fn check_space(ctx: &mut Ctx, cfg: &Config, plan: &backup::Plan) {
     let free = plan
         .available
         .map_or_else(|| "unknown".to_owned(), human_bytes);
@@ -150,8 +190,8 @@ fn report_space(ctx: &mut Ctx, cfg: &Config, plan: &backup::Plan) {
     );
 }
 
-/// The dry run's report: what would be copied, what would be skipped.
-fn report_plan(ctx: &mut Ctx, plan: &backup::Plan) {
+/// The dry run: the plan, and what would not be copied.
+fn show(ctx: &mut Ctx, plan: backup::Plan, d: &mut Details) {
     ctx.report.count("bytes", plan.estimated_bytes);
     ctx.report.count("state_files", plan.state_files);
     ctx.report.count("shared_files", plan.shared_files);
@@ -177,20 +217,19 @@ fn report_plan(ctx: &mut Ctx, plan: &backup::Plan) {
             .path(&s.path),
         );
     }
-    ctx.report.detail("plan", plan);
+    d.plan = Some(plan);
     ctx.report
         .next_steps
         .push("backup (without --dry-run) to write it".into());
 }
 
-/// The real run's report: the backup, what it shares, what it warned about.
-fn report_taken(ctx: &mut Ctx, res: backup::BackupResult) {
+/// The backup taken: its self-check, counts, artifacts and what its manifest says.
+fn report_taken(ctx: &mut Ctx, res: BackupResult, d: &mut Details) {
     let m = &res.manifest;
-    for w in res.warnings {
-        ctx.report.warn(w);
+    for w in &res.warnings {
+        ctx.report.warn(w.clone());
     }
-    ctx.report
-        .detail("removed_incomplete", &res.removed_incomplete);
+    d.removed_incomplete = Some(res.removed_incomplete.clone());
     if m.counts.invalid > 0 {
         ctx.report.warn(Finding::new(
             "invalid_records",
@@ -200,7 +239,7 @@ fn report_taken(ctx: &mut Ctx, res: backup::BackupResult) {
                 res.dir.join(backup::INVALID_JSONL).display()
             ),
         ));
-        ctx.report.detail("invalid", &res.invalid);
+        d.invalid = Some(res.invalid.clone());
     }
     let copied = m
         .sharing
@@ -245,35 +284,32 @@ fn report_taken(ctx: &mut Ctx, res: backup::BackupResult) {
     ctx.report.artifact("backup", &res.dir);
     ctx.report
         .artifact("manifest", &res.dir.join(backup::MANIFEST));
-    ctx.report.detail("backup", &res.dir);
-    ctx.report.detail(
-        "manifest",
-        json!({
-            "source_fingerprint": m.source_fingerprint,
-            "fingerprint_after": m.fingerprint_after,
-            "sharing": m.sharing,
-            "skipped_symlinks": m.skipped_symlinks,
-            "skipped_other": m.skipped_other,
-            "unreadable": m.unreadable,
-        }),
-    );
-    let d = res.dir.display();
+    let dir = res.dir.display();
     ctx.report
         .next_steps
-        .push(format!("migrate-state --dry-run=false --backup {d}"));
+        .push(format!("migrate-state --dry-run=false --backup {dir}"));
     ctx.report
         .next_steps
-        .push(format!("backup --verify {d} (re-check it at any time)"));
+        .push(format!("backup --verify {dir} (re-check it at any time)"));
+    d.backup = Some(res.dir.clone());
+    d.manifest = Some(ManifestSummary {
+        source_fingerprint: m.source_fingerprint.clone(),
+        fingerprint_after: m.fingerprint_after.clone(),
+        sharing: m.sharing.clone(),
+        skipped_symlinks: m.skipped_symlinks.clone(),
+        skipped_other: m.skipped_other.clone(),
+        unreadable: m.unreadable.clone(),
+    });
 }
 
 /// `backup --verify DIR`: exit 1 naming every missing or damaged file.
-pub fn verify(ctx: &mut Ctx, dir: &Path) -> Result<()> {
+pub fn verify(ctx: &mut Ctx, dir: &Path, d: &mut Details) -> Result<()> {
     // The config only adds its warnings here: a backup is checked on its own.
     if let Err(e) = ctx.config() {
         tracing::info!("config not loaded ({e}); checking the backup on its own");
     }
     let res = backup::verify(dir)?;
-    ctx.report.detail("backup", dir);
+    d.backup = Some(dir.to_path_buf());
     ctx.report.artifact("backup", dir);
     ctx.report.count("files", res.sound);
     ctx.report.count("bytes", res.bytes);
@@ -322,11 +358,11 @@ pub fn verify(ctx: &mut Ctx, dir: &Path) -> Result<()> {
 }
 
 /// `backup --extract DIR --to OUT`: the backup as plain files, each checked.
-pub fn extract(ctx: &mut Ctx, dir: &Path, to: &Path) -> Result<()> {
+pub fn extract(ctx: &mut Ctx, dir: &Path, to: &Path, d: &mut Details) -> Result<()> {
     if let Err(e) = ctx.config() {
         tracing::info!("config not loaded ({e}); extracting the backup on its own");
     }
-    ctx.report.detail("backup", dir);
+    d.backup = Some(dir.to_path_buf());
     let x = backup::extract(dir, to)?;
     tracing::info!(
         "{} files ({}) written to {}, each checked against its SHA-256",
@@ -337,7 +373,7 @@ pub fn extract(ctx: &mut Ctx, dir: &Path, to: &Path) -> Result<()> {
     ctx.report.count("files", x.files);
     ctx.report.count("bytes", x.bytes);
     ctx.report.artifact("extracted", to);
-    ctx.report.detail("extracted", &x);
+    d.extracted = Some(x);
     ctx.report.next_steps.push(format!(
         "to put the store back by hand, with the application stopped: {0}/sqlite/app.db over sqlite.path (remove its -wal and -shm files), {0}/state/<id>/ into sqlite.sessions_dir, {0}/json/session-db.json over json.path",
         to.display()
@@ -349,9 +385,9 @@ pub fn extract(ctx: &mut Ctx, dir: &Path, to: &Path) -> Result<()> {
 
 /// `backup --prune [--keep N]`: resolve every fact the decision needs (or refuse), plan,
 /// and with `--dry-run=false` remove.
-pub fn run_prune(ctx: &mut Ctx, keep: usize, dry_run: bool) -> Result<()> {
+pub fn run_prune(ctx: &mut Ctx, keep: usize, dry_run: bool, d: &mut Details) -> Result<()> {
     let cfg = ctx.config()?;
-    let (facts, _lock) = resolve_prune(ctx, &cfg)?;
+    let (facts, _lock) = resolve_prune(ctx, &cfg, d)?;
     let pruning = Pruning::open(&cfg.backup_dir)?;
     let plan = pruning.plan(keep, &facts)?;
     report_prune_plan(ctx, &plan, dry_run);
@@ -362,6 +398,7 @@ pub fn run_prune(ctx: &mut Ctx, keep: usize, dry_run: bool) -> Result<()> {
                 plan.keep
             ));
         }
+        d.prune = Some(plan);
         return Ok(());
     }
     let swept = pruning.act(&plan)?;
@@ -379,7 +416,8 @@ pub fn run_prune(ctx: &mut Ctx, keep: usize, dry_run: bool) -> Result<()> {
     ctx.report.count("removed", plan.remove.len() as u64);
     ctx.report.count("blobs_removed", swept.blobs);
     ctx.report.count("bytes_freed", freed);
-    ctx.report.detail("blobs_removed", &swept);
+    d.blobs_removed = Some(swept);
+    d.prune = Some(plan);
     Ok(())
 }
 
@@ -388,7 +426,7 @@ pub fn run_prune(ctx: &mut Ctx, keep: usize, dry_run: bool) -> Result<()> {
 /// can start on a backup it is about to remove). The target must answer: without the
 /// cutover records, which backups a cutover relies on cannot be known, and prune
 /// refuses rather than guess.
-fn resolve_prune(ctx: &mut Ctx, cfg: &Config) -> Result<(Facts, target::WriterLock)> {
+fn resolve_prune(ctx: &mut Ctx, cfg: &Config, d: &mut Details) -> Result<(Facts, pg::WriterLock)> {
     let fail = |ctx: &mut Ctx, e: Error| {
         ctx.report.next_steps.push(
             "backup --prune reads the cutover records in PostgreSQL to know which backups they rely on: make the target reachable (its URL in the environment variable the config names), then prune again; nothing was removed"
@@ -399,10 +437,10 @@ fn resolve_prune(ctx: &mut Ctx, cfg: &Config) -> Result<(Facts, target::WriterLo
     let current_fingerprint = crate::source::Source::from_config(cfg).quick_fingerprint()?;
     let t = ctx.target(Some(cfg)).map_err(|e| fail(ctx, e))?;
     let schema = cfg.postgres.schema.clone();
-    let lock = target::WriterLock::acquire(&t, &schema, &ctx.run_id()).map_err(|e| fail(ctx, e))?;
-    let mut c = target::connect(&t).map_err(|e| fail(ctx, e))?;
+    let lock = pg::WriterLock::acquire(&t, &schema, &ctx.run_id()).map_err(|e| fail(ctx, e))?;
+    let mut c = pg::connect(&t).map_err(|e| fail(ctx, e))?;
     let reliances = cutover_reliances(&mut c, &schema)?;
-    ctx.report.detail("cutover_reliances", &reliances);
+    d.cutover_reliances = Some(reliances.clone());
     Ok((
         Facts {
             current_fingerprint,
@@ -417,7 +455,7 @@ fn resolve_prune(ctx: &mut Ctx, cfg: &Config) -> Result<(Facts, target::WriterLo
 /// the newest backup taken before it; a `rollback` on the backup it took of what its
 /// export replaced (and the newest before it).
 fn cutover_reliances(c: &mut postgres::Client, schema: &str) -> Result<Vec<Reliance>> {
-    if !target::schema::table_exists(c, schema, "sessiondb_cutovers")? {
+    if !pg::schema::table_exists(c, schema, "sessiondb_cutovers")? {
         return Ok(Vec::new());
     }
     let rows = c
@@ -432,9 +470,9 @@ fn cutover_reliances(c: &mut postgres::Client, schema: &str) -> Result<Vec<Relia
                    FROM {cutovers} c
                    LEFT JOIN {verifications} v ON v.run_id OPERATOR(pg_catalog.=) c.verify_run_id
                   ORDER BY c.id",
-                runs = target::qualified(schema, "sessiondb_runs"),
-                cutovers = target::qualified(schema, "sessiondb_cutovers"),
-                verifications = target::qualified(schema, "sessiondb_verifications"),
+                runs = pg::qualified(schema, "sessiondb_runs"),
+                cutovers = pg::qualified(schema, "sessiondb_cutovers"),
+                verifications = pg::qualified(schema, "sessiondb_verifications"),
             ),
             &[],
         )
@@ -447,7 +485,10 @@ fn cutover_reliances(c: &mut postgres::Client, schema: &str) -> Result<Vec<Relia
         let run: uuid::Uuid = r.get(3);
         let verified: Option<String> = r.get(4);
         let loaded_from: Option<String> = r.get(5);
-        let what = format!("cutover #{id} ({kind} at {})", at.format("%Y-%m-%dT%H:%M:%SZ"));
+        let what = format!(
+            "cutover #{id} ({kind} at {})",
+            at.format("%Y-%m-%dT%H:%M:%SZ")
+        );
         let mut add = |why: String, rule: Rule| out.push(Reliance { why, rule });
         if kind == "rollback" {
             add(
@@ -500,7 +541,12 @@ fn report_prune_plan(ctx: &mut Ctx, plan: &prune::PrunePlan, dry_run: bool) {
         );
     }
     for l in &plan.leftovers {
-        tracing::info!("{verb} {} ({}): {}", l.dir.display(), human_bytes(l.bytes), l.why);
+        tracing::info!(
+            "{verb} {} ({}): {}",
+            l.dir.display(),
+            human_bytes(l.bytes),
+            l.why
+        );
     }
     tracing::info!(
         "{verb} {} blob(s) no kept backup lists ({}), {} in all",
@@ -514,10 +560,7 @@ fn report_prune_plan(ctx: &mut Ctx, plan: &prune::PrunePlan, dry_run: bool) {
     ctx.report.count("blobs", plan.blobs.blobs);
     ctx.report.count("bytes", plan.freed_bytes);
     for l in &plan.remove {
-        ctx.report.artifact(
-            if dry_run { "would_remove" } else { "removed" },
-            &l.dir,
-        );
+        ctx.report
+            .artifact(if dry_run { "would_remove" } else { "removed" }, &l.dir);
     }
-    ctx.report.detail("prune", plan);
 }

@@ -3,13 +3,13 @@
 
 use serde_json::json;
 
-use crate::cli::{Common, Ctx, Step};
 use crate::config::{self, Backend, Config};
+use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
+use crate::pg::{self, lock, schema, server};
 use crate::report::{CheckStatus, Finding};
 use crate::source::shape::Shape;
 use crate::source::{Item, Source, sqlite};
-use crate::target::{self, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -33,12 +33,21 @@ pub enum BackendArg {
 /// Findings listed inline without --report.
 const FEW: usize = 10;
 
+crate::details! {
+    /// `details` of a check report: which backend, chosen how, checked against what.
+    pub struct Details {
+        pub backend: Backend,
+        pub chosen_by: String,
+        /// The file path, or the redacted URL.
+        pub checked_against: String,
+    }
+}
+
 impl Step for Args {
     const NAME: &'static str = "check";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+    type Details = Details;
+    crate::step_flags!();
+    fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
         let forced = self.backend.map(|b| match b {
             BackendArg::Json => Backend::Json,
             BackendArg::Sqlite => Backend::Sqlite,
@@ -73,20 +82,22 @@ impl Step for Args {
             ),
         };
         tracing::info!("checking the {backend} backend (chosen by {why})");
-        ctx.report.detail("backend", backend);
-        ctx.report.detail("chosen_by", &why);
+        d.backend = Some(backend);
+        d.chosen_by = Some(why);
         let mut findings = Vec::new();
         match backend {
-            Backend::Postgres => check_postgres(ctx, cfg.as_ref(), &mut findings)?,
+            Backend::Postgres => check_postgres(ctx, cfg.as_ref(), &mut findings, d)?,
             Backend::Sqlite => check_sqlite(
                 ctx,
                 cfg.as_ref().expect("sqlite needs a config"),
                 &mut findings,
+                d,
             )?,
             Backend::Json => check_json(
                 ctx,
                 cfg.as_ref().expect("json needs a config"),
                 &mut findings,
+                d,
             )?,
         }
         let total = findings.len();
@@ -114,19 +125,24 @@ fn gated_postgres(ctx: &Ctx) -> bool {
         .unwrap_or(false)
 }
 
-fn against(ctx: &mut Ctx, what: String) {
+fn against(d: &mut Details, what: String) {
     tracing::info!("checked against {what}");
-    ctx.report.detail("checked_against", what);
+    d.checked_against = Some(what);
 }
 
-fn check_sqlite(ctx: &mut Ctx, cfg: &Config, findings: &mut Vec<Finding>) -> Result<()> {
+fn check_sqlite(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    findings: &mut Vec<Finding>,
+    d: &mut Details,
+) -> Result<()> {
     let Some(s) = &cfg.sqlite else {
         return Err(Error::ConfigInvalid {
             path: cfg.path.clone(),
             message: "backend is sqlite but there is no [sqlite] table".into(),
         });
     };
-    against(ctx, s.path.display().to_string());
+    against(d, s.path.display().to_string());
     let r = &mut ctx.report;
     if let Err(e) = sqlite::check_header(&s.path) {
         r.check(
@@ -272,14 +288,19 @@ fn check_mapped(
     Ok(())
 }
 
-fn check_json(ctx: &mut Ctx, cfg: &Config, findings: &mut Vec<Finding>) -> Result<()> {
+fn check_json(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    findings: &mut Vec<Finding>,
+    d: &mut Details,
+) -> Result<()> {
     let Some(p) = &cfg.json_path else {
         return Err(Error::ConfigInvalid {
             path: cfg.path.clone(),
             message: "backend is json but there is no [json] path".into(),
         });
     };
-    against(ctx, p.display().to_string());
+    against(d, p.display().to_string());
     match crate::source::load_json_store(p) {
         Ok(_) => ctx.report.check(
             "json_parse",
@@ -340,74 +361,136 @@ fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>)
     Ok(())
 }
 
-fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Finding>) -> Result<()> {
+fn check_postgres(
+    ctx: &mut Ctx,
+    cfg: Option<&Config>,
+    findings: &mut Vec<Finding>,
+    d: &mut Details,
+) -> Result<()> {
     let t = ctx.target(cfg)?;
-    let schema_name = cfg
-        .map(|c| c.postgres.schema.clone())
-        .unwrap_or_else(|| "public".into());
-    against(ctx, t.display.clone());
-    let mut c = match target::connect(&t) {
+    let schema_name = cfg.map_or(config::DEFAULT_SCHEMA, |c| &c.postgres.schema);
+    against(d, t.display.clone());
+    let mut c = match connect_or_fail(ctx, &t) {
         Ok(c) => c,
         Err(e) => {
-            ctx.report.check(
-                "postgres_connectivity",
-                CheckStatus::Fail,
-                e.to_string(),
-                json!({"target": t.display}),
-            );
             findings.push(Finding::new(e.code(), e.to_string()));
             return Ok(());
         }
     };
-    let q = |c: &mut postgres::Client, sql: &str| -> Result<Vec<postgres::Row>> {
-        c.query(sql, &[])
-            .map_err(|e| Error::pg("checking the server", &t.display, e))
-    };
-    let v = q(
-        &mut c,
-        "SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding'),
-                current_user::text, pg_catalog.current_database()::text, pg_catalog.current_setting('search_path')",
-    )?;
-    let (version, encoding, user, db, search_path): (String, String, String, String, String) = (
-        v[0].get(0),
-        v[0].get(1),
-        v[0].get(2),
-        v[0].get(3),
-        v[0].get(4),
+    let info = server::Info::read(&mut c, &t.display)?;
+    check_server(ctx, &t, &info, findings);
+    check_permissions(ctx, &mut c, schema_name, &info.user, findings)?;
+    check_schema(ctx, &mut c, schema_name, findings)?;
+    let ext = server::extensions(&mut c, &t.display)?;
+    ctx.report.check(
+        "postgres_extensions",
+        CheckStatus::Pass,
+        format!("{} extension(s)", ext.len()),
+        json!({"extensions": ext}),
     );
-    let tls = target::session_tls(&mut c)?;
+    check_indexes(ctx, &mut c, schema_name, &t.display, findings)?;
+    let h = server::Health::read(&mut c, &t.display)?;
+    ctx.report.check(
+        "postgres_health",
+        if h.strained() {
+            CheckStatus::Warn
+        } else {
+            CheckStatus::Pass
+        },
+        format!(
+            "{}/{} connections, {} lock wait(s), {} query(ies) running over 5 minutes",
+            h.connections, h.max_connections, h.lock_waits, h.long_running
+        ),
+        serde_json::to_value(h).unwrap_or_default(),
+    );
+    if let Some(holder) = lock::holder(&mut c, schema_name)? {
+        ctx.report.warn(Finding::new(
+            "lock_held",
+            format!("a sessiondb writer is running: {holder}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Connect to the target; when that fails, the `postgres_connectivity` check says why
+/// (check and preflight alike).
+pub(crate) fn connect_or_fail(ctx: &mut Ctx, t: &config::Target) -> Result<postgres::Client> {
+    pg::connect(t).inspect_err(|e| {
+        ctx.report.check(
+            "postgres_connectivity",
+            CheckStatus::Fail,
+            e.to_string(),
+            json!({"target": t.display}),
+        )
+    })
+}
+
+/// `postgres_connectivity` and `postgres_version` (UTF8, or a finding).
+fn check_server(
+    ctx: &mut Ctx,
+    t: &config::Target,
+    info: &server::Info,
+    findings: &mut Vec<Finding>,
+) {
     ctx.report.check(
         "postgres_connectivity",
         CheckStatus::Pass,
         format!(
-            "connected to {} as {user}, {} (sslmode={})",
+            "connected to {} as {}, {} (sslmode={})",
             t.display,
-            tls.as_deref()
-                .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
+            info.user,
+            info.carried(),
             t.tls.mode
         ),
-        json!({"database": db, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls, "search_path": search_path}),
+        json!({"database": info.database, "user": info.user, "sslmode": t.tls.mode.as_str(), "tls": info.tls, "search_path": info.search_path}),
     );
-    let enc_ok = encoding.eq_ignore_ascii_case("UTF8");
     ctx.report.check(
         "postgres_version",
-        if enc_ok {
+        if info.utf8() {
             CheckStatus::Pass
         } else {
             CheckStatus::Fail
         },
-        format!("PostgreSQL {version}, server_encoding {encoding}"),
-        json!({"server_version": version, "server_encoding": encoding}),
+        format!(
+            "PostgreSQL {}, server_encoding {}",
+            info.server_version, info.server_encoding
+        ),
+        json!({"server_version": info.server_version, "server_encoding": info.server_encoding}),
     );
-    if !enc_ok {
+    if !info.utf8() {
         findings.push(Finding::new(
             "server_encoding",
-            format!("server_encoding is {encoding}; sessiondb needs UTF8"),
+            format!(
+                "server_encoding is {}; sessiondb needs UTF8",
+                info.server_encoding
+            ),
         ));
     }
-    // Permissions: the probe preflight uses, so that the two agree.
-    let perms = target::Permissions::probe(&mut c, &schema_name)?;
-    let problem = perms.problem(&user);
+}
+
+/// `postgres_permissions`: the probe preflight uses, so that the two agree.
+fn check_permissions(
+    ctx: &mut Ctx,
+    c: &mut postgres::Client,
+    schema_name: &str,
+    user: &str,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let perms = pg::Permissions::probe(c, schema_name)?;
+    if let Some(p) = report_permissions(ctx, &perms, user) {
+        findings.push(Finding::new("permission_denied", p));
+    }
+    Ok(())
+}
+
+/// The `postgres_permissions` check of `check` and `preflight` alike; the problem, if
+/// the role cannot migrate into the schema.
+pub(crate) fn report_permissions(
+    ctx: &mut Ctx,
+    perms: &pg::Permissions,
+    user: &str,
+) -> Option<String> {
+    let problem = perms.problem(user);
     ctx.report.check(
         "postgres_permissions",
         if problem.is_none() {
@@ -416,12 +499,19 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
             CheckStatus::Fail
         },
         problem.clone().unwrap_or_else(|| perms.summary()),
-        serde_json::to_value(&perms).unwrap_or_default(),
+        serde_json::to_value(perms).unwrap_or_default(),
     );
-    if let Some(p) = problem {
-        findings.push(Finding::new("permission_denied", p));
-    }
-    let st = schema::status(&mut c, &schema_name)?;
+    problem
+}
+
+/// `postgres_schema`: the versions applied and pending.
+fn check_schema(
+    ctx: &mut Ctx,
+    c: &mut postgres::Client,
+    schema_name: &str,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let st = schema::status(c, schema_name)?;
     let schema_status = if st.problems().is_some() {
         CheckStatus::Fail
     } else if st.pending.is_empty() {
@@ -441,30 +531,19 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
     if let Some(p) = st.problems() {
         findings.push(Finding::new("schema_mismatch", p));
     }
-    let ext: Vec<String> = q(
-        &mut c,
-        "SELECT pg_catalog.format('%s %s', extname, extversion) FROM pg_extension ORDER BY 1",
-    )?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
-    ctx.report.check(
-        "postgres_extensions",
-        CheckStatus::Pass,
-        format!("{} extension(s)", ext.len()),
-        json!({"extensions": ext}),
-    );
-    let invalid_idx: Vec<String> = c
-        .query(
-            "SELECT ci.relname::text FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ci.relnamespace
-              WHERE n.nspname = $1 AND NOT (i.indisvalid AND i.indisready)",
-            &[&schema_name],
-        )
-        .map_err(|e| Error::pg("checking indexes", &t.display, e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let gin = schema::index_state(&mut c, &schema_name)?;
+    Ok(())
+}
+
+/// `postgres_indexes`: every index valid, and the GIN index; two GIN indexes warned.
+fn check_indexes(
+    ctx: &mut Ctx,
+    c: &mut postgres::Client,
+    schema_name: &str,
+    target: &str,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let invalid_idx = server::invalid_indexes(c, schema_name, target)?;
+    let gin = schema::index_state(c, schema_name)?;
     ctx.report.check(
         "postgres_indexes",
         if invalid_idx.is_empty() {
@@ -485,36 +564,8 @@ fn check_postgres(ctx: &mut Ctx, cfg: Option<&Config>, findings: &mut Vec<Findin
             format!("index {i} is invalid: REINDEX it"),
         ));
     }
-    if let Some(w) = schema::duplicate_gin(&mut c, &schema_name)? {
+    if let Some(w) = schema::duplicate_gin(c, schema_name)? {
         ctx.report.warn(w);
-    }
-    let h = q(
-        &mut c,
-        "SELECT (SELECT pg_catalog.count(*) FROM pg_stat_activity)::bigint,
-                pg_catalog.current_setting('max_connections')::bigint,
-                (SELECT pg_catalog.count(*) FROM pg_locks WHERE NOT granted)::bigint,
-                (SELECT pg_catalog.count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_catalog.pg_backend_pid()
-                    AND backend_type = 'client backend' AND pg_catalog.now() - query_start > interval '5 minutes')::bigint",
-    )?;
-    let (conns, max, waits, long): (i64, i64, i64, i64) =
-        (h[0].get(0), h[0].get(1), h[0].get(2), h[0].get(3));
-    let busy = conns * 10 >= max * 9;
-    let health = if busy || waits > 0 || long > 0 {
-        CheckStatus::Warn
-    } else {
-        CheckStatus::Pass
-    };
-    ctx.report.check(
-        "postgres_health",
-        health,
-        format!("{conns}/{max} connections, {waits} lock wait(s), {long} query(ies) running over 5 minutes"),
-        json!({"connections": conns, "max_connections": max, "lock_waits": waits, "long_running": long}),
-    );
-    if let Some(holder) = target::lock_free(&mut c, &schema_name)? {
-        ctx.report.warn(Finding::new(
-            "lock_held",
-            format!("a sessiondb writer is running: {holder}"),
-        ));
     }
     Ok(())
 }

@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{self, Common, Ctx, Step};
+use serde::Serialize;
+
 use crate::config::Config;
+use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
 use crate::fixture;
 
@@ -36,12 +38,21 @@ pub struct Args {
     pub common: Common,
 }
 
+/// `details` of a generate-fixture report: what was written, as the generator counts it.
+#[derive(Debug, Default, Serialize)]
+#[serde(untagged)]
+pub enum Details {
+    #[default]
+    None,
+    Default(Box<fixture::Summary>),
+    App(Box<fixture::app::Summary>),
+}
+
 impl Step for Args {
     const NAME: &'static str = "generate-fixture";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+    type Details = Details;
+    crate::step_flags!();
+    fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
         let opts = fixture::Options {
             out: std::path::absolute(&self.out).map_err(|e| Error::Unreadable {
                 path: self.out.clone(),
@@ -60,29 +71,14 @@ impl Step for Args {
             opts.out.display()
         );
         if opts.schema == fixture::Schema::App {
-            return run_app(ctx, &opts);
+            return run_app(ctx, &opts, d);
         }
         let sum = fixture::generate(&opts)?;
-
-        // Read the config back through the real parser: what we wrote must load.
-        let config_path = opts.out.join(fixture::CONFIG_FILE);
-        let text = crate::config::read_text(&config_path)?.ok_or_else(|| Error::Unreadable {
-            path: config_path.clone(),
-            source: std::io::ErrorKind::NotFound.into(),
-        })?;
-        let cfg = Config::parse(&config_path, &text, &ctx.env)?;
-        ctx.report.source = cli::source_json(&cfg);
-
+        let config_path = read_back(ctx, &opts)?;
         let r = &mut ctx.report;
         r.count("sessions", sum.sessions);
         r.count("invalid", sum.bad.len() as u64);
         r.count("bytes", sum.bytes.total);
-        if let serde_json::Value::Object(details) = serde_json::to_value(&sum).unwrap_or_default() {
-            r.details.extend(details);
-        }
-        r.artifact("config", &config_path);
-        r.artifact("sqlite", &opts.out.join(fixture::SQLITE_PATH));
-        r.artifact("sessions_dir", &opts.out.join(fixture::SESSIONS_DIR));
         r.artifact("json_store", &opts.out.join(fixture::JSON_STORE_PATH));
         r.next_steps.push(format!(
             "sessiondb preflight --config {}",
@@ -95,29 +91,36 @@ impl Step for Args {
             sum.bytes.total,
             sum.bytes.state_mean
         );
+        *d = Details::Default(Box::new(sum));
         Ok(())
     }
 }
 
-/// `--schema app`: the application's own schema, and its config read back.
-fn run_app(ctx: &mut Ctx, opts: &fixture::Options) -> Result<()> {
-    let sum = fixture::app::generate(opts)?;
+/// Read the config written back through the real parser (what was written must load),
+/// and name the store's files in the report. Returns the config's path.
+fn read_back(ctx: &mut Ctx, opts: &fixture::Options) -> Result<std::path::PathBuf> {
     let config_path = opts.out.join(fixture::CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::Unreadable {
+    let text = crate::config::read_text(&config_path)?.ok_or_else(|| Error::Unreadable {
         path: config_path.clone(),
-        source: e,
+        source: std::io::ErrorKind::NotFound.into(),
     })?;
     let cfg = Config::parse(&config_path, &text, &ctx.env)?;
-    ctx.report.source = cli::source_json(&cfg);
+    ctx.report.source = cfg.source_json();
+    ctx.report.artifact("config", &config_path);
+    ctx.report
+        .artifact("sqlite", &opts.out.join(fixture::SQLITE_PATH));
+    ctx.report
+        .artifact("sessions_dir", &opts.out.join(fixture::SESSIONS_DIR));
+    Ok(config_path)
+}
+
+/// `--schema app`: the application's own schema, and its config read back.
+fn run_app(ctx: &mut Ctx, opts: &fixture::Options, d: &mut Details) -> Result<()> {
+    let sum = fixture::app::generate(opts)?;
+    let config_path = read_back(ctx, opts)?;
     let r = &mut ctx.report;
     r.count("sessions", sum.sessions);
     r.count("bytes", sum.bytes.total);
-    if let serde_json::Value::Object(details) = serde_json::to_value(&sum).unwrap_or_default() {
-        r.details.extend(details);
-    }
-    r.artifact("config", &config_path);
-    r.artifact("sqlite", &opts.out.join(fixture::SQLITE_PATH));
-    r.artifact("sessions_dir", &opts.out.join(fixture::SESSIONS_DIR));
     r.next_steps.push(format!(
         "sessiondb check --config {}",
         config_path.display()
@@ -131,5 +134,6 @@ fn run_app(ctx: &mut Ctx, opts: &fixture::Options) -> Result<()> {
         sum.state_files,
         sum.bytes.total
     );
+    *d = Details::App(Box::new(sum));
     Ok(())
 }

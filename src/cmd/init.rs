@@ -12,11 +12,11 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::cli::{Common, Ctx, Step};
 use crate::config;
+use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
 use crate::init;
-use crate::report::{CheckStatus, Finding};
+use crate::report::{CheckStatus, Finding, Report};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -46,12 +46,23 @@ pub struct Args {
     pub common: Common,
 }
 
+crate::details! {
+    /// `details` of an init report: the proposal, and what the inspection found.
+    pub struct Details {
+        pub proposed_config: String,
+        pub extra_columns: Vec<init::ColumnNote>,
+        pub parent_tables: Vec<init::TableNote>,
+        pub child_tables: Vec<init::TableNote>,
+        pub other_tables: Vec<(String, String)>,
+        pub undecided: Vec<String>,
+    }
+}
+
 impl Step for Args {
     const NAME: &'static str = "init";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+    type Details = Details;
+    crate::step_flags!();
+    fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
         let out = match &self.out {
             Some(p) => p.clone(),
             None => config::discover(self.common.config.as_deref(), &ctx.env).0,
@@ -70,8 +81,8 @@ impl Step for Args {
         let found = init::inspect(&opts, &ctx.env)?;
         let text = found.render();
         let (_, shape) = found.validate(&text, &ctx.env)?;
-        report(ctx, &found, &shape);
-        ctx.report.detail("proposed_config", &text);
+        report(ctx, &found, &shape, d);
+        d.proposed_config = Some(text.clone());
         if self.print {
             let _ = std::io::stderr().write_all(crate::redact::text(&text).as_bytes());
             ctx.report.check(
@@ -112,8 +123,32 @@ impl Step for Args {
 }
 
 /// The report: what was found, each guess, and what could not be decided.
-fn report(ctx: &mut Ctx, f: &init::Inspection, shape: &crate::source::shape::Shape) {
+fn report(
+    ctx: &mut Ctx,
+    f: &init::Inspection,
+    shape: &crate::source::shape::Shape,
+    d: &mut Details,
+) {
     let r = &mut ctx.report;
+    report_store(r, f, shape);
+    report_target(r, f);
+    r.count("sessions", f.rows);
+    r.count("state_files", f.state_files);
+    d.extra_columns = Some(f.extras.clone());
+    d.parent_tables = Some(f.parents.clone());
+    d.child_tables = Some(f.children.clone());
+    d.other_tables = Some(f.other_tables.clone());
+    d.undecided = Some(f.undecided.clone());
+    for w in &f.warnings {
+        r.warn(w.clone());
+    }
+    for u in &f.undecided {
+        r.warn(Finding::new("init_undecided", u.clone()));
+    }
+}
+
+/// The store found: `sqlite`, `mapping`, `sessions_dir`, `json_store`.
+fn report_store(r: &mut Report, f: &init::Inspection, shape: &crate::source::shape::Shape) {
     r.source = json!({
         "sqlite": f.sqlite.path,
         "sessions_dir": f.sessions_dir.as_ref().map(|d| &d.path),
@@ -192,6 +227,10 @@ fn report(ctx: &mut Ctx, f: &init::Inspection, shape: &crate::source::shape::Sha
             json!({}),
         ),
     }
+}
+
+/// The target, read-only: whether each table it would use fits.
+fn report_target(r: &mut Report, f: &init::Inspection) {
     match &f.target {
         None => r.check(
             "target",
@@ -235,18 +274,5 @@ fn report(ctx: &mut Ctx, f: &init::Inspection, shape: &crate::source::shape::Sha
                 json!({"tables": t.tables, "schema": t.schema}),
             );
         }
-    }
-    r.count("sessions", f.rows);
-    r.count("state_files", f.state_files);
-    r.detail("extra_columns", &f.extras);
-    r.detail("parent_tables", &f.parents);
-    r.detail("child_tables", &f.children);
-    r.detail("other_tables", &f.other_tables);
-    r.detail("undecided", &f.undecided);
-    for w in &f.warnings {
-        r.warn(w.clone());
-    }
-    for u in &f.undecided {
-        r.warn(Finding::new("init_undecided", u.clone()));
     }
 }

@@ -1,25 +1,35 @@
 //! `migrate-state` (SPEC §4): load every session into PostgreSQL. A dry run (the
 //! default) walks the same plan as the real run and stops before the first write.
-//! A real run: the writers' lock, a verified backup, a planning pass that refuses
-//! invalid records and conflicts before anything is written, the schema, then the
-//! load, one transaction a batch with its ledger rows. Killed at any moment, it is
-//! finished by running it again; run again, it changes nothing; later, it copies only
-//! what changed.
+//!
+//! resolve (config, target, source, options) → the writers' lock (a dry run sees it
+//! free, or refuses `lock_held`) → plan: every read that decides what to write — the
+//! schema versions (rehearsed when some are pending), the target's tables against
+//! the data, the ledger's view of the target, a planning pass over the source that
+//! classifies every session, the backup the run stands on (chosen and checked) — and
+//! every refusal it can already know → the dry run prints the plan; the real run acts
+//! on it: the backup (taken if none), the schema, then the load, one transaction a
+//! batch with its ledger rows. Killed at any moment, it is finished by running it
+//! again; run again, it changes nothing; later, it copies only what changed.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde::Serialize;
 
-use crate::cli::{Common, Ctx, DryRun, Step};
-use crate::config::Config;
+use crate::backup::{self, Checked, Depth, SUMMARY_PROBLEMS};
+use crate::config::{Config, Target};
+use crate::driver::{Common, Ctx, DryRun, Step};
 use crate::error::{Error, Result};
-use crate::plan::{Action, ConflictInfo, Counts, Planner};
-use crate::report::{Finding, INLINE_LIMIT};
-use crate::source::{Invalid, Item, KnownFn, Session, Source};
-use crate::target::constraints::{Fit, Problem};
-use crate::target::{self, WriterLock, ledger, load, schema};
+use crate::pg::classify::Classifier;
+use crate::pg::constraints::{self, Fit, Problem};
+use crate::pg::ledger::{self, runs, versions};
+use crate::pg::lock::Guard;
+use crate::pg::rows::Rows;
+use crate::pg::{self, load, schema};
+use crate::plan::{Action, ConflictInfo, Counts};
+use crate::progress::Progress;
+use crate::report::{Finding, INLINE_LIMIT, lossy_opt_path};
+use crate::source::{Invalid, Item, KnownFn, Reader, Session, Source};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -31,6 +41,11 @@ pub enum OnConflict {
     /// Overwrite conflicting target rows with the source.
     SourceWins,
 }
+
+/// Sessions per transaction, unless `--batch-size` says.
+pub const DEFAULT_BATCH_SIZE: u32 = 1000;
+/// Connections writing into an empty target, unless `--jobs` says.
+pub const DEFAULT_JOBS: u32 = 2;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -56,24 +71,537 @@ pub struct Args {
     #[arg(long)]
     pub recheck: bool,
     /// Sessions per transaction.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Connections writing at once into an empty target (each commits whole batches).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub jobs: u32,
+}
+
+impl Args {
+    /// The flags as the binary has them without any of its own (the umbrella's
+    /// `migrate to postgres` builds on this).
+    pub fn new(common: Common, dry: DryRun) -> Args {
+        Args {
+            common,
+            dry,
+            on_conflict: OnConflict::Fail,
+            quarantine: false,
+            backup: None,
+            verify_backup: false,
+            recheck: false,
+            batch_size: DEFAULT_BATCH_SIZE,
+            jobs: DEFAULT_JOBS,
+        }
+    }
+}
+
+crate::details! {
+    /// `details` of a migrate-state report. The dry run fills the plan's fields, the real
+    /// run those of what it did; a refusal leaves what was known when it was refused.
+    pub struct Details {
+        pub on_conflict: OnConflict,
+        pub recheck: bool,
+        /// Schema versions not applied yet.
+        pub schema_pending: Vec<i32>,
+        /// What the target's tables or constraints refuse of the data.
+        pub target_problems: Vec<Problem>,
+        /// Sessions the ledger's stamps recognised without reading them.
+        pub unchanged_by_stamp: u64,
+        /// The first [`INLINE_LIMIT`] conflicts (all in `migrate-state-conflicts.jsonl`).
+        pub conflicts: Vec<ConflictInfo>,
+        /// The first [`INLINE_LIMIT`] invalid records (all in `migrate-state-invalid.jsonl`).
+        pub invalid: Vec<Finding>,
+        /// The check of the backup the run stands on.
+        pub backup_check: BackupCheck,
+        /// The dry run: what it would use or take; the real run: the backup folder.
+        pub backup: String,
+        pub would_apply_schema_versions: Vec<i32>,
+        /// How the dry run says the load would write.
+        pub load: &'static str,
+        /// The planning pass's counts, in a real run.
+        pub planned: Counts,
+        pub removed_incomplete: Vec<PathBuf>,
+        pub schema_applied: Vec<i32>,
+        pub row_versions: RowVersions,
+        /// How the load got its sessions: `kept_from_plan`, `second_scan`, `single_scan`.
+        pub load_read: &'static str,
+        pub gin_index_build_ms: u64,
+        pub phases_ms: PhasesMs,
+        pub skipped_conflicts: Vec<ConflictInfo>,
+        /// The quarantine folder of the backup.
+        #[serde(serialize_with = "lossy_opt_path")]
+        pub quarantine: PathBuf,
+        /// The first [`INLINE_LIMIT`] records this run set aside (all in its index).
+        pub quarantined: Vec<QuarantineLine>,
+    }
+}
+
+/// `details.backup_check`: the backup a run stands on, checked.
+#[derive(Debug, Serialize)]
+pub struct BackupCheck {
+    #[serde(serialize_with = "crate::report::lossy_path")]
+    pub dir: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    pub sound: u64,
+    pub checksums: bool,
+    pub problems: u64,
+    pub first_problems: Vec<backup::Problem>,
+    pub ms: u64,
+}
+
+impl BackupCheck {
+    fn of(c: &Checked) -> BackupCheck {
+        BackupCheck {
+            dir: c.dir.clone(),
+            files: c.files,
+            bytes: c.bytes,
+            sound: c.sound,
+            checksums: c.checksums,
+            problems: c.problem_count,
+            first_problems: c.problems.clone(),
+            ms: c.ms,
+        }
+    }
+}
+
+/// `details.row_versions`: what the ledger learned of the target's row versions.
+#[derive(Debug, Serialize)]
+pub struct RowVersions {
+    pub learned: u64,
+    pub rewritten_as_they_were: u64,
+    pub changed_in_target: usize,
+}
+
+/// `details.phases_ms`: where a real run went.
+#[derive(Debug, Default, Serialize)]
+pub struct PhasesMs {
+    pub plan: u64,
+    pub backup: u64,
+    pub load: u64,
+    pub index: u64,
+    pub analyze: u64,
 }
 
 impl Step for Args {
     const NAME: &'static str = "migrate-state";
-    fn common(&self) -> &Common {
-        &self.common
+    type Details = Details;
+    crate::step_flags!(dry);
+    fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
+        run(ctx, self, details)
     }
-    fn dry_run(&self) -> Option<bool> {
-        Some(self.dry.dry_run)
+}
+
+/// What resolve makes of flags, config and environment, before any I/O but the
+/// config's.
+struct Resolved<'a> {
+    args: &'a Args,
+    cfg: Config,
+    target: Target,
+    src: Source,
+    schema: String,
+    /// A bounded wait for row locks the application holds (`SESSIONDB_LOCK_TIMEOUT`).
+    lock_timeout: String,
+    batch: usize,
+    run_id: String,
+    run_uuid: uuid::Uuid,
+}
+
+/// The plan: every read that decides what a real run writes, and what it found.
+struct Plan {
+    status: schema::Status,
+    fit: Fit,
+    classifier: Classifier,
+    known: Option<Box<KnownFn<'static>>>,
+    /// The source's quick fingerprint, which names its backup.
+    fingerprint: String,
+    /// The backup to stand on (`None`: the real run takes one).
+    backup: Option<Checked>,
+    /// The planning pass; `None` when a real run into an empty target provably needs
+    /// none (see [`needs_pass`]).
+    pass: Option<Planned>,
+    /// The source, still open when the planning pass did not read it.
+    reader: Option<Reader>,
+    estimate: u64,
+    plan_time: Duration,
+}
+
+pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
+    let r = resolve(ctx, args, d)?;
+    let lock = Guard::take(&r.target, &r.schema, &r.run_id, args.dry.dry_run)?;
+    let mut client = pg::connect_writer(&r.target, &r.lock_timeout)?;
+    let plan = plan(ctx, &r, &mut client, d)?;
+    if args.dry.dry_run {
+        show(ctx, &r, &plan, d);
     }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
-        run(ctx, self)
+    if let Some(p) = &plan.pass {
+        refuse_if_needed(ctx, p, args, d)?;
     }
+    if args.dry.dry_run {
+        return Ok(());
+    }
+    act(ctx, &r, client, plan, lock, d)
+}
+
+/// Flags, config and environment: the target, the source, the run's options.
+fn resolve<'a>(ctx: &mut Ctx, args: &'a Args, d: &mut Details) -> Result<Resolved<'a>> {
+    let cfg = ctx.config()?;
+    let target = ctx.target(Some(&cfg))?;
+    let run_id = ctx.run_id();
+    d.on_conflict = Some(args.on_conflict);
+    d.recheck = Some(args.recheck);
+    Ok(Resolved {
+        args,
+        src: Source::from_config(&cfg),
+        schema: cfg.postgres.schema.clone(),
+        lock_timeout: ctx
+            .env
+            .get("SESSIONDB_LOCK_TIMEOUT")
+            .unwrap_or("30s")
+            .to_owned(),
+        batch: args.batch_size as usize,
+        run_uuid: uuid::Uuid::parse_str(&run_id).expect("run ids are uuids"),
+        run_id,
+        cfg,
+        target,
+    })
+}
+
+/// Every read that decides what to write, under the lock, in the order a refusal is
+/// found: the schema versions, the tables' shape, the ledger's view of the target, the
+/// backup, the planning pass.
+fn plan(
+    ctx: &mut Ctx,
+    r: &Resolved<'_>,
+    c: &mut postgres::Client,
+    d: &mut Details,
+) -> Result<Plan> {
+    let t0 = Instant::now();
+    let status = schema::status(c, &r.schema)?;
+    if let Some(p) = status.problems() {
+        return Err(Error::SchemaVersions { message: p });
+    }
+    d.schema_pending = Some(status.pending.clone());
+    // The target's tables as they are: a shape that cannot take the data is refused
+    // before anything else (SPEC §9), and the versions to apply must apply.
+    let fit = Fit::read(c, &r.schema)?;
+    refuse_problems(ctx, d, fit.shape_problems())?;
+    if !status.pending.is_empty() {
+        schema::rehearse(c, &r.schema, &r.run_id)?;
+    }
+    // One open for the estimate and the planning pass: the JSON store's index is built once.
+    let reader = r.src.open()?;
+    let estimate = reader.estimate()?;
+    let classifier = Classifier::new(c, &r.schema, &fit, r.args.recheck)?;
+    warn_versions(ctx, &classifier, r.args.dry.dry_run);
+    let known = known_stamps(&r.target, &r.schema, &classifier, r.args.recheck)?;
+    let mut plan = Plan {
+        status,
+        fit,
+        classifier,
+        known,
+        fingerprint: String::new(),
+        backup: None,
+        pass: None,
+        reader: Some(reader),
+        estimate,
+        plan_time: Duration::ZERO,
+    };
+    let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
+    // The source's fingerprint names its backup. A dry run and a catch-up always plan,
+    // and take the fingerprint from the stats the pass makes anyway; a real first load
+    // may skip the pass, which depends on the backup, so it takes the fingerprint first.
+    if r.args.dry.dry_run || !plan.classifier.target_empty {
+        let reader = plan
+            .reader
+            .take()
+            .expect("opened above")
+            .with_fingerprint()?;
+        let p = plan_pass(reader, c, &plan, r.batch, &mut progress)?;
+        plan.fingerprint = scanned_fingerprint(&p, &r.src)?;
+        if r.args.dry.dry_run {
+            // Shown before the backup is chosen: a refused backup leaves them known.
+            progress.done();
+            report_planned(ctx, &p, r.args.quarantine, d);
+        }
+        plan.pass = Some(p);
+    } else {
+        plan.fingerprint = r.src.quick_fingerprint()?;
+    }
+    plan.backup = choose_backup(ctx, &r.cfg, r.args, &plan.fingerprint, d)?;
+    if plan.pass.is_none() && needs_pass(r.args, &plan) {
+        let reader = plan.reader.take().expect("not read yet");
+        plan.pass = Some(plan_pass(reader, c, &plan, r.batch, &mut progress)?);
+    }
+    if plan.pass.is_some() && !r.args.dry.dry_run {
+        progress.done();
+    }
+    plan.plan_time = t0.elapsed();
+    Ok(plan)
+}
+
+/// Whether a real first load needs its planning pass: constraints that depend on the
+/// values need every session checked; invalid records need refusing unless
+/// `--quarantine` (skipped only when the backup counted none).
+fn needs_pass(args: &Args, plan: &Plan) -> bool {
+    let known_invalid = plan
+        .backup
+        .as_ref()
+        .and_then(|c| c.head.as_ref())
+        .map(|m| m.counts.invalid);
+    plan.fit.needs_data()
+        || !(plan.classifier.target_empty && (args.quarantine || known_invalid == Some(0)))
+}
+
+/// The dry run's account of the plan: what it read and would write, the backup it
+/// would use or take, the schema versions it would apply, how it would load.
+fn show(ctx: &mut Ctx, r: &Resolved<'_>, plan: &Plan, d: &mut Details) {
+    let p = plan.pass.as_ref().expect("a dry run always plans");
+    d.backup = Some(match &plan.backup {
+        Some(c) if r.args.backup.is_some() => {
+            format!("would use the backup {}", c.dir.display())
+        }
+        Some(c) => format!("would use the matching backup {}", c.dir.display()),
+        None => format!("would take a backup under {}", r.cfg.backup_dir.display()),
+    });
+    d.would_apply_schema_versions = Some(plan.status.pending.clone());
+    d.load = Some(if plan.classifier.target_empty {
+        "COPY into the empty target, GIN index built after"
+    } else {
+        "staging table and upserts"
+    });
+    let args = r.args;
+    let c = &p.counts;
+    let writes = c.inserted
+        + c.updated
+        + c.invalid
+        + if args.on_conflict == OnConflict::SourceWins {
+            c.conflicts
+        } else {
+            0
+        };
+    let ch = &plan.classifier.changes;
+    let bookkeeping = !plan.status.pending.is_empty()
+        || (!plan.classifier.target_empty
+            && (!ch.tracked || ch.unknown > 0 || !ch.rewritten.is_empty()));
+    ctx.report.next_steps.push(if writes == 0 && !bookkeeping {
+        "nothing to write: the target holds every session as the source has it; verify".into()
+    } else {
+        let mut cmd = "migrate-state --dry-run=false".to_owned();
+        match args.on_conflict {
+            OnConflict::Fail => {}
+            OnConflict::Skip => cmd.push_str(" --on-conflict skip"),
+            OnConflict::SourceWins => cmd.push_str(" --on-conflict source-wins"),
+        }
+        if args.recheck {
+            cmd.push_str(" --recheck");
+        }
+        if args.quarantine {
+            cmd.push_str(" --quarantine");
+        }
+        format!("{cmd} to write what this plan says")
+    });
+}
+
+/// The real run, on the plan: the backup it stands on (taken when there is none), the
+/// schema with the ledger's row versions, the load, then the index and statistics.
+fn act(
+    ctx: &mut Ctx,
+    r: &Resolved<'_>,
+    mut client: postgres::Client,
+    mut plan: Plan,
+    mut lock: Guard,
+    d: &mut Details,
+) -> Result<()> {
+    let mut phases = PhasesMs {
+        plan: plan.plan_time.as_millis() as u64,
+        ..PhasesMs::default()
+    };
+    if let Some(p) = &plan.pass {
+        d.planned = Some(p.counts.clone());
+    }
+    let t_backup = Instant::now();
+    let backup_dir = backup_for(ctx, r, plan.backup.take(), d)?;
+    apply_schema(r, &mut client, &plan, d)?;
+    runs::record_start(
+        &mut client,
+        &r.schema,
+        &runs::RunStart {
+            run_id: &r.run_uuid,
+            step: Args::NAME,
+            source_fingerprint: &plan.fingerprint,
+            backup: &backup_dir,
+        },
+    )?;
+    let fresh = plan.classifier.target_empty;
+    if !fresh {
+        schema::ensure_gin_index(&mut client, &r.schema, r.cfg.postgres.gin_opclass.as_sql())?;
+    }
+    phases.backup = t_backup.elapsed().as_millis() as u64;
+    let t_load = Instant::now();
+    let counts = load(ctx, r, &mut client, &mut plan, &backup_dir, d)?;
+    phases.load = t_load.elapsed().as_millis() as u64;
+    if !lock.alive() {
+        tracing::warn!("the lock connection was lost during the run");
+    }
+    let t_index = Instant::now();
+    if fresh {
+        client
+            .batch_execute("SET maintenance_work_mem = '512MB'")
+            .map_err(|e| Error::pg("raising maintenance_work_mem", "", e))?;
+        schema::ensure_gin_index(&mut client, &r.schema, r.cfg.postgres.gin_opclass.as_sql())?;
+        d.gin_index_build_ms = Some(t_index.elapsed().as_millis() as u64);
+    }
+    phases.index = t_index.elapsed().as_millis() as u64;
+    // Fresh statistics after a load that changed much of the target; small catch-ups
+    // leave it to autovacuum (ANALYZE reads a 30,000-row sample of the states).
+    let t_analyze = Instant::now();
+    if (counts.inserted + counts.updated) * 10 > counts.sessions {
+        Rows::new(&r.schema, &plan.fit).analyze(&mut client);
+    }
+    phases.analyze = t_analyze.elapsed().as_millis() as u64;
+    d.phases_ms = Some(phases);
+    runs::record_end(&mut client, &r.schema, &r.run_uuid, "done", &counts)?;
+    ctx.report.next_steps.push("verify".into());
+    drop(lock);
+    Ok(())
+}
+
+/// The backup the run stands on: the one chosen and checked by the plan, else a new one.
+fn backup_for(
+    ctx: &mut Ctx,
+    r: &Resolved<'_>,
+    chosen: Option<Checked>,
+    d: &mut Details,
+) -> Result<PathBuf> {
+    let dir = match chosen {
+        Some(c) => c.dir,
+        None => {
+            tracing::info!("no sound backup of the current source: taking one");
+            let taken = backup::take(&r.cfg, &backup::Options::default(), &r.run_id)?;
+            for w in taken
+                .warnings
+                .iter()
+                .filter(|w| w.code == "backup_unreadable")
+            {
+                ctx.report.warn(w.clone());
+            }
+            if !taken.removed_incomplete.is_empty() {
+                d.removed_incomplete = Some(taken.removed_incomplete);
+            }
+            taken.dir
+        }
+    };
+    ctx.report.artifact("backup", &dir);
+    d.backup = Some(dir.display().to_string());
+    Ok(dir)
+}
+
+/// The schema, in a transaction with the ledger's row versions: learned where not
+/// known yet (a ledger from before schema version 2), recorded anew for rows rewritten
+/// as they were.
+fn apply_schema(
+    r: &Resolved<'_>,
+    client: &mut postgres::Client,
+    plan: &Plan,
+    d: &mut Details,
+) -> Result<()> {
+    let mut tx = client
+        .transaction()
+        .map_err(|e| Error::pg("starting a transaction", &r.target.display, e))?;
+    let applied = schema::apply(&mut tx, &r.schema, &r.run_id)?;
+    let ch = &plan.classifier.changes;
+    let learned = if !ch.tracked || ch.unknown > 0 {
+        versions::learn_unknown(&mut tx, &r.schema)?
+    } else {
+        0
+    };
+    let relearned = versions::relearn(&mut tx, &r.schema, &ch.rewritten)?;
+    tx.commit()
+        .map_err(|e| Error::pg("committing the schema", &r.target.display, e))?;
+    d.schema_applied = Some(applied);
+    d.row_versions = Some(RowVersions {
+        learned,
+        rewritten_as_they_were: relearned,
+        changed_in_target: ch.changed.len(),
+    });
+    Ok(())
+}
+
+/// The load: the items the planning pass kept, else a scan of the source; into an
+/// empty target by the writers, else a batch at a time. What was committed is counted
+/// and reported, and recorded in the run, also when the load fails.
+fn load(
+    ctx: &mut Ctx,
+    r: &Resolved<'_>,
+    client: &mut postgres::Client,
+    plan: &mut Plan,
+    backup_dir: &Path,
+    d: &mut Details,
+) -> Result<Counts> {
+    let mut progress = Progress::new("loading", plan.estimate, ctx.common.quiet);
+    let mut out = Loaded::default();
+    let known = plan.known.as_deref();
+    let (feed, read) = match plan.pass.take() {
+        Some(Planned {
+            replay: Some(items),
+            summary,
+            known,
+            ..
+        }) => {
+            out.counts.sessions += known;
+            out.counts.unchanged += known;
+            out.not_read += known;
+            (Feed::Replay(items, summary), "kept_from_plan")
+        }
+        Some(_) => (Feed::Scan(known), "second_scan"),
+        None => (Feed::Scan(known), "single_scan"),
+    };
+    d.load_read = Some(read);
+    let lc = LoadCtx {
+        src: &r.src,
+        schema: &r.schema,
+        run_uuid: r.run_uuid,
+        run_id: &r.run_id,
+        backup_dir,
+        args: r.args,
+    };
+    let result = if plan.classifier.target_empty {
+        let jobs = (0..r.args.jobs)
+            .map(|_| pg::connect_writer(&r.target, &r.lock_timeout))
+            .collect::<Result<Vec<_>>>()?;
+        load_fresh(&lc, jobs, feed, &mut out, &mut progress)
+    } else {
+        load_incremental(&lc, client, &plan.classifier, feed, &mut out, &mut progress)
+    };
+    progress.done();
+    if let Some(q) = &out.quarantine {
+        report_quarantine(ctx, q, d);
+    }
+    out.counts.to_report(&mut ctx.report);
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = runs::record_end(client, &r.schema, &r.run_uuid, "failed", &out.counts);
+            ctx.report.next_steps.push("fix the cause, then run migrate-state --dry-run=false again: committed batches are kept and skipped".into());
+            return Err(e);
+        }
+    };
+    for w in &summary.warnings {
+        ctx.report.warn(w.clone());
+    }
+    ctx.report.count("quarantined", out.quarantined);
+    d.unchanged_by_stamp = Some(out.not_read);
+    d.skipped_conflicts = Some(out.skipped.iter().take(INLINE_LIMIT).cloned().collect());
+    if let Some(Ok(path)) = crate::report::write_list(
+        ctx.report_dir(),
+        "migrate-state-skipped.jsonl",
+        &out.skipped,
+    ) {
+        ctx.report.artifact("skipped_conflicts", &path);
+    }
+    Ok(out.counts)
 }
 
 /// What the planning pass found.
@@ -103,15 +631,32 @@ fn session_bytes(s: &Session) -> usize {
         + 256
 }
 
+impl Planned {
+    /// Keep a batch for the load while what is kept fits in [`REPLAY_LIMIT`].
+    fn keep(&mut self, kept: &mut usize, sessions: Vec<Session>, invalid: &[Invalid]) {
+        let Some(r) = &mut self.replay else {
+            return;
+        };
+        *kept += invalid
+            .iter()
+            .map(|i| i.raw.len() + i.message.len() + 256)
+            .sum::<usize>()
+            + sessions.iter().map(session_bytes).sum::<usize>();
+        if *kept > REPLAY_LIMIT {
+            self.replay = None;
+            return;
+        }
+        r.extend(invalid.iter().cloned().map(Item::Invalid));
+        r.extend(sessions.into_iter().map(Item::Session));
+    }
+}
+
 /// Scan the whole source and classify every session, writing nothing; check what was
 /// read against the target's constraints (the same checks as preflight's).
-#[allow(clippy::too_many_arguments)]
 fn plan_pass(
-    reader: crate::source::Reader,
+    reader: Reader,
     client: &mut postgres::Client,
-    planner: &Planner,
-    fit: &Fit,
-    known: Option<&KnownFn<'_>>,
+    plan: &Plan,
     batch: usize,
     progress: &mut Progress,
 ) -> Result<Planned> {
@@ -119,25 +664,21 @@ fn plan_pass(
         replay: Some(Vec::new()),
         ..Planned::default()
     };
+    let fit = &plan.fit;
     let mut stats = fit.needs_data().then(|| fit.stats());
     let mut kept = 0usize;
-    let summary = reader.scan_with(batch, known, |items| {
+    let summary = reader.scan_with(batch, plan.known.as_deref(), |items| {
         let mut sessions = Vec::with_capacity(items.len());
+        let mut invalid = Vec::new();
         let mut unchanged = 0u64;
         for it in items {
             match it {
                 Item::Session(s) => sessions.push(s),
-                Item::Invalid(i) => {
-                    if let Some(r) = &mut p.replay {
-                        kept += i.raw.len() + i.message.len() + 256;
-                        r.push(Item::Invalid(i.clone()));
-                    }
-                    p.invalid.push(i)
-                }
+                Item::Invalid(i) => invalid.push(i),
                 Item::Known { .. } => unchanged += 1,
             }
         }
-        let cl = planner.classify(client, &sessions)?;
+        let cl = plan.classifier.classify(client, &sessions)?;
         if let Some(st) = &mut stats {
             sessions.iter().for_each(|s| st.add(s));
         }
@@ -150,13 +691,8 @@ fn plan_pass(
         p.counts.sessions += sessions.len() as u64 + unchanged;
         p.conflicts.extend(cl.conflicts);
         progress.tick(sessions.len() as u64 + unchanged, 0);
-        if let Some(r) = &mut p.replay {
-            kept += sessions.iter().map(session_bytes).sum::<usize>();
-            r.extend(sessions.into_iter().map(Item::Session));
-        }
-        if kept > REPLAY_LIMIT {
-            p.replay = None;
-        }
+        p.keep(&mut kept, sessions, &invalid);
+        p.invalid.extend(invalid);
         Ok(())
     })?;
     p.counts.invalid = p.invalid.len() as u64;
@@ -176,20 +712,16 @@ fn scanned_fingerprint(p: &Planned, src: &Source) -> Result<String> {
     }
 }
 
-fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool) {
+fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool, d: &mut Details) {
     p.counts.to_report(&mut ctx.report);
-    ctx.report.detail("unchanged_by_stamp", p.known);
-    ctx.report.detail(
-        "conflicts",
-        p.conflicts.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
-    );
-    ctx.report.detail(
-        "invalid",
+    d.unchanged_by_stamp = Some(p.known);
+    d.conflicts = Some(p.conflicts.iter().take(INLINE_LIMIT).cloned().collect());
+    d.invalid = Some(
         p.invalid
             .iter()
             .take(INLINE_LIMIT)
             .map(Invalid::finding)
-            .collect::<Vec<_>>(),
+            .collect(),
     );
     if let Some(Ok(path)) = crate::report::write_list(
         ctx.report_dir(),
@@ -203,358 +735,328 @@ fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool) {
     {
         ctx.report.artifact("invalid_records", &path);
     }
-    for i in p.invalid.iter().take(INLINE_LIMIT) {
-        if quarantine {
+    if quarantine {
+        for i in p.invalid.iter().take(INLINE_LIMIT) {
             ctx.report.warn(i.finding());
         }
     }
 }
 
-pub fn run(ctx: &mut Ctx, args: &Args) -> Result<()> {
-    let cfg = ctx.config()?;
-    let t = ctx.target(Some(&cfg))?;
-    let src = Source::from_config(&cfg);
-    let schema_name = cfg.postgres.schema.clone();
-    let batch = args.batch_size as usize;
-    // A bounded wait for row locks the application holds; SESSIONDB_LOCK_TIMEOUT overrides.
-    let lock_timeout = ctx
-        .env
-        .get("SESSIONDB_LOCK_TIMEOUT")
-        .unwrap_or("30s")
-        .to_owned();
-    let mut client = connect(&t, &lock_timeout)?;
-    let mut phases = Phases::default();
-    let st = schema::status(&mut client, &schema_name)?;
-    if let Some(p) = st.problems() {
-        return Err(Error::Refused {
-            code: "schema_mismatch",
-            message: p,
-        });
-    }
-    ctx.report.detail("schema_pending", &st.pending);
-    ctx.report.detail("on_conflict", args.on_conflict);
-    ctx.report.detail("recheck", args.recheck);
-    // The target's tables as they are: a shape that cannot take the data is refused
-    // before anything else (SPEC §9), by the dry run as by the real run.
-    let fit = Fit::read(&mut client, &schema_name)?;
-    refuse_problems(ctx, &fit.shape_problems())?;
-    // One open for the estimate and the planning pass: the JSON store's index is built once.
-    let mut reader = Some(src.open()?);
-    let estimate = reader.as_ref().map_or(Ok(0), |r| r.estimate())?;
-    let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
-
-    if args.dry.dry_run {
-        let planner = Planner::new(&mut client, &schema_name, &fit, args.recheck)?;
-        warn_versions(ctx, &planner, true);
-        let known = known_stamps(&t, &schema_name, &planner, args.recheck)?;
-        let p = plan_pass(
-            reader.take().expect("opened above").with_fingerprint()?,
-            &mut client,
-            &planner,
-            &fit,
-            known.as_deref(),
-            batch,
-            &mut progress,
-        )?;
-        let fp = scanned_fingerprint(&p, &src)?;
-        progress.done();
-        report_planned(ctx, &p, args.quarantine);
-        // The same choice and check as the real run, refusing what it would refuse.
-        let backup = match choose_backup(ctx, &cfg, args, &fp)? {
-            Some(c) if args.backup.is_some() => {
-                format!("would use the backup {}", c.dir.display())
-            }
-            Some(c) => format!("would use the matching backup {}", c.dir.display()),
-            None => format!("would take a backup under {}", cfg.backup_dir.display()),
-        };
-        ctx.report.detail("backup", &backup);
-        ctx.report
-            .detail("would_apply_schema_versions", &st.pending);
-        ctx.report.detail(
-            "load",
-            if planner.target_empty {
-                "COPY into the empty target, GIN index built after"
-            } else {
-                "staging table and upserts"
-            },
-        );
-        refuse_if_needed(ctx, &p, args, true)?;
-        let c = &p.counts;
-        let writes = c.inserted
-            + c.updated
-            + c.invalid
-            + if args.on_conflict == OnConflict::SourceWins {
-                c.conflicts
-            } else {
-                0
-            };
-        let ch = &planner.changes;
-        let bookkeeping = !st.pending.is_empty()
-            || (!planner.target_empty
-                && (!ch.tracked || ch.unknown > 0 || !ch.rewritten.is_empty()));
-        ctx.report.next_steps.push(if writes == 0 && !bookkeeping {
-            "nothing to write: the target holds every session as the source has it; verify".into()
-        } else {
-            let mut cmd = "migrate-state --dry-run=false".to_owned();
-            match args.on_conflict {
-                OnConflict::Fail => {}
-                OnConflict::Skip => cmd.push_str(" --on-conflict skip"),
-                OnConflict::SourceWins => cmd.push_str(" --on-conflict source-wins"),
-            }
-            if args.recheck {
-                cmd.push_str(" --recheck");
-            }
-            if args.quarantine {
-                cmd.push_str(" --quarantine");
-            }
-            format!("{cmd} to write what this plan says")
-        });
-        return Ok(());
-    }
-
-    // A real run: lock, backup, plan, schema, load.
-    let run_id = ctx.run_id();
-    let run_uuid = uuid::Uuid::parse_str(&run_id).expect("run ids are uuids");
-    let mut lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
-    tracing::info!("holding the writers' lock for run {run_id}");
-    let planner = Planner::new(&mut client, &schema_name, &fit, args.recheck)?;
-    warn_versions(ctx, &planner, false);
-    let fresh = planner.target_empty;
-    let known = known_stamps(&t, &schema_name, &planner, args.recheck)?;
-    let t_plan = Instant::now();
-    // The source's fingerprint names its backup. A catch-up always plans, and takes the
-    // fingerprint from the stats its planning pass makes anyway; a first load may skip
-    // the plan, which depends on the backup, so it takes the fingerprint first.
-    let (fp, mut plan) = if fresh {
-        (src.quick_fingerprint()?, None)
+/// The backup a run stands on, chosen and checked before anything is written: the dry
+/// run and the real run call this one function, so the dry run refuses what the real
+/// run would. `--backup DIR`: that folder, which must be a complete backup with every
+/// listed file present at its size (`--verify-backup`: its SHA-256 too), else the run is
+/// refused (`backup_incomplete`, `backup_damaged`), naming the backup and what is wrong.
+/// Without it: the newest complete backup of the current source that checks out; one
+/// that does not is passed over with a warning (the real run takes a sound one of its
+/// own: refusing would leave the operator nothing to do but delete it). `None`: a
+/// backup must be taken.
+fn choose_backup(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    args: &Args,
+    fp: &str,
+    d: &mut Details,
+) -> Result<Option<Checked>> {
+    let depth = if args.verify_backup {
+        Depth::Checksums
     } else {
-        let p = plan_pass(
-            reader.take().expect("opened above").with_fingerprint()?,
-            &mut client,
-            &planner,
-            &fit,
-            known.as_deref(),
-            batch,
-            &mut progress,
-        )?;
-        (scanned_fingerprint(&p, &src)?, Some(p))
+        Depth::Sizes
     };
-    // Before the first write: the backup to stand on, checked (else one is taken below).
-    let existing = choose_backup(ctx, &cfg, args, &fp)?;
-    // A first load skips the planning pass when the backup counted no invalid record.
-    let known_invalid = existing
-        .as_ref()
-        .and_then(|c| c.head.as_ref())
-        .map(|m| m.counts.invalid);
-    // Constraints that depend on the values need every session checked first.
-    let needs_plan = fit.needs_data() || !(fresh && (args.quarantine || known_invalid == Some(0)));
-    if needs_plan && plan.is_none() {
-        plan = Some(plan_pass(
-            reader.take().expect("opened above"),
-            &mut client,
-            &planner,
-            &fit,
-            known.as_deref(),
-            batch,
-            &mut progress,
-        )?);
+    let not_a_backup = |dir: &Path, e: Error| format!("{} is not a backup: {e}", dir.display());
+    if let Some(dir) = &args.backup {
+        let c =
+            backup::check(dir, depth, SUMMARY_PROBLEMS).map_err(|e| Error::BackupIncomplete {
+                message: not_a_backup(dir, e),
+            })?;
+        d.backup_check = Some(BackupCheck::of(&c));
+        return given_backup(ctx, c, fp).map(Some);
     }
-    let mut planned = None;
-    if let Some(p) = plan {
-        progress.done();
-        if let Err(e) = refuse_if_needed(ctx, &p, args, false) {
-            report_planned(ctx, &p, args.quarantine);
-            return Err(e);
-        }
-        ctx.report.detail("planned", &p.counts);
-        planned = Some(p);
-    }
-    phases.plan = t_plan.elapsed();
-    let t_backup = Instant::now();
-    let backup_dir = match existing {
-        Some(c) => c.dir,
-        None => {
-            tracing::info!("no sound backup of the current source: taking one");
-            let taken = crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?;
-            for w in taken
-                .warnings
-                .iter()
-                .filter(|w| w.code == "backup_unreadable")
-            {
-                ctx.report.warn(w.clone());
+    for dir in backup::matching(&cfg.backup_dir, fp) {
+        let c = match backup::check(&dir, depth, SUMMARY_PROBLEMS) {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.report.warn(
+                    Finding::new(
+                        "backup_incomplete",
+                        format!("the matching backup {}: passed over", not_a_backup(&dir, e)),
+                    )
+                    .path(&dir),
+                );
+                continue;
             }
-            if !taken.removed_incomplete.is_empty() {
-                ctx.report
-                    .detail("removed_incomplete", &taken.removed_incomplete);
-            }
-            taken.dir
-        }
-    };
-    ctx.report.artifact("backup", &backup_dir);
-    ctx.report.detail("backup", &backup_dir);
-
-    // The schema, in a transaction.
-    {
-        let mut tx = client
-            .transaction()
-            .map_err(|e| Error::pg("starting a transaction", &t.display, e))?;
-        let applied = schema::apply(&mut tx, &schema_name, &run_id)?;
-        // The ledger's row versions: learned where not known yet (a ledger from before
-        // schema version 2), recorded anew for rows rewritten as they were.
-        let ch = &planner.changes;
-        let learned = if !ch.tracked || ch.unknown > 0 {
-            ledger::learn_unknown(&mut tx, &schema_name)?
-        } else {
-            0
         };
-        let relearned = ledger::relearn(&mut tx, &schema_name, &ch.rewritten)?;
-        tx.commit()
-            .map_err(|e| Error::pg("committing the schema", &t.display, e))?;
-        ctx.report.detail("schema_applied", &applied);
-        ctx.report.detail(
-            "row_versions",
-            json!({"learned": learned, "rewritten_as_they_were": relearned, "changed_in_target": ch.changed.len()}),
+        if c.is_sound() {
+            tracing::info!("using the matching backup {}", dir.display());
+            d.backup_check = Some(BackupCheck::of(&c));
+            return Ok(Some(c));
+        }
+        ctx.report.warn(
+            Finding::new(
+                c.code(),
+                format!("the matching backup {}: passed over", c.summary()),
+            )
+            .path(&dir),
         );
     }
-    record_run_start(&mut client, &schema_name, &run_uuid, &fp, &backup_dir)?;
-    if !fresh {
-        schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
-    }
-
-    phases.backup = t_backup.elapsed();
-
-    // The load: the items the planning pass kept, else a second scan of the source.
-    let mut progress = Progress::new("loading", estimate, ctx.common.quiet);
-    let mut out = Loaded::default();
-    let (feed, read) = match planned {
-        Some(Planned {
-            replay: Some(items),
-            summary,
-            known,
-            ..
-        }) => {
-            out.counts.sessions += known;
-            out.counts.unchanged += known;
-            out.not_read += known;
-            (Feed::Replay(items, summary), "kept_from_plan")
-        }
-        Some(_) => (Feed::Scan(known.as_deref()), "second_scan"),
-        None => (Feed::Scan(known.as_deref()), "single_scan"),
-    };
-    // How the load got its sessions: kept from the planning pass (what changed fit in
-    // memory), a second scan of the source, or the only scan (no planning pass needed).
-    ctx.report.detail("load_read", read);
-    let lc = LoadCtx {
-        src: &src,
-        schema: &schema_name,
-        run_uuid,
-        run_id: &run_id,
-        backup_dir: &backup_dir,
-        args,
-    };
-    let t_load = Instant::now();
-    let result = if fresh {
-        let jobs = (0..args.jobs)
-            .map(|_| connect(&t, &lock_timeout))
-            .collect::<Result<Vec<_>>>()?;
-        load_fresh(&lc, jobs, feed, &mut out, &mut progress)
-    } else {
-        load_incremental(&lc, &mut client, &planner, feed, &mut out, &mut progress)
-    };
-    progress.done();
-    phases.load = t_load.elapsed();
-    let Loaded {
-        counts,
-        quarantined,
-        skipped,
-        quarantine: quarantine_files,
-        not_read,
-    } = out;
-    if let Some(q) = &quarantine_files {
-        report_quarantine(ctx, q);
-    }
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            counts.to_report(&mut ctx.report);
-            let _ = record_run_end(&mut client, &schema_name, &run_uuid, "failed", &counts);
-            ctx.report.next_steps.push("fix the cause, then run migrate-state --dry-run=false again: committed batches are kept and skipped".into());
-            return Err(e);
-        }
-    };
-    if !lock.alive() {
-        tracing::warn!("the lock connection was lost during the run");
-    }
-    for w in &summary.warnings {
-        ctx.report.warn(w.clone());
-    }
-    let t_index = Instant::now();
-    if fresh {
-        client
-            .batch_execute("SET maintenance_work_mem = '512MB'")
-            .map_err(|e| Error::pg("raising maintenance_work_mem", "", e))?;
-        schema::ensure_gin_index(&mut client, &schema_name, cfg.postgres.gin_opclass.as_sql())?;
-        ctx.report
-            .detail("gin_index_build_ms", t_index.elapsed().as_millis() as u64);
-    }
-    phases.index = t_index.elapsed();
-    // Fresh statistics after a load that changed much of the target; small catch-ups
-    // leave it to autovacuum (ANALYZE reads a 30,000-row sample of the states).
-    let t_analyze = Instant::now();
-    if (counts.inserted + counts.updated) * 10 > counts.sessions {
-        let _ = client.batch_execute(&format!(
-            "ANALYZE {}, {}",
-            target::qualified(&schema_name, "sessions"),
-            target::qualified(&schema_name, "session_state")
-        ));
-    }
-    phases.analyze = t_analyze.elapsed();
-    ctx.report.detail("phases_ms", phases.report());
-    counts.to_report(&mut ctx.report);
-    ctx.report.count("quarantined", quarantined);
-    ctx.report.detail("unchanged_by_stamp", not_read);
-    record_run_end(&mut client, &schema_name, &run_uuid, "done", &counts)?;
-    ctx.report.detail(
-        "skipped_conflicts",
-        skipped.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
-    );
-    if let Some(Ok(path)) =
-        crate::report::write_list(ctx.report_dir(), "migrate-state-skipped.jsonl", &skipped)
-    {
-        ctx.report.artifact("skipped_conflicts", &path);
-    }
-    ctx.report.next_steps.push("verify".into());
-    drop(lock);
-    Ok(())
+    Ok(None)
 }
 
-/// A connection with the run's bounded `lock_timeout`.
-fn connect(t: &crate::config::Target, lock_timeout: &str) -> Result<postgres::Client> {
-    let mut c = target::connect(t)?;
-    c.execute(
-        "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
-        &[&lock_timeout],
-    )
-    .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
+/// The backup given with `--backup`, checked: refused unless sound; warned when it was
+/// taken from an older state of the source.
+fn given_backup(ctx: &mut Ctx, c: Checked, fp: &str) -> Result<Checked> {
+    let dir = &c.dir;
+    if !c.is_sound() {
+        ctx.report.next_steps.push(format!(
+            "do not rely on {}: take a new backup with `backup`, or leave out --backup and migrate-state --dry-run=false takes one",
+            dir.display()
+        ));
+        let message = format!("the backup {}: refused", c.summary());
+        return Err(if c.code() == "backup_incomplete" {
+            Error::BackupIncomplete { message }
+        } else {
+            Error::BackupDamaged { message }
+        });
+    }
+    if c.head.as_ref().is_some_and(|h| h.source_fingerprint != fp) {
+        ctx.report.warn(Finding::new(
+            "backup_stale",
+            format!(
+                "the backup {} was taken from an older state of the source",
+                dir.display()
+            ),
+        ));
+    }
+    tracing::info!(
+        "using the backup {}: {} listed files present{}",
+        dir.display(),
+        c.files,
+        if c.checksums {
+            ", their SHA-256 match"
+        } else {
+            " at their sizes"
+        }
+    );
     Ok(c)
 }
 
-/// Where each part of a real run went, for the report (`details.phases_ms`).
-#[derive(Default)]
-struct Phases {
-    plan: Duration,
-    backup: Duration,
-    load: Duration,
-    index: Duration,
-    analyze: Duration,
+/// One line of a quarantine's index: the record, and where its raw bytes are.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineLine {
+    pub id: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+    #[serde(serialize_with = "lossy_opt_path")]
+    pub path: Option<PathBuf>,
+    pub record: &'static str,
+    /// The file under `quarantine/` holding the raw bytes (`None`: there are none).
+    pub raw_file: Option<String>,
+    pub bytes: usize,
+    pub sha256: String,
+    /// Whether the file was already there, from an earlier run.
+    pub reused: bool,
 }
 
-impl Phases {
-    fn report(&self) -> serde_json::Value {
-        let ms = |d: Duration| d.as_millis() as u64;
-        json!({"plan": ms(self.plan), "backup": ms(self.backup), "load": ms(self.load),
-               "index": ms(self.index), "analyze": ms(self.analyze)})
+/// Invalid records set aside under the backup's `quarantine/`: each record's raw bytes
+/// in a file of their own, and this run's index (`index-<run>.ndjson`, one
+/// [`QuarantineLine`] a record). A record whose bytes the quarantine already holds (the
+/// same id, code and SHA-256 in an earlier run's index, the file still there with those
+/// bytes) is pointed at, not copied again; an unreadable file has no bytes to keep: its
+/// line says where it is and why.
+struct Quarantine {
+    dir: PathBuf,
+    index: std::fs::File,
+    index_path: PathBuf,
+    n: u64,
+    run8: String,
+    /// What earlier runs' indexes say the quarantine holds: (id, code, SHA-256) → file.
+    held: std::collections::HashMap<HeldKey, String>,
+    /// This run's first [`INLINE_LIMIT`] index lines, for the report.
+    listed: Vec<QuarantineLine>,
+    total: u64,
+    reused: u64,
+}
+
+type HeldKey = (Option<String>, String, String);
+
+impl Quarantine {
+    fn new(backup: &Path, run_id: &str) -> Result<Quarantine> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = backup.join("quarantine");
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e| Error::Write { path, source: e }
+        };
+        crate::fsutil::create_private_dir_all(&dir).map_err(werr(&dir))?;
+        let held = Self::read_held(&dir);
+        let run8 = run_id.chars().take(8).collect::<String>();
+        let index_path = dir.join(format!("index-{run_id}.ndjson"));
+        let index = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&index_path)
+            .map_err(werr(&index_path))?;
+        Ok(Quarantine {
+            index_path,
+            index,
+            dir,
+            n: 0,
+            run8,
+            held,
+            listed: Vec::new(),
+            total: 0,
+            reused: 0,
+        })
     }
+
+    /// Every raw file the indexes in `dir` name, by (id, code, SHA-256). A line that
+    /// does not parse (the torn end of a run killed mid-write) is passed over.
+    fn read_held(dir: &Path) -> std::collections::HashMap<HeldKey, String> {
+        use std::io::BufRead;
+        let mut held = std::collections::HashMap::new();
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return held;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("index-") && name.ends_with(".ndjson")) {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            for line in std::io::BufReader::new(f).lines().map_while(|l| l.ok()) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let (Some(code), Some(sha), Some(raw)) = (
+                    v["code"].as_str(),
+                    v["sha256"].as_str(),
+                    v["raw_file"].as_str(),
+                ) else {
+                    continue;
+                };
+                let id = v["id"].as_str().map(str::to_owned);
+                held.entry((id, code.to_owned(), sha.to_owned()))
+                    .or_insert_with(|| raw.to_owned());
+            }
+        }
+        held
+    }
+
+    /// Whether `name` in the quarantine holds exactly `raw`.
+    fn holds(&self, name: &str, raw: &[u8]) -> bool {
+        let safe = Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        safe && std::fs::read(self.dir.join(name)).is_ok_and(|b| b == raw)
+    }
+
+    /// The file holding `i`'s raw bytes: one an earlier run wrote, else a new one
+    /// (`None` for an unreadable file: there are no bytes).
+    fn raw_file(&mut self, i: &Invalid, sha: &str) -> Result<(Option<String>, bool)> {
+        if i.code == "unreadable" {
+            return Ok((None, false));
+        }
+        let key: HeldKey = (i.id.clone(), i.code.to_owned(), sha.to_owned());
+        if let Some(name) = self.held.get(&key).filter(|n| self.holds(n, &i.raw)) {
+            return Ok((Some(name.clone()), true));
+        }
+        self.n += 1;
+        let name = format!("{}-{:06}-{}.raw", self.run8, self.n, i.code);
+        let path = self.dir.join(&name);
+        crate::fsutil::write_atomic(&path, &i.raw, 0o600).map_err(|e| Error::Write {
+            path: path.clone(),
+            source: e,
+        })?;
+        self.held.insert(key, name.clone());
+        Ok((Some(name), false))
+    }
+
+    /// Set a batch of records aside; their index lines are appended in one write.
+    fn add(&mut self, batch: &[Invalid]) -> Result<()> {
+        use std::io::Write;
+        let mut lines = Vec::new();
+        for i in batch {
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&i.raw));
+            let (raw_file, reused) = self.raw_file(i, &sha)?;
+            self.reused += u64::from(reused);
+            let line = QuarantineLine {
+                id: i.id.clone(),
+                code: i.code,
+                message: i.message.clone(),
+                path: i.path.clone(),
+                record: i.record,
+                raw_file,
+                bytes: i.raw.len(),
+                sha256: sha,
+                reused,
+            };
+            lines.extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
+            lines.push(b'\n');
+            if self.listed.len() < INLINE_LIMIT {
+                self.listed.push(line);
+            }
+            self.total += 1;
+        }
+        self.index
+            .write_all(&lines)
+            .and_then(|_| self.index.sync_data())
+            .map_err(|e| Error::Write {
+                path: self.index_path.clone(),
+                source: e,
+            })
+    }
+}
+
+/// Name what a run set aside: the first [`INLINE_LIMIT`] records in
+/// `details.quarantined` (id, code, raw file), every one of them in
+/// `migrate-state-quarantined.jsonl` beside the report (with `--report-dir`), and one
+/// `quarantined` warning.
+fn report_quarantine(ctx: &mut Ctx, q: &Quarantine, d: &mut Details) {
+    ctx.report.artifact("quarantine", &q.dir);
+    d.quarantine = Some(q.dir.clone());
+    d.quarantined = Some(q.listed.clone());
+    if let Some(dir) = ctx.report_dir() {
+        match crate::report::copy_list(dir, "migrate-state-quarantined.jsonl", &q.index_path) {
+            Ok(path) => ctx.report.artifact("quarantined", &path),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    if q.total == 0 {
+        return;
+    }
+    let named: Vec<String> = q
+        .listed
+        .iter()
+        .take(5)
+        .map(|l| {
+            format!(
+                "{} ({})",
+                l.id.as_ref().map_or_else(
+                    || "a record without a usable id".to_owned(),
+                    |i| format!("{i:?}")
+                ),
+                l.code
+            )
+        })
+        .collect();
+    ctx.report.warn(
+        Finding::new(
+            "quarantined",
+            format!(
+                "{} invalid record(s) set aside under {} ({}{}; {} already held there, not copied again); every one is listed in {}",
+                q.total,
+                q.dir.display(),
+                named.join(", "),
+                if q.total > named.len() as u64 { ", ..." } else { "" },
+                q.reused,
+                q.index_path.display()
+            ),
+        )
+        .path(&q.dir),
+    );
 }
 
 /// What the load did, kept also when it fails (the report shows what was committed).
@@ -598,8 +1100,7 @@ impl Loaded {
             return Ok(Vec::new());
         }
         if !lc.args.quarantine {
-            return Err(Error::InvalidSource {
-                code: "invalid_records",
+            return Err(Error::InvalidRecords {
                 message: format!(
                     "{} invalid record(s) appeared in the source during the run (e.g. {}); rerun with --quarantine or fix them",
                     invalid.len(),
@@ -615,6 +1116,20 @@ impl Loaded {
         };
         q.add(invalid)?;
         Ok(invalid.iter().map(|i| (i.ledger_key(), i.code)).collect())
+    }
+
+    /// A committed batch, counted.
+    fn committed(&mut self, counts: &Counts, invalid: u64, skipped: Vec<ConflictInfo>) {
+        let c = &mut self.counts;
+        c.sessions += counts.sessions;
+        c.inserted += counts.inserted;
+        c.updated += counts.updated;
+        c.unchanged += counts.unchanged;
+        c.conflicts += counts.conflicts;
+        c.bytes += counts.bytes;
+        c.invalid += invalid;
+        self.quarantined += invalid;
+        self.skipped.extend(skipped);
     }
 }
 
@@ -704,13 +1219,12 @@ fn load_fresh(
 fn load_incremental(
     lc: &LoadCtx<'_>,
     client: &mut postgres::Client,
-    planner: &Planner,
+    classifier: &Classifier,
     feed: Feed<'_>,
     out: &mut Loaded,
     progress: &mut Progress,
 ) -> Result<crate::source::Summary> {
-    let args = lc.args;
-    feed.run(lc.src, args.batch_size as usize, |items| {
+    feed.run(lc.src, lc.args.batch_size as usize, |items| {
         let (sessions, invalid) = out.split(items);
         if sessions.is_empty() && invalid.is_empty() {
             progress.tick(0, 0);
@@ -720,71 +1234,85 @@ fn load_incremental(
         let mut tx = client
             .transaction()
             .map_err(|e| Error::pg("starting a batch", "", e))?;
-        let cl = planner.classify(&mut tx, &sessions)?;
-        load::restamp(&mut tx, lc.schema, &cl.restamp)?;
-        let mut counts = Counts::default();
-        let mut skipped = Vec::new();
-        let mut write = load::Batch {
-            sessions: Vec::new(),
-        };
-        let mut adopt = Vec::new();
-        for (s, a) in sessions.iter().zip(&cl.actions) {
-            counts.sessions += 1;
-            match a {
-                Action::Insert | Action::Update => {
-                    counts.add(*a);
-                    counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
-                    write.sessions.push((s, s.content_hash()));
-                }
-                Action::Unchanged => counts.add(*a),
-                Action::Adopt => {
-                    counts.add(*a);
-                    adopt.push((s, s.content_hash()));
-                }
-                Action::Conflict => match args.on_conflict {
-                    OnConflict::Fail => {
-                        return Err(Error::Conflict {
-                            message: format!("session {} changed in the target during the run; nothing more was written (earlier batches are committed and recorded)", s.id),
-                        });
-                    }
-                    OnConflict::Skip => {
-                        counts.conflicts += 1;
-                        skipped.push(ConflictInfo {
-                            session: s.id.clone(),
-                            reason: "skipped (--on-conflict skip)".into(),
-                        });
-                    }
-                    OnConflict::SourceWins => {
-                        counts.conflicts += 1;
-                        counts.updated += 1;
-                        counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
-                        write.sessions.push((s, s.content_hash()));
-                    }
-                },
-            }
+        let cl = classifier.classify(&mut tx, &sessions)?;
+        ledger::restamp(&mut tx, lc.schema, &cl.restamp)?;
+        let w = sort_batch(lc.args.on_conflict, &sessions, &cl.actions)?;
+        if !w.write.sessions.is_empty() {
+            load::upsert(&mut tx, lc.schema, &lc.run_uuid, &w.write)?;
         }
-        if !write.sessions.is_empty() {
-            load::upsert(&mut tx, lc.schema, &lc.run_uuid, &write)?;
-        }
-        load::adopt(&mut tx, lc.schema, &lc.run_uuid, &adopt)?;
+        ledger::adopt(&mut tx, lc.schema, &lc.run_uuid, &w.adopt)?;
         let refs: Vec<&Invalid> = invalid.iter().collect();
-        load::record_quarantined(&mut tx, lc.schema, &lc.run_uuid, &refs)?;
+        ledger::record_quarantined(&mut tx, lc.schema, &lc.run_uuid, &refs)?;
         tx.commit()
             .map_err(|e| Error::pg("committing a batch", "", e))?;
         // Committed: count it.
-        let c = &mut out.counts;
-        c.sessions += counts.sessions;
-        c.inserted += counts.inserted;
-        c.updated += counts.updated;
-        c.unchanged += counts.unchanged;
-        c.conflicts += counts.conflicts;
-        c.bytes += counts.bytes;
-        c.invalid += invalid.len() as u64;
-        out.quarantined += invalid.len() as u64;
-        out.skipped.extend(skipped);
-        progress.tick(sessions.len() as u64, counts.bytes);
+        out.committed(&w.counts, invalid.len() as u64, w.skipped);
+        progress.tick(sessions.len() as u64, w.counts.bytes);
         Ok(())
     })
+}
+
+/// A classified batch, sorted by what the load does with each session.
+struct Sorted<'a> {
+    write: load::Batch<'a>,
+    adopt: Vec<(&'a Session, String)>,
+    skipped: Vec<ConflictInfo>,
+    counts: Counts,
+}
+
+/// What to write, adopt and skip of a batch, by its actions and `--on-conflict`; a
+/// conflict with `--on-conflict fail` stops the load (earlier batches are committed).
+fn sort_batch<'a>(
+    on_conflict: OnConflict,
+    sessions: &'a [Session],
+    actions: &[Action],
+) -> Result<Sorted<'a>> {
+    let mut w = Sorted {
+        write: load::Batch {
+            sessions: Vec::new(),
+        },
+        adopt: Vec::new(),
+        skipped: Vec::new(),
+        counts: Counts::default(),
+    };
+    let state_bytes = |s: &Session| s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+    for (s, a) in sessions.iter().zip(actions) {
+        w.counts.sessions += 1;
+        match (a, on_conflict) {
+            (Action::Insert | Action::Update, _) => {
+                w.counts.add(*a);
+                w.counts.bytes += state_bytes(s);
+                w.write.sessions.push((s, s.content_hash()));
+            }
+            (Action::Unchanged, _) => w.counts.add(*a),
+            (Action::Adopt, _) => {
+                w.counts.add(*a);
+                w.adopt.push((s, s.content_hash()));
+            }
+            (Action::Conflict, OnConflict::Fail) => {
+                return Err(Error::Conflict {
+                    message: format!(
+                        "session {} changed in the target during the run; nothing more was written (earlier batches are committed and recorded)",
+                        s.id
+                    ),
+                });
+            }
+            (Action::Conflict, OnConflict::Skip) => {
+                w.counts.conflicts += 1;
+                w.skipped.push(ConflictInfo {
+                    session: s.id.clone(),
+                    reason: "skipped (--on-conflict skip)".into(),
+                });
+            }
+            (Action::Conflict, OnConflict::SourceWins) => {
+                w.counts.conflicts += 1;
+                w.counts.updated += 1;
+                w.counts.bytes += state_bytes(s);
+                w.write.sessions.push((s, s.content_hash()));
+            }
+        }
+    }
+    Ok(w)
 }
 
 /// The ledger's stamps, asked a batch at a time on a connection of their own: sessions
@@ -793,32 +1321,21 @@ fn load_incremental(
 /// are read all the same (a conflict to name, or to rewrite from the source). `None`
 /// for an empty target, and with `--recheck` (every session is read).
 fn known_stamps(
-    t: &crate::config::Target,
+    t: &Target,
     schema_name: &str,
-    planner: &Planner,
+    classifier: &Classifier,
     recheck: bool,
 ) -> Result<Option<Box<KnownFn<'static>>>> {
-    if planner.target_empty || recheck {
+    if classifier.target_empty || recheck {
         return Ok(None);
     }
-    let changed = planner.changes.changed.clone();
-    let conn = std::sync::Mutex::new(target::connect(t)?);
-    let sql = format!(
-        "SELECT l.session_id FROM {} l JOIN ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
-                 ON l.session_id = u.i AND l.source_stamp = u.s
-          WHERE l.status = 'migrated'",
-        target::qualified(schema_name, "sessiondb_ledger")
-    );
+    let changed = classifier.changes.changed.clone();
+    let conn = std::sync::Mutex::new(pg::connect(t)?);
+    let schema_name = schema_name.to_owned();
     Ok(Some(Box::new(move |pairs: &[(&str, &str)]| {
-        let ids: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-        let stamps: Vec<&str> = pairs.iter().map(|p| p.1).collect();
         let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-        let rows = c
-            .query(&sql, &[&ids, &stamps])
-            .map_err(|e| Error::pg("reading the ledger's stamps", "", e))?;
-        Ok(rows
-            .iter()
-            .map(|r| r.get::<_, String>(0))
+        Ok(ledger::known_stamps(&mut *c, &schema_name, pairs)?
+            .into_iter()
             .filter(|id| !changed.contains(id))
             .collect())
     })))
@@ -826,11 +1343,11 @@ fn known_stamps(
 
 /// Warn when the ledger cannot tell which target rows sessiondb wrote: then a change
 /// made in the target before this run cannot be seen.
-fn warn_versions(ctx: &mut Ctx, planner: &Planner, dry: bool) {
-    if planner.target_empty {
+fn warn_versions(ctx: &mut Ctx, classifier: &Classifier, dry: bool) {
+    if classifier.target_empty {
         return;
     }
-    let ch = &planner.changes;
+    let ch = &classifier.changes;
     let what = if !ch.tracked {
         "the ledger does not record which target rows sessiondb wrote (it predates schema version 2)".to_owned()
     } else if ch.unknown > 0 {
@@ -856,46 +1373,53 @@ fn warn_versions(ctx: &mut Ctx, planner: &Planner, dry: bool) {
 
 /// Refuse on what the target's tables or constraints cannot take (`schema_mismatch`
 /// for their shape, `constraint` for the data), each named.
-fn refuse_problems(ctx: &mut Ctx, problems: &[Problem]) -> Result<()> {
-    let Some(first) = problems.first() else {
+fn refuse_problems(ctx: &mut Ctx, d: &mut Details, problems: Vec<Problem>) -> Result<()> {
+    if problems.is_empty() {
         return Ok(());
-    };
-    ctx.report.detail("target_problems", problems);
+    }
     ctx.report.next_steps.push(
         "fix the target tables or the data as each problem says (preflight names them all), then run migrate-state again: nothing was written".into(),
     );
-    let code = if problems
+    let message = problems
         .iter()
-        .any(|p| p.code == crate::target::constraints::SCHEMA_MISMATCH)
-    {
-        crate::target::constraints::SCHEMA_MISMATCH
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let shape = problems
+        .iter()
+        .any(|p| p.code == constraints::SCHEMA_MISMATCH);
+    d.target_problems = Some(problems);
+    Err(if shape {
+        Error::TablesUnfit { message }
     } else {
-        first.code
-    };
-    Err(Error::Refused {
-        code,
-        message: format!(
-            "the target cannot take the data, nothing written: {}",
-            problems
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+        Error::ConstraintViolated { message }
     })
 }
 
 /// Refuse on what the target's constraints refuse, invalid records (without
-/// --quarantine) or conflicts (with --on-conflict fail).
-fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, dry: bool) -> Result<()> {
-    refuse_problems(ctx, &p.problems)?;
-    let would = if dry { "would refuse" } else { "refused" };
+/// --quarantine) or conflicts (with --on-conflict fail). A real run refused says what
+/// its planning pass found, as the dry run does.
+fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, d: &mut Details) -> Result<()> {
+    let dry = args.dry.dry_run;
+    let refused = planned_refusal(ctx, p, args, d);
+    if refused.is_err() && !dry {
+        report_planned(ctx, p, args.quarantine, d);
+    }
+    refused
+}
+
+fn planned_refusal(ctx: &mut Ctx, p: &Planned, args: &Args, d: &mut Details) -> Result<()> {
+    refuse_problems(ctx, d, p.problems.clone())?;
+    let would = if args.dry.dry_run {
+        "would refuse"
+    } else {
+        "refused"
+    };
     if !p.invalid.is_empty() && !args.quarantine {
         ctx.report
             .next_steps
             .push("fix the invalid records, or pass --quarantine to set them aside".into());
-        return Err(Error::InvalidSource {
-            code: "invalid_records",
+        return Err(Error::InvalidRecords {
             message: format!(
                 "{} invalid record(s): {would}, nothing written (e.g. {})",
                 p.invalid.len(),
@@ -918,410 +1442,4 @@ fn refuse_if_needed(ctx: &mut Ctx, p: &Planned, args: &Args, dry: bool) -> Resul
         });
     }
     Ok(())
-}
-
-/// The backup a run stands on, chosen and checked before anything is written: the dry
-/// run and the real run call this one function, so the dry run refuses what the real
-/// run would. `--backup DIR`: that folder, which must be a complete backup with every
-/// listed file present at its size (`--verify-backup`: its SHA-256 too), else the run is
-/// refused (`backup_incomplete`, `backup_damaged`), naming the backup and what is wrong.
-/// Without it: the newest complete backup of the current source that checks out; one
-/// that does not is passed over with a warning (the real run takes a sound one of its
-/// own: refusing would leave the operator nothing to do but delete it). `None`: a
-/// backup must be taken.
-fn choose_backup(
-    ctx: &mut Ctx,
-    cfg: &Config,
-    args: &Args,
-    fp: &str,
-) -> Result<Option<crate::backup::Checked>> {
-    use crate::backup::{Depth, SUMMARY_PROBLEMS};
-    let depth = if args.verify_backup {
-        Depth::Checksums
-    } else {
-        Depth::Sizes
-    };
-    let report = |ctx: &mut Ctx, c: &crate::backup::Checked| {
-        ctx.report.detail(
-            "backup_check",
-            json!({
-                "dir": c.dir, "files": c.files, "bytes": c.bytes, "sound": c.sound,
-                "checksums": c.checksums, "problems": c.problem_count,
-                "first_problems": c.problems, "ms": c.ms,
-            }),
-        );
-    };
-    let not_a_backup = |d: &Path, e: Error| Error::Refused {
-        code: "backup_incomplete",
-        message: format!("{} is not a backup: {e}", d.display()),
-    };
-    if let Some(d) = &args.backup {
-        let c = crate::backup::check(d, depth, SUMMARY_PROBLEMS).map_err(|e| not_a_backup(d, e))?;
-        report(ctx, &c);
-        if !c.is_sound() {
-            ctx.report.next_steps.push(format!(
-                "do not rely on {}: take a new backup with `backup`, or leave out --backup and migrate-state --dry-run=false takes one",
-                d.display()
-            ));
-            return Err(Error::Refused {
-                code: c.code(),
-                message: format!("the backup {}: refused", c.summary()),
-            });
-        }
-        if c.head.as_ref().is_some_and(|h| h.source_fingerprint != fp) {
-            ctx.report.warn(Finding::new(
-                "backup_stale",
-                format!(
-                    "the backup {} was taken from an older state of the source",
-                    d.display()
-                ),
-            ));
-        }
-        tracing::info!(
-            "using the backup {}: {} listed files present{}",
-            d.display(),
-            c.files,
-            if c.checksums {
-                ", their SHA-256 match"
-            } else {
-                " at their sizes"
-            }
-        );
-        return Ok(Some(c));
-    }
-    for d in crate::backup::matching(&cfg.backup_dir, fp) {
-        let c = match crate::backup::check(&d, depth, SUMMARY_PROBLEMS) {
-            Ok(c) => c,
-            Err(e) => {
-                ctx.report.warn(
-                    Finding::new(
-                        "backup_incomplete",
-                        format!("the matching backup {}: passed over", not_a_backup(&d, e)),
-                    )
-                    .path(&d),
-                );
-                continue;
-            }
-        };
-        if c.is_sound() {
-            tracing::info!("using the matching backup {}", d.display());
-            report(ctx, &c);
-            return Ok(Some(c));
-        }
-        ctx.report.warn(
-            Finding::new(
-                c.code(),
-                format!("the matching backup {}: passed over", c.summary()),
-            )
-            .path(&d),
-        );
-    }
-    Ok(None)
-}
-
-fn record_run_start(
-    c: &mut postgres::Client,
-    schema: &str,
-    run: &uuid::Uuid,
-    fingerprint: &str,
-    backup: &Path,
-) -> Result<()> {
-    let host = hostname();
-    c.execute(
-        &format!(
-            "INSERT INTO {} (run_id, step, host, pid, tool_version, source_fingerprint, backup) VALUES ($1, 'migrate-state', $2, $3, $4, $5, $6)",
-            target::qualified(schema, "sessiondb_runs")
-        ),
-        &[run, &host, &(std::process::id() as i32), &env!("CARGO_PKG_VERSION"), &fingerprint, &backup.display().to_string()],
-    )
-    .map_err(|e| Error::pg("recording the run", "", e))?;
-    Ok(())
-}
-
-fn record_run_end(
-    c: &mut postgres::Client,
-    schema: &str,
-    run: &uuid::Uuid,
-    status: &str,
-    counts: &Counts,
-) -> Result<()> {
-    let counts = serde_json::to_value(counts).unwrap_or_default();
-    c.execute(
-        &format!(
-            "UPDATE {} SET finished_at = pg_catalog.now(), status = $2, counts = $3 WHERE run_id = $1",
-            target::qualified(schema, "sessiondb_runs")
-        ),
-        &[run, &status, &counts],
-    )
-    .map_err(|e| Error::pg("recording the run", "", e))?;
-    Ok(())
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Invalid records set aside under the backup's `quarantine/`: each record's raw bytes
-/// in a file of their own, and this run's index (`index-<run>.ndjson`, one line a
-/// record: id, code, message, path, kind, raw file, size, SHA-256). A record whose
-/// bytes the quarantine already holds (the same id, code and SHA-256 in an earlier
-/// run's index, the file still there with those bytes) is pointed at, not copied again;
-/// an unreadable file has no bytes to keep: its line says where it is and why.
-struct Quarantine {
-    dir: PathBuf,
-    index: std::fs::File,
-    index_path: PathBuf,
-    n: u64,
-    run8: String,
-    /// What earlier runs' indexes say the quarantine holds: (id, code, SHA-256) → file.
-    held: std::collections::HashMap<HeldKey, String>,
-    /// This run's first [`INLINE_LIMIT`] index lines, for the report.
-    listed: Vec<serde_json::Value>,
-    total: u64,
-    reused: u64,
-}
-
-type HeldKey = (Option<String>, String, String);
-
-impl Quarantine {
-    fn new(backup: &Path, run_id: &str) -> Result<Quarantine> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = backup.join("quarantine");
-        let werr = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e| Error::Write { path, source: e }
-        };
-        crate::fsutil::create_private_dir_all(&dir).map_err(werr(&dir))?;
-        let held = Self::read_held(&dir);
-        let run8 = run_id.chars().take(8).collect::<String>();
-        let index_path = dir.join(format!("index-{run_id}.ndjson"));
-        let index = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&index_path)
-            .map_err(werr(&index_path))?;
-        Ok(Quarantine {
-            index_path,
-            index,
-            dir,
-            n: 0,
-            run8,
-            held,
-            listed: Vec::new(),
-            total: 0,
-            reused: 0,
-        })
-    }
-
-    /// Every raw file the indexes in `dir` name, by (id, code, SHA-256). A line that
-    /// does not parse (the torn end of a run killed mid-write) is passed over.
-    fn read_held(dir: &Path) -> std::collections::HashMap<HeldKey, String> {
-        use std::io::BufRead;
-        let mut held = std::collections::HashMap::new();
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return held;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with("index-") && name.ends_with(".ndjson")) {
-                continue;
-            }
-            let Ok(f) = std::fs::File::open(e.path()) else {
-                continue;
-            };
-            for line in std::io::BufReader::new(f).lines().map_while(|l| l.ok()) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let (Some(code), Some(sha), Some(raw)) = (
-                    v["code"].as_str(),
-                    v["sha256"].as_str(),
-                    v["raw_file"].as_str(),
-                ) else {
-                    continue;
-                };
-                let id = v["id"].as_str().map(str::to_owned);
-                held.entry((id, code.to_owned(), sha.to_owned()))
-                    .or_insert_with(|| raw.to_owned());
-            }
-        }
-        held
-    }
-
-    /// Whether `name` in the quarantine holds exactly `raw`.
-    fn holds(&self, name: &str, raw: &[u8]) -> bool {
-        let safe = Path::new(name)
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-        safe && std::fs::read(self.dir.join(name)).is_ok_and(|b| b == raw)
-    }
-
-    /// Set a batch of records aside; their index lines are appended in one write.
-    fn add(&mut self, batch: &[Invalid]) -> Result<()> {
-        use std::io::Write;
-        let mut lines = Vec::new();
-        for i in batch {
-            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&i.raw));
-            let key: HeldKey = (i.id.clone(), i.code.to_owned(), sha.clone());
-            let (raw_file, reused) = if i.code == "unreadable" {
-                // Not read: there are no bytes, only where it is and the error.
-                (None, false)
-            } else if let Some(name) = self.held.get(&key).filter(|n| self.holds(n, &i.raw)) {
-                (Some(name.clone()), true)
-            } else {
-                self.n += 1;
-                let name = format!("{}-{:06}-{}.raw", self.run8, self.n, i.code);
-                let path = self.dir.join(&name);
-                crate::fsutil::write_atomic(&path, &i.raw, 0o600).map_err(|e| Error::Write {
-                    path: path.clone(),
-                    source: e,
-                })?;
-                self.held.insert(key, name.clone());
-                (Some(name), false)
-            };
-            self.reused += u64::from(reused);
-            let line = json!({
-                "id": i.id, "code": i.code, "message": i.message, "path": i.path, "record": i.record,
-                "raw_file": raw_file, "bytes": i.raw.len(), "sha256": sha, "reused": reused,
-            });
-            lines.extend_from_slice(serde_json::to_string(&line).unwrap_or_default().as_bytes());
-            lines.push(b'\n');
-            if self.listed.len() < INLINE_LIMIT {
-                self.listed.push(line);
-            }
-            self.total += 1;
-        }
-        self.index
-            .write_all(&lines)
-            .and_then(|_| self.index.sync_data())
-            .map_err(|e| Error::Write {
-                path: self.index_path.clone(),
-                source: e,
-            })
-    }
-}
-
-/// Name what a run set aside: the first [`INLINE_LIMIT`] records in
-/// `details.quarantined` (id, code, raw file), every one of them in
-/// `migrate-state-quarantined.jsonl` beside the report (with `--report-dir`), and one
-/// `quarantined` warning.
-fn report_quarantine(ctx: &mut Ctx, q: &Quarantine) {
-    ctx.report.artifact("quarantine", &q.dir);
-    ctx.report.detail("quarantine", &q.dir);
-    ctx.report.detail("quarantined", &q.listed);
-    if let Some(dir) = ctx.report_dir() {
-        match crate::report::copy_list(dir, "migrate-state-quarantined.jsonl", &q.index_path) {
-            Ok(path) => ctx.report.artifact("quarantined", &path),
-            Err(e) => tracing::warn!("{e}"),
-        }
-    }
-    if q.total == 0 {
-        return;
-    }
-    let named: Vec<String> = q
-        .listed
-        .iter()
-        .take(5)
-        .map(|l| {
-            format!(
-                "{} ({})",
-                l["id"].as_str().map_or_else(
-                    || "a record without a usable id".to_owned(),
-                    |i| format!("{i:?}")
-                ),
-                l["code"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
-    ctx.report.warn(
-        Finding::new(
-            "quarantined",
-            format!(
-                "{} invalid record(s) set aside under {} ({}{}; {} already held there, not copied again); every one is listed in {}",
-                q.total,
-                q.dir.display(),
-                named.join(", "),
-                if q.total > named.len() as u64 { ", ..." } else { "" },
-                q.reused,
-                q.index_path.display()
-            ),
-        )
-        .path(&q.dir),
-    );
-}
-
-/// Progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise.
-pub struct Progress {
-    label: &'static str,
-    total: u64,
-    done: u64,
-    bytes: u64,
-    start: Instant,
-    last: Instant,
-    tty: bool,
-    quiet: bool,
-}
-
-impl Progress {
-    pub fn new(label: &'static str, total: u64, quiet: bool) -> Progress {
-        let now = Instant::now();
-        Progress {
-            label,
-            total,
-            done: 0,
-            bytes: 0,
-            start: now,
-            last: now,
-            tty: std::io::stderr().is_terminal(),
-            quiet,
-        }
-    }
-
-    pub fn tick(&mut self, n: u64, bytes: u64) {
-        self.done += n;
-        self.bytes += bytes;
-        let every = if self.tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(5)
-        };
-        if !self.quiet && self.last.elapsed() >= every {
-            self.last = Instant::now();
-            self.print(false);
-        }
-    }
-
-    fn print(&self, end: bool) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let rate = self.done as f64 / secs;
-        let mbs = self.bytes as f64 / secs / 1e6;
-        let pct = if self.total > 0 {
-            (self.done as f64 * 100.0 / self.total as f64).min(100.0)
-        } else {
-            100.0
-        };
-        let eta = if rate > 0.0 && self.total > self.done {
-            (self.total - self.done) as f64 / rate
-        } else {
-            0.0
-        };
-        let line = format!(
-            "{}: {}/{} sessions ({pct:.0}%), {rate:.0} sessions/s, {mbs:.1} MB/s, ETA {eta:.0}s",
-            self.label, self.done, self.total
-        );
-        if self.tty {
-            eprint!("\r{line}\x1b[K{}", if end { "\n" } else { "" });
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    pub fn done(&mut self) {
-        if !self.quiet && (self.tty || self.start.elapsed() > Duration::from_secs(5)) {
-            self.print(true);
-        }
-    }
 }

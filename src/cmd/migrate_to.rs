@@ -2,8 +2,10 @@
 //! preflight → backup (real runs) → migrate-state → verify → set-default when asked,
 //! stopping at the first failing step; one report holding each step's report.
 
-use crate::cli::{self, Common, Ctx, DryRun, Step};
-use crate::cmd;
+use serde::Serialize;
+
+use crate::cmd::{backup, migrate_state, preflight, set_default, verify};
+use crate::driver::{self, Common, Ctx, DryRun, Step};
 use crate::error::{Error, Result};
 use crate::report::{CheckStatus, Report};
 
@@ -45,90 +47,41 @@ pub struct Args {
     pub quarantine: bool,
 }
 
+/// `details` of the umbrella's report: each step's own report, in order.
+#[derive(Debug, Default, Serialize)]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Report>>,
+}
+
 impl Step for Args {
     const NAME: &'static str = "migrate-to-postgres";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn dry_run(&self) -> Option<bool> {
-        Some(self.dry.dry_run)
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
-        let mut base: Vec<String> = Vec::new();
-        if let Some(c) = &self.common.config {
-            base.extend(["--config".into(), c.display().to_string()]);
-        }
-        if self.common.quiet {
-            base.push("--quiet".into());
-        }
-        let dry = format!("--dry-run={}", self.dry.dry_run);
-        let q: Vec<String> = if self.quarantine {
-            vec!["--quarantine".into()]
-        } else {
-            vec![]
-        };
-        let with = |extra: &[String]| -> Vec<String> {
-            base.iter().cloned().chain(extra.iter().cloned()).collect()
-        };
-        let mut plan: Vec<(&str, Vec<String>)> = vec![("preflight", with(&q))];
-        if !self.dry.dry_run {
-            plan.push(("backup", with(&[])));
-        }
-        plan.push((
-            "migrate-state",
-            with(&[vec![dry.clone()], q.clone()].concat()),
-        ));
-        if !self.dry.dry_run {
-            plan.push(("verify", with(&[])));
-        }
-        if self.set_default {
-            plan.push(("set-default", with(std::slice::from_ref(&dry))));
-        }
+    type Details = Details;
+    crate::step_flags!(dry);
+    fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
         // The config as the umbrella finds it (its own warnings, backend_drift judged
         // again at the end against the file as the steps leave it); a config that does
         // not load fails the first step, which says why.
         let _ = ctx.config();
-        let mut reports: Vec<Report> = Vec::new();
-        for (name, argv) in plan {
-            let r = run_named(name, &argv, ctx)?;
-            let failed = r.exit_code != 0;
-            ctx.report.check(
-                name,
-                if failed {
-                    CheckStatus::Fail
-                } else if r.status == crate::report::Status::Warn {
-                    CheckStatus::Warn
-                } else {
-                    CheckStatus::Pass
-                },
-                format!("{name}: {:?} (exit {})", r.status, r.exit_code).to_lowercase(),
-                serde_json::json!({"run_id": r.run_id}),
-            );
-            // Each step's drift warning speaks of the config as that step found it: the
-            // umbrella's own speaks of the config as the steps left it.
-            for w in r.warnings.iter().filter(|w| w.code != "backend_drift") {
-                ctx.report.warn(w.clone());
-            }
-            let code = r.exit_code;
-            let first = r
-                .errors
-                .first()
-                .map(|e| format!("{}: {}", e.code, e.message));
-            reports.push(r);
-            if failed {
-                ctx.report.detail("steps", &reports);
-                ctx.report.next_steps.push(format!("{name} failed: fix it (see its report), then run this again; finished steps are safe to repeat"));
-                return Err(Error::StepFailed {
-                    step: name.to_owned(),
-                    exit: code,
-                    message: first.unwrap_or_default(),
-                });
-            }
+        let mut seq = Sequence {
+            ctx,
+            reports: Vec::new(),
+        };
+        let result = self.steps(&mut seq);
+        let Sequence { ctx, reports } = seq;
+        let counts = reports
+            .iter()
+            .rev()
+            .find(|r| r.step == migrate_state::Args::NAME)
+            .map(|r| r.counts.clone());
+        d.steps = Some(reports);
+        if let Err((name, e)) = result {
+            ctx.report.next_steps.push(format!("{name} failed: fix it (see its report), then run this again; finished steps are safe to repeat"));
+            return Err(e);
         }
-        if let Some(last) = reports.iter().rev().find(|r| r.step == "migrate-state") {
-            ctx.report.counts = last.counts.clone();
+        if let Some(counts) = counts {
+            ctx.report.counts = counts;
         }
-        ctx.report.detail("steps", &reports);
         if self.dry.dry_run {
             ctx.report
                 .next_steps
@@ -138,30 +91,105 @@ impl Step for Args {
     }
 }
 
-fn run_named(name: &str, argv: &[String], ctx: &Ctx) -> Result<Report> {
-    let env = ctx.env.clone();
-    let usage = |e: clap::Error| Error::Usage(e.to_string());
-    Ok(match name {
-        "preflight" => cli::execute(
-            &cli::parse_args::<cmd::preflight::Args>(argv).map_err(usage)?,
-            env,
-        ),
-        "backup" => cli::execute(
-            &cli::parse_args::<cmd::backup::Args>(argv).map_err(usage)?,
-            env,
-        ),
-        "migrate-state" => cli::execute(
-            &cli::parse_args::<cmd::migrate_state::Args>(argv).map_err(usage)?,
-            env,
-        ),
-        "verify" => cli::execute(
-            &cli::parse_args::<cmd::verify::Args>(argv).map_err(usage)?,
-            env,
-        ),
-        "set-default" => cli::execute(
-            &cli::parse_args::<cmd::set_default::Args>(argv).map_err(usage)?,
-            env,
-        ),
-        other => return Err(Error::Usage(format!("unknown step {other}"))),
-    })
+impl Args {
+    /// The flags every step gets: the config and the report folder (the report file
+    /// is the umbrella's alone).
+    fn common(&self) -> Common {
+        Common {
+            config: self.common.config.clone(),
+            report_file: None,
+            report_dir: self.common.report_dir.clone(),
+            quiet: self.common.quiet,
+        }
+    }
+
+    /// preflight → backup (real runs) → migrate-state → verify (real runs) →
+    /// set-default (when asked), each step's typed flags built here.
+    fn steps(&self, seq: &mut Sequence<'_>) -> std::result::Result<(), (&'static str, Error)> {
+        let dry = DryRun {
+            dry_run: self.dry.dry_run,
+        };
+        seq.run(&preflight::Args {
+            common: self.common(),
+            quarantine: self.quarantine,
+        })?;
+        if !dry.dry_run {
+            seq.run(&backup::Args {
+                common: self.common(),
+                dry_run: Some(false),
+                include_uploads: false,
+                verify: None,
+                extract: None,
+                to: None,
+                prune: false,
+                keep: None,
+            })?;
+        }
+        seq.run(&migrate_state::Args {
+            quarantine: self.quarantine,
+            ..migrate_state::Args::new(self.common(), dry.clone())
+        })?;
+        if !dry.dry_run {
+            seq.run(&verify::Args {
+                common: self.common(),
+                sample: None,
+                smoke_url: None,
+            })?;
+        }
+        if self.set_default {
+            seq.run(&set_default::Args {
+                common: self.common(),
+                dry,
+                force: false,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The steps run so far, and the umbrella's report they are told in.
+struct Sequence<'c> {
+    ctx: &'c mut Ctx,
+    reports: Vec<Report>,
+}
+
+impl Sequence<'_> {
+    /// Run one step (its report emitted only inside the umbrella's) and tell its
+    /// outcome in a check; a failed step stops the sequence.
+    fn run<S: Step>(&mut self, step: &S) -> std::result::Result<(), (&'static str, Error)> {
+        let name = S::NAME;
+        let r = driver::execute(step, self.ctx.env.clone());
+        let failed = r.exit_code != 0;
+        self.ctx.report.check(
+            name,
+            if failed {
+                CheckStatus::Fail
+            } else if r.status == crate::report::Status::Warn {
+                CheckStatus::Warn
+            } else {
+                CheckStatus::Pass
+            },
+            format!("{name}: {:?} (exit {})", r.status, r.exit_code).to_lowercase(),
+            serde_json::json!({"run_id": r.run_id}),
+        );
+        // Each step's drift warning speaks of the config as that step found it: the
+        // umbrella's own speaks of the config as the steps left it.
+        for w in r.warnings.iter().filter(|w| w.code != "backend_drift") {
+            self.ctx.report.warn(w.clone());
+        }
+        let error = failed.then(|| Error::StepFailed {
+            step: name.to_owned(),
+            exit: r.exit_code,
+            message: r
+                .errors
+                .first()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_default(),
+        });
+        self.reports.push(r);
+        match error {
+            Some(e) => Err((name, e)),
+            None => Ok(()),
+        }
+    }
 }

@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::cli::{Common, Ctx, Step};
 use crate::config::Config;
+use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
-use crate::plan::{Counts, Planner};
+use crate::pg::classify::Classifier;
+use crate::pg::constraints::{Fit, Stats};
+use crate::pg::{self, lock, schema, server};
+use crate::plan::{ConflictInfo, Counts};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{self, Item, Session, Source, sqlite};
-use crate::target::constraints::{Fit, Stats};
-use crate::target::{self, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -29,10 +30,10 @@ pub struct Args {
 
 impl Step for Args {
     const NAME: &'static str = "preflight";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
+    /// Preflight's findings are all in its checks.
+    type Details = ();
+    crate::step_flags!();
+    fn run(&self, ctx: &mut Ctx, _: &mut ()) -> Result<()> {
         run(ctx, self.quarantine)
     }
 }
@@ -43,6 +44,18 @@ const LOAD_BYTES_PER_SEC: f64 = 20.0 * 1024.0 * 1024.0;
 const SPACE_MARGIN: f64 = 1.25;
 const SPACE_SLACK: u64 = 16 * 1024 * 1024;
 
+/// What the one pass over every session found.
+#[derive(Default)]
+struct Scanned {
+    stats: Option<Stats>,
+    counts: Counts,
+    invalid: Vec<source::Invalid>,
+    conflicts: Vec<ConflictInfo>,
+    /// `None` when the sessions were not read (see `error`, or a failed check before).
+    summary: Option<source::Summary>,
+    error: Option<Error>,
+}
+
 pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     let cfg = ctx.config()?;
     ctx.report.check(
@@ -51,8 +64,6 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         format!("{} (backend {})", cfg.path.display(), cfg.backend),
         json!({"provenance": cfg.provenance}),
     );
-    let src = Source::from_config(&cfg);
-
     // The source, store by store. The JSON store is one file: parse it up front, so that
     // one that does not load fails its own check, not the state files'.
     let sqlite_ok = check_sqlite(ctx, &cfg);
@@ -68,227 +79,273 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     } else {
         None
     };
-
-    // The target.
+    // The target, and its shape first: a table that cannot take the data is not read
+    // as if it could.
     let mut pg = connect_target(ctx, &cfg);
     let fit = match pg.as_mut() {
         Some(c) => Fit::read(c, &cfg.postgres.schema)?,
         None => Fit::default(),
     };
-    // Its shape first: a table that cannot take the data is not read as if it could.
-    let shape_ok = fit.shape_problems().is_empty();
-    let planner = match pg.as_mut() {
-        Some(c) if shape_ok => Some(Planner::new(c, &cfg.postgres.schema, &fit, false)?),
+    let classifier = match pg.as_mut() {
+        Some(c) if fit.shape_problems().is_empty() => {
+            Some(Classifier::new(c, &cfg.postgres.schema, &fit, false)?)
+        }
         _ => None,
     };
     if let Some(c) = pg.as_mut() {
-        warn_duplicate_gin(ctx, c, &cfg.postgres.schema)?;
-    }
-
-    // One pass over every session.
-    let mut stats = fit.stats();
-    let mut counts = Counts::default();
-    let mut invalid: Vec<source::Invalid> = Vec::new();
-    let mut conflicts = Vec::new();
-    let mut summary = None;
-    let mut scan_error = None;
-    if not_read.is_none() {
-        match src.open() {
-            Ok(reader) => {
-                let res = reader.scan(1000, |items| {
-                    let mut batch: Vec<Session> = Vec::with_capacity(items.len());
-                    for it in items {
-                        match it {
-                            Item::Session(s) => batch.push(s),
-                            Item::Invalid(i) => invalid.push(i),
-                            Item::Known { .. } => unreachable!("preflight reads every session"),
-                        }
-                    }
-                    for s in &batch {
-                        stats.add(s);
-                        counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
-                    }
-                    counts.sessions += batch.len() as u64;
-                    if let (Some(p), Some(c)) = (&planner, pg.as_mut()) {
-                        let cl = p.classify(c, &batch)?;
-                        cl.actions.into_iter().for_each(|a| counts.add(a));
-                        conflicts.extend(cl.conflicts);
-                    }
-                    Ok(())
-                });
-                match res {
-                    Ok(s) => summary = Some(s),
-                    Err(e) => scan_error = Some(e),
-                }
-            }
-            Err(e) => scan_error = Some(e),
+        if let Some(w) = schema::duplicate_gin(c, &cfg.postgres.schema)? {
+            ctx.report.warn(w);
         }
     }
-    counts.invalid = invalid.len() as u64;
-
-    // Source checks.
-    let inv_files: Vec<&source::Invalid> = invalid
-        .iter()
-        .filter(|i| i.record == "state_file")
-        .collect();
-    let inv_rows: Vec<&source::Invalid> = invalid
-        .iter()
-        .filter(|i| i.record != "state_file")
-        .collect();
-    if let Some(e) = &scan_error {
-        ctx.report.check(
-            "source_state_files",
-            CheckStatus::Fail,
-            format!("cannot read the store: {e}"),
-            json!({}),
-        );
-        ctx.report
-            .errors
-            .push(Finding::new(e.code(), e.to_string()));
-    } else if let (Some(why), true) = (not_read, cfg.sqlite.is_some()) {
-        ctx.report.check(
-            "source_state_files",
-            CheckStatus::Skip,
-            format!("not read: {why}"),
-            json!({}),
-        );
-    } else if cfg.sqlite.is_some() {
-        let s = summary.as_ref();
-        let orphans = s.map_or(0, |s| s.orphans);
-        // Invalid files fail unless the operator means to quarantine them (SPEC §4).
-        let status = if !inv_files.is_empty() && !quarantine {
-            CheckStatus::Fail
-        } else if !inv_files.is_empty() || orphans > 0 {
-            CheckStatus::Warn
-        } else {
-            CheckStatus::Pass
-        };
-        ctx.report.check(
-            "source_state_files",
-            status,
-            format!("{} state files read, {} invalid, {} orphan(s), {} state conflict(s)", s.map_or(0, |s| s.state_files), inv_files.len(), orphans, s.map_or(0, |s| s.state_conflicts)),
-            json!({"invalid": inv_files.iter().take(INLINE_LIMIT).map(|i| i.finding()).collect::<Vec<_>>()}),
-        );
-    } else {
-        ctx.report.check(
-            "source_state_files",
-            CheckStatus::Skip,
-            "no [sqlite] store configured",
-            json!({}),
-        );
-    }
-    match (&cfg.json_path, &summary) {
-        (Some(p), _) if json_error.is_some() => {
-            let e = json_error.as_ref().expect("checked");
-            ctx.report.check(
-                "source_json_store",
-                CheckStatus::Fail,
-                e.to_string(),
-                json!({"path": p}),
-            );
-            ctx.report
-                .errors
-                .push(Finding::new(e.code(), e.to_string()).path(p));
-        }
-        (None, _) => ctx.report.check(
-            "source_json_store",
-            CheckStatus::Skip,
-            "no [json] store configured",
-            json!({}),
-        ),
-        (Some(p), Some(s)) => {
-            let dups: Vec<&Finding> = s
-                .warnings
-                .iter()
-                .filter(|w| w.code == "duplicate_id")
-                .collect();
-            let bad: Vec<&&source::Invalid> = inv_rows
-                .iter()
-                .filter(|i| i.record == "json_record")
-                .collect();
-            let status = if !dups.is_empty() || (!bad.is_empty() && !quarantine) {
-                CheckStatus::Fail
-            } else if !bad.is_empty() {
-                CheckStatus::Warn
-            } else {
-                CheckStatus::Pass
-            };
-            ctx.report.check(
-                "source_json_store",
-                status,
-                format!(
-                    "{}: {} records, {} invalid, {} id(s) duplicated with different metadata",
-                    p.display(),
-                    s.json_records,
-                    bad.len(),
-                    dups.len()
-                ),
-                json!({"duplicates": dups.iter().take(INLINE_LIMIT).collect::<Vec<_>>()}),
-            );
-            // They fail the check: errors, each naming its session, not warnings.
-            for d in dups.iter().take(INLINE_LIMIT) {
-                ctx.report.errors.push((*d).clone());
-            }
-        }
-        (Some(p), None) => ctx.report.check(
-            "source_json_store",
-            CheckStatus::Skip,
-            format!(
-                "{} loads; its sessions were not checked: {}",
-                p.display(),
-                not_read.unwrap_or("the scan of the store stopped")
-            ),
-            json!({"path": p}),
-        ),
-    }
-    if let Some(s) = &summary {
+    let scanned = match not_read {
+        None => scan(&cfg, &fit, classifier.as_ref().zip(pg.as_mut())),
+        Some(_) => Scanned::default(),
+    };
+    let read = Read {
+        cfg: &cfg,
+        scanned: &scanned,
+        not_read,
+        json_error: json_error.as_ref(),
+        quarantine,
+    };
+    read.report_state_files(ctx);
+    read.report_json_store(ctx);
+    if let Some(s) = &scanned.summary {
         for w in &s.warnings {
-            // duplicate_id fails source_json_store: reported as errors above.
+            // duplicate_id fails source_json_store: reported as errors there.
             if w.code != "duplicate_id" {
                 ctx.report.warn(w.clone());
             }
         }
     }
-
-    // Backup location.
-    let estimate = estimate_backup(&cfg, counts.bytes);
+    let estimate = estimate_backup(&cfg, scanned.counts.bytes);
     check_backup_location(ctx, &cfg.backup_dir, estimate);
+    check_constraints(ctx, pg.as_mut(), &fit, &scanned, quarantine, &cfg)?;
+    report_plan(ctx, &scanned, estimate, pg.is_some(), quarantine);
+    Ok(())
+}
 
-    // Constraints: the target as it is, against the data.
-    check_constraints(
-        ctx,
-        pg.as_mut(),
-        &fit,
-        summary.as_ref().map(|_| &stats),
-        &invalid,
-        quarantine,
-        &cfg,
-    )?;
+/// One pass over every session: the facts the constraints care about, and each
+/// session classified when the target can be read.
+fn scan(
+    cfg: &Config,
+    fit: &Fit,
+    mut classify: Option<(&Classifier, &mut postgres::Client)>,
+) -> Scanned {
+    let mut out = Scanned::default();
+    let mut stats = fit.stats();
+    let reader = match Source::from_config(cfg).open() {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
+        }
+    };
+    let res = reader.scan(1000, |items| {
+        let mut batch: Vec<Session> = Vec::with_capacity(items.len());
+        for it in items {
+            match it {
+                Item::Session(s) => batch.push(s),
+                Item::Invalid(i) => out.invalid.push(i),
+                Item::Known { .. } => unreachable!("preflight reads every session"),
+            }
+        }
+        for s in &batch {
+            stats.add(s);
+            out.counts.bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+        }
+        out.counts.sessions += batch.len() as u64;
+        if let Some((p, c)) = classify.as_mut() {
+            let cl = p.classify(*c, &batch)?;
+            cl.actions.into_iter().for_each(|a| out.counts.add(a));
+            out.conflicts.extend(cl.conflicts);
+        }
+        Ok(())
+    });
+    out.counts.invalid = out.invalid.len() as u64;
+    match res {
+        Ok(s) => {
+            out.summary = Some(s);
+            out.stats = Some(stats);
+        }
+        Err(e) => out.error = Some(e),
+    }
+    out
+}
 
-    if summary.is_none() {
+/// What preflight read of the source, for the source's checks.
+struct Read<'a> {
+    cfg: &'a Config,
+    scanned: &'a Scanned,
+    /// Why the sessions were not read, when they were not.
+    not_read: Option<&'a str>,
+    json_error: Option<&'a Error>,
+    quarantine: bool,
+}
+
+impl Read<'_> {
+    /// `source_state_files`: every state file read; invalid ones fail unless quarantined.
+    fn report_state_files(&self, ctx: &mut Ctx) {
+        let Read {
+            cfg,
+            scanned,
+            not_read,
+            quarantine,
+            ..
+        } = *self;
+        let inv_files: Vec<&source::Invalid> = scanned
+            .invalid
+            .iter()
+            .filter(|i| i.record == "state_file")
+            .collect();
+        if let Some(e) = &scanned.error {
+            ctx.report.check(
+                "source_state_files",
+                CheckStatus::Fail,
+                format!("cannot read the store: {e}"),
+                json!({}),
+            );
+            ctx.report
+                .errors
+                .push(Finding::new(e.code(), e.to_string()));
+        } else if let (Some(why), true) = (not_read, cfg.sqlite.is_some()) {
+            ctx.report.check(
+                "source_state_files",
+                CheckStatus::Skip,
+                format!("not read: {why}"),
+                json!({}),
+            );
+        } else if cfg.sqlite.is_some() {
+            let s = scanned.summary.as_ref();
+            let orphans = s.map_or(0, |s| s.orphans);
+            // Invalid files fail unless the operator means to quarantine them (SPEC §4).
+            let status = if !inv_files.is_empty() && !quarantine {
+                CheckStatus::Fail
+            } else if !inv_files.is_empty() || orphans > 0 {
+                CheckStatus::Warn
+            } else {
+                CheckStatus::Pass
+            };
+            ctx.report.check(
+            "source_state_files",
+            status,
+            format!("{} state files read, {} invalid, {} orphan(s), {} state conflict(s)", s.map_or(0, |s| s.state_files), inv_files.len(), orphans, s.map_or(0, |s| s.state_conflicts)),
+            json!({"invalid": inv_files.iter().take(INLINE_LIMIT).map(|i| i.finding()).collect::<Vec<_>>()}),
+        );
+        } else {
+            ctx.report.check(
+                "source_state_files",
+                CheckStatus::Skip,
+                "no [sqlite] store configured",
+                json!({}),
+            );
+        }
+    }
+
+    /// `source_json_store`: the store loads, its records are valid, no id repeats with
+    /// other metadata.
+    fn report_json_store(&self, ctx: &mut Ctx) {
+        let Read {
+            cfg,
+            scanned,
+            not_read,
+            json_error,
+            quarantine,
+        } = *self;
+        match (&cfg.json_path, &scanned.summary, json_error) {
+            (Some(p), _, Some(e)) => {
+                ctx.report.check(
+                    "source_json_store",
+                    CheckStatus::Fail,
+                    e.to_string(),
+                    json!({"path": p}),
+                );
+                ctx.report
+                    .errors
+                    .push(Finding::new(e.code(), e.to_string()).path(p));
+            }
+            (None, _, _) => ctx.report.check(
+                "source_json_store",
+                CheckStatus::Skip,
+                "no [json] store configured",
+                json!({}),
+            ),
+            (Some(p), Some(s), None) => {
+                let dups: Vec<&Finding> = s
+                    .warnings
+                    .iter()
+                    .filter(|w| w.code == "duplicate_id")
+                    .collect();
+                let bad = scanned
+                    .invalid
+                    .iter()
+                    .filter(|i| i.record == "json_record")
+                    .count();
+                let status = if !dups.is_empty() || (bad > 0 && !quarantine) {
+                    CheckStatus::Fail
+                } else if bad > 0 {
+                    CheckStatus::Warn
+                } else {
+                    CheckStatus::Pass
+                };
+                ctx.report.check(
+                    "source_json_store",
+                    status,
+                    format!(
+                        "{}: {} records, {} invalid, {} id(s) duplicated with different metadata",
+                        p.display(),
+                        s.json_records,
+                        bad,
+                        dups.len()
+                    ),
+                    json!({"duplicates": dups.iter().take(INLINE_LIMIT).collect::<Vec<_>>()}),
+                );
+                // They fail the check: errors, each naming its session, not warnings.
+                for d in dups.iter().take(INLINE_LIMIT) {
+                    ctx.report.errors.push((*d).clone());
+                }
+            }
+            (Some(p), None, None) => ctx.report.check(
+                "source_json_store",
+                CheckStatus::Skip,
+                format!(
+                    "{} loads; its sessions were not checked: {}",
+                    p.display(),
+                    not_read.unwrap_or("the scan of the store stopped")
+                ),
+                json!({"path": p}),
+            ),
+        }
+    }
+}
+
+/// The `plan` check: what a load would do, and the next steps.
+fn report_plan(
+    ctx: &mut Ctx,
+    scanned: &Scanned,
+    estimate: u64,
+    target_reachable: bool,
+    quarantine: bool,
+) {
+    if scanned.summary.is_none() {
         // Nothing to plan: counts of a store that was not read would be a false zero.
         ctx.report.check(
             "plan",
             CheckStatus::Skip,
             "no plan: the source could not be read",
-            json!({"target_reachable": pg.is_some()}),
+            json!({"target_reachable": target_reachable}),
         );
         ctx.report
             .next_steps
             .push("fix every failed check, then run preflight again".into());
-        return Ok(());
+        return;
     }
-
-    // The plan.
+    let counts = &scanned.counts;
     let est_secs = counts.bytes as f64 / LOAD_BYTES_PER_SEC;
-    let plan_status = if counts.conflicts > 0 {
+    let plan_status = if counts.conflicts > 0 || (counts.invalid > 0 && !quarantine) {
         CheckStatus::Fail
     } else if counts.invalid > 0 {
-        if quarantine {
-            CheckStatus::Warn
-        } else {
-            CheckStatus::Fail
-        }
+        CheckStatus::Warn
     } else {
         CheckStatus::Pass
     };
@@ -303,12 +360,12 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
             "counts": counts,
             "estimated_load_seconds": est_secs.ceil(),
             "estimated_backup_bytes": estimate,
-            "conflicts": conflicts.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
-            "target_reachable": pg.is_some(),
+            "conflicts": scanned.conflicts.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
+            "target_reachable": target_reachable,
         }),
     );
     counts.to_report(&mut ctx.report);
-    for i in invalid.iter().take(INLINE_LIMIT) {
+    for i in scanned.invalid.iter().take(INLINE_LIMIT) {
         let f = i.finding();
         if quarantine {
             ctx.report.warn(f)
@@ -316,14 +373,18 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
             ctx.report.errors.push(f)
         }
     }
-    if let Some(Ok(p)) =
-        crate::report::write_list(ctx.report_dir(), "preflight-invalid.jsonl", &invalid)
-    {
+    if let Some(Ok(p)) = crate::report::write_list(
+        ctx.report_dir(),
+        "preflight-invalid.jsonl",
+        &scanned.invalid,
+    ) {
         ctx.report.artifact("invalid_records", &p);
     }
-    if let Some(Ok(p)) =
-        crate::report::write_list(ctx.report_dir(), "preflight-conflicts.jsonl", &conflicts)
-    {
+    if let Some(Ok(p)) = crate::report::write_list(
+        ctx.report_dir(),
+        "preflight-conflicts.jsonl",
+        &scanned.conflicts,
+    ) {
         ctx.report.artifact("conflicts", &p);
     }
     if ctx.report.has_failed_check() {
@@ -338,7 +399,6 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
             .next_steps
             .push("backup, then migrate-state --dry-run=false".into());
     }
-    Ok(())
 }
 
 fn check_sqlite(ctx: &mut Ctx, cfg: &Config) -> bool {
@@ -407,15 +467,9 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             return None;
         }
     };
-    let mut c = match target::connect(&t) {
+    let mut c = match crate::cmd::check::connect_or_fail(ctx, &t) {
         Ok(c) => c,
         Err(e) => {
-            ctx.report.check(
-                "postgres_connectivity",
-                CheckStatus::Fail,
-                e.to_string(),
-                json!({"target": t.display}),
-            );
             ctx.report.check(
                 "postgres_permissions",
                 CheckStatus::Skip,
@@ -435,37 +489,29 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         }
     };
     let schema_name = cfg.postgres.schema.clone();
-    let info = c.query_one(
-        "SELECT pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_encoding'),
-                current_user::text, pg_catalog.current_setting('search_path')",
-        &[],
-    );
-    let user = match info {
-        Ok(r) => {
-            let (v, enc, user, search_path): (String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            let ok = enc.eq_ignore_ascii_case("UTF8");
-            let tls = target::session_tls(&mut c).unwrap_or_default();
+    let user = match server::Info::read(&mut c, &t.display) {
+        Ok(info) => {
             ctx.report.check(
                 "postgres_connectivity",
-                if ok {
+                if info.utf8() {
                     CheckStatus::Pass
                 } else {
                     CheckStatus::Fail
                 },
                 format!(
-                    "{} as {user}, {} (sslmode={}): PostgreSQL {v}, server_encoding {enc}",
+                    "{} as {}, {} (sslmode={}): PostgreSQL {}, server_encoding {}",
                     t.display,
-                    tls.as_deref()
-                        .map_or("not encrypted".to_owned(), |v| format!("over {v}")),
-                    t.tls.mode
+                    info.user,
+                    info.carried(),
+                    t.tls.mode,
+                    info.server_version,
+                    info.server_encoding
                 ),
-                json!({"server_version": v, "server_encoding": enc, "user": user, "sslmode": t.tls.mode.as_str(), "tls": tls, "search_path": search_path}),
+                json!({"server_version": info.server_version, "server_encoding": info.server_encoding, "user": info.user, "sslmode": t.tls.mode.as_str(), "tls": info.tls, "search_path": info.search_path}),
             );
-            user
+            info.user
         }
         Err(e) => {
-            let e = Error::pg("reading server settings", &t.display, e);
             ctx.report.check(
                 "postgres_connectivity",
                 CheckStatus::Fail,
@@ -475,7 +521,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             return None;
         }
     };
-    match target::lock_free(&mut c, &schema_name) {
+    match lock::holder(&mut c, &schema_name) {
         Ok(Some(holder)) => ctx.report.warn(Finding::new(
             "lock_held",
             format!("a sessiondb writer is running now: {holder}"),
@@ -483,22 +529,17 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
         Ok(None) => {}
         Err(e) => ctx.report.warn(Finding::new(e.code(), e.to_string())),
     }
-    // Permissions: SELECT/INSERT/UPDATE on the tables that exist, else CREATE in the
-    // schema, and a session that may write at all (the probe `check` uses too).
-    match target::Permissions::probe(&mut c, &schema_name) {
+    check_permissions(ctx, &mut c, &schema_name, &user);
+    check_rehearsal(ctx, &mut c, &schema_name);
+    Some(c)
+}
+
+/// `postgres_permissions`: SELECT/INSERT/UPDATE on the tables that exist, else CREATE
+/// in the schema, and a session that may write at all (the probe `check` uses too).
+fn check_permissions(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str, user: &str) {
+    match pg::Permissions::probe(c, schema_name) {
         Ok(perms) => {
-            let problem = perms.problem(&user);
-            ctx.report.check(
-                "postgres_permissions",
-                if problem.is_none() {
-                    CheckStatus::Pass
-                } else {
-                    CheckStatus::Fail
-                },
-                problem.clone().unwrap_or_else(|| perms.summary()),
-                serde_json::to_value(&perms).unwrap_or_default(),
-            );
-            if let Some(p) = problem {
+            if let Some(p) = crate::cmd::check::report_permissions(ctx, &perms, user) {
                 ctx.report.errors.push(Finding::new("permission_denied", p));
             }
         }
@@ -511,7 +552,11 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
             );
         }
     }
-    match schema::rehearse(&mut c, &schema_name, &ctx.run_id()) {
+}
+
+/// `postgres_schema`: the schema versions applied in a transaction rolled back.
+fn check_rehearsal(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str) {
+    match schema::rehearse(c, schema_name, &ctx.run_id()) {
         Ok(applied) => ctx.report.check(
             "postgres_schema",
             CheckStatus::Pass,
@@ -534,32 +579,19 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
                 .push(Finding::new(e.code(), e.to_string()));
         }
     }
-    Some(c)
-}
-
-/// Warn of two or more GIN indexes on `session_state.state` (the application's and
-/// sessiondb's, say): each costs every write, and one serves the queries.
-pub fn warn_duplicate_gin(
-    ctx: &mut Ctx,
-    c: &mut postgres::Client,
-    schema_name: &str,
-) -> Result<()> {
-    if let Some(w) = schema::duplicate_gin(c, schema_name)? {
-        ctx.report.warn(w);
-    }
-    Ok(())
 }
 
 fn check_constraints(
     ctx: &mut Ctx,
     pg: Option<&mut postgres::Client>,
     fit: &Fit,
-    // None when the source could not be read: then only the tables' shape is checked.
-    stats: Option<&Stats>,
-    invalid: &[source::Invalid],
+    scanned: &Scanned,
     quarantine: bool,
     cfg: &Config,
 ) -> Result<()> {
+    // No stats when the source could not be read: then only the tables' shape is checked.
+    let stats = scanned.stats.as_ref();
+    let invalid = &scanned.invalid;
     let source_read = stats.is_some();
     let mut problems = fit.shape_problems();
     if let (Some(c), Some(stats), true) = (pg, stats, problems.is_empty()) {

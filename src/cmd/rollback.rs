@@ -3,41 +3,50 @@
 //! them into the legacy store: each SQLite row, and `state.json` for an id that is a
 //! safe path component (the SQLite `state` column otherwise). PostgreSQL keeps its data.
 //!
-//! Shaped resolve → plan → act, so that the dry run reaches every refusal the real run
-//! would, with the same code:
+//! Shaped resolve → plan → act, as every writing step, so that the dry run reaches
+//! every refusal the real run would, with the same code:
 //!
-//! - **resolve** reads, and refuses what it already knows cannot be written: the
-//!   previous backend, the changed sessions, the legacy table's shape (a NOT NULL column
-//!   without a value, a STRICT column of the wrong type: `schema_mismatch`), each
-//!   session's place in the sessions folder (a symlink: `symlink_outside_root`; a
-//!   special file: `not_regular_file`), the config (a read-only or Kubernetes-mounted
-//!   config: `config_read_only`), and the journals of earlier rollbacks left unfinished;
-//! - **plan** is the value the dry run prints (`details.plan`, `details.sessions`);
-//! - **act** (`--dry-run=false`) finishes or undoes any unfinished journal, takes the
-//!   writers' lock and a backup of the legacy store, then exports in rounds, each round
-//!   all-or-nothing through a journal in that backup ([`journal`]): new state files under
-//!   temporary names, the rows in one SQLite transaction, the renames, the journal done.
-//!   It checks PostgreSQL again until it stops changing, and only then sets the
-//!   config's backend back. The report names every session exported and says what
-//!   the legacy store holds (`details.legacy_store`).
+//! - **resolve**: the config and its `[sqlite]` store (a FIFO or a device at one of
+//!   its paths refused); the journals of earlier rollbacks left unfinished, finished
+//!   or undone (the dry run says which: this needs only the legacy store, and each
+//!   journal its own lock); the target;
+//! - **the writers' lock**, before any read that decides what to write (a dry run
+//!   sees it free, or refuses `lock_held` as the real run would);
+//! - **plan** reads, and refuses what it already knows cannot be written: the previous
+//!   backend, the changed sessions, the legacy table's shape (a NOT NULL column without
+//!   a value, a STRICT column of the wrong type: `schema_mismatch`), each session's
+//!   place in the sessions folder (a symlink: `symlink_outside_root`; a special file:
+//!   `not_regular_file`), the config (a read-only or Kubernetes-mounted config:
+//!   `config_read_only`). The plan is the value the dry run prints (`details.plan`,
+//!   `details.sessions`);
+//! - **act** (`--dry-run=false`) takes a backup of the legacy store, then exports in
+//!   rounds, each round all-or-nothing through a journal in that backup ([`journal`]):
+//!   new state files under temporary names, the rows in one SQLite transaction, the
+//!   renames, the journal done. It checks PostgreSQL again until it stops changing, and
+//!   only then sets the config's backend back. The report names every session exported
+//!   and says what the legacy store holds (`details.legacy_store`).
 
 mod journal;
 mod legacy;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::json;
 
 use crate::backup::BackupResult;
-use crate::cli::{Common, Ctx, DryRun, Step};
-use crate::config::{Backend, Config};
-use crate::cutover;
+use crate::config::{Backend, Config, SqliteSource, Target};
+use crate::cutover::{self, Edit};
+use crate::driver::{Common, Ctx, DryRun, Step};
 use crate::error::{Error, Result};
-use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
+use crate::pg::constraints::Fit;
+use crate::pg::ledger::{self, runs};
+use crate::pg::lock::Guard;
+use crate::pg::rows::{Rows, Since};
+use crate::report::{CheckStatus, INLINE_LIMIT};
 use crate::source::Meta;
 use crate::source::write::{FileDigest, STATE_FILE, Sync};
-use crate::target::{self, WriterLock, qualified};
 use legacy::{Export, FileAction, Legacy, RowWrite, StateTo};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -48,16 +57,38 @@ pub struct Args {
     pub dry: DryRun,
 }
 
+crate::details! {
+    /// `details` of a rollback report.
+    pub struct Details {
+        /// Journals of earlier rollbacks, finished or undone (the dry run: to be).
+        pub recovered: Vec<journal::Recovery>,
+        /// The cutover the rollback reverses (`null`: none recorded).
+        pub cutover: Option<runs::Cutover>,
+        pub back_to: Backend,
+        pub plan: Plan,
+        /// The config edit, as `-old` / `+new` lines.
+        pub diff: Vec<String>,
+        /// The first [`INLINE_LIMIT`] sessions to export (all in `rollback-sessions.jsonl`).
+        pub sessions: Vec<Export>,
+        /// What the legacy store holds after this run.
+        pub legacy_store: LegacyStore,
+        /// The first [`INLINE_LIMIT`] sessions exported (all in `rollback-exported.jsonl`).
+        pub exported: Vec<Exported>,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LegacyStore {
+    pub state: Held,
+    pub message: String,
+}
+
 impl Step for Args {
     const NAME: &'static str = "rollback";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn dry_run(&self) -> Option<bool> {
-        Some(self.dry.dry_run)
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
-        run(ctx, self.dry.dry_run)
+    type Details = Details;
+    crate::step_flags!(dry);
+    fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
+        run(ctx, self.dry.dry_run, details)
     }
 }
 
@@ -81,7 +112,7 @@ const ROUNDS: u32 = 3;
 /// What the legacy store holds after this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-enum Held {
+pub enum Held {
     /// Nothing of this run was written into it.
     Unchanged,
     /// Every session this run exported is in, row and state file.
@@ -95,14 +126,14 @@ enum Held {
 
 /// One exported session, as the report names it.
 #[derive(Debug, Clone, Serialize)]
-struct Exported<'a> {
-    session: &'a str,
+pub struct Exported {
+    session: String,
     kind: &'static str,
     round: u32,
     row: RowWrite,
     state_to: StateTo,
     #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'a std::path::Path>,
+    file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     file_action: Option<FileAction>,
 }
@@ -111,33 +142,36 @@ struct Exported<'a> {
 struct Outcome {
     rounds: Vec<(u32, Vec<Export>)>,
     held: Held,
-    journals: Vec<std::path::PathBuf>,
+    journals: Vec<PathBuf>,
 }
 
 impl Outcome {
-    fn exported(&self) -> impl Iterator<Item = Exported<'_>> {
-        self.rounds.iter().flat_map(|(round, xs)| {
-            xs.iter().map(|x| Exported {
-                session: &x.session,
-                kind: x.kind,
-                round: *round,
-                row: x.row,
-                state_to: x.state_to,
-                file: x.file.as_deref(),
-                file_action: x.file_action,
+    fn exported(&self) -> Vec<Exported> {
+        self.rounds
+            .iter()
+            .flat_map(|(round, xs)| {
+                xs.iter().map(|x| Exported {
+                    session: x.session.clone(),
+                    kind: x.kind,
+                    round: *round,
+                    row: x.row,
+                    state_to: x.state_to,
+                    file: x.file.clone(),
+                    file_action: x.file_action,
+                })
             })
-        })
+            .collect()
     }
 }
 
-/// The plan the dry run prints, and the real run follows.
-#[derive(Debug, Serialize)]
-struct Plan<'a> {
+/// The plan the dry run prints, and the real run follows (`details.plan`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
     back_to: Backend,
     /// The config edit: the file as named, and the file actually rewritten.
-    config: Option<ConfigPlan<'a>>,
+    config: Option<ConfigPlan>,
     /// Journals of earlier rollbacks the real run finishes or undoes first.
-    recover: &'a [journal::Recovery],
+    recover: Vec<journal::Recovery>,
     sessions: usize,
     rows_insert: usize,
     rows_update: usize,
@@ -149,151 +183,52 @@ struct Plan<'a> {
     refusals: usize,
 }
 
-#[derive(Debug, Serialize)]
-struct ConfigPlan<'a> {
-    path: &'a std::path::Path,
-    target: &'a std::path::Path,
+#[derive(Debug, Clone, Serialize)]
+struct ConfigPlan {
+    path: PathBuf,
+    target: PathBuf,
     via_symlink: bool,
-    from: &'a str,
-    to: &'a str,
+    from: String,
+    to: String,
 }
 
-pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
-    // ---- resolve ------------------------------------------------------------------
-    let cfg = ctx.config()?;
-    let sq = cfg.sqlite.clone().ok_or_else(|| Error::ConfigInvalid {
-        path: cfg.path.clone(),
-        message: "rollback exports into [sqlite]; there is none".into(),
-    })?;
-    // The store this writes back into: a FIFO or a device at one of its paths is refused
-    // before anything else, in the dry run too.
-    crate::source::Source::from_config(&cfg).check_paths()?;
-    // Earlier rollbacks killed or failed half-way: the real run finishes or undoes each
-    // first (this needs only the legacy store), the dry run says which it would.
-    let recoveries = recover_earlier(ctx, &cfg, dry_run)?;
-    let t = ctx.target(Some(&cfg))?;
-    let schema_name = cfg.postgres.schema.clone();
-    let mut c = target::connect(&t)?;
-    let cut = cutover::latest(&mut c, &schema_name, "set_default")?;
-    let back_to = match (&cut, cfg.backend) {
-        (Some(cu), _) => parse_backend(&cu.from_backend),
-        (None, Backend::Postgres) => {
-            return Err(Error::Refused {
-                code: "no_cutover",
-                message: format!(
-                    "{} says postgres but no cutover is recorded in the target, so the previous backend is unknown: edit the file by hand",
-                    cfg.path.display()
-                ),
-            });
-        }
-        (None, b) => b,
-    };
-    if back_to == Backend::Json {
-        return Err(Error::Refused { code: "json_backend_deprecated", message: "the previous backend was the deprecated JSON store, which is read-only: roll back to sqlite by hand".into() });
-    }
-    ctx.report.detail("cutover", &cut);
-    ctx.report.detail("back_to", back_to);
-    if !crate::target::schema::table_exists(&mut c, &schema_name, "sessiondb_ledger")? {
-        return Err(Error::Refused {
-            code: "nothing_migrated",
-            message: "the target has no sessiondb ledger: nothing was migrated, nothing to export"
-                .into(),
-        });
-    }
-    let changed = find_changed(&mut c, &schema_name)?;
-    let created = changed.iter().filter(|x| x.kind == "created").count() as u64;
-    ctx.report.count("created", created);
-    ctx.report.count("changed", changed.len() as u64 - created);
-    let legacy = Legacy::open(&sq.path, &sq.sessions_dir)?;
-    let (exports, mut refusals) = legacy.plan(changed)?;
-    let edit = match cutover::plan_edit(&cfg.path, back_to) {
-        Ok(e) => e,
-        Err(e) => {
-            refusals.push(e);
-            None
-        }
-    };
-    if let Some(w) = edit.as_ref().and_then(cutover::symlink_warning) {
-        ctx.report.warn(w);
-    }
+/// What resolve finds: the config, its legacy store, the target.
+struct Resolved {
+    cfg: Config,
+    sqlite: SqliteSource,
+    target: Target,
+}
 
-    // ---- plan ---------------------------------------------------------------------
-    let count = |f: &dyn Fn(&Export) -> bool| exports.iter().filter(|x| f(x)).count();
-    let plan = Plan {
-        back_to,
-        config: edit.as_ref().map(|e| ConfigPlan {
-            path: &e.path,
-            target: &e.target,
-            via_symlink: e.via_symlink,
-            from: &e.from,
-            to: &e.to,
-        }),
-        recover: &recoveries,
-        sessions: exports.len(),
-        rows_insert: count(&|x| x.row == RowWrite::Insert),
-        rows_update: count(&|x| x.row == RowWrite::Update),
-        files_create: count(&|x| x.file_action == Some(FileAction::Create)),
-        files_replace: count(&|x| x.file_action == Some(FileAction::Replace)),
-        files_unchanged: count(&|x| x.file_action == Some(FileAction::Unchanged)),
-        states_in_column: count(&|x| x.state_to == StateTo::Column),
-        refusals: refusals.len(),
+/// What plan finds: the exports, the config edit, and every refusal.
+struct Planned {
+    back_to: Backend,
+    legacy: Legacy,
+    /// The target's session rows, read again after each round.
+    rows: Rows,
+    exports: Vec<Export>,
+    created: u64,
+    edit: Option<Edit>,
+    refusals: Vec<Error>,
+}
+
+pub fn run(ctx: &mut Ctx, dry_run: bool, d: &mut Details) -> Result<()> {
+    let (cfg, sqlite) = resolve(ctx)?;
+    // Earlier rollbacks killed or failed half-way: the real run finishes or undoes each
+    // first, the dry run says which. This needs only the legacy store (each journal is
+    // locked by the run that writes it): it happens also when the target is down.
+    let recovered = recover_earlier(&cfg, dry_run, ctx, d)?;
+    let target = ctx.target(Some(&cfg))?;
+    let r = Resolved {
+        cfg,
+        sqlite,
+        target,
     };
-    ctx.report.detail("plan", &plan);
-    ctx.report.detail(
-        "diff",
-        edit.as_ref().map(|e| e.diff.clone()).unwrap_or_default(),
-    );
-    ctx.report.detail(
-        "sessions",
-        exports.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
-    );
-    if let Some(Ok(p)) =
-        crate::report::write_list(ctx.report_dir(), "rollback-sessions.jsonl", &exports)
-    {
-        ctx.report.artifact("sessions", &p);
-    }
-    let summary = format!(
-        "{} session(s) to export ({created} created, {} changed in PostgreSQL): {} row(s) to insert, {} to update, {} state file(s) to create, {} to replace; config: {}",
-        exports.len(),
-        exports.len() as u64 - created,
-        plan.rows_insert,
-        plan.rows_update,
-        plan.files_create,
-        plan.files_replace,
-        match &edit {
-            Some(e) => format!("backend {} → {}", e.from, e.to),
-            None if refusals.iter().any(|r| r.code() == "config_read_only") =>
-                "cannot be switched".into(),
-            None => format!("already {back_to}"),
-        }
-    );
-    if !refusals.is_empty() {
-        ctx.report.check(
-            "plan",
-            CheckStatus::Fail,
-            format!(
-                "{summary}; refused: {} problem(s), listed in errors",
-                refusals.len()
-            ),
-            json!({}),
-        );
-        held(
-            ctx,
-            Held::Unchanged,
-            "nothing was written: the legacy store and the config are as they were".into(),
-        );
-        ctx.report.count("exported", 0);
-        ctx.report.next_steps.push(
-            "fix what the errors name, then run rollback again (a dry run first shows whether anything is still refused)".into(),
-        );
-        let first = refusals.remove(0);
-        for r in &refusals {
-            ctx.report.errors.push(finding(r));
-        }
-        return Err(first);
-    }
-    ctx.report
-        .check("plan", CheckStatus::Pass, summary, json!({}));
+    let schema_name = r.cfg.postgres.schema.clone();
+    let _lock = Guard::take(&r.target, &schema_name, &ctx.run_id(), dry_run)
+        .inspect_err(|_| nothing_written(ctx, d))?;
+    let mut c = crate::pg::connect(&r.target)?;
+    let mut p = plan(ctx, &r, &mut c, d)?;
+    show(ctx, &mut p, recovered, d)?;
     if dry_run {
         ctx.report.count("exported", 0);
         ctx.report
@@ -301,10 +236,10 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
             .push("stop the application's writes, then rollback --dry-run=false".into());
         return Ok(());
     }
-    if exports.is_empty() && edit.is_none() {
+    if p.exports.is_empty() && p.edit.is_none() {
         ctx.report.count("exported", 0);
         held(
-            ctx,
+            d,
             Held::Complete,
             "the legacy store already holds every session".into(),
         );
@@ -314,68 +249,197 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
         );
         return Ok(());
     }
+    act(ctx, &r, &mut c, p, d)
+}
 
-    // ---- act ----------------------------------------------------------------------
-    let run_id = ctx.run_id();
-    let before_export = (|| {
-        let lock = WriterLock::acquire(&t, &schema_name, &run_id)?;
-        // Back up what the export replaces.
-        let backup = crate::backup::take(&cfg, &crate::backup::Options::default(), &run_id)?;
-        Ok((lock, backup))
-    })();
-    let (_lock, backup) = match before_export {
-        Ok(x) => x,
-        Err(e) => {
-            held(
-                ctx,
-                Held::Unchanged,
-                "nothing was written: the legacy store and the config are as they were".into(),
-            );
-            ctx.report
-                .next_steps
-                .push("fix what the error names, then rollback --dry-run=false again".into());
-            return Err(e);
+/// The config and its `[sqlite]` store, whose paths must be what they say (a FIFO or a
+/// device refused before anything else, in the dry run too).
+fn resolve(ctx: &mut Ctx) -> Result<(Config, SqliteSource)> {
+    let cfg = ctx.config()?;
+    let sqlite = cfg.sqlite.clone().ok_or_else(|| Error::ConfigInvalid {
+        path: cfg.path.clone(),
+        message: "rollback exports into [sqlite]; there is none".into(),
+    })?;
+    crate::source::Source::from_config(&cfg).check_paths()?;
+    Ok((cfg, sqlite))
+}
+
+/// Under the lock: the backend to go back to, the sessions to export and how, the
+/// config edit, and every refusal.
+fn plan(ctx: &mut Ctx, r: &Resolved, c: &mut postgres::Client, d: &mut Details) -> Result<Planned> {
+    let schema_name = &r.cfg.postgres.schema;
+    let cut = runs::latest_cutover(c, schema_name, runs::Kind::SetDefault)?;
+    let back_to = match (&cut, r.cfg.backend) {
+        (Some(cu), _) => parse_backend(&cu.from_backend),
+        (None, Backend::Postgres) => {
+            return Err(Error::NoCutover {
+                config: r.cfg.path.clone(),
+            });
         }
+        (None, b) => b,
     };
+    if back_to == Backend::Json {
+        return Err(Error::JsonBackendDeprecated);
+    }
+    d.cutover = Some(cut);
+    d.back_to = Some(back_to);
+    if !ledger::exists(c, schema_name)? {
+        return Err(Error::NothingMigrated);
+    }
+    let fit = Fit::read(c, schema_name)?;
+    let rows = Rows::new(schema_name, &fit);
+    let changed = find_changed(c, &rows)?;
+    let created = changed.iter().filter(|x| x.kind == "created").count() as u64;
+    ctx.report.count("created", created);
+    ctx.report.count("changed", changed.len() as u64 - created);
+    let legacy = Legacy::open(&r.sqlite.path, &r.sqlite.sessions_dir)?;
+    let (exports, mut refusals) = legacy.plan(changed)?;
+    let edit = cutover::plan_edit(&r.cfg.path, back_to).unwrap_or_else(|e| {
+        refusals.push(e);
+        None
+    });
+    if let Some(w) = edit.as_ref().and_then(cutover::symlink_warning) {
+        ctx.report.warn(w);
+    }
+    Ok(Planned {
+        back_to,
+        legacy,
+        rows,
+        exports,
+        created,
+        edit,
+        refusals,
+    })
+}
+
+/// Put the plan in the report (`details.plan`, `details.sessions`, the `plan` check);
+/// refuse, naming every problem, when there is one.
+fn show(
+    ctx: &mut Ctx,
+    p: &mut Planned,
+    recover: Vec<journal::Recovery>,
+    d: &mut Details,
+) -> Result<()> {
+    let count = |f: &dyn Fn(&Export) -> bool| p.exports.iter().filter(|x| f(x)).count();
+    let plan = Plan {
+        back_to: p.back_to,
+        config: p.edit.as_ref().map(|e| ConfigPlan {
+            path: e.path.clone(),
+            target: e.target.clone(),
+            via_symlink: e.via_symlink,
+            from: e.from.clone(),
+            to: e.to.clone(),
+        }),
+        recover,
+        sessions: p.exports.len(),
+        rows_insert: count(&|x| x.row == RowWrite::Insert),
+        rows_update: count(&|x| x.row == RowWrite::Update),
+        files_create: count(&|x| x.file_action == Some(FileAction::Create)),
+        files_replace: count(&|x| x.file_action == Some(FileAction::Replace)),
+        files_unchanged: count(&|x| x.file_action == Some(FileAction::Unchanged)),
+        states_in_column: count(&|x| x.state_to == StateTo::Column),
+        refusals: p.refusals.len(),
+    };
+    d.diff = Some(p.edit.as_ref().map(|e| e.diff.clone()).unwrap_or_default());
+    d.sessions = Some(p.exports.iter().take(INLINE_LIMIT).cloned().collect());
+    if let Some(Ok(path)) =
+        crate::report::write_list(ctx.report_dir(), "rollback-sessions.jsonl", &p.exports)
+    {
+        ctx.report.artifact("sessions", &path);
+    }
+    let summary = format!(
+        "{} session(s) to export ({} created, {} changed in PostgreSQL): {} row(s) to insert, {} to update, {} state file(s) to create, {} to replace; config: {}",
+        p.exports.len(),
+        p.created,
+        p.exports.len() as u64 - p.created,
+        plan.rows_insert,
+        plan.rows_update,
+        plan.files_create,
+        plan.files_replace,
+        match &p.edit {
+            Some(e) => format!("backend {} → {}", e.from, e.to),
+            None if p.refusals.iter().any(|r| r.code() == "config_read_only") =>
+                "cannot be switched".into(),
+            None => format!("already {}", p.back_to),
+        }
+    );
+    d.plan = Some(plan);
+    if p.refusals.is_empty() {
+        ctx.report
+            .check("plan", CheckStatus::Pass, summary, json!({}));
+        return Ok(());
+    }
+    ctx.report.check(
+        "plan",
+        CheckStatus::Fail,
+        format!(
+            "{summary}; refused: {} problem(s), listed in errors",
+            p.refusals.len()
+        ),
+        json!({}),
+    );
+    unchanged(d);
+    ctx.report.count("exported", 0);
+    ctx.report.next_steps.push(
+        "fix what the errors name, then run rollback again (a dry run first shows whether anything is still refused)".into(),
+    );
+    let first = p.refusals.remove(0);
+    for r in &p.refusals {
+        ctx.report.errors.push(r.finding());
+    }
+    Err(first)
+}
+
+/// The report's account of what the legacy store holds.
+fn held(d: &mut Details, h: Held, message: String) {
+    tracing::info!("legacy store: {message}");
+    d.legacy_store = Some(LegacyStore { state: h, message });
+}
+
+/// The legacy store as it was: nothing of this run is in it.
+fn unchanged(d: &mut Details) {
+    held(
+        d,
+        Held::Unchanged,
+        "nothing was written: the legacy store and the config are as they were".into(),
+    );
+}
+
+/// A failure before the first write: the legacy store is as it was.
+fn nothing_written(ctx: &mut Ctx, d: &mut Details) {
+    unchanged(d);
+    ctx.report
+        .next_steps
+        .push("fix what the error names, then rollback --dry-run=false again".into());
+}
+
+/// The act: a backup of what the export replaces, the rounds, and only then, with
+/// everything in, the config and its record.
+fn act(
+    ctx: &mut Ctx,
+    r: &Resolved,
+    c: &mut postgres::Client,
+    mut p: Planned,
+    d: &mut Details,
+) -> Result<()> {
+    let run_id = ctx.run_id();
+    let schema_name = &r.cfg.postgres.schema;
+    let backup = crate::backup::take(&r.cfg, &crate::backup::Options::default(), &run_id)
+        .inspect_err(|_| nothing_written(ctx, d))?;
     ctx.report.artifact("backup", &backup.dir);
     let mut out = Outcome {
         rounds: Vec::new(),
         held: Held::Unchanged,
         journals: Vec::new(),
     };
-    let result = act(
-        &mut c,
-        &schema_name,
-        &run_id,
-        &legacy,
-        &backup,
-        exports,
-        &mut out,
-    );
-    let result = result.and_then(|()| {
-        // Only now, with everything in, the config.
-        if let Some(e) = &edit {
-            let saved = cutover::apply_edit(e, &cfg.backup_dir, &run_id)?;
-            ctx.report.artifact("previous_config", &saved);
-            cutover::record(
-                &mut c,
-                &schema_name,
-                "rollback",
-                &e.from,
-                &e.to,
-                &cfg.path,
-                &cutover::sha256_hex(e.new_text.as_bytes()),
-                None,
-                &run_id,
-            )?;
-        }
-        Ok(())
-    });
-    report_outcome(ctx, &out, result.is_ok(), edit.is_some());
+    let exports = std::mem::take(&mut p.exports);
+    let result = rounds(c, schema_name, &run_id, &p, &backup, exports, &mut out)
+        .and_then(|()| switch_back(ctx, r, c, p.edit.as_ref(), &run_id));
+    report_outcome(ctx, &out, result.is_ok(), p.edit.is_some(), d);
     result?;
     ctx.report.next_steps.push(format!(
-        "restart the application on {back_to} (unset {} or point it at the SQLite URL)",
-        cfg.postgres.url_env
+        "restart the application on {} (unset {} or point it at the SQLite URL)",
+        p.back_to, r.cfg.postgres.url_env
     ));
     ctx.report.next_steps.push(
         "PostgreSQL keeps its data: a later migrate-state catch-up and set-default re-cut over"
@@ -384,25 +448,38 @@ pub fn run(ctx: &mut Ctx, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-/// The report's account of what the legacy store holds.
-fn held(ctx: &mut Ctx, h: Held, message: String) {
-    tracing::info!("legacy store: {message}");
-    ctx.report
-        .detail("legacy_store", json!({"state": h, "message": message}));
-}
-
-fn finding(e: &Error) -> Finding {
-    let f = Finding::new(e.code(), crate::error::error_chain(e));
-    match e {
-        Error::UnsafePath { path, .. } => f.path(path),
-        _ => f,
-    }
+/// The config switched back (when it does not say so already), and the record of it.
+fn switch_back(
+    ctx: &mut Ctx,
+    r: &Resolved,
+    c: &mut postgres::Client,
+    edit: Option<&Edit>,
+    run_id: &str,
+) -> Result<()> {
+    let Some(e) = edit else {
+        return Ok(());
+    };
+    let saved = cutover::apply_edit(e, &r.cfg.backup_dir, run_id)?;
+    ctx.report.artifact("previous_config", &saved);
+    runs::record_cutover(
+        c,
+        &r.cfg.postgres.schema,
+        &runs::NewCutover {
+            kind: runs::Kind::Rollback,
+            from: &e.from,
+            to: &e.to,
+            config_path: &r.cfg.path,
+            config_sha256: &cutover::sha256_hex(e.new_text.as_bytes()),
+            verify_run: None,
+            run_id: &uuid::Uuid::parse_str(run_id).expect("run ids are uuids"),
+        },
+    )
 }
 
 /// Put what the act did into the report: every session exported (the first 100 inline,
 /// all in `rollback-exported.jsonl`), the journals, and what the legacy store holds.
-fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool) {
-    let exported: Vec<Exported<'_>> = out.exported().collect();
+fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool, d: &mut Details) {
+    let exported = out.exported();
     ctx.report.count("exported", exported.len() as u64);
     ctx.report.count(
         "files_written",
@@ -416,10 +493,6 @@ fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool) {
             })
             .count() as u64,
     );
-    ctx.report.detail(
-        "exported",
-        exported.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
-    );
     if let Some(Ok(p)) =
         crate::report::write_list(ctx.report_dir(), "rollback-exported.jsonl", &exported)
     {
@@ -429,6 +502,7 @@ fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool) {
         ctx.report.artifact("journal", j);
     }
     let n = exported.len();
+    d.exported = Some(exported.into_iter().take(INLINE_LIMIT).collect());
     let rounds = out.rounds.len();
     let message = match (out.held, ok) {
         (Held::Complete, true) => format!(
@@ -460,11 +534,16 @@ fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool) {
             }
         ));
     }
-    held(ctx, out.held, message);
+    held(d, out.held, message);
 }
 
 /// Finish or undo the journals of earlier rollbacks (or, in a dry run, say which).
-fn recover_earlier(ctx: &mut Ctx, cfg: &Config, dry_run: bool) -> Result<Vec<journal::Recovery>> {
+fn recover_earlier(
+    cfg: &Config,
+    dry_run: bool,
+    ctx: &mut Ctx,
+    d: &mut Details,
+) -> Result<Vec<journal::Recovery>> {
     let mut out = Vec::new();
     for (path, mut j) in journal::unfinished(&cfg.backup_dir)? {
         let r = if dry_run {
@@ -487,22 +566,23 @@ fn recover_earlier(ctx: &mut Ctx, cfg: &Config, dry_run: bool) -> Result<Vec<jou
         );
         out.push(r);
     }
-    ctx.report.detail("recovered", &out);
+    d.recovered = Some(out.clone());
     ctx.report
         .count("recovered", out.iter().filter(|r| r.done).count() as u64);
     Ok(out)
 }
 
 /// The rounds: export, record in the ledger, look again for sessions changed meanwhile.
-fn act(
+fn rounds(
     c: &mut postgres::Client,
     schema: &str,
     run_id: &str,
-    legacy: &Legacy,
+    p: &Planned,
     backup: &BackupResult,
     exports: Vec<Export>,
     out: &mut Outcome,
 ) -> Result<()> {
+    let legacy = &p.legacy;
     let mut written: HashMap<String, FileDigest> = HashMap::new();
     let mut pending = exports;
     for round in 1..=ROUNDS {
@@ -524,7 +604,7 @@ fn act(
         out.held = Held::Complete;
         mark_exported(c, schema, run_id, &pending)?;
         out.rounds.push((round, std::mem::take(&mut pending)));
-        let again = find_changed(c, schema)?;
+        let again = find_changed(c, &p.rows)?;
         if again.is_empty() {
             break;
         }
@@ -545,8 +625,7 @@ fn act(
     }
     if !pending.is_empty() {
         out.held = Held::Partial;
-        return Err(Error::Refused {
-            code: "still_writing",
+        return Err(Error::StillWriting {
             message: format!(
                 "sessions keep changing in PostgreSQL ({} after {ROUNDS} rounds, e.g. {}): the application is still writing; the config was NOT switched back — stop the application's writes to PostgreSQL, then run rollback --dry-run=false again",
                 pending.len(),
@@ -567,13 +646,59 @@ fn export_round(
     round: u32,
     exports: &[Export],
     written: &mut HashMap<String, FileDigest>,
-) -> (
-    Option<std::path::PathBuf>,
-    std::result::Result<(), (Error, Held)>,
-) {
+) -> (Option<PathBuf>, std::result::Result<(), (Error, Held)>) {
     let unchanged = |e: Error| (None, Err((e, Held::Unchanged)));
+    let files = match journal_files(legacy, backup, run_id, round, exports, written) {
+        Ok(f) => f,
+        Err(e) => return unchanged(e),
+    };
+    let mut open = match journal::Open::create(
+        &backup.dir,
+        new_journal(legacy, run_id, round, files, exports),
+    ) {
+        Ok(o) => o,
+        Err(e) => return unchanged(e),
+    };
+    let path = Some(open.path.clone());
+    crate::fault::kill_point("journal", round);
+    tracing::info!(
+        "round {round}: {} row(s), {} state file(s); journal {}",
+        exports.len(),
+        open.journal.files.len(),
+        open.path.display()
+    );
+    if let Err(e) = write_round(legacy, &mut open, round, exports) {
+        return (path, Err(settle(&mut open, e)));
+    }
+    if let Err(e) = open.set(journal::State::Done) {
+        // Everything is in; the rerun finds the journal sealed and rolls it forward
+        // (nothing left to rename).
+        return (path, Err((e, Held::Complete)));
+    }
+    crate::fault::kill_point("done", round);
+    for x in exports {
+        // What writers killed mid-write left next to it.
+        legacy.sessions.remove_stale_temps(&x.session);
+        if let Some(b) = x.file_bytes() {
+            written.insert(x.session.clone(), FileDigest::of(b));
+        }
+    }
+    (path, Ok(()))
+}
+
+/// The journal's files of a round: each state file it writes, under the temporary
+/// name it is staged at, with what it replaces — which the backup must hold (or this
+/// run wrote it), else nothing is written.
+fn journal_files(
+    legacy: &Legacy,
+    backup: &BackupResult,
+    run_id: &str,
+    round: u32,
+    exports: &[Export],
+    written: &HashMap<String, FileDigest>,
+) -> Result<Vec<journal::JFile>> {
     let rel_of = |x: &Export| {
-        std::path::PathBuf::from(crate::backup::STATE_DIR)
+        PathBuf::from(crate::backup::STATE_DIR)
             .join(&x.session)
             .join(STATE_FILE)
     };
@@ -584,11 +709,7 @@ fn export_round(
         .filter(|x| x.replaces.is_some() && x.file_bytes().is_some())
         .map(|x| rel_of(x).to_string_lossy().into_owned())
         .collect();
-    let listed = match backup.lookup(&wanted) {
-        Ok(l) => l,
-        Err(e) => return unchanged(e),
-    };
-    // The backup holds every file this round replaces (or this run wrote it).
+    let listed = backup.lookup(&wanted)?;
     let mut files = Vec::new();
     for x in exports {
         let Some(bytes) = x.file_bytes() else {
@@ -599,8 +720,7 @@ fn export_round(
         if let Some(d) = x.replaces {
             let in_backup = entry.is_some_and(|f| f.bytes == d.bytes && f.sha256.0 == d.sha256);
             if !in_backup && written.get(&x.session) != Some(&d) {
-                return unchanged(Error::Refused {
-                    code: "backup_missing_file",
+                return Err(Error::BackupMissingFile {
                     message: format!(
                         "session {:?}: the backup {} does not hold {} as it is now (sha256 {}): it changed since the backup, or could not be copied; nothing was written — run rollback --dry-run=false again (it takes a fresh backup)",
                         x.session,
@@ -628,8 +748,19 @@ fn export_round(
             new: FileDigest::of(bytes).into(),
         });
     }
+    Ok(files)
+}
+
+/// A round's journal, prepared: its files and its rows.
+fn new_journal(
+    legacy: &Legacy,
+    run_id: &str,
+    round: u32,
+    files: Vec<journal::JFile>,
+    exports: &[Export],
+) -> journal::Journal {
     let now = crate::report::now_rfc3339();
-    let j = journal::Journal {
+    journal::Journal {
         format: journal::FORMAT.into(),
         run_id: run_id.into(),
         round,
@@ -647,32 +778,32 @@ fn export_round(
                 digest: None,
             })
             .collect(),
-    };
-    let mut open = match journal::Open::create(&backup.dir, j) {
-        Ok(o) => o,
-        Err(e) => return unchanged(e),
-    };
-    let path = Some(open.path.clone());
-    journal::kill_point("journal", round);
-    tracing::info!(
-        "round {round}: {} row(s), {} state file(s); journal {}",
-        exports.len(),
-        open.journal.files.len(),
-        open.path.display()
-    );
-    // Undo or finish from the facts, as a later run would.
-    let settle = |open: &mut journal::Open, e: Error| -> (Error, Held) {
-        let p = open.path.clone();
-        match journal::recover(&p, &mut open.journal, true) {
-            Ok(r) if r.action == journal::Action::RollBack => (e, Held::Unchanged),
-            Ok(_) => (e, Held::Complete),
-            Err(e2) => {
-                tracing::error!("could not settle {}: {e2}", p.display());
-                (e, Held::Pending)
-            }
+    }
+}
+
+/// Undo or finish a round that failed, from the facts, as a later run would: what the
+/// legacy store then holds of it.
+fn settle(open: &mut journal::Open, e: Error) -> (Error, Held) {
+    let p = open.path.clone();
+    match journal::recover(&p, &mut open.journal, true) {
+        Ok(r) if r.action == journal::Action::RollBack => (e, Held::Unchanged),
+        Ok(_) => (e, Held::Complete),
+        Err(e2) => {
+            tracing::error!("could not settle {}: {e2}", p.display());
+            (e, Held::Pending)
         }
-    };
-    // 1. The new state files, under their temporary names.
+    }
+}
+
+/// A round's writes, in the journal's order: 1. the new state files under their
+/// temporary names, made durable; 2. the rows, one transaction sealed in the journal
+/// before its commit; 3. the renames, made durable.
+fn write_round(
+    legacy: &Legacy,
+    open: &mut journal::Open,
+    round: u32,
+    exports: &[Export],
+) -> Result<()> {
     let with_files: Vec<&Export> = exports
         .iter()
         .filter(|x| x.file_bytes().is_some())
@@ -684,74 +815,48 @@ fn export_round(
         .enumerate()
     {
         if i == half {
-            journal::kill_point("staging", round);
+            crate::fault::kill_point("staging", round);
         }
-        let staged = (|| {
-            // Still what was planned, and what the backup holds.
-            let now = legacy.sessions.digest(&x.session, STATE_FILE)?;
-            if now != x.replaces {
-                return Err(Error::Refused {
-                    code: "source_changed",
-                    message: format!(
-                        "session {:?}: {} changed while rollback ran: nothing was written; run rollback --dry-run=false again",
-                        x.session,
-                        legacy.sessions.file_path(&x.session).display()
-                    ),
-                });
-            }
-            let slot = x.slot.expect("a file to write has a slot");
-            legacy
-                .sessions
-                .stage(
-                    &x.session,
-                    &slot,
-                    &f.temp,
-                    x.file_bytes().expect("bytes"),
-                    Sync::Later,
-                )
-                .map(|_| ())
-        })();
-        if let Err(e) = staged {
-            return (path, Err(settle(&mut open, e)));
-        }
+        stage(legacy, x, &f)?;
     }
     // Every new file durable before the rows can commit (one syncfs for them all).
-    if let Err(e) = legacy.sessions.sync() {
-        return (path, Err(settle(&mut open, e)));
-    }
-    // 2. The rows, one transaction, sealed in the journal before the commit.
-    let rows = legacy::open_rw(&legacy.db)
-        .and_then(|mut conn| legacy::write_rows(&mut conn, &legacy.db, exports, |d| open.seal(d)));
-    if let Err(e) = rows {
-        return (path, Err(settle(&mut open, e)));
-    }
-    journal::kill_point("committed", round);
-    // 3. The renames.
+    legacy.sessions.sync()?;
+    let mut conn = legacy::open_rw(&legacy.db)?;
+    legacy::write_rows(&mut conn, &legacy.db, exports, |d| open.seal(d))?;
+    crate::fault::kill_point("committed", round);
     for (i, f) in open.journal.files.clone().into_iter().enumerate() {
         if i == half {
-            journal::kill_point("installing", round);
+            crate::fault::kill_point("installing", round);
         }
-        if let Err(e) = legacy.sessions.install(&f.session, &f.temp, Sync::Later) {
-            return (path, Err(settle(&mut open, e)));
-        }
+        legacy.sessions.install(&f.session, &f.temp, Sync::Later)?;
     }
-    if let Err(e) = legacy.sessions.sync() {
-        return (path, Err(settle(&mut open, e)));
+    legacy.sessions.sync()
+}
+
+/// Stage one new state file under its temporary name, when the file it replaces is
+/// still what was planned (and what the backup holds).
+fn stage(legacy: &Legacy, x: &Export, f: &journal::JFile) -> Result<()> {
+    let now = legacy.sessions.digest(&x.session, STATE_FILE)?;
+    if now != x.replaces {
+        return Err(Error::ChangedDuringWrite {
+            message: format!(
+                "session {:?}: {} changed while rollback ran: nothing was written; run rollback --dry-run=false again",
+                x.session,
+                legacy.sessions.file_path(&x.session).display()
+            ),
+        });
     }
-    if let Err(e) = open.set(journal::State::Done) {
-        // Everything is in; the rerun finds the journal sealed and rolls it forward
-        // (nothing left to rename).
-        return (path, Err((e, Held::Complete)));
-    }
-    journal::kill_point("done", round);
-    for x in exports {
-        // What writers killed mid-write left next to it.
-        legacy.sessions.remove_stale_temps(&x.session);
-        if let Some(b) = x.file_bytes() {
-            written.insert(x.session.clone(), FileDigest::of(b));
-        }
-    }
-    (path, Ok(()))
+    let slot = x.slot.expect("a file to write has a slot");
+    legacy
+        .sessions
+        .stage(
+            &x.session,
+            &slot,
+            &f.temp,
+            x.file_bytes().expect("bytes"),
+            Sync::Later,
+        )
+        .map(|_| ())
 }
 
 fn parse_backend(s: &str) -> Backend {
@@ -763,59 +868,21 @@ fn parse_backend(s: &str) -> Backend {
 }
 
 /// Every target session that the ledger does not say sessiondb wrote as it is now.
-pub fn find_changed(c: &mut postgres::Client, schema: &str) -> Result<Vec<Changed>> {
-    let sql = format!(
-        "SELECT s.id, s.user_id, s.status, s.current_step, s.cost, s.created_at, s.updated_at, st.state::text, l.content_hash
-           FROM {} s LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) s.id
-                LEFT JOIN {} l ON l.session_id OPERATOR(pg_catalog.=) s.id AND l.status = 'migrated'",
-        qualified(schema, "sessions"),
-        qualified(schema, "session_state"),
-        qualified(schema, "sessiondb_ledger")
-    );
-    let mut out = Vec::new();
-    let mut tx = c
-        .transaction()
-        .map_err(|e| Error::pg("reading the target", "", e))?;
-    let portal = tx
-        .bind(&sql, &[])
-        .map_err(|e| Error::pg("reading the target", "", e))?;
-    loop {
-        let rows = tx
-            .query_portal(&portal, 5000)
-            .map_err(|e| Error::pg("reading the target", "", e))?;
-        if rows.is_empty() {
-            break;
-        }
-        for r in rows {
-            let id: String = r.get(0);
-            let meta = Meta {
-                user_id: r.get(1),
-                status: r.get(2),
-                current_step: r.get(3),
-                cost: r.get(4),
-                created_at: r.get(5),
-                updated_at: r.get(6),
-            };
-            let state: Option<String> = r.get(7);
-            let ledger: Option<String> = r.get(8);
-            let hash = crate::source::content_hash(&id, &meta, state.as_deref());
-            let kind = match &ledger {
-                None => "created",
-                Some(h) if *h != hash => "changed",
-                Some(_) => continue,
-            };
-            out.push(Changed {
-                session: id,
-                kind,
-                meta,
-                state,
-                hash,
-            });
-        }
-    }
-    tx.commit()
-        .map_err(|e| Error::pg("reading the target", "", e))?;
-    Ok(out)
+fn find_changed(c: &mut postgres::Client, rows: &Rows) -> Result<Vec<Changed>> {
+    Ok(rows
+        .not_as_written(c)?
+        .into_iter()
+        .map(|(s, since)| Changed {
+            session: s.id,
+            kind: match since {
+                Since::Created => "created",
+                Since::Changed => "changed",
+            },
+            meta: s.meta,
+            state: s.state,
+            hash: s.hash,
+        })
+        .collect())
 }
 
 /// The exported sessions are now the same on both sides: record that in the ledger.
@@ -825,24 +892,14 @@ fn mark_exported(
     run_id: &str,
     list: &[Export],
 ) -> Result<()> {
-    let run = uuid::Uuid::parse_str(run_id).expect("uuid");
-    let ids: Vec<&str> = list.iter().map(|s| s.session.as_str()).collect();
-    let hashes: Vec<&str> = list.iter().map(|s| s.changed.hash.as_str()).collect();
-    let state_hashes: Vec<Option<String>> = list
+    let run = uuid::Uuid::parse_str(run_id).expect("run ids are uuids");
+    let exported: Vec<ledger::Exported<'_>> = list
         .iter()
-        .map(|s| s.changed.state.as_deref().map(crate::canon::hash_canonical))
+        .map(|s| ledger::Exported {
+            id: &s.session,
+            content_hash: &s.changed.hash,
+            state_hash: s.changed.state.as_deref().map(crate::canon::hash_canonical),
+        })
         .collect();
-    c.execute(
-        &format!(
-            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id)
-                  SELECT i, 'migrated', h, sh, $4
-                    FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS u(i, h, sh)
-             ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now()",
-            qualified(schema, "sessiondb_ledger")
-        ),
-        &[&ids, &hashes, &state_hashes, &run],
-    )
-    .map_err(|e| Error::pg("recording the export in the ledger", "", e))?;
-    Ok(())
+    ledger::record_exported(c, schema, &run, &exported)
 }

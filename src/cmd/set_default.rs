@@ -1,15 +1,21 @@
 //! `set-default` (SPEC §4): switch the config's backend to postgres after a passed
 //! verify of the current source. Dry run by default: it shows the diff it would apply.
+//!
+//! resolve (config, target) → the writers' lock (a dry run sees it free) → plan (the
+//! config edit, the verification it stands on, or the refusal) → act (the edit, then
+//! the cutover record). The verification is read only while the lock is held, so a
+//! writer cannot change the target between the check and the switch.
 
 use serde_json::json;
 
-use crate::cli::{Common, Ctx, DryRun, Step};
-use crate::config::Backend;
-use crate::cutover;
+use crate::config::{Backend, Config, Target};
+use crate::cutover::{self, Edit};
+use crate::driver::{Common, Ctx, DryRun, Step};
 use crate::error::{Error, Result};
+use crate::pg::ledger::{self, runs};
+use crate::pg::lock::Guard;
 use crate::report::{CheckStatus, Finding};
 use crate::source::Source;
-use crate::target::{self, WriterLock, qualified, schema};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -22,23 +28,61 @@ pub struct Args {
     pub force: bool,
 }
 
-impl Step for Args {
-    const NAME: &'static str = "set-default";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn dry_run(&self) -> Option<bool> {
-        Some(self.dry.dry_run)
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
-        run(ctx, self.dry.dry_run, self.force)
+crate::details! {
+    /// `details` of a set-default report: the edit, as the dry run shows it.
+    pub struct Details {
+        /// The changed lines, as `-old` / `+new`.
+        pub diff: Vec<String>,
+        pub from: String,
+        pub to: String,
     }
 }
 
-pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
+impl Step for Args {
+    const NAME: &'static str = "set-default";
+    type Details = Details;
+    crate::step_flags!(dry);
+    fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
+        run(ctx, self, details)
+    }
+}
+
+/// What a real run does: this edit, standing on this verification (`None`: forced).
+struct Plan {
+    edit: Edit,
+    verify_run: Option<uuid::Uuid>,
+}
+
+pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
     let cfg = ctx.config()?;
     let t = ctx.target(Some(&cfg))?;
-    let schema_name = cfg.postgres.schema.clone();
+    let _lock = Guard::take(&t, &cfg.postgres.schema, &ctx.run_id(), args.dry.dry_run)?;
+    let mut c = crate::pg::connect(&t)?;
+    let Some(plan) = plan(ctx, &cfg, &t, &mut c, args.force)? else {
+        return Ok(());
+    };
+    d.diff = Some(plan.edit.diff.clone());
+    d.from = Some(plan.edit.from.clone());
+    d.to = Some(plan.edit.to.clone());
+    if args.dry.dry_run {
+        ctx.report.count("changed", 0);
+        ctx.report
+            .next_steps
+            .push("set-default --dry-run=false to apply this diff".into());
+        return Ok(());
+    }
+    act(ctx, &cfg, &mut c, &plan)
+}
+
+/// Every read that decides the switch, under the lock: the config edit (`None`: the
+/// config already says postgres), and the verification it stands on.
+fn plan(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    t: &Target,
+    c: &mut postgres::Client,
+    force: bool,
+) -> Result<Option<Plan>> {
     let Some(edit) = cutover::plan_edit(&cfg.path, Backend::Postgres)? else {
         ctx.report.check(
             "config",
@@ -50,98 +94,103 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
             json!({}),
         );
         ctx.report.count("changed", 0);
-        return Ok(());
+        return Ok(None);
     };
     if let Some(w) = cutover::symlink_warning(&edit) {
         ctx.report.warn(w);
     }
-    let mut c = target::connect(&t)?;
-    let fp = Source::from_config(&cfg).quick_fingerprint()?;
-    let verification = latest_verification(&mut c, &schema_name)?;
-    let verify_run = match &verification {
-        Some((run, vfp, true)) if *vfp == fp => {
-            ctx.report.check(
-                "verify",
-                CheckStatus::Pass,
-                format!("verify run {run} passed on the current source"),
-                json!({"run_id": run.to_string()}),
-            );
-            Some(*run)
-        }
-        other => {
-            let migrated = anything_migrated(&mut c, &schema_name)?;
-            let why = match other {
-                _ if !migrated => format!("nothing was migrated to {} yet", t.display),
-                None => "no verify has been recorded".to_owned(),
-                Some((run, _, false)) => format!("the newest verify ({run}) did not pass"),
-                Some((run, _, true)) => {
-                    format!("the newest passed verify ({run}) was of an older state of the source")
-                }
-            };
-            if !force {
-                let (first, next) = if migrated {
-                    (
-                        "run verify first",
-                        "verify, then set-default --dry-run=false again",
-                    )
-                } else {
-                    (
-                        "load it first",
-                        "migrate-state --dry-run=false, then verify, then set-default --dry-run=false",
-                    )
-                };
-                ctx.report.check(
-                    "verify",
-                    CheckStatus::Fail,
-                    format!("refused: {why}; {first} (or --force)"),
-                    json!({}),
-                );
-                ctx.report.next_steps.push(next.into());
-                return Err(Error::Refused {
-                    code: "verify_required",
-                    message: format!(
-                        "set-default needs a passed verify of the current source: {why}"
-                    ),
-                });
-            }
-            ctx.report.check(
-                "verify",
-                CheckStatus::Warn,
-                format!("FORCED past: {why}"),
-                json!({}),
-            );
-            ctx.report.warn(Finding::new(
-                "forced",
-                format!("--force: switching to postgres although {why}"),
-            ));
-            tracing::warn!("--force: switching to postgres although {why}");
-            None
-        }
-    };
-    ctx.report.detail("diff", &edit.diff);
-    ctx.report.detail("from", &edit.from);
-    ctx.report.detail("to", &edit.to);
-    if dry_run {
-        ctx.report.count("changed", 0);
-        ctx.report
-            .next_steps
-            .push("set-default --dry-run=false to apply this diff".into());
-        return Ok(());
+    let verify_run = verification(ctx, cfg, t, c, force)?;
+    Ok(Some(Plan { edit, verify_run }))
+}
+
+/// The passed verify of the current source the switch stands on; without one, the
+/// refusal (`verify_required`), or with `--force` a loud warning.
+fn verification(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    t: &Target,
+    c: &mut postgres::Client,
+    force: bool,
+) -> Result<Option<uuid::Uuid>> {
+    let schema_name = &cfg.postgres.schema;
+    let fp = Source::from_config(cfg).quick_fingerprint()?;
+    let latest = runs::latest_verification(c, schema_name)?;
+    if let Some(v) = latest
+        .as_ref()
+        .filter(|v| v.passed && v.source_fingerprint == fp)
+    {
+        ctx.report.check(
+            "verify",
+            CheckStatus::Pass,
+            format!("verify run {} passed on the current source", v.run_id),
+            json!({"run_id": v.run_id.to_string()}),
+        );
+        return Ok(Some(v.run_id));
     }
-    let _lock = WriterLock::acquire(&t, &schema_name, &ctx.run_id())?;
-    let saved = cutover::apply_edit(&edit, &cfg.backup_dir, &ctx.run_id())?;
+    let migrated = ledger::any_migrated(c, schema_name)?;
+    let why = match &latest {
+        _ if !migrated => format!("nothing was migrated to {} yet", t.display),
+        None => "no verify has been recorded".to_owned(),
+        Some(v) if !v.passed => format!("the newest verify ({}) did not pass", v.run_id),
+        Some(v) => format!(
+            "the newest passed verify ({}) was of an older state of the source",
+            v.run_id
+        ),
+    };
+    if !force {
+        let (first, next) = if migrated {
+            (
+                "run verify first",
+                "verify, then set-default --dry-run=false again",
+            )
+        } else {
+            (
+                "load it first",
+                "migrate-state --dry-run=false, then verify, then set-default --dry-run=false",
+            )
+        };
+        ctx.report.check(
+            "verify",
+            CheckStatus::Fail,
+            format!("refused: {why}; {first} (or --force)"),
+            json!({}),
+        );
+        ctx.report.next_steps.push(next.into());
+        return Err(Error::VerifyRequired { why });
+    }
+    ctx.report.check(
+        "verify",
+        CheckStatus::Warn,
+        format!("FORCED past: {why}"),
+        json!({}),
+    );
+    ctx.report.warn(Finding::new(
+        "forced",
+        format!("--force: switching to postgres although {why}"),
+    ));
+    tracing::warn!("--force: switching to postgres although {why}");
+    Ok(None)
+}
+
+/// The edit (compare-and-swap, atomic, the previous file kept), then its record.
+fn act(ctx: &mut Ctx, cfg: &Config, c: &mut postgres::Client, plan: &Plan) -> Result<()> {
+    let edit = &plan.edit;
+    let run_id = ctx.run_id();
+    let saved = cutover::apply_edit(edit, &cfg.backup_dir, &run_id)?;
     ctx.report.artifact("previous_config", &saved);
     ctx.report.count("changed", 1);
-    cutover::record(
-        &mut c,
-        &schema_name,
-        "set_default",
-        &edit.from,
-        &edit.to,
-        &cfg.path,
-        &cutover::sha256_hex(edit.new_text.as_bytes()),
-        verify_run,
-        &ctx.run_id(),
+    runs::record_cutover(
+        c,
+        &cfg.postgres.schema,
+        &runs::NewCutover {
+            kind: runs::Kind::SetDefault,
+            from: &edit.from,
+            to: &edit.to,
+            config_path: &cfg.path,
+            config_sha256: &cutover::sha256_hex(edit.new_text.as_bytes()),
+            verify_run: plan.verify_run,
+            run_id: &uuid::Uuid::parse_str(&run_id).expect("run ids are uuids"),
+        },
     )?;
     let cfg_flag = format!("--config {}", cfg.path.display());
     ctx.report.next_steps.extend([
@@ -150,34 +199,4 @@ pub fn run(ctx: &mut Ctx, dry_run: bool, force: bool) -> Result<()> {
         format!("or by hand: set backend = \"{}\" in {} (the previous file is {}), then restart the application", edit.from, cfg.path.display(), saved.display()),
     ]);
     Ok(())
-}
-
-/// Whether the ledger records any session as migrated.
-fn anything_migrated(c: &mut postgres::Client, schema_name: &str) -> Result<bool> {
-    if !schema::table_exists(c, schema_name, "sessiondb_ledger")? {
-        return Ok(false);
-    }
-    c.query_one(
-        &format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE status = 'migrated')",
-            qualified(schema_name, "sessiondb_ledger")
-        ),
-        &[],
-    )
-    .map(|r| r.get(0))
-    .map_err(|e| Error::pg("reading the ledger", "", e))
-}
-
-/// The newest verification: (run id, source fingerprint, passed).
-fn latest_verification(
-    c: &mut postgres::Client,
-    schema_name: &str,
-) -> Result<Option<(uuid::Uuid, String, bool)>> {
-    if !schema::table_exists(c, schema_name, "sessiondb_verifications")? {
-        return Ok(None);
-    }
-    let rows = c
-        .query(&format!("SELECT run_id, source_fingerprint, passed FROM {} ORDER BY verified_at DESC LIMIT 1", qualified(schema_name, "sessiondb_verifications")), &[])
-        .map_err(|e| Error::pg("reading verifications", "", e))?;
-    Ok(rows.first().map(|r| (r.get(0), r.get(1), r.get(2))))
 }

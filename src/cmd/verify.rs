@@ -3,21 +3,25 @@
 //! SHA-256 of its canonical jsonb text computed on both sides — and before calling a
 //! state different it asks PostgreSQL to compare the source text as jsonb with the
 //! stored value, so a difference is never false. It records its result in the
-//! bookkeeping table `sessiondb_verifications`, which `set-default` reads.
+//! bookkeeping table `sessiondb_verifications`, which `set-default` reads. With
+//! `--smoke-url` it then probes a running `sessiond` ([`crate::smoke`]) on the same
+//! config and connection.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde::Serialize;
 use serde_json::json;
 
 use crate::canon::{self, Node, Spanned};
-use crate::cli::{Common, Ctx, Step};
-use crate::config::Backend;
-use crate::error::{Error, Result};
+use crate::config::{Backend, Config};
+use crate::driver::{Common, Ctx, Step};
+use crate::error::Result;
+use crate::pg::constraints::Fit;
+use crate::pg::ledger::{self, LedgerRow, runs};
+use crate::pg::rows::{IdSet, Rows, TargetRow};
+use crate::pg::{self, schema};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
-use crate::source::{Item, Meta, Session, Source, fields};
-use crate::target::constraints::{Fit, get};
-use crate::target::{self, qualified, schema};
+use crate::source::{Invalid, Item, META_FIELDS, Session, Source};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -32,16 +36,22 @@ pub struct Args {
     pub smoke_url: Option<String>,
 }
 
+crate::details! {
+    /// `details` of a verify report.
+    pub struct Details {
+        /// The first [`INLINE_LIMIT`] differences (all in `verify-differences.jsonl`).
+        pub differences: Vec<Difference>,
+        /// The source's quick fingerprint the verification is recorded against.
+        pub source_fingerprint: String,
+    }
+}
+
 impl Step for Args {
     const NAME: &'static str = "verify";
-    fn common(&self) -> &Common {
-        &self.common
-    }
-    fn run(&self, ctx: &mut Ctx) -> Result<()> {
-        match &self.smoke_url {
-            None => run(ctx, self.sample),
-            Some(url) => crate::smoke::run(ctx, url, |ctx| run(ctx, self.sample)),
-        }
+    type Details = Details;
+    crate::step_flags!();
+    fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
+        run(ctx, self, details)
     }
 }
 
@@ -60,6 +70,18 @@ pub struct Difference {
     pub detail: Option<String>,
 }
 
+impl Difference {
+    fn new(session: &str, kind: &'static str) -> Difference {
+        Difference {
+            session: session.to_owned(),
+            kind,
+            field: None,
+            path: None,
+            detail: None,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct VerifyCounts {
     pub sessions: u64,
@@ -73,26 +95,106 @@ pub struct VerifyCounts {
     pub invalid: u64,
 }
 
-/// A ledger row: status and content hash.
-type LedgerRow = (String, Option<String>);
-
-struct TargetRow {
-    meta: Meta,
-    state_sha: Option<String>,
+impl VerifyCounts {
+    /// Whether the copy is not the source: a session missing, extra, different, or
+    /// invalid and not quarantined.
+    fn differs(&self) -> bool {
+        self.missing + self.extra + self.different + self.invalid > 0
+    }
 }
 
-pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
-    let cfg = ctx.config()?;
-    let t = ctx.target(Some(&cfg))?;
-    let src = Source::from_config(&cfg);
-    let schema_name = cfg.postgres.schema.clone();
-    let mut c = target::connect(&t)?;
-    let fingerprint = src.quick_fingerprint()?;
+/// What the comparison found.
+#[derive(Default)]
+struct Found {
+    counts: VerifyCounts,
+    diffs: Vec<Difference>,
+}
 
-    // The schema and the index.
-    let st = schema::status(&mut c, &schema_name)?;
-    // Versions only sessiondb's bookkeeping needs may be pending (a newer sessiondb
-    // than the last load): the next migrate-state applies them.
+pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
+    let cfg = ctx.config()?;
+    let Some(url) = &args.smoke_url else {
+        let t = ctx.target(Some(&cfg))?;
+        let mut c = pg::connect(&t)?;
+        return verify_copy(ctx, &cfg, &mut c, args.sample, d);
+    };
+    // The probes need no target when the service runs on the legacy store.
+    let t = ctx.target_if_any(Some(&cfg))?;
+    let mut client = t.as_ref().map(pg::connect).transpose()?;
+    let schema_name = &cfg.postgres.schema;
+    let tables = match &mut client {
+        Some(c) => has_tables(c, schema_name)?,
+        None => false,
+    };
+    match (&t, &mut client) {
+        (Some(_), Some(c)) if tables => verify_copy(ctx, &cfg, c, args.sample, d)?,
+        _ => {
+            let why = match &t {
+                None => format!(
+                    "no PostgreSQL target ({} does not hold a PostgreSQL URL): only the smoke probes ran",
+                    cfg.postgres.url_env
+                ),
+                Some(_) => {
+                    "the target has no sessiondb tables yet: only the smoke probes ran".into()
+                }
+            };
+            ctx.report
+                .check("verify", CheckStatus::Skip, why, json!({}));
+        }
+    }
+    crate::smoke::probe(ctx, url, &cfg, client)
+}
+
+fn has_tables(c: &mut postgres::Client, schema_name: &str) -> Result<bool> {
+    Ok(schema::table_exists(c, schema_name, "sessions")? && ledger::exists(c, schema_name)?)
+}
+
+/// The verification proper: the schema and the index, every session compared, the
+/// result recorded.
+fn verify_copy(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    c: &mut postgres::Client,
+    sample: Option<u64>,
+    d: &mut Details,
+) -> Result<()> {
+    let schema_name = &cfg.postgres.schema;
+    let src = Source::from_config(cfg);
+    let fingerprint = src.quick_fingerprint()?;
+    check_schema(ctx, c, schema_name)?;
+    if !has_tables(c, schema_name)? {
+        ctx.problems = true;
+        ctx.report
+            .next_steps
+            .push("migrate-state --dry-run=false".into());
+        return Ok(());
+    }
+    // Tables whose columns cannot hold the data are not read as if they could.
+    let fit = Fit::read(c, schema_name)?;
+    if !check_tables(ctx, &fit) {
+        return Ok(());
+    }
+    check_gin(ctx, c, schema_name)?;
+    let found = compare_all(ctx, &src, c, &fit, schema_name, sample)?;
+    let failed = found.counts.differs() || ctx.report.has_failed_check();
+    report_found(ctx, &found, sample, d);
+    d.source_fingerprint = Some(fingerprint.clone());
+    advise(ctx, cfg, c, &found, failed)?;
+    if failed {
+        ctx.problems = true;
+    }
+    // Record the verification (bookkeeping only).
+    let v = runs::Verification {
+        run_id: uuid::Uuid::parse_str(&ctx.run_id()).expect("run ids are uuids"),
+        source_fingerprint: fingerprint,
+        passed: !failed && sample.is_none(),
+    };
+    runs::record_verification(c, schema_name, &v, sample, &found.counts)
+}
+
+/// The `schema` check. Versions only sessiondb's bookkeeping needs may be pending (a
+/// newer sessiondb than the last load): the next migrate-state applies them.
+fn check_schema(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str) -> Result<()> {
+    let st = schema::status(c, schema_name)?;
     let (status, summary) = match st.problems() {
         Some(p) => (CheckStatus::Fail, p),
         None if !st.pending_for_store().is_empty() => (
@@ -120,215 +222,303 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
         summary,
         serde_json::to_value(&st).unwrap_or_default(),
     );
-    if !schema::table_exists(&mut c, &schema_name, "sessions")?
-        || !schema::table_exists(&mut c, &schema_name, "sessiondb_ledger")?
-    {
-        ctx.problems = true;
-        ctx.report
-            .next_steps
-            .push("migrate-state --dry-run=false".into());
-        return Ok(());
-    }
-    // Tables whose columns cannot hold the data are not read as if they could.
-    let fit = Fit::read(&mut c, &schema_name)?;
+    Ok(())
+}
+
+/// The `target_tables` check, when their shape cannot take the data: `false`.
+fn check_tables(ctx: &mut Ctx, fit: &Fit) -> bool {
     let shape = fit.shape_problems();
-    if !shape.is_empty() {
-        ctx.report.check(
-            "target_tables",
-            CheckStatus::Fail,
-            shape
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-            json!({"problems": shape}),
-        );
-        for p in &shape {
-            ctx.report
-                .errors
-                .push(Finding::new(p.code, p.message.clone()));
-        }
-        ctx.problems = true;
-        ctx.report.next_steps.push(
-            "fix the target tables as each problem says (preflight's constraints check names them too), then migrate-state --dry-run=false and verify again".into(),
-        );
-        return Ok(());
+    if shape.is_empty() {
+        return true;
     }
-    let gin = schema::index_state(&mut c, &schema_name)?;
-    match &gin {
-        Some((name, true, opc)) => ctx.report.check(
-            "gin_index",
+    ctx.report.check(
+        "target_tables",
+        CheckStatus::Fail,
+        shape
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        json!({"problems": shape}),
+    );
+    for p in &shape {
+        ctx.report
+            .errors
+            .push(Finding::new(p.code, p.message.clone()));
+    }
+    ctx.problems = true;
+    ctx.report.next_steps.push(
+        "fix the target tables as each problem says (preflight's constraints check names them too), then migrate-state --dry-run=false and verify again".into(),
+    );
+    false
+}
+
+/// The `gin_index` check.
+fn check_gin(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str) -> Result<()> {
+    let (status, summary, details) = match schema::index_state(c, schema_name)? {
+        Some((name, true, opc)) => (
             CheckStatus::Pass,
             format!("{name} ({opc}) is valid"),
             json!({"name": name, "opclass": opc}),
         ),
-        Some((name, false, _)) => ctx.report.check(
-            "gin_index",
+        Some((name, false, _)) => (
             CheckStatus::Fail,
             format!("{name} is invalid: REINDEX INDEX {name}"),
             json!({"name": name}),
         ),
-        None => ctx.report.check(
-            "gin_index",
+        None => (
             CheckStatus::Fail,
-            "no GIN index on session_state.state",
+            "no GIN index on session_state.state".to_owned(),
             json!({}),
         ),
-    }
+    };
+    ctx.report.check("gin_index", status, summary, details);
+    Ok(())
+}
 
+/// Every source session (or a sample of them) against the target, in one
+/// repeatable-read snapshot; then the target's sessions the source does not have.
+fn compare_all(
+    ctx: &mut Ctx,
+    src: &Source,
+    c: &mut postgres::Client,
+    fit: &Fit,
+    schema_name: &str,
+    sample: Option<u64>,
+) -> Result<Found> {
     // Sampling: reservoir over the ids, then compare only those.
-    let sampled: Option<std::collections::HashSet<String>> = match sample {
-        Some(n) => Some(sample_ids(&src, n)?),
+    let sampled: Option<HashSet<String>> = match sample {
+        Some(n) => Some(src.sample(n as usize, |s| s.id)?.into_iter().collect()),
         None => None,
     };
-
-    let mut counts = VerifyCounts::default();
-    let mut diffs: Vec<Difference> = Vec::new();
+    let rows = Rows::new(schema_name, fit);
+    let mut found = Found::default();
     let mut tx = c
         .transaction()
-        .map_err(|e| Error::pg("starting a transaction", &t.display, e))?;
-    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; CREATE TEMP TABLE pg_temp.sessiondb_verify_ids (id text PRIMARY KEY) ON COMMIT DROP")
-        .map_err(|e| Error::pg("preparing verify", &t.display, e))?;
-    let sessions_t = qualified(&schema_name, "sessions");
-    let state_t = qualified(&schema_name, "session_state");
-    let ledger_t = qualified(&schema_name, "sessiondb_ledger");
-    let fetch_sql = format!(
-        "SELECT s.id, {},
-                pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(st.state::text, 'UTF8')), 'hex'), l.status, l.content_hash, u.id
-           FROM pg_catalog.unnest($1::text[]) AS u(id)
-           LEFT JOIN {sessions_t} s ON s.id OPERATOR(pg_catalog.=) u.id
-           LEFT JOIN {state_t} st ON st.session_id OPERATOR(pg_catalog.=) u.id
-           LEFT JOIN {ledger_t} l ON l.session_id = u.id",
-        fit.meta_select("s")
-    );
+        .map_err(|e| crate::error::Error::pg("starting a transaction", "", e))?;
+    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .map_err(|e| crate::error::Error::pg("preparing verify", "", e))?;
+    let ids = IdSet::create(&mut tx)?;
     let summary = src.open()?.scan(1000, |items| {
-        let mut batch: Vec<Session> = Vec::with_capacity(items.len());
-        let mut invalid_ids = Vec::new();
-        for it in items {
-            match it {
-                Item::Session(s) => {
-                    counts.sessions += 1;
-                    if sampled.as_ref().is_none_or(|set| set.contains(&s.id)) {
-                        batch.push(s);
-                    }
-                }
-                Item::Invalid(i) => {
-                    counts.sessions += 1;
-                    invalid_ids.push(i);
-                }
-                Item::Known { .. } => unreachable!("verify reads every session"),
-            }
-        }
-        let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
+        let (batch, invalid) = found.split(items, sampled.as_ref());
         if sampled.is_none() {
-            let all: Vec<&str> = ids.iter().copied().chain(invalid_ids.iter().filter_map(|i| i.id.as_deref())).collect();
-            tx.execute("INSERT INTO pg_temp.sessiondb_verify_ids SELECT DISTINCT pg_catalog.unnest($1::text[]) ON CONFLICT DO NOTHING", &[&all])
-                .map_err(|e| Error::pg("recording source ids", "", e))?;
+            let all: Vec<&str> = batch
+                .iter()
+                .map(|s| s.id.as_str())
+                .chain(invalid.iter().filter_map(|i| i.id.as_deref()))
+                .collect();
+            ids.add(&mut tx, &all)?;
         }
-        // Invalid records: quarantined by a run (the ledger holds each under its key,
-        // records without a usable id too), or not.
-        if !invalid_ids.is_empty() {
-            let keys: Vec<String> = invalid_ids.iter().map(|i| i.ledger_key()).collect();
-            let rows = tx
-                .query(&format!("SELECT session_id FROM {ledger_t} WHERE session_id OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[]) AND status OPERATOR(pg_catalog.=) 'quarantined'"), &[&keys])
-                .map_err(|e| Error::pg("reading the ledger", "", e))?;
-            let q: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-            for (i, key) in invalid_ids.into_iter().zip(keys) {
-                if q.contains(&key) {
-                    counts.quarantined += 1;
-                    diffs.push(Difference {
-                        session: i.id.unwrap_or_default(),
-                        kind: "quarantined",
-                        field: None,
-                        path: i.path.as_ref().map(|p| p.display().to_string()),
-                        detail: Some(format!("quarantined by a run ({}): {}", i.code, i.message)),
-                    });
-                } else {
-                    counts.invalid += 1;
-                    diffs.push(Difference {
-                        session: i.id.unwrap_or_default(),
-                        kind: "invalid",
-                        field: None,
-                        path: i.path.as_ref().map(|p| p.display().to_string()),
-                        detail: Some(format!("invalid in the source ({}) and not quarantined: {}", i.code, i.message)),
-                    });
-                }
-            }
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let rows = tx.query(&fetch_sql, &[&ids]).map_err(|e| Error::pg("reading target rows", "", e))?;
-        let mut by_id: HashMap<String, (Option<TargetRow>, Option<LedgerRow>)> = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let t = "sessions";
-            let id: String = r.get(10);
-            let exists: Option<String> = r.get(0);
-            let trow = match exists {
-                Some(_) => Some(TargetRow {
-                    meta: Meta { user_id: get(r, 1, t)?, status: get(r, 2, t)?, current_step: get(r, 3, t)?, cost: get(r, 4, t)?, created_at: get(r, 5, t)?, updated_at: get(r, 6, t)? },
-                    state_sha: r.get(7),
-                }),
-                None => None,
-            };
-            let ledger: Option<String> = r.get(8);
-            by_id.insert(id, (trow, ledger.map(|l| (l, r.get(9)))));
-        }
-        for s in &batch {
-            counts.checked += 1;
-            let (trow, ledger) = by_id.remove(&s.id).unwrap_or((None, None));
-            let drifted = matches!(&ledger, Some((status, Some(h))) if status == "migrated" && *h != s.content_hash());
-            if drifted {
-                counts.drifted += 1;
-            }
-            let Some(trow) = trow else {
-                counts.missing += 1;
-                diffs.push(Difference { session: s.id.clone(), kind: "missing", field: None, path: None, detail: None });
-                continue;
-            };
-            let mut d = compare_meta(&s.meta, &trow.meta);
-            if d.is_none() {
-                d = compare_state(&mut tx, &state_t, s, trow.state_sha.as_deref())?;
-            }
-            match d {
-                None => counts.matching += 1,
-                Some(mut d) => {
-                    counts.different += 1;
-                    d.session = s.id.clone();
-                    if drifted {
-                        d.kind = "drifted";
-                    }
-                    diffs.push(d);
-                }
-            }
-        }
-        Ok(())
+        found.invalid(&mut tx, schema_name, invalid)?;
+        found.compare(&mut tx, &rows, &batch)
     })?;
     for w in &summary.warnings {
         ctx.report.warn(w.clone());
     }
     if sampled.is_none() {
-        let extra = tx
-            .query(&format!("SELECT s.id FROM {sessions_t} s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.sessiondb_verify_ids v WHERE v.id OPERATOR(pg_catalog.=) s.id) ORDER BY s.id"), &[])
-            .map_err(|e| Error::pg("looking for extra sessions", "", e))?;
-        counts.extra = extra.len() as u64;
-        for r in extra {
-            diffs.push(Difference {
-                session: r.get(0),
-                kind: "extra",
-                field: None,
-                path: None,
-                detail: Some("in the target, not in the source".into()),
-            });
+        for id in ids.extra(&mut tx, schema_name)? {
+            found.counts.extra += 1;
+            let mut d = Difference::new(&id, "extra");
+            d.detail = Some("in the target, not in the source".into());
+            found.diffs.push(d);
         }
     }
-    tx.commit().map_err(|e| Error::pg("ending verify", "", e))?;
+    tx.commit()
+        .map_err(|e| crate::error::Error::pg("ending verify", "", e))?;
+    Ok(found)
+}
 
-    let failed = counts.missing + counts.extra + counts.different + counts.invalid > 0
-        || ctx.report.has_failed_check();
+impl Found {
+    /// A batch's sessions to compare (those sampled) and its invalid records.
+    fn split(
+        &mut self,
+        items: Vec<Item>,
+        sampled: Option<&HashSet<String>>,
+    ) -> (Vec<Session>, Vec<Invalid>) {
+        let mut batch = Vec::with_capacity(items.len());
+        let mut invalid = Vec::new();
+        for it in items {
+            self.counts.sessions += 1;
+            match it {
+                Item::Session(s) if sampled.is_none_or(|set| set.contains(&s.id)) => batch.push(s),
+                Item::Session(_) => {}
+                Item::Invalid(i) => invalid.push(i),
+                Item::Known { .. } => unreachable!("verify reads every session"),
+            }
+        }
+        (batch, invalid)
+    }
+
+    /// Invalid records: quarantined by a run (the ledger holds each under its key,
+    /// records without a usable id too), or not.
+    fn invalid(
+        &mut self,
+        tx: &mut postgres::Transaction<'_>,
+        schema_name: &str,
+        invalid: Vec<Invalid>,
+    ) -> Result<()> {
+        if invalid.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = invalid.iter().map(Invalid::ledger_key).collect();
+        let q = ledger::quarantined(tx, schema_name, &keys)?;
+        for (i, key) in invalid.into_iter().zip(keys) {
+            let quarantined = q.contains(&key);
+            let mut d = Difference::new(
+                i.id.as_deref().unwrap_or_default(),
+                if quarantined {
+                    "quarantined"
+                } else {
+                    "invalid"
+                },
+            );
+            d.path = i.path.as_ref().map(|p| p.display().to_string());
+            d.detail = Some(if quarantined {
+                self.counts.quarantined += 1;
+                format!("quarantined by a run ({}): {}", i.code, i.message)
+            } else {
+                self.counts.invalid += 1;
+                format!(
+                    "invalid in the source ({}) and not quarantined: {}",
+                    i.code, i.message
+                )
+            });
+            self.diffs.push(d);
+        }
+        Ok(())
+    }
+
+    /// Compare a batch of sessions with their target rows.
+    fn compare(
+        &mut self,
+        tx: &mut postgres::Transaction<'_>,
+        rows: &Rows,
+        batch: &[Session],
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
+        let mut by_id = rows.compare(tx, &ids)?;
+        for s in batch {
+            self.counts.checked += 1;
+            let (target, ledger) = by_id
+                .remove(&s.id)
+                .map_or((None, None), |c| (c.target, c.ledger));
+            let drifted = ledger
+                .as_ref()
+                .and_then(LedgerRow::written)
+                .is_some_and(|h| h != s.content_hash());
+            if drifted {
+                self.counts.drifted += 1;
+            }
+            let Some(target) = target else {
+                self.counts.missing += 1;
+                self.diffs.push(Difference::new(&s.id, "missing"));
+                continue;
+            };
+            let d = match compare(s, &target) {
+                Some(d) if d.detail.as_deref() == Some(STATES_DIFFER) => {
+                    confirm_state(tx, rows, s, d)?
+                }
+                d => d,
+            };
+            match d {
+                None => self.counts.matching += 1,
+                Some(mut d) => {
+                    self.counts.different += 1;
+                    d.session = s.id.clone();
+                    if drifted {
+                        d.kind = "drifted";
+                    }
+                    self.diffs.push(d);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first difference between a source session and its target row: a metadata
+/// field, else the state by its hash (confirmed by PostgreSQL before it is called a
+/// difference: [`confirm_state`]).
+pub fn compare(s: &Session, t: &TargetRow) -> Option<Difference> {
+    let (a, b) = (s.meta.texts(), t.meta.texts());
+    if let Some(i) = (0..META_FIELDS.len()).find(|&i| a[i] != b[i]) {
+        let mut d = Difference::new("", "different");
+        d.field = Some(META_FIELDS[i].to_owned());
+        d.detail = Some(format!(
+            "source {:?}, target {:?}",
+            a[i].as_deref(),
+            b[i].as_deref()
+        ));
+        return Some(d);
+    }
+    let src_sha = s
+        .state
+        .as_ref()
+        .map(|st| st.hash()["v1:".len()..].to_owned());
+    if src_sha.as_deref() == t.state_sha.as_deref() {
+        return None;
+    }
+    let mut d = Difference::new("", "different");
+    d.field = Some("state".into());
+    d.detail = Some(
+        match (&s.state, &t.state_sha) {
+            (Some(_), None) => "the target has no state",
+            (None, _) => "the source has no state, the target has one",
+            (Some(_), Some(_)) => STATES_DIFFER,
+        }
+        .into(),
+    );
+    Some(d)
+}
+
+/// The detail of a state that both sides have and whose hashes disagree.
+const STATES_DIFFER: &str = "the states differ";
+
+/// Where the state hashes disagree and both sides have a state, let PostgreSQL decide,
+/// and name the first JSON path that differs.
+fn confirm_state(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &Rows,
+    s: &Session,
+    mut d: Difference,
+) -> Result<Option<Difference>> {
+    let Some(st) = &s.state else {
+        return Ok(Some(d));
+    };
+    let raw = std::str::from_utf8(&st.raw).unwrap_or_default();
+    let (equal, target_text) = rows.state_equals(tx, &s.id, raw)?;
+    if equal {
+        tracing::warn!(
+            "session {}: hashes differ but PostgreSQL finds the states equal (a canonicalisation gap; not a difference)",
+            s.id
+        );
+        return Ok(None);
+    }
+    d.path = match (
+        canon::parse(st.canonical.as_bytes()),
+        canon::parse(target_text.as_bytes()),
+    ) {
+        (Ok(a), Ok(b)) => first_diff(
+            &a,
+            st.canonical.as_bytes(),
+            &b,
+            target_text.as_bytes(),
+            "$".to_owned(),
+        ),
+        _ => Some("$".to_owned()),
+    };
+    Ok(Some(d))
+}
+
+/// The `sessions` check, the counts, the differences (inline and in a file).
+fn report_found(ctx: &mut Ctx, found: &Found, sample: Option<u64>, d: &mut Details) {
+    let counts = &found.counts;
     ctx.report.check(
         "sessions",
-        if counts.missing + counts.extra + counts.different + counts.invalid > 0 { CheckStatus::Fail } else { CheckStatus::Pass },
+        if counts.differs() { CheckStatus::Fail } else { CheckStatus::Pass },
         format!(
             "{} checked: {} matching, {} missing, {} extra, {} different ({} drifted in the source since migrated), {} quarantined, {} invalid",
             counts.checked, counts.matching, counts.missing, counts.extra, counts.different, counts.drifted, counts.quarantined, counts.invalid
@@ -356,18 +546,25 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
             ),
         ));
     }
-    ctx.report.detail(
-        "differences",
-        diffs.iter().take(INLINE_LIMIT).collect::<Vec<_>>(),
-    );
-    ctx.report.detail("source_fingerprint", &fingerprint);
+    d.differences = Some(found.diffs.iter().take(INLINE_LIMIT).cloned().collect());
     if let Some(Ok(p)) =
-        crate::report::write_list(ctx.report_dir(), "verify-differences.jsonl", &diffs)
+        crate::report::write_list(ctx.report_dir(), "verify-differences.jsonl", &found.diffs)
     {
         ctx.report.artifact("differences", &p);
     }
-    let phase = phase(&mut c, &schema_name, cfg.backend)?;
-    let changed_in_target = diffs.iter().filter(|d| d.kind == "different").count();
+}
+
+/// The next steps, by what was found and where the cutover stands.
+fn advise(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    c: &mut postgres::Client,
+    found: &Found,
+    failed: bool,
+) -> Result<()> {
+    let counts = &found.counts;
+    let phase = phase(c, &cfg.postgres.schema, cfg.backend)?;
+    let changed_in_target = found.diffs.iter().filter(|d| d.kind == "different").count();
     if changed_in_target > 0 {
         ctx.report.next_steps.push(match &phase {
             Phase::CutOver => format!(
@@ -384,33 +581,24 @@ pub fn run(ctx: &mut Ctx, sample: Option<u64>) -> Result<()> {
     if counts.extra > 0 {
         ctx.report.next_steps.push("extra sessions exist only in PostgreSQL (written by the application after a cutover, or deleted from the source): inspect them before a rollback".into());
     }
-    if !failed {
-        let url_env = &cfg.postgres.url_env;
-        match &phase {
-            Phase::Before => ctx
-                .report
-                .next_steps
-                .push("set-default --dry-run=false".into()),
-            Phase::CutOver => ctx.report.next_steps.extend([
-                "the cutover is done (the config says backend = \"postgres\"): smoke-test the running application (verify --smoke-url URL) and monitor it (errors, latency, sessiondb check --backend postgres)".to_owned(),
-                "to go back: rollback --dry-run=false".to_owned(),
-            ]),
-            Phase::RolledBack { at } => ctx.report.next_steps.extend([
-                format!("restart the application on sqlite (unset {url_env} or point it at the SQLite URL): the config says backend = \"sqlite\" since the rollback of {at}"),
-                "to cut over again later: migrate-state --dry-run=false, verify, then set-default --dry-run=false".to_owned(),
-            ]),
-        }
-    } else {
-        ctx.problems = true;
+    if failed {
+        return Ok(());
     }
-    // Record the verification (bookkeeping only).
-    let run = uuid::Uuid::parse_str(&ctx.run_id()).expect("uuid");
-    let passed = !failed && sample.is_none();
-    c.execute(
-        &format!("INSERT INTO {} (run_id, source_fingerprint, passed, sample, counts) VALUES ($1, $2, $3, $4, $5)", qualified(&schema_name, "sessiondb_verifications")),
-        &[&run, &fingerprint, &passed, &sample.map(|n| n as i32), &serde_json::to_value(&counts).unwrap_or_default()],
-    )
-    .map_err(|e| Error::pg("recording the verification", &t.display, e))?;
+    let url_env = &cfg.postgres.url_env;
+    match &phase {
+        Phase::Before => ctx
+            .report
+            .next_steps
+            .push("set-default --dry-run=false".into()),
+        Phase::CutOver => ctx.report.next_steps.extend([
+            "the cutover is done (the config says backend = \"postgres\"): smoke-test the running application (verify --smoke-url URL) and monitor it (errors, latency, sessiondb check --backend postgres)".to_owned(),
+            "to go back: rollback --dry-run=false".to_owned(),
+        ]),
+        Phase::RolledBack { at } => ctx.report.next_steps.extend([
+            format!("restart the application on sqlite (unset {url_env} or point it at the SQLite URL): the config says backend = \"sqlite\" since the rollback of {at}"),
+            "to cut over again later: migrate-state --dry-run=false, verify, then set-default --dry-run=false".to_owned(),
+        ]),
+    }
     Ok(())
 }
 
@@ -425,114 +613,14 @@ fn phase(c: &mut postgres::Client, schema_name: &str, backend: Backend) -> Resul
     if backend == Backend::Postgres {
         return Ok(Phase::CutOver);
     }
-    let set = crate::cutover::latest(c, schema_name, "set_default")?;
-    let back = crate::cutover::latest(c, schema_name, "rollback")?;
+    let set = runs::latest_cutover(c, schema_name, runs::Kind::SetDefault)?;
+    let back = runs::latest_cutover(c, schema_name, runs::Kind::Rollback)?;
     Ok(match (set, back) {
         (s, Some(b)) if s.as_ref().is_none_or(|s| s.id < b.id) => Phase::RolledBack {
             at: b.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         },
         _ => Phase::Before,
     })
-}
-
-fn compare_meta(a: &Meta, b: &Meta) -> Option<Difference> {
-    let fields: [(&str, Option<String>, Option<String>); 6] = [
-        ("user_id", a.user_id.clone(), b.user_id.clone()),
-        ("status", a.status.clone(), b.status.clone()),
-        (
-            "current_step",
-            a.current_step.clone(),
-            b.current_step.clone(),
-        ),
-        (
-            "cost",
-            a.cost.map(|c| format!("{c:?}")),
-            b.cost.map(|c| format!("{c:?}")),
-        ),
-        (
-            "created_at",
-            a.created_at.as_ref().map(fields::fmt_ts),
-            b.created_at.as_ref().map(fields::fmt_ts),
-        ),
-        (
-            "updated_at",
-            a.updated_at.as_ref().map(fields::fmt_ts),
-            b.updated_at.as_ref().map(fields::fmt_ts),
-        ),
-    ];
-    fields
-        .into_iter()
-        .find(|(_, x, y)| x != y)
-        .map(|(name, x, y)| Difference {
-            session: String::new(),
-            kind: "different",
-            field: Some(name.to_owned()),
-            path: None,
-            detail: Some(format!("source {:?}, target {:?}", x, y)),
-        })
-}
-
-/// Compare the state by hash; where the hashes disagree, let PostgreSQL decide, and
-/// name the first JSON path that differs.
-fn compare_state(
-    tx: &mut postgres::Transaction<'_>,
-    state_t: &str,
-    s: &Session,
-    target_sha: Option<&str>,
-) -> Result<Option<Difference>> {
-    let src_sha = s
-        .state
-        .as_ref()
-        .map(|st| st.hash()["v1:".len()..].to_owned());
-    if src_sha.as_deref() == target_sha {
-        return Ok(None);
-    }
-    let diff = |path: Option<String>, detail: &str| {
-        Some(Difference {
-            session: String::new(),
-            kind: "different",
-            field: Some("state".into()),
-            path,
-            detail: Some(detail.to_owned()),
-        })
-    };
-    let (Some(st), Some(_)) = (&s.state, target_sha) else {
-        return Ok(diff(
-            None,
-            if s.state.is_some() {
-                "the target has no state"
-            } else {
-                "the source has no state, the target has one"
-            },
-        ));
-    };
-    let raw = std::str::from_utf8(&st.raw).unwrap_or_default();
-    let row = tx
-        .query_one(&format!("SELECT ($1::text::jsonb)::text = state::text, state::text FROM {state_t} WHERE session_id OPERATOR(pg_catalog.=) $2::text"), &[&raw, &s.id])
-        .map_err(|e| Error::pg("comparing a state", "", e))?;
-    let equal: bool = row.get(0);
-    if equal {
-        tracing::warn!(
-            "session {}: hashes differ but PostgreSQL finds the states equal (a canonicalisation gap; not a difference)",
-            s.id
-        );
-        return Ok(None);
-    }
-    let target_text: String = row.get(1);
-    let path = match (
-        canon::parse(st.canonical.as_bytes()),
-        canon::parse(target_text.as_bytes()),
-    ) {
-        (Ok(a), Ok(b)) => first_diff(
-            &a,
-            st.canonical.as_bytes(),
-            &b,
-            target_text.as_bytes(),
-            "$".to_owned(),
-        ),
-        _ => Some("$".to_owned()),
-    };
-    Ok(diff(path, "the states differ"))
 }
 
 /// The first JSON path where two canonical documents differ.
@@ -566,9 +654,4 @@ fn first_diff(a: &Spanned, ab: &[u8], b: &Spanned, bb: &[u8], path: String) -> O
         }
         _ => (ab[a.span.clone()] != bb[b.span.clone()]).then_some(path),
     }
-}
-
-/// N ids chosen at random from the source.
-fn sample_ids(src: &Source, n: u64) -> Result<std::collections::HashSet<String>> {
-    Ok(src.sample(n as usize, |s| s.id)?.into_iter().collect())
 }

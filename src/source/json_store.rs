@@ -286,7 +286,7 @@ impl StoreFile {
 }
 
 fn invalid(path: &Path, code: &'static str, message: String) -> Error {
-    Error::InvalidSource {
+    Error::JsonStoreInvalid {
         code,
         message: format!("JSON store {}: {message}", path.display()),
     }

@@ -52,6 +52,34 @@ pub struct Meta {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// The metadata fields, in the order of [`Meta::texts`]: also the names of the target
+/// columns they go to, and the order every reader and writer of those columns keeps.
+pub const META_FIELDS: [&str; 6] = [
+    "user_id",
+    "status",
+    "current_step",
+    "cost",
+    "created_at",
+    "updated_at",
+];
+
+impl Meta {
+    /// Each field as the one text both sides hash, compare and COPY ([`META_FIELDS`]
+    /// order): the text fields as they are, the cost in Rust's shortest round-trip
+    /// form, timestamps as RFC 3339 UTC with microseconds.
+    pub fn texts(&self) -> [Option<std::borrow::Cow<'_, str>>; 6] {
+        use std::borrow::Cow::{Borrowed, Owned};
+        [
+            self.user_id.as_deref().map(Borrowed),
+            self.status.as_deref().map(Borrowed),
+            self.current_step.as_deref().map(Borrowed),
+            self.cost.map(|c| Owned(format!("{c:?}"))),
+            self.created_at.as_ref().map(|t| Owned(fields::fmt_ts(t))),
+            self.updated_at.as_ref().map(|t| Owned(fields::fmt_ts(t))),
+        ]
+    }
+}
+
 /// Where a piece of a session came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,15 +146,9 @@ pub fn content_hash(id: &str, m: &Meta, canonical_state: Option<&str>) -> String
         h.update(b"\0");
     };
     field(Some(id.as_bytes()));
-    field(m.user_id.as_deref().map(str::as_bytes));
-    field(m.status.as_deref().map(str::as_bytes));
-    field(m.current_step.as_deref().map(str::as_bytes));
-    let cost = m.cost.map(|c| format!("{c:?}"));
-    field(cost.as_deref().map(str::as_bytes));
-    let ca = m.created_at.as_ref().map(fields::fmt_ts);
-    field(ca.as_deref().map(str::as_bytes));
-    let ua = m.updated_at.as_ref().map(fields::fmt_ts);
-    field(ua.as_deref().map(str::as_bytes));
+    for v in &m.texts() {
+        field(v.as_deref().map(str::as_bytes));
+    }
     field(canonical_state.map(str::as_bytes));
     format!("v1:{}", hex::encode(h.finalize()))
 }
@@ -235,10 +257,7 @@ impl Source {
     /// Open every part of the store read-only and load the JSON store's index.
     pub fn open(&self) -> Result<Reader> {
         if self.sqlite.is_none() && self.json_path.is_none() {
-            return Err(Error::InvalidSource {
-                code: "config_invalid",
-                message: "the config names no legacy store: neither [sqlite] nor [json]".into(),
-            });
+            return Err(Error::NoLegacyStore);
         }
         self.check_paths()?;
         let db = match &self.sqlite {
@@ -323,6 +342,22 @@ struct Row {
     state: Raw,
 }
 
+impl Row {
+    /// The row's fields in [`sqlite::COLUMNS`] order.
+    fn fields(&self) -> [&Raw; 8] {
+        [
+            &self.id,
+            &self.user_id,
+            &self.status,
+            &self.current_step,
+            &self.cost,
+            &self.created_at,
+            &self.updated_at,
+            &self.state,
+        ]
+    }
+}
+
 impl Reader {
     pub fn source(&self) -> &Source {
         &self.source
@@ -361,15 +396,63 @@ impl Reader {
         known: Option<&KnownFn<'_>>,
         mut f: impl FnMut(Vec<Item>) -> Result<()>,
     ) -> Result<Summary> {
-        let batch = batch.max(1);
+        let Reader {
+            source,
+            fingerprint,
+            db,
+            json,
+            json_warnings,
+        } = self;
+        let mut scan = Scan::new(&source, json, json_warnings, batch.max(1), known);
+        // Stage 1: SQLite rows and their state files.
+        if let (Some(db), Some(s)) = (db, &source.sqlite) {
+            let fp = scan.sqlite_rows(db, &s.path, fingerprint, &mut f)?;
+            scan.summary.fingerprint = fp.map(Fingerprint::finish);
+        } else {
+            scan.summary.fingerprint = fingerprint.map(Fingerprint::finish);
+        }
+        // Stage 2: sessions only in the JSON store, and JSON records without a usable id.
+        scan.json_only(&mut f)?;
+        // Stage 3: state files with no metadata anywhere. A catch-up scan (`known`) skips
+        // it: orphans are named by full scans (preflight, check, a first load, verify).
+        if let (Some(s), None) = (&source.sqlite, known) {
+            scan.orphans(s)?;
+        }
+        Ok(scan.summary)
+    }
+}
+
+/// A batch handed from one stage of the scan to the next, or the error that ended it.
+type Chunk<T> = Result<Vec<T>>;
+
+/// A scan under way: what it has seen, and what resolving needs.
+struct Scan<'k> {
+    batch: usize,
+    known: Option<&'k KnownFn<'k>>,
+    summary: Summary,
+    json: Arc<Vec<JsonRecord>>,
+    /// The JSON store by id; the last record of a duplicated id wins (warned).
+    json_by_id: Arc<HashMap<String, usize>>,
+    /// Ids of the JSON store that SQLite rows had too.
+    seen_in_sqlite: HashSet<String>,
+    ctx: Arc<Resolve>,
+}
+
+impl<'k> Scan<'k> {
+    fn new(
+        source: &Source,
+        json: Vec<JsonRecord>,
+        json_warnings: Vec<Finding>,
+        batch: usize,
+        known: Option<&'k KnownFn<'k>>,
+    ) -> Scan<'k> {
         let mut summary = Summary {
-            warnings: self.json_warnings.clone(),
+            warnings: json_warnings,
+            json_records: json.len() as u64,
             ..Summary::default()
         };
-        summary.json_records = self.json.len() as u64;
-        // Index the JSON store by id; the last record of a duplicated id wins (warned).
         let mut json_by_id: HashMap<String, usize> = HashMap::new();
-        for (i, r) in self.json.iter().enumerate() {
+        for (i, r) in json.iter().enumerate() {
             if let Ok(id) = &r.id {
                 if json_by_id.insert(id.clone(), i).is_some() {
                     summary.duplicate_ids += 1;
@@ -380,123 +463,135 @@ impl Reader {
                 }
             }
         }
-        let json = Arc::new(self.json);
+        let json = Arc::new(json);
         let json_by_id = Arc::new(json_by_id);
-        let sessions_dir = self.source.sqlite.as_ref().map(|s| s.sessions_dir.clone());
-        let sessions_root = sessions_dir
-            .as_ref()
-            .and_then(|d| std::fs::canonicalize(d).ok());
-        let sessions_fd = sessions_dir
-            .as_ref()
-            .and_then(|d| crate::fsutil::open_dir(d).ok());
+        let sessions_dir = source.sqlite.as_ref().map(|s| s.sessions_dir.clone());
         let ctx = Arc::new(Resolve {
-            sessions_fd,
-            db_path: self.source.sqlite.as_ref().map(|s| s.path.clone()),
-            sessions_dir: sessions_dir.clone(),
-            sessions_root,
+            sessions_fd: sessions_dir
+                .as_ref()
+                .and_then(|d| crate::fsutil::open_dir(d).ok()),
+            db_path: source.sqlite.as_ref().map(|s| s.path.clone()),
+            sessions_root: sessions_dir
+                .as_ref()
+                .and_then(|d| std::fs::canonicalize(d).ok()),
+            sessions_dir,
             json: json.clone(),
             json_by_id: json_by_id.clone(),
         });
-        let mut seen_in_sqlite: HashSet<String> = HashSet::new();
+        Scan {
+            batch,
+            known,
+            summary,
+            json,
+            json_by_id,
+            seen_in_sqlite: HashSet::new(),
+            ctx,
+        }
+    }
 
-        // Stage 1, four threads one batch apart: one reads SQLite rows; one stamps them
-        // (the stats in parallel); one asks the ledger which stamps it knows, so that its
-        // answer for one batch overlaps the stats of the next; one resolves what is not
-        // known (state files read and canonicalised in parallel).
-        type Chunk<T> = Result<Vec<T>>;
+    /// Stage 1, four threads one batch apart: one reads SQLite rows; one stamps them
+    /// (the stats in parallel, and the fingerprint's); one asks the ledger which stamps
+    /// it knows, so that its answer for one batch overlaps the stats of the next; one
+    /// resolves what is not known (state files read and canonicalised in parallel).
+    /// Returns the fingerprint the stamper fed.
+    fn sqlite_rows(
+        &mut self,
+        db: rusqlite::Connection,
+        path: &Path,
+        fingerprint: Option<Fingerprint>,
+        f: &mut impl FnMut(Vec<Item>) -> Result<()>,
+    ) -> Result<Option<Fingerprint>> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk<(Item, Vec<Finding>)>>(2);
-        let db = self.db;
-        let sqlite_path = self.source.sqlite.as_ref().map(|s| s.path.clone());
-        let mut fingerprint = self.fingerprint;
-        let mut consumer_err = None;
+        let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Chunk<Row>>(2);
+        let (stamped_tx, stamped_rx) =
+            std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
+        let (known_tx, known_rx) =
+            std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
+        let (batch, known) = (self.batch, self.known);
         std::thread::scope(|scope| {
-            let producer = match (db, sqlite_path) {
-                (Some(db), Some(path)) => {
-                    let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Chunk<Row>>(2);
-                    let (stamped_tx, stamped_rx) =
-                        std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
-                    let (known_tx, known_rx) =
-                        std::sync::mpsc::sync_channel::<Chunk<(Row, Option<Stamped>)>>(2);
-                    let reader = scope.spawn(move || {
-                        let res = sqlite::for_each_chunk(&db, &path, batch, |rows| {
-                            rows_tx.send(Ok(rows)).map_err(|_| cancelled())
-                        });
-                        if let Err(e) = res {
-                            let _ = rows_tx.send(Err(e));
-                        }
-                    });
-                    let ctx1 = ctx.clone();
-                    let mut fp = fingerprint.take();
-                    let stamper = scope.spawn(move || {
-                        relay(rows_rx, stamped_tx, |r| ctx1.stamp_chunk(r, fp.as_mut()));
-                        fp
-                    });
-                    let asker =
-                        scope.spawn(move || relay(stamped_rx, known_tx, |s| mark_known(known, s)));
-                    let ctx = ctx.clone();
-                    let resolver =
-                        scope.spawn(move || relay(known_rx, tx, |s| ctx.resolve_chunk(s)));
-                    Some(([reader, asker, resolver], stamper))
+            let reader = scope.spawn(move || {
+                let mut n = 0;
+                let res = sqlite::for_each_chunk(&db, path, batch, |rows| {
+                    crate::fault::panic_point("read", n);
+                    n += 1;
+                    rows_tx.send(Ok(rows)).map_err(|_| cancelled())
+                });
+                if let Err(e) = res {
+                    let _ = rows_tx.send(Err(e));
                 }
-                _ => {
-                    drop(tx);
-                    None
-                }
-            };
-            for chunk in rx.iter() {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => {
-                        consumer_err = Some(e);
-                        break;
-                    }
-                };
-                let mut items = Vec::with_capacity(chunk.len());
-                for (item, warnings) in chunk {
-                    summary.sqlite_rows += 1;
-                    let id = match &item {
-                        Item::Session(s) => Some(&s.id),
-                        Item::Invalid(Invalid { id: Some(id), .. }) => Some(id),
-                        Item::Known { id, .. } => Some(id),
-                        _ => None,
-                    };
-                    if let Some(id) = id.filter(|id| json_by_id.contains_key(*id)) {
-                        seen_in_sqlite.insert(id.clone());
-                    }
-                    tally(&mut summary, &item, warnings);
-                    items.push(item);
-                }
-                if let Err(e) = f(items) {
-                    consumer_err = Some(e);
-                    break;
+            });
+            let ctx = self.ctx.clone();
+            let mut fp = fingerprint;
+            let stamper = scope.spawn(move || {
+                relay("stamp", rows_rx, stamped_tx, |r| {
+                    ctx.stamp_chunk(r, fp.as_mut())
+                });
+                fp
+            });
+            let asker =
+                scope.spawn(move || relay("ask", stamped_rx, known_tx, |s| mark_known(known, s)));
+            let ctx = self.ctx.clone();
+            let resolver =
+                scope.spawn(move || relay("resolve", known_rx, tx, |s| ctx.resolve_chunk(s)));
+            let consumed = self.consume(rx, f);
+            // A stage that panicked dropped its sender: to the consumer the input simply
+            // ended. Its panic fails the scan, which never ends short as if the store held
+            // no more sessions.
+            let mut panicked = None;
+            for (stage, p) in [("read", reader), ("ask", asker), ("resolve", resolver)] {
+                if let Err(panic) = p.join() {
+                    panicked.get_or_insert_with(|| stage_panicked(stage, panic.as_ref()));
                 }
             }
-            drop(rx);
-            if let Some((others, stamper)) = producer {
-                for p in others {
-                    let _ = p.join();
-                }
-                fingerprint = stamper.join().ok().flatten();
+            let fp = stamper
+                .join()
+                .map_err(|panic| stage_panicked("stamp", panic.as_ref()));
+            match (panicked, fp) {
+                (Some(e), _) | (None, Err(e)) => Err(e),
+                (None, Ok(fp)) => consumed.map(|()| fp),
             }
-        });
-        if let Some(e) = consumer_err {
-            return Err(e);
-        }
-        summary.fingerprint = fingerprint.map(Fingerprint::finish);
+        })
+    }
 
-        // Stage 2: sessions only in the JSON store, and JSON records without a usable id.
-        let mut pending: Vec<usize> = Vec::new();
-        for (i, r) in json.iter().enumerate() {
-            let keep = match &r.id {
-                Ok(id) => json_by_id.get(id) == Some(&i) && !seen_in_sqlite.contains(id),
-                Err(_) => true,
-            };
-            if keep {
-                pending.push(i);
+    /// The resolved rows, a batch at a time, to `f`; stops at the first error (the
+    /// receiver dropped, the stages stop).
+    fn consume(
+        &mut self,
+        rx: std::sync::mpsc::Receiver<Chunk<(Item, Vec<Finding>)>>,
+        f: &mut impl FnMut(Vec<Item>) -> Result<()>,
+    ) -> Result<()> {
+        for chunk in rx {
+            let mut items = Vec::new();
+            for (item, warnings) in chunk? {
+                self.summary.sqlite_rows += 1;
+                let id = match &item {
+                    Item::Session(s) => Some(&s.id),
+                    Item::Invalid(Invalid { id: Some(id), .. }) => Some(id),
+                    Item::Known { id, .. } => Some(id),
+                    _ => None,
+                };
+                if let Some(id) = id.filter(|id| self.json_by_id.contains_key(*id)) {
+                    self.seen_in_sqlite.insert(id.clone());
+                }
+                tally(&mut self.summary, &item, warnings);
+                items.push(item);
             }
+            f(items)?;
         }
-        for idx in pending.chunks(batch) {
-            // Stamped like SQLite rows, so that a catch-up skips what it holds as it is.
+        Ok(())
+    }
+
+    /// Stage 2: sessions only in the JSON store (stamped like SQLite rows, so that a
+    /// catch-up skips what it holds as it is), and JSON records without a usable id.
+    fn json_only(&mut self, f: &mut impl FnMut(Vec<Item>) -> Result<()>) -> Result<()> {
+        let pending: Vec<usize> = (0..self.json.len())
+            .filter(|&i| match &self.json[i].id {
+                Ok(id) => self.json_by_id.get(id) == Some(&i) && !self.seen_in_sqlite.contains(id),
+                Err(_) => true,
+            })
+            .collect();
+        let (json, ctx) = (&self.json, &self.ctx);
+        for idx in pending.chunks(self.batch) {
             let stamps: Vec<Option<(String, String)>> = idx
                 .par_iter()
                 .map(|&i| match &json[i].id {
@@ -509,7 +604,7 @@ impl Reader {
                 })
                 .collect::<Result<_>>()?;
             let known_ids = ask_known(
-                known,
+                self.known,
                 stamps
                     .iter()
                     .flatten()
@@ -533,59 +628,64 @@ impl Reader {
                 .collect::<Result<Vec<_>>>()?;
             let mut items = Vec::with_capacity(resolved.len());
             for (item, warnings) in resolved {
-                tally(&mut summary, &item, warnings);
+                tally(&mut self.summary, &item, warnings);
                 items.push(item);
             }
             f(items)?;
         }
+        Ok(())
+    }
 
-        // Stage 3: state files with no metadata anywhere. A catch-up scan (`known`) skips
-        // it: orphans are named by full scans (preflight, check, a first load, verify).
-        if let (Some(dir), Some(s), None) = (&sessions_dir, &self.source.sqlite, known) {
-            let db = sqlite::open(&s.path)?;
-            let mut names = 0u64;
-            let rd = std::fs::read_dir(dir).map_err(|e| Error::Unreadable {
-                path: dir.clone(),
-                source: e,
-            })?;
-            for entry in rd {
-                let entry = entry.map_err(|e| Error::Unreadable {
-                    path: dir.clone(),
-                    source: e,
-                })?;
-                let name = entry.file_name();
-                let state = entry.path().join("state.json");
-                if std::fs::symlink_metadata(&state).is_err() {
-                    continue;
-                }
-                names += 1;
-                let Some(name) = name.to_str() else {
-                    summary.orphans += 1;
-                    summary.warnings.push(
-                        Finding::new(
-                            "orphan_state_file",
-                            format!(
-                                "{} has a folder name that is not UTF-8: not migrated, not deleted",
-                                crate::term::path(&state)
-                            ),
-                        )
-                        .path(&state),
-                    );
-                    continue;
-                };
-                if json_by_id.contains_key(name) || sqlite::has_id(&db, &s.path, name)? {
-                    continue;
-                }
-                summary.orphans += 1;
-                summary.warnings.push(
-                    Finding::new("orphan_state_file", format!("{} has no metadata in SQLite or the JSON store: not migrated, not deleted", state.display()))
-                        .session(name)
-                        .path(&state),
-                );
+    /// Stage 3: the state files of the sessions folder with no metadata in SQLite or
+    /// the JSON store, each an `orphan_state_file` warning (not migrated, not deleted).
+    fn orphans(&mut self, s: &crate::config::SqliteSource) -> Result<()> {
+        let dir = &s.sessions_dir;
+        let unreadable = |e| Error::Unreadable {
+            path: dir.clone(),
+            source: e,
+        };
+        let db = sqlite::open(&s.path)?;
+        let mut names = 0u64;
+        for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+            let entry = entry.map_err(unreadable)?;
+            let name = entry.file_name();
+            let state = entry.path().join("state.json");
+            if std::fs::symlink_metadata(&state).is_err() {
+                continue;
             }
-            summary.state_files = names;
+            names += 1;
+            let Some(name) = name.to_str() else {
+                self.summary.orphans += 1;
+                self.summary.warnings.push(
+                    Finding::new(
+                        "orphan_state_file",
+                        format!(
+                            "{} has a folder name that is not UTF-8: not migrated, not deleted",
+                            crate::term::path(&state)
+                        ),
+                    )
+                    .path(&state),
+                );
+                continue;
+            };
+            if self.json_by_id.contains_key(name) || sqlite::has_id(&db, &s.path, name)? {
+                continue;
+            }
+            self.summary.orphans += 1;
+            self.summary.warnings.push(
+                Finding::new(
+                    "orphan_state_file",
+                    format!(
+                        "{} has no metadata in SQLite or the JSON store: not migrated, not deleted",
+                        state.display()
+                    ),
+                )
+                .session(name)
+                .path(&state),
+            );
         }
-        Ok(summary)
+        self.summary.state_files = names;
+        Ok(())
     }
 }
 
@@ -653,11 +753,13 @@ fn mark_known(
 /// One stage of a pipeline: `f` applied to each chunk from `rx`, sent on to `tx`; stops
 /// after passing on an error, or when the next stage has gone.
 fn relay<T, U>(
+    stage: &str,
     rx: std::sync::mpsc::Receiver<Result<T>>,
     tx: std::sync::mpsc::SyncSender<Result<U>>,
     mut f: impl FnMut(T) -> Result<U>,
 ) {
-    for input in rx {
+    for (n, input) in rx.into_iter().enumerate() {
+        crate::fault::panic_point(stage, n as u64);
         let out = input.and_then(&mut f);
         let failed = out.is_err();
         if tx.send(out).is_err() || failed {
@@ -666,9 +768,18 @@ fn relay<T, U>(
     }
 }
 
+/// The error of a scan stage that panicked.
+fn stage_panicked(stage: &str, panic: &(dyn std::any::Any + Send)) -> Error {
+    Error::Internal {
+        message: format!(
+            "the scan's {stage} stage panicked ({}); the scan stopped, and nothing it had not read was taken for the end of the store",
+            crate::error::panic_message(panic)
+        ),
+    }
+}
+
 fn cancelled() -> Error {
-    Error::Refused {
-        code: "cancelled",
+    Error::Cancelled {
         message: "scan cancelled".into(),
     }
 }
@@ -1082,16 +1193,7 @@ fn describe_row(r: &Row) -> String {
 /// Feed a SQLite row's raw fields to a stamp: each as a type tag, a length and its bytes,
 /// so that no two different rows feed the same bytes.
 fn hash_row(h: &mut Sha256, r: &Row) {
-    for f in [
-        &r.id,
-        &r.user_id,
-        &r.status,
-        &r.current_step,
-        &r.cost,
-        &r.created_at,
-        &r.updated_at,
-        &r.state,
-    ] {
+    for f in r.fields() {
         let (tag, bytes): (u8, &[u8]) = match f {
             Raw::Null => (0, &[]),
             Raw::Integer(i) => (1, &i.to_le_bytes()[..]),
@@ -1114,12 +1216,12 @@ fn row_bytes(r: &Row) -> Vec<u8> {
         Raw::Text(s) => serde_json::json!(s),
         Raw::Blob(b) => serde_json::json!({ "hex": hex::encode(b) }),
     };
-    serde_json::to_vec(&serde_json::json!({
-        "id": v(&r.id), "user_id": v(&r.user_id), "status": v(&r.status),
-        "current_step": v(&r.current_step), "cost": v(&r.cost), "created_at": v(&r.created_at),
-        "updated_at": v(&r.updated_at), "state": v(&r.state),
-    }))
-    .unwrap_or_default()
+    let fields: serde_json::Map<String, serde_json::Value> = sqlite::COLUMNS
+        .iter()
+        .zip(r.fields())
+        .map(|(name, f)| ((*name).to_owned(), v(f)))
+        .collect();
+    serde_json::to_vec(&fields).unwrap_or_default()
 }
 
 /// Load the deprecated JSON store's index (for `check`, `preflight` and the runtime

@@ -495,11 +495,10 @@ impl Shape {
     /// (`sqlite_schema`), a name in the config the database lacks (`config_invalid`), a
     /// cycle of foreign keys or a copied table without a primary key (`sqlite_schema`).
     pub fn read(conn: &Connection, db: &Path, config: &Path, app: &AppSchema) -> Result<Shape> {
-        let sessions = read_table(conn, db, &app.table)?.ok_or_else(|| Error::InvalidSource {
-            code: "sqlite_schema",
+        let sessions = read_table(conn, db, &app.table)?.ok_or_else(|| Error::SourceSchema {
+            path: db.to_path_buf(),
             message: format!(
-                "{}: no table {:?}{}",
-                db.display(),
+                "no table {:?}{}",
                 app.table,
                 if app.table == DEFAULT_TABLE {
                     " (set sqlite.table to the application's sessions table)".to_owned()

@@ -11,14 +11,16 @@ use super::Row;
 use super::fields::Raw;
 use crate::error::{Error, Result};
 
+/// The columns of SPEC §1's `sessions` table: the id, [`super::META_FIELDS`], and the
+/// legacy `state` column.
 pub const COLUMNS: [&str; 8] = [
     "id",
-    "user_id",
-    "status",
-    "current_step",
-    "cost",
-    "created_at",
-    "updated_at",
+    super::META_FIELDS[0],
+    super::META_FIELDS[1],
+    super::META_FIELDS[2],
+    super::META_FIELDS[3],
+    super::META_FIELDS[4],
+    super::META_FIELDS[5],
     "state",
 ];
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -127,9 +129,9 @@ pub fn check_table(conn: &Connection, path: &Path) -> Result<()> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| map_err(path, e))?;
     if cols.is_empty() {
-        return Err(Error::InvalidSource {
-            code: "sqlite_schema",
-            message: format!("{}: no table `sessions`", path.display()),
+        return Err(Error::SourceSchema {
+            path: path.to_path_buf(),
+            message: "no table `sessions`".into(),
         });
     }
     let missing: Vec<&str> = COLUMNS
@@ -138,13 +140,9 @@ pub fn check_table(conn: &Connection, path: &Path) -> Result<()> {
         .filter(|c| !cols.iter().any(|x| x.eq_ignore_ascii_case(c)))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::InvalidSource {
-            code: "sqlite_schema",
-            message: format!(
-                "{}: table `sessions` lacks column(s) {}",
-                path.display(),
-                missing.join(", ")
-            ),
+        return Err(Error::SourceSchema {
+            path: path.to_path_buf(),
+            message: format!("table `sessions` lacks column(s) {}", missing.join(", ")),
         });
     }
     Ok(())

@@ -330,8 +330,7 @@ impl Sessions {
             self.root
                 .mkdir(osstr(id), dir_mode)
                 .map_err(|e| match e.kind() {
-                    io::ErrorKind::AlreadyExists => Error::Refused {
-                        code: "source_changed",
+                    io::ErrorKind::AlreadyExists => Error::ChangedDuringWrite {
                         message: format!(
                             "session {id:?}: {} appeared while sessiondb was writing: nothing was written there; run again",
                             path.display()

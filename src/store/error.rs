@@ -35,6 +35,39 @@ pub enum Error {
         message: String,
     },
 
+    /// A column the session's table does not have or the store does not write: an extra
+    /// column not in the table, a field given a value where the mapping has no column
+    /// for it (`[sqlite.columns] status = ""`), a mapped column given as an extra, a
+    /// parent table the sessions table does not reference.
+    #[error("session {id:?}: {message}")]
+    UnknownColumn {
+        id: String,
+        table: String,
+        column: String,
+        message: String,
+    },
+
+    /// A NOT NULL column that no value, `[postgres.fill]` constant or default fills.
+    #[error("session {id:?}: {message}")]
+    MissingValue {
+        id: String,
+        table: String,
+        column: String,
+        message: String,
+    },
+
+    /// The session references a parent row (its user) that does not exist, and the
+    /// caller did not ask for it to be created (`NewSession::parents`).
+    #[error(
+        "session {id:?}: {table} has no row {value:?} (referenced by {column}); create it first, or pass it in NewSession::parents (\"parents\" over HTTP) to have it created"
+    )]
+    ParentNotFound {
+        id: String,
+        table: String,
+        column: String,
+        value: String,
+    },
+
     /// A state that PostgreSQL's jsonb would refuse (the code is the JSON error's:
     /// `invalid_json`, `jsonb_incompatible_nul`, `too_large`...).
     #[error("session {id:?}: invalid state: {source}")]
@@ -117,6 +150,9 @@ impl Error {
             Error::AlreadyExists { .. } => "conflict",
             Error::InvalidId { .. } => "invalid_id",
             Error::InvalidField { code, .. } => code,
+            Error::UnknownColumn { .. } => "unknown_column",
+            Error::MissingValue { .. } => "missing_value",
+            Error::ParentNotFound { .. } => "parent_not_found",
             Error::InvalidState { source, .. } => source.code(),
             Error::InvalidRecord { code, .. } => code,
             Error::UnsafePath { code, .. } => code,
@@ -138,6 +174,9 @@ impl Error {
             | Error::InvalidId { .. }
             | Error::InvalidField { .. }
             | Error::InvalidState { .. }
+            | Error::UnknownColumn { .. }
+            | Error::MissingValue { .. }
+            | Error::ParentNotFound { .. }
             | Error::InvalidRecord { .. }
             | Error::UnsafePath { .. }
             | Error::MergeUnsupported { .. }

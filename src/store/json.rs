@@ -125,6 +125,7 @@ impl JsonStore {
                 Ok(SessionSummary {
                     id: id.clone(),
                     meta: Self::meta(id, e)?,
+                    extra: Default::default(),
                 })
             })
             .collect()

@@ -20,6 +20,11 @@
 //! per session over a window (350 ms by default) and writes only the last state of each
 //! window.
 //!
+//! On an application's own tables (SPEC §9) the same calls read and write them as they
+//! are: fields at their mapped columns, the other columns as [`Extra`] (JSON, converted
+//! to each column's type), the parent rows a session references checked or created
+//! ([`NewSession::parents`]). See `docs/embedding.md`, "Application schemas".
+//!
 //! The API is async, on tokio: PostgreSQL through `tokio-postgres` and a `deadpool`
 //! pool, SQLite and the state files on tokio's blocking pool. A [`Store`] is cheap to
 //! clone and share between tasks (an axum `State`, for one).
@@ -57,11 +62,13 @@
 
 mod error;
 mod json;
+mod layout;
 mod pg;
 mod progress;
 mod sqlite;
 mod state;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -77,6 +84,7 @@ use crate::source::fields::{self, Raw};
 pub use crate::config::Backend;
 pub use crate::source::Meta;
 pub use error::{Error, Result};
+pub use layout::Extra;
 pub use progress::{BatchOptions, ProgressFailure, ProgressStats, Receipt};
 pub use state::{State, StateInput, merge_patch};
 
@@ -108,6 +116,18 @@ impl Default for Options {
 
 /// A session to create. A missing `id` is generated (a UUID); `created_at` and
 /// `updated_at` are now.
+///
+/// On an application's own table (SPEC §9) the fields go to their mapped columns
+/// (`cost` → `last_cost_usd`), and `extra` gives the table's other columns by name
+/// (`{"question": "...", "is_deleted": false}`), each converted to its column's type.
+/// A NOT NULL column left out is filled from `[postgres.fill]` (on either backend), or
+/// by its default; else the create fails with `missing_value`, naming it.
+///
+/// The session's references (`user_id REFERENCES users(id)`) must exist, else
+/// `parent_not_found`; `parents` names rows to create when they are missing (by primary
+/// key, never updated): `{"users": {"external_id": "auth0|42"}}` creates the user whose
+/// `id` is the session's `user_id`, its `created_at`/`updated_at` now, in the same
+/// transaction as the session.
 #[derive(Debug, Clone, Default)]
 pub struct NewSession {
     pub id: Option<String>,
@@ -116,13 +136,20 @@ pub struct NewSession {
     pub current_step: Option<String>,
     pub cost: Option<f64>,
     pub state: Option<StateInput>,
+    /// The table's extra columns, by name.
+    pub extra: Extra,
+    /// Parent rows to create if missing: table → its columns (the key taken from the
+    /// session's reference when not given).
+    pub parents: BTreeMap<String, Extra>,
 }
 
-/// A session: its metadata and its state.
+/// A session: its metadata, its extra columns and its state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     pub id: String,
     pub meta: Meta,
+    /// The extra columns of an application's own table (empty on SPEC §1's).
+    pub extra: Extra,
     pub state: Option<State>,
 }
 
@@ -132,14 +159,18 @@ pub struct SessionSummary {
     pub id: String,
     #[serde(flatten)]
     pub meta: Meta,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: Extra,
 }
 
-/// Metadata to change: each `Some` field is set, each `None` left as it is.
+/// Metadata to change: each `Some` field is set, each `None` left as it is; each extra
+/// column named is set (`null` to clear a nullable one).
 #[derive(Debug, Clone, Default)]
 pub struct MetaPatch {
     pub status: Option<String>,
     pub current_step: Option<String>,
     pub cost: Option<f64>,
+    pub extra: Extra,
 }
 
 /// One page of a listing: sessions whose id sorts (bytewise) after `after`, at most
@@ -206,8 +237,6 @@ pub async fn open(cfg: &Config, env: &Env) -> Result<Store> {
 
 /// [`open`] with options.
 pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> {
-    // The store reads and writes SPEC §1's default columns only, so far.
-    cfg.require_default_schema("the runtime store")?;
     let rt = config::runtime(&cfg.postgres.url_env, env)?;
     let mut warnings = cfg.warnings.clone();
     let drift = config::drift(cfg.backend, &rt, &cfg.path);
@@ -225,6 +254,8 @@ pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> 
             let pg = pg::PgStore::open(
                 &target,
                 &cfg.postgres,
+                &cfg.app,
+                &cfg.path,
                 opts.acquire_timeout,
                 opts.apply_schema,
             )
@@ -240,6 +271,14 @@ pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> 
             (Db::Postgres(Box::new(pg)), loc, (pool / 4).clamp(1, 4))
         }
         _ if cfg.backend == Backend::Json => {
+            // The JSON store's records are read with SPEC §1's keys only, so far.
+            if cfg.app.json_fields.iter().any(|(f, k)| k != f.name()) {
+                return Err(Error::Backend(crate::error::Error::SchemaNotWired {
+                    step: "the runtime JSON store".into(),
+                    config: cfg.path.clone(),
+                    keys: "[json.fields]".into(),
+                }));
+            }
             let path =
                 cfg.json_path
                     .as_ref()
@@ -261,8 +300,14 @@ pub async fn open_with(cfg: &Config, env: &Env, opts: Options) -> Result<Store> 
                     message: "the runtime backend is sqlite but the config has no [sqlite] table"
                         .into(),
                 })?;
-            let st = sqlite::SqliteStore::open(&s.path, &s.sessions_dir, opts.sqlite_busy_timeout)
-                .await?;
+            let st = sqlite::SqliteStore::open(
+                &s.path,
+                &s.sessions_dir,
+                &cfg.path,
+                &cfg.app,
+                opts.sqlite_busy_timeout,
+            )
+            .await?;
             let loc = st.display();
             (Db::Sqlite(st), loc, 1)
         }
@@ -368,7 +413,11 @@ impl Db {
 pub(crate) struct ValidNew {
     pub id: String,
     pub meta: Meta,
+    pub extra: Extra,
+    pub parents: BTreeMap<String, Extra>,
     pub state: Option<State>,
+    /// Its creation time (`created_at`, `updated_at`, and new parent rows').
+    pub at: DateTime<Utc>,
 }
 
 /// Now, to the microsecond (what PostgreSQL keeps), so every backend returns the same.
@@ -487,16 +536,20 @@ impl Store {
                 created_at: Some(at),
                 updated_at: Some(at),
             },
+            extra: new.extra,
+            parents: new.parents,
             state,
+            at,
         };
-        match self.open_db()? {
+        let (meta, extra) = match self.open_db()? {
             Db::Postgres(p) => p.create(&v).await?,
             Db::Sqlite(s) => s.create(v.clone()).await?,
             Db::Json(j) => return Err(j.read_only("create")),
-        }
+        };
         Ok(Session {
             id: v.id,
-            meta: v.meta,
+            meta,
+            extra,
             state: v.state,
         })
     }
@@ -506,11 +559,12 @@ impl Store {
         let found = match self.open_db()? {
             Db::Postgres(p) => p.get(id).await?,
             Db::Sqlite(s) => s.get(id).await?,
-            Db::Json(j) => j.get(id)?,
+            Db::Json(j) => j.get(id)?.map(|(m, s)| (m, Extra::new(), s)),
         };
-        Ok(found.map(|(meta, state)| Session {
+        Ok(found.map(|(meta, extra, state)| Session {
             id: id.to_owned(),
             meta,
+            extra,
             state,
         }))
     }
@@ -540,7 +594,7 @@ impl Store {
         check_text(id, "status", &patch.status)?;
         check_text(id, "current_step", &patch.current_step)?;
         check_cost(id, patch.cost)?;
-        let meta = match self.open_db()? {
+        let (meta, extra) = match self.open_db()? {
             Db::Postgres(p) => p.update_meta(id, &patch, now()).await?,
             Db::Sqlite(s) => s.update_meta(id, patch, now()).await?,
             Db::Json(j) => return Err(j.read_only("update_meta")),
@@ -548,6 +602,7 @@ impl Store {
         Ok(SessionSummary {
             id: id.to_owned(),
             meta,
+            extra,
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sessiondb::backup::{self, Manifest};
 use sessiondb::config::{Config, Env};
+use sessiondb::exit;
 use sessiondb::source::Source;
 use sha2::{Digest, Sha256};
 
@@ -26,7 +27,7 @@ fn backup_dir(s: &Store) -> PathBuf {
 fn take(s: &Store, args: &[&str]) -> (Run, PathBuf) {
     let mut all = vec!["backup"];
     all.extend_from_slice(args);
-    let r = sessiondb(&all).config(&s.config).expect(0);
+    let r = sessiondb(&all).config(&s.config).expect(exit::OK);
     let dir = PathBuf::from(r.report.details["backup"].as_str().expect("details.backup"));
     (r, dir)
 }
@@ -363,7 +364,7 @@ fn live_writer_during_backup_gives_one_consistent_snapshot() {
         "the store changed while the backup ran"
     );
     assert!(r.has_warning("source_changed"), "{}", r.stdout);
-    sessiondb(&["backup", "--verify", dir.to_str().unwrap()]).expect(0);
+    sessiondb(&["backup", "--verify", dir.to_str().unwrap()]).expect(exit::OK);
 }
 
 fn verify(dir: &Path, code: i32) -> Run {
@@ -428,7 +429,9 @@ fn verify_names_damaged_missing_and_incomplete() {
 fn dry_run_creates_nothing() {
     let s = small_store();
     for flag in ["--dry-run", "--dry-run=true"] {
-        let r = sessiondb(&["backup", flag]).config(&s.config).expect(0);
+        let r = sessiondb(&["backup", flag])
+            .config(&s.config)
+            .expect(exit::OK);
         assert_eq!(r.report.dry_run, Some(true));
         assert!(r.count("bytes") > 0);
         assert_eq!(r.count("state_files"), 3);
@@ -438,7 +441,7 @@ fn dry_run_creates_nothing() {
     }
     let r = sessiondb(&["backup", "--dry-run", "false"])
         .config(&s.config)
-        .expect(2);
+        .expect(exit::USAGE);
     assert!(r.has_error("usage"));
     assert!(!backup_dir(&s).exists());
     take(&s, &["--dry-run=false"]);
@@ -458,7 +461,9 @@ fn full_disk_is_disk_space_and_leaves_an_incomplete_folder() {
     let fp = fingerprint(&s);
     let backups = backup_dir(&s);
     let _fs = Tmpfs::mount(&backups, "64k");
-    let r = sessiondb(&["backup"]).config(&s.config).expect(3);
+    let r = sessiondb(&["backup"])
+        .config(&s.config)
+        .expect(exit::OPERATIONAL);
     assert!(r.has_error("disk_space"), "{}", r.stdout);
     let err = r
         .report

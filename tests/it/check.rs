@@ -1,5 +1,6 @@
 //! `sessiondb check` on each backend.
 
+use sessiondb::exit;
 use sessiondb::report::CheckStatus;
 
 use crate::support::pg::{Role, TestDb};
@@ -37,7 +38,7 @@ fn corrupt_sqlite_is_sqlite_corrupt() {
     std::fs::write(&s.db, &bytes).unwrap();
     let r = sessiondb(&["check", "--backend", "sqlite"])
         .config(&s.config)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     assert!(r.has_error("sqlite_corrupt"), "{}", r.stdout);
     assert_eq!(r.report.details["backend"], "sqlite");
     assert!(
@@ -53,10 +54,14 @@ fn text_file_is_not_sqlite_and_empty_file_too() {
     let s = Store::new();
     std::fs::write(&s.db, "this is a text file, not a database\n").unwrap();
     let _ = std::fs::remove_file(s.db.with_extension("db-wal"));
-    let r = sessiondb(&["check"]).config(&s.config).expect(1);
+    let r = sessiondb(&["check"])
+        .config(&s.config)
+        .expect(exit::PROBLEMS);
     assert!(r.has_error("not_sqlite"), "{}", r.stdout);
     std::fs::write(&s.db, "").unwrap();
-    let r = sessiondb(&["check"]).config(&s.config).expect(1);
+    let r = sessiondb(&["check"])
+        .config(&s.config)
+        .expect(exit::PROBLEMS);
     assert!(r.has_error("not_sqlite"), "{}", r.stdout);
     assert!(
         r.report.errors[0].message.contains("0 bytes"),
@@ -70,12 +75,14 @@ fn json_backend_is_checked_and_warned_deprecated() {
     let s = Store::new();
     s.json_store(r#"{"version": 1, "sessions": [{"id": "j1", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"a": 1}}]}"#);
     s.write_config("json", "");
-    let r = sessiondb(&["check"]).config(&s.config).expect(0);
+    let r = sessiondb(&["check"]).config(&s.config).expect(exit::OK);
     assert!(r.has_warning("json_backend_deprecated"), "{}", r.stdout);
     assert_eq!(r.report.details["backend"], "json");
     assert_eq!(r.count("sessions"), 1);
     s.json_store(r#"{"version": 1, "sessions": [{"id": "j1", "state": {"a": "\u0000"}}]}"#);
-    let r = sessiondb(&["check"]).config(&s.config).expect(1);
+    let r = sessiondb(&["check"])
+        .config(&s.config)
+        .expect(exit::PROBLEMS);
     assert!(r.has_error("jsonb_incompatible_nul"), "{}", r.stdout);
 }
 
@@ -92,7 +99,7 @@ fn unreachable_postgres_fails_the_check() {
     let r = sessiondb(&["check", "--backend", "postgres"])
         .cwd(d.path())
         .env("DATABASE_URL", &url)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     assert!(r.has_error("postgres_unreachable"), "{}", r.stdout);
     assert!(!r.stdout.contains("Sup3rS3cret") && !r.stderr.contains("Sup3rS3cret"));
     assert_eq!(
@@ -108,7 +115,7 @@ fn healthy_postgres_without_any_source_file() {
     let r = sessiondb(&["check"])
         .cwd(d.path())
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(r.report.details["backend"], "postgres");
     for id in [
         "postgres_connectivity",
@@ -173,7 +180,7 @@ fn check_of_a_100_mb_json_store_keeps_memory_flat() {
     let (r, peak) = sessiondb(&["check", "--backend", "json"])
         .config(&s.config)
         .run_peak_rss();
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, exit::PROBLEMS, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.count("sessions"), records - 1, "{}", r.stdout);
     assert_eq!(r.count("invalid"), 1);
     let bad = r

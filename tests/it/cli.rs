@@ -1,12 +1,14 @@
 //! The shared driver: flags, config errors, reports on stdout.
 
+use sessiondb::exit;
+
 use crate::support::{Cmd, TempDir, sessiondb};
 
 #[test]
 fn dry_run_with_a_space_is_a_usage_error() {
-    let r = Cmd::bin("migrate-state", &["--dry-run", "false"]).expect(2);
+    let r = Cmd::bin("migrate-state", &["--dry-run", "false"]).expect(exit::USAGE);
     assert!(r.has_error("usage"), "{}", r.stdout);
-    let r = sessiondb(&["rollback", "--dry-run", "false"]).expect(2);
+    let r = sessiondb(&["rollback", "--dry-run", "false"]).expect(exit::USAGE);
     assert!(r.has_error("usage"));
 }
 
@@ -14,7 +16,7 @@ fn dry_run_with_a_space_is_a_usage_error() {
 fn missing_config_names_the_file_and_how_it_was_found() {
     let d = TempDir::new();
     let p = d.path().join("nope.toml");
-    let r = sessiondb(&["preflight"]).config(&p).expect(2);
+    let r = sessiondb(&["preflight"]).config(&p).expect(exit::USAGE);
     assert!(r.has_error("config_not_found"));
     assert!(
         r.report.errors[0].message.contains("nope.toml"),
@@ -24,13 +26,13 @@ fn missing_config_names_the_file_and_how_it_was_found() {
     assert!(r.report.errors[0].message.contains("--config"));
     let r = sessiondb(&["preflight"])
         .env("SESSIONDB_CONFIG", &p)
-        .expect(2);
+        .expect(exit::USAGE);
     assert!(
         r.report.errors[0].message.contains("SESSIONDB_CONFIG"),
         "{}",
         r.stdout
     );
-    let r = sessiondb(&["preflight"]).cwd(d.path()).expect(2);
+    let r = sessiondb(&["preflight"]).cwd(d.path()).expect(exit::USAGE);
     assert!(
         r.report.errors[0].message.contains("sessiondb.toml"),
         "{}",
@@ -47,7 +49,7 @@ fn malformed_config_names_file_line_and_expectation() {
         "[sessiondb]\nbackend = \"sqlite\"\n\n[postgres]\npool_size = \"ten\"\n",
     )
     .unwrap();
-    let r = sessiondb(&["preflight"]).config(&p).expect(2);
+    let r = sessiondb(&["preflight"]).config(&p).expect(exit::USAGE);
     assert!(r.has_error("config_invalid"), "{}", r.stdout);
     let m = &r.report.errors[0].message;
     assert!(
@@ -67,7 +69,7 @@ fn report_dir_and_report_file_get_the_same_report() {
         .arg("--report-file")
         .arg(&rf)
         .config(&p)
-        .expect(2);
+        .expect(exit::USAGE);
     let a = std::fs::read_to_string(rd.join("preflight.json")).unwrap();
     let b = std::fs::read_to_string(&rf).unwrap();
     assert_eq!(a, b);

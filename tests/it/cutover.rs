@@ -1,5 +1,7 @@
 //! `verify`, `set-default` and `rollback` against a real PostgreSQL.
 
+use sessiondb::exit;
+
 use crate::support::store::Store;
 use crate::support::{Cmd, pg::TestDb, sessiondb};
 
@@ -32,8 +34,8 @@ fn tricky_store() -> Store {
 fn verify_passes_on_an_exact_copy() {
     let s = tricky_store();
     let db = TestDb::new("verify_exact");
-    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
-    let r = step(&s, &db, &["verify"]).expect(0);
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    let r = step(&s, &db, &["verify"]).expect(exit::OK);
     assert_eq!(r.count("checked"), 6);
     for k in ["missing", "extra", "different", "drifted"] {
         assert_eq!(r.count(k), 0, "{k}: {}", r.stdout);
@@ -42,7 +44,7 @@ fn verify_passes_on_an_exact_copy() {
         r.check("gin_index").status,
         sessiondb::report::CheckStatus::Pass
     );
-    let sample = step(&s, &db, &["verify", "--sample", "3"]).expect(0);
+    let sample = step(&s, &db, &["verify", "--sample", "3"]).expect(exit::OK);
     assert_eq!(sample.count("checked"), 3);
 }
 
@@ -53,7 +55,7 @@ fn verify_finds_every_kind_of_difference() {
         s.session(&format!("v{i}"), &format!("{{\"n\": {i}, \"x\": 1}}"));
     }
     let db = TestDb::new("verify_diffs");
-    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
     let mut c = db.client();
     // A changed state, a changed metadata field, 1 → 1.0, a missing and an extra session.
     c.batch_execute(
@@ -66,7 +68,7 @@ fn verify_finds_every_kind_of_difference() {
     .unwrap();
     // And one session changed in the source since it was migrated.
     s.state_file("v4", br#"{"n": 4, "x": 1, "new": true}"#);
-    let r = step(&s, &db, &["verify"]).expect(1);
+    let r = step(&s, &db, &["verify"]).expect(exit::PROBLEMS);
     assert_eq!(r.count("missing"), 1, "{}", r.stdout);
     assert_eq!(r.count("extra"), 1);
     assert_eq!(r.count("different"), 4);
@@ -96,13 +98,13 @@ fn verify_finds_every_kind_of_difference() {
 fn set_default_refuses_without_a_passed_verify_and_keeps_comments() {
     let s = tricky_store();
     let db = TestDb::new("set_default");
-    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
     let before = std::fs::read_to_string(&s.config).unwrap();
-    let r = step(&s, &db, &["set-default", "--dry-run=false"]).expect(1);
+    let r = step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::PROBLEMS);
     assert!(r.has_error("verify_required"), "{}", r.stdout);
     assert_eq!(std::fs::read_to_string(&s.config).unwrap(), before);
-    step(&s, &db, &["verify"]).expect(0);
-    let dry = step(&s, &db, &["set-default"]).expect(0);
+    step(&s, &db, &["verify"]).expect(exit::OK);
+    let dry = step(&s, &db, &["set-default"]).expect(exit::OK);
     assert_eq!(
         dry.report.details["diff"][1],
         "+backend = \"postgres\"  # the application's backend"
@@ -112,7 +114,7 @@ fn set_default_refuses_without_a_passed_verify_and_keeps_comments() {
         before,
         "a dry run writes nothing"
     );
-    let r = step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    let r = step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::OK);
     let after = std::fs::read_to_string(&s.config).unwrap();
     assert_eq!(
         after,
@@ -120,7 +122,7 @@ fn set_default_refuses_without_a_passed_verify_and_keeps_comments() {
         "only the value changes, comments kept byte for byte"
     );
     assert!(r.report.next_steps.iter().any(|n| n.contains("rollback")));
-    let again = step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    let again = step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::OK);
     assert_eq!(again.count("changed"), 0);
     let cutovers: i64 = db
         .client()
@@ -137,9 +139,9 @@ fn set_default_refuses_without_a_passed_verify_and_keeps_comments() {
 fn rollback_brings_back_every_session_written_in_postgres() {
     let s = tricky_store();
     let db = TestDb::new("rollback");
-    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
-    step(&s, &db, &["verify"]).expect(0);
-    step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    step(&s, &db, &["verify"]).expect(exit::OK);
+    step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::OK);
     // The application, now on PostgreSQL, creates a session and edits two.
     db.client()
         .batch_execute(
@@ -149,14 +151,14 @@ fn rollback_brings_back_every_session_written_in_postgres() {
              UPDATE session_state SET state = '{\"edited\": 1}' WHERE session_id = 't1';",
         )
         .unwrap();
-    let dry = step(&s, &db, &["rollback"]).expect(0);
+    let dry = step(&s, &db, &["rollback"]).expect(exit::OK);
     assert_eq!(
         (dry.count("created"), dry.count("changed")),
         (1, 2),
         "{}",
         dry.stdout
     );
-    let r = step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
+    let r = step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OK);
     assert_eq!(r.count("exported"), 3, "{}", r.stdout);
     let cfg = std::fs::read_to_string(&s.config).unwrap();
     assert!(
@@ -179,14 +181,14 @@ fn rollback_brings_back_every_session_written_in_postgres() {
         .unwrap();
     assert_eq!(status, "done");
     // The legacy store now matches PostgreSQL exactly, and a second rollback changes nothing.
-    let v = step(&s, &db, &["verify"]).expect(0);
+    let v = step(&s, &db, &["verify"]).expect(exit::OK);
     assert_eq!(
         v.count("different") + v.count("missing") + v.count("extra"),
         0,
         "{}",
         v.stdout
     );
-    let again = step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
+    let again = step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OK);
     assert_eq!(again.count("exported"), 0);
 }
 
@@ -195,9 +197,9 @@ fn a_session_written_during_the_rollback_is_exported_or_the_rollback_refuses() {
     let s = Store::new();
     s.bulk(3000, 600);
     let db = TestDb::new("rollback_during_writes");
-    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
-    step(&s, &db, &["verify"]).expect(0);
-    step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    step(&s, &db, &["verify"]).expect(exit::OK);
+    step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::OK);
     // The application keeps writing new sessions to PostgreSQL while the rollback runs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -224,7 +226,7 @@ fn a_session_written_during_the_rollback_is_exported_or_the_rollback_refuses() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let written = writer.join().unwrap();
     let cfg = std::fs::read_to_string(&s.config).unwrap();
-    if during.code == 0 {
+    if during.code == exit::OK {
         assert!(cfg.contains("backend = \"sqlite\""));
     } else {
         // Refused, saying why, and the config still points at PostgreSQL.
@@ -235,7 +237,7 @@ fn a_session_written_during_the_rollback_is_exported_or_the_rollback_refuses() {
         );
     }
     // With the writes stopped, a rollback (again) brings every one of them back.
-    step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OK);
     assert!(
         std::fs::read_to_string(&s.config)
             .unwrap()
@@ -246,7 +248,7 @@ fn a_session_written_during_the_rollback_is_exported_or_the_rollback_refuses() {
         let text = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("live-{n:05} was lost"));
         assert_eq!(text, format!("{{\"n\": {n}}}"));
     }
-    let v = step(&s, &db, &["verify"]).expect(0);
+    let v = step(&s, &db, &["verify"]).expect(exit::OK);
     assert_eq!(
         v.count("missing") + v.count("extra") + v.count("different"),
         0

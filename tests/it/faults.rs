@@ -5,6 +5,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sessiondb::exit;
+
 use crate::support::store::Store;
 use crate::support::{Cmd, Run, bin_path, pg, pg::TestDb, sessiondb};
 
@@ -76,7 +78,7 @@ fn loaded(n: usize, label: &str) -> (Store, TestDb) {
     sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     (s, db)
 }
 
@@ -86,7 +88,7 @@ fn kill_set_default_mid_write_leaves_the_old_or_the_new_config() {
     sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let old = std::fs::read_to_string(&s.config).unwrap();
     let new = old.replace("backend = \"sqlite\"", "backend = \"postgres\"");
     let mut rng = Rng::new();
@@ -140,12 +142,12 @@ fn kill_backup_mid_copy_is_never_taken_for_a_complete_backup() {
             let v = Cmd::bin("backup", &["--verify"])
                 .arg(e.path())
                 .config(&s.config)
-                .expect(1);
+                .expect(exit::PROBLEMS);
             assert!(v.has_error("backup_incomplete"), "{}", v.stdout);
         }
     }
     // The next backup removes them (their writers are dead: they hold no lock).
-    let b = Cmd::bin("backup", &[]).config(&s.config).expect(0);
+    let b = Cmd::bin("backup", &[]).config(&s.config).expect(exit::OK);
     let removed = b.report.details["removed_incomplete"]
         .as_array()
         .unwrap()
@@ -161,12 +163,12 @@ fn kill_backup_mid_copy_is_never_taken_for_a_complete_backup() {
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let used = r.report.details["backup"].as_str().unwrap().to_owned();
     assert!(sessiondb::backup::is_complete(std::path::Path::new(&used)));
     Cmd::bin("backup", &["--verify", &used])
         .config(&s.config)
-        .expect(0);
+        .expect(exit::OK);
     row(
         "kill -9 during backup (3 runs)",
         "backup",
@@ -236,14 +238,14 @@ fn an_application_row_lock_is_waited_for_boundedly() {
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
         .env("SESSIONDB_LOCK_TIMEOUT", "1s")
-        .expect(3);
+        .expect(exit::OPERATIONAL);
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert!(r.has_error("lock_timeout"), "{}", r.stdout);
     tx.rollback().unwrap();
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(r.count("updated"), 1);
     row(
         "row lock held by the application",
@@ -275,13 +277,13 @@ fn a_low_statement_timeout_and_a_role_without_privileges_fail_clearly() {
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", as_role(&weak))
-        .expect(3);
+        .expect(exit::OPERATIONAL);
     assert!(r.has_error("permission_denied"), "{}", r.stdout);
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", as_role(&slow))
         .run();
-    assert_eq!(r.code, 3, "{}", r.stdout);
+    assert_eq!(r.code, exit::OPERATIONAL, "{}", r.stdout);
     assert!(r.has_error("statement_timeout"), "{}", r.stdout);
     assert!(!r.stdout.contains(pw) && !r.stderr.contains(pw));
     row(
@@ -310,7 +312,7 @@ fn a_sqlite_database_locked_exclusively_is_a_clear_error() {
         t0.elapsed() >= Duration::from_secs(4),
         "waited for the busy timeout"
     );
-    assert_ne!(r.code, 0);
+    assert_ne!(r.code, exit::OK);
     assert!(
         r.stdout.contains("locked") || r.stdout.contains("busy"),
         "{}",
@@ -319,7 +321,7 @@ fn a_sqlite_database_locked_exclusively_is_a_clear_error() {
     locker.execute_batch("ROLLBACK").unwrap();
     sessiondb(&["check", "--backend", "sqlite"])
         .config(&s.config)
-        .expect(0);
+        .expect(exit::OK);
     row(
         "SQLite locked exclusively",
         "check --backend sqlite",
@@ -334,7 +336,7 @@ fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
     s.bulk(4000, 800);
     let db = TestDb::new("fault_two_writers");
     // Take a matching backup first so both runs go straight to the lock and the load.
-    sessiondb(&["backup"]).config(&s.config).expect(0);
+    sessiondb(&["backup"]).config(&s.config).expect(exit::OK);
     let mut first = Command::new(bin_path("migrate-state"))
         .args(["--dry-run=false", "--batch-size", "50", "--config"])
         .arg(&s.config)
@@ -348,7 +350,7 @@ fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
     // alongside hold the same key (schema "public") in theirs: a loop that counted
     // those went on before the first run had its lock, the second migrate-state below
     // took it instead, and the first run failed with lock_held.
-    let key = sessiondb::target::lock_key("public");
+    let key = sessiondb::pg::lock_key("public");
     let (classid, objid) = (
         ((key as u64) >> 32) as u32 as i64,
         (key as u64 & 0xffff_ffff) as i64,
@@ -386,7 +388,7 @@ fn two_writers_one_proceeds_the_other_is_told_who_holds_the_lock() {
             .config(&s.config)
             .env("DATABASE_URL", &db.url)
             .run();
-        if r.code == 3 {
+        if r.code == exit::OPERATIONAL {
             assert!(r.has_error("lock_held"), "{}", r.stdout);
             assert!(
                 r.report.errors[0].message.contains("pid "),
@@ -438,12 +440,12 @@ fn a_schema_name_with_a_quote_works() {
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(r.count("inserted"), 5);
     sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let n: i64 = db
         .client()
         .query_one("SELECT count(*) FROM \"we\"\"ird sch-ema\".sessions", &[])
@@ -454,7 +456,7 @@ fn a_schema_name_with_a_quote_works() {
     let r = sessiondb(&["check", "--backend", "postgres"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(sessiondb::exit::OK);
+        .expect(exit::OK);
     assert_eq!(
         r.check("postgres_connectivity").details["search_path"],
         r#"pg_catalog, "we""ird sch-ema", pg_temp"#,
@@ -477,15 +479,15 @@ fn ids_that_try_path_traversal_never_write_outside_the_sessions_folder() {
     sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     sessiondb(&["set-default", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     db.client()
         .batch_execute(
             "INSERT INTO sessions (id, status) VALUES ('../../escaped', 'x'), ('a/b', 'y');
@@ -495,7 +497,7 @@ fn ids_that_try_path_traversal_never_write_outside_the_sessions_folder() {
     sessiondb(&["rollback", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert!(!s.root().join("escaped").exists() && !s.sessions.join("a").exists());
     let col: String = s
         .conn()
@@ -540,7 +542,7 @@ fn every_bad_input_code_at_scale_is_named_and_quarantined_with_its_raw_bytes() {
         "11",
         "--bad",
     ])
-    .expect(0);
+    .expect(exit::OK);
     let bad: Vec<(String, String)> = g.report.details["bad"]
         .as_array()
         .unwrap()
@@ -557,12 +559,12 @@ fn every_bad_input_code_at_scale_is_named_and_quarantined_with_its_raw_bytes() {
     let refused = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&cfg)
         .env("DATABASE_URL", &db.url)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     assert!(refused.has_error("invalid_records"));
     let r = sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"])
         .config(&cfg)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let qdir = std::path::PathBuf::from(
         &r.report
             .artifacts
@@ -603,7 +605,7 @@ fn every_bad_input_code_at_scale_is_named_and_quarantined_with_its_raw_bytes() {
     let v = sessiondb(&["verify"])
         .config(&cfg)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(v.count("missing") + v.count("different"), 0, "{}", v.stdout);
     assert_eq!(
         (v.count("quarantined"), v.count("invalid")),
@@ -659,12 +661,12 @@ fn a_100_mb_state_loads_with_bounded_memory() {
     let before = children_peak_rss_mb();
     let r = sessiondb(&["migrate-state", "--dry-run=false", "--backup"])
         .arg({
-            let b = sessiondb(&["backup"]).config(&s.config).expect(0);
+            let b = sessiondb(&["backup"]).config(&s.config).expect(exit::OK);
             b.report.details["backup"].as_str().unwrap().to_owned()
         })
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(r.count("inserted"), 2);
     let peak = children_peak_rss_mb().max(before);
     let n: i64 = db.client().query_one("SELECT jsonb_array_length(state->'items')::bigint FROM session_state WHERE session_id = 'big'", &[]).unwrap().get(0);
@@ -683,7 +685,7 @@ fn a_100_mb_state_loads_with_bounded_memory() {
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         (r.count("updated"), r.count("unchanged")),
         (1, 1),
@@ -743,7 +745,7 @@ fn kill_rollback_at_any_moment_leaves_the_legacy_store_untouched_or_complete() {
         sessiondb(step)
             .config(&s.config)
             .env("DATABASE_URL", &db.url)
-            .expect(0);
+            .expect(exit::OK);
     }
     // The application, now on PostgreSQL, edits every session (its state and a metadata
     // field) before each rollback: each must export them all, rows and files.
@@ -762,7 +764,7 @@ fn kill_rollback_at_any_moment_leaves_the_legacy_store_untouched_or_complete() {
     sessiondb(&["rollback", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let whole = t0.elapsed().as_millis() as u64;
     // A server that is not there: the next run finishes or undoes what a killed one left
     // (that needs only the legacy store) before it fails to connect.
@@ -826,7 +828,7 @@ fn kill_rollback_at_any_moment_leaves_the_legacy_store_untouched_or_complete() {
         let r = sessiondb(&["rollback", "--dry-run=false"])
             .config(&s.config)
             .env("DATABASE_URL", &nowhere)
-            .expect(3);
+            .expect(exit::OPERATIONAL);
         assert!(r.has_error("postgres_unreachable"), "{}", r.stdout);
         for rec in r.report.details["recovered"].as_array().unwrap() {
             match rec["action"].as_str().unwrap() {
@@ -864,7 +866,7 @@ fn kill_rollback_at_any_moment_leaves_the_legacy_store_untouched_or_complete() {
     let r = sessiondb(&["rollback", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let done = std::fs::read_to_string(&s.config).unwrap();
     assert_ne!(done, on_pg, "the rollback switched the config");
     for c in &configs {
@@ -876,7 +878,7 @@ fn kill_rollback_at_any_moment_leaves_the_legacy_store_untouched_or_complete() {
     let v = sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         (v.count("missing"), v.count("extra"), v.count("different")),
         (0, 0, 0),
@@ -966,8 +968,8 @@ fn a_state_file_rewritten_in_place_while_read_is_never_loaded_torn() {
         stop.store(true, Ordering::Relaxed);
         (first, second)
     });
-    assert_eq!(first.code, 0, "{}", first.stdout);
-    assert_eq!(second.code, 0, "{}", second.stdout);
+    assert_eq!(first.code, exit::OK, "{}", first.stdout);
+    assert_eq!(second.code, exit::OK, "{}", second.stdout);
     // Whatever PostgreSQL holds for it is one whole version; otherwise it was set aside
     // as still changing, with the bytes it last read.
     let c = &mut db.client();
@@ -1032,7 +1034,7 @@ fn a_state_file_rewritten_in_place_while_read_is_never_loaded_torn() {
     sessiondb(&["migrate-state", "--dry-run=false", "--quarantine"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let loaded: String = c
@@ -1056,5 +1058,84 @@ fn a_state_file_rewritten_in_place_while_read_is_never_loaded_torn() {
             }
         ),
         "never a mix of two versions in PostgreSQL or a backup; loaded exactly once settled",
+    );
+}
+
+#[test]
+fn a_scan_stage_that_panics_fails_the_run_instead_of_ending_the_scan_early() {
+    // Five batches of 20: each stage panics on its second batch
+    // (`SESSIONDB_FAULT_PANIC=<stage>`). Its sender dropped, the next stage sees the
+    // end of its input: a scan that took that for the end of the store would plan 20
+    // sessions of 100, and a load would write 20 and report success.
+    let s = Store::new();
+    s.bulk(100, 200);
+    let mut outcomes = Vec::new();
+    for stage in ["read", "stamp", "ask", "resolve"] {
+        let db = TestDb::new(&format!("panic_{stage}"));
+        for args in [
+            &["--batch-size", "20"][..],
+            &["--batch-size", "20", "--dry-run=false"],
+        ] {
+            let mut a = vec!["migrate-state"];
+            a.extend_from_slice(args);
+            let r = sessiondb(&a)
+                .config(&s.config)
+                .env("DATABASE_URL", &db.url)
+                .env("SESSIONDB_FAULT_PANIC", stage)
+                .run();
+            assert_eq!(
+                r.code,
+                exit::OPERATIONAL,
+                "{stage} {args:?}: a run whose scan stopped short must fail\n{}\n{}",
+                r.stdout,
+                r.stderr
+            );
+            let e = r
+                .report
+                .errors
+                .iter()
+                .find(|e| e.code == "internal_error")
+                .unwrap_or_else(|| panic!("{stage}: no internal_error: {}", r.stdout));
+            assert!(
+                e.message
+                    .contains(&format!("the scan's {stage} stage panicked")),
+                "{e:?}"
+            );
+        }
+        // Nothing claims the run done: the load stopped where the scan did.
+        let done: i64 = db
+            .client()
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'sessiondb_runs'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if done > 0 {
+            let ok: i64 = db
+                .client()
+                .query_one(
+                    "SELECT count(*) FROM sessiondb_runs WHERE status = 'done'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(ok, 0, "{stage}: a run recorded as done");
+        }
+        outcomes.push(format!("{stage}: exit 3"));
+    }
+    // Without the fault the same store plans and loads every session.
+    let db = TestDb::new("panic_none");
+    let r = sessiondb(&["migrate-state", "--batch-size", "20", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .run();
+    assert_eq!(r.code, exit::OK, "{}", r.stdout);
+    assert_eq!(r.count("inserted"), 100);
+    row(
+        "a stage of the scan pipeline panics (read, stamp, ask, resolve) on its second batch",
+        "migrate-state dry and real, batches of 20",
+        &format!("{} (internal_error naming the stage)", outcomes.join("; ")),
+        "no run recorded as done; without the fault all 100 load",
     );
 }

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sessiondb::exit;
 use sessiondb::report::{Report, Status};
 
 struct Run {
@@ -37,7 +38,13 @@ fn generate(out: &Path, args: &[&str]) -> Run {
 
 fn generate_ok(out: &Path, args: &[&str]) -> Run {
     let run = generate(out, args);
-    assert_eq!(run.code, 0, "{}\n{:?}", run.stderr, run.report.errors);
+    assert_eq!(
+        run.code,
+        exit::OK,
+        "{}\n{:?}",
+        run.stderr,
+        run.report.errors
+    );
     assert_eq!(run.report.status, Status::Ok);
     run
 }
@@ -390,7 +397,7 @@ fn refuses_an_out_folder_that_is_not_empty() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "precious").unwrap();
     let run = generate(&out, &["--sessions", "10"]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.code, exit::USAGE, "{}", run.stderr);
     assert_eq!(run.report.status, Status::Error);
     assert_eq!(run.report.errors[0].code, "usage");
     assert!(

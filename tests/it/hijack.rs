@@ -136,7 +136,7 @@ fn plant_varchar_operators(db: &TestDb, low: &Role) {
 /// searched before `pg_temp` when pg_temp comes last): each holds a sentinel row, open
 /// to everyone, so that a write or read that reached one would succeed and show.
 fn plant_tables(db: &TestDb, low: &Role) {
-    let m = &sessiondb::target::schema::MIGRATIONS[0];
+    let m = &sessiondb::pg::schema::MIGRATIONS[0];
     let sql = format!(
         "CREATE TABLE evil.sessiondb_schema_versions (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), run_id uuid);
          {}
@@ -157,7 +157,7 @@ fn plant_tables(db: &TestDb, low: &Role) {
          GRANT ALL ON public.sessiondb_stage, public.sessiondb_verify_ids TO PUBLIC;",
         m.sql.replace("{schema}", "evil"),
         m.name,
-        sessiondb::target::schema::checksum(m),
+        sessiondb::pg::schema::checksum(m),
     );
     as_role(db, low, &sql);
 }
@@ -412,4 +412,18 @@ fn planted_varchar_operators_are_never_used_on_application_tables() {
         "exit 0 each",
         "0 planted calls, look-alikes unchanged, no right gained",
     );
+}
+
+/// The application's own schema (issue 17: a mapped config, `users`, `session_state`
+/// without a foreign key, naive timestamps): `sessiond` creates sessions with extra
+/// columns and a new user, writes progress and reads them back through planted
+/// functions and varchar operators, and calls none of them.
+#[test]
+fn planted_objects_are_never_used_by_sessiond_on_the_applications_own_tables() {
+    let h = Hostile::new("hijack_app", 0, "", true);
+    let app = crate::support::store::AppStore::new(4);
+    app.pg_tables(&h.db);
+    let (user, ..) = app.user();
+    crate::sessiond::app_over_http(&app, &user, Some(&h.url()));
+    h.assert_untouched("sessiond on the application's own tables");
 }

@@ -425,20 +425,3 @@ fn init_checks_the_targets_tables_read_only() {
     let r = init(&out, &["--print"]).expect(exit::OK);
     assert_eq!(r.check("target").status, CheckStatus::Skip);
 }
-
-#[test]
-fn the_runtime_store_refuses_a_mapped_config_rather_than_use_the_default_columns() {
-    let (_dir, out, generated) = fixture("app", "3");
-    let config = out.join("sessiondb.toml");
-    std::fs::write(&config, generated).unwrap();
-    let cfg = load(&config);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Err(e) = rt.block_on(sessiondb::store::open(&cfg, &Env::default())) else {
-        panic!("a mapped config must be refused");
-    };
-    assert_eq!(e.code(), "not_implemented", "{e}");
-    assert!(e.to_string().contains("[sqlite.columns]"), "{e}");
-}

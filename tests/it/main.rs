@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod conflicts;
 mod cutover;
+mod dry_run;
 mod faults;
 mod fixture;
 mod hijack;

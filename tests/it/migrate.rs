@@ -1,6 +1,8 @@
 //! `migrate-state` against a real PostgreSQL: dry run, load, rerun, catch-up,
 //! refusal, quarantine, conflicts, the lock, kills.
 
+use sessiondb::exit;
+
 use crate::support::store::Store;
 use crate::support::{Cmd, Run, pg::TestDb, sessiondb};
 
@@ -36,7 +38,7 @@ fn store_with(n: usize) -> Store {
 fn dry_run_is_the_default_and_writes_nothing() {
     let s = store_with(5);
     let db = TestDb::new("mig_dry");
-    let r = migrate(&s, &db, &[]).expect(0);
+    let r = migrate(&s, &db, &[]).expect(exit::OK);
     assert_eq!(r.report.dry_run, Some(true));
     assert_eq!(r.count("inserted"), 5);
     assert_eq!(tables(&db), 0, "a dry run creates no table");
@@ -44,9 +46,9 @@ fn dry_run_is_the_default_and_writes_nothing() {
         !s.root().join("backups").exists(),
         "a dry run takes no backup"
     );
-    let r = migrate(&s, &db, &["--dry-run=true"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=true"]).expect(exit::OK);
     assert_eq!(r.count("inserted"), 5);
-    let r = migrate(&s, &db, &["--dry-run"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run"]).expect(exit::OK);
     assert_eq!(r.report.dry_run, Some(true));
     assert_eq!(tables(&db), 0);
 }
@@ -76,7 +78,7 @@ fn load_then_rerun_changes_nothing() {
         &rusqlite::types::Null,
     );
     let db = TestDb::new("mig_rerun");
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(r.count("inserted"), 27, "{}", r.stdout);
     assert!(r.report.artifacts.iter().any(|a| a.kind == "backup"));
     assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 27);
@@ -105,7 +107,7 @@ fn load_then_rerun_changes_nothing() {
     );
     let idx: i64 = c.query_one("SELECT count(*) FROM pg_indexes WHERE tablename = 'session_state' AND indexdef ILIKE '%gin%'", &[]).unwrap().get(0);
     assert_eq!(idx, 1, "the GIN index is built");
-    let again = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let again = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(
         (
             again.count("inserted"),
@@ -122,7 +124,7 @@ fn load_then_rerun_changes_nothing() {
 fn catch_up_copies_exactly_what_changed() {
     let s = store_with(30);
     let db = TestDb::new("mig_catchup");
-    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     s.state_file("s00007", br#"{"changed": true}"#);
     s.conn()
         .execute(
@@ -131,7 +133,7 @@ fn catch_up_copies_exactly_what_changed() {
         )
         .unwrap();
     s.session("s99999", r#"{"new": 1}"#);
-    let plan = migrate(&s, &db, &[]).expect(0);
+    let plan = migrate(&s, &db, &[]).expect(exit::OK);
     assert_eq!(
         (
             plan.count("inserted"),
@@ -140,7 +142,7 @@ fn catch_up_copies_exactly_what_changed() {
         ),
         (1, 2, 28)
     );
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(
         (
             r.count("inserted"),
@@ -174,11 +176,11 @@ fn invalid_records_are_refused_before_anything_is_written() {
     let s = store_with(3);
     s.session("bad-nul", r#"{"text": "a\u0000b"}"#);
     let db = TestDb::new("mig_refuse");
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(1);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::PROBLEMS);
     assert!(r.has_error("invalid_records"), "{}", r.stdout);
     assert!(r.report.errors[0].message.contains("bad-nul"));
     assert_eq!(tables(&db), 0, "nothing written to the target");
-    let dry = migrate(&s, &db, &[]).expect(1);
+    let dry = migrate(&s, &db, &[]).expect(exit::PROBLEMS);
     assert!(dry.has_error("invalid_records"));
 }
 
@@ -188,9 +190,9 @@ fn quarantine_keeps_the_raw_bytes() {
     let raw = b"{\"text\": \"a\\u0000b\",   \"keep\": \"these bytes\"}";
     s.session("bad-nul", std::str::from_utf8(raw).unwrap());
     let db = TestDb::new("mig_quarantine");
-    let dry = migrate(&s, &db, &["--quarantine"]).expect(0);
+    let dry = migrate(&s, &db, &["--quarantine"]).expect(exit::OK);
     assert_eq!(dry.report.status, sessiondb::report::Status::Warn);
-    let r = migrate(&s, &db, &["--dry-run=false", "--quarantine"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false", "--quarantine"]).expect(exit::OK);
     assert_eq!(r.report.status, sessiondb::report::Status::Warn);
     assert_eq!(r.count("quarantined"), 1);
     assert_eq!(r.count("inserted"), 3);
@@ -230,7 +232,7 @@ fn quarantine_keeps_the_raw_bytes() {
 fn conflict_setup(name: &str) -> (Store, TestDb) {
     let s = store_with(4);
     let db = TestDb::new(name);
-    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     // The application changed s00001 in PostgreSQL; the source changed it too, and s00002.
     db.client().execute("UPDATE session_state SET state = '{\"app\": \"wrote this\"}' WHERE session_id = 's00001'", &[]).unwrap();
     s.state_file("s00001", br#"{"source": "changed"}"#);
@@ -251,7 +253,7 @@ fn state_of(db: &TestDb, id: &str) -> String {
 #[test]
 fn conflict_fail_writes_nothing() {
     let (s, db) = conflict_setup("mig_conflict_fail");
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(1);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::PROBLEMS);
     assert!(r.has_error("conflict"), "{}", r.stdout);
     assert!(r.stdout.contains("s00001"));
     assert_eq!(state_of(&db, "s00001"), r#"{"app": "wrote this"}"#);
@@ -265,7 +267,7 @@ fn conflict_fail_writes_nothing() {
 #[test]
 fn conflict_skip_and_source_wins() {
     let (s, db) = conflict_setup("mig_conflict_skip");
-    let r = migrate(&s, &db, &["--dry-run=false", "--on-conflict", "skip"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false", "--on-conflict", "skip"]).expect(exit::OK);
     assert_eq!(
         (r.count("conflicts"), r.count("updated")),
         (1, 1),
@@ -279,10 +281,10 @@ fn conflict_skip_and_source_wins() {
         &db,
         &["--dry-run=false", "--on-conflict", "source-wins"],
     )
-    .expect(0);
+    .expect(exit::OK);
     assert_eq!(r.count("conflicts"), 1, "{}", r.stdout);
     assert_eq!(state_of(&db, "s00001"), r#"{"source": "changed"}"#);
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(
         (
             r.count("inserted"),
@@ -300,11 +302,11 @@ fn a_second_writer_fails_at_once_naming_the_holder() {
     let mut holder = db.url.parse::<postgres::Config>().unwrap();
     holder.application_name("sessiondb:11111111-2222-3333-4444-555555555555");
     let mut c = holder.connect(postgres::NoTls).unwrap();
-    let key = sessiondb::target::lock_key("public");
+    let key = sessiondb::pg::lock_key("public");
     c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let t0 = std::time::Instant::now();
-    let r: Run = migrate(&s, &db, &["--dry-run=false"]).expect(3);
+    let r: Run = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OPERATIONAL);
     assert!(
         t0.elapsed() < std::time::Duration::from_secs(10),
         "fails at once"
@@ -329,8 +331,8 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
     // Stamps are only trusted for files older than two seconds (the racy-stamp rule).
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let db = TestDb::new("mig_stamps");
-    migrate(&s, &db, &["--dry-run=false"]).expect(0);
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(r.count("unchanged"), 41);
     assert_eq!(
         r.report.details["unchanged_by_stamp"], 41,
@@ -345,7 +347,7 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
             [],
         )
         .unwrap();
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(
         (r.count("updated"), r.count("unchanged")),
         (2, 39),
@@ -363,7 +365,7 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
     let v = sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(v.count("different"), 0);
 }
 
@@ -384,35 +386,35 @@ fn a_catch_up_uses_the_backup_of_the_store_as_it_is_and_takes_one_when_there_is_
         v.sort();
         v
     };
-    migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(backups().len(), 1);
     s.state_file("s00003", br#"{"edited": 1}"#);
     let b = sessiondb(&["backup"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let taken = b.report.details["backup"].as_str().unwrap().to_owned();
     // The catch-up's fingerprint comes from its planning pass's own stats: it must equal
     // the one the backup took, or the backup would not be found. The dry run's too.
-    let dry = migrate(&s, &db, &[]).expect(0);
+    let dry = migrate(&s, &db, &[]).expect(exit::OK);
     assert_eq!(
         dry.report.details["backup"],
         format!("would use the matching backup {taken}").as_str(),
         "{}",
         dry.stdout
     );
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(r.report.details["backup"], taken.as_str(), "{}", r.stdout);
     assert!(!r.has_warning("backup_stale"), "{}", r.stdout);
     assert_eq!(backups().len(), 2, "no new backup was taken");
     assert_eq!(r.count("updated"), 1);
     // The store changes again: no backup matches, so the run takes one.
     s.state_file("s00004", br#"{"edited": 2}"#);
-    let r = migrate(&s, &db, &["--dry-run=false"]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
     assert_eq!(backups().len(), 3, "{}", r.stdout);
     assert_ne!(r.report.details["backup"], taken.as_str());
     // Naming the older backup works, with a warning that it is older than the store.
-    let r = migrate(&s, &db, &["--dry-run=false", "--backup", &taken]).expect(0);
+    let r = migrate(&s, &db, &["--dry-run=false", "--backup", &taken]).expect(exit::OK);
     assert!(r.has_warning("backup_stale"), "{}", r.stdout);
     assert_eq!(r.count("updated"), 0);
 }

@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sessiondb::exit;
 use sessiondb::report::{CheckStatus, Finding};
 use sha2::{Digest, Sha256};
 
@@ -112,7 +113,7 @@ fn preflight_backup_location_on_a_read_only_filesystem_fails() {
 
     // The folder exists, on a read-only filesystem (root's permissions do not help).
     set_backup_dir(&s, &mnt);
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
     let e = error(&r, "permission_denied");
     assert!(
@@ -124,7 +125,7 @@ fn preflight_backup_location_on_a_read_only_filesystem_fails() {
     // The folder does not exist yet and would be created on that filesystem.
     let later = mnt.join("later/backups");
     set_backup_dir(&s, &later);
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
     let e = error(&r, "permission_denied");
     assert!(
@@ -150,7 +151,7 @@ fn preflight_backup_location_too_small_fails_disk_space() {
     let small = s.root().join("small");
     let _small = Tmpfs::mount(&small, "size=64k");
     set_backup_dir(&s, &small);
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
     let details = &r.check("backup_location").details;
     let estimate = details["estimated_backup_bytes"].as_u64().unwrap();
@@ -166,7 +167,7 @@ fn preflight_backup_location_too_small_fails_disk_space() {
     let roomy = s.root().join("roomy");
     let _roomy = Tmpfs::mount(&roomy, "size=64m");
     set_backup_dir(&s, &roomy);
-    let r = preflight(&s, &db, &[]).expect(0);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     assert_eq!(
         status(&r, "backup_location"),
         CheckStatus::Pass,
@@ -195,7 +196,7 @@ fn preflight_unreachable_postgres_names_the_redacted_url() {
     let r = sessiondb(&["preflight"])
         .config(&s.config)
         .env("DATABASE_URL", &url)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["postgres_connectivity"], "{}", r.stdout);
     assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Skip);
     assert_eq!(status(&r, "postgres_schema"), CheckStatus::Skip);
@@ -232,7 +233,7 @@ fn preflight_role_without_create_fails_permissions() {
     let r = sessiondb(&["preflight"])
         .config(&s.config)
         .env("DATABASE_URL", role.url(&db))
-        .expect(1);
+        .expect(exit::PROBLEMS);
     assert_eq!(status(&r, "postgres_connectivity"), CheckStatus::Pass);
     assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Fail);
     assert_eq!(
@@ -261,7 +262,7 @@ fn hold_writer_lock(db: &TestDb, run_id: &str) -> (postgres::Client, i32) {
     let mut cfg = db.url.parse::<postgres::Config>().unwrap();
     cfg.application_name(&format!("sessiondb:{run_id}"));
     let mut c = cfg.connect(postgres::NoTls).unwrap();
-    let key = sessiondb::target::lock_key("public");
+    let key = sessiondb::pg::lock_key("public");
     c.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     (c, pid)
@@ -274,13 +275,13 @@ fn preflight_lock_held_in_another_database_is_not_ours() {
     let other = TestDb::new("pf_lock_other");
     let run = "22222222-3333-4444-5555-666666666666";
     let (holder, pid) = hold_writer_lock(&other, run);
-    let r = preflight(&s, &db, &[]).expect(0);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     assert!(!r.has_warning("lock_held"), "{}", r.stdout);
     drop(holder);
 
     let (_holder, pid_here) = hold_writer_lock(&db, run);
     assert_ne!(pid, pid_here);
-    let r = preflight(&s, &db, &[]).expect(0);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     let w = r.report.warnings.iter().find(|w| w.code == "lock_held");
     let w = w.unwrap_or_else(|| panic!("no lock_held: {}", r.stdout));
     assert!(
@@ -304,7 +305,7 @@ fn preflight_lock_holder_hidden_from_a_plain_role_does_not_crash() {
     let r = sessiondb(&["preflight"])
         .config(&s.config)
         .env("DATABASE_URL", role.url(&db))
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Pass);
     let w = r.report.warnings.iter().find(|w| w.code == "lock_held");
     let w = w.unwrap_or_else(|| panic!("no lock_held: {}", r.stdout));
@@ -358,7 +359,7 @@ fn preflight_not_null_column_with_a_null_source_value_fails() {
     );
     let db = TestDb::new("pf_not_null");
     app_table(&db, "user_id", "user_id text NOT NULL", "");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["constraints"], "{}", r.stdout);
     let errs = constraint_errors(&r);
     assert!(
@@ -389,7 +390,7 @@ fn preflight_foreign_key_without_a_parent_fails_naming_the_value() {
         "user_id text REFERENCES users(id)",
         "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('user-1'), ('user-2');",
     );
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["constraints"], "{}", r.stdout);
     let errs = constraint_errors(&r);
     assert!(
@@ -408,7 +409,7 @@ fn preflight_varchar_too_short_for_a_source_value_fails() {
     let s = store_with(3); // status "running": 7 characters
     let db = TestDb::new("pf_varchar");
     app_table(&db, "status", "status varchar(5)", "");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["constraints"], "{}", r.stdout);
     let errs = constraint_errors(&r);
     assert!(
@@ -426,7 +427,7 @@ fn preflight_nul_in_a_state_fails_and_warns_under_quarantine() {
     let s = store_with(3);
     s.session("nul", r#"{"note": "before\u0000after"}"#);
     let db = TestDb::new("pf_nul");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(status(&r, "constraints"), CheckStatus::Fail, "{}", r.stdout);
     assert_eq!(r.count("invalid"), 1);
     let e = error(&r, "jsonb_incompatible_nul");
@@ -446,7 +447,7 @@ fn preflight_nul_in_a_state_fails_and_warns_under_quarantine() {
     );
 
     // The operator means to quarantine it: every check passes or warns, exit 0.
-    let r = preflight(&s, &db, &["--quarantine"]).expect(0);
+    let r = preflight(&s, &db, &["--quarantine"]).expect(exit::OK);
     assert_eq!(failed(&r), Vec::<&str>::new(), "{}", r.stdout);
     assert_eq!(status(&r, "constraints"), CheckStatus::Warn);
     assert_eq!(status(&r, "plan"), CheckStatus::Warn);
@@ -468,7 +469,7 @@ fn preflight_quarantine_warns_for_an_invalid_json_store_record() {
         r#"{"version": 1, "sessions": [{"id": "j-bad-cost", "user_id": "u", "status": "done", "current_step": "end", "cost": "abc", "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"a": 1}}]}"#,
     );
     let db = TestDb::new("pf_json_quarantine");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(
         failed(&r),
         ["source_json_store", "constraints", "plan"],
@@ -479,7 +480,7 @@ fn preflight_quarantine_warns_for_an_invalid_json_store_record() {
         error(&r, "invalid_cost").session.as_deref(),
         Some("j-bad-cost")
     );
-    let r = preflight(&s, &db, &["--quarantine"]).expect(0);
+    let r = preflight(&s, &db, &["--quarantine"]).expect(exit::OK);
     assert_eq!(failed(&r), Vec::<&str>::new(), "{}", r.stdout);
     assert_eq!(status(&r, "source_json_store"), CheckStatus::Warn);
     assert!(r.has_warning("invalid_cost"));
@@ -497,7 +498,7 @@ fn preflight_same_id_in_sqlite_and_json_with_other_metadata_fails() {
         ]}"#,
     );
     let db = TestDb::new("pf_dup_id");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["source_json_store"], "{}", r.stdout);
     let e = error(&r, "duplicate_id");
     assert_eq!(e.session.as_deref(), Some("s001"), "{e:?}");
@@ -538,7 +539,7 @@ fn preflight_corrupt_sqlite_fails_and_reads_no_further() {
     }
     std::fs::write(&s.db, &bytes).unwrap();
     let db = TestDb::new("pf_corrupt");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["source_sqlite"], "{}", r.stdout);
     let e = error(&r, "sqlite_corrupt");
     assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
@@ -559,7 +560,7 @@ fn preflight_json_store_that_does_not_parse_fails_its_own_check() {
     let s = store_with(3);
     s.json_store(r#"{"version": 1, "sessions": [{"id": "j1", "#);
     let db = TestDb::new("pf_json_broken");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["source_json_store"], "{}", r.stdout);
     let e = error(&r, "invalid_json");
     assert!(
@@ -587,7 +588,7 @@ fn preflight_sqlite_row_without_an_id_names_the_database() {
         &r#"{"a": 1}"#,
     );
     let db = TestDb::new("pf_row_no_id");
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     let e = error(&r, "invalid_id");
     assert_eq!(e.session, None);
     assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
@@ -658,7 +659,7 @@ fn preflight_names_every_reader_error_code_with_its_session() {
         "300",
         "--bad",
     ])
-    .expect(0);
+    .expect(exit::OK);
     let mut expected: Pairs = g.report.details["bad"]
         .as_array()
         .unwrap()
@@ -705,7 +706,7 @@ fn preflight_names_every_reader_error_code_with_its_session() {
     let r = sessiondb(&["preflight", "--report-dir", rd.to_str().unwrap()])
         .config(&out.join("sessiondb.toml"))
         .env("DATABASE_URL", &db.url)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     let list = rd.join("preflight-invalid.jsonl");
     let (inline, listed) = invalid_pairs(&r, &list);
     // Root reads a mode-000 file: that session is valid here (see the non-root run).
@@ -800,7 +801,7 @@ fn preflight_names_every_reader_error_code_with_its_session() {
         .config(&out.join("sessiondb.toml"))
         .env("DATABASE_URL", &db.url)
         .user(uid, gid)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     let (inline, listed) = invalid_pairs(&r, &rd.join("preflight-invalid.jsonl"));
     assert_eq!(inline, expected, "{}", r.stdout);
     assert_eq!(listed, expected);
@@ -831,8 +832,8 @@ fn preflight_plan_counts_updates_unchanged_and_conflicts_on_a_loaded_target() {
     sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
-    let r = preflight(&s, &db, &[]).expect(0);
+        .expect(exit::OK);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     assert_eq!(
         (
             r.count("inserted"),
@@ -860,7 +861,7 @@ fn preflight_plan_counts_updates_unchanged_and_conflicts_on_a_loaded_target() {
         .unwrap();
     s.state_file("s008", br#"{"step": 8, "changed": "in the source"}"#);
 
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(
         (
             r.count("sessions"),
@@ -1088,7 +1089,7 @@ fn preflight_writes_nothing_to_a_new_store_or_a_blank_target() {
         "a closed WAL database"
     );
     let (tree0, target0) = (tree(s.root()), target_snapshot(&db));
-    let r = preflight(&s, &db, &[]).expect(0);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     assert_eq!(r.count("inserted"), 42, "{}", r.stdout);
     assert_eq!(status(&r, "postgres_schema"), CheckStatus::Pass);
     assert!(!backups.exists(), "the backup folder is not created");
@@ -1108,7 +1109,7 @@ fn preflight_leaves_an_existing_backup_folder_untouched() {
     std::fs::create_dir(&backups).unwrap();
     crate::support::write(&backups.join("older/manifest.json"), "{}");
     let before = tree(&backups);
-    let r = preflight(&s, &db, &[]).expect(0);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     assert_eq!(status(&r, "backup_location"), CheckStatus::Pass);
     assert_eq!(
         before,
@@ -1119,7 +1120,7 @@ fn preflight_leaves_an_existing_backup_folder_untouched() {
     // A file where the folder should be.
     std::fs::remove_dir_all(&backups).unwrap();
     std::fs::write(&backups, "not a folder").unwrap();
-    let r = preflight(&s, &db, &[]).expect(1);
+    let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
     assert!(r.check("backup_location").summary.contains("not a folder"));
 }
@@ -1131,7 +1132,7 @@ fn preflight_writes_nothing_to_a_live_wal_store_or_a_loaded_target() {
     sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert!(
         s.root().join("backups").is_dir(),
         "migrate-state took a backup"
@@ -1152,7 +1153,7 @@ fn preflight_writes_nothing_to_a_live_wal_store_or_a_loaded_target() {
         "the writes are in the WAL"
     );
     let (tree0, target0) = (tree(s.root()), target_snapshot(&db));
-    let r = preflight(&s, &db, &[]).expect(0);
+    let r = preflight(&s, &db, &[]).expect(exit::OK);
     assert_eq!(
         (
             r.count("inserted"),

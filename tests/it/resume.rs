@@ -4,6 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sessiondb::exit;
+
 use crate::support::store::Store;
 use crate::support::{bin_path, pg, sessiondb};
 
@@ -30,7 +32,7 @@ fn assert_complete(url: &str, s: &Store, n: i64) {
     let v = sessiondb(&["verify"])
         .config(&s.config)
         .env("DATABASE_URL", url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         v.count("missing") + v.count("different") + v.count("extra"),
         0
@@ -38,7 +40,7 @@ fn assert_complete(url: &str, s: &Store, n: i64) {
     let again = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!((again.count("inserted"), again.count("updated")), (0, 0));
 }
 
@@ -92,7 +94,7 @@ fn kill_dash_nine_at_random_moments_then_rerun_completes() {
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         r.count("inserted") + r.count("unchanged"),
         n as u64,
@@ -197,9 +199,10 @@ fn postgres_restart_mid_load_then_rerun_completes() {
     let out = child.wait_with_output().unwrap();
     let code = out.status.code().unwrap();
     let report: sessiondb::report::Report = serde_json::from_slice(&out.stdout).unwrap();
-    if code != 0 {
+    if code != exit::OK {
         assert_eq!(
-            code, 3,
+            code,
+            exit::OPERATIONAL,
             "a lost connection is an operational failure: {report:?}"
         );
         assert!(!report.errors.is_empty());
@@ -207,7 +210,7 @@ fn postgres_restart_mid_load_then_rerun_completes() {
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
         .env("DATABASE_URL", &url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         r.count("inserted") + r.count("unchanged"),
         n as u64,

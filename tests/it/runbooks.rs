@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use sessiondb::exit;
+
 use crate::support::{TempDir, bin_path, pg::TestDb, sessiondb};
 
 fn fixture(n: u32) -> (TempDir, std::path::PathBuf) {
@@ -17,7 +19,7 @@ fn fixture(n: u32) -> (TempDir, std::path::PathBuf) {
         "--seed",
         "3",
     ])
-    .expect(0);
+    .expect(exit::OK);
     (d, out.join("sessiondb.toml"))
 }
 
@@ -118,7 +120,7 @@ fn migrate_to_postgres_runs_every_step_in_one_report() {
     let dry = sessiondb(&["migrate", "to", "postgres"])
         .config(&cfg)
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     let steps: Vec<String> = dry.report.details["steps"]
         .as_array()
         .unwrap()
@@ -144,7 +146,7 @@ fn migrate_to_postgres_runs_every_step_in_one_report() {
     ])
     .config(&cfg)
     .env("DATABASE_URL", &db.url)
-    .expect(0);
+    .expect(exit::OK);
     let steps: Vec<String> = r.report.details["steps"]
         .as_array()
         .unwrap()

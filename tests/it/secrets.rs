@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use sessiondb::exit;
+
 use crate::support::store::Store;
 use crate::support::{Run, pg, sessiondb};
 
@@ -93,7 +95,7 @@ fn no_command_prints_the_password() {
         &["rollback"],
     ] {
         let r = run(args, &down);
-        assert_ne!(r.code, 0);
+        assert_ne!(r.code, exit::OK);
     }
     let kw = format!("host=127.0.0.1 port={port} user=u password={secret} dbname=x");
     run(&["check", "--backend", "postgres"], &kw);
@@ -118,7 +120,7 @@ fn a_password_in_the_config_file_is_warned_and_never_printed() {
     assert!(r.has_warning("secret_in_config"), "{}", r.stdout);
     let r = sessiondb(&["migrate-state", "--dry-run=false"])
         .config(&s.config)
-        .expect(0);
+        .expect(exit::OK);
     clean(&r, &secret, "migrate-state");
     // The backup copies the config file as it is (a secret at rest, warned); nothing else holds it.
     scan_tree(s.root(), &secret, &|p| {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use sessiondb::exit;
 use sessiondb::report::CheckStatus;
 
 use crate::support::pg::{self, TestDb};
@@ -269,7 +270,7 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     let m = step(&s, &db, &["migrate-state", "--dry-run=false"]).run();
     stop.store(true, Ordering::Relaxed);
     written.extend(writer.join().unwrap());
-    assert_eq!(m.code, 0, "{}\n{}", m.stdout, m.stderr);
+    assert_eq!(m.code, exit::OK, "{}\n{}", m.stdout, m.stderr);
     // Status shows what is stored: the last update lands within the window (+ slack).
     let deadline = std::time::Instant::now() + Duration::from_millis(350 + 1000);
     let st = loop {
@@ -305,10 +306,10 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     written.extend(burst);
 
     // 2. Catch up, verify, switch.
-    let catchup = step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(0);
+    let catchup = step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
     assert!(catchup.count("inserted") + catchup.count("updated") > 0);
-    step(&s, &db, &["verify"]).expect(0);
-    step(&s, &db, &["set-default", "--dry-run=false"]).expect(0);
+    step(&s, &db, &["verify"]).expect(exit::OK);
+    step(&s, &db, &["set-default", "--dry-run=false"]).expect(exit::OK);
 
     // 3. On PostgreSQL: smoke, then more writes.
     let svc = Service::start(&s.config, Some(&db.url));
@@ -318,7 +319,7 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     assert_eq!(h["backend"], "postgres");
     assert!(h["pool"]["max_size"].as_u64().unwrap() > 0, "{h}");
     assert!(h["drift"].is_null(), "{h}");
-    let smoke = step(&s, &db, &["verify", "--smoke-url", &svc.url]).expect(0);
+    let smoke = step(&s, &db, &["verify", "--smoke-url", &svc.url]).expect(exit::OK);
     assert_smoke_passed(
         &smoke,
         &["sessions", "smoke_health", "smoke_status", "smoke_write"],
@@ -369,13 +370,13 @@ fn sessiond_serves_across_migration_cutover_and_rollback_and_loses_nothing() {
     assert_eq!(flushed, canonical(&written["pg-3"]));
 
     // 4. Roll back, 5. restart on SQLite and smoke again (no PostgreSQL URL: probes only).
-    let rb = step(&s, &db, &["rollback", "--dry-run=false"]).expect(0);
+    let rb = step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OK);
     assert!(rb.count("exported") >= 6, "{}", rb.stdout);
     let svc = Service::start(&s.config, None);
     let c = svc.client();
     let smoke = sessiondb(&["verify", "--smoke-url", &svc.url])
         .config(&s.config)
-        .expect(0);
+        .expect(exit::OK);
     assert_smoke_passed(&smoke, &["smoke_health", "smoke_status", "smoke_write"]);
     assert_eq!(smoke.check("verify").status, CheckStatus::Skip);
     let (id, state) = smoke_session(&smoke);
@@ -537,8 +538,171 @@ fn sessiond_smoke_fails_with_exit_1_when_the_service_is_down() {
     // Port 9 (discard) on loopback: nothing listens there.
     let r = sessiondb(&["verify", "--smoke-url", "http://127.0.0.1:9"])
         .config(&s.config)
-        .expect(1);
+        .expect(exit::PROBLEMS);
     for id in ["smoke_health", "smoke_status", "smoke_write"] {
         assert_eq!(r.check(id).status, CheckStatus::Fail, "{id}: {}", r.stdout);
     }
+}
+
+// ---- an application's own schema (SPEC §9, issue 17) --------------------------------
+
+use crate::support::store::{AppStore, is_sqlalchemy_time};
+
+/// Through HTTP, on the application's own tables: create with extra columns (and a new
+/// user), progress, status and summary with mapped fields and extras, refusals as
+/// errors with their codes. Returns after SIGTERM (which writes pending progress).
+pub(crate) fn app_over_http(app: &AppStore, user: &str, database_url: Option<&str>) {
+    let svc = Service::start(&app.config, database_url);
+    let c = svc.client();
+    let body = json!({
+        "id": "session_http_1", "user_id": user, "status": "running", "current_step": "intake",
+        "state": {"progress": 0},
+        "extra": {"question": "Asked over HTTP?", "is_deleted": false}
+    });
+    let (code, v) = c.post("/api/sessions", &body.to_string());
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(
+        v["extra"],
+        json!({"question": "Asked over HTTP?", "is_deleted": false, "last_total_tokens": null})
+    );
+    assert_eq!(v["cost"], Value::Null);
+    for i in 1..=3 {
+        let (code, v) = c.post(
+            "/api/sessions/session_http_1/progress",
+            &json!({"progress": i}).to_string(),
+        );
+        assert_eq!(code, 202, "{v}");
+    }
+    let (code, st) = c.get("/api/sessions/session_http_1/status");
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(st["status"], "running");
+    assert_eq!(st["current_step"], "intake");
+    assert_eq!(st["cost"], Value::Null);
+    assert_eq!(st["extra"]["question"], "Asked over HTTP?");
+    assert_eq!(st["extra"]["is_deleted"], false);
+
+    // A user who does not exist: 409, unless "parents" creates it.
+    let mut body = json!({
+        "id": "session_http_2", "user_id": "user-http", "status": "running", "current_step": "intake",
+        "extra": {"question": "Mine?", "is_deleted": false}
+    });
+    let (code, v) = c.post("/api/sessions", &body.to_string());
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("parent_not_found")),
+        "{v}"
+    );
+    body["parents"] = json!({"users": {"external_id": "auth0|http"}});
+    let (code, v) = c.post("/api/sessions", &body.to_string());
+    assert_eq!(code, 201, "{v}");
+    // A NOT NULL column not given, a value of the wrong type, an unknown column: 400.
+    for (extra, code_wanted, needle) in [
+        (
+            json!({"is_deleted": false}),
+            "missing_value",
+            "sessions.question",
+        ),
+        (
+            json!({"question": "q", "is_deleted": "no"}),
+            "invalid_value",
+            "is_deleted",
+        ),
+        (
+            json!({"question": "q", "is_deleted": false, "colour": "red"}),
+            "unknown_column",
+            "colour",
+        ),
+    ] {
+        let body = json!({"id": "session_http_bad", "user_id": user, "status": "s",
+                          "current_step": "c", "extra": extra});
+        let (code, v) = c.post("/api/sessions", &body.to_string());
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (400, Some(code_wanted)),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+    let (code, _) = c.get("/api/sessions/session_http_bad/status");
+    assert_eq!(code, 404);
+    svc.stop();
+
+    // Started again: every progress update is there; the summary has the extras.
+    let svc = Service::start(&app.config, database_url);
+    let c = svc.client();
+    let (code, st) = c.get("/api/sessions/session_http_1/status");
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(st["progress"], json!(3));
+    let (code, sm) = c.get("/api/sessions/session_http_1/summary");
+    assert_eq!(code, 200, "{sm}");
+    assert_eq!(sm["session"]["user_id"], user);
+    assert_eq!(sm["session"]["extra"]["question"], "Asked over HTTP?");
+    assert_eq!(sm["state"]["keys"], json!(["progress"]));
+    let (code, sm) = c.get("/api/sessions/session_http_2/summary");
+    assert_eq!(code, 200, "{sm}");
+    assert_eq!(sm["session"]["user_id"], "user-http");
+    assert_eq!(sm["state"], Value::Null);
+    svc.stop();
+}
+
+#[test]
+fn sessiond_serves_the_applications_own_tables_on_sqlite() {
+    let app = AppStore::new(5);
+    let (user, ..) = app.user();
+    app_over_http(&app, &user, None);
+    let c = app.conn();
+    let (q, del, c_at, cost, ext): (String, i64, String, Option<f64>, String) = c
+        .query_row(
+            "SELECT s.question, s.is_deleted, s.created_at, s.last_cost_usd, u.external_id
+               FROM sessions s JOIN users u ON u.id = s.user_id
+              WHERE s.id = 'session_http_2' AND s.is_deleted = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (q.as_str(), del, cost, ext.as_str()),
+        ("Mine?", 0, None, "auth0|http")
+    );
+    assert!(is_sqlalchemy_time(&c_at), "{c_at}");
+    let file = std::fs::read_to_string(app.sessions.join("session_http_1/state.json")).unwrap();
+    assert_eq!(file, r#"{"progress": 3}"#);
+}
+
+#[test]
+fn sessiond_serves_the_applications_own_tables_on_postgres() {
+    let app = AppStore::new(5);
+    let (user, ..) = app.user();
+    let db = TestDb::new("sessiond_app_pg");
+    app.pg_tables(&db);
+    app_over_http(&app, &user, Some(&db.url));
+    let r = db
+        .client()
+        .query_one(
+            "SELECT s.question, s.is_deleted, s.last_cost_usd, st.state::text, st.updated_at = s.updated_at,
+                    pg_catalog.pg_typeof(s.created_at)::text
+               FROM sessions s JOIN users u ON u.id = s.user_id
+               JOIN session_state st ON st.session_id = s.id
+              WHERE s.id = 'session_http_1' AND NOT s.is_deleted",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "Asked over HTTP?");
+    assert!(!r.get::<_, bool>(1));
+    assert_eq!(r.get::<_, Option<f64>>(2), None);
+    assert_eq!(r.get::<_, String>(3), r#"{"progress": 3}"#);
+    assert!(
+        r.get::<_, bool>(4),
+        "session_state.updated_at is the session's"
+    );
+    assert_eq!(r.get::<_, String>(5), "timestamp without time zone");
+    let ext: String = db
+        .client()
+        .query_one("SELECT external_id FROM users WHERE id = 'user-http'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ext, "auth0|http");
 }

@@ -119,6 +119,7 @@ impl Fx {
                     current_step: Some("plan".into()),
                     cost: Some(0.25),
                     state: Some((*st).into()),
+                    ..NewSession::default()
                 })
                 .await
                 .unwrap();
@@ -1059,4 +1060,406 @@ fn store_postgres_pool_exhaustion_is_a_clear_error() {
         assert!(s.health().await.reachable);
         s.close().await.unwrap();
     });
+}
+
+// ---- an application's own schema (SPEC §9, issue 17) --------------------------------
+
+use crate::support::store::{AppStore, is_sqlalchemy_time};
+
+fn extra(v: serde_json::Value) -> store::Extra {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A new session of the application: its question, not deleted, no cost yet.
+fn app_session(id: &str, user: &str, question: Option<&str>) -> NewSession {
+    let mut e = json!({"is_deleted": false});
+    if let Some(q) = question {
+        e["question"] = json!(q);
+    }
+    NewSession {
+        id: Some(id.into()),
+        user_id: Some(user.into()),
+        status: Some("running".into()),
+        current_step: Some("intake".into()),
+        state: Some(json!({"step": 0}).into()),
+        extra: extra(e),
+        ..NewSession::default()
+    }
+}
+
+/// What both backends must do with the application's own tables: create with extra
+/// columns, progress, read back, patch, refuse what does not fit, create a user only
+/// when asked. Returns (the first session, the user created for the second).
+async fn app_store_round_trip(s: &Store, user: &str) {
+    let created = s
+        .create(app_session(
+            "session_new_1",
+            user,
+            Some("Ship it on Friday?"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    assert_eq!(
+        created.extra,
+        extra(
+            json!({"question": "Ship it on Friday?", "is_deleted": false, "last_total_tokens": null})
+        )
+    );
+    assert_eq!(created.meta.user_id.as_deref(), Some(user));
+    assert_eq!(created.meta.cost, None, "no cost given: NULL");
+    for i in 1..=5 {
+        s.progress("session_new_1", json!({"step": i})).unwrap();
+    }
+    s.flush().await.unwrap();
+    let got = s.get("session_new_1").await.unwrap().unwrap();
+    assert_eq!(got.state.as_ref().unwrap().as_str(), r#"{"step": 5}"#);
+    assert_eq!(got.extra, created.extra);
+    assert_eq!(got.meta.created_at, created.meta.created_at);
+    assert!(got.meta.updated_at >= created.meta.updated_at);
+
+    // The fixture's own sessions read with their extras; a page carries them too.
+    let page = s.list(Page::first(3)).await.unwrap();
+    assert_eq!(page.len(), 3);
+    for p in &page {
+        assert!(p.extra["question"].is_string(), "{p:?}");
+        assert!(p.extra["is_deleted"].is_boolean(), "{p:?}");
+    }
+
+    // Mapped fields and extras patched: cost → last_cost_usd, a soft delete.
+    let m = s
+        .update_meta(
+            "session_new_1",
+            MetaPatch {
+                cost: Some(0.5),
+                status: Some("completed".into()),
+                extra: extra(json!({"is_deleted": true, "last_total_tokens": 1234})),
+                ..MetaPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.meta.cost, Some(0.5));
+    assert_eq!(m.extra["is_deleted"], json!(true));
+    assert_eq!(m.extra["last_total_tokens"], json!(1234));
+
+    // A user who does not exist: refused, naming the table and the value...
+    let e = s
+        .create(app_session("session_new_2", "user-nobody", Some("q")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "parent_not_found", "{e}");
+    assert!(
+        e.to_string().contains("users") && e.to_string().contains("user-nobody"),
+        "{e}"
+    );
+    assert!(s.get("session_new_2").await.unwrap().is_none());
+    // ...unless the store is asked to create the user, with the session.
+    let mut n = app_session("session_new_2", "user-new", Some("q"));
+    n.parents.insert(
+        "users".into(),
+        extra(json!({"external_id": "auth0|new", "display_name": "Ada"})),
+    );
+    s.create(n.clone()).await.unwrap();
+    // Creating the user again (get or create) leaves the row as it is.
+    n.id = Some("session_new_3".into());
+    n.parents.insert(
+        "users".into(),
+        extra(json!({"external_id": "auth0|new", "display_name": "Other"})),
+    );
+    s.create(n).await.unwrap();
+
+    // Refusals, each naming the column; nothing written.
+    let e = s
+        .create(app_session("session_bad", user, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "missing_value", "{e}");
+    assert!(e.to_string().contains("sessions.question"), "{e}");
+    let mut bad = app_session("session_bad", user, Some("q"));
+    bad.extra.insert("is_deleted".into(), json!("no"));
+    assert_eq!(s.create(bad).await.unwrap_err().code(), "invalid_value");
+    let mut bad = app_session("session_bad", user, Some("q"));
+    bad.extra.insert("nope".into(), json!(1));
+    let e = s.create(bad).await.unwrap_err();
+    assert_eq!(e.code(), "unknown_column", "{e}");
+    assert!(e.to_string().contains("nope"), "{e}");
+    let mut bad = app_session("session_bad", user, Some("q"));
+    bad.extra.insert("last_cost_usd".into(), json!(1.0));
+    let e = s.create(bad).await.unwrap_err();
+    assert_eq!(e.code(), "unknown_column", "{e}");
+    assert!(e.to_string().contains("give it as cost"), "{e}");
+    assert!(s.get("session_bad").await.unwrap().is_none());
+}
+
+#[test]
+fn store_app_schema_on_sqlite_writes_the_rows_the_application_reads() {
+    let app = AppStore::new(12);
+    let (user, ..) = app.user();
+    let env = Env::default();
+    let cfg = Config::load(Some(&app.config), &env).unwrap();
+    run(async {
+        let s = store::open_with(&cfg, &env, opts_window(20))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        assert_eq!(s.backend(), Backend::Sqlite);
+        app_store_round_trip(&s, &user).await;
+        s.close().await.unwrap();
+    });
+
+    // The application's own query: sessions joined to users, filtered on is_deleted.
+    let c = app.conn();
+    type Row = (
+        String,
+        i64,
+        String,
+        String,
+        String,
+        Option<f64>,
+        Option<i64>,
+        String,
+    );
+    let row = |id: &str, deleted: i64| -> Option<Row> {
+        c.query_row(
+            "SELECT s.question, s.is_deleted, typeof(s.is_deleted), s.created_at, s.updated_at,
+                    s.last_cost_usd, s.last_total_tokens, u.external_id
+               FROM sessions s JOIN users u ON u.id = s.user_id
+              WHERE s.id = ?1 AND s.is_deleted = ?2",
+            rusqlite::params![id, deleted],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .optional()
+        .unwrap()
+    };
+    use rusqlite::OptionalExtension;
+    // Soft-deleted by the patch: gone from the application's list, there with 1.
+    assert!(row("session_new_1", 0).is_none());
+    let (q, del, del_ty, c_at, u_at, cost, tokens, _) = row("session_new_1", 1).unwrap();
+    assert_eq!(
+        (q.as_str(), del, del_ty.as_str()),
+        ("Ship it on Friday?", 1, "integer")
+    );
+    assert!(is_sqlalchemy_time(&c_at), "{c_at}");
+    assert!(is_sqlalchemy_time(&u_at), "{u_at}");
+    assert!(u_at >= c_at);
+    assert_eq!((cost, tokens), (Some(0.5), Some(1234)));
+    let (q, del, _, c_at, _, cost, tokens, ext) = row("session_new_2", 0).unwrap();
+    assert_eq!(
+        (q.as_str(), del, cost, tokens),
+        ("q", 0, None, None),
+        "NULL cost stays NULL"
+    );
+    assert!(is_sqlalchemy_time(&c_at), "{c_at}");
+    assert_eq!(ext, "auth0|new");
+    // The user created with the session: its columns, SQLAlchemy's timestamps; the
+    // second create did not touch it.
+    let (name, uc, uu): (String, String, String) = c
+        .query_row(
+            "SELECT display_name, created_at, updated_at FROM users WHERE id = 'user-new'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(name, "Ada");
+    assert!(
+        is_sqlalchemy_time(&uc) && is_sqlalchemy_time(&uu),
+        "{uc} {uu}"
+    );
+    // State in the file, never in the application's (empty on SQLite) session_state.
+    let file = std::fs::read_to_string(app.sessions.join("session_new_1/state.json")).unwrap();
+    assert_eq!(file, r#"{"step": 5}"#);
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM session_state", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // [postgres.fill]: a constant for the NOT NULL column a session leaves out.
+    app.append_config("\n[postgres.fill]\n\"sessions.question\" = \"(no question)\"\n");
+    let cfg = Config::load(Some(&app.config), &env).unwrap();
+    run(async {
+        let s = store::open(&cfg, &env).await.unwrap();
+        let got = s
+            .create(app_session("session_filled", &user, None))
+            .await
+            .unwrap();
+        assert_eq!(got.extra["question"], json!("(no question)"));
+        s.close().await.unwrap();
+    });
+    let q: String = c
+        .query_row(
+            "SELECT question FROM sessions WHERE id = 'session_filled'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(q, "(no question)");
+}
+
+#[test]
+fn store_app_schema_on_postgres_writes_the_rows_the_application_reads() {
+    let app = AppStore::new(8);
+    let (user, ..) = app.user();
+    let db = TestDb::new("store_app_pg");
+    app.pg_tables(&db);
+    // Far from UTC: naive timestamps must be written as they are, never shifted.
+    db.client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET timezone TO 'Pacific/Kiritimati'",
+            db.name
+        ))
+        .unwrap();
+    // The application's own sessions, as a load would have left them (a few, by hand).
+    db.client()
+        .batch_execute(&format!(
+            "INSERT INTO sessions VALUES
+               ('session_old_1', '{user}', 'Old one', 'final', 'completed', '2025-12-10 14:08:48.347371',
+                '2025-12-10 14:09:00.000001', false, 0.25, 100),
+               ('session_old_2', '{user}', 'Old two', 'final', 'completed', '2025-12-10 15:08:48',
+                '2025-12-10 15:09:00', true, NULL, NULL),
+               ('session_old_3', '{user}', 'Old three', 'intake', 'pending', '2025-12-11 08:00:00',
+                '2025-12-11 08:00:00', false, NULL, NULL)"
+        ))
+        .unwrap();
+    let env = Env(HashMap::from([("DATABASE_URL".to_owned(), db.url.clone())]));
+    let cfg = Config::load(Some(&app.config), &env).unwrap();
+    let created_at = run_value(async {
+        let s = store::open_with(&cfg, &env, opts_window(20))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        assert_eq!(s.backend(), Backend::Postgres);
+        let old = s.get("session_old_1").await.unwrap().unwrap();
+        assert_eq!(
+            old.meta.created_at.unwrap().naive_utc().to_string(),
+            "2025-12-10 14:08:48.347371"
+        );
+        assert_eq!(old.meta.cost, Some(0.25));
+        assert_eq!(
+            old.extra,
+            extra(json!({"question": "Old one", "is_deleted": false, "last_total_tokens": 100}))
+        );
+        app_store_round_trip(&s, &user).await;
+        let created = s.get("session_new_2").await.unwrap().unwrap();
+        s.close().await.unwrap();
+        created.meta.created_at.unwrap()
+    });
+
+    // The application's own queries.
+    let mut c = db.client();
+    let rows = c
+        .query(
+            "SELECT s.id, s.question, s.is_deleted, s.created_at, s.updated_at, s.last_cost_usd,
+                    s.last_total_tokens, u.external_id, st.state::text, st.updated_at
+               FROM sessions s JOIN users u ON u.id = s.user_id
+               LEFT JOIN session_state st ON st.session_id = s.id
+              WHERE NOT s.is_deleted AND s.id LIKE 'session_new%'
+              ORDER BY s.created_at DESC",
+            &[],
+        )
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        ids,
+        ["session_new_3", "session_new_2"],
+        "session_new_1 is soft-deleted"
+    );
+    let r = &rows[1];
+    let c_at: chrono::NaiveDateTime = r.get(3);
+    assert_eq!(c_at, created_at.naive_utc(), "naive UTC, not shifted");
+    assert_eq!(r.get::<_, Option<f64>>(5), None, "NULL cost stays NULL");
+    assert_eq!(r.get::<_, String>(7), "auth0|new");
+    assert_eq!(
+        r.get::<_, Option<String>>(8).as_deref(),
+        Some(r#"{"step": 0}"#)
+    );
+    let st_upd: chrono::NaiveDateTime = r.get(9);
+    assert_eq!(
+        st_upd,
+        r.get::<_, chrono::NaiveDateTime>(4),
+        "session_state.updated_at filled"
+    );
+    let r = c
+        .query_one(
+            "SELECT s.is_deleted, s.last_cost_usd, s.last_total_tokens, s.status, st.state::text,
+                    st.updated_at, s.updated_at
+               FROM sessions s JOIN session_state st ON st.session_id = s.id WHERE s.id = 'session_new_1'",
+            &[],
+        )
+        .unwrap();
+    assert!(r.get::<_, bool>(0));
+    assert_eq!(r.get::<_, Option<f64>>(1), Some(0.5));
+    assert_eq!(r.get::<_, Option<i32>>(2), Some(1234));
+    assert_eq!(r.get::<_, String>(3), "completed");
+    assert_eq!(r.get::<_, String>(4), r#"{"step": 5}"#);
+    assert!(r.get::<_, chrono::NaiveDateTime>(5) <= r.get::<_, chrono::NaiveDateTime>(6));
+    let (name, uc): (String, chrono::NaiveDateTime) = {
+        let r = c
+            .query_one(
+                "SELECT display_name, created_at FROM users WHERE id = 'user-new'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(name, "Ada", "created once, never updated");
+    assert_eq!(uc, created_at.naive_utc());
+    // The application's tables as they were: its GIN index alone, no sessiondb schema.
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_indexes WHERE tablename = 'session_state' AND indexdef LIKE '%USING gin%'),
+                    pg_catalog.to_regclass('public.sessiondb_schema_versions') IS NULL",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, bool>(1)), (1, true));
+}
+
+/// Run an async block and return its value.
+fn run_value<T, F: Future<Output = T>>(f: F) -> T {
+    rt().block_on(f)
+}
+
+#[test]
+fn store_app_schema_on_postgres_never_creates_default_tables_for_a_mapped_config() {
+    let app = AppStore::new(3);
+    let db = TestDb::new("store_app_pg_empty");
+    let env = Env(HashMap::from([("DATABASE_URL".to_owned(), db.url.clone())]));
+    let cfg = Config::load(Some(&app.config), &env).unwrap();
+    let e = run_value(store::open(&cfg, &env)).unwrap_err();
+    assert_eq!(e.code(), "schema_mismatch", "{e}");
+    let msg = sessiondb::error::error_chain(&e);
+    assert!(
+        msg.contains("\"sessions\"") && msg.contains("start the application once"),
+        "{msg}"
+    );
+    // Nothing made: no SPEC §2 `sessions` with the wrong columns, no bookkeeping.
+    let n: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // The application's tables without session_state: named too.
+    app.pg_tables(&db);
+    db.client()
+        .batch_execute("DROP TABLE session_state")
+        .unwrap();
+    let e = run_value(store::open(&cfg, &env)).unwrap_err();
+    assert_eq!(e.code(), "schema_mismatch", "{e}");
+    assert!(
+        sessiondb::error::error_chain(&e).contains("session_state"),
+        "{e}"
+    );
 }

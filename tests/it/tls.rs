@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use sessiondb::config::{Config, Env};
+use sessiondb::exit;
 use sessiondb::store::{self, NewSession};
 
 use crate::support::pg::{self, SslCluster, TestDb};
@@ -143,7 +144,7 @@ fn tls_verify_full_with_the_right_ca_connects_encrypted() {
                 ),
             ),
         )
-        .expect(0);
+        .expect(exit::OK);
     no_password(&r, &password());
     assert_eq!(r.count("inserted"), 3);
     let n: i64 = db
@@ -205,7 +206,7 @@ fn tls_wrong_ca_fails_as_tls_failed_naming_the_ca_file() {
         .config(&s.config)
         .env("DATABASE_URL", &bad)
         .expect(unreachable.code);
-    assert_ne!(r.code, 0);
+    assert_ne!(r.code, exit::OK);
     assert!(r.has_error("tls_failed"), "{}", r.stdout);
     no_password(&r, &password());
     assert!(
@@ -239,7 +240,7 @@ fn tls_verify_full_checks_the_host_name_and_verify_ca_does_not() {
         )
         .env("PGSSLMODE", "verify-ca")
         .env("PGSSLROOTCERT", ca())
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         r.check("postgres_connectivity").details["sslmode"],
         "verify-ca"
@@ -281,7 +282,7 @@ fn tls_require_against_a_server_without_ssl_fails_clearly() {
                     &format!("sslmode={mode}&sslrootcert={}", ca().display()),
                 ),
             )
-            .expect(1);
+            .expect(exit::PROBLEMS);
         let m = error_message(&r, "tls_failed");
         assert!(m.contains("the server does not support SSL"), "{m}");
         assert!(m.contains(&format!("sslmode={mode}")), "{m}");
@@ -293,7 +294,7 @@ fn tls_require_against_a_server_without_ssl_fails_clearly() {
         .cwd(d.path())
         .env("HOME", d.path())
         .env("DATABASE_URL", &db.url)
-        .expect(0);
+        .expect(exit::OK);
     assert_eq!(
         r.check("postgres_connectivity").details["sslmode"],
         "prefer"
@@ -310,7 +311,7 @@ fn tls_verify_without_a_root_certificate_names_the_path_it_looked_for() {
         .cwd(d.path())
         .env("HOME", d.path())
         .env("DATABASE_URL", url(&db, "sslmode=verify-full"))
-        .expect(1);
+        .expect(exit::PROBLEMS);
     let m = error_message(&r, "config_invalid");
     let default = d.path().join(".postgresql/root.crt");
     assert!(
@@ -329,7 +330,7 @@ fn tls_verify_without_a_root_certificate_names_the_path_it_looked_for() {
     let r = sessiondb(&["migrate-state"])
         .config(&s.config)
         .env("DATABASE_URL", url(&db, "sslmode=verify"))
-        .expect(2);
+        .expect(exit::USAGE);
     let m = error_message(&r, "config_invalid");
     assert!(
         m.contains("sslmode in $DATABASE_URL") && m.contains("\"verify\""),

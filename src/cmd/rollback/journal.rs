@@ -150,21 +150,6 @@ impl Journal {
     }
 }
 
-/// Fault injection for the tests (`just faults`): `SESSIONDB_FAULT_KILL=<point>` makes
-/// a rollback kill itself with SIGKILL at that point of its first round — `journal`
-/// (the journal written, nothing else), `staging` (half the temporary files written),
-/// `sealed` (the rows written and sealed, not committed), `committed` (the rows
-/// committed, no file renamed), `installing` (half the files renamed), `done` (the
-/// journal done, the ledger not yet told) — so that each moment is proven to be
-/// finished or undone by the next run.
-pub fn kill_point(point: &str, round: u32) {
-    if round == 1 && std::env::var_os("SESSIONDB_FAULT_KILL").is_some_and(|v| v == point) {
-        tracing::warn!("SESSIONDB_FAULT_KILL={point}: killing this process");
-        // SAFETY: kill of this very process.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
-}
-
 /// `flock` on `rollback/LOCK`: held by the run whose journals they are.
 fn try_lock(dir: &Path, create: bool) -> Result<Option<File>> {
     use std::os::fd::AsRawFd;
@@ -232,7 +217,7 @@ impl Open {
         }
         self.journal.state = State::Sealed;
         self.journal.write(&self.path)?;
-        kill_point("sealed", self.journal.round);
+        crate::fault::kill_point("sealed", self.journal.round);
         Ok(())
     }
 
@@ -324,8 +309,7 @@ pub struct Recovery {
 }
 
 fn conflict(j: &Path, message: String) -> Error {
-    Error::Refused {
-        code: "rollback_journal_conflict",
+    Error::JournalConflict {
         message: format!(
             "{}: {message}; the legacy store is left as it is: compare it with the journal and the backup beside it, then move the journal away to go on",
             j.display()

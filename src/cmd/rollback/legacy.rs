@@ -302,8 +302,7 @@ impl Legacy {
                 {
                     continue;
                 }
-                out.push(Error::Refused {
-                    code: "schema_mismatch",
+                out.push(Error::LegacyTableUnfit {
                     message: format!(
                         "the legacy table {table} has column {:?} NOT NULL without a default, and rollback has no value for it: the rows of {} created in PostgreSQL would be refused; nothing was written — give the column a DEFAULT (or make it nullable) in the legacy schema, then run rollback again",
                         c.name,
@@ -336,8 +335,7 @@ impl Legacy {
                 .map(|e| e.session.as_str())
                 .collect();
             if col.notnull && !nulls.is_empty() {
-                out.push(Error::Refused {
-                    code: "schema_mismatch",
+                out.push(Error::LegacyTableUnfit {
                     message: format!(
                         "the legacy table {table} has column {name:?} NOT NULL, but PostgreSQL holds no {name} for {}; nothing was written — set {name} on those sessions in PostgreSQL, or make the column nullable, then run rollback again",
                         named(&nulls)
@@ -351,8 +349,7 @@ impl Legacy {
                     .map(|e| e.session.as_str())
                     .collect();
                 if !bad.is_empty() {
-                    out.push(Error::Refused {
-                        code: "schema_mismatch",
+                    out.push(Error::LegacyTableUnfit {
                         message: format!(
                             "the legacy table {table} is STRICT and its column {name:?} is {}, which refuses the values PostgreSQL holds for {}; nothing was written — widen the column (ANY or TEXT), then run rollback again",
                             col.decl,
@@ -455,8 +452,7 @@ pub fn write_rows(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sqlite::map_err(db, e))?;
     let refused = |id: &str, e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::Refused {
-            code: "schema_mismatch",
+        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::LegacyTableUnfit {
             message: format!(
                 "the legacy table {TABLE} in {} refused the row of session {id:?}: {e}; the transaction was rolled back, nothing was written",
                 db.display()
@@ -495,8 +491,7 @@ pub fn write_rows(
             }
             .map_err(|e| refused(&x.session, e))?;
             if n != 1 {
-                return Err(Error::Refused {
-                    code: "source_changed",
+                return Err(Error::ChangedDuringWrite {
                     message: format!(
                         "session {:?}: its row in {} changed while rollback ran (expected to {} it); nothing was written: run rollback again",
                         x.session,

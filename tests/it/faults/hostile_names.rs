@@ -179,7 +179,7 @@ proptest! {
         let env = sessiondb::config::Env(
             [("DATABASE_URL".to_owned(), url)].into_iter().collect(),
         );
-        let settings = sessiondb::cli::default_pg_settings();
+        let settings = sessiondb::config::PostgresSettings::defaults();
         sessiondb::config::runtime("DATABASE_URL", &env).unwrap();
         let t = sessiondb::config::target(&settings, None, &env).unwrap().unwrap();
         let mut r = Report::new("verify", "run");
@@ -192,7 +192,7 @@ proptest! {
             );
             r.next_steps.push(format!("look at {id}"));
         }
-        r.detail("ids", &ids);
+        r.set_details(&serde_json::json!({ "ids": ids }));
         r.finish(None, false, std::time::Instant::now());
         let json = r.to_json();
         let back: sessiondb::report::Report = serde_json::from_str(&json)
@@ -201,7 +201,7 @@ proptest! {
             prop_assert_eq!(w.session.as_deref(), Some(id.as_str()));
         }
         assert_clean(&json, &forms, "report");
-        assert_clean(&sessiondb::cli::summary(&r.redacted()), &forms, "summary");
+        assert_clean(&sessiondb::driver::summary(&r.redacted()), &forms, "summary");
     }
 }
 

@@ -143,3 +143,110 @@ impl Store {
         tx.commit().unwrap();
     }
 }
+
+/// The store of an application's own schema (SPEC §9, issue 17), made by
+/// `generate-fixture --schema app`: SQLAlchemy's `users` and `sessions` tables on
+/// SQLite, state only in `sessions/<id>/state.json`, and its sessiondb.toml (the
+/// mapping `cost = "last_cost_usd"`, `state = ""`).
+pub struct AppStore {
+    /// Removed when dropped.
+    _dir: TempDir,
+    pub config: PathBuf,
+    pub db: PathBuf,
+    pub sessions: PathBuf,
+}
+
+/// The application's tables on PostgreSQL, as its ORM creates them there (issue 17):
+/// `character varying`, `timestamp without time zone`, `boolean`, `double precision`,
+/// the foreign key to `users`, `session_state` without one, and its own GIN index.
+pub const APP_PG_DDL: &str = "
+CREATE TABLE users (id character varying NOT NULL PRIMARY KEY, external_id character varying NOT NULL,
+  display_name character varying, created_at timestamp without time zone NOT NULL,
+  updated_at timestamp without time zone NOT NULL);
+CREATE UNIQUE INDEX ix_users_external_id ON users (external_id);
+CREATE TABLE sessions (id character varying NOT NULL PRIMARY KEY,
+  user_id character varying NOT NULL REFERENCES users (id), question text NOT NULL,
+  current_step character varying NOT NULL, status character varying NOT NULL,
+  created_at timestamp without time zone NOT NULL, updated_at timestamp without time zone NOT NULL,
+  is_deleted boolean NOT NULL, last_cost_usd double precision, last_total_tokens integer);
+CREATE INDEX ix_sessions_is_deleted ON sessions (is_deleted);
+CREATE INDEX ix_sessions_user_id ON sessions (user_id);
+CREATE TABLE session_state (session_id character varying NOT NULL PRIMARY KEY,
+  state jsonb NOT NULL, updated_at timestamp without time zone NOT NULL);
+CREATE INDEX ix_session_state_state_gin ON session_state USING gin (state);
+";
+
+impl AppStore {
+    /// `n` sessions of the application's schema.
+    pub fn new(n: u64) -> AppStore {
+        let dir = TempDir::new();
+        let out = dir.path().join("app");
+        sessiondb::fixture::app::generate(&sessiondb::fixture::Options {
+            out: out.clone(),
+            sessions: n,
+            seed: 17,
+            bad: false,
+            loose_types: false,
+            schema: sessiondb::fixture::Schema::App,
+        })
+        .expect("generate the application's store");
+        AppStore {
+            config: out.join("sessiondb.toml"),
+            db: out.join("data/app.db"),
+            sessions: out.join("sessions"),
+            _dir: dir,
+        }
+    }
+
+    pub fn conn(&self) -> Connection {
+        Connection::open(&self.db).unwrap()
+    }
+
+    /// A user of the fixture: (id, external_id, created_at, updated_at).
+    pub fn user(&self) -> (String, String, String, String) {
+        self.conn()
+            .query_row(
+                "SELECT id, external_id, created_at, updated_at FROM users ORDER BY id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+    }
+
+    /// Append TOML to the config.
+    pub fn append_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(toml);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// The application's tables on `db` (its PostgreSQL DDL), with the fixture's users.
+    pub fn pg_tables(&self, db: &super::pg::TestDb) {
+        let mut c = db.client();
+        c.batch_execute(APP_PG_DDL).unwrap();
+        let users: Vec<(String, String, String, String)> = self
+            .conn()
+            .prepare("SELECT id, external_id, created_at, updated_at FROM users")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for (id, ext, c_at, u_at) in users {
+            c.execute(
+                "INSERT INTO users (id, external_id, created_at, updated_at) VALUES ($1, $2, $3::text::timestamp, $4::text::timestamp)",
+                &[&id, &ext, &c_at, &u_at],
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// SQLAlchemy's `DateTime` text on SQLite: `YYYY-MM-DD HH:MM:SS.ffffff`, no zone.
+pub fn is_sqlalchemy_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 26
+        && b[10] == b' '
+        && b[19] == b'.'
+        && chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.6f").is_ok()
+}

@@ -1,14 +1,15 @@
-//! The command-line driver shared by every binary and the umbrella: parse, resolve,
-//! run one step, emit its report, exit with its code.
+//! The driver shared by every binary and the umbrella: parse a step's flags, run it,
+//! fold its typed details into the report, emit the report (even on an error or a
+//! panic), exit with its code. It knows no command: the commands implement [`Step`]
+//! (`crate::cmd`), the umbrella's enum lives beside them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
-use crate::cmd;
 use crate::config::{self, Config, Env, Target};
 use crate::error::{Error, Result};
 use crate::redact;
@@ -49,15 +50,36 @@ pub struct DryRun {
     pub dry_run: bool,
 }
 
-/// One step of the toolkit: its flags and its driver.
+/// One step of the toolkit: its flags, its report's details, and its driver.
 pub trait Step: Args {
     const NAME: &'static str;
+    /// The step's own part of the report: `details` (SPEC §5), filled as the step goes
+    /// and folded into the envelope when it ends, whether it succeeded or not.
+    type Details: serde::Serialize + Default;
     fn common(&self) -> &Common;
     /// `Some` for steps that change something; `None` for read-only steps.
     fn dry_run(&self) -> Option<bool> {
         None
     }
-    fn run(&self, ctx: &mut Ctx) -> Result<()>;
+    fn run(&self, ctx: &mut Ctx, details: &mut Self::Details) -> Result<()>;
+}
+
+/// The accessors every command's `impl Step` would otherwise repeat: `common` (its
+/// flattened [`Common`], field `common`) and, given `dry`, `dry_run` (its flattened
+/// [`DryRun`], field `dry`).
+#[macro_export]
+macro_rules! step_flags {
+    () => {
+        fn common(&self) -> &$crate::driver::Common {
+            &self.common
+        }
+    };
+    (dry) => {
+        $crate::step_flags!();
+        fn dry_run(&self) -> Option<bool> {
+            Some(self.dry.dry_run)
+        }
+    };
 }
 
 /// What a step works with: the report it fills, the environment, its flags.
@@ -111,7 +133,7 @@ impl Ctx {
         if let Some(w) = config::drift(cfg.backend, &rt, &cfg.path) {
             self.report.warn(w);
         }
-        self.report.source = source_json(&cfg);
+        self.report.source = cfg.source_json();
         self.loaded = Some((cfg.path.clone(), cfg.backend));
         Ok(cfg)
     }
@@ -136,52 +158,37 @@ impl Ctx {
         if let Some(w) = config::drift(cfg.backend, &rt, &cfg.path) {
             self.report.warn(w);
         }
-        self.report.source = source_json(&cfg);
+        self.report.source = cfg.source_json();
     }
 
     /// The PostgreSQL target, required.
     pub fn target(&mut self, cfg: Option<&Config>) -> Result<Target> {
-        let settings = cfg
-            .map(|c| c.postgres.clone())
-            .unwrap_or_else(default_pg_settings);
-        let t = config::target(&settings, cfg.map(|c| c.path.as_path()), &self.env)?.ok_or_else(
-            || Error::NoTarget {
-                url_env: settings.url_env.clone(),
-                config: cfg
-                    .map(|c| c.path.display().to_string())
-                    .unwrap_or_else(|| "the config".into()),
-            },
-        )?;
-        tracing::info!("database URL from {}: {}", t.origin, t.display);
-        tracing::info!("TLS: {}", t.tls.describe());
-        self.report.target = Some(t.display.clone());
+        self.target_if_any(cfg)?.ok_or_else(|| Error::NoTarget {
+            url_env: cfg
+                .map_or(config::DEFAULT_URL_ENV, |c| &c.postgres.url_env)
+                .to_owned(),
+            config: cfg
+                .map(|c| c.path.display().to_string())
+                .unwrap_or_else(|| "the config".into()),
+        })
+    }
+
+    /// The PostgreSQL target when one is configured (`verify --smoke-url` probes a
+    /// service on the legacy store without one).
+    pub fn target_if_any(&mut self, cfg: Option<&Config>) -> Result<Option<Target>> {
+        let settings = cfg.map_or_else(config::PostgresSettings::defaults, |c| c.postgres.clone());
+        let t = config::target(&settings, cfg.map(|c| c.path.as_path()), &self.env)?;
+        if let Some(t) = &t {
+            tracing::info!("database URL from {}: {}", t.origin, t.display);
+            tracing::info!("TLS: {}", t.tls.describe());
+            self.report.target = Some(t.display.clone());
+        }
         Ok(t)
     }
 
     pub fn report_dir(&self) -> Option<&Path> {
         self.common.report_dir.as_deref()
     }
-}
-
-pub fn default_pg_settings() -> config::PostgresSettings {
-    config::PostgresSettings {
-        url_env: config::DEFAULT_URL_ENV.to_owned(),
-        url_in_file: None,
-        schema: "public".to_owned(),
-        pool_size: 10,
-        max_overflow: 20,
-        gin_opclass: config::GinOpclass::JsonbOps,
-    }
-}
-
-pub fn source_json(cfg: &Config) -> serde_json::Value {
-    serde_json::json!({
-        "config": cfg.path,
-        "backend": cfg.backend,
-        "sqlite": cfg.sqlite.as_ref().map(|s| &s.path),
-        "sessions_dir": cfg.sqlite.as_ref().map(|s| &s.sessions_dir),
-        "json": cfg.json_path,
-    })
 }
 
 /// Run a step to its end: the report is emitted whatever happens, even on a panic.
@@ -202,50 +209,27 @@ pub fn execute<S: Step>(step: &S, env: Env) -> Report {
             S::NAME
         );
     }
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run(&mut ctx)));
-    let error_exit = match outcome {
+    let mut details = S::Details::default();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        step.run(&mut ctx, &mut details)
+    }));
+    let error = match outcome {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => {
-            let mut f = Finding::new(e.code(), crate::error::error_chain(&e));
-            if let Error::Unreadable { path, .. }
-            | Error::NotRegularFile { path, .. }
-            | Error::Write { path, .. }
-            | Error::UnsafePath { path, .. }
-            | Error::BackupSelfCheck { dir: path, .. } = &e
-            {
-                f = f.path(path);
-            }
-            ctx.report.errors.push(f);
-            if e.exit_code() == crate::exit::PROBLEMS {
-                ctx.problems = true;
-            }
-            Some(e.exit_code())
-        }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            ctx.report.errors.push(Finding::new(
-                "internal_error",
-                format!("internal error (a bug): {msg}"),
-            ));
-            Some(crate::exit::OPERATIONAL)
-        }
+        Ok(Err(e)) => Some(e),
+        Err(panic) => Some(Error::panicked(panic.as_ref())),
     };
+    let error_exit = error.map(|e| {
+        ctx.report.errors.push(e.finding());
+        if e.exit_code() == crate::exit::PROBLEMS {
+            ctx.problems = true;
+        }
+        e.exit_code()
+    });
+    ctx.report.set_details(&details);
     ctx.refresh_drift();
     let problems = ctx.problems;
     ctx.report.finish(error_exit, problems, ctx.started);
     ctx.report
-}
-
-/// Build a step's flags from an argument list, as its binary would parse them.
-pub fn parse_args<S: Step>(argv: &[String]) -> std::result::Result<S, clap::Error> {
-    let cmd = S::augment_args(clap::Command::new(S::NAME));
-    let m =
-        cmd.try_get_matches_from(std::iter::once(S::NAME.to_owned()).chain(argv.iter().cloned()))?;
-    S::from_arg_matches(&m)
 }
 
 /// Emit the report and the human summary; returns the exit code.
@@ -367,7 +351,7 @@ pub fn binary<S: Step>() -> ExitCode {
 }
 
 /// A usage error: clap's message on stderr, and still one report on stdout.
-fn usage_error(step: &str, e: clap::Error) -> i32 {
+pub fn usage_error(step: &str, e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     if matches!(
         e.kind(),
@@ -394,69 +378,6 @@ fn usage_error(step: &str, e: clap::Error) -> i32 {
     crate::exit::USAGE
 }
 
-fn exit_code(code: i32) -> ExitCode {
+pub fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
-}
-
-// ---- the umbrella ------------------------------------------------------------------------
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "sessiondb",
-    version,
-    about = "Move a session store from SQLite and JSON files to PostgreSQL, safely."
-)]
-struct Umbrella {
-    #[command(subcommand)]
-    cmd: UmbrellaCmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum UmbrellaCmd {
-    /// Read-only checks of the source, the backup location, PostgreSQL and the plan.
-    Preflight(cmd::preflight::Args),
-    /// A verified, timestamped copy of the legacy store.
-    Backup(cmd::backup::Args),
-    /// Load every session into PostgreSQL (dry run unless --dry-run=false).
-    MigrateState(cmd::migrate_state::Args),
-    /// Prove the copy, session by session.
-    Verify(cmd::verify::Args),
-    /// Switch the config's backend to postgres (dry run unless --dry-run=false).
-    SetDefault(cmd::set_default::Args),
-    /// Switch back, exporting what changed in PostgreSQL (dry run unless --dry-run=false).
-    Rollback(cmd::rollback::Args),
-    /// Check a backend: JSON, SQLite + files, or PostgreSQL.
-    Check(cmd::check::Args),
-    /// The whole sequence: `sessiondb migrate to postgres`.
-    Migrate(cmd::migrate_to::MigrateArgs),
-    /// Write a realistic legacy store and its sessiondb.toml.
-    GenerateFixture(cmd::generate_fixture::Args),
-    /// Inspect a store and propose a commented sessiondb.toml for it.
-    Init(cmd::init::Args),
-}
-
-/// The `sessiondb` binary.
-pub fn umbrella() -> ExitCode {
-    let parsed = Umbrella::try_parse();
-    let u = match parsed {
-        Ok(u) => u,
-        Err(e) => return exit_code(usage_error("sessiondb", e)),
-    };
-    let code = match &u.cmd {
-        UmbrellaCmd::Preflight(a) => run_step(a),
-        UmbrellaCmd::Backup(a) => run_step(a),
-        UmbrellaCmd::MigrateState(a) => run_step(a),
-        UmbrellaCmd::Verify(a) => run_step(a),
-        UmbrellaCmd::SetDefault(a) => run_step(a),
-        UmbrellaCmd::Rollback(a) => run_step(a),
-        UmbrellaCmd::Check(a) => run_step(a),
-        UmbrellaCmd::Migrate(m) => match &m.to {
-            cmd::migrate_to::To::To(t) => match &t.target {
-                cmd::migrate_to::Dest::Postgres(a) => run_step(a),
-            },
-        },
-        UmbrellaCmd::GenerateFixture(a) => run_step(a),
-        UmbrellaCmd::Init(a) => run_step(a),
-    };
-    exit_code(code)
 }

@@ -13,8 +13,8 @@
 
 use postgres::GenericClient;
 
-use super::qualified;
 use crate::error::{Error, Result};
+use crate::pg::{ident, qualified};
 
 /// A target table whose rows the ledger watches, one row per session: the column that
 /// keys it by session id, and the ledger column holding the row version sessiondb last
@@ -85,7 +85,7 @@ pub fn moved(c: &mut impl GenericClient, schema: &str) -> Result<Vec<Moved>> {
         joins.push_str(&format!(
             " LEFT JOIN {} {a} ON {a}.{} OPERATOR(pg_catalog.=) l.session_id",
             qualified(schema, w.table),
-            super::ident(w.key)
+            ident(w.key)
         ));
         cols.push(version(&a));
         differs.push(format!(
@@ -94,7 +94,7 @@ pub fn moved(c: &mut impl GenericClient, schema: &str) -> Result<Vec<Moved>> {
             version(&a)
         ));
     }
-    let own = format!("w0.{}", super::ident(WATCHED[0].key));
+    let own = format!("w0.{}", ident(WATCHED[0].key));
     let sql = format!(
         "SELECT l.session_id, l.content_hash, {} FROM {ledger} l{joins}
           WHERE l.status = 'migrated'
@@ -150,9 +150,9 @@ pub fn learn_unknown(c: &mut impl GenericClient, schema: &str) -> Result<u64> {
         sets.join(", "),
         qualified(schema, WATCHED[0].table),
         qualified(schema, WATCHED[1].table),
-        super::ident(WATCHED[1].key),
-        super::ident(WATCHED[0].key),
-        super::ident(WATCHED[0].key),
+        ident(WATCHED[1].key),
+        ident(WATCHED[0].key),
+        ident(WATCHED[0].key),
         WATCHED[0].ledger_column
     );
     c.execute(&sql, &[])
@@ -205,7 +205,7 @@ pub fn versions_from(schema: &str, key: &str) -> String {
             format!(
                 " LEFT JOIN {} w{i} ON w{i}.{} OPERATOR(pg_catalog.=) {key}",
                 qualified(schema, w.table),
-                super::ident(w.key)
+                ident(w.key)
             )
         })
         .collect()

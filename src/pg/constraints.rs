@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Column, TableShape, ident, table_shape};
 use crate::error::{Error, Result};
-use crate::source::Session;
+use crate::source::{META_FIELDS, Session};
 
 /// A shape problem: a column missing, of a type that cannot hold the values, or NOT NULL
 /// with nothing to fill it (SPEC §9).
@@ -63,17 +63,9 @@ const STATE_WRITTEN: [(&str, &str); 3] = [
     ("updated_at", "timestamptz"),
 ];
 
-/// The source's fields, by the name of the `sessions` column each goes to.
-const SOURCE_COLUMNS: [&str; 8] = [
-    "id",
-    "user_id",
-    "status",
-    "current_step",
-    "cost",
-    "created_at",
-    "updated_at",
-    "state",
-];
+/// The source's fields, by the name of the `sessions` column each goes to (SPEC §1's
+/// columns: the target's `sessions` has the same).
+const SOURCE_COLUMNS: [&str; 8] = crate::source::sqlite::COLUMNS;
 
 const TEXT: [&str; 3] = ["text", "character varying", "character"];
 const TIMESTAMPS: [&str; 2] = ["timestamp with time zone", "timestamp without time zone"];
@@ -88,19 +80,6 @@ fn type_ok(col: &str, ty: &str) -> bool {
         "created_at" | "updated_at" => TIMESTAMPS.contains(&ty),
         "state" => ["jsonb", "json"].contains(&ty),
         _ => true,
-    }
-}
-
-fn value(s: &Session, col: &str) -> Option<String> {
-    match col {
-        "id" => Some(s.id.clone()),
-        "user_id" => s.meta.user_id.clone(),
-        "status" => s.meta.status.clone(),
-        "current_step" => s.meta.current_step.clone(),
-        "cost" => s.meta.cost.map(|c| c.to_string()),
-        "created_at" => s.meta.created_at.map(|t| t.to_rfc3339()),
-        "updated_at" => s.meta.updated_at.map(|t| t.to_rfc3339()),
-        _ => None,
     }
 }
 
@@ -237,17 +216,10 @@ impl Fit {
     /// The six metadata columns of `sessions` (alias `a`) as sessiondb decodes them:
     /// text, `float8`, and `timestamptz` (a naive timestamp read as UTC, which is how
     /// sessiondb writes it). Only for tables whose shape passed [`Fit::shape_problems`];
-    /// a value that still does not decode is [`Error::ColumnDecode`], naming the column.
+    /// a value that still does not decode is [`Error::SchemaMismatch`], naming the column.
     pub fn meta_select(&self, a: &str) -> String {
         let mut out = Vec::new();
-        for name in [
-            "user_id",
-            "status",
-            "current_step",
-            "cost",
-            "created_at",
-            "updated_at",
-        ] {
+        for name in META_FIELDS {
             let ty = self.column(name).map(|c| c.data_type.as_str());
             let col = format!("{a}.{}", ident(name));
             out.push(match (name, ty) {
@@ -368,9 +340,12 @@ impl Stats {
     }
 
     pub fn add(&mut self, s: &Session) {
-        for col in SOURCE_COLUMNS {
-            let v = value(s, col);
-            let Some(v) = v else {
+        let texts = s.meta.texts();
+        let values = std::iter::once(("id", Some(std::borrow::Cow::Borrowed(s.id.as_str()))))
+            .chain(META_FIELDS.into_iter().zip(texts))
+            .chain(std::iter::once(("state", None)));
+        for (col, v) in values {
+            let Some(v) = v.map(std::borrow::Cow::into_owned) else {
                 self.nulls.entry(col).or_default().add(&s.id);
                 continue;
             };
@@ -395,27 +370,10 @@ impl Stats {
     }
 }
 
-/// Decode column `i` of a row read from `table`, naming the column when it does not
-/// decode (a type the shape check let through, a value out of range).
-pub fn get<'a, T: postgres::types::FromSql<'a>>(
-    r: &'a postgres::Row,
-    i: usize,
-    table: &str,
-) -> Result<T> {
-    r.try_get(i).map_err(|e| Error::ColumnDecode {
-        table: table.to_owned(),
-        column: r
-            .columns()
-            .get(i)
-            .map_or_else(|| i.to_string(), |c| c.name().to_owned()),
-        message: crate::error::error_chain(&e),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::ForeignKey;
+    use crate::pg::ForeignKey;
 
     fn col(name: &str, ty: &str, not_null: bool) -> Column {
         Column {

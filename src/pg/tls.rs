@@ -1,5 +1,5 @@
 //! TLS for every PostgreSQL connection: one connector, built from a [`Target`]'s
-//! [`TlsSettings`], used by the blocking client (`target::connect`) and by the runtime
+//! [`TlsSettings`], used by the blocking client (`pg::connect`) and by the runtime
 //! store's pool alike (both take tokio-postgres's `MakeTlsConnect`). rustls with the
 //! `ring` provider: no system OpenSSL.
 //!

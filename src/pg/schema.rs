@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS {schema}.sessiondb_cutovers (
         // The `xmin` of the `sessions` and `session_state` rows as sessiondb committed
         // them (32-bit transaction ids, as bigint): a row whose xmin moved was rewritten
         // by someone. NULL: not known yet (ledgers written before this version), learned
-        // by the next run (`target::ledger::learn_unknown`).
+        // by the next run (`pg::ledger::learn_unknown`).
         sql: r#"
 ALTER TABLE {schema}.sessiondb_ledger
     ADD COLUMN IF NOT EXISTS sessions_xmin bigint,
@@ -215,10 +215,7 @@ pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<
     .map_err(|e| Error::pg("creating the schema versions table", "", e))?;
     let st = status(tx, schema)?;
     if let Some(p) = st.problems() {
-        return Err(Error::Refused {
-            code: "schema_mismatch",
-            message: p,
-        });
+        return Err(Error::SchemaVersions { message: p });
     }
     let run = uuid::Uuid::parse_str(run_id).ok();
     let mut done = Vec::new();

@@ -7,9 +7,9 @@ use std::io::Write;
 
 use postgres::Transaction;
 
-use super::qualified;
+use super::{ledger, qualified};
 use crate::error::{Error, Result};
-use crate::source::{Invalid, Session, fields};
+use crate::source::{META_FIELDS, Session, fields};
 
 /// Append `s` to a COPY text-format line, escaped. Runs without a special byte are
 /// copied whole: state texts are megabytes a batch and rarely need escaping.
@@ -46,27 +46,18 @@ fn state_text(s: &Session) -> Option<&str> {
         .map(|st| std::str::from_utf8(&st.raw).expect("validated state is UTF-8"))
 }
 
+/// The `sessions` row of `s`: its id and [`META_FIELDS`], in that order (the order of
+/// [`SESSION_COLUMNS`]).
 fn meta_fields(out: &mut Vec<u8>, s: &Session) {
     field(out, Some(&s.id));
-    sep(out);
-    field(out, s.meta.user_id.as_deref());
-    sep(out);
-    field(out, s.meta.status.as_deref());
-    sep(out);
-    field(out, s.meta.current_step.as_deref());
-    sep(out);
-    field(out, s.meta.cost.map(|c| format!("{c:?}")).as_deref());
-    sep(out);
-    field(
-        out,
-        s.meta.created_at.as_ref().map(fields::fmt_ts).as_deref(),
-    );
-    sep(out);
-    field(
-        out,
-        s.meta.updated_at.as_ref().map(fields::fmt_ts).as_deref(),
-    );
+    for v in &s.meta.texts() {
+        sep(out);
+        field(out, v.as_deref());
+    }
 }
+
+/// The columns of a `sessions` row sessiondb writes, in [`meta_fields`]' order.
+const SESSION_COLUMNS: &str = "id, user_id, status, current_step, cost, created_at, updated_at";
 
 fn copy_in(tx: &mut Transaction<'_>, sql: &str, data: &[u8]) -> Result<()> {
     let mut w = tx
@@ -167,7 +158,7 @@ fn render_one(r: &mut Rendered, s: &Session, run: &str) {
 }
 
 /// The rendered ledger lines with their row versions: every row of the batch was
-/// written by the transaction whose id is `xid` (see [`super::ledger::CURRENT_XID`]).
+/// written by the transaction whose id is `xid` (see [`ledger::versions::CURRENT_XID`]).
 fn ledger_with_versions(r: &Rendered, xid: i64) -> Vec<u8> {
     let xid = xid.to_string();
     let mut out = Vec::with_capacity(r.ledger.len() + r.ledger_state.len() * 24);
@@ -195,13 +186,13 @@ pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Re
         return Ok(());
     }
     let xid: i64 = tx
-        .query_one(super::ledger::CURRENT_XID, &[])
+        .query_one(ledger::versions::CURRENT_XID, &[])
         .map_err(|e| Error::pg("reading the transaction id", "", e))?
         .get(0);
     copy_in(
         tx,
         &format!(
-            "COPY {} (id, user_id, status, current_step, cost, created_at, updated_at) FROM STDIN",
+            "COPY {} ({SESSION_COLUMNS}) FROM STDIN",
             qualified(schema, "sessions")
         ),
         &r.sessions,
@@ -219,8 +210,9 @@ pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Re
     copy_in(
         tx,
         &format!(
-            "COPY {} (session_id, status, content_hash, state_hash, run_id, source_stamp, sessions_xmin, state_xmin) FROM STDIN",
-            qualified(schema, "sessiondb_ledger")
+            "COPY {} ({}) FROM STDIN",
+            qualified(schema, ledger::TABLE),
+            ledger::COPY_COLUMNS
         ),
         &ledger_with_versions(r, xid),
     )?;
@@ -269,13 +261,15 @@ pub fn upsert(
     copy_in(tx, "COPY pg_temp.sessiondb_stage FROM STDIN", &data)?;
     let sessions = qualified(schema, "sessions");
     let state = qualified(schema, "session_state");
-    let ledger = qualified(schema, "sessiondb_ledger");
+    let set: Vec<String> = META_FIELDS
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let set = set.join(", ");
     let sql = format!(
-        "INSERT INTO {sessions} AS t (id, user_id, status, current_step, cost, created_at, updated_at)
-              SELECT id, user_id, status, current_step, cost, created_at, updated_at FROM pg_temp.sessiondb_stage
-         ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, status = EXCLUDED.status,
-              current_step = EXCLUDED.current_step, cost = EXCLUDED.cost,
-              created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at;
+        "INSERT INTO {sessions} AS t ({SESSION_COLUMNS})
+              SELECT {SESSION_COLUMNS} FROM pg_temp.sessiondb_stage
+         ON CONFLICT (id) DO UPDATE SET {set};
          INSERT INTO {state} AS t (session_id, state, updated_at)
               SELECT id, state::jsonb, state_updated_at FROM pg_temp.sessiondb_stage WHERE state IS NOT NULL
          ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
@@ -284,97 +278,7 @@ pub fn upsert(
     );
     tx.batch_execute(&sql)
         .map_err(|e| Error::pg("upserting a batch", "", e))?;
-    // The rows' versions as this transaction left them (a state row left as it was,
-    // being equal, keeps its version).
-    tx.execute(
-        &format!(
-            "INSERT INTO {ledger} (session_id, status, content_hash, state_hash, code, run_id, migrated_at, source_stamp, sessions_xmin, state_xmin)
-                  SELECT k.id, 'migrated', k.content_hash, k.state_hash, NULL, $1, pg_catalog.now(), k.source_stamp, {}
-                    FROM pg_temp.sessiondb_stage k{}
-             ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
-                  source_stamp = EXCLUDED.source_stamp, sessions_xmin = EXCLUDED.sessions_xmin, state_xmin = EXCLUDED.state_xmin",
-            super::ledger::versions_select(),
-            super::ledger::versions_from(schema, "k.id")
-        ),
-        &[run_id],
-    )
-    .map_err(|e| Error::pg("recording the batch in the ledger", "", e))?;
-    Ok(())
-}
-
-/// Record sessions adopted as they are (already in the target with the same content).
-pub fn adopt(
-    tx: &mut Transaction<'_>,
-    schema: &str,
-    run_id: &uuid::Uuid,
-    sessions: &[(&Session, String)],
-) -> Result<()> {
-    if sessions.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<&str> = sessions.iter().map(|(s, _)| s.id.as_str()).collect();
-    let hashes: Vec<&str> = sessions.iter().map(|(_, h)| h.as_str()).collect();
-    let state_hashes: Vec<Option<String>> = sessions
-        .iter()
-        .map(|(s, _)| s.state.as_ref().map(|st| st.hash()))
-        .collect();
-    let stamps: Vec<Option<&str>> = sessions.iter().map(|(s, _)| s.stamp.as_deref()).collect();
-    tx.execute(
-        &format!(
-            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id, source_stamp, sessions_xmin, state_xmin)
-                  SELECT u.i, 'migrated', u.h, u.sh, $4, u.st, {}
-                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[])) AS u(i, h, sh, st){}
-             ON CONFLICT (session_id) DO UPDATE SET status = 'migrated', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
-                  source_stamp = EXCLUDED.source_stamp, sessions_xmin = EXCLUDED.sessions_xmin, state_xmin = EXCLUDED.state_xmin",
-            qualified(schema, "sessiondb_ledger"),
-            super::ledger::versions_select(),
-            super::ledger::versions_from(schema, "u.i")
-        ),
-        &[&ids, &hashes, &state_hashes, run_id, &stamps],
-    )
-    .map_err(|e| Error::pg("recording adopted sessions", "", e))?;
-    Ok(())
-}
-
-/// Record quarantined records, each under its [`Invalid::ledger_key`] (records without
-/// a usable id too), so that verify counts them as quarantined.
-pub fn record_quarantined(
-    tx: &mut Transaction<'_>,
-    schema: &str,
-    run_id: &uuid::Uuid,
-    invalid: &[&Invalid],
-) -> Result<()> {
-    let keys: Vec<String> = invalid.iter().map(|i| i.ledger_key()).collect();
-    let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let codes: Vec<&str> = invalid.iter().map(|i| i.code).collect();
-    record_quarantined_ids(tx, schema, run_id, &ids, &codes)
-}
-
-fn record_quarantined_ids(
-    tx: &mut Transaction<'_>,
-    schema: &str,
-    run_id: &uuid::Uuid,
-    ids: &[&str],
-    codes: &[&str],
-) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
-        &format!(
-            "INSERT INTO {} (session_id, status, code, run_id)
-                  SELECT DISTINCT ON (i) i, 'quarantined', c, $3
-                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(i, c)
-             ON CONFLICT (session_id) DO UPDATE SET status = 'quarantined',
-                  code = EXCLUDED.code, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now()",
-            qualified(schema, "sessiondb_ledger")
-        ),
-        &[&ids, &codes, run_id],
-    )
-    .map_err(|e| Error::pg("recording quarantined records", "", e))?;
-    Ok(())
+    ledger::record_staged(tx, schema, run_id)
 }
 
 /// One batch for the [`Writers`]: rendered rows, and the ids and codes of the batch's
@@ -454,8 +358,7 @@ impl<'scope> Writers<'scope> {
     /// Queue a batch (blocks while every writer is busy). Fails once a writer has failed:
     /// [`Writers::finish`] then returns that writer's error.
     pub fn send(&self, job: Job) -> Result<()> {
-        let stopped = || Error::Refused {
-            code: "cancelled",
+        let stopped = || Error::Cancelled {
             message: "a writer failed; the load stopped".into(),
         };
         if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -483,10 +386,12 @@ impl<'scope> Writers<'scope> {
                 Ok(Err(e)) => {
                     first.get_or_insert(e);
                 }
-                Err(_) => {
-                    first.get_or_insert(Error::Refused {
-                        code: "internal",
-                        message: "a writer thread panicked; committed batches are kept".into(),
+                Err(panic) => {
+                    first.get_or_insert(Error::Internal {
+                        message: format!(
+                            "a writer thread panicked ({}); committed batches are kept",
+                            crate::error::panic_message(panic.as_ref())
+                        ),
                     });
                 }
             }
@@ -505,35 +410,10 @@ fn write_job(
         .transaction()
         .map_err(|e| Error::pg("starting a batch", "", e))?;
     copy_rendered(&mut tx, schema, &job.rendered)?;
-    let (ids, codes): (Vec<&str>, Vec<&str>) = job
-        .quarantined
-        .iter()
-        .map(|(i, c)| (i.as_str(), *c))
-        .unzip();
     // Quarantined ids of this batch are not in its COPY: no ledger key collides.
-    record_quarantined_ids(&mut tx, schema, run_id, &ids, &codes)?;
+    ledger::record_quarantined_keys(&mut tx, schema, run_id, &job.quarantined)?;
     tx.commit()
         .map_err(|e| Error::pg("committing a batch", "", e))?;
-    Ok(())
-}
-
-/// Teach the ledger the current stamps of sessions found unchanged (e.g. a file touched
-/// without a change), so the next catch-up skips them.
-pub fn restamp(tx: &mut Transaction<'_>, schema: &str, list: &[(String, String)]) -> Result<()> {
-    if list.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<&str> = list.iter().map(|(i, _)| i.as_str()).collect();
-    let stamps: Vec<&str> = list.iter().map(|(_, s)| s.as_str()).collect();
-    tx.execute(
-        &format!(
-            "UPDATE {} l SET source_stamp = u.s FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
-              WHERE l.session_id = u.i",
-            qualified(schema, "sessiondb_ledger")
-        ),
-        &[&ids, &stamps],
-    )
-    .map_err(|e| Error::pg("recording source stamps", "", e))?;
     Ok(())
 }
 

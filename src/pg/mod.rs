@@ -1,12 +1,25 @@
-//! The target: PostgreSQL. Connecting (errors named with the redacted URL), quoting,
-//! the versioned schema, the writers' advisory lock, and health queries.
+//! PostgreSQL, the target: the one room for it. Connecting (every connection's
+//! `search_path`, TLS, errors named with the redacted URL), quoting, the permissions
+//! probe; and in its modules the writers' lock (`lock`), the versioned schema
+//! (`schema`), the target's catalog (`catalog`, `constraints`), the session rows as
+//! sessiondb reads them (`rows`), the classification reads (`classify`), the ledger and
+//! the run records (`ledger`), the load (`load`), the server's own facts (`server`).
+//! Every statement on sessiondb's own tables is here; the runtime store (`crate::store`)
+//! keeps its own queries on the application's tables, through the same connection
+//! setup.
 
 pub mod catalog;
+pub mod classify;
 pub mod constraints;
 pub mod ledger;
 pub mod load;
+pub mod lock;
+pub mod rows;
 pub mod schema;
+pub mod server;
 pub mod tls;
+
+pub use lock::{WriterLock, lock_key};
 
 use postgres::Client;
 
@@ -18,6 +31,19 @@ use crate::error::{Error, Result};
 pub fn connect(t: &Target) -> Result<Client> {
     let tls = tls::connector(t)?;
     t.pg.connect(tls).map_err(|e| connect_error(t, e))
+}
+
+/// A connection whose waits for row and table locks are bounded by `lock_timeout`
+/// (`30s` unless `SESSIONDB_LOCK_TIMEOUT` says): a writer fails with `lock_timeout`
+/// rather than wait behind the application for ever.
+pub fn connect_writer(t: &Target, lock_timeout: &str) -> Result<Client> {
+    let mut c = connect(t)?;
+    c.execute(
+        "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
+        &[&lock_timeout],
+    )
+    .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
+    Ok(c)
 }
 
 /// The typed error of a failed connection to `t` (the blocking client's or the pool's):
@@ -57,20 +83,6 @@ pub fn connect_error(t: &Target, e: postgres::Error) -> Error {
             message,
         },
     }
-}
-
-/// Whether this session is encrypted, and with which protocol (`pg_stat_ssl`).
-pub fn session_tls(c: &mut Client) -> Result<Option<String>> {
-    let row = c
-        .query_opt(
-            "SELECT version FROM pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid() AND ssl",
-            &[],
-        )
-        .map_err(|e| Error::pg("reading pg_stat_ssl", "", e))?;
-    Ok(row.map(|r| {
-        r.get::<_, Option<String>>(0)
-            .unwrap_or_else(|| "TLS".into())
-    }))
 }
 
 /// Quote an identifier for SQL (`"a""b"`): names from config never reach SQL unquoted.
@@ -115,103 +127,6 @@ pub fn startup_options(given: Option<&str>, schema: &str) -> String {
 /// `"schema"."table"`.
 pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", ident(schema), ident(table))
-}
-
-/// The advisory lock key of writers on this schema.
-pub fn lock_key(schema: &str) -> i64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("sessiondb-writer:{schema}").as_bytes());
-    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
-/// Who holds the writers' lock, as a sentence: pid, application (it carries the run id),
-/// client, and since when. Advisory locks belong to one database: a writer on another
-/// database of the same server holds another lock. A role without `pg_read_all_stats`
-/// sees only the pid and role of other roles' sessions; the sentence then says so.
-pub fn lock_holder(c: &mut Client, schema: &str) -> Result<Option<String>> {
-    let key = lock_key(schema);
-    let classid = ((key as u64) >> 32) as u32 as i64;
-    let objid = (key as u64 & 0xffff_ffff) as i64;
-    let rows = c
-        .query(
-            "SELECT a.pid, a.usename::text, a.application_name,
-                    coalesce(a.client_hostname, pg_catalog.host(a.client_addr), CASE WHEN a.backend_start IS NOT NULL THEN 'local socket' END),
-                    pg_catalog.to_char(coalesce(a.xact_start, a.backend_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database())
-                AND l.classid::bigint = $1 AND l.objid::bigint = $2",
-            &[&classid, &objid],
-        )
-        .map_err(|e| Error::pg("looking up the lock holder", "", e))?;
-    Ok(rows.first().map(|r| {
-        let pid: i32 = r.get(0);
-        let role: Option<String> = r.get(1);
-        let app: Option<String> = r.get(2);
-        let host: Option<String> = r.get(3);
-        let since: Option<String> = r.get(4);
-        let role = role.unwrap_or_else(|| "?".into());
-        match (host, since) {
-            (Some(host), Some(since)) => {
-                let app = app.unwrap_or_default();
-                let run = app
-                    .strip_prefix("sessiondb:")
-                    .map(|s| format!(", run {s}"))
-                    .unwrap_or_else(|| format!(", application {app:?}"));
-                format!("pid {pid} (role {role}) on {host}{run}, connected since {since}")
-            }
-            _ => format!("pid {pid} (role {role}; its other details are not visible to this role)"),
-        }
-    }))
-}
-
-/// The writers' lock, held on a dedicated connection for the whole run and released
-/// when dropped (or when the process dies: the server ends the session).
-pub struct WriterLock {
-    client: Client,
-    key: i64,
-}
-
-impl WriterLock {
-    /// Take the lock or fail at once with `lock_held`, naming the holder.
-    pub fn acquire(t: &Target, schema: &str, run_id: &str) -> Result<WriterLock> {
-        let mut cfg = t.clone();
-        cfg.pg.application_name(&format!("sessiondb:{run_id}"));
-        let mut client = connect(&cfg)?;
-        let key = lock_key(schema);
-        let got: bool = client
-            .query_one(
-                "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)",
-                &[&key],
-            )
-            .map_err(|e| Error::pg("taking the writer lock", &t.display, e))?
-            .get(0);
-        if !got {
-            let holder = lock_holder(&mut client, schema)?
-                .unwrap_or_else(|| "a session that just ended; retry".into());
-            return Err(Error::LockHeld { holder });
-        }
-        Ok(WriterLock { client, key })
-    }
-
-    /// Whether the lock's connection is still alive.
-    pub fn alive(&mut self) -> bool {
-        self.client.simple_query("SELECT 1").is_ok()
-    }
-}
-
-impl Drop for WriterLock {
-    fn drop(&mut self) {
-        let _ = self.client.execute(
-            "SELECT pg_catalog.pg_advisory_unlock($1::bigint)",
-            &[&self.key],
-        );
-    }
-}
-
-/// Whether the writers' lock is free right now (preflight, check).
-pub fn lock_free(c: &mut Client, schema: &str) -> Result<Option<String>> {
-    lock_holder(c, schema)
 }
 
 /// What the connected role may do with the session tables in a schema: the one probe
