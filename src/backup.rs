@@ -323,7 +323,8 @@ fn resolve_source(cfg: &Config) -> Result<Source> {
     Ok(src)
 }
 
-fn manifest_source(cfg: &Config) -> ManifestSource {
+/// The store `cfg` names, as a manifest records it.
+pub fn manifest_source(cfg: &Config) -> ManifestSource {
     ManifestSource {
         config: cfg.path.clone(),
         sqlite: cfg.sqlite.as_ref().map(|s| s.path.clone()),
@@ -375,6 +376,8 @@ struct Taking<'a> {
     blobs: Blobs,
     base: Option<(ManifestHead, BaseCursor)>,
     spool: Option<Spool>,
+    /// The spool once finished (by `settle`).
+    spool_path: Option<PathBuf>,
     /// The entries that sort before `state/` (the folder's own files, the JSON store).
     early: Vec<FileEntry>,
     counts: ManifestCounts,
@@ -424,6 +427,7 @@ impl<'a> Taking<'a> {
             _writing: writing,
             blobs,
             spool: Some(spool),
+            spool_path: None,
             early: Vec::new(),
             counts: ManifestCounts::default(),
             skipped_symlinks: Vec::new(),
@@ -681,9 +685,68 @@ impl<'a> Taking<'a> {
                  a later migrate-state takes a fresh backup",
             ));
         }
-        sync_filesystem(&self.dir)?;
-        sync_filesystem(self.blobs.root())?;
+        let spool = self.spool.take().expect("spool open").finish()?;
+        self.sync_written(&spool)?;
+        self.spool_path = Some(spool);
         Ok(after)
+    }
+
+    /// Everything this backup wrote, on disk: each file it wrote in its folder and each
+    /// blob it wrote (writeback started for all of them first, then each waited for,
+    /// so that the disk sees them as one batch), the folders that name them, and the
+    /// folder itself in `backup.dir`. A shared blob was made durable by the backup that
+    /// wrote it and is not synced again. No `syncfs`: it would wait for every other
+    /// writer's dirty data on the filesystem (PostgreSQL's among them).
+    fn sync_written(&self, spool: &Path) -> Result<()> {
+        let mut files: Vec<PathBuf> = self
+            .early
+            .iter()
+            .filter(|e| !e.shared)
+            .map(|e| stored_path(&self.dir, e))
+            .collect();
+        files.push(spool.to_path_buf());
+        let mut fanouts = [false; 256];
+        let mut batch: Vec<PathBuf> = Vec::with_capacity(SYNC_BATCH);
+        let flush = |batch: &mut Vec<PathBuf>| -> Result<()> {
+            sync_files(batch)?;
+            batch.clear();
+            Ok(())
+        };
+        manifest::read_spool(spool, &mut |e| {
+            if e.blob && !e.shared {
+                fanouts[e.sha256.0[0] as usize] = true;
+                batch.push(self.blobs.path(&e.sha256));
+                if batch.len() >= SYNC_BATCH {
+                    flush(&mut batch)?;
+                }
+            }
+            Ok(())
+        })?;
+        flush(&mut batch)?;
+        for e in self.early.iter().filter(|e| e.blob && !e.shared) {
+            fanouts[e.sha256.0[0] as usize] = true;
+        }
+        sync_files(&files)?;
+        let mut dirs: Vec<PathBuf> = fanouts
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t)
+            .map(|(i, _)| self.blobs.root().join(format!("{i:02x}")))
+            .collect();
+        dirs.push(self.blobs.root().to_path_buf());
+        for e in self.early.iter().filter(|e| !e.blob) {
+            if let Some(parent) = self.dir.join(e.rel_path()).parent() {
+                if !dirs.iter().any(|d| d == parent) {
+                    dirs.push(parent.to_path_buf());
+                }
+            }
+        }
+        dirs.push(self.dir.clone());
+        dirs.push(self.cfg.backup_dir.clone());
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        Ok(())
     }
 
     /// Phase 7: read back everything this backup wrote before calling it a backup (the
@@ -691,7 +754,7 @@ impl<'a> Taking<'a> {
     /// their size: checked when shared), and `integrity_check` the database copy.
     /// Returns the spool, finished, and the rows the copy holds.
     fn self_check(&mut self, rows_before: Option<u64>) -> Result<(PathBuf, u64)> {
-        let spool = self.spool.take().expect("spool open").finish()?;
+        let spool = self.spool_path.clone().expect("spool finished by settle");
         tracing::info!(
             "self-check: re-reading the {} files this backup wrote",
             self.sharing.files_copied + self.early.len() as u64
@@ -1082,7 +1145,42 @@ fn sync_dir(dir: &Path) -> Result<()> {
         })
 }
 
-/// Flush every file of the backup to disk at once (one `syncfs`, not one fsync a file).
+/// Files synced at once by [`sync_files`].
+const SYNC_BATCH: usize = 256;
+
+/// Put `files` on disk: writeback started for every one (`sync_file_range`, which
+/// does not wait), then each waited for (`fdatasync`), so that the device gets them
+/// as one batch rather than one round trip a file.
+fn sync_files(files: &[PathBuf]) -> Result<()> {
+    use rayon::prelude::*;
+    use std::os::fd::AsRawFd;
+    let open = |p: &PathBuf| {
+        File::open(p).map_err(|e| Error::Write {
+            path: p.clone(),
+            source: e,
+        })
+    };
+    let opened: Vec<File> = files.par_iter().map(open).collect::<Result<_>>()?;
+    for f in &opened {
+        // SAFETY: `f` is an open descriptor for the call's duration. A failure here
+        // only loses the head start: fdatasync below still waits for the data.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    opened
+        .par_iter()
+        .zip(files.par_iter())
+        .try_for_each(|(f, p)| {
+            f.sync_data().map_err(|e| Error::Write {
+                path: p.clone(),
+                source: e,
+            })
+        })
+}
+
+/// Flush every file under `dir`'s filesystem at once (one `syncfs`): only for
+/// `extract`, which writes a whole tree of new files at once.
 fn sync_filesystem(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let d = File::open(dir).map_err(|e| Error::Write {

@@ -64,6 +64,16 @@ pub(super) fn write(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<
     let Some(base) = base else {
         return write_with(dir, src, None);
     };
+    // An earlier dump that is not there as its manifest lists it is not read at all.
+    let there =
+        fs::symlink_metadata(&base.path).is_ok_and(|m| m.is_file() && m.len() == base.listed.bytes);
+    if !there {
+        tracing::warn!(
+            "{} is not there as its manifest lists it: resolving every session again",
+            base.path.display()
+        );
+        return write_with(dir, src, None);
+    }
     let described = base.path.display().to_string();
     match write_with(dir, src, Some(base)) {
         Err(Error::BackupSelfCheck { message, .. }) if message.starts_with(BASE_DAMAGED) => {

@@ -6,11 +6,16 @@
 //! - the newest complete backup;
 //! - among the `N` newest (`--keep N`, default 3);
 //! - the newest backup of the store as it is now (its fingerprint);
+//! - the newest backup of the store the config names (its database, sessions folder
+//!   and JSON store), so that a store changed since its last backup keeps one;
 //! - one a recorded cutover relies on ([`Reliance`]: the command reads the cutover
 //!   records from PostgreSQL, and refuses to prune when it cannot);
 //! - holding a rollback journal that is not finished (`rollback/round-N.json`).
 //!
 //! Folders of failed backups (the rule of [`super::failed_backups`]) are removed too.
+//! A folder named as a backup whose manifest this version cannot read (damaged, or
+//! written by a newer version) is neither removed nor understood: it is kept, and no
+//! blob is swept (it may list any of them).
 //! Only folders named as backups, directly under `backup.dir`, not links, are ever
 //! considered; a folder being removed is first renamed `.pruning-<name>` (no longer a
 //! backup's name), so that a prune killed half-way leaves no half backup that looks
@@ -25,7 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::blobs::{Blobs, Mode, Swept};
-use super::manifest::{Digest32, ManifestHead};
+use super::manifest::{Digest32, ManifestHead, ManifestSource};
 use crate::error::{Error, Result};
 
 /// `--keep`'s default.
@@ -58,6 +63,8 @@ pub enum Rule {
 pub struct Facts {
     /// The store's quick fingerprint now.
     pub current_fingerprint: String,
+    /// The store the config names.
+    pub current_source: Option<ManifestSource>,
     pub reliances: Vec<Reliance>,
 }
 
@@ -84,6 +91,11 @@ pub struct PrunePlan {
     pub leftovers: Vec<Leftover>,
     /// The blobs no kept backup lists (and temporary files of dead backups).
     pub blobs: Swept,
+    /// Folders named as backups, complete, whose manifest cannot be read: kept.
+    pub unreadable: Vec<PathBuf>,
+    /// Why no blob is swept, when none is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep_skipped: Option<String>,
     /// Everything that goes: the folders and the blobs, in bytes.
     pub freed_bytes: u64,
 }
@@ -122,6 +134,10 @@ impl Pruning {
         let newest_now = all
             .iter()
             .position(|(_, h)| of_fingerprint(h, &facts.current_fingerprint));
+        let newest_of_source = facts.current_source.as_ref().and_then(|src| {
+            all.iter()
+                .position(|(_, h)| h.source.as_ref().is_some_and(|s| same_store(s, src)))
+        });
         let mut kept = Vec::new();
         let mut remove = Vec::new();
         for (i, (dir, head)) in all.iter().enumerate() {
@@ -134,6 +150,9 @@ impl Pruning {
             }
             if newest_now == Some(i) {
                 why.push("the newest backup of the store as it is now".to_owned());
+            }
+            if newest_of_source == Some(i) {
+                why.push("the newest backup of the store the config names".to_owned());
             }
             for r in &facts.reliances {
                 if relies_on(r, dir, head, &all) {
@@ -160,9 +179,16 @@ impl Pruning {
             }
         }
         let leftovers = self.leftovers();
-        let blobs = match &self.blobs {
-            Some(b) => b.sweep(&listed_blobs(&kept)?, false)?,
-            None => Swept::default(),
+        let unreadable = self.unreadable(&all, &leftovers);
+        let sweep_skipped = (!unreadable.is_empty()).then(|| {
+            format!(
+                "{} backup folder(s) whose manifest cannot be read may list any blob: none is removed",
+                unreadable.len()
+            )
+        });
+        let blobs = match (&self.blobs, &sweep_skipped) {
+            (Some(b), None) => b.sweep(&listed_blobs(&kept)?, false)?,
+            _ => Swept::default(),
         };
         let freed_bytes = remove.iter().map(|l| l.bytes).sum::<u64>()
             + leftovers.iter().map(|l| l.bytes).sum::<u64>()
@@ -174,8 +200,32 @@ impl Pruning {
             remove,
             leftovers,
             blobs,
+            unreadable,
+            sweep_skipped,
             freed_bytes,
         })
+    }
+
+    /// Folders named as backups, without a marker, that are neither a complete backup
+    /// this version reads nor a leftover.
+    fn unreadable(&self, all: &[(PathBuf, ManifestHead)], leftovers: &[Leftover]) -> Vec<PathBuf> {
+        let Ok(rd) = fs::read_dir(&self.backup_dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(super::folders::is_folder_name)
+            })
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .filter(|d| all.iter().all(|(a, _)| a != d))
+            .filter(|d| leftovers.iter().all(|l| &l.dir != d))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Folders that are no backup and that prune may remove: failed backups' and
@@ -222,6 +272,11 @@ impl Pruning {
             })?;
         }
         let _ = fs::File::open(&self.backup_dir).and_then(|d| d.sync_all());
+        // Computed again from what is left: the same refusal as the plan's.
+        let all = super::complete(&self.backup_dir);
+        if !self.unreadable(&all, &self.leftovers()).is_empty() {
+            return Ok(Swept::default());
+        }
         match &self.blobs {
             Some(b) => {
                 let kept: Vec<Listed> = super::complete(&self.backup_dir)
@@ -239,6 +294,11 @@ impl Pruning {
             None => Ok(Swept::default()),
         }
     }
+}
+
+/// Whether two manifests name the same store (the config file aside).
+fn same_store(a: &ManifestSource, b: &ManifestSource) -> bool {
+    (&a.sqlite, &a.sessions_dir, &a.json) == (&b.sqlite, &b.sessions_dir, &b.json)
 }
 
 /// Whether the backup was taken of the store as it is when its fingerprint is `fp`.

@@ -444,6 +444,7 @@ fn resolve_prune(ctx: &mut Ctx, cfg: &Config, d: &mut Details) -> Result<(Facts,
     Ok((
         Facts {
             current_fingerprint,
+            current_source: Some(backup::manifest_source(cfg)),
             reliances,
         },
         lock,
@@ -547,6 +548,16 @@ fn report_prune_plan(ctx: &mut Ctx, plan: &prune::PrunePlan, dry_run: bool) {
             human_bytes(l.bytes),
             l.why
         );
+    }
+    for u in &plan.unreadable {
+        tracing::info!(
+            "keeps {}: named as a backup, its manifest cannot be read",
+            u.display()
+        );
+    }
+    if let Some(why) = &plan.sweep_skipped {
+        ctx.report
+            .warn(Finding::new("prune_blobs_kept", why.clone()));
     }
     tracing::info!(
         "{verb} {} blob(s) no kept backup lists ({}), {} in all",
