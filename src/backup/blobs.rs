@@ -196,7 +196,7 @@ impl Blobs {
     pub(super) fn put(&self, bytes: &[u8]) -> Result<Put> {
         let sha = Digest32(Sha256::digest(bytes).into());
         let len = bytes.len() as u64;
-        if self.has(&sha, len) && self.holds(&sha, |b| b == bytes) {
+        if self.has(&sha, len) && self.holds(&sha, |b| b == bytes) && self.durable(&sha) {
             return Ok(Put {
                 sha,
                 bytes: len,
@@ -260,7 +260,7 @@ impl Blobs {
         w.flush()?;
         let sha = Digest32(w.hasher.clone().finalize().into());
         let bytes = w.bytes;
-        if self.has(&sha, bytes) && self.same_file(&sha, &w.temp) {
+        if self.has(&sha, bytes) && self.same_file(&sha, &w.temp) && self.durable(&sha) {
             return Ok(Put {
                 sha,
                 bytes,
@@ -277,6 +277,15 @@ impl Blobs {
             bytes,
             fresh: true,
         })
+    }
+
+    /// A blob found already there may be the unsynced write of a backup that died
+    /// before its end: synced before this backup lists it as shared (it does not sync
+    /// what it shares). Cheap when it is on disk already.
+    fn durable(&self, sha: &Digest32) -> bool {
+        File::open(self.path(sha))
+            .and_then(|f| f.sync_data())
+            .is_ok()
     }
 
     /// Whether the blob `sha` holds the same bytes as `other`.

@@ -3,6 +3,7 @@
 mod advice;
 mod backup;
 mod backup_check;
+mod backup_incremental;
 mod canon;
 mod check;
 mod cli;
