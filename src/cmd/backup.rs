@@ -48,12 +48,13 @@ pub struct Args {
     /// With --extract: the folder to write into (must not exist yet).
     #[arg(long, value_name = "OUT", requires = "extract")]
     pub to: Option<PathBuf>,
-    /// Remove old backups: a dry run unless --dry-run=false. Never the newest, one the
-    /// current store has no newer backup than, one a recorded cutover relies on.
+    /// Remove old backups and failed backups' folders: a dry run unless --dry-run=false.
+    /// Never the newest, the newest of this store, or one a cutover recorded in
+    /// PostgreSQL relies on (refused when those records cannot be read).
     #[arg(long)]
     pub prune: bool,
     /// With --prune: how many of the newest backups to keep whatever else holds
-    /// (at least 1).
+    /// (at least 1; default 3).
     #[arg(long, value_name = "N", requires = "prune",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: Option<u64>,
