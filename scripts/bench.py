@@ -47,7 +47,8 @@ import time
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SDB = os.path.join(ROOT, "target/release/sessiondb")
+# BENCH_SESSIONDB: another build to measure (an older commit's, to compare before/after).
+SDB = os.environ.get("BENCH_SESSIONDB") or os.path.join(ROOT, "target/release/sessiondb")
 N = int(os.environ.get("BENCH_SESSIONS", "200000"))
 LARGE = int(os.environ.get("BENCH_LARGE", "0"))
 PROBE_SESSIONS = 1000

@@ -132,6 +132,8 @@ pub fn nearest_existing(p: &Path) -> std::path::PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     pub is_symlink: bool,
+    /// The device holding it: with `ino`, which file this is.
+    pub dev: u64,
     pub ino: u64,
     pub size: u64,
     pub mtime: (i64, i64),
@@ -163,6 +165,7 @@ pub fn lstat_at(dir: &fs::File, rel: &Path) -> io::Result<FileStamp> {
     }
     Ok(FileStamp {
         is_symlink: st.st_mode & libc::S_IFMT == libc::S_IFLNK,
+        dev: st.st_dev,
         ino: st.st_ino,
         size: st.st_size as u64,
         mtime: (st.st_mtime, st.st_mtime_nsec),

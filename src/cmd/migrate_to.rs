@@ -116,9 +116,13 @@ impl Args {
         if !dry.dry_run {
             seq.run(&backup::Args {
                 common: self.common(),
-                dry_run: false,
+                dry_run: Some(false),
                 include_uploads: false,
                 verify: None,
+                extract: None,
+                to: None,
+                prune: false,
+                keep: None,
             })?;
         }
         seq.run(&migrate_state::Args {

@@ -697,23 +697,28 @@ fn journal_files(
     exports: &[Export],
     written: &HashMap<String, FileDigest>,
 ) -> Result<Vec<journal::JFile>> {
+    let rel_of = |x: &Export| {
+        PathBuf::from(crate::backup::STATE_DIR)
+            .join(&x.session)
+            .join(STATE_FILE)
+    };
+    // The backup's entries for the files this round replaces, in one pass over its
+    // manifest (never held whole).
+    let wanted: std::collections::HashSet<String> = exports
+        .iter()
+        .filter(|x| x.replaces.is_some() && x.file_bytes().is_some())
+        .map(|x| rel_of(x).to_string_lossy().into_owned())
+        .collect();
+    let listed = backup.lookup(&wanted)?;
     let mut files = Vec::new();
     for x in exports {
         let Some(bytes) = x.file_bytes() else {
             continue;
         };
-        let rel = PathBuf::from(crate::backup::STATE_DIR)
-            .join(&x.session)
-            .join(STATE_FILE);
+        let rel = rel_of(x);
+        let entry = listed.get(rel.to_string_lossy().as_ref());
         if let Some(d) = x.replaces {
-            let key = rel.to_string_lossy();
-            let in_backup = backup
-                .manifest
-                .files
-                .binary_search_by(|f| f.path.as_str().cmp(&key))
-                .ok()
-                .map(|i| &backup.manifest.files[i])
-                .is_some_and(|f| f.bytes == d.bytes && f.sha256.0 == d.sha256);
+            let in_backup = entry.is_some_and(|f| f.bytes == d.bytes && f.sha256.0 == d.sha256);
             if !in_backup && written.get(&x.session) != Some(&d) {
                 return Err(Error::BackupMissingFile {
                     message: format!(
@@ -735,7 +740,11 @@ fn journal_files(
             ),
             creates_folder: x.slot == Some(crate::source::write::Slot::NoFolder),
             replaces: x.replaces.map(Into::into),
-            backup_copy: x.replaces.is_some().then_some(rel),
+            // Where the backup keeps those bytes (a blob beside its folder).
+            backup_copy: x
+                .replaces
+                .is_some()
+                .then(|| entry.map_or(rel, |f| crate::backup::stored_path(&backup.dir, f))),
             new: FileDigest::of(bytes).into(),
         });
     }

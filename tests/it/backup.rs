@@ -59,6 +59,18 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Where the backup `dir` keeps the bytes of the file it lists as `rel` (its own folder,
+/// or the blob store beside it).
+pub fn stored(dir: &Path, rel: &str) -> PathBuf {
+    let m = Manifest::read(dir).unwrap();
+    let f = m
+        .files
+        .iter()
+        .find(|f| f.path == rel)
+        .unwrap_or_else(|| panic!("{rel} is not listed in {}", dir.display()));
+    backup::stored_path(dir, f)
+}
+
 fn jsonl(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p)
         .unwrap()
@@ -118,7 +130,7 @@ fn full_backup_lists_every_file_with_its_hash_and_owner_only_modes() {
     assert_eq!(&name[15..17], "Z-");
 
     let m = Manifest::read(&dir).unwrap();
-    assert_eq!(m.format, "sessiondb.backup/v1");
+    assert_eq!(m.format, backup::FORMAT);
     assert_eq!(m.run_id, r.report.run_id);
     assert_eq!(m.counts.sessions, 3);
     assert_eq!(m.counts.sqlite_rows, 3);
@@ -136,27 +148,49 @@ fn full_backup_lists_every_file_with_its_hash_and_owner_only_modes() {
             "state/s2/state.json",
         ]
     );
-    // The folder holds exactly what is listed, plus the manifest; no marker.
+    // The folder holds exactly what is listed and not kept as a blob, plus the
+    // manifest; no marker. The state files are blobs beside it.
     let mut on_disk = files_under(&dir);
     on_disk.retain(|f| f != "manifest.json");
-    assert_eq!(on_disk, listed);
+    let own: Vec<&str> = m
+        .files
+        .iter()
+        .filter(|f| !f.blob)
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(on_disk, own);
+    assert!(
+        m.files
+            .iter()
+            .filter(|f| f.path.starts_with("state/"))
+            .all(|f| f.blob)
+    );
     for f in &m.files {
-        let p = dir.join(&f.path);
+        let p = backup::stored_path(&dir, f);
         assert_eq!(sha256(&p), f.sha256.to_string(), "{}", f.path);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), f.bytes, "{}", f.path);
     }
     assert_eq!(m.counts.bytes, m.files.iter().map(|f| f.bytes).sum::<u64>());
-    // Modes: every folder 0700, every file 0600, the backup dir itself 0700.
+    // Modes: every folder 0700, every file read-only to its owner (0400), the backup
+    // dir itself and the blob store 0700.
     assert_eq!(mode(&backup_dir(&s)), 0o700);
-    for e in walkdir::WalkDir::new(&dir) {
+    for e in walkdir::WalkDir::new(&dir)
+        .into_iter()
+        .chain(walkdir::WalkDir::new(
+            backup_dir(&s).join(backup::BLOBS_DIR),
+        ))
+    {
         let e = e.unwrap();
-        let want = if e.file_type().is_dir() { 0o700 } else { 0o600 };
+        if e.file_name() == "LOCK" {
+            continue;
+        }
+        let want = if e.file_type().is_dir() { 0o700 } else { 0o400 };
         assert_eq!(mode(e.path()), want, "{}", e.path().display());
     }
     // Byte-exact copies.
     for id in ["s1", "s2", "orphan1"] {
         assert_eq!(
-            std::fs::read(dir.join("state").join(id).join("state.json")).unwrap(),
+            std::fs::read(stored(&dir, &format!("state/{id}/state.json"))).unwrap(),
             std::fs::read(s.sessions.join(id).join("state.json")).unwrap()
         );
     }
@@ -168,9 +202,22 @@ fn full_backup_lists_every_file_with_its_hash_and_owner_only_modes() {
     let lines = jsonl(&dir.join("sessions.jsonl"));
     assert_eq!(lines.len(), 3);
     let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap().clone();
+    // A state from a state file is not written twice: the line names the file the
+    // backup keeps, with its SHA-256.
+    assert_eq!(by_id("s1")["state_text"], serde_json::Value::Null);
+    assert_eq!(by_id("s1")["state_file"], "state/s1/state.json");
     assert_eq!(
-        by_id("s1")["state_text"],
-        "{\"b\": 1,   \"a\": [1, 2, 3]}\n"
+        by_id("s1")["state_sha256"],
+        hex::encode(Sha256::digest("{\"b\": 1,   \"a\": [1, 2, 3]}\n"))
+    );
+    assert_eq!(
+        by_id("s1")["state_sha256"].as_str().unwrap(),
+        m.files
+            .iter()
+            .find(|f| f.path == "state/s1/state.json")
+            .unwrap()
+            .sha256
+            .to_string()
     );
     assert_eq!(by_id("s1")["state_origin"], "state_file");
     assert_eq!(by_id("s1")["updated_at"], "2024-03-01T10:05:00.123456Z");
@@ -215,13 +262,13 @@ fn full_backup_lists_every_file_with_its_hash_and_owner_only_modes() {
     assert_ne!(dir2, dir);
     assert_eq!(r2.count("files"), 9);
     for f in ["s2/uploads/photo.bin", "s2/log.txt"] {
+        let kept = stored(&dir2, &format!("state/{f}"));
         assert_eq!(
-            std::fs::read(dir2.join("state").join(f)).unwrap(),
+            std::fs::read(&kept).unwrap(),
             std::fs::read(s.sessions.join(f)).unwrap()
         );
-        assert_eq!(mode(&dir2.join("state").join(f)), 0o600);
+        assert_eq!(mode(&kept), 0o400);
     }
-    assert_eq!(mode(&dir2.join("state/s2/uploads")), 0o700);
     assert_eq!(Manifest::read(&dir2).unwrap().counts.state_files, 3);
     // Both backups are kept.
     assert!(dir.join("manifest.json").exists());
@@ -379,11 +426,12 @@ fn verify_names_damaged_missing_and_incomplete() {
     assert_eq!(r.report.dry_run, None);
     assert_eq!(r.count("files"), 7);
 
-    // One flipped byte in a copied state file.
-    let state = dir.join("state/s1/state.json");
+    // One flipped byte in a copied state file (its blob).
+    let state = stored(&dir, "state/s1/state.json");
     let good = std::fs::read(&state).unwrap();
     let mut bad = good.clone();
     bad[3] ^= 0x01;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&state, &bad).unwrap();
     let r = verify(&dir, 1);
     assert_eq!(r.report.errors.len(), 1, "{}", r.stdout);
@@ -476,6 +524,7 @@ fn full_disk_is_disk_space_and_leaves_an_incomplete_folder() {
     let folders: Vec<PathBuf> = std::fs::read_dir(&backups)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with(backup::BLOBS_DIR))
         .collect();
     assert_eq!(folders.len(), 1, "{folders:?}");
     let partial = &folders[0];

@@ -62,7 +62,7 @@ fn a_damaged_backup_given_is_refused_by_the_dry_run_and_the_real_run() {
     let db = TestDb::new("bc_given");
     let dir = take(&s);
     let d = dir.to_str().unwrap();
-    let state = dir.join("state/s00001/state.json");
+    let state = crate::backup::stored(&dir, "state/s00001/state.json");
     let good = std::fs::read(&state).unwrap();
 
     // A listed file gone: refused, naming it, by both runs (the real run loaded, exit 0).

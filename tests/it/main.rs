@@ -4,6 +4,7 @@ mod advice;
 mod app_schema;
 mod backup;
 mod backup_check;
+mod backup_incremental;
 mod canon;
 mod check;
 mod cli;

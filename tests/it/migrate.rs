@@ -382,6 +382,7 @@ fn a_catch_up_uses_the_backup_of_the_store_as_it_is_and_takes_one_when_there_is_
         let mut v: Vec<_> = std::fs::read_dir(s.root().join("backups"))
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with(sessiondb::backup::BLOBS_DIR))
             .collect();
         v.sort();
         v

@@ -1,0 +1,446 @@
+//! The JSON Lines dumps: `sessions.jsonl` (every resolved valid session, one a line) and
+//! `invalid.jsonl` (every invalid record with its raw bytes in hex).
+//!
+//! They are resolved from the SQLite *copy* (plus the state files and the JSON store),
+//! so that the dump and `sqlite/app.db` describe the same snapshot of a live database.
+//! A session whose state comes from its state file names that file
+//! (`state_file: "state/<id>/state.json"`, with the SHA-256 and size of the bytes it was
+//! resolved from) instead of holding its text a second time: the backup holds those
+//! bytes under that path. A state from the SQLite column or the JSON store is written
+//! out (`state_text`, or `state_hex` for bytes that are not UTF-8).
+//!
+//! Each line carries the session's source stamp (`stamp`, the `s3:` of
+//! [`crate::source::Reader::scan_with`]: its SQLite row's raw fields, its JSON store
+//! record, its state file's inode, size, times and mode; none when a file changed in
+//! the last two seconds). A backup taken against an earlier one carries the earlier
+//! line of every session whose stamp has not moved, without reading its state file
+//! again ([`Carry`]); the earlier dump is hashed as it is read and must match its
+//! manifest, else the dump is resolved again from scratch.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Digest32, FileEntry};
+use crate::error::{Error, Result};
+use crate::report::Finding;
+use crate::source::{self, Item, Source, Summary, fields};
+
+pub const SESSIONS_JSONL: &str = "sessions.jsonl";
+pub const INVALID_JSONL: &str = "invalid.jsonl";
+const SCAN_BATCH: usize = 1000;
+/// Lines of the earlier dump read ahead, at most, to find one session's line.
+const LOOKAHEAD: usize = 64;
+/// Lines of the earlier dump held, at most, while they wait for their session.
+const PENDING_MAX: usize = 8192;
+
+/// What the dumps hold.
+pub(super) struct Dumped {
+    pub sessions: FileEntry,
+    pub invalid: FileEntry,
+    pub summary: Summary,
+    /// The first invalid records (all are in `invalid.jsonl`).
+    pub invalid_findings: Vec<Finding>,
+    /// Lines carried over from the earlier dump.
+    pub carried: u64,
+}
+
+/// The earlier backup's dump, and what its manifest says of it.
+pub(super) struct BaseDump {
+    pub path: PathBuf,
+    pub listed: FileEntry,
+}
+
+/// Write both dumps of `src` (whose database is the backup's copy) into `dir`. With
+/// `base`, the sessions whose stamp has not moved are carried over from it; when the
+/// earlier dump turns out not to match its manifest, everything is resolved again.
+pub(super) fn write(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<Dumped> {
+    let Some(base) = base else {
+        return write_with(dir, src, None);
+    };
+    // An earlier dump that is not there as its manifest lists it is not read at all.
+    let there =
+        fs::symlink_metadata(&base.path).is_ok_and(|m| m.is_file() && m.len() == base.listed.bytes);
+    if !there {
+        tracing::warn!(
+            "{} is not there as its manifest lists it: resolving every session again",
+            base.path.display()
+        );
+        return write_with(dir, src, None);
+    }
+    let described = base.path.display().to_string();
+    match write_with(dir, src, Some(base)) {
+        Err(Error::BackupSelfCheck { message, .. }) if message.starts_with(BASE_DAMAGED) => {
+            tracing::warn!("{message}: {described} not used; resolving every session again");
+            for name in [SESSIONS_JSONL, INVALID_JSONL] {
+                let p = dir.join(name);
+                fs::remove_file(&p).map_err(|e| Error::Write { path: p, source: e })?;
+            }
+            write_with(dir, src, None)
+        }
+        other => other,
+    }
+}
+
+/// The dumps of a store whose sessions are not SPEC §1's (a mapped store, SPEC §9):
+/// both files empty, `summary` counted from the database copy.
+pub(super) fn write_empty(dir: &Path, summary: Summary) -> Result<Dumped> {
+    let sessions = Sink::create(dir, Path::new(SESSIONS_JSONL))?.finish()?;
+    let invalid = Sink::create(dir, Path::new(INVALID_JSONL))?.finish()?;
+    Ok(Dumped {
+        sessions,
+        invalid,
+        summary,
+        invalid_findings: Vec::new(),
+        carried: 0,
+    })
+}
+
+const BASE_DAMAGED: &str = "the earlier backup's dump differs from its manifest";
+
+fn write_with(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<Dumped> {
+    let mut sessions = Sink::create(dir, Path::new(SESSIONS_JSONL))?;
+    let mut invalid = Sink::create(dir, Path::new(INVALID_JSONL))?;
+    let mut invalid_findings = Vec::new();
+    let carry = match &base {
+        Some(b) => Some(Mutex::new(Carry::open(&b.path)?)),
+        None => None,
+    };
+    let known = |pairs: &[(&str, &str)]| -> Result<HashSet<String>> {
+        let c = carry.as_ref().expect("known is only given with a carry");
+        Ok(c.lock().expect("carry lock").known(pairs))
+    };
+    let known_fn: Option<&source::KnownFn<'_>> = match carry {
+        Some(_) => Some(&known),
+        None => None,
+    };
+    let mut carried = 0u64;
+    let summary = src.open()?.scan_with(SCAN_BATCH, known_fn, |items| {
+        for item in items {
+            match item {
+                Item::Session(s) => sessions.line(&session_line(&s))?,
+                Item::Invalid(i) => {
+                    if invalid_findings.len() < crate::report::INLINE_LIMIT {
+                        invalid_findings.push(i.finding());
+                    }
+                    invalid.line(&invalid_line(&i))?
+                }
+                Item::Known { id, .. } => {
+                    let c = carry.as_ref().expect("known items only with a carry");
+                    let line = c.lock().expect("carry lock").take(&id).ok_or_else(|| {
+                        Error::BackupSelfCheck {
+                            dir: dir.to_path_buf(),
+                            message: format!("session {id:?}: its earlier line was not kept"),
+                        }
+                    })?;
+                    sessions.write(&line)?;
+                    sessions.write(b"\n")?;
+                    carried += 1;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if let (Some(c), Some(b)) = (carry, base) {
+        let (bytes, sha) = c.into_inner().expect("carry lock").finish()?;
+        if (bytes, sha) != (b.listed.bytes, b.listed.sha256) {
+            return Err(Error::BackupSelfCheck {
+                dir: dir.to_path_buf(),
+                message: format!(
+                    "{BASE_DAMAGED} ({bytes} bytes, SHA-256 {sha}; listed: {} bytes, {})",
+                    b.listed.bytes, b.listed.sha256
+                ),
+            });
+        }
+    }
+    Ok(Dumped {
+        sessions: sessions.finish()?,
+        invalid: invalid.finish()?,
+        summary,
+        invalid_findings,
+        carried,
+    })
+}
+
+// ---- carrying the earlier dump's lines ---------------------------------------------------
+
+/// The earlier dump, read ahead of the scan: which sessions it holds with the stamp they
+/// still have, and their lines until they are written. It is read in order and
+/// hashed whole; lines are found within [`LOOKAHEAD`] of where the scan is (the scans
+/// read in the same order), so that only a window of it is ever held. A line not found
+/// so is simply not carried: its session is read again.
+struct Carry {
+    path: PathBuf,
+    reader: io::BufReader<File>,
+    hasher: Sha256,
+    bytes: u64,
+    eof: bool,
+    pending: HashMap<String, (Option<String>, Vec<u8>)>,
+    order: VecDeque<String>,
+    ready: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+struct LineKey<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    stamp: Option<Cow<'a, str>>,
+}
+
+impl Carry {
+    fn open(path: &Path) -> Result<Carry> {
+        let f = File::open(path).map_err(|e| Error::read(path, e))?;
+        Ok(Carry {
+            path: path.to_path_buf(),
+            reader: io::BufReader::with_capacity(1 << 20, f),
+            hasher: Sha256::new(),
+            bytes: 0,
+            eof: false,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            ready: HashMap::new(),
+        })
+    }
+
+    /// The next line (without its newline), hashed; `None` at the end.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        if self.eof {
+            return None;
+        }
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => {
+                // A read error leaves the hash short: the dump is not carried.
+                self.eof = true;
+                return None;
+            }
+            Ok(n) => {
+                self.hasher.update(&line);
+                self.bytes += n as u64;
+            }
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Some(line)
+    }
+
+    /// Read ahead until the line of `id`, at most [`LOOKAHEAD`] lines; the others wait.
+    fn find(&mut self, id: &str) -> Option<(Option<String>, Vec<u8>)> {
+        if let Some(found) = self.pending.remove(id) {
+            return Some(found);
+        }
+        for _ in 0..LOOKAHEAD {
+            let line = self.next_line()?;
+            let Ok(key) = serde_json::from_slice::<LineKey<'_>>(&line) else {
+                continue;
+            };
+            let stamp = key.stamp.map(Cow::into_owned);
+            if key.id == id {
+                return Some((stamp, line));
+            }
+            let k = key.id.into_owned();
+            self.order.push_back(k.clone());
+            self.pending.insert(k, (stamp, line));
+            while self.pending.len() > PENDING_MAX {
+                match self.order.pop_front() {
+                    Some(old) => {
+                        self.pending.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+        None
+    }
+
+    /// The ids among `pairs` (id, stamp) whose earlier line has the same stamp; their
+    /// lines are kept until [`Self::take`].
+    fn known(&mut self, pairs: &[(&str, &str)]) -> HashSet<String> {
+        let mut out = HashSet::new();
+        for &(id, stamp) in pairs {
+            if let Some((Some(was), line)) = self.find(id) {
+                if was == stamp {
+                    self.ready.insert(id.to_owned(), line);
+                    out.insert(id.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    fn take(&mut self, id: &str) -> Option<Vec<u8>> {
+        self.ready.remove(id)
+    }
+
+    /// Hash the rest: the earlier dump's size and SHA-256, read whole.
+    fn finish(mut self) -> Result<(u64, Digest32)> {
+        let mut buf = vec![0u8; 1 << 16];
+        if !self.eof {
+            loop {
+                match io::Read::read(&mut self.reader, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        self.hasher.update(&buf[..n]);
+                        self.bytes += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::read(&self.path, e)),
+                }
+            }
+        }
+        Ok((self.bytes, Digest32(self.hasher.finalize().into())))
+    }
+}
+
+// ---- the lines ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct SessionLine<'a> {
+    id: &'a str,
+    user_id: Option<&'a str>,
+    status: Option<&'a str>,
+    current_step: Option<&'a str>,
+    cost: Option<f64>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    /// The state exactly as the store holds it, when it is not a state file's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_text: Option<&'a str>,
+    /// Only when the state's bytes are not UTF-8 (never for a valid session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_hex: Option<String>,
+    /// The backup's copy of the state file the state was resolved from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_bytes: Option<u64>,
+    state_origin: Option<&'a source::Origin>,
+    meta_origin: &'a source::Origin,
+    content_hash: String,
+    stamp: Option<&'a str>,
+}
+
+fn session_line(s: &source::Session) -> SessionLine<'_> {
+    let raw = s.state.as_ref().map(|st| st.raw.as_slice());
+    let from_file = s
+        .state
+        .as_ref()
+        .is_some_and(|st| st.origin == source::Origin::StateFile);
+    let text = raw
+        .filter(|_| !from_file)
+        .and_then(|r| std::str::from_utf8(r).ok());
+    SessionLine {
+        id: &s.id,
+        user_id: s.meta.user_id.as_deref(),
+        status: s.meta.status.as_deref(),
+        current_step: s.meta.current_step.as_deref(),
+        cost: s.meta.cost,
+        created_at: s.meta.created_at.as_ref().map(fields::fmt_ts),
+        updated_at: s.meta.updated_at.as_ref().map(fields::fmt_ts),
+        state_text: text,
+        state_hex: match (raw, text, from_file) {
+            (Some(r), None, false) => Some(hex::encode(r)),
+            _ => None,
+        },
+        state_file: from_file.then(|| format!("{}/{}/state.json", super::STATE_DIR, s.id)),
+        state_sha256: raw
+            .filter(|_| from_file)
+            .map(|r| hex::encode(Sha256::digest(r))),
+        state_bytes: raw.filter(|_| from_file).map(|r| r.len() as u64),
+        state_origin: s.state.as_ref().map(|st| &st.origin),
+        meta_origin: &s.meta_origin,
+        content_hash: s.content_hash(),
+        stamp: s.stamp.as_deref(),
+    }
+}
+
+#[derive(Serialize)]
+struct InvalidLine<'a> {
+    code: &'a str,
+    message: &'a str,
+    id: Option<&'a str>,
+    path: Option<&'a Path>,
+    record: &'a str,
+    raw_hex: String,
+}
+
+fn invalid_line(i: &source::Invalid) -> InvalidLine<'_> {
+    InvalidLine {
+        code: i.code,
+        message: &i.message,
+        id: i.id.as_deref(),
+        path: i.path.as_deref(),
+        record: i.record,
+        raw_hex: hex::encode(&i.raw),
+    }
+}
+
+/// A file being written into the backup's folder, hashed as it goes.
+pub(super) struct Sink {
+    out: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+    path: PathBuf,
+    rel: PathBuf,
+}
+
+impl Sink {
+    pub(super) fn create(dir: &Path, rel: &Path) -> Result<Sink> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            super::mkdirs(parent)?;
+        }
+        Ok(Sink {
+            out: BufWriter::with_capacity(1 << 16, super::create_file(&path)?),
+            hasher: Sha256::new(),
+            bytes: 0,
+            path,
+            rel: rel.to_path_buf(),
+        })
+    }
+
+    pub(super) fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.hasher.update(b);
+        self.bytes += b.len() as u64;
+        self.out.write_all(b).map_err(|e| Error::Write {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    fn line<T: Serialize>(&mut self, v: &T) -> Result<()> {
+        let mut b = serde_json::to_vec(v).expect("a line serializes");
+        b.push(b'\n');
+        self.write(&b)
+    }
+
+    pub(super) fn finish(self) -> Result<FileEntry> {
+        let path = self.path;
+        self.out
+            .into_inner()
+            .map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e.into_error(),
+            })?
+            .flush()
+            .map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e,
+            })?;
+        Ok(FileEntry::new(
+            &self.rel,
+            self.bytes,
+            Digest32(self.hasher.finalize().into()),
+        ))
+    }
+}

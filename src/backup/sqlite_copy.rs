@@ -1,0 +1,155 @@
+//! The database copy: SQLite's online backup API, all pages in one step inside one read
+//! transaction, so that the copy is one snapshot of a live database.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+
+use super::{SQLITE_COPY, create_file};
+use crate::error::{Error, Result};
+use crate::source::sqlite;
+
+/// How long the database copy retries while SQLite says busy or locked.
+const BUSY_RETRY: Duration = Duration::from_secs(30);
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(250);
+
+/// The error for a failure writing the copy: a full disk is `disk_space`.
+fn dest_err(dest: &Path, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::Write {
+            path: dest.to_path_buf(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+    }
+    sqlite::map_err(dest, e)
+}
+
+/// Copy the live database at `src` to the new file `dest` with SQLite's online backup
+/// API, all pages in one step inside one read transaction, so the copy is one snapshot.
+/// Busy and locked are retried with a short backoff for up to [`BUSY_RETRY`]. The copy
+/// is left in rollback-journal mode: one self-contained file. Returns the rows the
+/// source held in that snapshot.
+pub(super) fn copy_sqlite(src: &Path, dest: &Path, table: &str) -> Result<u64> {
+    let from = sqlite::open(src)?;
+    drop(create_file(dest)?);
+    let mut to = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| dest_err(dest, e))?;
+    // No shared-memory file next to the copy, ever.
+    to.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(|e| dest_err(dest, e))?;
+
+    let deadline = Instant::now() + BUSY_RETRY;
+    let mut pause = Duration::from_millis(5);
+    let mut wait = |what: &str| -> Result<()> {
+        if Instant::now() >= deadline {
+            return Err(Error::Sqlite {
+                path: src.to_path_buf(),
+                message: format!(
+                    "{what}: still busy after {}s of retries; another process holds a lock",
+                    BUSY_RETRY.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(BUSY_PAUSE_MAX);
+        Ok(())
+    };
+    let busy = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    };
+
+    // The read transaction that the count and the copy share.
+    let rows = loop {
+        let begun = from.execute_batch("BEGIN DEFERRED").and_then(|_| {
+            from.query_row(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    crate::source::shape::ident(table)
+                ),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        });
+        match begun {
+            Ok(n) => break n as u64,
+            Err(e) if busy(&e) => {
+                let _ = from.execute_batch("ROLLBACK");
+                wait("starting a read transaction")?;
+            }
+            Err(e) => return Err(sqlite::map_err(src, e)),
+        }
+    };
+    let copied = (|| {
+        let backup = Backup::new(&from, &mut to).map_err(|e| dest_err(dest, e))?;
+        loop {
+            match backup.step(-1) {
+                Ok(StepResult::Done) => return Ok(()),
+                Ok(StepResult::Busy | StepResult::Locked) => wait("copying")?,
+                Ok(_) => {}
+                Err(e) if busy(&e) => wait("copying")?,
+                Err(e) => return Err(dest_err(dest, e)),
+            }
+        }
+    })();
+    let _ = from.execute_batch("COMMIT");
+    copied?;
+    let mode: String = to
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|e| dest_err(dest, e))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(Error::Sqlite {
+            path: dest.to_path_buf(),
+            message: format!("cannot leave WAL mode on the copy (journal_mode is {mode})"),
+        });
+    }
+    to.close().map_err(|(_, e)| dest_err(dest, e))?;
+    Ok(rows)
+}
+
+/// `PRAGMA integrity_check` and the row count of a copy's sessions table (`table`, the
+/// configured one; `None`: SPEC §1's `sessions`, when the copy has it, else no count);
+/// `Err` says what is wrong.
+pub(super) fn check_sqlite_copy(
+    path: &Path,
+    table: Option<&str>,
+) -> std::result::Result<Option<u64>, String> {
+    let rel = SQLITE_COPY;
+    let conn = sqlite::open(path).map_err(|e| format!("{rel}: {e}"))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| format!("{rel}: {e}"))?;
+    let found: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("{rel}: integrity_check: {e}"))?;
+    if found != ["ok"] {
+        return Err(format!(
+            "{rel}: integrity_check: {}",
+            found.into_iter().take(5).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    let name = table.unwrap_or(crate::config::DEFAULT_TABLE);
+    if table.is_none()
+        && crate::source::shape::read_table(&conn, path, name)
+            .map_err(|e| format!("{rel}: {e}"))?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    conn.query_row(
+        &format!("SELECT count(*) FROM {}", crate::source::shape::ident(name)),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| Some(n as u64))
+    .map_err(|e| format!("{rel}: {}", sqlite::map_err(path, e)))
+}

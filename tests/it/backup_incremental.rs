@@ -1,0 +1,361 @@
+//! Incremental backups (SPEC §4, issue 19.1) and `backup --prune` (issue 18.5): a
+//! later backup shares what did not change, each stays whole on its own, and prune
+//! keeps what it must.
+
+use std::path::{Path, PathBuf};
+
+use sessiondb::backup::{self, Manifest};
+use sessiondb::exit;
+
+use crate::support::pg::TestDb;
+use crate::support::store::Store;
+use crate::support::{Cmd, Run, sessiondb, write};
+
+/// Files younger than this get no stamp and are read again (walk.rs: `SETTLE`).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(2100);
+
+fn take(s: &Store) -> (Run, PathBuf) {
+    let r = sessiondb(&["backup"]).config(&s.config).expect(exit::OK);
+    let dir = PathBuf::from(r.report.details["backup"].as_str().expect("details.backup"));
+    (r, dir)
+}
+
+fn sha_of(dir: &Path, rel: &str) -> String {
+    let m = Manifest::read(dir).unwrap();
+    m.files
+        .iter()
+        .find(|f| f.path == rel)
+        .unwrap_or_else(|| panic!("{rel} not listed in {}", dir.display()))
+        .sha256
+        .to_string()
+}
+
+fn verify(dir: &Path, code: i32) -> Run {
+    sessiondb(&["backup", "--verify", dir.to_str().unwrap()]).expect(code)
+}
+
+/// Rewrite one state file in place (same inode, new bytes).
+fn rewrite(s: &Store, id: &str, text: &str) {
+    write(&s.sessions.join(id).join("state.json"), text);
+}
+
+/// A store of `n` sessions old enough for their stamps to be trusted.
+fn settled_store(n: usize) -> Store {
+    let s = Store::new();
+    s.bulk(n, 600);
+    std::thread::sleep(SETTLE);
+    s
+}
+
+#[test]
+fn a_second_backup_copies_only_the_changed_file_and_leaves_the_first_as_it_was() {
+    let s = settled_store(20);
+    let (r1, dir1) = take(&s);
+    assert_eq!(r1.count("files"), 24, "{}", r1.stdout);
+    let changed = "state/k0000007/state.json";
+    let before = sha_of(&dir1, changed);
+    let kept1 = backup::stored_path(
+        &dir1,
+        Manifest::read(&dir1)
+            .unwrap()
+            .files
+            .iter()
+            .find(|f| f.path == changed)
+            .unwrap(),
+    );
+    let bytes1 = std::fs::read(&kept1).unwrap();
+
+    rewrite(&s, "k0000007", "{\"i\": 7, \"changed\": true}");
+    let (r2, dir2) = take(&s);
+    assert_ne!(dir1, dir2);
+    // One file copied, every other one shared with the first backup.
+    assert_eq!(r2.count("files_copied"), 1, "{}", r2.stdout);
+    assert_eq!(r2.count("files_shared"), 19, "{}", r2.stdout);
+    assert_eq!(r2.count("sessions_carried"), 19, "{}", r2.stdout);
+    let m2 = Manifest::read(&dir2).unwrap();
+    let sharing = m2.sharing.as_ref().expect("the second backup shares");
+    assert_eq!(sharing.base, dir1);
+    assert_eq!(sharing.files_copied, 1);
+    // The manifest still lists every file with its checksum.
+    assert_eq!(m2.counts.state_files, 20);
+    assert_eq!(
+        m2.files
+            .iter()
+            .filter(|f| f.path.starts_with("state/"))
+            .count(),
+        20
+    );
+    let m1 = Manifest::read(&dir1).unwrap();
+    for f in m2.files.iter().filter(|f| f.path.starts_with("state/")) {
+        let earlier = m1.files.iter().find(|e| e.path == f.path).unwrap();
+        if f.path == changed {
+            assert_ne!(f.sha256, earlier.sha256);
+        } else {
+            assert_eq!(f.sha256, earlier.sha256, "{}", f.path);
+            assert_eq!(
+                backup::stored_path(&dir2, f),
+                backup::stored_path(&dir1, earlier),
+                "{} is shared, not copied",
+                f.path
+            );
+        }
+    }
+    // The file changed in the store is not changed inside the first backup.
+    assert_eq!(sha_of(&dir1, changed), before);
+    assert_eq!(std::fs::read(&kept1).unwrap(), bytes1);
+    verify(&dir1, exit::OK);
+    let v2 = verify(&dir2, exit::OK);
+    assert_eq!(v2.count("files"), 24);
+    // A third backup with nothing changed copies nothing.
+    let (r3, _) = take(&s);
+    assert_eq!(r3.count("files_copied"), 0, "{}", r3.stdout);
+    assert_eq!(r3.count("files_shared"), 20, "{}", r3.stdout);
+}
+
+#[test]
+fn deleting_the_first_backup_leaves_the_second_sound_and_restorable() {
+    let s = settled_store(12);
+    let db = TestDb::new("incr_delete_first");
+    let (_, dir1) = take(&s);
+    rewrite(&s, "k0000003", "{\"i\": 3, \"second\": true}");
+    let (r2, dir2) = take(&s);
+    assert_eq!(r2.count("files_copied"), 1, "{}", r2.stdout);
+    std::fs::remove_dir_all(&dir1).unwrap();
+
+    let v = verify(&dir2, exit::OK);
+    assert_eq!(v.count("files"), 16);
+    // Written out as plain files, it is the store as it was.
+    let out = s.root().join("restored");
+    sessiondb(&[
+        "backup",
+        "--extract",
+        dir2.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+    ])
+    .config(&s.config)
+    .expect(exit::OK);
+    for i in 0..12 {
+        let id = format!("k{i:07}");
+        assert_eq!(
+            std::fs::read(out.join("state").join(&id).join("state.json")).unwrap(),
+            std::fs::read(s.sessions.join(&id).join("state.json")).unwrap(),
+            "{id}"
+        );
+    }
+    // And a load stands on it, checked to its checksums.
+    let r = sessiondb(&[
+        "migrate-state",
+        "--dry-run=false",
+        "--backup",
+        dir2.to_str().unwrap(),
+        "--verify-backup",
+    ])
+    .config(&s.config)
+    .env("DATABASE_URL", &db.url)
+    .expect(exit::OK);
+    assert_eq!(r.count("inserted"), 12, "{}", r.stdout);
+}
+
+// ---- prune -------------------------------------------------------------------------------
+
+fn prune(s: &Store, db_url: &str, args: &[&str]) -> Cmd {
+    let mut all = vec!["backup", "--prune"];
+    all.extend_from_slice(args);
+    sessiondb(&all)
+        .config(&s.config)
+        .env("DATABASE_URL", db_url)
+}
+
+fn folders(s: &Store) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(s.root().join("backups"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.ends_with(backup::BLOBS_DIR))
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(mut v: Vec<PathBuf>) -> Vec<PathBuf> {
+    v.sort();
+    v
+}
+
+fn blob_count(s: &Store) -> usize {
+    walkdir::WalkDir::new(s.root().join("backups").join(backup::BLOBS_DIR))
+        .min_depth(2)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .count()
+}
+
+/// Three backups of a store that changed between each.
+fn three_backups(s: &Store) -> [PathBuf; 3] {
+    let (_, a) = take(s);
+    rewrite(s, "k0000001", "{\"i\": 1, \"v\": 2}");
+    let (_, b) = take(s);
+    rewrite(s, "k0000002", "{\"i\": 2, \"v\": 3}");
+    let (_, c) = take(s);
+    [a, b, c]
+}
+
+fn kept_because(r: &Run, dir: &Path) -> Vec<String> {
+    r.report.details["prune"]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["dir"] == dir.to_str().unwrap())
+        .map(|l| {
+            l["kept_because"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn prune_dry_run_deletes_nothing_and_the_real_run_keeps_the_newest() {
+    let s = settled_store(6);
+    let db = TestDb::new("prune_dry");
+    let [a, b, c] = three_backups(&s);
+    // A dead run's leftover.
+    let dead = s.root().join("backups/20200101T000000Z-deadbeef");
+    write(&dead.join("INCOMPLETE"), "");
+    let blobs = blob_count(&s);
+
+    let dry = prune(&s, &db.url, &["--keep", "1"]).expect(exit::OK);
+    assert_eq!(dry.report.dry_run, Some(true));
+    assert_eq!(dry.count("to_remove"), 2, "{}", dry.stdout);
+    assert_eq!(dry.count("leftovers"), 1, "{}", dry.stdout);
+    assert!(dry.count("blobs") >= 2, "{}", dry.stdout);
+    assert_eq!(
+        folders(&s),
+        sorted(vec![dead.clone(), a.clone(), b.clone(), c.clone()])
+    );
+    assert_eq!(blob_count(&s), blobs, "the dry run removed blobs");
+    assert!(
+        dry.report
+            .next_steps
+            .iter()
+            .any(|n| n.contains("--dry-run=false")),
+        "{:?}",
+        dry.report.next_steps
+    );
+    let why = kept_because(&dry, &c);
+    assert!(why.iter().any(|w| w.contains("newest complete")), "{why:?}");
+
+    let real = prune(&s, &db.url, &["--keep", "1", "--dry-run=false"]).expect(exit::OK);
+    assert_eq!(real.report.dry_run, Some(false));
+    assert_eq!(real.count("removed"), 2, "{}", real.stdout);
+    assert_eq!(folders(&s), vec![c.clone()]);
+    assert!(blob_count(&s) < blobs, "the unlisted blobs were swept");
+    // What is left is whole.
+    verify(&c, exit::OK);
+    // And a backup after it still shares with it.
+    let (r, _) = take(&s);
+    assert_eq!(r.count("files_copied"), 0, "{}", r.stdout);
+}
+
+#[test]
+fn prune_keeps_the_newest_backup_of_the_configured_store() {
+    // Two stores back up into one folder: the other store's backup is the newest.
+    let s = settled_store(3);
+    let other = settled_store(3);
+    let shared = s.root().join("backups");
+    let cfg = std::fs::read_to_string(&other.config).unwrap().replace(
+        "dir = \"backups\"",
+        &format!("dir = {:?}", shared.to_str().unwrap()),
+    );
+    std::fs::write(&other.config, cfg).unwrap();
+    let db = TestDb::new("prune_source");
+    let (_, mine) = take(&s);
+    rewrite(&s, "k0000000", "{\"changed\": 1}");
+    let r = sessiondb(&["backup"])
+        .config(&other.config)
+        .expect(exit::OK);
+    let theirs = PathBuf::from(r.report.details["backup"].as_str().unwrap());
+    assert!(theirs.starts_with(&shared));
+
+    let dry = prune(&s, &db.url, &["--keep", "1"]).expect(exit::OK);
+    assert_eq!(dry.count("to_remove"), 0, "{}", dry.stdout);
+    let why = kept_because(&dry, &mine);
+    assert!(
+        why.iter().any(|w| w.contains("the store the config names")),
+        "{}",
+        dry.stdout
+    );
+    prune(&s, &db.url, &["--keep", "1", "--dry-run=false"]).expect(exit::OK);
+    assert!(mine.join("manifest.json").exists());
+    verify(&mine, exit::OK);
+}
+
+#[test]
+fn prune_keeps_the_backup_a_recorded_cutover_relies_on() {
+    let s = settled_store(4);
+    let db = TestDb::new("prune_cutover");
+    let step = |args: &[&str]| {
+        sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+    };
+    let (_, first) = take(&s);
+    step(&[
+        "migrate-state",
+        "--dry-run=false",
+        "--backup",
+        first.to_str().unwrap(),
+    ])
+    .expect(exit::OK);
+    step(&["verify"]).expect(exit::OK);
+    step(&["set-default", "--dry-run=false"]).expect(exit::OK);
+    // The store moves on: two more backups.
+    rewrite(&s, "k0000001", "{\"after\": 1}");
+    let (_, middle) = take(&s);
+    rewrite(&s, "k0000002", "{\"after\": 2}");
+    let (_, newest) = take(&s);
+
+    let r = step(&["backup", "--prune", "--keep", "1", "--dry-run=false"]).expect(exit::OK);
+    assert_eq!(r.count("removed"), 1, "{}", r.stdout);
+    let why = kept_because(&r, &first);
+    assert!(why.iter().any(|w| w.contains("cutover #")), "{}", r.stdout);
+    assert!(first.join("manifest.json").exists());
+    assert!(!middle.exists());
+    assert!(newest.join("manifest.json").exists());
+    verify(&first, exit::OK);
+}
+
+#[test]
+fn prune_refuses_when_the_cutover_records_cannot_be_read() {
+    let s = settled_store(3);
+    let [a, b, c] = three_backups(&s);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://nobody@127.0.0.1:{port}/none");
+    for args in [&["--keep", "1"][..], &["--keep", "1", "--dry-run=false"]] {
+        let r = prune(&s, &url, args).expect(exit::OPERATIONAL);
+        assert!(r.has_error("postgres_unreachable"), "{}", r.stdout);
+        assert!(
+            r.report
+                .next_steps
+                .iter()
+                .any(|n| n.contains("nothing was removed")),
+            "{:?}",
+            r.report.next_steps
+        );
+    }
+    // No target configured at all: refused too.
+    let r = sessiondb(&["backup", "--prune", "--dry-run=false"])
+        .config(&s.config)
+        .expect(exit::USAGE);
+    assert!(!r.report.errors.is_empty(), "{}", r.stdout);
+    assert_eq!(folders(&s), sorted(vec![a, b, c]));
+}
