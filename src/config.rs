@@ -260,7 +260,7 @@ impl AppSchema {
 /// The steps that read a store through its [`AppSchema`] today. Every other step reads
 /// SPEC §1's default table only, so it refuses a config that maps another shape rather
 /// than read the wrong columns ([`Config::require_default_schema`]).
-pub const SCHEMA_AWARE_STEPS: [&str; 3] = ["check", "init", "generate-fixture"];
+pub const SCHEMA_AWARE_STEPS: [&str; 4] = ["check", "init", "generate-fixture", "rollback"];
 
 /// The configuration file, resolved: paths absolute, environment overrides applied.
 #[derive(Debug, Clone)]
