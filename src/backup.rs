@@ -335,6 +335,28 @@ pub struct BackupResult {
     pub removed_incomplete: Vec<PathBuf>,
 }
 
+/// The counts of a mapped store's copy: its sessions table's rows.
+fn mapped_summary(cfg: &Config, copy: &Path) -> Result<crate::source::Summary> {
+    let conn = sqlite::open(copy)?;
+    let shape = crate::source::shape::Shape::read(&conn, copy, &cfg.path, &cfg.app)?;
+    let n: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM {}",
+                crate::source::shape::ident(&shape.sessions.name)
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sqlite::map_err(copy, e))?;
+    Ok(crate::source::Summary {
+        sessions: n as u64,
+        sqlite_rows: n as u64,
+        warnings: shape.warnings,
+        ..Default::default()
+    })
+}
+
 /// Take a backup of `cfg`'s store: see the module documentation. On an error the folder
 /// is left as it is, with its `INCOMPLETE` marker and without a manifest, for the next
 /// backup to remove. A state file (or upload) the tool may not read is noted in the
@@ -343,6 +365,9 @@ pub struct BackupResult {
 pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> {
     let started = std::time::SystemTime::now();
     let src = Source::from_config(cfg);
+    // A mapped store (SPEC §9) is copied as it is (the database and the files); its
+    // sessions are not listed in sessions.jsonl, which holds SPEC §1's fields.
+    let mapped = !cfg.app.customised().is_empty();
     // Resolve before acting: the store must be readable before a folder is created.
     if src.sqlite.is_none() && src.json_path.is_none() {
         return Err(Error::NoLegacyStore);
@@ -350,7 +375,12 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     src.check_paths()?;
     if let Some(s) = &src.sqlite {
         let conn = sqlite::open(&s.path)?;
-        sqlite::check_table(&conn, &s.path)?;
+        if mapped {
+            // SPEC §9: the application's own table, read as the config maps it.
+            crate::source::shape::Shape::read(&conn, &s.path, &cfg.path, &cfg.app)?;
+        } else {
+            sqlite::check_table(&conn, &s.path)?;
+        }
         if !s.sessions_dir.is_dir() {
             return Err(Error::Unreadable {
                 path: s.sessions_dir.clone(),
@@ -394,7 +424,10 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let mut sessions = Sink::create(&dir, Path::new(SESSIONS_JSONL))?;
     let mut invalid = Sink::create(&dir, Path::new(INVALID_JSONL))?;
     let mut invalid_findings = Vec::new();
-    let summary = copy_source.open()?.scan(SCAN_BATCH, |items| {
+    let summary = if mapped {
+        mapped_summary(cfg, &dir.join(SQLITE_COPY))?
+    } else {
+        copy_source.open()?.scan(SCAN_BATCH, |items| {
         for item in items {
             match item {
                 Item::Session(s) => sessions.line(&session_line(&s))?,
@@ -410,7 +443,8 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
             }
         }
         Ok(())
-    })?;
+        })?
+    };
     files.push(sessions.finish()?);
     files.push(invalid.finish()?);
     counts.sessions = summary.sessions;

@@ -260,7 +260,17 @@ impl AppSchema {
 /// The steps that read a store through its [`AppSchema`] today. Every other step reads
 /// SPEC §1's default table only, so it refuses a config that maps another shape rather
 /// than read the wrong columns ([`Config::require_default_schema`]).
-pub const SCHEMA_AWARE_STEPS: [&str; 4] = ["check", "init", "generate-fixture", "rollback"];
+pub const SCHEMA_AWARE_STEPS: [&str; 9] = [
+    "check",
+    "init",
+    "generate-fixture",
+    "preflight",
+    "backup",
+    "migrate-state",
+    "verify",
+    "set-default",
+    "rollback",
+];
 
 /// The configuration file, resolved: paths absolute, environment overrides applied.
 #[derive(Debug, Clone)]
@@ -1879,7 +1889,8 @@ mod tests {
     fn steps_that_read_only_the_default_table_refuse_a_mapped_config() {
         let text = "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[sqlite.columns]\ncost = \"last_cost_usd\"\n";
         let c = Config::parse(Path::new("/a/s.toml"), text, &env(&[])).unwrap();
-        let e = c.require_default_schema("migrate-state").unwrap_err();
+        // Every step reads a mapped store now; a step not wired to it would still refuse.
+        let e = c.require_default_schema("a-step-not-wired").unwrap_err();
         assert_eq!(
             (e.code(), e.exit_code()),
             ("not_implemented", crate::exit::USAGE)
@@ -1887,6 +1898,9 @@ mod tests {
         assert!(e.to_string().contains("[sqlite.columns]"), "{e}");
         c.require_default_schema("check").unwrap();
         c.require_default_schema("init").unwrap();
+        c.require_default_schema("migrate-state").unwrap();
+        c.require_default_schema("verify").unwrap();
+        c.require_default_schema("rollback").unwrap();
         let plain = Config::parse(
             Path::new("/a/s.toml"),
             "[sessiondb]\nbackend = \"sqlite\"\n",

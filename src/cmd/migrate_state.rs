@@ -31,6 +31,8 @@ use crate::progress::Progress;
 use crate::report::{Finding, INLINE_LIMIT, lossy_opt_path};
 use crate::source::{Invalid, Item, KnownFn, Reader, Session, Source};
 
+pub(crate) mod app;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnConflict {
@@ -134,6 +136,12 @@ crate::details! {
         pub quarantine: PathBuf,
         /// The first [`INLINE_LIMIT`] records this run set aside (all in its index).
         pub quarantined: Vec<QuarantineLine>,
+        /// A mapped store (SPEC §9): the target as planned (created or used as it is).
+        pub app_target: crate::pg::app::AppTarget,
+        /// A mapped store: per copied table, what the plan found or the load did.
+        pub app_tables: Vec<crate::pg::app::TableCounts>,
+        /// A mapped store: every incompatibility of the target (`schema_mismatch`).
+        pub schema_mismatches: Vec<crate::pg::catalog::Misfit>,
     }
 }
 
@@ -229,6 +237,9 @@ struct Plan {
 
 pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
     let r = resolve(ctx, args, d)?;
+    if app::is_mapped(&r.cfg) {
+        return app::run(ctx, r, d);
+    }
     let lock = Guard::take(&r.target, &r.schema, &r.run_id, args.dry.dry_run)?;
     let mut client = pg::connect_writer(&r.target, &r.lock_timeout)?;
     let plan = plan(ctx, &r, &mut client, d)?;

@@ -23,6 +23,8 @@ use crate::pg::{self, schema};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{Invalid, Item, META_FIELDS, Session, Source};
 
+mod app;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -157,6 +159,9 @@ fn verify_copy(
     sample: Option<u64>,
     d: &mut Details,
 ) -> Result<()> {
+    if crate::cmd::migrate_state::app::is_mapped(cfg) {
+        return app::verify_mapped(ctx, cfg, c, sample, d);
+    }
     let schema_name = &cfg.postgres.schema;
     let src = Source::from_config(cfg);
     let fingerprint = src.quick_fingerprint()?;

@@ -8,6 +8,7 @@
 //! keeps its own queries on the application's tables, through the same connection
 //! setup.
 
+pub mod app;
 pub mod catalog;
 pub mod classify;
 pub mod constraints;

@@ -105,6 +105,25 @@ ALTER TABLE {schema}.sessiondb_ledger
     ADD COLUMN IF NOT EXISTS state_xmin bigint;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "ledger of the rows of copied tables (application schemas)",
+        store_needs: false,
+        // SPEC §9: the rows of the tables copied with the sessions (parents by foreign
+        // key, `copy_tables`), keyed by (table, primary key as text), with the content
+        // hash (`v2:`) of what sessiondb last wrote there, so that a catch-up writes
+        // only the rows that changed.
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {schema}.sessiondb_row_ledger (
+    table_name text NOT NULL,
+    row_key text NOT NULL,
+    content_hash text NOT NULL,
+    run_id uuid NOT NULL,
+    migrated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (table_name, row_key)
+);
+"#,
+    },
 ];
 
 pub fn checksum(m: &Migration) -> String {

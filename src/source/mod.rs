@@ -13,6 +13,7 @@
 //! index whose records read their bytes from the file as they are resolved, so memory
 //! stays flat in the number of sessions.
 
+pub mod app;
 pub mod fields;
 pub(crate) mod files;
 pub mod fingerprint;

@@ -14,6 +14,7 @@
 //! (table, key) in a ledger of their own.
 
 pub mod runs;
+pub mod tables;
 pub mod versions;
 
 use std::collections::{HashMap, HashSet};

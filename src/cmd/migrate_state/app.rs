@@ -1,0 +1,502 @@
+//! migrate-state on a mapped store (SPEC §9): the same resolve → lock → plan → act as
+//! the default shape, on the application's own tables. The plan ([`plan_mapped`], which
+//! preflight shares) reads the source's shape, plans the target both ways
+//! (`pg::app::plan`: every `schema_mismatch` before a write), rehearses the schema,
+//! and classifies every row of every copied table with `plan::decide` (the source's
+//! `v2:` hash, the ledger's, the target's as read back); the real run then creates
+//! the tables when none existed, applies the versions, and loads the parents first,
+//! then the sessions with their states, a batch a transaction with its ledger rows.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use postgres::GenericClient;
+
+use super::{Args, Details, OnConflict};
+use crate::config::Config;
+use crate::driver::{Ctx, Step};
+use crate::error::{Error, Result};
+use crate::pg::app::{self, AppTarget, Row, TableCounts};
+use crate::pg::ledger::{runs, tables};
+use crate::pg::lock::Guard;
+use crate::pg::{self, schema};
+use crate::plan::{self, Action, ConflictInfo, TargetView};
+use crate::report::{Finding, INLINE_LIMIT};
+use crate::source::app::{AppStore, Copied};
+use crate::source::Invalid;
+
+/// What the mapped plan read and decided.
+pub(crate) struct MappedPlan {
+    pub store: AppStore,
+    pub copied: Vec<Copied>,
+    pub target: AppTarget,
+    /// Per table of `target.tables`: the ledger's hashes and the target's, by key.
+    known: Vec<(HashMap<String, String>, HashMap<String, String>)>,
+    pub counts: Vec<TableCounts>,
+    pub invalid: Vec<Invalid>,
+    pub conflicts: Vec<ConflictInfo>,
+    /// A parent row that does not convert: the run refuses.
+    pub bad_rows: Vec<String>,
+}
+
+/// Whether the config maps the application's own schema (then the mapped path runs).
+pub(crate) fn is_mapped(cfg: &Config) -> bool {
+    !cfg.app.customised().is_empty()
+}
+
+fn view<'a>(m: &'a HashMap<String, String>, k: &str) -> TargetView<'a> {
+    match m.get(k) {
+        Some(h) => TargetView::Hash(h),
+        None => TargetView::Absent,
+    }
+}
+
+/// Open the store, plan the target, and (when it fits) classify every row. Read-only
+/// on both sides. The source stays in its one read transaction for the load.
+pub(crate) fn plan_mapped(
+    c: &mut impl GenericClient,
+    cfg: &Config,
+    step: &str,
+    batch: usize,
+) -> Result<MappedPlan> {
+    let store = AppStore::open(cfg, step)?;
+    store.begin()?;
+    let copied = store.tables()?;
+    let target = app::plan(
+        c,
+        &cfg.postgres.schema,
+        &store.shape,
+        &copied,
+        &cfg.app.fill,
+        cfg.postgres.gin_opclass.as_sql(),
+    )?;
+    let mut p = MappedPlan {
+        store,
+        copied,
+        target,
+        known: Vec::new(),
+        counts: Vec::new(),
+        invalid: Vec::new(),
+        conflicts: Vec::new(),
+        bad_rows: Vec::new(),
+    };
+    if !p.target.fits() {
+        return Ok(p);
+    }
+    let schema = &cfg.postgres.schema;
+    for t in &p.target.tables {
+        let ledger = if t.sessions {
+            tables::sessions(c, schema)?
+        } else {
+            tables::rows(c, schema, &t.name)?
+        };
+        let mut there = HashMap::new();
+        if !p.target.creates {
+            let st = t.sessions.then_some(&p.target.state);
+            t.read(c, schema, st, |row, _| {
+                there.insert(row.key, row.hash);
+                Ok(())
+            })?;
+        }
+        let mut counts = TableCounts {
+            table: t.name.clone(),
+            ..TableCounts::default()
+        };
+        let src = &p.copied[t.source];
+        let tally = |row: &Row, counts: &mut TableCounts, conflicts: &mut Vec<ConflictInfo>| {
+            counts.rows += 1;
+            let (a, why) = plan::decide(
+                &row.hash,
+                ledger.get(&row.key).map(String::as_str),
+                view(&there, &row.key),
+            );
+            match a {
+                Action::Insert => counts.inserted += 1,
+                Action::Update => counts.updated += 1,
+                Action::Unchanged | Action::Adopt => counts.unchanged += 1,
+                Action::Conflict => conflicts.push(ConflictInfo {
+                    session: if t.sessions {
+                        row.key.clone()
+                    } else {
+                        format!("{}:{}", t.name, row.key)
+                    },
+                    reason: why.unwrap_or("conflict").to_owned(),
+                }),
+            }
+        };
+        if t.sessions {
+            let (invalid, conflicts) = (&mut p.invalid, &mut p.conflicts);
+            p.store.sessions(src, batch, |items| {
+                for it in items {
+                    match it {
+                        Err(inv) => {
+                            counts.invalid += 1;
+                            invalid.push(*inv);
+                        }
+                        Ok(s) => match p.target.session_row(&s) {
+                            Ok((row, _)) => tally(&row, &mut counts, conflicts),
+                            Err(e) => {
+                                counts.invalid += 1;
+                                invalid.push(Invalid {
+                                    id: Some(s.id.clone()),
+                                    code: e.code,
+                                    message: format!("session {}: {}", s.id, e.message),
+                                    path: Some(p.store.db.clone()),
+                                    record: "sqlite_row",
+                                    raw: Vec::new(),
+                                });
+                            }
+                        },
+                    }
+                }
+                Ok(())
+            })?;
+        } else {
+            let (bad, conflicts) = (&mut p.bad_rows, &mut p.conflicts);
+            p.store.rows(src, batch, |rows| {
+                for raws in rows {
+                    match t.convert(&raws, None) {
+                        Ok(row) => tally(&row, &mut counts, conflicts),
+                        Err(e) => {
+                            counts.invalid += 1;
+                            bad.push(format!("table {}: {}", t.name, e.message));
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        p.counts.push(counts);
+        p.known.push((ledger, there));
+    }
+    Ok(p)
+}
+
+/// The refusals a mapped plan knows, the same for the dry run and the real run.
+pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Details) -> Result<()> {
+    let would = if args.dry.dry_run {
+        "would refuse"
+    } else {
+        "refused"
+    };
+    if let Some(e) = p.target.refusal() {
+        for m in &p.target.misfits {
+            ctx.report.errors.push(Finding::new(
+                "schema_mismatch",
+                format!(
+                    "{}{}: {}; fix: {}",
+                    m.table,
+                    m.column
+                        .as_deref()
+                        .map(|c| format!(".{c}"))
+                        .unwrap_or_default(),
+                    m.message,
+                    m.fix
+                ),
+            ));
+        }
+        d.schema_mismatches = Some(p.target.misfits.clone());
+        return Err(e);
+    }
+    if let Some(b) = p.bad_rows.first() {
+        return Err(Error::InvalidRecords {
+            message: format!(
+                "{} row(s) of the copied tables do not convert to their target column: {would}, nothing written (e.g. {b})",
+                p.bad_rows.len()
+            ),
+        });
+    }
+    if !p.invalid.is_empty() {
+        d.invalid = Some(
+            p.invalid
+                .iter()
+                .take(INLINE_LIMIT)
+                .map(Invalid::finding)
+                .collect(),
+        );
+        if args.quarantine {
+            return Err(Error::SchemaNotWired {
+                step: Args::NAME.into(),
+                config: ctx
+                    .common
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("sessiondb.toml")),
+                keys: "--quarantine on a mapped store (fix the invalid records in the source instead)".into(),
+            });
+        }
+        ctx.report
+            .next_steps
+            .push("fix the invalid records in the source, then run again".into());
+        return Err(Error::InvalidRecords {
+            message: format!(
+                "{} invalid record(s): {would}, nothing written (e.g. {})",
+                p.invalid.len(),
+                p.invalid[0].message
+            ),
+        });
+    }
+    if !p.conflicts.is_empty() {
+        d.conflicts = Some(p.conflicts.iter().take(INLINE_LIMIT).cloned().collect());
+        if args.on_conflict == OnConflict::Fail {
+            return Err(Error::Conflict {
+                message: format!(
+                    "{} row(s) differ in the target from what sessiondb wrote: {would}, nothing written (e.g. {}: {})",
+                    p.conflicts.len(),
+                    p.conflicts[0].session,
+                    p.conflicts[0].reason
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rehearse what the real run applies: the tables created, the versions applied, in
+/// a transaction rolled back.
+fn rehearse(c: &mut postgres::Client, p: &MappedPlan, schema_name: &str, run_id: &str) -> Result<()> {
+    let mut tx = c
+        .transaction()
+        .map_err(|e| Error::pg("starting the rehearsal", "", e))?;
+    p.target.create(&mut tx)?;
+    schema::apply(&mut tx, schema_name, run_id)?;
+    tx.rollback()
+        .map_err(|e| Error::pg("rolling the rehearsal back", "", e))?;
+    Ok(())
+}
+
+/// migrate-state on a mapped config: the whole step, from what resolve made.
+pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Result<()> {
+    let args = r.args;
+    let (cfg, target_cfg) = (&r.cfg, &r.target);
+    let (schema_name, run_id, run_uuid) = (&r.schema, &r.run_id, r.run_uuid);
+    let mut lock = Guard::take(target_cfg, schema_name, run_id, args.dry.dry_run)?;
+    let mut c = pg::connect_writer(target_cfg, &r.lock_timeout)?;
+    // The plan.
+    let status = schema::status(&mut c, schema_name)?;
+    if let Some(p) = status.problems() {
+        return Err(Error::SchemaVersions { message: p });
+    }
+    d.schema_pending = Some(status.pending.clone());
+    let p = plan_mapped(&mut c, cfg, Args::NAME, r.batch)?;
+    for w in &p.store.shape.warnings {
+        ctx.report.warn(w.clone());
+    }
+    d.app_target = Some(p.target.clone());
+    d.app_tables = Some(p.counts.clone());
+    refusal(ctx, &p, args, d)?;
+    rehearse(&mut c, &p, schema_name, run_id)?;
+    let fingerprint = r.src.quick_fingerprint()?;
+    let chosen = super::choose_backup(ctx, cfg, args, &fingerprint, d)?;
+    let writes: u64 = p
+        .counts
+        .iter()
+        .map(|t| t.inserted + t.updated)
+        .sum::<u64>()
+        + if args.on_conflict == OnConflict::SourceWins {
+            p.conflicts.len() as u64
+        } else {
+            0
+        };
+    if args.dry.dry_run {
+        d.backup = Some(match &chosen {
+            Some(c) => format!("would use the matching backup {}", c.dir.display()),
+            None => format!("would take a backup under {}", cfg.backup_dir.display()),
+        });
+        d.would_apply_schema_versions = Some(status.pending.clone());
+        d.load = Some(if p.target.creates {
+            "create the application's tables, then upserts by primary key, parents first"
+        } else {
+            "upserts by primary key into the application's tables, parents first"
+        });
+        ctx.report.next_steps.push(if writes == 0 && status.pending.is_empty() {
+            "nothing to write: the target holds every row as the source has it; verify".into()
+        } else {
+            "migrate-state --dry-run=false to write what this plan says".into()
+        });
+        p.store.end();
+        return Ok(());
+    }
+    // The real run.
+    let backup_dir = super::backup_for(ctx, &r, chosen, d)?;
+    let (schema_name, run_id) = (schema_name.as_str(), run_id.as_str());
+    {
+        let mut tx = c
+            .transaction()
+            .map_err(|e| Error::pg("starting a transaction", &target_cfg.display, e))?;
+        p.target.create(&mut tx)?;
+        let applied = schema::apply(&mut tx, schema_name, run_id)?;
+        tx.commit()
+            .map_err(|e| Error::pg("committing the schema", &target_cfg.display, e))?;
+        d.schema_applied = Some(applied);
+    }
+    runs::record_start(
+        &mut c,
+        schema_name,
+        &runs::RunStart {
+            run_id: &run_uuid,
+            step: Args::NAME,
+            source_fingerprint: &fingerprint,
+            backup: &backup_dir,
+        },
+    )?;
+    let loaded = load(&mut c, &p, args, schema_name, &run_uuid);
+    let counts = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = runs::record_end(&mut c, schema_name, &run_uuid, "failed", &p.counts);
+            p.store.end();
+            return Err(e);
+        }
+    };
+    p.store.end();
+    if p.target.state.gin.is_none() {
+        schema::ensure_gin_index(&mut c, schema_name, cfg.postgres.gin_opclass.as_sql())?;
+    }
+    for t in &counts {
+        if t.sessions_table {
+            ctx.report.count("sessions", t.counts.rows);
+            ctx.report.count("inserted", t.counts.inserted);
+            ctx.report.count("updated", t.counts.updated);
+            ctx.report.count("unchanged", t.counts.unchanged);
+        }
+    }
+    let done: Vec<TableCounts> = counts.into_iter().map(|t| t.counts).collect();
+    d.app_tables = Some(done.clone());
+    runs::record_end(&mut c, schema_name, &run_uuid, "done", &done)?;
+    ctx.report.next_steps.push("verify".into());
+    if !lock.alive() {
+        tracing::warn!("the lock connection was lost during the run");
+    }
+    drop(lock);
+    Ok(())
+}
+
+struct Loaded {
+    counts: TableCounts,
+    sessions_table: bool,
+}
+
+/// The load: every table in load order, a batch a transaction with its ledger rows;
+/// the rows the plan's classification says to write (re-read in the same SQLite read
+/// transaction, so they are the rows the plan saw).
+fn load(
+    c: &mut postgres::Client,
+    p: &MappedPlan,
+    args: &Args,
+    schema_name: &str,
+    run_id: &uuid::Uuid,
+) -> Result<Vec<Loaded>> {
+    let mut out = Vec::new();
+    let write_conflicts = args.on_conflict == OnConflict::SourceWins;
+    for (ti, t) in p.target.tables.iter().enumerate() {
+        let (ledger, there) = &p.known[ti];
+        let mut counts = TableCounts {
+            table: t.name.clone(),
+            ..TableCounts::default()
+        };
+        let decide = |row: &Row, counts: &mut TableCounts| -> (bool, bool) {
+            counts.rows += 1;
+            let (a, _) = plan::decide(
+                &row.hash,
+                ledger.get(&row.key).map(String::as_str),
+                view(there, &row.key),
+            );
+            // (write the row, record it in the ledger)
+            match a {
+                Action::Insert => {
+                    counts.inserted += 1;
+                    (true, true)
+                }
+                Action::Update => {
+                    counts.updated += 1;
+                    (true, true)
+                }
+                Action::Adopt => {
+                    counts.unchanged += 1;
+                    (false, true)
+                }
+                Action::Unchanged => {
+                    counts.unchanged += 1;
+                    (false, false)
+                }
+                Action::Conflict if write_conflicts => {
+                    counts.updated += 1;
+                    (true, true)
+                }
+                Action::Conflict => (false, false),
+            }
+        };
+        let src = &p.copied[t.source];
+        if t.sessions {
+            p.store.sessions(src, args.batch_size as usize, |items| {
+                let mut rows = Vec::new();
+                for s in items.into_iter().flatten() {
+                    let Ok((row, updated)) = p.target.session_row(&s) else {
+                        continue;
+                    };
+                    let (write, record) = decide(&row, &mut counts);
+                    if write || record {
+                        rows.push((s, row, updated, write));
+                    }
+                }
+                let mut tx = c
+                    .transaction()
+                    .map_err(|e| Error::pg("starting a batch", "", e))?;
+                let to_write: Vec<&Row> = rows.iter().filter(|r| r.3).map(|r| &r.1).collect();
+                t.write(&mut tx, schema_name, &to_write)?;
+                let states: Vec<(&str, &crate::source::State, Option<crate::value::Value>)> = rows
+                    .iter()
+                    .filter(|r| r.3)
+                    .filter_map(|(s, _, u, _)| s.state.as_ref().map(|st| (s.id.as_str(), st, u.clone())))
+                    .collect();
+                p.target.state.write(&mut tx, schema_name, &states)?;
+                let ledger_rows: Vec<(&str, &str, Option<String>)> = rows
+                    .iter()
+                    .map(|(s, r, _, _)| {
+                        (
+                            s.id.as_str(),
+                            r.hash.as_str(),
+                            s.state.as_ref().map(|st| st.hash()),
+                        )
+                    })
+                    .collect();
+                tables::record_sessions(&mut tx, schema_name, run_id, &ledger_rows)?;
+                tx.commit()
+                    .map_err(|e| Error::pg("committing a batch", "", e))?;
+                Ok(())
+            })?;
+        } else {
+            p.store.rows(src, args.batch_size as usize, |batch| {
+                let mut rows = Vec::new();
+                for raws in batch {
+                    let Ok(row) = t.convert(&raws, None) else {
+                        continue;
+                    };
+                    let (write, record) = decide(&row, &mut counts);
+                    if write || record {
+                        rows.push((row, write));
+                    }
+                }
+                let mut tx = c
+                    .transaction()
+                    .map_err(|e| Error::pg("starting a batch", "", e))?;
+                let to_write: Vec<&Row> = rows.iter().filter(|r| r.1).map(|r| &r.0).collect();
+                t.write(&mut tx, schema_name, &to_write)?;
+                let ledger_rows: Vec<(&str, &str)> = rows
+                    .iter()
+                    .map(|(r, _)| (r.key.as_str(), r.hash.as_str()))
+                    .collect();
+                tables::record(&mut tx, schema_name, &t.name, run_id, &ledger_rows)?;
+                tx.commit()
+                    .map_err(|e| Error::pg("committing a batch", "", e))?;
+                Ok(())
+            })?;
+        }
+        out.push(Loaded {
+            counts,
+            sessions_table: t.sessions,
+        });
+    }
+    Ok(out)
+}
