@@ -420,6 +420,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
             sessions_dir: s.sessions_dir.clone(),
         }),
         json_path: src.json_path.clone(),
+        json_fields: src.json_fields.clone(),
     };
     let mut sessions = Sink::create(&dir, Path::new(SESSIONS_JSONL))?;
     let mut invalid = Sink::create(&dir, Path::new(INVALID_JSONL))?;
@@ -428,21 +429,21 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         mapped_summary(cfg, &dir.join(SQLITE_COPY))?
     } else {
         copy_source.open()?.scan(SCAN_BATCH, |items| {
-        for item in items {
-            match item {
-                Item::Session(s) => sessions.line(&session_line(&s))?,
-                Item::Invalid(i) => {
-                    if invalid_findings.len() < crate::report::INLINE_LIMIT {
-                        invalid_findings.push(i.finding());
+            for item in items {
+                match item {
+                    Item::Session(s) => sessions.line(&session_line(&s))?,
+                    Item::Invalid(i) => {
+                        if invalid_findings.len() < crate::report::INLINE_LIMIT {
+                            invalid_findings.push(i.finding());
+                        }
+                        invalid.line(&invalid_line(&i))?
                     }
-                    invalid.line(&invalid_line(&i))?
-                }
-                Item::Known { .. } => {
-                    unreachable!("a scan without a known function reads everything")
+                    Item::Known { .. } => {
+                        unreachable!("a scan without a known function reads everything")
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
         })?
     };
     files.push(sessions.finish()?);

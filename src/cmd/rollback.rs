@@ -548,6 +548,10 @@ fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool, d: &mut De
     d.exported = Some(exported.into_iter().take(INLINE_LIMIT).collect());
     let rounds = out.rounds.len();
     let message = match (out.held, ok) {
+        (Held::Complete, true) if n == 0 => format!(
+            "it already holds every session, row and state file{}",
+            if edit { "; the config was switched back" } else { "" }
+        ),
         (Held::Complete, true) => format!(
             "every exported session is in, row and state file ({n} in {rounds} round(s)){}",
             if edit { "; then the config was switched back" } else { "" }
@@ -628,6 +632,11 @@ fn rounds(
     let legacy = &p.legacy;
     let mut written: HashMap<String, FileDigest> = HashMap::new();
     let mut pending = exports;
+    if pending.is_empty() {
+        // Nothing left to export (an earlier run's journal, finished first, brought the
+        // rest in): the legacy store is complete; only the config is left to switch.
+        out.held = Held::Complete;
+    }
     for round in 1..=ROUNDS {
         if pending.is_empty() {
             break;

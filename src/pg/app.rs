@@ -129,7 +129,11 @@ pub fn plan(
     };
     let mut names: Vec<&str> = copied.iter().map(|t| t.table.name.as_str()).collect();
     names.push(STATE_TABLE);
-    let present: Vec<&str> = names.iter().copied().filter(|n| find(n).is_some()).collect();
+    let present: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| find(n).is_some())
+        .collect();
     let creates = present.is_empty();
     let mut misfits = Vec::new();
     let mut notes = Vec::new();
@@ -237,7 +241,10 @@ pub fn plan(
                         misfits.push(mis(
                             &target.name,
                             Some(&f.column),
-                            format!("[postgres.fill] names a column {:?} the table does not have", f.column),
+                            format!(
+                                "[postgres.fill] names a column {:?} the table does not have",
+                                f.column
+                            ),
                             "remove it from [postgres.fill]".into(),
                         ));
                         continue;
@@ -447,7 +454,10 @@ fn plan_state(
             _ => misfits.push(mis(
                 STATE_TABLE,
                 Some(&u.name),
-                format!("{STATE_TABLE}.updated_at is {}, not a timestamp", u.format_type),
+                format!(
+                    "{STATE_TABLE}.updated_at is {}, not a timestamp",
+                    u.format_type
+                ),
                 "make it timestamp or timestamptz".into(),
             )),
         }

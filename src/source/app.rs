@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::fields::{self, Raw};
-use super::shape::{self, ColumnScan, Column, Field, Shape, Table, TypeChoice};
+use super::shape::{self, Column, ColumnScan, Field, Shape, Table, TypeChoice};
 use super::{Invalid, Origin, State, files, sqlite};
 use crate::canon;
 use crate::config::Config;

@@ -1,6 +1,7 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
 mod advice;
+mod app_rollback;
 mod backup;
 mod backup_check;
 mod canon;
@@ -13,6 +14,7 @@ mod faults;
 mod fixture;
 mod hijack;
 mod init;
+mod json_fields;
 mod migrate;
 mod preflight;
 mod quarantine;

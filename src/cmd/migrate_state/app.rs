@@ -22,8 +22,8 @@ use crate::pg::lock::Guard;
 use crate::pg::{self, schema};
 use crate::plan::{self, Action, ConflictInfo, TargetView};
 use crate::report::{Finding, INLINE_LIMIT};
-use crate::source::app::{AppStore, Copied};
 use crate::source::Invalid;
+use crate::source::app::{AppStore, Copied};
 
 /// What the mapped plan read and decided.
 pub(crate) struct MappedPlan {
@@ -222,7 +222,9 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
                     .config
                     .clone()
                     .unwrap_or_else(|| PathBuf::from("sessiondb.toml")),
-                keys: "--quarantine on a mapped store (fix the invalid records in the source instead)".into(),
+                keys:
+                    "--quarantine on a mapped store (fix the invalid records in the source instead)"
+                        .into(),
             });
         }
         ctx.report
@@ -254,7 +256,12 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
 
 /// Rehearse what the real run applies: the tables created, the versions applied, in
 /// a transaction rolled back.
-fn rehearse(c: &mut postgres::Client, p: &MappedPlan, schema_name: &str, run_id: &str) -> Result<()> {
+fn rehearse(
+    c: &mut postgres::Client,
+    p: &MappedPlan,
+    schema_name: &str,
+    run_id: &str,
+) -> Result<()> {
     let mut tx = c
         .transaction()
         .map_err(|e| Error::pg("starting the rehearsal", "", e))?;
@@ -288,11 +295,7 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
     rehearse(&mut c, &p, schema_name, run_id)?;
     let fingerprint = r.src.quick_fingerprint()?;
     let chosen = super::choose_backup(ctx, cfg, args, &fingerprint, d)?;
-    let writes: u64 = p
-        .counts
-        .iter()
-        .map(|t| t.inserted + t.updated)
-        .sum::<u64>()
+    let writes: u64 = p.counts.iter().map(|t| t.inserted + t.updated).sum::<u64>()
         + if args.on_conflict == OnConflict::SourceWins {
             p.conflicts.len() as u64
         } else {
@@ -309,11 +312,13 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
         } else {
             "upserts by primary key into the application's tables, parents first"
         });
-        ctx.report.next_steps.push(if writes == 0 && status.pending.is_empty() {
-            "nothing to write: the target holds every row as the source has it; verify".into()
-        } else {
-            "migrate-state --dry-run=false to write what this plan says".into()
-        });
+        ctx.report
+            .next_steps
+            .push(if writes == 0 && status.pending.is_empty() {
+                "nothing to write: the target holds every row as the source has it; verify".into()
+            } else {
+                "migrate-state --dry-run=false to write what this plan says".into()
+            });
         p.store.end();
         return Ok(());
     }
@@ -448,7 +453,9 @@ fn load(
                 let states: Vec<(&str, &crate::source::State, Option<crate::value::Value>)> = rows
                     .iter()
                     .filter(|r| r.3)
-                    .filter_map(|(s, _, u, _)| s.state.as_ref().map(|st| (s.id.as_str(), st, u.clone())))
+                    .filter_map(|(s, _, u, _)| {
+                        s.state.as_ref().map(|st| (s.id.as_str(), st, u.clone()))
+                    })
                     .collect();
                 p.target.state.write(&mut tx, schema_name, &states)?;
                 let ledger_rows: Vec<(&str, &str, Option<String>)> = rows

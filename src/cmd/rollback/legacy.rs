@@ -584,18 +584,11 @@ pub fn write_rows(
         _ => sqlite::map_err(db, e),
     };
     {
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO sessions (id, user_id, status, current_step, cost, created_at, updated_at, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(|e| sqlite::map_err(db, e))?;
-        let mut update = tx
-            .prepare(
-                "UPDATE sessions SET user_id = ?2, status = ?3, current_step = ?4, cost = ?5,
-                        created_at = ?6, updated_at = ?7, state = ?8 WHERE id = ?1",
-            )
-            .map_err(|e| sqlite::map_err(db, e))?;
+        const INSERT: &str = "INSERT INTO sessions (id, user_id, status, current_step, cost, created_at, updated_at, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+        const UPDATE: &str =
+            "UPDATE sessions SET user_id = ?2, status = ?3, current_step = ?4, cost = ?5,
+                        created_at = ?6, updated_at = ?7, state = ?8 WHERE id = ?1";
         for x in exports.iter().filter(|x| x.row != RowWrite::Unchanged) {
             let n = match &x.values {
                 RowData::Default(v) => {
@@ -609,10 +602,13 @@ pub fn write_rows(
                         v.updated_at,
                         v.state
                     ];
-                    match x.row {
-                        RowWrite::Update => update.execute(p),
-                        _ => insert.execute(p),
-                    }
+                    // SPEC §1's statements, prepared once (a mapped store's table has
+                    // other columns: never prepared for it).
+                    tx.prepare_cached(match x.row {
+                        RowWrite::Update => UPDATE,
+                        _ => INSERT,
+                    })
+                    .and_then(|mut st| st.execute(p))
                 }
                 RowData::Mapped(m) => write_mapped(&tx, x.row, m),
             }

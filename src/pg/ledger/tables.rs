@@ -20,7 +20,11 @@ pub fn exists(c: &mut impl GenericClient, schema: &str) -> Result<bool> {
 }
 
 /// Every recorded row of `table`: key → content hash.
-pub fn rows(c: &mut impl GenericClient, schema: &str, table: &str) -> Result<HashMap<String, String>> {
+pub fn rows(
+    c: &mut impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<HashMap<String, String>> {
     if !exists(c, schema)? {
         return Ok(HashMap::new());
     }
