@@ -267,25 +267,59 @@ fn check_mapped(
                     "mode": shape.mode,
                 }),
             );
-            r.check(
-                "state_files",
-                CheckStatus::Skip,
-                "not read: reading the sessions of a mapped store is not wired yet (issue 17)",
-                json!({}),
-            );
-            r.warn(Finding::new(
-                "not_wired",
-                format!(
-                    "{} maps the application's own schema: its shape was checked, its sessions and state files were not read (not wired yet, issue 17)",
-                    cfg.path.display()
-                ),
-            ));
+            read_mapped(ctx, cfg, findings)?;
         }
         Err(e) => {
             r.check("sqlite_schema", CheckStatus::Fail, e.to_string(), json!({}));
             findings.push(Finding::new(e.code(), e.to_string()).path(db));
         }
     }
+    Ok(())
+}
+
+/// The `state_files` check of a mapped store: every session read as the mapping says,
+/// its state from its file (else the mapped column), the invalid ones named.
+fn read_mapped(ctx: &mut Ctx, cfg: &Config, findings: &mut Vec<Finding>) -> Result<()> {
+    let store = crate::source::app::AppStore::open(cfg, "check")?;
+    store.begin()?;
+    let tables = store.tables();
+    let (mut sessions, mut with_state, mut invalid) = (0u64, 0u64, Vec::new());
+    let read = tables.and_then(|tables| {
+        let t = tables
+            .iter()
+            .find(|t| t.sessions)
+            .expect("the sessions table is copied");
+        store.sessions(t, 1000, |items| {
+            for it in items {
+                match it {
+                    Ok(s) => {
+                        sessions += 1;
+                        with_state += u64::from(s.state.is_some());
+                    }
+                    Err(i) => invalid.push(i.finding()),
+                }
+            }
+            Ok(())
+        })
+    });
+    store.end();
+    read?;
+    let status = if invalid.is_empty() {
+        CheckStatus::Pass
+    } else {
+        CheckStatus::Fail
+    };
+    ctx.report.check(
+        "state_files",
+        status,
+        format!(
+            "{sessions} session(s) read as the config maps them, {with_state} with state, {} invalid",
+            invalid.len()
+        ),
+        json!({"sessions": sessions, "with_state": with_state}),
+    );
+    ctx.report.count("sessions", sessions);
+    findings.extend(invalid);
     Ok(())
 }
 

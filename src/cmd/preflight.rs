@@ -19,6 +19,8 @@ use crate::plan::{ConflictInfo, Counts};
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{self, Item, Session, Source, sqlite};
 
+mod app;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -64,6 +66,9 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
         format!("{} (backend {})", cfg.path.display(), cfg.backend),
         json!({"provenance": cfg.provenance}),
     );
+    if crate::cmd::migrate_state::app::is_mapped(&cfg) {
+        return app::run(ctx, &cfg, quarantine);
+    }
     // The source, store by store. The JSON store is one file: parse it up front, so that
     // one that does not load fails its own check, not the state files'.
     let sqlite_ok = check_sqlite(ctx, &cfg);
@@ -419,6 +424,21 @@ fn check_sqlite(ctx: &mut Ctx, cfg: &Config) -> bool {
                 path: s.path.clone(),
                 message: problems.join("; "),
             });
+        }
+        if crate::cmd::migrate_state::app::is_mapped(cfg) {
+            // SPEC §9: the application's own table, as the config maps it.
+            let shape = source::shape::Shape::read(&conn, &s.path, &cfg.path, &cfg.app)?;
+            return conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM {}",
+                        source::shape::ident(&shape.sessions.name)
+                    ),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+                .map_err(|e| sqlite::map_err(&s.path, e));
         }
         sqlite::check_table(&conn, &s.path)?;
         sqlite::count(&conn, &s.path)

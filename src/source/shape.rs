@@ -861,7 +861,12 @@ pub fn scan_table(conn: &Connection, db: &Path, table: &Table) -> Result<Vec<Col
         .map(|c| ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    conn.execute_batch("BEGIN DEFERRED").map_err(&err)?;
+    // One read transaction of its own, unless the caller holds one (the mapped load
+    // reads the scan and the rows in one).
+    let own = conn.is_autocommit();
+    if own {
+        conn.execute_batch("BEGIN DEFERRED").map_err(&err)?;
+    }
     let result = (|| -> Result<()> {
         let mut stmt = conn
             .prepare(&format!("SELECT {list} FROM {}", ident(&table.name)))
@@ -883,7 +888,9 @@ pub fn scan_table(conn: &Connection, db: &Path, table: &Table) -> Result<Vec<Col
         }
         Ok(())
     })();
-    let _ = conn.execute_batch("COMMIT");
+    if own {
+        let _ = conn.execute_batch("COMMIT");
+    }
     result?;
     Ok(scans)
 }

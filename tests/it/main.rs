@@ -2,6 +2,7 @@
 
 mod advice;
 mod app_rollback;
+mod app_schema;
 mod backup;
 mod backup_check;
 mod canon;

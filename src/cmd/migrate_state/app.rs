@@ -180,7 +180,8 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
         "refused"
     };
     if let Some(e) = p.target.refusal() {
-        for m in &p.target.misfits {
+        // The first is the run's error; the others are listed beside it.
+        for m in p.target.misfits.iter().skip(1) {
             ctx.report.errors.push(Finding::new(
                 "schema_mismatch",
                 format!(
@@ -254,6 +255,32 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
     Ok(())
 }
 
+/// The application's tables created (when none existed), then sessiondb's versions
+/// applied, in the caller's transaction. Version 1 creates SPEC §2's `sessions` table if
+/// there is none: for an application whose sessions table has another name, that empty
+/// table, created by this very transaction, is dropped again (the application's schema
+/// gets nothing it does not have).
+fn create_and_apply(
+    tx: &mut postgres::Transaction<'_>,
+    p: &MappedPlan,
+    schema_name: &str,
+    run_id: &str,
+) -> Result<Vec<i32>> {
+    p.target.create(tx)?;
+    let had_default = schema::table_exists(tx, schema_name, crate::config::DEFAULT_TABLE)?;
+    let applied = schema::apply(tx, schema_name, run_id)?;
+    let ours = p.target.sessions().name == crate::config::DEFAULT_TABLE;
+    if !had_default && !ours && schema::table_exists(tx, schema_name, crate::config::DEFAULT_TABLE)?
+    {
+        tx.batch_execute(&format!(
+            "DROP TABLE {}",
+            pg::qualified(schema_name, crate::config::DEFAULT_TABLE)
+        ))
+        .map_err(|e| Error::pg("dropping the default sessions table", "", e))?;
+    }
+    Ok(applied)
+}
+
 /// Rehearse what the real run applies: the tables created, the versions applied, in
 /// a transaction rolled back.
 fn rehearse(
@@ -265,8 +292,7 @@ fn rehearse(
     let mut tx = c
         .transaction()
         .map_err(|e| Error::pg("starting the rehearsal", "", e))?;
-    p.target.create(&mut tx)?;
-    schema::apply(&mut tx, schema_name, run_id)?;
+    create_and_apply(&mut tx, p, schema_name, run_id)?;
     tx.rollback()
         .map_err(|e| Error::pg("rolling the rehearsal back", "", e))?;
     Ok(())
@@ -324,13 +350,13 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
     }
     // The real run.
     let backup_dir = super::backup_for(ctx, &r, chosen, d)?;
+    let p_ref = &p;
     let (schema_name, run_id) = (schema_name.as_str(), run_id.as_str());
     {
         let mut tx = c
             .transaction()
             .map_err(|e| Error::pg("starting a transaction", &target_cfg.display, e))?;
-        p.target.create(&mut tx)?;
-        let applied = schema::apply(&mut tx, schema_name, run_id)?;
+        let applied = create_and_apply(&mut tx, p_ref, schema_name, run_id)?;
         tx.commit()
             .map_err(|e| Error::pg("committing the schema", &target_cfg.display, e))?;
         d.schema_applied = Some(applied);

@@ -1,0 +1,557 @@
+//! Issue 17 / SPEC §9: an application's own schema migrated as the application made it
+//! (`generate-fixture --schema app`: agent_council's users + sessions, state in the
+//! files), the config proposed by `init`, every step run on it: (a) into an empty
+//! target, which sessiondb creates; (b) into the tables the application created first
+//! on PostgreSQL, then a catch-up that rewrites only what changed; (d) into targets
+//! that cannot take the data, refused before anything is written or recorded. The
+//! application's own queries then read back, on both sides, the same values.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::NaiveDateTime;
+use sessiondb::exit;
+use sessiondb::report::CheckStatus;
+
+use crate::support::pg::TestDb;
+use crate::support::{Cmd, Run, TempDir, sessiondb};
+
+/// The application's tables as its ORM creates them on PostgreSQL (issue 17).
+const APP_PG_DDL: &str = "
+    CREATE TABLE users (id varchar PRIMARY KEY, external_id varchar NOT NULL UNIQUE,
+      display_name varchar, created_at timestamp without time zone NOT NULL,
+      updated_at timestamp without time zone NOT NULL);
+    CREATE TABLE sessions (id varchar PRIMARY KEY, user_id varchar NOT NULL REFERENCES users(id),
+      question text NOT NULL, current_step varchar NOT NULL, status varchar NOT NULL,
+      created_at timestamp without time zone NOT NULL,
+      updated_at timestamp without time zone NOT NULL, is_deleted boolean NOT NULL,
+      last_cost_usd double precision, last_total_tokens integer);
+    CREATE TABLE session_state (session_id varchar PRIMARY KEY, state jsonb NOT NULL,
+      updated_at timestamp without time zone NOT NULL);
+    CREATE INDEX ix_session_state_state_gin ON session_state USING gin (state);
+";
+
+/// The application's store with `n` sessions, its config the one `init` proposes.
+struct App {
+    _dir: TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl App {
+    fn new(n: &str, db: Option<&TestDb>) -> App {
+        let dir = TempDir::new();
+        let root = dir.path().join("store");
+        sessiondb(&[
+            "generate-fixture",
+            "--schema",
+            "app",
+            "--sessions",
+            n,
+            "--seed",
+            "17",
+        ])
+        .arg("--out")
+        .arg(&root)
+        .expect(exit::OK);
+        std::fs::remove_file(root.join("sessiondb.toml")).unwrap();
+        let mut init = sessiondb(&["init"]).cwd(&root);
+        if let Some(db) = db {
+            init = init.env("DATABASE_URL", &db.url);
+        }
+        init.expect(exit::OK);
+        let config = root.join("sessiondb.toml");
+        assert!(config.is_file(), "init wrote its proposal");
+        App {
+            _dir: dir,
+            root,
+            config,
+        }
+    }
+
+    fn step(&self, db: &TestDb, args: &[&str]) -> Cmd {
+        sessiondb(args)
+            .config(&self.config)
+            .env("DATABASE_URL", &db.url)
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.root.join("data/app.db")
+    }
+
+    /// Read-only, as a reader that changes nothing of the store's fingerprint.
+    fn read_db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+    }
+}
+
+/// One session as the application reads it: joined to its owner.
+#[derive(Debug, Clone, PartialEq)]
+struct AppRow {
+    user_id: String,
+    external_id: String,
+    display_name: Option<String>,
+    question: String,
+    current_step: String,
+    status: String,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    is_deleted: bool,
+    last_cost_usd: Option<f64>,
+    last_total_tokens: Option<i64>,
+    /// As jsonb prints it (the state file's text cast by PostgreSQL on the SQLite side).
+    state: Option<String>,
+}
+
+const APP_QUERY: &str = "SELECT s.id, s.user_id, u.external_id, u.display_name, s.question,
+    s.current_step, s.status, s.created_at, s.updated_at, s.is_deleted, s.last_cost_usd,
+    s.last_total_tokens FROM sessions s JOIN users u ON u.id = s.user_id";
+
+fn naive(s: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+}
+
+/// What SQLite (and the state files) hold, as the application reads it there; each
+/// state file's JSON as jsonb has it (cast by PostgreSQL, not by sessiondb).
+fn sqlite_side(app: &App, db: &TestDb) -> BTreeMap<String, AppRow> {
+    let mut pg = db.client();
+    let conn = app.read_db();
+    let mut stmt = conn.prepare(APP_QUERY).unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let id: String = r.get(0)?;
+            let created: String = r.get(7)?;
+            let updated: String = r.get(8)?;
+            let deleted: i64 = r.get(9)?;
+            Ok((
+                id,
+                AppRow {
+                    user_id: r.get(1)?,
+                    external_id: r.get(2)?,
+                    display_name: r.get(3)?,
+                    question: r.get(4)?,
+                    current_step: r.get(5)?,
+                    status: r.get(6)?,
+                    created_at: naive(&created),
+                    updated_at: naive(&updated),
+                    is_deleted: deleted != 0,
+                    last_cost_usd: r.get(10)?,
+                    last_total_tokens: r.get(11)?,
+                    state: None,
+                },
+            ))
+        })
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (id, mut row) = row.unwrap();
+        let f = app.root.join("sessions").join(&id).join("state.json");
+        row.state = std::fs::read_to_string(&f).ok().map(|text| {
+            pg.query_one("SELECT $1::text::jsonb::text", &[&text])
+                .unwrap()
+                .get(0)
+        });
+        out.insert(id, row);
+    }
+    out
+}
+
+/// What PostgreSQL holds, read with the application's own query and types.
+fn pg_side(db: &TestDb) -> BTreeMap<String, AppRow> {
+    let mut c = db.client();
+    let sql = format!(
+        "SELECT q.*, st.state::text FROM ({}) q LEFT JOIN session_state st ON st.session_id = q.id",
+        APP_QUERY.replace(
+            "s.last_total_tokens",
+            "s.last_total_tokens::bigint AS last_total_tokens"
+        )
+    );
+    c.query(&sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                AppRow {
+                    user_id: r.get(1),
+                    external_id: r.get(2),
+                    display_name: r.get(3),
+                    question: r.get(4),
+                    current_step: r.get(5),
+                    status: r.get(6),
+                    created_at: r.get(7),
+                    updated_at: r.get(8),
+                    is_deleted: r.get(9),
+                    last_cost_usd: r.get(10),
+                    last_total_tokens: r.get(11),
+                    state: r.get(12),
+                },
+            )
+        })
+        .collect()
+}
+
+fn one(db: &TestDb, sql: &str) -> i64 {
+    db.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+/// The application's reads give back, for every session, what SQLite held.
+fn assert_same(app: &App, db: &TestDb) {
+    let s = sqlite_side(app, db);
+    let p = pg_side(db);
+    assert!(!s.is_empty());
+    assert_eq!(s.len(), p.len(), "as many sessions joined to their owner");
+    for (id, row) in &s {
+        assert_eq!(Some(row), p.get(id), "session {id}");
+    }
+    // The fixture has each kind the test is about.
+    assert!(s.values().any(|r| r.is_deleted) && s.values().any(|r| !r.is_deleted));
+    assert!(s.values().any(|r| r.last_cost_usd.is_none()));
+    // Filtered as the application filters.
+    let deleted = s.values().filter(|r| r.is_deleted).count() as i64;
+    assert_eq!(
+        one(db, "SELECT count(*) FROM sessions WHERE is_deleted"),
+        deleted
+    );
+    assert_eq!(
+        one(db, "SELECT count(*) FROM sessions WHERE NOT is_deleted"),
+        s.len() as i64 - deleted
+    );
+    // Every user, and exactly one GIN index on session_state.state.
+    let conn = app.read_db();
+    let users: i64 = conn
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(one(db, "SELECT count(*) FROM users"), users);
+    assert_eq!(
+        one(
+            db,
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'session_state' AND indexdef ILIKE '%USING gin%'"
+        ),
+        1
+    );
+}
+
+/// The sequence of the runbook up to the load and its verification.
+fn steps_pass(app: &App, db: &TestDb) {
+    // check runs against the backend the application uses now: SQLite + files.
+    let c = sessiondb(&["check"]).config(&app.config).expect(exit::OK);
+    assert_eq!(
+        c.check("state_files").status,
+        CheckStatus::Pass,
+        "{}",
+        c.stdout
+    );
+    let p = app.step(db, &["preflight"]).expect(exit::OK);
+    assert_eq!(
+        p.check("app_schema").status,
+        CheckStatus::Pass,
+        "{}",
+        p.stdout
+    );
+    app.step(db, &["backup"]).expect(exit::OK);
+    let dry = app.step(db, &["migrate-state"]).expect(exit::OK);
+    assert_eq!(
+        one(
+            db,
+            "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'sessiondb_runs'"
+        ),
+        0,
+        "{}",
+        dry.stdout
+    );
+    app.step(db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    let v = app.step(db, &["verify"]).expect(exit::OK);
+    assert_eq!(v.check("tables").status, CheckStatus::Pass, "{}", v.stdout);
+}
+
+fn table_counts(r: &Run, table: &str) -> serde_json::Value {
+    r.report.details["app_tables"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.stdout))
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap_or_else(|| panic!("{table}: {}", r.stdout))
+        .clone()
+}
+
+#[test]
+fn an_empty_target_gets_the_applications_tables_and_its_queries_read_back_the_same_rows() {
+    let db = TestDb::new("app_empty_target");
+    let app = App::new("40", None);
+    steps_pass(&app, &db);
+    app.step(&db, &["set-default", "--dry-run=false"])
+        .expect(exit::OK);
+    assert_same(&app, &db);
+    // Created as SPEC §9 says: naive timestamps stay naive, booleans are booleans.
+    let ty = |t: &str, c: &str| -> String {
+        db.client()
+            .query_one(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = $2",
+                &[&t, &c],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(ty("sessions", "created_at"), "timestamp without time zone");
+    assert_eq!(ty("sessions", "is_deleted"), "boolean");
+    assert_eq!(ty("sessions", "last_cost_usd"), "double precision");
+    assert_eq!(ty("users", "updated_at"), "timestamp without time zone");
+    assert_eq!(
+        ty("session_state", "updated_at"),
+        "timestamp without time zone"
+    );
+    // The foreign key between the copied tables.
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'f' AND confrelid = 'users'::regclass"
+        ),
+        1
+    );
+    // session_state.updated_at is the session's own.
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM session_state st JOIN sessions s ON s.id = st.session_id WHERE st.updated_at <> s.updated_at"
+        ),
+        0
+    );
+}
+
+#[test]
+fn the_applications_own_tables_are_used_as_they_are_and_a_catch_up_rewrites_only_what_changed() {
+    let db = TestDb::new("app_runbook_order");
+    db.client().batch_execute(APP_PG_DDL).unwrap();
+    let app = App::new("30", Some(&db));
+    steps_pass(&app, &db);
+    assert_same(&app, &db);
+    // Nothing the application sees was altered: its column types are its own.
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'sessions'::regclass AND attname = 'last_total_tokens' AND atttypid = 'integer'::regtype"
+        ),
+        1
+    );
+    // Run again: nothing to write.
+    let again = app
+        .step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    assert_eq!(
+        table_counts(&again, "sessions")["inserted"],
+        0,
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        table_counts(&again, "sessions")["updated"],
+        0,
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        table_counts(&again, "users")["updated"],
+        0,
+        "{}",
+        again.stdout
+    );
+
+    // One session and one user change in SQLite: the catch-up rewrites those two.
+    let (sid, uid): (String, String) = {
+        let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+        let sid: String = conn
+            .query_row("SELECT id FROM sessions ORDER BY id LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let uid: String = conn
+            .query_row("SELECT id FROM users ORDER BY id DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        conn.execute(
+            "UPDATE sessions SET question = 'What changed?', is_deleted = 1, last_cost_usd = NULL, updated_at = '2026-01-02 03:04:05.678901' WHERE id = ?1",
+            [&sid],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE users SET display_name = 'Renamed Owner' WHERE id = ?1",
+            [&uid],
+        )
+        .unwrap();
+        (sid, uid)
+    };
+    let catch_up = app
+        .step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    let s = table_counts(&catch_up, "sessions");
+    let u = table_counts(&catch_up, "users");
+    assert_eq!(
+        (s["updated"].as_u64(), s["inserted"].as_u64()),
+        (Some(1), Some(0)),
+        "{}",
+        catch_up.stdout
+    );
+    assert_eq!(s["unchanged"].as_u64(), Some(29), "{}", catch_up.stdout);
+    assert_eq!(
+        (u["updated"].as_u64(), u["inserted"].as_u64()),
+        (Some(1), Some(0)),
+        "{}",
+        catch_up.stdout
+    );
+    assert_eq!(
+        u["unchanged"],
+        u["rows"].as_u64().unwrap() - 1,
+        "{}",
+        catch_up.stdout
+    );
+    let v = app.step(&db, &["verify"]).expect(exit::OK);
+    assert_eq!(v.check("tables").status, CheckStatus::Pass, "{}", v.stdout);
+    assert_same(&app, &db);
+    assert_eq!(
+        db.client()
+            .query_one("SELECT display_name FROM users WHERE id = $1", &[&uid])
+            .unwrap()
+            .get::<_, String>(0),
+        "Renamed Owner"
+    );
+    assert_eq!(
+        db.client()
+            .query_one(
+                "SELECT st.updated_at::text FROM session_state st WHERE session_id = $1",
+                &[&sid]
+            )
+            .unwrap()
+            .get::<_, String>(0),
+        "2026-01-02 03:04:05.678901"
+    );
+    // The application changes a user on PostgreSQL: a catch-up names the conflict and
+    // writes nothing, until the row is as sessiondb wrote it again.
+    db.client()
+        .execute(
+            "UPDATE users SET display_name = 'Written by the app' WHERE id = $1",
+            &[&uid],
+        )
+        .unwrap();
+    let c = app.step(&db, &["migrate-state", "--dry-run=false"]).run();
+    assert_eq!(c.code, exit::PROBLEMS, "{}", c.stdout);
+    assert!(c.has_error("conflict"), "{}", c.stdout);
+    assert!(
+        c.report.details["conflicts"][0]["session"]
+            .as_str()
+            .is_some_and(|s| s == format!("users:{uid}")),
+        "{}",
+        c.stdout
+    );
+    db.client()
+        .execute(
+            "UPDATE users SET display_name = 'Renamed Owner' WHERE id = $1",
+            &[&uid],
+        )
+        .unwrap();
+    app.step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    app.step(&db, &["verify"]).expect(exit::OK);
+    app.step(&db, &["set-default", "--dry-run=false"])
+        .expect(exit::OK);
+}
+
+/// Every step that would write refuses `schema_mismatch` naming `table` and `column`,
+/// and nothing is written to the application's tables nor recorded.
+fn refused_everywhere(app: &App, db: &TestDb, table: &str, column: Option<&str>) {
+    let named = |r: &Run| {
+        r.report.errors.iter().any(|e| {
+            e.code == "schema_mismatch"
+                && e.message.contains(&format!(
+                    "{table}{}",
+                    column.map(|c| format!(".{c}")).unwrap_or_default()
+                ))
+                && e.message.contains("fix:")
+        })
+    };
+    let p = app.step(db, &["preflight"]).expect(exit::PROBLEMS);
+    assert!(named(&p), "{}", p.stdout);
+    assert_eq!(
+        p.check("app_schema").status,
+        CheckStatus::Fail,
+        "{}",
+        p.stdout
+    );
+    for args in [
+        &["migrate-state"][..],
+        &["migrate-state", "--dry-run=false"],
+    ] {
+        let r = app.step(db, args).expect(exit::PROBLEMS);
+        assert!(named(&r), "{args:?}: {}", r.stdout);
+    }
+    let mut c = db.client();
+    for t in ["users", "sessions", "session_state"] {
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t])
+            .unwrap()
+            .get(0);
+        if exists {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "nothing written to {t}");
+        }
+    }
+    for t in [
+        "sessiondb_runs",
+        "sessiondb_schema_versions",
+        "sessiondb_ledger",
+        "sessiondb_row_ledger",
+    ] {
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t])
+            .unwrap()
+            .get(0);
+        assert!(!exists, "nothing recorded: {t}");
+    }
+}
+
+#[test]
+fn targets_that_cannot_take_the_data_are_refused_by_preflight_and_migrate_state_before_any_write() {
+    let app = App::new("12", None);
+    // A NOT NULL column nothing fills.
+    let db = TestDb::new("app_misfit_not_null");
+    db.client()
+        .batch_execute(&APP_PG_DDL.replace(
+            "last_total_tokens integer);",
+            "last_total_tokens integer, tenant text NOT NULL);",
+        ))
+        .unwrap();
+    refused_everywhere(&app, &db, "sessions", Some("tenant"));
+    // A number column where text lives.
+    let db = TestDb::new("app_misfit_number_for_text");
+    db.client()
+        .batch_execute(&APP_PG_DDL.replace("question text NOT NULL", "question integer NOT NULL"))
+        .unwrap();
+    refused_everywhere(&app, &db, "sessions", Some("question"));
+    // A text column where a number lives (the application's two schemas disagree).
+    let db = TestDb::new("app_misfit_text_for_number");
+    db.client()
+        .batch_execute(&APP_PG_DDL.replace("last_cost_usd double precision", "last_cost_usd text"))
+        .unwrap();
+    refused_everywhere(&app, &db, "sessions", Some("last_cost_usd"));
+    // A table the mapping needs is missing while the others exist.
+    let db = TestDb::new("app_misfit_missing_table");
+    db.client()
+        .batch_execute(&APP_PG_DDL.replace(" REFERENCES users(id)", "").replace(
+            "CREATE TABLE users (id varchar PRIMARY KEY, external_id varchar NOT NULL UNIQUE,
+      display_name varchar, created_at timestamp without time zone NOT NULL,
+      updated_at timestamp without time zone NOT NULL);",
+            "",
+        ))
+        .unwrap();
+    refused_everywhere(&app, &db, "users", None);
+}
