@@ -87,92 +87,30 @@ impl App {
 }
 
 /// The store loaded into the application's own PostgreSQL tables (made first with its
-/// DDL, as in the runbook's order) and cut over, as the real steps leave it: every row
-/// equal on both sides, the state in `session_state`, sessiondb's bookkeeping applied,
-/// the cutover recorded and the config saying postgres.
-///
-/// The load of a mapped store (branch i17-load) cannot run this store end to end yet
-/// (`migrate-state` stops with `sqlite_error`), so the rows are copied here with the
-/// application's own SQL; rollback never reads the load's ledger (it compares the two
-/// sides), so what it is tested on is the same.
-fn cut_over(app: &App, label: &str) -> TestDb {
+/// DDL, as in the runbook's order) or into the tables sessiondb creates on an empty
+/// target, verified and cut over by the real steps.
+fn cut_over_into(app: &App, label: &str, app_ddl_first: bool) -> TestDb {
     let db = TestDb::new(label);
-    let mut pg = db.client();
-    pg.batch_execute(PG_DDL).unwrap();
-    let sq = app.sqlite();
-    let text = |r: &rusqlite::Row<'_>, i: usize| -> Option<String> {
-        match r.get_ref(i).unwrap() {
-            rusqlite::types::ValueRef::Null => None,
-            rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
-            rusqlite::types::ValueRef::Real(f) => Some(format!("{f:?}")),
-            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                Some(String::from_utf8(t.to_vec()).unwrap())
-            }
-        }
-    };
-    let mut st = sq
-        .prepare("SELECT id, external_id, display_name, created_at, updated_at FROM users")
-        .unwrap();
-    let users: Vec<Vec<Option<String>>> = st
-        .query_map([], |r| Ok((0..5).map(|i| text(r, i)).collect()))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for u in &users {
-        pg.execute(
-            "INSERT INTO users VALUES ($1, $2, $3, $4::text::timestamp, $5::text::timestamp)",
-            &[&u[0], &u[1], &u[2], &u[3], &u[4]],
-        )
-        .unwrap();
+    if app_ddl_first {
+        db.client().batch_execute(PG_DDL).unwrap();
     }
-    let mut st = sq
-        .prepare("SELECT id, user_id, question, current_step, status, created_at, updated_at, is_deleted, last_cost_usd, last_total_tokens FROM sessions")
-        .unwrap();
-    let sessions: Vec<Vec<Option<String>>> = st
-        .query_map([], |r| Ok((0..10).map(|i| text(r, i)).collect()))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for s in &sessions {
-        pg.execute(
-            "INSERT INTO sessions VALUES ($1, $2, $3, $4, $5, $6::text::timestamp, $7::text::timestamp,
-                                          $8::text::boolean, $9::text::double precision, $10::text::integer)",
-            &[&s[0], &s[1], &s[2], &s[3], &s[4], &s[5], &s[6], &s[7], &s[8], &s[9]],
-        )
-        .unwrap();
-        let file = app
-            .sessions_dir()
-            .join(s[0].as_ref().unwrap())
-            .join("state.json");
-        if let Ok(state) = std::fs::read_to_string(&file) {
-            pg.execute(
-                "INSERT INTO session_state VALUES ($1, $2::text::jsonb, $3::text::timestamp)",
-                &[&s[0], &state, &s[6]],
-            )
-            .unwrap();
-        }
+    app.step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    app.step(&db, &["verify"]).expect(exit::OK);
+    app.step(&db, &["set-default", "--dry-run=false"])
+        .expect(exit::OK);
+    for live in [false, true] {
+        assert_eq!(
+            app_query_sqlite(app, live),
+            app_query_pg(&db, live),
+            "the load gives the application the same rows"
+        );
     }
-    let run = uuid::Uuid::new_v4();
-    sessiondb::pg::schema::apply(&mut pg, "public", &run.to_string()).unwrap();
-    let text = std::fs::read_to_string(&app.config).unwrap();
-    let cut = text.replace("backend = \"sqlite\"", "backend = \"postgres\"");
-    assert_ne!(cut, text);
-    std::fs::write(&app.config, &cut).unwrap();
-    sessiondb::pg::ledger::runs::record_cutover(
-        &mut pg,
-        "public",
-        &sessiondb::pg::ledger::runs::NewCutover {
-            kind: sessiondb::pg::ledger::runs::Kind::SetDefault,
-            from: "sqlite",
-            to: "postgres",
-            config_path: &app.config,
-            config_sha256: "0",
-            verify_run: None,
-            run_id: &run,
-        },
-    )
-    .unwrap();
     db
+}
+
+fn cut_over(app: &App, label: &str) -> TestDb {
+    cut_over_into(app, label, true)
 }
 
 const NEW_USER: &str = "7f1c2a9e-1111-4b7a-9c1e-000000000001";
@@ -262,7 +200,10 @@ fn app_query_pg(db: &TestDb, live: bool) -> Vec<Cells> {
                 format!("i:{}", i64::from(r.get::<_, bool>(7))),
                 r.get::<_, Option<f64>>(8)
                     .map_or("null".to_owned(), |f| format!("r:{f:?}")),
-                r.get::<_, Option<i32>>(9)
+                // integer where the application made the table, bigint where sessiondb did.
+                r.try_get::<_, Option<i64>>(9)
+                    .or_else(|_| r.try_get::<_, Option<i32>>(9).map(|n| n.map(i64::from)))
+                    .unwrap()
                     .map_or("null".to_owned(), |n| format!("i:{n}")),
                 txt(r.get(10)),
                 txt(r.get(11)),
@@ -345,8 +286,24 @@ fn assert_back(app: &App, db: &TestDb, changed: &str) {
 
 #[test]
 fn rollback_of_the_applications_schema_brings_back_a_new_user_a_new_session_and_a_change() {
+    for app_ddl_first in [true, false] {
+        back_after_cutover(app_ddl_first);
+    }
+    row(
+        "application schema (users + sessions, state in files), written on PostgreSQL after the cutover",
+        "rollback (dry run, --dry-run=false, again), then a catch-up dry run",
+        "exit 0: a new user, a new session and a changed session exported, users first",
+        "the application's joined reads on SQLite = on PostgreSQL; state files; rerun writes nothing; the catch-up finds every row unchanged",
+    );
+}
+
+fn back_after_cutover(app_ddl_first: bool) {
     let app = App::new(6);
-    let db = cut_over(&app, "app_rollback");
+    let db = cut_over_into(
+        &app,
+        &format!("app_rollback_{app_ddl_first}"),
+        app_ddl_first,
+    );
     let changed = app.first_session();
     app_writes_on_pg(&db, &changed);
     let before = snapshot(&app);
@@ -430,12 +387,16 @@ fn rollback_of_the_applications_schema_brings_back_a_new_user_a_new_session_and_
         .expect(exit::OK);
     assert_eq!(again.count("exported"), 0, "{}", again.stdout);
     assert_eq!(snapshot(&app), after, "the rerun wrote to the legacy store");
-    row(
-        "application schema (users + sessions, state in files), written on PostgreSQL after the cutover",
-        "rollback (dry run, --dry-run=false, again)",
-        "exit 0: a new user, a new session and a changed session exported, users first",
-        "the application's joined reads on SQLite = on PostgreSQL; state files; rerun writes nothing",
-    );
+    // The way forward again: a catch-up finds both sides the same (no conflict).
+    let catch_up = app.step(&db, &["migrate-state"]).expect(exit::OK);
+    for t in details(&catch_up, "app_tables").as_array().unwrap() {
+        assert_eq!(
+            (t["inserted"].as_u64(), t["updated"].as_u64()),
+            (Some(0), Some(0)),
+            "{}",
+            catch_up.stdout
+        );
+    }
 }
 
 #[test]
