@@ -230,7 +230,7 @@ impl Default for AppSchema {
 }
 
 impl AppSchema {
-    /// The settings that make this more than SPEC §1's default store: an empty list
+    /// The settings that make this more than SPEC §1's default tables: an empty list
     /// when every one is absent or says what the default says (`table = "sessions"`,
     /// `cost = "cost"`).
     pub fn customised(&self) -> Vec<&'static str> {
@@ -247,9 +247,9 @@ impl AppSchema {
         if self.columns.iter().any(|(f, c)| c != f.name()) {
             keys.push("[sqlite.columns]");
         }
-        if self.json_fields.iter().any(|(f, k)| k != f.name()) {
-            keys.push("[json.fields]");
-        }
+        // `[json.fields]` is not among them: it says how the JSON store's records are
+        // read (`source::JsonFields`, applied wherever they are), not what the tables
+        // are, so a store mapped by it alone is loaded into SPEC §2's tables.
         if !self.fill.is_empty() {
             keys.push("[postgres.fill]");
         }
@@ -1838,7 +1838,6 @@ mod tests {
                 "sqlite.copy_tables",
                 "sqlite.ignore_columns",
                 "[sqlite.columns]",
-                "[json.fields]",
                 "[postgres.fill]"
             ]
         );

@@ -1,7 +1,8 @@
 //! `[json.fields]` (SPEC §9): the deprecated JSON store's records read through the
 //! config's mapping — minsky's `session-db.json`, a bare array whose records name their
 //! id `session`, with camelCase keys, a nested `prState` and no `state` — by `check` and
-//! `preflight`, every other key kept as the record's extra values and named.
+//! `preflight`, loaded by `migrate-state` into SPEC §2's tables and verified, every
+//! other key kept as the record's extra values and named.
 
 use sessiondb::exit;
 
@@ -38,7 +39,7 @@ fn check<'a>(r: &'a Run, id: &str) -> &'a sessiondb::report::Check {
 }
 
 #[test]
-fn check_and_preflight_read_a_minsky_store_through_json_fields() {
+fn check_preflight_and_the_load_read_a_minsky_store_through_json_fields() {
     let (_dir, config) = minsky(true);
     let r = sessiondb(&["check", "--backend", "json", "--report"])
         .config(&config)
@@ -83,6 +84,34 @@ fn check_and_preflight_read_a_minsky_store_through_json_fields() {
         plan.summary.starts_with("2 sessions: 2 to insert"),
         "{}",
         plan.summary
+    );
+
+    // And into SPEC §2's tables: `[json.fields]` says how the records are read, not
+    // what the tables are.
+    sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&config)
+        .env("DATABASE_URL", &db.url)
+        .expect(exit::OK);
+    sessiondb(&["verify"])
+        .config(&config)
+        .env("DATABASE_URL", &db.url)
+        .expect(exit::OK);
+    let rows: Vec<(String, String)> = db
+        .client()
+        .query(
+            "SELECT id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') FROM sessions ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("task-123".to_owned(), "2025-06-01 10:00:00.000".to_owned()),
+            ("task-124".to_owned(), "2025-06-03 11:30:00.250".to_owned()),
+        ]
     );
 
     // The same store without the mapping: no record has an `id`, every one is invalid.
