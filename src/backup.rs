@@ -492,6 +492,7 @@ impl<'a> Taking<'a> {
                 sessions_dir: s.sessions_dir.clone(),
             }),
             json_path: self.src.json_path.clone(),
+            json_fields: self.src.json_fields.clone(),
         };
         // Lines are only carried between the same versions: they are what this one writes.
         let base = match &mut self.base {

@@ -230,7 +230,7 @@ impl Default for AppSchema {
 }
 
 impl AppSchema {
-    /// The settings that make this more than SPEC §1's default store: an empty list
+    /// The settings that make this more than SPEC §1's default tables: an empty list
     /// when every one is absent or says what the default says (`table = "sessions"`,
     /// `cost = "cost"`).
     pub fn customised(&self) -> Vec<&'static str> {
@@ -247,9 +247,9 @@ impl AppSchema {
         if self.columns.iter().any(|(f, c)| c != f.name()) {
             keys.push("[sqlite.columns]");
         }
-        if self.json_fields.iter().any(|(f, k)| k != f.name()) {
-            keys.push("[json.fields]");
-        }
+        // `[json.fields]` is not among them: it says how the JSON store's records are
+        // read (`source::JsonFields`, applied wherever they are), not what the tables
+        // are, so a store mapped by it alone is loaded into SPEC §2's tables.
         if !self.fill.is_empty() {
             keys.push("[postgres.fill]");
         }
@@ -260,7 +260,7 @@ impl AppSchema {
 /// The steps that read a store through its [`AppSchema`] today. Every other step reads
 /// SPEC §1's default table only, so it refuses a config that maps another shape rather
 /// than read the wrong columns ([`Config::require_default_schema`]).
-pub const SCHEMA_AWARE_STEPS: [&str; 8] = [
+pub const SCHEMA_AWARE_STEPS: [&str; 9] = [
     "check",
     "init",
     "generate-fixture",
@@ -269,6 +269,7 @@ pub const SCHEMA_AWARE_STEPS: [&str; 8] = [
     "migrate-state",
     "verify",
     "set-default",
+    "rollback",
 ];
 
 /// The configuration file, resolved: paths absolute, environment overrides applied.
@@ -1837,7 +1838,6 @@ mod tests {
                 "sqlite.copy_tables",
                 "sqlite.ignore_columns",
                 "[sqlite.columns]",
-                "[json.fields]",
                 "[postgres.fill]"
             ]
         );
@@ -1888,7 +1888,8 @@ mod tests {
     fn steps_that_read_only_the_default_table_refuse_a_mapped_config() {
         let text = "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[sqlite.columns]\ncost = \"last_cost_usd\"\n";
         let c = Config::parse(Path::new("/a/s.toml"), text, &env(&[])).unwrap();
-        let e = c.require_default_schema("rollback").unwrap_err();
+        // Every step reads a mapped store now; a step not wired to it would still refuse.
+        let e = c.require_default_schema("a-step-not-wired").unwrap_err();
         assert_eq!(
             (e.code(), e.exit_code()),
             ("not_implemented", crate::exit::USAGE)
@@ -1898,6 +1899,7 @@ mod tests {
         c.require_default_schema("init").unwrap();
         c.require_default_schema("migrate-state").unwrap();
         c.require_default_schema("verify").unwrap();
+        c.require_default_schema("rollback").unwrap();
         let plain = Config::parse(
             Path::new("/a/s.toml"),
             "[sessiondb]\nbackend = \"sqlite\"\n",

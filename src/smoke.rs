@@ -432,6 +432,7 @@ fn sample_legacy(src: &Source) -> Result<Vec<Row>> {
     let src = Source {
         sqlite: src.sqlite.clone(),
         json_path: None,
+        json_fields: Default::default(),
     };
     src.sample(STATUS_SAMPLE, |s| Row {
         id: s.id,

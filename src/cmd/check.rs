@@ -221,6 +221,7 @@ fn check_sqlite(
     let src = Source {
         sqlite: cfg.sqlite.clone(),
         json_path: None,
+        json_fields: Default::default(),
     };
     scan_into(ctx, &src, "state_files", findings)
 }
@@ -335,7 +336,7 @@ fn check_json(
         });
     };
     against(d, p.display().to_string());
-    match crate::source::load_json_store(p) {
+    match crate::source::load_json_store_of(cfg, p) {
         Ok(_) => ctx.report.check(
             "json_parse",
             CheckStatus::Pass,
@@ -356,6 +357,7 @@ fn check_json(
     let src = Source {
         sqlite: None,
         json_path: Some(p.clone()),
+        json_fields: crate::source::JsonFields::new(&cfg.app.json_fields),
     };
     scan_into(ctx, &src, "json_records", findings)
 }

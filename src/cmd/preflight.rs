@@ -75,7 +75,7 @@ pub fn run(ctx: &mut Ctx, quarantine: bool) -> Result<()> {
     let json_error = cfg
         .json_path
         .as_ref()
-        .and_then(|p| source::load_json_store(p).err());
+        .and_then(|p| source::load_json_store_of(&cfg, p).err());
     // Why the sessions were not read, when they were not.
     let not_read = if !sqlite_ok && cfg.sqlite.is_some() {
         Some("the SQLite database failed its check")

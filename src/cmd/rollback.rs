@@ -28,6 +28,7 @@
 
 mod journal;
 mod legacy;
+mod mapped;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -173,6 +174,8 @@ pub struct Plan {
     /// Journals of earlier rollbacks the real run finishes or undoes first.
     recover: Vec<journal::Recovery>,
     sessions: usize,
+    /// A mapped store's rows of other copied tables (parents first), exported too.
+    parent_rows: usize,
     rows_insert: usize,
     rows_update: usize,
     files_create: usize,
@@ -199,12 +202,35 @@ struct Resolved {
     target: Target,
 }
 
+/// How rollback finds what to export.
+enum Finder {
+    /// SPEC §2's tables: the target's session rows the ledger does not say sessiondb
+    /// wrote as they are.
+    Ledger(Rows),
+    /// A mapped store (SPEC §9): every copied table compared with the legacy store.
+    Diff(Box<mapped::MappedPlan>),
+}
+
+impl Finder {
+    /// The exports, planned, and every refusal.
+    fn changes(
+        &self,
+        c: &mut postgres::Client,
+        legacy: &Legacy,
+    ) -> Result<(Vec<Export>, Vec<Error>)> {
+        match self {
+            Finder::Ledger(rows) => legacy.plan(find_changed(c, rows)?),
+            Finder::Diff(m) => m.changes(c, legacy),
+        }
+    }
+}
+
 /// What plan finds: the exports, the config edit, and every refusal.
 struct Planned {
     back_to: Backend,
     legacy: Legacy,
-    /// The target's session rows, read again after each round.
-    rows: Rows,
+    /// How the sessions to export are found, again after each round.
+    finder: Finder,
     exports: Vec<Export>,
     created: u64,
     edit: Option<Edit>,
@@ -286,14 +312,25 @@ fn plan(ctx: &mut Ctx, r: &Resolved, c: &mut postgres::Client, d: &mut Details) 
     if !ledger::exists(c, schema_name)? {
         return Err(Error::NothingMigrated);
     }
-    let fit = Fit::read(c, schema_name)?;
-    let rows = Rows::new(schema_name, &fit);
-    let changed = find_changed(c, &rows)?;
-    let created = changed.iter().filter(|x| x.kind == "created").count() as u64;
+    let tables = crate::pg::catalog::read_tables(c, schema_name)?;
+    let (legacy, finder) = if mapped::is_mapped(&r.cfg, &tables) {
+        let legacy = Legacy::open_mapped(&r.sqlite.path, &r.sqlite.sessions_dir)?;
+        let m = mapped::MappedPlan::open(&r.cfg, &legacy, c)?;
+        (legacy, Finder::Diff(Box::new(m)))
+    } else {
+        let fit = Fit::read(c, schema_name)?;
+        let legacy = Legacy::open(&r.sqlite.path, &r.sqlite.sessions_dir)?;
+        (legacy, Finder::Ledger(Rows::new(schema_name, &fit)))
+    };
+    let (exports, mut refusals) = finder.changes(c, &legacy)?;
+    let sessions: Vec<&Export> = exports.iter().filter(|x| x.table.is_none()).collect();
+    let created = sessions.iter().filter(|x| x.kind == "created").count() as u64;
     ctx.report.count("created", created);
-    ctx.report.count("changed", changed.len() as u64 - created);
-    let legacy = Legacy::open(&r.sqlite.path, &r.sqlite.sessions_dir)?;
-    let (exports, mut refusals) = legacy.plan(changed)?;
+    ctx.report.count("changed", sessions.len() as u64 - created);
+    if let Finder::Diff(_) = finder {
+        ctx.report
+            .count("parent_rows", (exports.len() - sessions.len()) as u64);
+    }
     let edit = cutover::plan_edit(&r.cfg.path, back_to).unwrap_or_else(|e| {
         refusals.push(e);
         None
@@ -304,7 +341,7 @@ fn plan(ctx: &mut Ctx, r: &Resolved, c: &mut postgres::Client, d: &mut Details) 
     Ok(Planned {
         back_to,
         legacy,
-        rows,
+        finder,
         exports,
         created,
         edit,
@@ -331,7 +368,8 @@ fn show(
             to: e.to.clone(),
         }),
         recover,
-        sessions: p.exports.len(),
+        sessions: count(&|x| x.table.is_none()),
+        parent_rows: count(&|x| x.table.is_some()),
         rows_insert: count(&|x| x.row == RowWrite::Insert),
         rows_update: count(&|x| x.row == RowWrite::Update),
         files_create: count(&|x| x.file_action == Some(FileAction::Create)),
@@ -348,10 +386,15 @@ fn show(
         ctx.report.artifact("sessions", &path);
     }
     let summary = format!(
-        "{} session(s) to export ({} created, {} changed in PostgreSQL): {} row(s) to insert, {} to update, {} state file(s) to create, {} to replace; config: {}",
-        p.exports.len(),
+        "{} session(s) to export ({} created, {} changed in PostgreSQL){}: {} row(s) to insert, {} to update, {} state file(s) to create, {} to replace; config: {}",
+        plan.sessions,
         p.created,
-        p.exports.len() as u64 - p.created,
+        plan.sessions as u64 - p.created,
+        if plan.parent_rows > 0 {
+            format!(" and {} row(s) of parent tables", plan.parent_rows)
+        } else {
+            String::new()
+        },
         plan.rows_insert,
         plan.rows_update,
         plan.files_create,
@@ -505,6 +548,10 @@ fn report_outcome(ctx: &mut Ctx, out: &Outcome, ok: bool, edit: bool, d: &mut De
     d.exported = Some(exported.into_iter().take(INLINE_LIMIT).collect());
     let rounds = out.rounds.len();
     let message = match (out.held, ok) {
+        (Held::Complete, true) if n == 0 => format!(
+            "it already holds every session, row and state file{}",
+            if edit { "; the config was switched back" } else { "" }
+        ),
         (Held::Complete, true) => format!(
             "every exported session is in, row and state file ({n} in {rounds} round(s)){}",
             if edit { "; then the config was switched back" } else { "" }
@@ -585,6 +632,11 @@ fn rounds(
     let legacy = &p.legacy;
     let mut written: HashMap<String, FileDigest> = HashMap::new();
     let mut pending = exports;
+    if pending.is_empty() {
+        // Nothing left to export (an earlier run's journal, finished first, brought the
+        // rest in): the legacy store is complete; only the config is left to switch.
+        out.held = Held::Complete;
+    }
     for round in 1..=ROUNDS {
         if pending.is_empty() {
             break;
@@ -602,21 +654,22 @@ fn rounds(
             }
         }
         out.held = Held::Complete;
-        mark_exported(c, schema, run_id, &pending)?;
+        if let Finder::Ledger(_) = p.finder {
+            mark_exported(c, schema, run_id, &pending)?;
+        }
         out.rounds.push((round, std::mem::take(&mut pending)));
-        let again = find_changed(c, &p.rows)?;
-        if again.is_empty() {
+        let (next, mut refusals) = p.finder.changes(c, legacy)?;
+        if next.is_empty() && refusals.is_empty() {
             break;
         }
         tracing::warn!(
             "round {round}: {} session(s) changed in PostgreSQL during the export",
-            again.len()
+            next.len() + refusals.len()
         );
         if round == ROUNDS {
-            pending = legacy.plan(again)?.0;
+            pending = next;
             break;
         }
-        let (next, mut refusals) = legacy.plan(again)?;
         if !refusals.is_empty() {
             out.held = Held::Partial;
             return Err(refusals.remove(0));
@@ -772,10 +825,22 @@ fn new_journal(
         files,
         rows: exports
             .iter()
-            .map(|x| journal::JRow {
-                session: x.session.clone(),
-                insert: x.row == RowWrite::Insert,
-                digest: None,
+            .filter(|x| x.row != RowWrite::Unchanged)
+            .map(|x| {
+                let (table, key) = match &x.values {
+                    legacy::RowData::Mapped(m) => (
+                        Some(m.table.clone()),
+                        Some(m.key.iter().map(|(c, v)| (c.clone(), v.into())).collect()),
+                    ),
+                    legacy::RowData::Default(_) => (None, None),
+                };
+                journal::JRow {
+                    session: x.session.clone(),
+                    insert: x.row == RowWrite::Insert,
+                    table,
+                    key,
+                    digest: None,
+                }
             })
             .collect(),
     }

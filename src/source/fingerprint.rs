@@ -220,6 +220,7 @@ mod tests {
                 sessions_dir: dir.clone(),
             }),
             json_path: Some(json.clone()),
+            json_fields: Default::default(),
         };
         let expected = by_paths(&db, &dir, &json);
         assert_eq!(src.quick_fingerprint().unwrap(), expected);

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::fields::{self, FieldError, Raw};
+use super::shape::Field;
 use super::{Meta, parse_meta};
 use crate::canon::{self, JsonError, Node, Spanned};
 use crate::error::{Error, Result};
@@ -36,6 +37,52 @@ use crate::report::Finding;
 
 /// Bytes read from the file at a time while loading.
 const CHUNK: usize = 64 * 1024;
+
+/// How many distinct extra keys a warning names.
+const EXTRA_KEYS_NAMED: usize = 10;
+
+/// `[json.fields]` (SPEC §9): the key each of sessiondb's fields is read from in a
+/// record. A field not named is read from the key of its own name; one mapped to `""`
+/// is absent (never read, whatever the record holds). Every other key of a record is an
+/// extra value of it ([`JsonRecord::extras`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonFields {
+    keys: std::collections::BTreeMap<Field, String>,
+}
+
+impl JsonFields {
+    /// From the config's `[json.fields]` (`AppSchema::json_fields`).
+    pub fn new(keys: &std::collections::BTreeMap<Field, String>) -> JsonFields {
+        JsonFields { keys: keys.clone() }
+    }
+
+    /// The key `field` is read from; `None` when it is mapped to `""` (absent).
+    pub fn key(&self, field: Field) -> Option<&str> {
+        match self.keys.get(&field) {
+            Some(k) if k.is_empty() => None,
+            Some(k) => Some(k.as_str()),
+            None => Some(field.name()),
+        }
+    }
+
+    /// Whether `key` is the key of one of sessiondb's fields (mapped or absent: a key
+    /// that a field mapped to `""` would have had is an extra like any other).
+    fn is_field_key(&self, key: &str) -> bool {
+        FIELDS.iter().any(|f| self.key(*f) == Some(key))
+    }
+}
+
+/// The fields a JSON store record has, in the record's order of SPEC §1.
+const FIELDS: [Field; 8] = [
+    Field::Id,
+    Field::UserId,
+    Field::Status,
+    Field::CurrentStep,
+    Field::Cost,
+    Field::CreatedAt,
+    Field::UpdatedAt,
+    Field::State,
+];
 
 /// One record of the JSON store, parsed as far as it goes. It holds no copy of the
 /// record's bytes: [`JsonRecord::raw`] and [`JsonRecord::state`] read them from the file.
@@ -51,6 +98,9 @@ pub struct JsonRecord {
     pub len: usize,
     /// The span of `state` within the record, when present and not null.
     state_span: Option<Range<usize>>,
+    /// Every key no field maps, with the span of its value within the record, in the
+    /// record's order (the last of a duplicated key).
+    extra_spans: Vec<(String, Range<usize>)>,
     file: Arc<StoreFile>,
 }
 
@@ -76,6 +126,43 @@ impl JsonRecord {
     /// Whether the record has a `state` that is not null.
     pub fn has_state(&self) -> bool {
         self.state_span.is_some()
+    }
+
+    /// The keys of the record that no field maps (`repoName`, `prState`...).
+    pub fn extra_keys(&self) -> impl Iterator<Item = &str> {
+        self.extra_spans.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// The record's extra values, read from the file: each key no field maps, with its
+    /// value as a source value (a string as text, a number as a number, `true`/`false`
+    /// as text, an object or an array as its JSON text, `null` as NULL).
+    pub fn extras(&self) -> Result<Vec<(String, Raw)>> {
+        if self.extra_spans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes = self.raw()?;
+        let mut out = Vec::with_capacity(self.extra_spans.len());
+        for (k, span) in &self.extra_spans {
+            let v = canon::parse(&bytes[span.clone()]).map_err(|e| {
+                self.file.changed(
+                    format!("record {} no longer parses ({e})", self.index),
+                    "read again",
+                )
+            })?;
+            out.push((k.clone(), extra_raw(&v, &bytes[span.clone()])));
+        }
+        Ok(out)
+    }
+}
+
+/// An extra value as a source value: nested JSON kept as its text.
+fn extra_raw(v: &Spanned, bytes: &[u8]) -> Raw {
+    match &v.node {
+        Node::Array(_) | Node::Object(_) => match std::str::from_utf8(&bytes[v.span.clone()]) {
+            Ok(t) => Raw::Text(t.to_owned()),
+            Err(_) => Raw::Blob(bytes[v.span.clone()].to_vec()),
+        },
+        _ => to_raw(v, bytes),
     }
 }
 
@@ -296,12 +383,65 @@ fn invalid(path: &Path, code: &'static str, message: String) -> Error {
 /// warnings about them. Any syntax error, in the envelope or in a record, fails the
 /// whole store.
 pub fn load(path: &Path) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
-    load_in_chunks(path, CHUNK)
+    load_mapped(path, &JsonFields::default())
 }
 
-fn load_in_chunks(path: &Path, chunk: usize) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
+/// [`load`], each record read through `fields` (`[json.fields]`). The keys no field
+/// maps are kept ([`JsonRecord::extras`]) and named in one `json_extra_keys` warning.
+pub fn load_mapped(path: &Path, fields: &JsonFields) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
+    load_in_chunks(path, CHUNK, fields)
+}
+
+fn load_in_chunks(
+    path: &Path,
+    chunk: usize,
+    fields: &JsonFields,
+) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
     let file = Arc::new(StoreFile::open(path)?);
-    Scan::run(&file, chunk).finish()
+    let (records, mut warnings) = Scan::run(&file, chunk, fields).finish()?;
+    if let Some(w) = extra_keys_warning(path, &records) {
+        warnings.push(w);
+    }
+    Ok((records, warnings))
+}
+
+/// One warning naming the keys of records that no field maps, and how many records
+/// have them: they are kept as the records' extra values (and in every backup's copy
+/// of the store), not read as any of sessiondb's fields.
+fn extra_keys_warning(path: &Path, records: &[JsonRecord]) -> Option<Finding> {
+    let mut keys: Vec<&str> = Vec::new();
+    let mut with = 0usize;
+    for r in records {
+        let mut any = false;
+        for k in r.extra_keys() {
+            any = true;
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        with += usize::from(any);
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = keys
+        .iter()
+        .take(EXTRA_KEYS_NAMED)
+        .map(|k| format!("{k:?}"))
+        .collect();
+    Some(Finding::new(
+        "json_extra_keys",
+        format!(
+            "JSON store {}: {with} record(s) hold key(s) that no field reads: {}{}; they are kept as each record's extra values (and in every backup's copy of the store), not read as sessiondb's fields; map one in [json.fields] if it is one (e.g. created_at = \"createdAt\")",
+            path.display(),
+            named.join(", "),
+            if keys.len() > EXTRA_KEYS_NAMED {
+                format!(" and {} more", keys.len() - EXTRA_KEYS_NAMED)
+            } else {
+                String::new()
+            }
+        ),
+    ))
 }
 
 /// What one pass over the file found, before it is judged.
@@ -324,9 +464,10 @@ struct Seen {
 
 impl Scan {
     /// Read the file once, from the start, through the envelope parser.
-    fn run(file: &Arc<StoreFile>, chunk: usize) -> Scan {
+    fn run(file: &Arc<StoreFile>, chunk: usize, fields: &JsonFields) -> Scan {
         let mut loader = Loader {
             file,
+            fields,
             records: Vec::new(),
             warnings: Vec::new(),
             record_warnings: Vec::new(),
@@ -666,6 +807,8 @@ impl<R: Read> Scanner<R> {
 /// The envelope parser's state: the records so far and the warnings.
 struct Loader<'a> {
     file: &'a Arc<StoreFile>,
+    /// `[json.fields]`.
+    fields: &'a JsonFields,
     records: Vec<JsonRecord>,
     /// About the envelope.
     warnings: Vec<Finding>,
@@ -822,6 +965,7 @@ impl Loader<'_> {
             offset,
             len: bytes.len(),
             state_span: None,
+            extra_spans: Vec::new(),
             file: self.file.clone(),
         };
         let Node::Object(members) = &rec.node else {
@@ -839,31 +983,55 @@ impl Loader<'_> {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v)
         };
-        let field = |k: &str| get(k).map(|v| to_raw(v, bytes)).unwrap_or(Raw::Null);
-        out.id = fields::id(&field("id")).map_err(|e| FieldError {
+        let keys = self.fields;
+        // A field mapped to "" is absent: NULL whatever the record holds.
+        let field = |f: Field| {
+            keys.key(f)
+                .and_then(get)
+                .map(|v| to_raw(v, bytes))
+                .unwrap_or(Raw::Null)
+        };
+        let id_key = keys.key(Field::Id).unwrap_or("id");
+        out.id = fields::id(&field(Field::Id)).map_err(|e| FieldError {
             code: e.code,
-            message: format!("JSON store {} record {n}: {}", path.display(), e.message),
+            message: format!(
+                "JSON store {} record {n}{}: {}",
+                path.display(),
+                if id_key == "id" {
+                    String::new()
+                } else {
+                    format!(" (its id read from {id_key:?}, [json.fields])")
+                },
+                e.message
+            ),
         });
         out.meta = parse_meta(
-            &field("user_id"),
-            &field("status"),
-            &field("current_step"),
-            &field("cost"),
-            &field("created_at"),
-            &field("updated_at"),
+            &field(Field::UserId),
+            &field(Field::Status),
+            &field(Field::CurrentStep),
+            &field(Field::Cost),
+            &field(Field::CreatedAt),
+            &field(Field::UpdatedAt),
         );
-        out.state_span = match get("state") {
+        out.state_span = match keys.key(Field::State).and_then(get) {
             None => None,
             Some(Spanned {
                 node: Node::Null, ..
             }) => None,
             Some(v) => Some(v.span.clone()),
         };
-        if members.iter().filter(|(k, _)| k == "id").count() > 1 {
+        for (i, (k, v)) in members.iter().enumerate() {
+            // The last of a duplicated key, as the fields are read.
+            if keys.is_field_key(k) || members[i + 1..].iter().any(|(k2, _)| k2 == k) {
+                continue;
+            }
+            out.extra_spans.push((k.clone(), v.span.clone()));
+        }
+        if members.iter().filter(|(k, _)| k == id_key).count() > 1 {
             self.record_warnings.push(Finding::new(
                 "duplicate_key",
                 format!(
-                    "JSON store {} record {n} has `id` more than once; the last is used",
+                    "JSON store {} record {n} has `{id_key}` more than once; the last is used",
                     path.display()
                 ),
             ));
@@ -1017,28 +1185,30 @@ mod tests {
         let d = doc(text);
         let mut first = None;
         for &chunk in CHUNKS {
-            let got = load_in_chunks(&d.path, chunk).map(|(records, warnings)| {
-                let recs: Vec<_> = records
-                    .iter()
-                    .map(|r| {
-                        let raw = String::from_utf8(r.raw().unwrap()).unwrap();
-                        assert_eq!(
-                            raw.as_bytes(),
-                            &text.as_bytes()[r.offset as usize..r.offset as usize + r.len],
-                            "offset and length point at the record"
-                        );
-                        let state = r.state().unwrap().map(|s| String::from_utf8(s).unwrap());
-                        assert_eq!(r.has_state(), state.is_some());
-                        (
-                            r.id.clone().unwrap_or_else(|e| format!("<{}>", e.code)),
-                            raw,
-                            state,
-                        )
-                    })
-                    .collect();
-                let warnings: Vec<String> = warnings.iter().map(|w| w.code.clone()).collect();
-                (recs, warnings)
-            });
+            let got = load_in_chunks(&d.path, chunk, &JsonFields::default()).map(
+                |(records, warnings)| {
+                    let recs: Vec<_> = records
+                        .iter()
+                        .map(|r| {
+                            let raw = String::from_utf8(r.raw().unwrap()).unwrap();
+                            assert_eq!(
+                                raw.as_bytes(),
+                                &text.as_bytes()[r.offset as usize..r.offset as usize + r.len],
+                                "offset and length point at the record"
+                            );
+                            let state = r.state().unwrap().map(|s| String::from_utf8(s).unwrap());
+                            assert_eq!(r.has_state(), state.is_some());
+                            (
+                                r.id.clone().unwrap_or_else(|e| format!("<{}>", e.code)),
+                                raw,
+                                state,
+                            )
+                        })
+                        .collect();
+                    let warnings: Vec<String> = warnings.iter().map(|w| w.code.clone()).collect();
+                    (recs, warnings)
+                },
+            );
             let shown = match &got {
                 Ok(v) => format!("{v:?}"),
                 Err(e) => format!("{} {e}", e.code()),
@@ -1072,6 +1242,95 @@ mod tests {
         );
         assert_eq!(recs[1].0, "b\\\"]");
         assert_eq!(recs[1].2, None, "a null state is no state");
+    }
+
+    /// minsky's `session-db.json`: a bare array, the id under `session`, camelCase keys,
+    /// a nested `prState`, no `state` at all.
+    const MINSKY: &str = r##"[
+  {"session": "task-123", "repoName": "minsky", "createdAt": "2025-06-01T10:00:00.000Z", "taskId": "#123",
+   "prState": {"branchName": "pr/task#123", "exists": true}, "state": "not a state", "status": ""},
+  {"session": "task-124", "repoName": "minsky", "createdAt": "2025-06-03T11:30:00.250Z", "taskId": 124, "taskId": "#124"}
+]"##;
+
+    fn minsky_fields() -> JsonFields {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(Field::Id, "session".to_owned());
+        m.insert(Field::CreatedAt, "createdAt".to_owned());
+        m.insert(Field::State, String::new());
+        JsonFields::new(&m)
+    }
+
+    #[test]
+    fn json_fields_read_each_field_from_its_key_and_keep_every_other_key() {
+        let d = doc(MINSKY);
+        for &chunk in CHUNKS {
+            let (recs, warnings) = load_in_chunks(&d.path, chunk, &minsky_fields()).unwrap();
+            let ids: Vec<String> = recs.iter().map(|r| r.id.clone().unwrap()).collect();
+            assert_eq!(ids, ["task-123", "task-124"]);
+            let m = recs[0].meta.clone().unwrap();
+            assert_eq!(
+                m.created_at.map(|t| fields::fmt_ts(&t)).as_deref(),
+                Some("2025-06-01T10:00:00.000000Z")
+            );
+            // A field mapped to "": absent, whatever the record holds under its name.
+            assert!(!recs[0].has_state() && recs[0].state().unwrap().is_none());
+            // Unmapped fields keep their own names: `status` is still read.
+            assert_eq!(
+                m.status.as_deref(),
+                Some(""),
+                "read from `status`, as before"
+            );
+            assert_eq!(
+                recs[0].extras().unwrap(),
+                [
+                    ("repoName".to_owned(), Raw::Text("minsky".into())),
+                    ("taskId".to_owned(), Raw::Text("#123".into())),
+                    (
+                        "prState".to_owned(),
+                        Raw::Text(r##"{"branchName": "pr/task#123", "exists": true}"##.into())
+                    ),
+                    ("state".to_owned(), Raw::Text("not a state".into())),
+                ],
+            );
+            // The last of a duplicated key, once.
+            assert_eq!(
+                recs[1].extras().unwrap(),
+                [
+                    ("repoName".to_owned(), Raw::Text("minsky".into())),
+                    ("taskId".to_owned(), Raw::Text("#124".into())),
+                ],
+            );
+            let w: Vec<&Finding> = warnings
+                .iter()
+                .filter(|w| w.code == "json_extra_keys")
+                .collect();
+            assert_eq!(w.len(), 1, "{warnings:?}");
+            for k in ["\"repoName\"", "\"taskId\"", "\"prState\"", "2 record(s)"] {
+                assert!(w[0].message.contains(k), "{k}: {}", w[0].message);
+            }
+        }
+        // Without [json.fields] the same records have no id: the mapping is what reads them.
+        let (recs, _) = load(&d.path).unwrap();
+        assert!(recs.iter().all(|r| r.id.is_err()));
+        // SPEC §1's own records: no extra key, no warning, as before.
+        let plain =
+            doc(r#"{"version": 1, "sessions": [{"id": "a", "user_id": "u", "state": {}}]}"#);
+        let (recs, warnings) = load(&plain.path).unwrap();
+        assert_eq!(recs[0].extras().unwrap(), []);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_mapped_id_names_its_key_when_it_is_missing() {
+        let d = doc(r#"[{"id": "x", "createdAt": "2025-01-01T00:00:00Z"}]"#);
+        let (recs, _) = load_mapped(&d.path, &minsky_fields()).unwrap();
+        let e = recs[0].id.clone().unwrap_err();
+        assert!(e.message.contains("\"session\""), "{}", e.message);
+        assert_eq!(
+            recs[0].extras().unwrap(),
+            [("id".to_owned(), Raw::Text("x".into()))],
+            "an unmapped `id` is an extra like any other key"
+        );
     }
 
     #[test]
@@ -1360,7 +1619,7 @@ mod tests {
             .open(&d.path)
             .unwrap();
         w.set_len(text.len() as u64 / 2).unwrap();
-        let scan = Scan::run(&file, 8);
+        let scan = Scan::run(&file, 8, &JsonFields::default());
         assert!(scan.envelope.is_err(), "the pass met the cut");
         w.write_all_at(text.as_bytes(), 0).unwrap();
         same_mtime(&d.path, &before);
@@ -1394,7 +1653,7 @@ mod tests {
             .open(&d.path)
             .unwrap();
         w.write_all_at(b"[1; 2]", at).unwrap();
-        let scan = Scan::run(&file, 8);
+        let scan = Scan::run(&file, 8, &JsonFields::default());
         assert!(scan.envelope.is_err(), "the pass met the garbled bytes");
         w.write_all_at(text.as_bytes(), 0).unwrap();
         same_mtime(&d.path, &before);
@@ -1484,7 +1743,8 @@ mod tests {
         chunk: usize,
     ) -> std::result::Result<Vec<Seen<Vec<u8>>>, &'static str> {
         let d = doc(bytes);
-        let (recs, _) = load_in_chunks(&d.path, chunk).map_err(|e| e.code())?;
+        let (recs, _) =
+            load_in_chunks(&d.path, chunk, &JsonFields::default()).map_err(|e| e.code())?;
         Ok(recs
             .iter()
             .map(|r| {

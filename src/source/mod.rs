@@ -40,7 +40,7 @@ use fields::{FieldError, Raw};
 
 pub use files::{READ_TRIES, Whole, read_whole};
 pub use fingerprint::Fingerprint;
-pub use json_store::JsonRecord;
+pub use json_store::{JsonFields, JsonRecord};
 
 /// Session metadata, parsed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -245,6 +245,8 @@ pub struct Summary {
 pub struct Source {
     pub sqlite: Option<crate::config::SqliteSource>,
     pub json_path: Option<PathBuf>,
+    /// `[json.fields]`: how the JSON store's records are read.
+    pub json_fields: json_store::JsonFields,
 }
 
 impl Source {
@@ -252,6 +254,7 @@ impl Source {
         Source {
             sqlite: cfg.sqlite.clone(),
             json_path: cfg.json_path.clone(),
+            json_fields: JsonFields::new(&cfg.app.json_fields),
         }
     }
 
@@ -280,7 +283,7 @@ impl Source {
         };
         let (json, json_warnings) = match &self.json_path {
             Some(p) => {
-                let (records, warnings) = json_store::load(p)?;
+                let (records, warnings) = json_store::load_mapped(p, &self.json_fields)?;
                 (records, warnings)
             }
             None => (Vec::new(), Vec::new()),
@@ -1238,6 +1241,11 @@ fn row_bytes(r: &Row) -> Vec<u8> {
 /// store): its records and warnings. Records read their bytes from the file on demand.
 pub fn load_json_store(p: &Path) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
     json_store::load(p)
+}
+
+/// [`load_json_store`], the records read as the config's `[json.fields]` says.
+pub fn load_json_store_of(cfg: &Config, p: &Path) -> Result<(Vec<JsonRecord>, Vec<Finding>)> {
+    json_store::load_mapped(p, &json_store::JsonFields::new(&cfg.app.json_fields))
 }
 
 impl Source {

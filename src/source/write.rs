@@ -273,6 +273,30 @@ impl Sessions {
         }))
     }
 
+    /// The bytes of `<id>/<name>` as it is now (`None`: no such file), read without
+    /// following a link (a symlink there is refused, as for a write).
+    pub fn read(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let folder = match self.root.open_dir(osstr(id)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.refusal_of_errno(id, self.folder_path(id), e)),
+        };
+        let path = self.folder_path(id).join(name);
+        let mut f = match folder.open_read(osstr(name)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(self.refusal_of_errno(id, path, e));
+            }
+            Err(e) => return Err(Error::Unreadable { path, source: e }),
+        };
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)
+            .map_err(|e| Error::Unreadable { path, source: e })?;
+        Ok(Some(out))
+    }
+
     /// The permissions most state files and `<id>/` folders of the store have: a few
     /// are looked at, once.
     pub fn usual_modes(&self) -> (u32, u32) {

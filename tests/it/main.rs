@@ -1,6 +1,7 @@
 //! The one integration test binary (matklad, "Delete Cargo Integration Tests").
 
 mod advice;
+mod app_rollback;
 mod app_schema;
 mod backup;
 mod backup_check;
@@ -15,6 +16,7 @@ mod faults;
 mod fixture;
 mod hijack;
 mod init;
+mod json_fields;
 mod migrate;
 mod preflight;
 mod quarantine;

@@ -74,6 +74,44 @@ impl JDigest {
     }
 }
 
+/// A key value of a mapped row, with its SQLite storage class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JKey {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    /// Hex.
+    Blob(String),
+}
+
+impl From<&rusqlite::types::Value> for JKey {
+    fn from(v: &rusqlite::types::Value) -> JKey {
+        use rusqlite::types::Value as V;
+        match v {
+            V::Null => JKey::Null,
+            V::Integer(i) => JKey::Integer(*i),
+            V::Real(f) => JKey::Real(*f),
+            V::Text(t) => JKey::Text(t.clone()),
+            V::Blob(b) => JKey::Blob(hex::encode(b)),
+        }
+    }
+}
+
+impl JKey {
+    pub fn to_sql(&self) -> rusqlite::types::Value {
+        use rusqlite::types::Value as V;
+        match self {
+            JKey::Null => V::Null,
+            JKey::Integer(i) => V::Integer(*i),
+            JKey::Real(f) => V::Real(*f),
+            JKey::Text(t) => V::Text(t.clone()),
+            JKey::Blob(h) => V::Blob(hex::decode(h).unwrap_or_default()),
+        }
+    }
+}
+
 /// One state file of a round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JFile {
@@ -95,6 +133,12 @@ pub struct JFile {
 pub struct JRow {
     pub session: String,
     pub insert: bool,
+    /// A mapped store's row: its table (the sessions table too) and the key it is
+    /// found by ([`legacy::mapped_digest`]); absent for SPEC §1's `sessions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Vec<(String, JKey)>>,
     /// The row's digest as written ([`legacy::row_digest`]), once sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -366,7 +410,15 @@ fn rows_as_sealed(conn: &Connection, db: &Path, j: &Journal) -> Result<bool> {
         let Some(want) = &r.digest else {
             return Ok(false);
         };
-        if legacy::row_digest(conn, db, &r.session)? != *want {
+        let now = match (&r.table, &r.key) {
+            (Some(t), Some(k)) => {
+                let key: Vec<(String, rusqlite::types::Value)> =
+                    k.iter().map(|(c, v)| (c.clone(), v.to_sql())).collect();
+                legacy::mapped_digest(conn, db, t, &key)?
+            }
+            _ => legacy::row_digest(conn, db, &r.session)?,
+        };
+        if now != *want {
             return Ok(false);
         }
     }

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Value as Sql, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -49,6 +49,9 @@ pub struct Legacy {
 pub enum RowWrite {
     Insert,
     Update,
+    /// The row is already as PostgreSQL holds it (a mapped store's session whose
+    /// state alone changed): not written.
+    Unchanged,
 }
 
 /// What happens to the state file.
@@ -87,10 +90,36 @@ pub struct RowValues {
     pub state: Option<String>,
 }
 
-/// One session's export, fully planned.
+/// What a row export writes: SPEC §1's eight columns, or (a mapped store) every
+/// column of the application's table.
+#[derive(Debug, Clone)]
+pub enum RowData {
+    Default(RowValues),
+    Mapped(MappedRow),
+}
+
+/// A row of one of the application's tables, as rollback writes it: every column of
+/// the legacy table that PostgreSQL holds a value for, in SQLite's form.
+#[derive(Debug, Clone)]
+pub struct MappedRow {
+    /// The legacy table, as SQLite spells it.
+    pub table: String,
+    /// The primary key the row is found by: the legacy row's own values for an update,
+    /// the new ones for an insert.
+    pub key: Vec<(String, Sql)>,
+    /// The columns written (an update leaves the key's columns as they are).
+    pub cols: Vec<(String, Sql)>,
+}
+
+/// One session's export (or, for a mapped store, one row of a parent table), fully
+/// planned.
 #[derive(Debug, Clone, Serialize)]
 pub struct Export {
+    /// The session's id (a parent row: its primary key, `|`-joined).
     pub session: String,
+    /// A row of a parent (or other copied) table of a mapped store: the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
     /// `created` in PostgreSQL, or `changed` there since sessiondb wrote it.
     pub kind: &'static str,
     pub row: RowWrite,
@@ -108,7 +137,7 @@ pub struct Export {
     #[serde(skip)]
     pub replaces: Option<FileDigest>,
     #[serde(skip)]
-    pub values: RowValues,
+    pub values: RowData,
     #[serde(skip)]
     pub changed: Changed,
 }
@@ -173,6 +202,25 @@ impl Legacy {
         })
     }
 
+    /// Open a mapped store's legacy database read-only, with its sessions folder: its
+    /// tables' shapes are the mapped planner's ([`super::mapped`]), not SPEC §1's.
+    pub fn open_mapped(db: &Path, sessions_dir: &Path) -> Result<Legacy> {
+        let conn = sqlite::open(db)?;
+        let sessions = Sessions::open(sessions_dir)?;
+        Ok(Legacy {
+            db: db.to_path_buf(),
+            sessions,
+            columns: Vec::new(),
+            strict: false,
+            conn,
+        })
+    }
+
+    /// The read-only connection plans read through.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     fn column(&self, name: &str) -> Option<&Column> {
         self.columns
             .iter()
@@ -205,42 +253,15 @@ impl Legacy {
                 (Some(_), true) => StateTo::File,
                 (Some(_), false) => StateTo::Column,
             };
-            let (mut slot, mut replaces, mut file_action, mut file) = (None, None, None, None);
-            if state_to == StateTo::File {
-                file = Some(self.sessions.file_path(&c.session));
-                match self.sessions.slot(&c.session) {
-                    Err(e) => {
-                        refusals.push(e);
-                        continue;
-                    }
-                    Ok(s) => {
-                        let new = FileDigest::of(c.state.as_deref().unwrap_or("").as_bytes());
-                        replaces = match s {
-                            Slot::File { .. } => {
-                                match self
-                                    .sessions
-                                    .digest(&c.session, crate::source::write::STATE_FILE)
-                                {
-                                    Ok(d) => d,
-                                    Err(e) => {
-                                        refusals.push(e);
-                                        continue;
-                                    }
-                                }
-                            }
-                            _ => None,
-                        };
-                        file_action = Some(match replaces {
-                            None => FileAction::Create,
-                            Some(d) if d == new => FileAction::Unchanged,
-                            Some(_) => FileAction::Replace,
-                        });
-                        slot = Some(s);
-                    }
+            let fp = match self.file_plan(&c.session, state_to, c.state.as_deref()) {
+                Ok(fp) => fp,
+                Err(e) => {
+                    refusals.push(e);
+                    continue;
                 }
-            }
+            };
             let m = &c.meta;
-            let values = RowValues {
+            let values = RowData::Default(RowValues {
                 user_id: m.user_id.clone(),
                 status: m.status.clone(),
                 current_step: m.current_step.clone(),
@@ -248,8 +269,9 @@ impl Legacy {
                 created_at: m.created_at.as_ref().map(fields::fmt_ts),
                 updated_at: m.updated_at.as_ref().map(fields::fmt_ts),
                 state: column,
-            };
+            });
             out.push(Export {
+                table: None,
                 kind: c.kind,
                 row: if old.is_some() {
                     RowWrite::Update
@@ -257,11 +279,11 @@ impl Legacy {
                     RowWrite::Insert
                 },
                 state_to,
-                file,
-                file_action,
-                replaces_sha256: replaces.map(|d| d.hex()),
-                slot,
-                replaces,
+                file: fp.file,
+                file_action: fp.file_action,
+                replaces_sha256: fp.replaces.map(|d| d.hex()),
+                slot: fp.slot,
+                replaces: fp.replaces,
                 values,
                 session: c.session.clone(),
                 changed: c,
@@ -269,6 +291,29 @@ impl Legacy {
         }
         refusals.extend(self.fit(&out));
         Ok((out, refusals))
+    }
+
+    /// Where a session's state file goes and what it replaces (`state_to` says whether
+    /// it goes to a file at all). A symlink or a special file there is refused.
+    pub fn file_plan(&self, id: &str, state_to: StateTo, state: Option<&str>) -> Result<FilePlan> {
+        let mut fp = FilePlan::default();
+        if state_to != StateTo::File {
+            return Ok(fp);
+        }
+        fp.file = Some(self.sessions.file_path(id));
+        let s = self.sessions.slot(id)?;
+        let new = FileDigest::of(state.unwrap_or("").as_bytes());
+        fp.replaces = match s {
+            Slot::File { .. } => self.sessions.digest(id, crate::source::write::STATE_FILE)?,
+            _ => None,
+        };
+        fp.file_action = Some(match fp.replaces {
+            None => FileAction::Create,
+            Some(d) if d == new => FileAction::Unchanged,
+            Some(_) => FileAction::Replace,
+        });
+        fp.slot = Some(s);
+        Ok(fp)
     }
 
     /// Whether every planned row fits the table: NOT NULL columns, and the types of a
@@ -331,7 +376,7 @@ impl Legacy {
             };
             let nulls: Vec<&str> = exports
                 .iter()
-                .filter(|e| get(&e.values).is_none())
+                .filter(|e| default_values(e).is_some_and(|v| get(v).is_none()))
                 .map(|e| e.session.as_str())
                 .collect();
             if col.notnull && !nulls.is_empty() {
@@ -345,7 +390,11 @@ impl Legacy {
             if self.strict {
                 let bad: Vec<&str> = exports
                     .iter()
-                    .filter(|e| get(&e.values).is_some_and(|v| !v.fits_strict(&col.decl)))
+                    .filter(|e| {
+                        default_values(e)
+                            .and_then(get)
+                            .is_some_and(|v| !v.fits_strict(&col.decl))
+                    })
                     .map(|e| e.session.as_str())
                     .collect();
                 if !bad.is_empty() {
@@ -360,6 +409,23 @@ impl Legacy {
             }
         }
         out
+    }
+}
+
+/// A session's state file as planned ([`Legacy::file_plan`]).
+#[derive(Debug, Clone, Default)]
+pub struct FilePlan {
+    pub file: Option<PathBuf>,
+    pub file_action: Option<FileAction>,
+    pub slot: Option<Slot>,
+    pub replaces: Option<FileDigest>,
+}
+
+/// The eight columns of a default-shape export.
+fn default_values(e: &Export) -> Option<&RowValues> {
+    match &e.values {
+        RowData::Default(v) => Some(v),
+        RowData::Mapped(_) => None,
     }
 }
 
@@ -385,6 +451,31 @@ impl Value<'_> {
     }
 }
 
+/// Hash one value with its storage class.
+fn hash_value(h: &mut Sha256, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Null => h.update(b"n"),
+        ValueRef::Integer(v) => {
+            h.update(b"i");
+            h.update(v.to_le_bytes());
+        }
+        ValueRef::Real(v) => {
+            h.update(b"r");
+            h.update(v.to_bits().to_le_bytes());
+        }
+        ValueRef::Text(t) => {
+            h.update(b"t");
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t);
+        }
+        ValueRef::Blob(b) => {
+            h.update(b"b");
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+    }
+}
+
 /// The digest of a row as it is in the database: its eight columns, each with its
 /// storage class, so that what was written can be recognised later (`absent` when
 /// there is no such row).
@@ -398,33 +489,65 @@ pub fn row_digest(conn: &Connection, db: &Path, id: &str) -> Result<String> {
         .query_row([id], |r| {
             let mut h = Sha256::new();
             for i in 0..8 {
-                match r.get_ref(i)? {
-                    ValueRef::Null => h.update(b"n"),
-                    ValueRef::Integer(v) => {
-                        h.update(b"i");
-                        h.update(v.to_le_bytes());
-                    }
-                    ValueRef::Real(v) => {
-                        h.update(b"r");
-                        h.update(v.to_bits().to_le_bytes());
-                    }
-                    ValueRef::Text(t) => {
-                        h.update(b"t");
-                        h.update((t.len() as u64).to_le_bytes());
-                        h.update(t);
-                    }
-                    ValueRef::Blob(b) => {
-                        h.update(b"b");
-                        h.update((b.len() as u64).to_le_bytes());
-                        h.update(b);
-                    }
-                }
+                hash_value(&mut h, r.get_ref(i)?);
             }
             Ok(hex::encode(h.finalize()))
         })
         .optional()
         .map_err(|e| sqlite::map_err(db, e))?;
     Ok(d.unwrap_or_else(|| "absent".into()))
+}
+
+/// `"name"`, quoted for SQLite.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The digest of a row of a mapped store's table, found by its key: every column,
+/// each with its storage class (`absent` when there is no such row).
+pub fn mapped_digest(
+    conn: &Connection,
+    db: &Path,
+    table: &str,
+    key: &[(String, Sql)],
+) -> Result<String> {
+    let cond: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("{} = ?{}", quote(c), i + 1))
+        .collect();
+    let sql = format!(
+        "SELECT * FROM {} WHERE {}",
+        quote(table),
+        cond.join(" AND ")
+    );
+    let mut st = conn
+        .prepare_cached(&sql)
+        .map_err(|e| sqlite::map_err(db, e))?;
+    let n = st.column_count();
+    let d = st
+        .query_row(
+            rusqlite::params_from_iter(key.iter().map(|(_, v)| v)),
+            |r| {
+                let mut h = Sha256::new();
+                h.update(b"m");
+                for i in 0..n {
+                    hash_value(&mut h, r.get_ref(i)?);
+                }
+                Ok(hex::encode(h.finalize()))
+            },
+        )
+        .optional()
+        .map_err(|e| sqlite::map_err(db, e))?;
+    Ok(d.unwrap_or_else(|| "absent".into()))
+}
+
+/// The digest of an export's row as it is now (what the journal seals).
+fn digest_of(conn: &Connection, db: &Path, x: &Export) -> Result<String> {
+    match &x.values {
+        RowData::Default(_) => row_digest(conn, db, &x.session),
+        RowData::Mapped(m) => mapped_digest(conn, db, &m.table, &m.key),
+    }
 }
 
 /// Open the database read-write for the export (never created).
@@ -451,54 +574,57 @@ pub fn write_rows(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sqlite::map_err(db, e))?;
-    let refused = |id: &str, e: rusqlite::Error| match e.sqlite_error_code() {
+    let refused = |table: &str, id: &str, e: rusqlite::Error| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => Error::LegacyTableUnfit {
             message: format!(
-                "the legacy table {TABLE} in {} refused the row of session {id:?}: {e}; the transaction was rolled back, nothing was written",
+                "the legacy table {table} in {} refused the row {id:?}: {e}; the transaction was rolled back, nothing was written",
                 db.display()
             ),
         },
         _ => sqlite::map_err(db, e),
     };
     {
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO sessions (id, user_id, status, current_step, cost, created_at, updated_at, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(|e| sqlite::map_err(db, e))?;
-        let mut update = tx
-            .prepare(
-                "UPDATE sessions SET user_id = ?2, status = ?3, current_step = ?4, cost = ?5,
-                        created_at = ?6, updated_at = ?7, state = ?8 WHERE id = ?1",
-            )
-            .map_err(|e| sqlite::map_err(db, e))?;
-        for x in exports {
-            let v = &x.values;
-            let p = params![
-                x.session,
-                v.user_id,
-                v.status,
-                v.current_step,
-                v.cost,
-                v.created_at,
-                v.updated_at,
-                v.state
-            ];
-            let n = match x.row {
-                RowWrite::Insert => insert.execute(p),
-                RowWrite::Update => update.execute(p),
+        const INSERT: &str = "INSERT INTO sessions (id, user_id, status, current_step, cost, created_at, updated_at, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+        const UPDATE: &str =
+            "UPDATE sessions SET user_id = ?2, status = ?3, current_step = ?4, cost = ?5,
+                        created_at = ?6, updated_at = ?7, state = ?8 WHERE id = ?1";
+        for x in exports.iter().filter(|x| x.row != RowWrite::Unchanged) {
+            let n = match &x.values {
+                RowData::Default(v) => {
+                    let p = params![
+                        x.session,
+                        v.user_id,
+                        v.status,
+                        v.current_step,
+                        v.cost,
+                        v.created_at,
+                        v.updated_at,
+                        v.state
+                    ];
+                    // SPEC §1's statements, prepared once (a mapped store's table has
+                    // other columns: never prepared for it).
+                    tx.prepare_cached(match x.row {
+                        RowWrite::Update => UPDATE,
+                        _ => INSERT,
+                    })
+                    .and_then(|mut st| st.execute(p))
+                }
+                RowData::Mapped(m) => write_mapped(&tx, x.row, m),
             }
-            .map_err(|e| refused(&x.session, e))?;
+            .map_err(|e| refused(x.table.as_deref().unwrap_or(TABLE), &x.session, e))?;
             if n != 1 {
                 return Err(Error::ChangedDuringWrite {
                     message: format!(
-                        "session {:?}: its row in {} changed while rollback ran (expected to {} it); nothing was written: run rollback again",
+                        "{} {:?}: its row in {} changed while rollback ran (expected to {} it); nothing was written: run rollback again",
+                        x.table
+                            .as_deref()
+                            .map_or("session".to_owned(), |t| format!("table {t:?}, row")),
                         x.session,
                         db.display(),
                         match x.row {
-                            RowWrite::Insert => "insert",
                             RowWrite::Update => "update",
+                            _ => "insert",
                         }
                     ),
                 });
@@ -507,8 +633,53 @@ pub fn write_rows(
     }
     let digests = exports
         .iter()
-        .map(|x| row_digest(&tx, db, &x.session))
+        .filter(|x| x.row != RowWrite::Unchanged)
+        .map(|x| digest_of(&tx, db, x))
         .collect::<Result<Vec<_>>>()?;
     seal(digests)?;
     tx.commit().map_err(|e| sqlite::map_err(db, e))
+}
+
+/// Insert or update one row of a mapped store's table: every column given, the update
+/// found by its key.
+fn write_mapped(tx: &Connection, row: RowWrite, m: &MappedRow) -> rusqlite::Result<usize> {
+    let names = |cols: &[(String, Sql)]| cols.iter().map(|(c, _)| quote(c)).collect::<Vec<_>>();
+    match row {
+        RowWrite::Update => {
+            let set: Vec<String> = names(&m.cols)
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + 1))
+                .collect();
+            let cond: Vec<String> = names(&m.key)
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", m.cols.len() + i + 1))
+                .collect();
+            if set.is_empty() {
+                return Ok(1);
+            }
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {}",
+                quote(&m.table),
+                set.join(", "),
+                cond.join(" AND ")
+            );
+            tx.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(
+                m.cols.iter().chain(&m.key).map(|(_, v)| v),
+            ))
+        }
+        _ => {
+            let cols = names(&m.cols);
+            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                quote(&m.table),
+                cols.join(", "),
+                marks.join(", ")
+            );
+            tx.prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(m.cols.iter().map(|(_, v)| v)))
+        }
+    }
 }
