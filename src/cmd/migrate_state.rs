@@ -241,7 +241,8 @@ pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
         return app::run(ctx, r, d);
     }
     let lock = Guard::take(&r.target, &r.schema, &r.run_id, args.dry.dry_run)?;
-    let mut client = pg::connect_writer(&r.target, &r.lock_timeout)?;
+    let mut client =
+        pg::connect_writer(&r.target, &r.lock_timeout, r.cfg.postgres.toast_compression)?;
     let plan = plan(ctx, &r, &mut client, d)?;
     if args.dry.dry_run {
         show(ctx, &r, &plan, d);
@@ -580,7 +581,9 @@ fn load(
     };
     let result = if plan.classifier.target_empty {
         let jobs = (0..r.args.jobs)
-            .map(|_| pg::connect_writer(&r.target, &r.lock_timeout))
+            .map(|_| {
+                pg::connect_writer(&r.target, &r.lock_timeout, r.cfg.postgres.toast_compression)
+            })
             .collect::<Result<Vec<_>>>()?;
         load_fresh(&lc, jobs, feed, &mut out, &mut progress)
     } else {

@@ -24,7 +24,7 @@ pub use lock::{WriterLock, lock_key};
 
 use postgres::Client;
 
-use crate::config::Target;
+use crate::config::{Target, ToastCompression};
 use crate::error::{Error, Result};
 
 /// Connect to the target, over TLS as its `sslmode` says. Every error names the
@@ -37,13 +37,33 @@ pub fn connect(t: &Target) -> Result<Client> {
 /// A connection whose waits for row and table locks are bounded by `lock_timeout`
 /// (`30s` unless `SESSIONDB_LOCK_TIMEOUT` says): a writer fails with `lock_timeout`
 /// rather than wait behind the application for ever.
-pub fn connect_writer(t: &Target, lock_timeout: &str) -> Result<Client> {
+///
+/// Large values it writes are compressed as `toast` says (`postgres.toast_compression`,
+/// lz4 unless the config says otherwise): a server that cannot (before PostgreSQL 14, or
+/// built without lz4) keeps its own `default_toast_compression`, said once on stderr.
+pub fn connect_writer(t: &Target, lock_timeout: &str, toast: ToastCompression) -> Result<Client> {
     let mut c = connect(t)?;
     c.execute(
         "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
         &[&lock_timeout],
     )
     .map_err(|e| Error::pg("setting lock_timeout", &t.display, e))?;
+    if let Some(method) = toast.setting() {
+        let set = c.execute(
+            "SELECT pg_catalog.set_config('default_toast_compression', $1, false)",
+            &[&method],
+        );
+        if let Err(e) = set {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "postgres.toast_compression = {method:?} is not available on this server ({}): \
+                     the server's own default_toast_compression is used",
+                    crate::redact::text(&crate::error::error_chain(&e))
+                )
+            });
+        }
+    }
     Ok(c)
 }
 

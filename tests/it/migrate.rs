@@ -419,3 +419,44 @@ fn a_catch_up_uses_the_backup_of_the_store_as_it_is_and_takes_one_when_there_is_
     assert!(r.has_warning("backup_stale"), "{}", r.stdout);
     assert_eq!(r.count("updated"), 0);
 }
+
+#[test]
+fn large_states_are_compressed_as_postgres_toast_compression_says() {
+    // lz4 by default (the server here is PostgreSQL 15 with lz4), pglz when the config
+    // says so; either way the state reads back the same.
+    let compression = |db: &TestDb| -> Vec<String> {
+        db.client()
+            .query(
+                "SELECT DISTINCT pg_column_compression(state) FROM session_state WHERE pg_column_compression(state) IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    for (extra, want) in [
+        ("", "lz4"),
+        ("[postgres]\ntoast_compression = \"pglz\"\n", "pglz"),
+    ] {
+        let s = Store::new();
+        s.write_config("sqlite", extra);
+        s.bulk(20, 8000);
+        let db = TestDb::new(&format!("toast_{want}"));
+        migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
+        assert_eq!(compression(&db), [want], "config {extra:?}");
+        let pad: String = db
+            .client()
+            .query_one(
+                "SELECT state->>'pad' FROM session_state WHERE session_id = 'k0000003'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(pad, "p".repeat(8000 - 40));
+        sessiondb(&["verify"])
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+            .expect(exit::OK);
+    }
+}

@@ -302,7 +302,11 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
     let (cfg, target_cfg) = (&r.cfg, &r.target);
     let (schema_name, run_id, run_uuid) = (&r.schema, &r.run_id, r.run_uuid);
     let mut lock = Guard::take(target_cfg, schema_name, run_id, args.dry.dry_run)?;
-    let mut c = pg::connect_writer(target_cfg, &r.lock_timeout)?;
+    let mut c = pg::connect_writer(
+        target_cfg,
+        &r.lock_timeout,
+        r.cfg.postgres.toast_compression,
+    )?;
     // The plan.
     let status = schema::status(&mut c, schema_name)?;
     if let Some(p) = status.problems() {
