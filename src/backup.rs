@@ -378,7 +378,9 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         tracing::info!("copying {} (online backup)", s.path.display());
         let dest = dir.join(SQLITE_COPY);
         mkdirs(dest.parent().expect("a file in a folder"))?;
+        let spin = crate::progress::Phase::spinner("backup-database");
         rows_before = Some(copy_sqlite(&s.path, &dest)?);
+        spin.finish();
         files.push(hash_file(&dir, Path::new(SQLITE_COPY))?);
     }
 
@@ -394,7 +396,14 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let mut sessions = Sink::create(&dir, Path::new(SESSIONS_JSONL))?;
     let mut invalid = Sink::create(&dir, Path::new(INVALID_JSONL))?;
     let mut invalid_findings = Vec::new();
-    let summary = copy_source.open()?.scan(SCAN_BATCH, |items| {
+    let reader = copy_source.open()?;
+    let phase = crate::progress::Phase::bar(
+        "backup-sessions",
+        reader.estimate()?,
+        crate::progress::Unit::Sessions,
+    );
+    let summary = reader.scan(SCAN_BATCH, |items| {
+        phase.inc(items.len() as u64);
         for item in items {
             match item {
                 Item::Session(s) => sessions.line(&session_line(&s))?,
@@ -411,6 +420,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         }
         Ok(())
     })?;
+    phase.finish();
     files.push(sessions.finish()?);
     files.push(invalid.finish()?);
     counts.sessions = summary.sessions;
@@ -423,7 +433,11 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let mut unreadable = Vec::new();
     if let Some(s) = &src.sqlite {
         tracing::info!("copying state files from {}", s.sessions_dir.display());
+        let phase = crate::progress::Phase::counter("backup-files", crate::progress::Unit::Files);
         walk_sessions(&s.sessions_dir, opts.include_uploads, |found| {
+            if matches!(found, Found::File { .. }) {
+                phase.inc(1);
+            }
             match found {
                 Found::Dir { rel } => mkdirs(&dir.join(STATE_DIR).join(rel))?,
                 Found::File {
@@ -462,6 +476,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
             }
             Ok(())
         })?;
+        phase.finish();
     }
     for s in &skipped_symlinks {
         warnings.push(
@@ -1563,7 +1578,9 @@ fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
     })?;
     let mut chunk: Vec<FileEntry> = Vec::with_capacity(CHECK_CHUNK);
     let mut sqlite_sound = false;
+    let phase = crate::progress::Phase::counter("backup-check", crate::progress::Unit::Files);
     let mut run_chunk = |out: &mut Checked, chunk: &mut Vec<FileEntry>| {
+        phase.inc(chunk.len() as u64);
         use rayon::prelude::*;
         let results: Vec<std::result::Result<(), Problem>> = chunk
             .par_iter()
@@ -1588,6 +1605,7 @@ fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
         }
     });
     run_chunk(&mut out, &mut chunk);
+    phase.finish();
     let head = match streamed {
         Ok(h) => h,
         Err(Error::Unreadable { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -1732,11 +1750,22 @@ fn check_file(path: &Path, f: &FileEntry) -> std::result::Result<(), Problem> {
 
 /// The self-check's half of [`check`]: every file written matches what was recorded.
 fn check_files(dir: &Path, files: &[FileEntry]) -> Vec<String> {
-    files
+    let phase = crate::progress::Phase::bar(
+        "backup-self-check",
+        files.iter().map(|f| f.bytes).sum(),
+        crate::progress::Unit::Bytes,
+    );
+    let problems = files
         .iter()
-        .filter_map(|f| check_file(&dir.join(f.rel_path()), f).err())
+        .filter_map(|f| {
+            let r = check_file(&dir.join(f.rel_path()), f).err();
+            phase.inc(f.bytes);
+            r
+        })
         .map(|p| p.message)
-        .collect()
+        .collect();
+    phase.finish();
+    problems
 }
 
 /// Read `dir`'s manifest once, as a stream: each listed file goes to `each` as it is

@@ -14,6 +14,7 @@ use crate::backup::{self, BackupResult, Options, Skipped};
 use crate::config::Config;
 use crate::driver::{Common, Ctx, Step};
 use crate::error::Result;
+use crate::progress::human_bytes;
 use crate::report::{CheckStatus, Finding, lossy_opt_path};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -67,6 +68,7 @@ pub struct ManifestSummary {
 
 impl Step for Args {
     const NAME: &'static str = "backup";
+    const ABOUT: &'static str = "Copy the legacy store (SQLite database, state files, JSON store, config) into a new, self-checked backup folder under backup.dir; writes only there (--dry-run: nothing).";
     type Details = Details;
     crate::step_flags!();
     fn dry_run(&self) -> Option<bool> {
@@ -104,19 +106,20 @@ pub fn run(ctx: &mut Ctx, opts: &Options, dry_run: bool, d: &mut Details) -> Res
 /// estimate is rough and the copy is checked as it is written).
 fn check_space(ctx: &mut Ctx, cfg: &Config, plan: &backup::Plan) {
     tracing::info!(
-        "backup of about {} bytes into {} ({} free)",
-        plan.estimated_bytes,
+        "backup of about {} into {} ({} free)",
+        human_bytes(plan.estimated_bytes),
         cfg.backup_dir.display(),
         plan.available
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+            .map_or_else(|| "unknown".to_owned(), human_bytes)
     );
     let short = plan.available.filter(|&a| a < plan.estimated_bytes);
     let (status, summary) = match short {
         Some(a) => {
             let msg = format!(
-                "{} has {a} bytes free; the backup is estimated at {} bytes",
+                "{} has {} free; the backup is estimated at {}",
                 cfg.backup_dir.display(),
-                plan.estimated_bytes
+                human_bytes(a),
+                human_bytes(plan.estimated_bytes)
             );
             ctx.report
                 .warn(Finding::new("low_disk_space", msg.clone()).path(&cfg.backup_dir));
@@ -124,7 +127,7 @@ fn check_space(ctx: &mut Ctx, cfg: &Config, plan: &backup::Plan) {
         }
         None => (
             CheckStatus::Pass,
-            format!("about {} bytes to write", plan.estimated_bytes),
+            format!("about {} to write", human_bytes(plan.estimated_bytes)),
         ),
     };
     ctx.report.check(

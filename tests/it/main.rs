@@ -14,6 +14,7 @@ mod fixture;
 mod hijack;
 mod init;
 mod migrate;
+mod operator;
 mod preflight;
 mod quarantine;
 mod resume;
