@@ -285,13 +285,14 @@ fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressB
             let count = if u == Unit::Bytes {
                 "{decimal_bytes} {decimal_bytes_per_sec}".to_owned()
             } else {
-                format!("{{pos}} {} {{per_sec}}", u.name())
+                format!("{{pos}} {} {{rate}}", u.name())
             };
             b.set_style(
                 ProgressStyle::with_template(&format!(
                     "{{spinner}} {{prefix}} {count} {{elapsed}}"
                 ))
-                .expect("a valid template"),
+                .expect("a valid template")
+                .with_key("rate", rate),
             );
             b.enable_steady_tick(Duration::from_millis(120));
             b
@@ -320,10 +321,11 @@ fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressB
             let b = ProgressBar::with_draw_target(Some(total), target);
             b.set_style(
                 ProgressStyle::with_template(&format!(
-                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {} {{per_sec}} {{elapsed}} (ETA {{eta}})",
+                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {} {{rate}} {{elapsed}} (ETA {{eta}})",
                     u.name()
                 ))
                 .expect("a valid template")
+                .with_key("rate", rate)
                 .progress_chars("=> "),
             );
             b
@@ -331,6 +333,11 @@ fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressB
     };
     bar.set_prefix(name);
     bar
+}
+
+/// `{rate}`: whole items a second (indicatif's `{per_sec}` shows four decimals).
+fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:.0}/s", state.per_sec());
 }
 
 #[cfg(test)]

@@ -86,11 +86,11 @@ impl Step for Args {
             config_path.display()
         ));
         tracing::info!(
-            "wrote {} sessions, {} state files, {} bytes (mean state {} bytes)",
+            "wrote {} sessions, {} state files, {} (mean state {})",
             sum.sessions,
             sum.state_files,
-            sum.bytes.total,
-            sum.bytes.state_mean
+            crate::progress::human_bytes(sum.bytes.total),
+            crate::progress::human_bytes(sum.bytes.state_mean)
         );
         *d = Details::Default(Box::new(sum));
         Ok(())
@@ -127,13 +127,13 @@ fn run_app(ctx: &mut Ctx, opts: &fixture::Options, d: &mut Details) -> Result<()
         config_path.display()
     ));
     tracing::info!(
-        "wrote {} sessions of {} users ({} soft-deleted, {} without a cost), {} state files, {} bytes",
+        "wrote {} sessions of {} users ({} soft-deleted, {} without a cost), {} state files, {}",
         sum.sessions,
         sum.users,
         sum.deleted,
         sum.null_costs,
         sum.state_files,
-        sum.bytes.total
+        crate::progress::human_bytes(sum.bytes.total)
     );
     *d = Details::App(Box::new(sum));
     Ok(())

@@ -362,8 +362,8 @@ fn report_plan(
         "plan",
         plan_status,
         format!(
-            "{} sessions: {} to insert, {} to update, {} unchanged, {} in conflict, {} invalid; {} bytes of state, about {:.0}s to load",
-            counts.sessions, counts.inserted, counts.updated, counts.unchanged, counts.conflicts, counts.invalid, counts.bytes, est_secs
+            "{} sessions: {} to insert, {} to update, {} unchanged, {} in conflict, {} invalid; {} of state, about {:.0}s to load",
+            counts.sessions, counts.inserted, counts.updated, counts.unchanged, counts.conflicts, counts.invalid, human_bytes(counts.bytes), est_secs
         ),
         json!({
             "counts": counts,
