@@ -432,7 +432,7 @@ impl Reader {
         // Stage 3: state files with no metadata anywhere. A catch-up scan (`known`) skips
         // it: orphans are named by full scans (preflight, check, a first load, verify).
         if let (Some(s), None) = (&source.sqlite, known) {
-            scan.orphans(s)?;
+            scan.orphans(s, source.json_path.is_some())?;
         }
         Ok(scan.summary)
     }
@@ -654,7 +654,9 @@ impl<'k> Scan<'k> {
 
     /// Stage 3: the state files of the sessions folder with no metadata in SQLite or
     /// the JSON store, each an `orphan_state_file` warning (not migrated, not deleted).
-    fn orphans(&mut self, s: &crate::config::SqliteSource) -> Result<()> {
+    /// State files with no metadata: in SQLite or the JSON store when `json_read`, else
+    /// in SQLite alone (`check` of the sqlite backend reads no JSON store, and says so).
+    fn orphans(&mut self, s: &crate::config::SqliteSource, json_read: bool) -> Result<()> {
         let dir = &s.sessions_dir;
         let unreadable = |e| Error::Unreadable {
             path: dir.clone(),
@@ -691,10 +693,17 @@ impl<'k> Scan<'k> {
             self.summary.warnings.push(
                 Finding::new(
                     "orphan_state_file",
-                    format!(
-                        "{} has no metadata in SQLite or the JSON store: not migrated, not deleted",
-                        state.display()
-                    ),
+                    if json_read {
+                        format!(
+                            "{} has no metadata in SQLite or the JSON store: not migrated, not deleted",
+                            crate::term::path(&state)
+                        )
+                    } else {
+                        format!(
+                            "{} has no row in SQLite (the JSON store, not read by this check, may hold its metadata: `check --backend json` reads it)",
+                            crate::term::path(&state)
+                        )
+                    },
                 )
                 .session(name)
                 .path(&state),

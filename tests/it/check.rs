@@ -247,3 +247,32 @@ fn a_read_only_role_fails_postgres_permissions_in_check_as_in_preflight() {
         assert_eq!(e.message, c.summary);
     }
 }
+
+#[test]
+fn check_of_the_sqlite_backend_does_not_claim_it_read_the_json_store() {
+    // A session only the JSON store has: its state file has no SQLite row. check of the
+    // sqlite backend reads no JSON store, so it must not say "no metadata in SQLite or
+    // the JSON store" about it; preflight, which reads both, does not warn at all.
+    let s = Store::new();
+    s.session("in-sqlite", r#"{"a": 1}"#);
+    s.state_file("json-only", br#"{"b": 2}"#);
+    s.json_store(r#"{"version": 1, "sessions": [{"id": "json-only", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}]}"#);
+    let r = sessiondb(&["check"]).config(&s.config).expect(exit::OK);
+    let w = r
+        .report
+        .warnings
+        .iter()
+        .find(|w| w.code == "orphan_state_file")
+        .unwrap_or_else(|| panic!("check names the state file without a row: {}", r.stdout));
+    assert!(
+        w.message.contains("not read by this check") && !w.message.contains("or the JSON store:"),
+        "{}",
+        w.message
+    );
+    let db = TestDb::new("check_json_only");
+    let p = sessiondb(&["preflight"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .run();
+    assert!(!p.has_warning("orphan_state_file"), "{}", p.stdout);
+}
