@@ -455,7 +455,10 @@ pub fn usage_error(step: &str, e: clap::Error) -> i32 {
         first = format!("{first}: {h}");
     }
     report.errors.push(Finding::new("usage", first));
-    report.next_steps = crate::error::next_steps_for("usage");
+    report.next_steps = crate::error::next_steps_for("usage")
+        .into_iter()
+        .map(|s| s.replace("sessiondb <step>", &format!("sessiondb {step}")))
+        .collect();
     if let Some(h) = hint {
         report.next_steps.insert(0, h);
     }
