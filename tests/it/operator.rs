@@ -580,3 +580,36 @@ fn a_first_load_reports_sizes_for_people_absolute_artifacts_and_no_empty_side_fi
     assert!(!reports.join("verify-differences.jsonl").exists());
     assert!(!reports.join("migrate-state-skipped.jsonl").exists());
 }
+
+#[test]
+fn rollback_and_init_log_their_phases_too() {
+    let s = Store::new();
+    for i in 0..6 {
+        s.session(&format!("s{i}"), &format!("{{\"legacy\": {i}}}"));
+    }
+    let db = TestDb::new("op_rollback_phases");
+    let run = |args: &[&str]| {
+        sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+    };
+    run(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    run(&["verify"]).expect(exit::OK);
+    run(&["set-default", "--dry-run=false"]).expect(exit::OK);
+    // The application, on PostgreSQL, changes three sessions.
+    db.client()
+        .batch_execute(
+            "UPDATE session_state SET state = state || '{\"pg\": 1}' WHERE session_id IN ('s0', 's1', 's2')",
+        )
+        .unwrap();
+    let r = run(&["rollback", "--dry-run=false"]).expect(exit::OK);
+    timed(&r.stderr, "rollback-read");
+    counted(&r.stderr, "rollback-export", 3, "sessions");
+
+    // init reads the table and counts the state files of its rows.
+    let r = sessiondb(&["init", "--print", "--sqlite", s.db.to_str().unwrap()])
+        .cwd(s.root())
+        .expect(exit::OK);
+    timed(&r.stderr, "init-scan");
+    counted(&r.stderr, "init-state-files", 6, "rows");
+}
