@@ -475,7 +475,9 @@ impl<'a> Taking<'a> {
         tracing::info!("copying {} (online backup)", s.path.display());
         let dest = self.dir.join(SQLITE_COPY);
         mkdirs(dest.parent().expect("a file in a folder"))?;
+        let spin = crate::progress::Phase::spinner("backup-database");
         let rows = sqlite_copy::copy_sqlite(&s.path, &dest, &self.cfg.app.table)?;
+        spin.finish();
         let (bytes, sha) = check::sha256_file(&dest).map_err(|e| Error::read(&dest, e))?;
         self.early
             .push(FileEntry::new(Path::new(SQLITE_COPY), bytes, sha));
@@ -534,7 +536,14 @@ impl<'a> Taking<'a> {
         };
         tracing::info!("copying state files from {}", s.sessions_dir.display());
         let walker = Walker::open(&s.sessions_dir, self.opts.include_uploads)?;
-        walker.walk(|chunk| self.copy_chunk(&walker, chunk))?;
+        let phase = crate::progress::Phase::counter("backup-files", crate::progress::Unit::Files);
+        walker.walk(|chunk| {
+            let files = chunk.iter().filter(|f| matches!(f, Found::File(_))).count();
+            let r = self.copy_chunk(&walker, chunk);
+            phase.inc(files as u64);
+            r
+        })?;
+        phase.finish();
         self.warn_skipped();
         Ok(())
     }
@@ -797,20 +806,30 @@ impl<'a> Taking<'a> {
             "self-check: re-reading the {} files this backup wrote",
             self.sharing.files_copied + self.early.len() as u64
         );
-        let mut problems = check::check_written(&self.dir, &self.early);
+        let phase = crate::progress::Phase::bar(
+            "backup-self-check",
+            self.early.iter().map(|f| f.bytes).sum::<u64>() + self.sharing.bytes_copied,
+            crate::progress::Unit::Bytes,
+        );
+        let checked = |files: &[FileEntry]| {
+            let problems = check::check_written(&self.dir, files);
+            phase.inc(files.iter().map(|f| f.bytes).sum());
+            problems
+        };
+        let mut problems = checked(&self.early);
         let mut fresh = Vec::with_capacity(4096);
-        let dir = self.dir.clone();
         manifest::read_spool(&spool, &mut |e| {
             if !e.shared {
                 fresh.push(e);
             }
             if fresh.len() >= 4096 {
-                problems.extend(check::check_written(&dir, &fresh));
+                problems.extend(checked(&fresh));
                 fresh.clear();
             }
             Ok(())
         })?;
-        problems.extend(check::check_written(&self.dir, &fresh));
+        problems.extend(checked(&fresh));
+        phase.finish();
         let mut sqlite_rows = 0;
         if let Some(before) = rows_before {
             match sqlite_copy::check_sqlite_copy(
@@ -1238,19 +1257,4 @@ fn sync_filesystem(dir: &Path) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// `bytes` for people, in powers of 1024: `1023 bytes`, `778.0 MiB`, `1.4 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }

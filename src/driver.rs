@@ -16,7 +16,8 @@ use crate::redact;
 use crate::report::{self, Finding, Report};
 use crate::term;
 
-/// Flags every step takes, defined once and flattened into each command's `Args`.
+// The flags every step takes (flattened into each command's flags). Plain comments
+// here, not doc comments: clap would show a struct's doc as the step's own help.
 #[derive(Debug, Clone, Args, Default)]
 pub struct Common {
     /// The config file (else $SESSIONDB_CONFIG, else ./sessiondb.toml).
@@ -33,8 +34,8 @@ pub struct Common {
     pub quiet: bool,
 }
 
-/// `--dry-run`, `--dry-run=true`, `--dry-run=false`. Dry run is the default; a bare
-/// `--dry-run false` is a usage error, never a silent real or dry run.
+// `--dry-run`, `--dry-run=true`, `--dry-run=false`. Dry run is the default; a bare
+// `--dry-run false` is a usage error (with a hint), never a silent real or dry run.
 #[derive(Debug, Clone, Args)]
 pub struct DryRun {
     /// Say what would be done without doing it (the default); --dry-run=false to act.
@@ -53,6 +54,8 @@ pub struct DryRun {
 /// One step of the toolkit: its flags, its report's details, and its driver.
 pub trait Step: Args {
     const NAME: &'static str;
+    /// The first line of the step's `--help`: what it does, and whether it writes.
+    const ABOUT: &'static str;
     /// The step's own part of the report: `details` (SPEC §5), filled as the step goes
     /// and folded into the envelope when it ends, whether it succeeded or not.
     type Details: serde::Serialize + Default;
@@ -202,6 +205,7 @@ pub fn run_step<S: Step>(step: &S) -> i32 {
 /// `migrate to postgres` nests the reports of its steps).
 pub fn execute<S: Step>(step: &S, env: Env) -> Report {
     let mut ctx = Ctx::new(S::NAME, step.common().clone(), env);
+    crate::progress::set_quiet(step.common().quiet);
     ctx.report.dry_run = step.dry_run();
     if step.dry_run() == Some(true) {
         tracing::info!(
@@ -218,13 +222,40 @@ pub fn execute<S: Step>(step: &S, env: Env) -> Report {
         Ok(Err(e)) => Some(e),
         Err(panic) => Some(Error::panicked(panic.as_ref())),
     };
-    let error_exit = error.map(|e| {
+    let mut seen: Vec<String> = error.iter().map(|e| e.code().to_owned()).collect();
+    let mut error_exit = error.map(|e| {
         ctx.report.errors.push(e.finding());
+        for s in e.next_steps() {
+            if !ctx.report.next_steps.contains(&s) {
+                ctx.report.next_steps.push(s);
+            }
+        }
         if e.exit_code() == crate::exit::PROBLEMS {
             ctx.problems = true;
         }
         e.exit_code()
     });
+    // An error a step reported as a finding (preflight and check go on after a failed
+    // connection) gets its way out too; a refused login ends every step with exit 3.
+    for code in ctx
+        .report
+        .errors
+        .iter()
+        .map(|f| f.code.clone())
+        .collect::<Vec<_>>()
+    {
+        if seen.contains(&code) {
+            continue;
+        }
+        if code == "auth_failed" && error_exit.is_none() {
+            error_exit = Some(crate::exit::OPERATIONAL);
+        }
+        let steps = crate::error::next_steps_for(&code);
+        if !steps.iter().any(|s| ctx.report.next_steps.contains(s)) {
+            ctx.report.next_steps.extend(steps);
+        }
+        seen.push(code);
+    }
     ctx.report.set_details(&details);
     ctx.refresh_drift();
     let problems = ctx.problems;
@@ -253,6 +284,9 @@ fn finish(report: &mut Report, common: &Common) -> i32 {
     report.exit_code
 }
 
+/// How many warning codes the summary shows, one line each.
+const SUMMARY_CODES: usize = 10;
+
 /// A short human summary for stderr. Every field is [`term::escape`]d: the summary's
 /// lines are the tool's, and no id or file name in a message can colour the terminal
 /// or add a line of its own.
@@ -276,7 +310,14 @@ pub fn summary(r: &Report) -> String {
         let counts: Vec<String> = r
             .counts
             .iter()
-            .map(|(k, v)| format!("{}={v}", e(k)))
+            .map(|(k, v)| match k.as_str() {
+                // Sizes for people; the report keeps the exact bytes.
+                "bytes" => format!(
+                    "bytes={}",
+                    crate::progress::human_bytes(*v).replace(' ', "")
+                ),
+                _ => format!("{}={v}", e(k)),
+            })
             .collect();
         out.push_str(&format!("\n  counts: {}", counts.join(" ")));
     }
@@ -289,13 +330,35 @@ pub fn summary(r: &Report) -> String {
     for f in &r.errors {
         out.push_str(&format!("\n  error {}: {}", e(&f.code), e(&f.message)));
     }
-    for w in r.warnings.iter().take(10) {
-        out.push_str(&format!("\n  warning {}: {}", e(&w.code), e(&w.message)));
+    // One line per code, in the order the codes first came, with how many there were:
+    // the report keeps every one.
+    let mut codes: Vec<(&str, u64, &Finding)> = Vec::new();
+    for w in &r.warnings {
+        if w.code == "warnings_truncated" && r.has_unlisted() {
+            continue;
+        }
+        match codes.iter_mut().find(|(c, _, _)| *c == w.code) {
+            Some((_, n, _)) => *n += 1,
+            None => codes.push((&w.code, 1, w)),
+        }
     }
-    if r.warnings.len() > 10 {
+    for (code, n, first) in codes.iter().take(SUMMARY_CODES) {
+        let n = n + r.unlisted(code);
+        if n == 1 {
+            out.push_str(&format!("\n  warning {}: {}", e(code), e(&first.message)));
+        } else {
+            out.push_str(&format!(
+                "\n  warning {} ({n} times): {}; the other {} are in the report",
+                e(code),
+                e(&first.message),
+                n - 1
+            ));
+        }
+    }
+    if codes.len() > SUMMARY_CODES {
         out.push_str(&format!(
-            "\n  ... and {} more warnings in the report",
-            r.warnings.len() - 10
+            "\n  ... and warnings of {} more codes in the report",
+            codes.len() - SUMMARY_CODES
         ));
     }
     for s in &r.next_steps {
@@ -313,7 +376,8 @@ struct RedactingStderr;
 impl Write for RedactingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = redact::known_secrets(&String::from_utf8_lossy(buf));
-        std::io::stderr().write_all(term::escape_line(&text).as_bytes())?;
+        let line = term::escape_line(&text);
+        crate::progress::suspend(|| std::io::stderr().write_all(line.as_bytes()))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -342,12 +406,23 @@ pub fn init_tracing(quiet: bool) {
 
 /// Parse a single-step binary's flags (the binary's name is the step's).
 pub fn binary<S: Step>() -> ExitCode {
-    let cmd = S::augment_args(clap::Command::new(S::NAME).version(env!("CARGO_PKG_VERSION")));
+    let cmd = S::augment_args(clap::Command::new(S::NAME).version(env!("CARGO_PKG_VERSION")))
+        .about(S::ABOUT);
     let parsed = cmd.try_get_matches().and_then(|m| S::from_arg_matches(&m));
     match parsed {
         Ok(step) => exit_code(run_step(&step)),
         Err(e) => exit_code(usage_error(S::NAME, e)),
     }
+}
+
+/// The hint for a flag given its value after a space: `--dry-run false` parses as
+/// `--dry-run` and a stray `false`.
+fn spaced_value_hint(args: &[String]) -> Option<String> {
+    args.windows(2).find_map(|w| {
+        let value = w[1].to_ascii_lowercase();
+        (w[0] == "--dry-run" && (value == "true" || value == "false"))
+            .then(|| format!("did you mean --dry-run={value}? (the value needs an `=`)"))
+    })
 }
 
 /// A usage error: clap's message on stderr, and still one report on stdout.
@@ -363,15 +438,30 @@ pub fn usage_error(step: &str, e: clap::Error) -> i32 {
         return crate::exit::OK;
     }
     let _ = e.print();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hint = spaced_value_hint(&args);
+    if let Some(h) = &hint {
+        let _ = writeln!(std::io::stderr(), "hint: {h}");
+    }
     let mut report = Report::new(step, &uuid::Uuid::new_v4().to_string());
     let msg = e.render().to_string();
-    let first = msg
+    let mut first = msg
         .lines()
         .next()
         .unwrap_or("invalid arguments")
         .trim_start_matches("error: ")
         .to_owned();
+    if let Some(h) = &hint {
+        first = format!("{first}: {h}");
+    }
     report.errors.push(Finding::new("usage", first));
+    report.next_steps = crate::error::next_steps_for("usage")
+        .into_iter()
+        .map(|s| s.replace("sessiondb <step>", &format!("sessiondb {step}")))
+        .collect();
+    if let Some(h) = hint {
+        report.next_steps.insert(0, h);
+    }
     report.finish(Some(crate::exit::USAGE), false, Instant::now());
     let common = Common::default();
     let _ = report::emit(&report, common.report_file.as_deref(), None);
@@ -380,4 +470,43 @@ pub fn usage_error(step: &str, e: clap::Error) -> i32 {
 
 pub fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_folds_warnings_of_one_code_and_the_report_keeps_them_all() {
+        let mut r = Report::new("migrate-state", "run");
+        for i in 0..crate::report::INLINE_LIMIT + 150 {
+            r.warn(Finding::new(
+                "state_conflict",
+                format!("session s{i}: the JSON store differs"),
+            ));
+        }
+        r.warn(Finding::new("backend_drift", "drift"));
+        r.finish(None, false, Instant::now());
+        let text = summary(&r.redacted());
+        let conflict: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("state_conflict"))
+            .collect();
+        assert_eq!(conflict.len(), 1, "{text}");
+        assert!(
+            conflict[0].contains("warning state_conflict (250 times): session s0:")
+                && conflict[0].ends_with("the other 249 are in the report"),
+            "{text}"
+        );
+        assert!(text.contains("\n  warning backend_drift: drift"), "{text}");
+        assert!(!text.contains("warnings_truncated"), "{text}");
+        // The report lists them (up to its inline limit) and counts the rest.
+        let listed = r
+            .warnings
+            .iter()
+            .filter(|w| w.code == "state_conflict")
+            .count();
+        assert_eq!(listed, crate::report::INLINE_LIMIT);
+        assert!(r.warnings.iter().any(|w| w.code == "warnings_truncated"));
+    }
 }

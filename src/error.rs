@@ -16,7 +16,11 @@ pub enum Error {
     #[error("{step} is not implemented yet")]
     NotImplemented { step: &'static str },
 
-    #[error("config file not found: {path} ({how})")]
+    #[error(
+        "config file not found: {} ({how}; the working folder is {}). A step reads --config PATH, else $SESSIONDB_CONFIG, else ./sessiondb.toml in the working folder; `sessiondb init` writes one for an existing store",
+        absolute(path).display(),
+        working_folder()
+    )]
     ConfigNotFound { path: PathBuf, how: String },
 
     #[error("config file {path} is invalid: {message}")]
@@ -30,12 +34,19 @@ pub enum Error {
     )]
     NoTarget { url_env: String, config: String },
 
-    #[error("postgres_unreachable: cannot connect to {target}: {message}")]
+    #[error("cannot connect to {target}: {message}")]
     PostgresUnreachable { target: String, message: String },
+
+    /// PostgreSQL refused the login (SQLSTATE 28P01 invalid_password, 28000
+    /// invalid_authorization_specification: a wrong password or user, or pg_hba.conf).
+    #[error(
+        "authentication failed for {target}: {message}; check the user and password of the URL (or the libpq PG* variables) and pg_hba.conf"
+    )]
+    AuthFailed { target: String, message: String },
 
     /// The TLS handshake failed, or the server does not speak TLS under an `sslmode`
     /// that needs it. `reason` says why in plain words.
-    #[error("tls_failed: cannot connect to {target} over TLS (sslmode={sslmode}{}): {reason}", root_cert.as_ref().map(|p| format!(", sslrootcert {}", p.display())).unwrap_or_default())]
+    #[error("cannot connect to {target} over TLS (sslmode={sslmode}{}): {reason}", root_cert.as_ref().map(|p| format!(", sslrootcert {}", p.display())).unwrap_or_default())]
     TlsFailed {
         target: String,
         sslmode: String,
@@ -49,8 +60,10 @@ pub enum Error {
     #[error("database error while {context}: {message}")]
     Database { context: String, message: String },
 
-    #[error("lock held: another sessiondb writer is running ({holder})")]
-    LockHeld { holder: String },
+    /// The writers' lock is held. `pid` is the PostgreSQL backend pid of the session that
+    /// holds it, when known (a rollback journal's file lock has none).
+    #[error("{}", lock_held_message(holder, *pid))]
+    LockHeld { holder: String, pid: Option<i32> },
 
     #[error("cannot read {path}: {source}")]
     Unreadable {
@@ -75,7 +88,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("not enough disk space in {path}: need {need} bytes, {available} available")]
+    #[error(
+        "not enough disk space in {path}: need {}, {} available",
+        crate::progress::human_bytes(*need),
+        crate::progress::human_bytes(*available)
+    )]
     DiskSpace {
         path: PathBuf,
         need: u64,
@@ -216,10 +233,10 @@ pub enum Error {
     #[error("backup {dir} failed its self-check (it keeps its INCOMPLETE marker): {message}")]
     BackupSelfCheck { dir: PathBuf, message: String },
 
-    #[error("lock_timeout while {context}: {message}")]
+    #[error("a lock wait timed out while {context}: {message}")]
     LockTimeout { context: String, message: String },
 
-    #[error("statement_timeout while {context}: {message}")]
+    #[error("a statement timed out while {context}: {message}")]
     StatementTimeout { context: String, message: String },
 
     /// A config that maps the application's own schema (SPEC §9), given to a step that
@@ -249,7 +266,7 @@ pub enum Error {
 
     /// The target cannot hold the source as it is (SPEC §9): names the table, the
     /// column and the fix.
-    #[error("schema_mismatch: {table}{}: {message}; fix: {fix}", column.as_ref().map(|c| format!(".{c}")).unwrap_or_default())]
+    #[error("the target cannot take the data: {table}{}: {message}; fix: {fix}", column.as_ref().map(|c| format!(".{c}")).unwrap_or_default())]
     SchemaMismatch {
         table: String,
         column: Option<String>,
@@ -297,6 +314,7 @@ impl Error {
             Error::NoTarget { .. } => "config_invalid",
             Error::PostgresUnreachable { .. } => "postgres_unreachable",
             Error::TlsFailed { .. } => "tls_failed",
+            Error::AuthFailed { .. } => "auth_failed",
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Database { .. } => "database_error",
             Error::LockHeld { .. } => "lock_held",
@@ -393,6 +411,7 @@ impl Error {
             Error::StepFailed { exit, .. } => *exit,
             Error::PostgresUnreachable { .. }
             | Error::TlsFailed { .. }
+            | Error::AuthFailed { .. }
             | Error::PermissionDenied { .. }
             | Error::Database { .. }
             | Error::LockHeld { .. }
@@ -418,6 +437,25 @@ impl Error {
         match self.path() {
             Some(p) => f.path(p),
             None => f,
+        }
+    }
+
+    /// What to do about this error: what to check, then the command to run next (the
+    /// table [`CODES`]); a held lock names its backend pid in both.
+    pub fn next_steps(&self) -> Vec<String> {
+        match self {
+            Error::LockHeld { pid: Some(pid), .. } => vec![
+                format!("check who holds the lock: SELECT * FROM pg_stat_activity WHERE pid = {pid} (a PostgreSQL backend pid, on the database server)"),
+                format!("wait for that run to end; only once it is sure to be dead (not merely slow), end it with SELECT pg_terminate_backend({pid}), then run this step again"),
+            ],
+            Error::ConfigNotFound { .. } => vec![
+                format!(
+                    "check the working folder ({}), --config PATH and $SESSIONDB_CONFIG",
+                    working_folder()
+                ),
+                "sessiondb init (writes a commented sessiondb.toml for an existing store), or pass --config PATH".to_owned(),
+            ],
+            e => next_steps_for(e.code()),
         }
     }
 
@@ -460,6 +498,12 @@ impl Error {
                     ),
                 };
             }
+            if is_auth_failure(db.code()) {
+                return Error::AuthFailed {
+                    target: target.to_owned(),
+                    message,
+                };
+            }
             if db.code() == &postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
                 return Error::PermissionDenied {
                     target: target.to_owned(),
@@ -482,6 +526,51 @@ impl Error {
             message: error_chain(&err),
         }
     }
+}
+
+/// SQLSTATE 28P01 (invalid_password) and 28000 (invalid_authorization_specification):
+/// the server refused the login.
+pub fn is_auth_failure(code: &postgres::error::SqlState) -> bool {
+    code == &postgres::error::SqlState::INVALID_PASSWORD
+        || code == &postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+}
+
+/// `p` made absolute against the working folder (as it was given if that fails).
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn working_folder() -> String {
+    std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|e| format!("unknown: {e}"))
+}
+
+fn lock_held_message(holder: &str, pid: Option<i32>) -> String {
+    match pid {
+        Some(pid) => format!(
+            "another sessiondb writer holds the writers' lock: {holder}. {pid} is a PostgreSQL backend pid (a session on the database server, not a process on this machine): see it with SELECT * FROM pg_stat_activity WHERE pid = {pid}; once sure that run is dead, end it with SELECT pg_terminate_backend({pid})"
+        ),
+        None => format!("another sessiondb writer is running: {holder}"),
+    }
+}
+
+/// The report's `next_steps` for an error of `code`: what to check, then what to run.
+pub fn next_steps_for(code: &str) -> Vec<String> {
+    CODES
+        .iter()
+        .find(|c| c.code == code)
+        .map(|c| vec![format!("check {}", c.check), format!("then: {}", c.next)])
+        .unwrap_or_default()
+}
+
+/// One row of [`CODES`].
+#[derive(Debug, Clone, Copy)]
+pub struct CodeHelp {
+    pub code: &'static str,
+    pub means: &'static str,
+    pub check: &'static str,
+    pub next: &'static str,
 }
 
 fn is_connection_error(err: &postgres::Error) -> bool {
@@ -512,5 +601,323 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// What each error code means, what to check and what to run next: the report's
+/// `next_steps` for an error ([`Error::next_steps`]) and the table of
+/// runbooks/incident.md (a test keeps the two and [`Error::code`] together).
+pub const CODES: &[CodeHelp] = &[
+    CodeHelp {
+        code: "usage",
+        means: "the command line is wrong: an unknown flag, a missing value, `--dry-run false` with a space",
+        check: "the message and the step's `--help`; flag values take `=` (`--dry-run=false`)",
+        next: "`sessiondb <step> --help`",
+    },
+    CodeHelp {
+        code: "not_implemented",
+        means: "this step cannot do that yet (e.g. a mapped store given to a step not wired for it)",
+        check: "the message: it names what is missing; nothing was done",
+        next: "`sessiondb check` (reads any store), then report it to the maintainers",
+    },
+    CodeHelp {
+        code: "config_not_found",
+        means: "no config file where the step looked",
+        check: "the message: the working folder, `--config`, `$SESSIONDB_CONFIG`, `./sessiondb.toml`",
+        next: "`sessiondb init` (writes one), or pass `--config PATH`",
+    },
+    CodeHelp {
+        code: "config_invalid",
+        means: "the config file does not parse, or a setting has a bad value; or no PostgreSQL target is set",
+        check: "the file and line the message names; `$DATABASE_URL` (or `postgres.url_env`) for the target",
+        next: "fix the file, then `sessiondb check`",
+    },
+    CodeHelp {
+        code: "config_exists",
+        means: "`init` found a config already at its destination",
+        check: "whether the existing config is still wanted",
+        next: "`sessiondb init --print` to compare, or `sessiondb init --force` (the old one is kept as a .bak)",
+    },
+    CodeHelp {
+        code: "config_read_only",
+        means: "the config cannot be rewritten where it is (read-only filesystem, a ConfigMap mount)",
+        check: "the mount; where the application reads its config",
+        next: "edit the config at its source (the ConfigMap), or rerun where the file is writable",
+    },
+    CodeHelp {
+        code: "config_changed",
+        means: "the config changed between the plan of an edit and the edit",
+        check: "who else edits the config",
+        next: "rerun the same step: it plans on the file as it is now",
+    },
+    CodeHelp {
+        code: "postgres_unreachable",
+        means: "no connection to PostgreSQL: host, port or database wrong, server down, network",
+        check: "the report's `target` (password masked): host, port, database; is the server up",
+        next: "`sessiondb check --backend postgres`",
+    },
+    CodeHelp {
+        code: "tls_failed",
+        means: "the TLS handshake failed, or the server has no SSL under an sslmode that needs it",
+        check: "`sslmode`, `sslrootcert`, the host name the certificate was issued for",
+        next: "`sessiondb check --backend postgres` after fixing the URL's TLS settings",
+    },
+    CodeHelp {
+        code: "auth_failed",
+        means: "PostgreSQL refused the login: wrong password or user, or pg_hba.conf rejects this client (SQLSTATE 28P01 / 28000)",
+        check: "the user and password in `$DATABASE_URL` (or `postgres.url_env`), and pg_hba.conf for this host",
+        next: "fix the credentials, then `sessiondb check --backend postgres`",
+    },
+    CodeHelp {
+        code: "permission_denied",
+        means: "logged in, but the role lacks a privilege (CREATE on the schema, SELECT/INSERT/UPDATE on a table), or a file or folder cannot be written",
+        check: "the privilege or path the message names; `sessiondb check --backend postgres` lists the role's privileges",
+        next: "`GRANT` what is missing (or fix the file's owner/mode), then rerun",
+    },
+    CodeHelp {
+        code: "database_error",
+        means: "PostgreSQL returned an error this tool does not expect",
+        check: "the SQLSTATE and message; the server log",
+        next: "fix the cause, then rerun the same step (it is safe to rerun)",
+    },
+    CodeHelp {
+        code: "lock_held",
+        means: "another sessiondb writer holds the writers' lock on this schema",
+        check: "the PostgreSQL backend pid the message names: `SELECT * FROM pg_stat_activity WHERE pid = N`",
+        next: "wait for that run; only once it is sure to be dead, `SELECT pg_terminate_backend(N)`, then rerun",
+    },
+    CodeHelp {
+        code: "lock_timeout",
+        means: "another session held a lock on the rows or tables being written past lock_timeout",
+        check: "`SELECT * FROM pg_locks WHERE NOT granted` and who holds what",
+        next: "rerun once that session is done (committed batches are kept)",
+    },
+    CodeHelp {
+        code: "statement_timeout",
+        means: "a statement ran longer than the role's statement_timeout",
+        check: "the role's statement_timeout; the batch size",
+        next: "raise statement_timeout for the role, or rerun with a smaller `--batch-size`",
+    },
+    CodeHelp {
+        code: "unreadable",
+        means: "a file or folder cannot be read (permissions, a missing volume, an I/O error)",
+        check: "the path the message names: its owner, mode, and the mount",
+        next: "fix access, then rerun",
+    },
+    CodeHelp {
+        code: "not_regular_file",
+        means: "a configured path or a state file is a FIFO, a device, a socket or another special file: refused, never read",
+        check: "the path the message names (`ls -l`)",
+        next: "point the config at the real file, or remove the special file, then rerun",
+    },
+    CodeHelp {
+        code: "symlink_outside_root",
+        means: "a path is a symlink, or leads outside the store: not followed, nothing written through it",
+        check: "the link the message names (`ls -l`)",
+        next: "replace the link with the real file or folder, then rerun",
+    },
+    CodeHelp {
+        code: "io_error",
+        means: "a write failed for another reason than space or permission",
+        check: "the path and the OS error in the message",
+        next: "fix the cause, then rerun",
+    },
+    CodeHelp {
+        code: "disk_space",
+        means: "not enough free space where the step writes (the backup folder, the target)",
+        check: "`df -h` on the folder the message names",
+        next: "free space or set `backup.dir` elsewhere, then rerun (`sessiondb preflight` checks the room)",
+    },
+    CodeHelp {
+        code: "not_sqlite",
+        means: "the configured SQLite path is not a SQLite database",
+        check: "`sqlite.path` in the config",
+        next: "point `sqlite.path` at the application's database, then `sessiondb check`",
+    },
+    CodeHelp {
+        code: "sqlite_corrupt",
+        means: "the SQLite database is damaged",
+        check: "`sqlite3 PATH 'PRAGMA integrity_check'`",
+        next: "restore the database from the application's own backup, then rerun",
+    },
+    CodeHelp {
+        code: "sqlite_error",
+        means: "SQLite returned an error (locked, busy, I/O)",
+        check: "the message; whether the application holds a long write transaction",
+        next: "rerun once the application's write is done",
+    },
+    CodeHelp {
+        code: "sqlite_schema",
+        means: "the SQLite schema cannot be read as needed (a cycle of foreign keys, a table without a primary key)",
+        check: "the table the message names",
+        next: "fix the mapping in the config (`sessiondb init --print` proposes one), then `sessiondb check`",
+    },
+    CodeHelp {
+        code: "invalid_json",
+        means: "a state file or a JSON store record is not valid JSON",
+        check: "the file or session the message names",
+        next: "fix the file, or rerun with `--quarantine` to set it aside (raw bytes kept)",
+    },
+    CodeHelp {
+        code: "invalid_utf8",
+        means: "a state file or a record is not UTF-8 text",
+        check: "the file or session the message names",
+        next: "fix the file, or rerun with `--quarantine`",
+    },
+    CodeHelp {
+        code: "jsonb_incompatible_nul",
+        means: "a state holds `\\u0000`, which PostgreSQL's jsonb cannot store",
+        check: "the session the message names",
+        next: "remove the NUL from the state, or rerun with `--quarantine`",
+    },
+    CodeHelp {
+        code: "invalid_timestamp",
+        means: "a timestamp column holds something that is not a time",
+        check: "the session and column the message names",
+        next: "fix the row, or rerun with `--quarantine`",
+    },
+    CodeHelp {
+        code: "invalid_cost",
+        means: "`cost` is not a number",
+        check: "the session the message names",
+        next: "fix the row, or rerun with `--quarantine`",
+    },
+    CodeHelp {
+        code: "invalid_id",
+        means: "a session id is empty or not text",
+        check: "the row the message names",
+        next: "fix the row, or rerun with `--quarantine`",
+    },
+    CodeHelp {
+        code: "too_large",
+        means: "a state is larger than the limit",
+        check: "the session and size in the message",
+        next: "shrink the state, or rerun with `--quarantine`",
+    },
+    CodeHelp {
+        code: "unsupported_version",
+        means: "the deprecated JSON store declares a `version` this tool does not read",
+        check: "the file's `version` field; which application version wrote it",
+        next: "nothing was read: report it with the file's first lines; do not edit the store",
+    },
+    CodeHelp {
+        code: "state_changing",
+        means: "a state file kept being rewritten in place while it was read: never loaded torn",
+        check: "what writes that file (the application still running?)",
+        next: "once the application has settled, rerun `migrate-state --dry-run=false`",
+    },
+    CodeHelp {
+        code: "invalid_records",
+        means: "invalid records in the source and no `--quarantine`: nothing was written",
+        check: "the list in `--report-dir`'s `*-invalid.jsonl`",
+        next: "fix the records, or `migrate-state --dry-run=false --quarantine`",
+    },
+    CodeHelp {
+        code: "source_changed",
+        means: "the deprecated JSON store (or a file being replaced) changed while it was read",
+        check: "what writes the JSON store: it should be read-only",
+        next: "stop that writer, then rerun",
+    },
+    CodeHelp {
+        code: "conflict",
+        means: "target rows differ from what sessiondb last wrote there",
+        check: "`details.conflicts` (all in `migrate-state-conflicts.jsonl`): which side is right",
+        next: "`migrate-state --on-conflict source-wins` or `--on-conflict skip` (dry run first), or `migrate-state --recheck`",
+    },
+    CodeHelp {
+        code: "schema_mismatch",
+        means: "the target's tables cannot take the data (a missing column, a type too narrow, a NOT NULL without a value), or the applied schema versions are not this tool's",
+        check: "the table, column and fix the message names",
+        next: "`ALTER TABLE` as the message says, then rerun (nothing was written)",
+    },
+    CodeHelp {
+        code: "schema_pending",
+        means: "schema versions the runtime store needs are not applied",
+        check: "`sessiondb check --backend postgres` (postgres_schema)",
+        next: "`migrate-state --dry-run=false` applies them",
+    },
+    CodeHelp {
+        code: "constraint",
+        means: "the data breaks a constraint of the target (NOT NULL, length, unique, foreign key)",
+        check: "the example sessions in the message; `sessiondb preflight` lists them all",
+        next: "fix the data or the constraint, then rerun (nothing was written)",
+    },
+    CodeHelp {
+        code: "backup_incomplete",
+        means: "the backup folder never finished (its INCOMPLETE marker, or no manifest.json): it is not a backup",
+        check: "the folder the message names",
+        next: "`sessiondb backup` (a new one; the next backup removes the leftover)",
+    },
+    CodeHelp {
+        code: "backup_damaged",
+        means: "the backup lacks a file its manifest lists, or holds it changed",
+        check: "`sessiondb backup --verify DIR` lists every problem",
+        next: "do not restore from it: `sessiondb backup`, or leave out `--backup` and the real run takes one",
+    },
+    CodeHelp {
+        code: "backup_missing_file",
+        means: "the backup taken for a rollback does not hold a file the export would replace",
+        check: "whether the file changed since the backup",
+        next: "rerun `rollback --dry-run=false` (it takes a fresh backup)",
+    },
+    CodeHelp {
+        code: "backup_self_check_failed",
+        means: "a backup just written did not read back as written (it keeps its INCOMPLETE marker)",
+        check: "the disk (`dmesg`, `df -h`) and the files the message names",
+        next: "`sessiondb backup` again, on a sound disk",
+    },
+    CodeHelp {
+        code: "verify_required",
+        means: "set-default needs a passed verify of the current source",
+        check: "the last verify's report",
+        next: "`sessiondb verify`, then `set-default --dry-run=false`",
+    },
+    CodeHelp {
+        code: "no_cutover",
+        means: "the config says postgres but the target records no cutover, so the previous backend is unknown",
+        check: "whether set-default was run against this database",
+        next: "edit the config's backend by hand",
+    },
+    CodeHelp {
+        code: "json_backend_deprecated",
+        means: "the previous backend was the deprecated JSON store, which is read-only",
+        check: "that the application can run on sqlite",
+        next: "roll back to sqlite by hand: set `backend = \"sqlite\"`",
+    },
+    CodeHelp {
+        code: "nothing_migrated",
+        means: "the target has no sessiondb ledger: nothing was migrated, nothing to export",
+        check: "the database in `$DATABASE_URL`",
+        next: "nothing to roll back; check the URL if you expected a migration",
+    },
+    CodeHelp {
+        code: "still_writing",
+        means: "sessions kept changing in PostgreSQL through every round of the export",
+        check: "that the application has stopped writing to PostgreSQL",
+        next: "stop the application's writes, then `rollback --dry-run=false` again",
+    },
+    CodeHelp {
+        code: "rollback_journal_conflict",
+        means: "a rollback journal does not agree with the legacy store",
+        check: "the journal and the files it names",
+        next: "see runbooks/rollback.md before rerunning `rollback --dry-run=false`",
+    },
+    CodeHelp {
+        code: "cancelled",
+        means: "this part stopped because another part failed first (that error is reported)",
+        check: "the other error in the report",
+        next: "fix that error, then rerun",
+    },
+    CodeHelp {
+        code: "internal_error",
+        means: "a bug (a panic)",
+        check: "the message; the report",
+        next: "rerun with `SESSIONDB_LOG=debug` and report it with the report attached",
+    },
+    CodeHelp {
+        code: "step_failed",
+        means: "a step of `migrate to postgres` failed",
+        check: "the nested step's report in `details`",
+        next: "fix that step's error (its own next steps), then rerun `sessiondb migrate to postgres`",
+    },
+];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -74,11 +74,17 @@ pub struct Options {
 /// The schema of the generated store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Schema {
-    /// SPEC §1's `sessions` table, state files and the deprecated JSON store.
+    // Plain comments: clap shows a variant's doc comment in --help.
+    // The contract's `sessions` table (SPEC §1), state files and the JSON store.
     #[default]
+    #[value(
+        help = "the `sessions` table of the contract, state files and the deprecated JSON store"
+    )]
     Default,
-    /// An application's own schema (SPEC §9, issue 17): `users` and `sessions` as
-    /// SQLAlchemy makes them, state only in files. See [`app`].
+    // An application's own schema (SPEC §9, issue 17); see [`app`].
+    #[value(
+        help = "an application's own schema: `users` and `sessions` as SQLAlchemy makes them, state only in files"
+    )]
     App,
 }
 
@@ -358,8 +364,8 @@ fn make_all(opts: &Options, sum: &mut Summary, tx: &mpsc::SyncSender<Vec<Row>>) 
         unsafe_at: unsafe_slots(opts.seed, opts.sessions),
     };
     let users = plan.users;
-    let report_every = (opts.sessions / 10).max(1);
-    let mut next_report = report_every;
+    let phase =
+        crate::progress::Phase::bar("generate", opts.sessions, crate::progress::Unit::Sessions);
     let mut start = 0;
     while start < opts.sessions {
         let end = (start + CHUNK).min(opts.sessions);
@@ -380,12 +386,10 @@ fn make_all(opts: &Options, sum: &mut Summary, tx: &mpsc::SyncSender<Vec<Row>>) 
         if tx.send(rows).is_err() {
             return Ok(()); // the writer stopped; its error is reported
         }
+        phase.inc(end - start);
         start = end;
-        if opts.sessions >= 10_000 && start >= next_report {
-            tracing::info!("{start} of {} sessions written", opts.sessions);
-            next_report += report_every;
-        }
     }
+    phase.finish();
 
     for k in 0..ORPHANS {
         let mut rng = Rng::derive(opts.seed, STREAM_ORPHAN, k);

@@ -635,6 +635,7 @@ fn count_state_files(
     table: &str,
     id_col: &str,
     dir: &Path,
+    phase: &crate::progress::Phase,
 ) -> Result<u64> {
     let mut stmt = conn
         .prepare(&format!(
@@ -646,6 +647,7 @@ fn count_state_files(
     let mut rows = stmt.query([]).map_err(|e| sqlite::map_err(db, e))?;
     let mut n = 0;
     while let Some(r) = rows.next().map_err(|e| sqlite::map_err(db, e))? {
+        phase.inc(1);
         let id = match r.get_ref(0).map_err(|e| sqlite::map_err(db, e))? {
             rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
             rusqlite::types::ValueRef::Integer(i) => i.to_string(),
@@ -805,7 +807,9 @@ pub fn inspect(opts: &Options, env: &Env) -> Result<Inspection> {
             tables.join(", ")
         ))
     })?;
+    let spin = crate::progress::Phase::spinner("init-scan");
     let scans = scan_table(&conn, db, &sessions)?;
+    spin.finish();
     let choices: Vec<TypeChoice> = sessions
         .stored_columns()
         .zip(&scans)
@@ -825,7 +829,13 @@ pub fn inspect(opts: &Options, env: &Env) -> Result<Inspection> {
         .map(|c| c.name.clone())
         .or_else(|| (sessions.primary_key.len() == 1).then(|| sessions.primary_key[0].clone()));
     let state_files = match (&sessions_dir, &id_col) {
-        (Some(d), Some(id)) => count_state_files(&conn, db, &sessions.name, id, &d.path)?,
+        (Some(d), Some(id)) => {
+            let phase =
+                crate::progress::Phase::bar("init-state-files", rows, crate::progress::Unit::Rows);
+            let n = count_state_files(&conn, db, &sessions.name, id, &d.path, &phase)?;
+            phase.finish();
+            n
+        }
         _ => 0,
     };
     let mut guesses = guess_mapping(

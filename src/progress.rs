@@ -1,79 +1,376 @@
-//! Progress on stderr for the long steps (the planning pass and the load of
-//! `migrate-state`): a line redrawn in place on a terminal, a plain line every few
-//! seconds otherwise, nothing with `--quiet`. stdout stays the report's.
+//! Progress on stderr for every phase that can take more than a second (the scan and
+//! the plan, the backup's copy and self-check, the load, the GIN index and ANALYZE,
+//! verify, rollback's export, init's scan). stdout stays the report's.
+//!
+//! - On a terminal: an `indicatif` bar (done/total, rate, elapsed) or, for a phase
+//!   without a count (an index build), a spinner with its elapsed time; when the phase
+//!   ends, one line saying what it did and how long it took.
+//! - Otherwise (a CI log, a file): plain lines with a UTC time stamp, one when the phase
+//!   starts, one every few seconds (`SESSIONDB_PROGRESS_SECS`, default 5) and one when
+//!   it ends: `2026-12-01T15:04:05Z load 12000/50000 sessions 4100/s 3.0s`.
+//! - Nothing under `--quiet` ([`set_quiet`], set by the driver for each step).
+//!
+//! Log lines written while a bar is drawn go through [`suspend`], so that they do not
+//! tear the bar.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Progress on stderr: a redrawn line on a terminal, a plain line every few seconds otherwise.
-pub struct Progress {
-    label: &'static str,
-    total: u64,
-    done: u64,
-    bytes: u64,
-    start: Instant,
-    last: Instant,
-    tty: bool,
-    quiet: bool,
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// The total of a [`Phase::counter`]: not known.
+const OPEN: u64 = u64::MAX;
+
+/// The bars drawn now: a log line is written with them cleared.
+static BARS: Mutex<Vec<ProgressBar>> = Mutex::new(Vec::new());
+
+/// No progress at all (`--quiet`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
 }
 
-impl Progress {
-    pub fn new(label: &'static str, total: u64, quiet: bool) -> Progress {
-        let now = Instant::now();
-        Progress {
-            label,
-            total,
-            done: 0,
-            bytes: 0,
-            start: now,
-            last: now,
-            tty: std::io::stderr().is_terminal(),
-            quiet,
+/// Run `f` (a write to stderr) with the bars on the terminal cleared, then redraw them.
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    let bars = BARS.lock().unwrap_or_else(|e| e.into_inner());
+    match bars.iter().find(|b| !b.is_finished()) {
+        Some(b) => b.suspend(f),
+        None => f(),
+    }
+}
+
+/// What a phase counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Sessions,
+    Files,
+    Rows,
+    Bytes,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Sessions => "sessions",
+            Unit::Files => "files",
+            Unit::Rows => "rows",
+            Unit::Bytes => "bytes",
+        }
+    }
+}
+
+/// A size for people: `815.8 MB` (decimal units, as `df -H`); exact bytes stay in the
+/// report.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut i = 0;
+    while v >= 999.95 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
+}
+
+/// One phase's progress. Shared by reference between the threads that do the work;
+/// [`Phase::finish`] says it ended, a phase dropped unfinished says it stopped.
+pub struct Phase {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    name: &'static str,
+    /// `None`: a spinner, with no count.
+    unit: Option<Unit>,
+    total: AtomicU64,
+    done: AtomicU64,
+    start: Instant,
+    bar: Option<ProgressBar>,
+    ticker: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Phase {
+    /// A phase that counts `unit` up to `total`.
+    pub fn bar(name: &'static str, total: u64, unit: Unit) -> Phase {
+        Phase::start(name, Some(unit), total)
+    }
+
+    /// A phase without a count (an index build, ANALYZE): its elapsed time.
+    pub fn spinner(name: &'static str) -> Phase {
+        Phase::start(name, None, 0)
+    }
+
+    /// A phase that counts `unit` without knowing the total beforehand (a walk of a
+    /// folder).
+    pub fn counter(name: &'static str, unit: Unit) -> Phase {
+        Phase::start(name, Some(unit), OPEN)
+    }
+
+    /// A phase that shows nothing.
+    pub fn hidden() -> Phase {
+        Phase { inner: None }
+    }
+
+    fn start(name: &'static str, unit: Option<Unit>, total: u64) -> Phase {
+        if QUIET.load(Ordering::Relaxed) {
+            return Phase::hidden();
+        }
+        let tty = std::io::stderr().is_terminal();
+        let bar = tty.then(|| terminal_bar(name, unit, total));
+        let inner = Arc::new(Inner {
+            name,
+            unit,
+            total: AtomicU64::new(total),
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+            bar,
+            ticker: Mutex::new(None),
+        });
+        if let Some(b) = &inner.bar {
+            let mut bars = BARS.lock().unwrap_or_else(|e| e.into_inner());
+            bars.retain(|b| !b.is_finished());
+            bars.push(b.clone());
+        } else {
+            plain(&inner.line(Some("start")));
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let every = interval();
+            let weak = Arc::downgrade(&inner);
+            let handle = std::thread::Builder::new()
+                .name(format!("progress {name}"))
+                .spawn(move || {
+                    // Ends when the phase drops its sender (it finished).
+                    while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                        match weak.upgrade() {
+                            Some(i) => plain(&i.line(None)),
+                            None => return,
+                        }
+                    }
+                })
+                .ok();
+            if let Some(h) = handle {
+                *inner.ticker.lock().unwrap_or_else(|e| e.into_inner()) = Some((tx, h));
+            }
+        }
+        Phase { inner: Some(inner) }
+    }
+
+    /// `n` more done.
+    pub fn inc(&self, n: u64) {
+        if let Some(i) = &self.inner {
+            i.done.fetch_add(n, Ordering::Relaxed);
+            if let Some(b) = &i.bar {
+                b.inc(n);
+            }
         }
     }
 
-    pub fn tick(&mut self, n: u64, bytes: u64) {
-        self.done += n;
-        self.bytes += bytes;
-        let every = if self.tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(5)
-        };
-        if !self.quiet && self.last.elapsed() >= every {
-            self.last = Instant::now();
-            self.print(false);
+    /// The total, once known better than at the start.
+    pub fn set_total(&self, total: u64) {
+        if let Some(i) = &self.inner {
+            i.total.store(total, Ordering::Relaxed);
+            if let Some(b) = &i.bar {
+                b.set_length(total);
+            }
         }
     }
 
-    fn print(&self, end: bool) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let rate = self.done as f64 / secs;
-        let mbs = self.bytes as f64 / secs / 1e6;
-        let pct = if self.total > 0 {
-            (self.done as f64 * 100.0 / self.total as f64).min(100.0)
-        } else {
-            100.0
-        };
-        let eta = if rate > 0.0 && self.total > self.done {
-            (self.total - self.done) as f64 / rate
-        } else {
-            0.0
-        };
-        let line = format!(
-            "{}: {}/{} sessions ({pct:.0}%), {rate:.0} sessions/s, {mbs:.1} MB/s, ETA {eta:.0}s",
-            self.label, self.done, self.total
+    /// How many were counted so far.
+    pub fn done(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.done.load(Ordering::Relaxed))
+    }
+
+    /// The phase ended: one line with what it did and its duration.
+    pub fn finish(mut self) {
+        if let Some(i) = self.inner.take() {
+            i.end("done");
+        }
+    }
+}
+
+impl Drop for Phase {
+    fn drop(&mut self) {
+        if let Some(i) = self.inner.take() {
+            i.end("stopped");
+        }
+    }
+}
+
+impl Inner {
+    fn end(&self, how: &str) {
+        let ticker = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, h)) = ticker {
+            drop(tx);
+            let _ = h.join();
+        }
+        let line = self.line(Some(how));
+        match &self.bar {
+            Some(b) => {
+                b.finish_and_clear();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}",
+                    &line[line.find(' ').map_or(0, |p| p + 1)..]
+                );
+            }
+            None => plain(&line),
+        }
+    }
+
+    /// `<UTC time> <phase> [start|done|stopped] <done>/<total> <unit> <rate>/s <elapsed>s`.
+    fn line(&self, what: Option<&str>) -> String {
+        let secs = self.start.elapsed().as_secs_f64();
+        let mut out = format!(
+            "{} {}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+            self.name
         );
-        if self.tty {
-            eprint!("\r{line}\x1b[K{}", if end { "\n" } else { "" });
-        } else {
-            eprintln!("{line}");
+        if let Some(w) = what {
+            out.push(' ');
+            out.push_str(w);
         }
+        if let Some(unit) = self.unit {
+            let done = self.done.load(Ordering::Relaxed);
+            let total = self.total.load(Ordering::Relaxed);
+            let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+            let count = match (unit, total) {
+                (Unit::Bytes, OPEN) => human_bytes(done),
+                (Unit::Bytes, _) => format!("{}/{}", human_bytes(done), human_bytes(total)),
+                (u, OPEN) => format!("{done} {}", u.name()),
+                (u, _) => format!("{done}/{total} {}", u.name()),
+            };
+            out.push(' ');
+            out.push_str(&count);
+            if what != Some("start") {
+                match unit {
+                    Unit::Bytes => out.push_str(&format!(" {}/s", human_bytes(rate as u64))),
+                    _ => out.push_str(&format!(" {rate:.0}/s")),
+                }
+            }
+        }
+        if what != Some("start") {
+            out.push_str(&format!(" {secs:.1}s"));
+        }
+        out
+    }
+}
+
+fn plain(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn interval() -> Duration {
+    let secs = std::env::var("SESSIONDB_PROGRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(5.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressBar {
+    let target = ProgressDrawTarget::stderr_with_hz(5);
+    let bar = match unit {
+        Some(u) if total == OPEN => {
+            let b = ProgressBar::with_draw_target(None, target);
+            let count = if u == Unit::Bytes {
+                "{decimal_bytes} {decimal_bytes_per_sec}".to_owned()
+            } else {
+                format!("{{pos}} {} {{rate}}", u.name())
+            };
+            b.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{{spinner}} {{prefix}} {count} {{elapsed}}"
+                ))
+                .expect("a valid template")
+                .with_key("rate", rate),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        }
+        None => {
+            let b = ProgressBar::with_draw_target(None, target);
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {elapsed}")
+                    .expect("a valid template"),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        }
+        Some(Unit::Bytes) => {
+            let b = ProgressBar::with_draw_target(Some(total), target);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} {elapsed} (ETA {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            b
+        }
+        Some(u) => {
+            let b = ProgressBar::with_draw_target(Some(total), target);
+            b.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {} {{rate}} {{elapsed}} (ETA {{eta}})",
+                    u.name()
+                ))
+                .expect("a valid template")
+                .with_key("rate", rate)
+                .progress_chars("=> "),
+            );
+            b
+        }
+    };
+    bar.set_prefix(name);
+    bar
+}
+
+/// `{rate}`: whole items a second (indicatif's `{per_sec}` shows four decimals).
+fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:.0}/s", state.per_sec());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_000), "1.0 kB");
+        assert_eq!(human_bytes(815_788_966), "815.8 MB");
+        assert_eq!(human_bytes(69_832_560_640), "69.8 GB");
+        assert_eq!(human_bytes(999_960), "1.0 MB");
     }
 
-    pub fn done(&mut self) {
-        if !self.quiet && (self.tty || self.start.elapsed() > Duration::from_secs(5)) {
-            self.print(true);
-        }
+    #[test]
+    fn a_plain_line_names_the_phase_its_count_rate_and_time() {
+        let i = Inner {
+            name: "load",
+            unit: Some(Unit::Sessions),
+            total: AtomicU64::new(50_000),
+            done: AtomicU64::new(12_000),
+            start: Instant::now(),
+            bar: None,
+            ticker: Mutex::new(None),
+        };
+        let l = i.line(None);
+        let words: Vec<&str> = l.split(' ').collect();
+        assert_eq!(words[1..4], ["load", "12000/50000", "sessions"], "{l}");
+        assert!(words[0].ends_with('Z') && words[0].contains('T'), "{l}");
+        assert!(words[4].ends_with("/s") && words[5].ends_with('s'), "{l}");
+        let s = i.line(Some("start"));
+        assert!(s.ends_with("load start 12000/50000 sessions"), "{s}");
     }
 }

@@ -189,14 +189,26 @@ impl Report {
         }
     }
 
+    /// How many warnings of `code` are counted but not listed (see [`Report::warn`]).
+    pub fn unlisted(&self, code: &str) -> u64 {
+        self.truncated.get(code).copied().unwrap_or(0)
+    }
+
+    /// Whether any warnings are counted but not listed.
+    pub fn has_unlisted(&self) -> bool {
+        !self.truncated.is_empty()
+    }
+
     pub fn count(&mut self, key: &str, n: u64) {
         self.counts.insert(key.to_owned(), n);
     }
 
+    /// An artifact, named by its absolute path (whatever form the step holds it in).
     pub fn artifact(&mut self, kind: &str, path: &Path) {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         self.artifacts.push(Artifact {
             kind: kind.to_owned(),
-            path: path.display().to_string(),
+            path: abs.display().to_string(),
         });
     }
 
@@ -224,11 +236,15 @@ impl Report {
     pub fn finish(&mut self, error_exit: Option<i32>, problems: bool, started: std::time::Instant) {
         self.finished_at = now_rfc3339();
         self.duration_ms = started.elapsed().as_millis() as u64;
-        for (code, n) in std::mem::take(&mut self.truncated) {
-            self.warnings.push(Finding::new(
+        // Kept (not serialized) after: the summary on stderr folds them into their code.
+        for (code, n) in &self.truncated {
+            let f = Finding::new(
                 "warnings_truncated",
                 format!("{n} more `{code}` warning(s) not listed (the first {INLINE_LIMIT} are)"),
-            ));
+            );
+            if !self.warnings.contains(&f) {
+                self.warnings.push(f);
+            }
         }
         let (status, code) = match error_exit {
             Some(1) => (Status::Fail, 1),
@@ -317,7 +333,8 @@ pub fn lossy_opt_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result
 }
 
 /// Write a full list of named items (e.g. every invalid record) as JSON Lines next to
-/// the report, when a report folder was given. Returns the path written.
+/// the report, when a report folder was given and the list is not empty. Returns the
+/// path written.
 pub fn write_list<T: Serialize>(
     report_dir: Option<&Path>,
     name: &str,
@@ -325,6 +342,11 @@ pub fn write_list<T: Serialize>(
 ) -> Option<Result<PathBuf, String>> {
     let dir = report_dir?;
     let path = dir.join(name);
+    if items.is_empty() {
+        // No empty side file; and none left from an earlier run to be taken for this one.
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
     let mut buf = Vec::new();
     for it in items {
         let mut v = serde_json::to_value(it).unwrap_or_default();

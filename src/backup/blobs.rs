@@ -141,6 +141,7 @@ impl Blobs {
                             backup_dir.display(),
                             lock_path.display()
                         ),
+                        pid: None,
                     });
                 }
             }

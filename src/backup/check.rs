@@ -192,8 +192,10 @@ fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
         .and_then(|p| File::open(p.join(super::blobs::DIR)).ok());
     let mut chunk: Vec<FileEntry> = Vec::with_capacity(CHECK_CHUNK);
     let mut sqlite_sound = false;
+    let phase = crate::progress::Phase::counter("backup-check", crate::progress::Unit::Files);
     let mut run_chunk = |out: &mut Checked, chunk: &mut Vec<FileEntry>| {
         use rayon::prelude::*;
+        phase.inc(chunk.len() as u64);
         let results: Vec<std::result::Result<(), Problem>> = chunk
             .par_iter()
             .map(|f| check_entry(dir, &root, blobs.as_ref(), &mpath, f, depth))
@@ -217,6 +219,7 @@ fn check_inner(dir: &Path, depth: Depth, keep: usize) -> Result<Checked> {
         }
     });
     run_chunk(&mut out, &mut chunk);
+    phase.finish();
     let head = match streamed {
         Ok(h) => h,
         Err(Error::Unreadable { source, .. }) if source.kind() == io::ErrorKind::NotFound => {

@@ -121,7 +121,14 @@ fn write_with(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<Dumped
         None => None,
     };
     let mut carried = 0u64;
-    let summary = src.open()?.scan_with(SCAN_BATCH, known_fn, |items| {
+    let reader = src.open()?;
+    let phase = crate::progress::Phase::bar(
+        "backup-sessions",
+        reader.estimate()?,
+        crate::progress::Unit::Sessions,
+    );
+    let summary = reader.scan_with(SCAN_BATCH, known_fn, |items| {
+        phase.inc(items.len() as u64);
         for item in items {
             match item {
                 Item::Session(s) => sessions.line(&session_line(&s))?,
@@ -147,6 +154,7 @@ fn write_with(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<Dumped
         }
         Ok(())
     })?;
+    phase.finish();
     if let (Some(c), Some(b)) = (carry, base) {
         let (bytes, sha) = c.into_inner().expect("carry lock").finish()?;
         if (bytes, sha) != (b.listed.bytes, b.listed.sha256) {

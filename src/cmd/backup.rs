@@ -14,11 +14,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::backup::prune::{self, Facts, Pruning, Reliance, Rule};
-use crate::backup::{self, BackupResult, Options, Sharing, Skipped, Swept, human_bytes};
+use crate::backup::{self, BackupResult, Options, Sharing, Skipped, Swept};
 use crate::config::Config;
 use crate::driver::{Common, Ctx, Step};
 use crate::error::{Error, Result};
 use crate::pg;
+use crate::progress::human_bytes;
 use crate::report::{CheckStatus, Finding, lossy_opt_path};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -98,6 +99,7 @@ pub struct ManifestSummary {
 
 impl Step for Args {
     const NAME: &'static str = "backup";
+    const ABOUT: &'static str = "Copy the legacy store (SQLite database, state files, JSON store, config) into a new, self-checked backup folder under backup.dir; writes only there (--dry-run: nothing).";
     type Details = Details;
     crate::step_flags!();
     fn dry_run(&self) -> Option<bool> {

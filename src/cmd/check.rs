@@ -45,6 +45,7 @@ crate::details! {
 
 impl Step for Args {
     const NAME: &'static str = "check";
+    const ABOUT: &'static str = "Check one backend (the JSON store, SQLite and its state files, or PostgreSQL) and list what is wrong with it; read-only, writes nothing.";
     type Details = Details;
     crate::step_flags!();
     fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
@@ -366,7 +367,10 @@ fn check_json(
 fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>) -> Result<()> {
     let reader = src.open()?;
     let mut invalid = Vec::new();
+    let phase =
+        crate::progress::Phase::bar("scan", reader.estimate()?, crate::progress::Unit::Sessions);
     let summary = reader.scan(1000, |items| {
+        phase.inc(items.len() as u64);
         for it in items {
             if let Item::Invalid(inv) = it {
                 invalid.push(inv.finding());
@@ -374,6 +378,7 @@ fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>)
         }
         Ok(())
     })?;
+    phase.finish();
     for w in &summary.warnings {
         ctx.report.warn(w.clone());
     }

@@ -30,8 +30,8 @@ pub struct Args {
     /// of the contract (the default) SQLite converts them on insert.
     #[arg(long)]
     pub loose_types: bool,
-    /// `default`: SPEC §1's store. `app`: an application's own schema (users and
-    /// sessions as SQLAlchemy makes them, state only in files; SPEC §9).
+    /// The store's shape: `default` (sessiondb's own table, state files, the JSON
+    /// store) or `app` (an application's own users and sessions tables).
     #[arg(long, value_enum, default_value_t = fixture::Schema::Default)]
     pub schema: fixture::Schema,
     #[command(flatten)]
@@ -50,6 +50,7 @@ pub enum Details {
 
 impl Step for Args {
     const NAME: &'static str = "generate-fixture";
+    const ABOUT: &'static str = "Write a realistic legacy store and its sessiondb.toml into a new folder, to try the tools on; writes only into that folder.";
     type Details = Details;
     crate::step_flags!();
     fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {
@@ -85,11 +86,11 @@ impl Step for Args {
             config_path.display()
         ));
         tracing::info!(
-            "wrote {} sessions, {} state files, {} bytes (mean state {} bytes)",
+            "wrote {} sessions, {} state files, {} (mean state {})",
             sum.sessions,
             sum.state_files,
-            sum.bytes.total,
-            sum.bytes.state_mean
+            crate::progress::human_bytes(sum.bytes.total),
+            crate::progress::human_bytes(sum.bytes.state_mean)
         );
         *d = Details::Default(Box::new(sum));
         Ok(())
@@ -126,13 +127,13 @@ fn run_app(ctx: &mut Ctx, opts: &fixture::Options, d: &mut Details) -> Result<()
         config_path.display()
     ));
     tracing::info!(
-        "wrote {} sessions of {} users ({} soft-deleted, {} without a cost), {} state files, {} bytes",
+        "wrote {} sessions of {} users ({} soft-deleted, {} without a cost), {} state files, {}",
         sum.sessions,
         sum.users,
         sum.deleted,
         sum.null_costs,
         sum.state_files,
-        sum.bytes.total
+        crate::progress::human_bytes(sum.bytes.total)
     );
     *d = Details::App(Box::new(sum));
     Ok(())

@@ -60,6 +60,7 @@ crate::details! {
 
 impl Step for Args {
     const NAME: &'static str = "init";
+    const ABOUT: &'static str = "Inspect an existing store and write a commented sessiondb.toml for it; reads the store, writes only the config (--print: nothing).";
     type Details = Details;
     crate::step_flags!();
     fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {

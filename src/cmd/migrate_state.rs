@@ -27,7 +27,7 @@ use crate::pg::lock::Guard;
 use crate::pg::rows::Rows;
 use crate::pg::{self, load, schema};
 use crate::plan::{Action, ConflictInfo, Counts};
-use crate::progress::Progress;
+use crate::progress::{Phase, Unit};
 use crate::report::{Finding, INLINE_LIMIT, lossy_opt_path};
 use crate::source::{Invalid, Item, KnownFn, Reader, Session, Source};
 
@@ -194,6 +194,7 @@ pub struct PhasesMs {
 
 impl Step for Args {
     const NAME: &'static str = "migrate-state";
+    const ABOUT: &'static str = "Load every session of the legacy store into PostgreSQL, on a verified backup; a dry run unless --dry-run=false, which writes to PostgreSQL and the backup folder.";
     type Details = Details;
     crate::step_flags!(dry);
     fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
@@ -320,7 +321,6 @@ fn plan(
         estimate,
         plan_time: Duration::ZERO,
     };
-    let mut progress = Progress::new("planning", estimate, ctx.common.quiet);
     // The source's fingerprint names its backup. A dry run and a catch-up always plan,
     // and take the fingerprint from the stats the pass makes anyway; a real first load
     // may skip the pass, which depends on the backup, so it takes the fingerprint first.
@@ -330,11 +330,10 @@ fn plan(
             .take()
             .expect("opened above")
             .with_fingerprint()?;
-        let p = plan_pass(reader, c, &plan, r.batch, &mut progress)?;
+        let p = plan_pass(reader, c, &plan, r.batch)?;
         plan.fingerprint = scanned_fingerprint(&p, &r.src)?;
         if r.args.dry.dry_run {
             // Shown before the backup is chosen: a refused backup leaves them known.
-            progress.done();
             report_planned(ctx, &p, r.args.quarantine, d);
         }
         plan.pass = Some(p);
@@ -344,10 +343,7 @@ fn plan(
     plan.backup = choose_backup(ctx, &r.cfg, r.args, &plan.fingerprint, d)?;
     if plan.pass.is_none() && needs_pass(r.args, &plan) {
         let reader = plan.reader.take().expect("not read yet");
-        plan.pass = Some(plan_pass(reader, c, &plan, r.batch, &mut progress)?);
-    }
-    if plan.pass.is_some() && !r.args.dry.dry_run {
-        progress.done();
+        plan.pass = Some(plan_pass(reader, c, &plan, r.batch)?);
     }
     plan.plan_time = t0.elapsed();
     Ok(plan)
@@ -462,7 +458,9 @@ fn act(
         client
             .batch_execute("SET maintenance_work_mem = '512MB'")
             .map_err(|e| Error::pg("raising maintenance_work_mem", "", e))?;
+        let spin = Phase::spinner("gin-index");
         schema::ensure_gin_index(&mut client, &r.schema, r.cfg.postgres.gin_opclass.as_sql())?;
+        spin.finish();
         d.gin_index_build_ms = Some(t_index.elapsed().as_millis() as u64);
     }
     phases.index = t_index.elapsed().as_millis() as u64;
@@ -470,7 +468,9 @@ fn act(
     // leave it to autovacuum (ANALYZE reads a 30,000-row sample of the states).
     let t_analyze = Instant::now();
     if (counts.inserted + counts.updated) * 10 > counts.sessions {
+        let spin = Phase::spinner("analyze");
         Rows::new(&r.schema, &plan.fit).analyze(&mut client);
+        spin.finish();
     }
     phases.analyze = t_analyze.elapsed().as_millis() as u64;
     d.phases_ms = Some(phases);
@@ -532,6 +532,10 @@ fn apply_schema(
     let relearned = versions::relearn(&mut tx, &r.schema, &ch.rewritten)?;
     tx.commit()
         .map_err(|e| Error::pg("committing the schema", &r.target.display, e))?;
+    // What is applied now is no longer pending: one report never says both.
+    if let Some(p) = &mut d.schema_pending {
+        p.retain(|v| !applied.contains(v));
+    }
     d.schema_applied = Some(applied);
     d.row_versions = Some(RowVersions {
         learned,
@@ -552,7 +556,7 @@ fn load(
     backup_dir: &Path,
     d: &mut Details,
 ) -> Result<Counts> {
-    let mut progress = Progress::new("loading", plan.estimate, ctx.common.quiet);
+    let progress = Phase::bar("load", plan.estimate, Unit::Sessions);
     let mut out = Loaded::default();
     let known = plan.known.as_deref();
     let (feed, read) = match plan.pass.take() {
@@ -565,6 +569,8 @@ fn load(
             out.counts.sessions += known;
             out.counts.unchanged += known;
             out.not_read += known;
+            // Sessions the plan found unchanged are not read again: counted as done.
+            progress.inc(known);
             (Feed::Replay(items, summary), "kept_from_plan")
         }
         Some(_) => (Feed::Scan(known), "second_scan"),
@@ -585,11 +591,15 @@ fn load(
                 pg::connect_writer(&r.target, &r.lock_timeout, r.cfg.postgres.toast_compression)
             })
             .collect::<Result<Vec<_>>>()?;
-        load_fresh(&lc, jobs, feed, &mut out, &mut progress)
+        load_fresh(&lc, jobs, feed, &mut out, &progress)
     } else {
-        load_incremental(&lc, client, &plan.classifier, feed, &mut out, &mut progress)
+        load_incremental(&lc, client, &plan.classifier, feed, &mut out, &progress)
     };
-    progress.done();
+    if result.is_ok() {
+        progress.finish();
+    } else {
+        drop(progress);
+    }
     if let Some(q) = &out.quarantine {
         report_quarantine(ctx, q, d);
     }
@@ -672,8 +682,8 @@ fn plan_pass(
     client: &mut postgres::Client,
     plan: &Plan,
     batch: usize,
-    progress: &mut Progress,
 ) -> Result<Planned> {
+    let progress = Phase::bar("plan", plan.estimate, Unit::Sessions);
     let mut p = Planned {
         replay: Some(Vec::new()),
         ..Planned::default()
@@ -682,6 +692,7 @@ fn plan_pass(
     let mut stats = fit.needs_data().then(|| fit.stats());
     let mut kept = 0usize;
     let summary = reader.scan_with(batch, plan.known.as_deref(), |items| {
+        progress.inc(items.len() as u64);
         let mut sessions = Vec::with_capacity(items.len());
         let mut invalid = Vec::new();
         let mut unchanged = 0u64;
@@ -704,11 +715,11 @@ fn plan_pass(
         p.known += unchanged;
         p.counts.sessions += sessions.len() as u64 + unchanged;
         p.conflicts.extend(cl.conflicts);
-        progress.tick(sessions.len() as u64 + unchanged, 0);
         p.keep(&mut kept, sessions, &invalid);
         p.invalid.extend(invalid);
         Ok(())
     })?;
+    progress.finish();
     p.counts.invalid = p.invalid.len() as u64;
     p.summary = summary;
     if let Some(st) = &stats {
@@ -1032,7 +1043,7 @@ fn report_quarantine(ctx: &mut Ctx, q: &Quarantine, d: &mut Details) {
     ctx.report.artifact("quarantine", &q.dir);
     d.quarantine = Some(q.dir.clone());
     d.quarantined = Some(q.listed.clone());
-    if let Some(dir) = ctx.report_dir() {
+    if let Some(dir) = ctx.report_dir().filter(|_| q.total > 0) {
         match crate::report::copy_list(dir, "migrate-state-quarantined.jsonl", &q.index_path) {
             Ok(path) => ctx.report.artifact("quarantined", &path),
             Err(e) => tracing::warn!("{e}"),
@@ -1195,16 +1206,16 @@ fn load_fresh(
     clients: Vec<postgres::Client>,
     feed: Feed<'_>,
     out: &mut Loaded,
-    progress: &mut Progress,
+    progress: &Phase,
 ) -> Result<crate::source::Summary> {
     std::thread::scope(|scope| {
         let writers = load::Writers::start(scope, clients, lc.schema, lc.run_uuid);
         let scanned = feed.run(lc.src, lc.args.batch_size as usize, |items| {
+            let read = items.len() as u64;
             let (sessions, invalid) = out.split(items);
             let quarantined = out.set_aside(lc, &invalid)?;
             let rendered = load::render_fresh(&sessions, &lc.run_uuid);
             let n = sessions.len() as u64;
-            let bytes = rendered.state_bytes;
             drop(sessions);
             writers.send(load::Job {
                 rendered,
@@ -1212,7 +1223,7 @@ fn load_fresh(
                 invalid: invalid.len() as u64,
                 quarantined,
             })?;
-            progress.tick(n + invalid.len() as u64, bytes);
+            progress.inc(read);
             Ok(())
         });
         let (written, failed) = writers.finish();
@@ -1236,12 +1247,13 @@ fn load_incremental(
     classifier: &Classifier,
     feed: Feed<'_>,
     out: &mut Loaded,
-    progress: &mut Progress,
+    progress: &Phase,
 ) -> Result<crate::source::Summary> {
     feed.run(lc.src, lc.args.batch_size as usize, |items| {
+        let read = items.len() as u64;
         let (sessions, invalid) = out.split(items);
         if sessions.is_empty() && invalid.is_empty() {
-            progress.tick(0, 0);
+            progress.inc(read);
             return Ok(());
         }
         out.set_aside(lc, &invalid)?;
@@ -1261,7 +1273,7 @@ fn load_incremental(
             .map_err(|e| Error::pg("committing a batch", "", e))?;
         // Committed: count it.
         out.committed(&w.counts, invalid.len() as u64, w.skipped);
-        progress.tick(sessions.len() as u64, w.counts.bytes);
+        progress.inc(read);
         Ok(())
     })
 }

@@ -17,7 +17,7 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum To {
-    /// migrate to <backend>
+    #[command(about = "Migrate the session store to another backend: `migrate to postgres`")]
     To(ToArgs),
 }
 
@@ -29,7 +29,7 @@ pub struct ToArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Dest {
-    /// preflight, backup, migrate-state, verify, and set-default when asked.
+    #[command(about = <Args as crate::driver::Step>::ABOUT)]
     Postgres(Args),
 }
 
@@ -56,6 +56,7 @@ pub struct Details {
 
 impl Step for Args {
     const NAME: &'static str = "migrate-to-postgres";
+    const ABOUT: &'static str = "Run preflight, backup, migrate-state and verify in order (and set-default with --set-default), stopping at the first that fails; a dry run unless --dry-run=false.";
     type Details = Details;
     crate::step_flags!(dry);
     fn run(&self, ctx: &mut Ctx, d: &mut Details) -> Result<()> {

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::driver::{exit_code, run_step, usage_error};
+use crate::driver::{Step, exit_code, run_step, usage_error};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,33 +33,66 @@ struct Umbrella {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read-only checks of the source, the backup location, PostgreSQL and the plan.
+    #[command(about = <preflight::Args as Step>::ABOUT)]
     Preflight(preflight::Args),
-    /// A verified, timestamped copy of the legacy store.
+    #[command(about = <backup::Args as Step>::ABOUT)]
     Backup(backup::Args),
-    /// Load every session into PostgreSQL (dry run unless --dry-run=false).
+    #[command(about = <migrate_state::Args as Step>::ABOUT)]
     MigrateState(migrate_state::Args),
-    /// Prove the copy, session by session.
+    #[command(about = <verify::Args as Step>::ABOUT)]
     Verify(verify::Args),
-    /// Switch the config's backend to postgres (dry run unless --dry-run=false).
+    #[command(about = <set_default::Args as Step>::ABOUT)]
     SetDefault(set_default::Args),
-    /// Switch back, exporting what changed in PostgreSQL (dry run unless --dry-run=false).
+    #[command(about = <rollback::Args as Step>::ABOUT)]
     Rollback(rollback::Args),
-    /// Check a backend: JSON, SQLite + files, or PostgreSQL.
+    #[command(about = <check::Args as Step>::ABOUT)]
     Check(check::Args),
-    /// The whole sequence: `sessiondb migrate to postgres`.
+    #[command(
+        about = "The whole sequence, step by step: `sessiondb migrate to postgres` (see its --help)"
+    )]
     Migrate(migrate_to::MigrateArgs),
-    /// Write a realistic legacy store and its sessiondb.toml.
+    #[command(about = <generate_fixture::Args as Step>::ABOUT)]
     GenerateFixture(generate_fixture::Args),
-    /// Inspect a store and propose a commented sessiondb.toml for it.
+    #[command(about = <init::Args as Step>::ABOUT)]
     Init(init::Args),
+}
+
+/// The step a command line names (`sessiondb migrate-state ...` → `migrate-state`), for
+/// the report of a usage error; `sessiondb` when it names none.
+fn step_named(args: &[String]) -> &'static str {
+    use clap::CommandFactory;
+    let cmd = Umbrella::command();
+    let Some(first) = args.iter().find(|a| !a.starts_with('-')) else {
+        return "sessiondb";
+    };
+    if first == "migrate" {
+        return <migrate_to::Args as Step>::NAME;
+    }
+    cmd.get_subcommands()
+        .map(|c| c.get_name())
+        .find(|n| *n == first)
+        .map_or("sessiondb", |n| match n {
+            "preflight" => <preflight::Args as Step>::NAME,
+            "backup" => <backup::Args as Step>::NAME,
+            "migrate-state" => <migrate_state::Args as Step>::NAME,
+            "verify" => <verify::Args as Step>::NAME,
+            "set-default" => <set_default::Args as Step>::NAME,
+            "rollback" => <rollback::Args as Step>::NAME,
+            "check" => <check::Args as Step>::NAME,
+            "generate-fixture" => <generate_fixture::Args as Step>::NAME,
+            "init" => <init::Args as Step>::NAME,
+            _ => "sessiondb",
+        })
 }
 
 /// The `sessiondb` binary.
 pub fn umbrella() -> ExitCode {
     let u = match Umbrella::try_parse() {
         Ok(u) => u,
-        Err(e) => return exit_code(usage_error("sessiondb", e)),
+        Err(e) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit_code(usage_error(step_named(&args), e));
+        }
     };
     let code = match &u.cmd {
         Command::Preflight(a) => run_step(a),

@@ -16,6 +16,7 @@ use crate::pg::classify::Classifier;
 use crate::pg::constraints::{Fit, Stats};
 use crate::pg::{self, lock, schema, server};
 use crate::plan::{ConflictInfo, Counts};
+use crate::progress::human_bytes;
 use crate::report::{CheckStatus, Finding, INLINE_LIMIT};
 use crate::source::{self, Item, Session, Source, sqlite};
 
@@ -32,6 +33,7 @@ pub struct Args {
 
 impl Step for Args {
     const NAME: &'static str = "preflight";
+    const ABOUT: &'static str = "Check the source, the backup location, PostgreSQL and the plan before a migration; read-only, writes nothing.";
     /// Preflight's findings are all in its checks.
     type Details = ();
     crate::step_flags!();
@@ -146,7 +148,13 @@ fn scan(
             return out;
         }
     };
+    let phase = crate::progress::Phase::bar(
+        "scan",
+        reader.estimate().unwrap_or(0),
+        crate::progress::Unit::Sessions,
+    );
     let res = reader.scan(1000, |items| {
+        phase.inc(items.len() as u64);
         let mut batch: Vec<Session> = Vec::with_capacity(items.len());
         for it in items {
             match it {
@@ -170,6 +178,7 @@ fn scan(
     out.counts.invalid = out.invalid.len() as u64;
     match res {
         Ok(s) => {
+            phase.finish();
             out.summary = Some(s);
             out.stats = Some(stats);
         }
@@ -358,8 +367,8 @@ fn report_plan(
         "plan",
         plan_status,
         format!(
-            "{} sessions: {} to insert, {} to update, {} unchanged, {} in conflict, {} invalid; {} bytes of state, about {:.0}s to load",
-            counts.sessions, counts.inserted, counts.updated, counts.unchanged, counts.conflicts, counts.invalid, counts.bytes, est_secs
+            "{} sessions: {} to insert, {} to update, {} unchanged, {} in conflict, {} invalid; {} of state, about {:.0}s to load",
+            counts.sessions, counts.inserted, counts.updated, counts.unchanged, counts.conflicts, counts.invalid, human_bytes(counts.bytes), est_secs
         ),
         json!({
             "counts": counts,
@@ -753,8 +762,11 @@ fn check_backup_location(ctx: &mut Ctx, dir: &Path, estimate: u64) {
         }
         (Ok(()), Some(free)) if free < need => {
             let msg = format!(
-                "{} has {free} bytes free; a backup needs about {need} (estimate {estimate} plus margin)",
-                base.display()
+                "{} has {} free; a backup needs about {} (estimate {} plus margin)",
+                base.display(),
+                human_bytes(free),
+                human_bytes(need),
+                human_bytes(estimate)
             );
             ctx.report
                 .check("backup_location", CheckStatus::Fail, msg.clone(), details);
@@ -766,9 +778,10 @@ fn check_backup_location(ctx: &mut Ctx, dir: &Path, estimate: u64) {
             "backup_location",
             CheckStatus::Pass,
             format!(
-                "{} writable, {} bytes free for an estimated {need}",
+                "{} writable, {} free for an estimated {}",
                 dir.display(),
-                free.map_or("unknown".into(), |f| f.to_string())
+                free.map_or("unknown".into(), human_bytes),
+                human_bytes(need)
             ),
             details,
         ),

@@ -86,6 +86,7 @@ pub struct LegacyStore {
 
 impl Step for Args {
     const NAME: &'static str = "rollback";
+    const ABOUT: &'static str = "Switch the application back to its legacy store, exporting into it what changed in PostgreSQL; a dry run unless --dry-run=false, which writes the legacy store and the config.";
     type Details = Details;
     crate::step_flags!(dry);
     fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
@@ -322,7 +323,9 @@ fn plan(ctx: &mut Ctx, r: &Resolved, c: &mut postgres::Client, d: &mut Details) 
         let legacy = Legacy::open(&r.sqlite.path, &r.sqlite.sessions_dir)?;
         (legacy, Finder::Ledger(Rows::new(schema_name, &fit)))
     };
+    let spin = crate::progress::Phase::spinner("rollback-read");
     let (exports, mut refusals) = finder.changes(c, &legacy)?;
+    spin.finish();
     let sessions: Vec<&Export> = exports.iter().filter(|x| x.table.is_none()).collect();
     let created = sessions.iter().filter(|x| x.kind == "created").count() as u64;
     ctx.report.count("created", created);
@@ -874,6 +877,11 @@ fn write_round(
         .filter(|x| x.file_bytes().is_some())
         .collect();
     let half = with_files.len() / 2;
+    let phase = crate::progress::Phase::bar(
+        "rollback-export",
+        exports.len() as u64,
+        crate::progress::Unit::Sessions,
+    );
     for (i, (x, f)) in with_files
         .iter()
         .zip(open.journal.files.clone())
@@ -883,11 +891,14 @@ fn write_round(
             crate::fault::kill_point("staging", round);
         }
         stage(legacy, x, &f)?;
+        phase.inc(1);
     }
     // Every new file durable before the rows can commit (one syncfs for them all).
     legacy.sessions.sync()?;
     let mut conn = legacy::open_rw(&legacy.db)?;
     legacy::write_rows(&mut conn, &legacy.db, exports, |d| open.seal(d))?;
+    phase.inc((exports.len() - with_files.len()) as u64);
+    phase.finish();
     crate::fault::kill_point("committed", round);
     for (i, f) in open.journal.files.clone().into_iter().enumerate() {
         if i == half {

@@ -40,6 +40,7 @@ crate::details! {
 
 impl Step for Args {
     const NAME: &'static str = "set-default";
+    const ABOUT: &'static str = "Switch the config's backend to postgres once verify has passed; a dry run unless --dry-run=false, which rewrites the config file.";
     type Details = Details;
     crate::step_flags!(dry);
     fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {

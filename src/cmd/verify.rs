@@ -32,8 +32,8 @@ pub struct Args {
     /// Check N random sessions instead of all of them.
     #[arg(long, value_name = "N")]
     pub sample: Option<u64>,
-    /// Then probe a running sessiond at this URL (health, status against the database,
-    /// a write through the batched progress writer); see `sessiondb::smoke`.
+    /// Then probe a running sessiond at this URL: its health, its status against the
+    /// database, and one write through its batched progress writer.
     #[arg(long, value_name = "URL")]
     pub smoke_url: Option<String>,
 }
@@ -50,6 +50,7 @@ crate::details! {
 
 impl Step for Args {
     const NAME: &'static str = "verify";
+    const ABOUT: &'static str = "Compare every session in PostgreSQL with the legacy store, session by session, and record the result; writes only that record (sessiondb_verifications).";
     type Details = Details;
     crate::step_flags!();
     fn run(&self, ctx: &mut Ctx, details: &mut Details) -> Result<()> {
@@ -304,7 +305,14 @@ fn compare_all(
     tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .map_err(|e| crate::error::Error::pg("preparing verify", "", e))?;
     let ids = IdSet::create(&mut tx)?;
-    let summary = src.open()?.scan(1000, |items| {
+    let reader = src.open()?;
+    let phase = crate::progress::Phase::bar(
+        "verify",
+        reader.estimate()?,
+        crate::progress::Unit::Sessions,
+    );
+    let summary = reader.scan(1000, |items| {
+        phase.inc(items.len() as u64);
         let (batch, invalid) = found.split(items, sampled.as_ref());
         if sampled.is_none() {
             let all: Vec<&str> = batch
@@ -317,6 +325,7 @@ fn compare_all(
         found.invalid(&mut tx, schema_name, invalid)?;
         found.compare(&mut tx, &rows, &batch)
     })?;
+    phase.finish();
     for w in &summary.warnings {
         ctx.report.warn(w.clone());
     }

@@ -16,11 +16,26 @@ pub fn lock_key(schema: &str) -> i64 {
     i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-/// Who holds the writers' lock, as a sentence: pid, application (it carries the run id),
-/// client, and since when. Advisory locks belong to one database: a writer on another
-/// database of the same server holds another lock. A role without `pg_read_all_stats`
-/// sees only the pid and role of other roles' sessions; the sentence then says so.
-pub fn holder(c: &mut Client, schema: &str) -> Result<Option<String>> {
+/// Who holds the writers' lock: its PostgreSQL backend pid, and a sentence naming the
+/// pid, the role, the application (a sessiondb run carries its run id there), the client
+/// host and since when.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub pid: i32,
+    pub text: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Who holds the writers' lock ([`Holder`]). Advisory locks belong to one database: a
+/// writer on another database of the same server holds another lock. A role without
+/// `pg_read_all_stats` sees only the pid and role of other roles' sessions; the
+/// sentence then says so.
+pub fn holder(c: &mut Client, schema: &str) -> Result<Option<Holder>> {
     let key = lock_key(schema);
     let classid = ((key as u64) >> 32) as u32 as i64;
     let objid = (key as u64 & 0xffff_ffff) as i64;
@@ -43,17 +58,22 @@ pub fn holder(c: &mut Client, schema: &str) -> Result<Option<String>> {
         let host: Option<String> = r.get(3);
         let since: Option<String> = r.get(4);
         let role = role.unwrap_or_else(|| "?".into());
-        match (host, since) {
+        let text = match (host, since) {
             (Some(host), Some(since)) => {
                 let app = app.unwrap_or_default();
                 let run = app
                     .strip_prefix("sessiondb:")
-                    .map(|s| format!(", run {s}"))
-                    .unwrap_or_else(|| format!(", application {app:?}"));
-                format!("pid {pid} (role {role}) on {host}{run}, connected since {since}")
+                    .map(|s| format!("sessiondb run {s}"))
+                    .unwrap_or_else(|| format!("application_name {app:?}"));
+                format!(
+                    "PostgreSQL backend pid {pid} (role {role}), {run}, client {host}, connected since {since}"
+                )
             }
-            _ => format!("pid {pid} (role {role}; its other details are not visible to this role)"),
-        }
+            _ => format!(
+                "PostgreSQL backend pid {pid} (role {role}; its application and client host are not visible to this role: pg_read_all_stats shows them)"
+            ),
+        };
+        Holder { pid, text }
     }))
 }
 
@@ -79,9 +99,16 @@ impl WriterLock {
             .map_err(|e| Error::pg("taking the writer lock", &t.display, e))?
             .get(0);
         if !got {
-            let holder = holder(&mut client, schema)?
-                .unwrap_or_else(|| "a session that just ended; retry".into());
-            return Err(Error::LockHeld { holder });
+            return Err(match holder(&mut client, schema)? {
+                Some(h) => Error::LockHeld {
+                    holder: h.text,
+                    pid: Some(h.pid),
+                },
+                None => Error::LockHeld {
+                    holder: "a session that just ended; retry".into(),
+                    pid: None,
+                },
+            });
         }
         Ok(WriterLock { client, key })
     }
@@ -119,7 +146,10 @@ impl Guard {
         }
         let mut c = connect(t)?;
         match holder(&mut c, schema)? {
-            Some(holder) => Err(Error::LockHeld { holder }),
+            Some(h) => Err(Error::LockHeld {
+                holder: h.text,
+                pid: Some(h.pid),
+            }),
             None => Ok(Guard::SeenFree),
         }
     }

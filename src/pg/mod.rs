@@ -68,7 +68,7 @@ pub fn connect_writer(t: &Target, lock_timeout: &str, toast: ToastCompression) -
 }
 
 /// The typed error of a failed connection to `t` (the blocking client's or the pool's):
-/// `tls_failed`, `permission_denied`, `postgres_unreachable`, or a database error.
+/// `tls_failed`, `auth_failed`, `postgres_unreachable`, or a database error.
 pub fn connect_error(t: &Target, e: postgres::Error) -> Error {
     if let Some(reason) = tls::failure(&e, t) {
         return Error::TlsFailed {
@@ -80,15 +80,10 @@ pub fn connect_error(t: &Target, e: postgres::Error) -> Error {
     }
     let message = crate::redact::text(&crate::error::error_chain(&e));
     match e.as_db_error() {
-        Some(db)
-            if db.code() == &postgres::error::SqlState::INVALID_PASSWORD
-                || db.code() == &postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-        {
-            Error::PermissionDenied {
-                target: t.display.clone(),
-                message,
-            }
-        }
+        Some(db) if crate::error::is_auth_failure(db.code()) => Error::AuthFailed {
+            target: t.display.clone(),
+            message,
+        },
         Some(db) if db.code() == &postgres::error::SqlState::INVALID_CATALOG_NAME => {
             Error::PostgresUnreachable {
                 target: t.display.clone(),

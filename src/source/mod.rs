@@ -374,14 +374,30 @@ impl Reader {
         Ok(self)
     }
 
-    /// Rows in the SQLite table (0 without SQLite) plus JSON-only records: a quick
-    /// estimate of the number of sessions, for progress.
+    /// How many items a scan yields, for progress: the rows of the SQLite table (0
+    /// without SQLite) plus the JSON store's records of ids that SQLite does not hold
+    /// (each id once) and its records without a usable id.
     pub fn estimate(&self) -> Result<u64> {
         let rows = match (&self.db, &self.source.sqlite) {
             (Some(db), Some(s)) => sqlite::count(db, &s.path)?,
             _ => 0,
         };
-        Ok(rows + self.json.len() as u64)
+        let mut ids = std::collections::HashSet::new();
+        let mut json_only = 0u64;
+        for r in &self.json {
+            match &r.id {
+                Ok(id) if !ids.insert(id.as_str()) => {}
+                Ok(id) => {
+                    let in_sqlite = match (&self.db, &self.source.sqlite) {
+                        (Some(db), Some(s)) => sqlite::has_id(db, &s.path, id)?,
+                        _ => false,
+                    };
+                    json_only += u64::from(!in_sqlite);
+                }
+                Err(_) => json_only += 1,
+            }
+        }
+        Ok(rows + json_only)
     }
 
     /// Stream every item in batches of about `batch` to `f`, in order: SQLite rows by id,

@@ -18,6 +18,7 @@ mod hijack;
 mod init;
 mod json_fields;
 mod migrate;
+mod operator;
 mod preflight;
 mod quarantine;
 mod resume;

@@ -244,6 +244,7 @@ impl Open {
         })?;
         let lock = try_lock(&dir, true)?.ok_or_else(|| Error::LockHeld {
             holder: format!("another rollback holds {}", dir.join(LOCK).display()),
+            pid: None,
         })?;
         let path = dir.join(format!("round-{}.json", journal.round));
         journal.write(&path)?;
