@@ -806,9 +806,18 @@ impl<'a> Taking<'a> {
             "self-check: re-reading the {} files this backup wrote",
             self.sharing.files_copied + self.early.len() as u64
         );
+        // The total: what is read back below (a first pass over the spool, which is small
+        // beside the files it lists).
+        let mut fresh_bytes = 0u64;
+        manifest::read_spool(&spool, &mut |e| {
+            if !e.shared {
+                fresh_bytes += e.bytes;
+            }
+            Ok(())
+        })?;
         let phase = crate::progress::Phase::bar(
             "backup-self-check",
-            self.early.iter().map(|f| f.bytes).sum::<u64>() + self.sharing.bytes_copied,
+            self.early.iter().map(|f| f.bytes).sum::<u64>() + fresh_bytes,
             crate::progress::Unit::Bytes,
         );
         let checked = |files: &[FileEntry]| {
