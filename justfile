@@ -11,9 +11,15 @@ cargo_profile := if profile == "release" { "--release" } else { "" }
 default:
     @just --list --unsorted
 
-# The main job on an embedded default: throwaway PostgreSQL, 10,000 generated sessions, staging sequence, rollback rehearsal, re-cutover
-demo: build
-    SDB={{sdb}} scripts/demo
+# The main job on an embedded default: throwaway PostgreSQL, 10,000 generated sessions, staging sequence, rollback rehearsal, re-cutover (`just demo app`: on an application's own schema)
+demo SCHEMA="default": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case "{{trim_start_match(SCHEMA, "SCHEMA=")}}" in
+      default) SDB={{sdb}} exec scripts/demo ;;
+      app) SDB={{sdb}} exec scripts/demo-app ;;
+      *) echo "just demo: SCHEMA is default or app, not {{SCHEMA}}" >&2; exit 2 ;;
+    esac
 
 # Run every test against a throwaway PostgreSQL (started and stopped here)
 test *ARGS:
