@@ -641,36 +641,15 @@ impl<'a> Taking<'a> {
     }
 
     fn warn_skipped(&mut self) {
-        for s in &self.skipped_symlinks {
-            self.warnings.push(
-                Finding::new(
-                    "symlink_outside_root",
-                    format!("{}: {}: not copied", s.path.display(), s.reason),
-                )
-                .path(&s.path),
-            );
-        }
-        for s in &self.skipped_other {
-            self.warnings.push(
-                Finding::new(
-                    "backup_skipped",
-                    format!("{}: {}: not copied", s.path.display(), s.reason),
-                )
-                .path(&s.path),
-            );
-        }
-        for s in &self.unreadable {
-            self.warnings.push(
-                Finding::new(
-                    "backup_unreadable",
-                    format!(
-                        "{}: cannot be read ({}): not copied; the backup is complete without it and notes it in its manifest",
-                        s.path.display(),
-                        s.reason
-                    ),
-                )
-                .path(&s.path),
-            );
+        let kinds = [
+            ("symlink_outside_root", &self.skipped_symlinks),
+            ("backup_skipped", &self.skipped_other),
+            ("backup_unreadable", &self.unreadable),
+        ];
+        for (code, list) in kinds {
+            for s in list {
+                self.warnings.push(s.finding(code, "not"));
+            }
         }
     }
 

@@ -221,6 +221,23 @@ pub struct Skipped {
     pub reason: String,
 }
 
+impl Skipped {
+    /// The warning a backup (or its dry run: `tense` "would not be") gives for a file it
+    /// leaves out: `code` `symlink_outside_root`, `backup_skipped` or `backup_unreadable`.
+    pub fn finding(&self, code: &'static str, tense: &str) -> crate::report::Finding {
+        let message = if code == "backup_unreadable" {
+            format!(
+                "{}: cannot be read ({}): {tense} copied; the backup is complete without it and notes it in its manifest",
+                self.path.display(),
+                self.reason
+            )
+        } else {
+            format!("{}: {}: {tense} copied", self.path.display(), self.reason)
+        };
+        crate::report::Finding::new(code, message).path(&self.path)
+    }
+}
+
 impl Manifest {
     /// The whole manifest, its list of files included: for small backups (a manifest
     /// of a million files takes hundreds of MB this way; see [`stream_manifest`]).

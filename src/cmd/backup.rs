@@ -199,26 +199,12 @@ fn show(ctx: &mut Ctx, plan: backup::Plan, d: &mut Details) {
     ctx.report.count("state_files", plan.state_files);
     ctx.report.count("shared_files", plan.shared_files);
     for s in &plan.skipped_symlinks {
-        ctx.report.warn(
-            Finding::new(
-                "symlink_outside_root",
-                format!("{}: {}: would not be copied", s.path.display(), s.reason),
-            )
-            .path(&s.path),
-        );
+        ctx.report
+            .warn(s.finding("symlink_outside_root", "would not be"));
     }
     for s in &plan.unreadable {
-        ctx.report.warn(
-            Finding::new(
-                "backup_unreadable",
-                format!(
-                    "{}: cannot be read ({}): would not be copied, and noted in the manifest",
-                    s.path.display(),
-                    s.reason
-                ),
-            )
-            .path(&s.path),
-        );
+        ctx.report
+            .warn(s.finding("backup_unreadable", "would not be"));
     }
     d.plan = Some(plan);
     ctx.report
