@@ -181,6 +181,20 @@ fn verify_copy(
     }
     check_gin(ctx, c, schema_name)?;
     let found = compare_all(ctx, &src, c, &fit, schema_name, sample)?;
+    conclude(ctx, cfg, c, found, fingerprint, sample, d)
+}
+
+/// What every verification ends with, of either shape: the findings reported, the
+/// advice, and the verification recorded (bookkeeping only; it passes only whole).
+fn conclude(
+    ctx: &mut Ctx,
+    cfg: &Config,
+    c: &mut postgres::Client,
+    found: Found,
+    fingerprint: String,
+    sample: Option<u64>,
+    d: &mut Details,
+) -> Result<()> {
     let failed = found.counts.differs() || ctx.report.has_failed_check();
     report_found(ctx, &found, sample, d);
     d.source_fingerprint = Some(fingerprint.clone());
@@ -188,13 +202,12 @@ fn verify_copy(
     if failed {
         ctx.problems = true;
     }
-    // Record the verification (bookkeeping only).
     let v = runs::Verification {
         run_id: uuid::Uuid::parse_str(&ctx.run_id()).expect("run ids are uuids"),
         source_fingerprint: fingerprint,
         passed: !failed && sample.is_none(),
     };
-    runs::record_verification(c, schema_name, &v, sample, &found.counts)
+    runs::record_verification(c, &cfg.postgres.schema, &v, sample, &found.counts)
 }
 
 /// The `schema` check. Versions only sessiondb's bookkeeping needs may be pending (a

@@ -9,12 +9,11 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{Details, Difference, Found, check_gin, check_schema, report_found};
+use super::{Details, Difference, Found, check_gin, check_schema};
 use crate::config::Config;
 use crate::driver::Ctx;
 use crate::error::{Error, Result};
 use crate::pg::app::{self, TablePlan};
-use crate::pg::ledger::runs;
 use crate::report::{CheckStatus, Finding};
 use crate::source::Source;
 use crate::source::app::AppStore;
@@ -245,17 +244,5 @@ pub(super) fn verify_mapped(
         ),
         json!({"tables": tables_check}),
     );
-    let failed = found.counts.differs() || ctx.report.has_failed_check();
-    report_found(ctx, &found, sample, d);
-    d.source_fingerprint = Some(fingerprint.clone());
-    super::advise(ctx, cfg, c, &found, failed)?;
-    if failed {
-        ctx.problems = true;
-    }
-    let v = runs::Verification {
-        run_id: uuid::Uuid::parse_str(&ctx.run_id()).expect("run ids are uuids"),
-        source_fingerprint: fingerprint,
-        passed: !failed && sample.is_none(),
-    };
-    runs::record_verification(c, schema_name, &v, sample, &found.counts)
+    super::conclude(ctx, cfg, c, found, fingerprint, sample, d)
 }
