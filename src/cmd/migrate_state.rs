@@ -1454,18 +1454,29 @@ fn planned_refusal(ctx: &mut Ctx, p: &Planned, args: &Args, d: &mut Details) -> 
         });
     }
     if !p.conflicts.is_empty() && args.on_conflict == OnConflict::Fail {
-        ctx.report.next_steps.push(
-            "the sessions in details.conflicts differ in the target from what sessiondb last wrote there: check which side is right (the target may hold the application's writes); then rerun with --on-conflict skip to keep the target's rows, or --on-conflict source-wins to rewrite them from the source (runbooks/incident.md)"
-                .into(),
-        );
-        return Err(Error::Conflict {
-            message: format!(
-                "{} session(s) differ in the target from what sessiondb wrote: {would}, nothing written (e.g. {}: {})",
-                p.conflicts.len(),
-                p.conflicts[0].session,
-                p.conflicts[0].reason
-            ),
-        });
+        return Err(refuse_conflicts(ctx, &p.conflicts, "session(s)", would));
     }
     Ok(())
+}
+
+/// The refusal of a plan whose `conflicts` (target rows changed behind sessiondb's back)
+/// `--on-conflict fail` does not allow, with the way out; `what` names the rows.
+pub(super) fn refuse_conflicts(
+    ctx: &mut Ctx,
+    conflicts: &[ConflictInfo],
+    what: &str,
+    would: &str,
+) -> Error {
+    ctx.report.next_steps.push(
+        "the rows in details.conflicts differ in the target from what sessiondb last wrote there: check which side is right (the target may hold the application's writes); then rerun with --on-conflict skip to keep the target's rows, or --on-conflict source-wins to rewrite them from the source (runbooks/incident.md)"
+            .into(),
+    );
+    Error::Conflict {
+        message: format!(
+            "{} {what} differ in the target from what sessiondb wrote: {would}, nothing written (e.g. {}: {})",
+            conflicts.len(),
+            conflicts[0].session,
+            conflicts[0].reason
+        ),
+    }
 }

@@ -240,14 +240,7 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
     if !p.conflicts.is_empty() {
         d.conflicts = Some(p.conflicts.iter().take(INLINE_LIMIT).cloned().collect());
         if args.on_conflict == OnConflict::Fail {
-            return Err(Error::Conflict {
-                message: format!(
-                    "{} row(s) differ in the target from what sessiondb wrote: {would}, nothing written (e.g. {}: {})",
-                    p.conflicts.len(),
-                    p.conflicts[0].session,
-                    p.conflicts[0].reason
-                ),
-            });
+            return Err(super::refuse_conflicts(ctx, &p.conflicts, "row(s)", would));
         }
     }
     Ok(())
