@@ -57,6 +57,11 @@ pub enum Error {
     #[error("permission denied on {target}: {message}")]
     PermissionDenied { target: String, message: String },
 
+    /// A relation sessiondb would use carries another role's code (SPEC §2, a hostile
+    /// database): see `pg::trust`.
+    #[error("untrusted object in the target: {message}")]
+    UntrustedObject { message: String },
+
     #[error("database error while {context}: {message}")]
     Database { context: String, message: String },
 
@@ -316,6 +321,7 @@ impl Error {
             Error::TlsFailed { .. } => "tls_failed",
             Error::AuthFailed { .. } => "auth_failed",
             Error::PermissionDenied { .. } => "permission_denied",
+            Error::UntrustedObject { .. } => "untrusted_object",
             Error::Database { .. } => "database_error",
             Error::LockHeld { .. } => "lock_held",
             Error::Unreadable { .. } => "unreadable",
@@ -407,6 +413,7 @@ impl Error {
             | Error::JournalConflict { .. }
             | Error::SourceSchema { .. }
             | Error::SchemaMismatch { .. }
+            | Error::UntrustedObject { .. }
             | Error::UnsafePath { .. } => exit::PROBLEMS,
             Error::StepFailed { exit, .. } => *exit,
             Error::PostgresUnreachable { .. }
@@ -671,6 +678,12 @@ pub const CODES: &[CodeHelp] = &[
         means: "logged in, but the role lacks a privilege (CREATE on the schema, SELECT/INSERT/UPDATE on a table), or a file or folder cannot be written",
         check: "the privilege or path the message names; `sessiondb check --backend postgres` lists the role's privileges",
         next: "`GRANT` what is missing (or fix the file's owner/mode), then rerun",
+    },
+    CodeHelp {
+        code: "untrusted_object",
+        means: "a table sessiondb would read or write carries code of a role it does not trust (a trigger, rule, default, CHECK or index expression calling that role's function), is a view where a table belongs, or is one of sessiondb's own tables created by another role: writing would run that code with sessiondb's privileges",
+        check: "the relation, function and owner the message names (`\\d+ schema.table`, `\\df+ function`); who created them and why",
+        next: "drop what was planted (or have its owner `ALTER ... OWNER TO` a trusted role, or run sessiondb as that owner), then rerun",
     },
     CodeHelp {
         code: "database_error",

@@ -129,6 +129,7 @@ pub fn plan(
     };
     let mut names: Vec<&str> = copied.iter().map(|t| t.table.name.as_str()).collect();
     names.push(STATE_TABLE);
+    crate::pg::trust::check(c, schema, &names)?;
     let present: Vec<&str> = names
         .iter()
         .copied()

@@ -139,6 +139,8 @@ impl Guard {
     /// Take the lock (`dry_run`: see that it is free), or fail with `lock_held`
     /// naming the holder, before any read that decides what to write.
     pub fn take(t: &Target, schema: &str, run_id: &str, dry_run: bool) -> Result<Guard> {
+        // Every writer, dry run or not, refuses a schema with planted code first.
+        crate::pg::trust::check(&mut connect(t)?, schema, &["sessions", "session_state"])?;
         if !dry_run {
             let lock = WriterLock::acquire(t, schema, run_id)?;
             tracing::info!("holding the writers' lock for run {run_id}");

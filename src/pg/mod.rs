@@ -19,6 +19,7 @@ pub mod rows;
 pub mod schema;
 pub mod server;
 pub mod tls;
+pub mod trust;
 
 pub use lock::{WriterLock, lock_key};
 

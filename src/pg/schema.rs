@@ -183,6 +183,8 @@ pub fn table_exists(c: &mut impl GenericClient, schema: &str, table: &str) -> Re
 
 /// What is applied and what is pending.
 pub fn status(c: &mut impl GenericClient, schema: &str) -> Result<Status> {
+    // Nothing of the schema is read before it is known to run no planted code.
+    crate::pg::trust::check(c, schema, &["sessions", "session_state"])?;
     let mut s = Status::default();
     let applied: Vec<(i32, String)> = if table_exists(c, schema, VERSIONS_TABLE)? {
         c.query(
@@ -216,6 +218,7 @@ pub fn status(c: &mut impl GenericClient, schema: &str) -> Result<Status> {
 
 /// Apply every pending version inside the caller's transaction. Returns what was applied.
 pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<Vec<i32>> {
+    crate::pg::trust::check(tx, schema, &["sessions", "session_state"])?;
     let schema_exists: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",

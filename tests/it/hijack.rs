@@ -472,3 +472,95 @@ fn planted_objects_are_never_used_by_the_mapped_load_on_the_applications_own_tab
             .get(0);
     assert_eq!(n, 8);
 }
+
+/// A role that may create tables in the target schema plants, before the first load,
+/// the tables sessiondb would write into: its own bookkeeping table, and
+/// `session_state` as the application would create it, each with a trigger that tries
+/// to make the planting role a superuser. Every step that would read or write them
+/// refuses with `untrusted_object` (the dry run too), no trigger ever runs, and the
+/// role gains nothing.
+#[test]
+fn tables_planted_with_triggers_are_refused_before_anything_runs_their_code() {
+    for planted in ["sessiondb_ledger", "session_state"] {
+        // Roles first, so that the database (whose objects they own) drops before them.
+        let low = Role::new("low");
+        let privileged = Role::with("priv", "SUPERUSER");
+        let db = TestDb::new(&format!("trust_{planted}"));
+        db.client()
+            .batch_execute(&format!(
+                "GRANT CREATE ON SCHEMA public TO \"{low}\";",
+                low = low.name
+            ))
+            .unwrap();
+        let columns = if planted == "session_state" {
+            "session_id text PRIMARY KEY, state jsonb NOT NULL, updated_at timestamptz NOT NULL"
+        } else {
+            "id text PRIMARY KEY"
+        };
+        as_role(
+            &db,
+            &low,
+            &format!(
+                "CREATE TABLE public.trigger_calls (who text DEFAULT current_user);
+                 GRANT INSERT ON public.trigger_calls TO PUBLIC;
+                 CREATE TABLE public.{planted} ({columns});
+                 CREATE FUNCTION public.pwn() RETURNS trigger LANGUAGE plpgsql AS $f$
+                 BEGIN
+                   INSERT INTO public.trigger_calls DEFAULT VALUES;
+                   BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER', '{low}'); EXCEPTION WHEN OTHERS THEN NULL; END;
+                   RETURN NEW;
+                 END $f$;
+                 CREATE TRIGGER pwn BEFORE INSERT OR UPDATE ON public.{planted}
+                   FOR EACH ROW EXECUTE FUNCTION public.pwn();",
+                low = low.name
+            ),
+        );
+        let s = Store::new();
+        s.session("s1", r#"{"a": 1}"#);
+        let url = privileged.url(&db);
+        for args in [
+            &["migrate-state"][..],
+            &["migrate-state", "--dry-run=false"],
+            &["verify"],
+            &["set-default"],
+        ] {
+            let r = sessiondb(args)
+                .config(&s.config)
+                .env("DATABASE_URL", &url)
+                .run();
+            assert_eq!(r.code, exit::PROBLEMS, "{planted}: {args:?}\n{}", r.stdout);
+            let e = r.report.errors.first().expect("an error");
+            assert_eq!(
+                e.code, "untrusted_object",
+                "{planted}: {args:?}\n{}",
+                r.stdout
+            );
+            assert!(
+                e.message.contains(&format!("public.{planted}"))
+                    && e.message.contains("pwn()")
+                    && e.message.contains(&low.name),
+                "{planted}: {}",
+                e.message
+            );
+        }
+        let mut c = db.client();
+        let calls: i64 = c
+            .query_one("SELECT count(*) FROM public.trigger_calls", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(calls, 0, "{planted}: the planted trigger ran");
+        let su: bool = c
+            .query_one(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+                &[&low.name],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!su, "{planted}: the planting role became a superuser");
+        let rows: i64 = c
+            .query_one(&format!("SELECT count(*) FROM public.{planted}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0, "{planted}: nothing written into it");
+    }
+}

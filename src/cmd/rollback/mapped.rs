@@ -120,6 +120,9 @@ impl MappedPlan {
     pub fn open(cfg: &Config, legacy: &Legacy, c: &mut Client) -> Result<MappedPlan> {
         let schema = cfg.postgres.schema.clone();
         let shape = Shape::read(legacy.conn(), &legacy.db, &cfg.path, &cfg.app)?;
+        let mut names: Vec<&str> = shape.load_order().iter().map(|t| t.name.as_str()).collect();
+        names.push("session_state");
+        crate::pg::trust::check(c, &schema, &names)?;
         let tables = catalog::read_tables(c, &schema)?;
         let state_col = shape.mapping.column(Field::State).map(str::to_owned);
         let mut plans = Vec::new();
