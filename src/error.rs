@@ -247,7 +247,7 @@ pub enum Error {
     /// A config that maps the application's own schema (SPEC §9), given to a step that
     /// reads only the default table so far: refused rather than read the wrong columns.
     #[error(
-        "{step} cannot read this store yet: {config} maps the application's own schema ({keys}), and reading a mapped store is not wired into {step} yet (issue 17). Nothing was done"
+        "{step} cannot do this on a mapped store yet: {config} maps the application's own schema, and {keys} is not supported there yet. Nothing was done"
     )]
     SchemaNotWired {
         step: String,

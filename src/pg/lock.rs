@@ -139,11 +139,12 @@ impl Guard {
     /// Take the lock (`dry_run`: see that it is free), or fail with `lock_held`
     /// naming the holder, before any read that decides what to write.
     pub fn take(t: &Target, schema: &str, run_id: &str, dry_run: bool) -> Result<Guard> {
-        // Every writer, dry run or not, refuses a schema with planted code first.
-        crate::pg::trust::check(&mut connect(t)?, schema, &["sessions", "session_state"])?;
+        // The lock first (no read decides anything before it); then every writer, dry
+        // run or not, refuses a schema with planted code before it reads the schema.
         if !dry_run {
             let lock = WriterLock::acquire(t, schema, run_id)?;
             tracing::info!("holding the writers' lock for run {run_id}");
+            crate::pg::trust::check(&mut connect(t)?, schema, &["sessions", "session_state"])?;
             return Ok(Guard::Held(Box::new(lock)));
         }
         let mut c = connect(t)?;
@@ -152,7 +153,10 @@ impl Guard {
                 holder: h.text,
                 pid: Some(h.pid),
             }),
-            None => Ok(Guard::SeenFree),
+            None => {
+                crate::pg::trust::check(&mut c, schema, &["sessions", "session_state"])?;
+                Ok(Guard::SeenFree)
+            }
         }
     }
 

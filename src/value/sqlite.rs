@@ -110,7 +110,13 @@ impl Form {
                     }
                 }
             }
-            if let Some(b) = bool_form(v) {
+            // 0/1 integers count for the integer form: the majority decides, so one
+            // stray word does not turn a column of 0/1 into text.
+            let b = match v {
+                Raw::Integer(0 | 1) => Some(BoolForm::Int),
+                _ => bool_form(v),
+            };
+            if let Some(b) = b {
                 match bools.iter_mut().find(|(f, _)| *f == b) {
                     Some((_, n)) => *n += 1,
                     None => bools.push((b, 1)),
@@ -133,8 +139,10 @@ impl Form {
                 other => other,
             })
             .unwrap_or(SQLALCHEMY);
+        // The most common form; a tie goes to the first seen.
         let boolean = bools
             .iter()
+            .rev()
             .max_by_key(|(_, n)| *n)
             .map(|(b, _)| *b)
             .unwrap_or(BoolForm::Int);
@@ -441,6 +449,11 @@ mod tests {
         let f = Form::default();
         assert_eq!(Value::Null.to_sqlite(&f), Sql::Null);
         assert_eq!(Value::Float(0.5).to_sqlite(&f), Sql::Real(0.5));
+        // Nine 0/1 integers and one stray word: the integers' form wins.
+        let mut mixed: Vec<Raw> = (0..9).map(|i| Raw::Integer(i % 2)).collect();
+        mixed.push(Raw::Text("t".into()));
+        let m = Form::detect(&mixed);
+        assert_eq!(Value::Bool(true).to_sqlite(&m), Sql::Integer(1));
         assert_eq!(Value::Int(3).to_sqlite(&f), Sql::Integer(3));
         assert_eq!(Value::Numeric("1.5".into()).to_sqlite(&f), Sql::Real(1.5));
         assert_eq!(

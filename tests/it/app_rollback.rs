@@ -501,3 +501,56 @@ fn has_journal(backups: &Path) -> bool {
         .map(|rd| rd.flatten().any(|e| e.path().join("rollback").exists()))
         .unwrap_or(false)
 }
+
+#[test]
+fn rollback_of_the_applications_schema_refuses_a_nan_and_brings_back_a_negative_zero() {
+    // SQLite has no NaN (it would store NULL) and keeps no sign on a zero: a NaN cost set
+    // on PostgreSQL is refused up front, naming the column and the row; a -0 cost comes
+    // back as SQLite's 0 and the rollback completes (no endless rounds).
+    let app = App::new(3);
+    let db = cut_over(&app, "app_rollback_nan");
+    let first = app.first_session();
+    db.client()
+        .execute(
+            "UPDATE sessions SET last_cost_usd = 'NaN' WHERE id = $1",
+            &[&first],
+        )
+        .unwrap();
+    let before = snapshot(&app);
+    for args in [&["rollback"][..], &["rollback", "--dry-run=false"]] {
+        let r = app.step(&db, args).expect(exit::PROBLEMS);
+        let e = r
+            .report
+            .errors
+            .iter()
+            .find(|e| e.code == "schema_mismatch")
+            .unwrap_or_else(|| panic!("{args:?}: no schema_mismatch: {}", r.stdout));
+        assert!(
+            e.message.contains("last_cost_usd")
+                && e.message.contains("NaN")
+                && e.message.contains(&first),
+            "{args:?}: {}",
+            e.message
+        );
+    }
+    assert_eq!(snapshot(&app), before, "the legacy store was written to");
+    db.client()
+        .execute(
+            "UPDATE sessions SET last_cost_usd = '-0', question = 'zero?' WHERE id = $1",
+            &[&first],
+        )
+        .unwrap();
+    let r = app
+        .step(&db, &["rollback", "--dry-run=false"])
+        .expect(exit::OK);
+    assert!(r.report.errors.is_empty(), "{}", r.stdout);
+    let (q, cost): (String, f64) = app
+        .sqlite()
+        .query_row(
+            "SELECT question, last_cost_usd FROM sessions WHERE id = ?1",
+            [&first],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((q.as_str(), cost), ("zero?", 0.0));
+}

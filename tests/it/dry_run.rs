@@ -191,14 +191,15 @@ fn the_writers_take_the_lock_before_the_reads_that_decide_what_they_write() {
         refused_alike(&s, &db.url, args, exit::OPERATIONAL, "lock_held");
     }
     drop(holder);
-    // Free: each takes the lock, then reads, and the read fails.
+    // Free: each takes the lock, then reads, and refuses what it reads: a view where its
+    // table belongs (pg::trust).
     for args in writers {
-        refused_alike(&s, &db.url, args, exit::OPERATIONAL, "database_error");
+        refused_alike(&s, &db.url, args, exit::PROBLEMS, "untrusted_object");
     }
     row(
         "the bookkeeping a writer reads first made unreadable, the lock held by another",
         "migrate-state / set-default / rollback, dry and real",
-        "lock_held (the reads come after the lock); with the lock free: database_error",
+        "lock_held (the reads come after the lock); with the lock free: untrusted_object",
         "nothing written",
     );
 }

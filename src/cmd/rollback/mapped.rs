@@ -172,7 +172,7 @@ impl MappedPlan {
         for t in &self.tables {
             let (rows, forms) = read_legacy(legacy, t)?;
             let mut unfit: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for (vals, key) in self.read_target(c, t)? {
+            'rows: for (vals, key) in self.read_target(c, t)? {
                 let old = rows.get(&key);
                 let display = key.join("|");
                 let row_differs = match old {
@@ -244,6 +244,21 @@ impl MappedPlan {
                         }
                         Some(Sql::Text(state.clone().unwrap_or_default()))
                     } else if col.pg.is_some() {
+                        if matches!(v, Value::Float(f) if f.is_nan()) {
+                            // SQLite has no NaN: it would store NULL, silently.
+                            refusals.push(mismatch(
+                                &t.name,
+                                Some(&col.name),
+                                format!(
+                                    "row {display} holds NaN on PostgreSQL, which SQLite cannot store (it would become NULL)"
+                                ),
+                                format!(
+                                    "set a number (or NULL) in that row's {:?} on PostgreSQL, then rerun the rollback",
+                                    col.name
+                                ),
+                            ));
+                            continue 'rows;
+                        }
                         if v.is_null() && col.not_null {
                             unfit
                                 .entry(col.name.as_str())
@@ -531,6 +546,8 @@ fn canonical_key(v: &Value) -> String {
 /// Whether the legacy value `raw` is the target value `v` (both as `ty`'s canonical form).
 fn same(column: &str, raw: &Raw, v: &Value, ty: &PgType) -> bool {
     match value::convert(column, raw, ty) {
+        // Numbers by value: SQLite keeps no sign on a zero (-0.0 reads back 0.0).
+        Ok(Value::Float(a)) => matches!(v, Value::Float(b) if a == *b),
         Ok(old) => old.canonical() == v.canonical(),
         Err(_) => false,
     }
