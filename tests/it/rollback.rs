@@ -757,3 +757,32 @@ fn the_runtime_store_never_writes_through_a_symlink() {
         "nothing written in the store or outside",
     );
 }
+
+#[test]
+fn sessions_a_rollback_exported_keep_their_row_versions_so_a_later_change_is_a_conflict() {
+    // A session created and one edited on PostgreSQL, rolled back into the legacy store:
+    // the ledger records the target rows' versions with the export, so the catch-up that
+    // follows warns nothing about unknown versions, and a hand edit of one of those rows
+    // afterwards is a conflict rather than invisible.
+    let (s, db) = store_cut_over(3, "rollback_row_versions");
+    create_in_pg(&db, "made-in-pg");
+    edit_in_pg(&db, &["s1"], 7);
+    step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OK);
+    let r = step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    assert!(!r.has_warning("row_versions_unknown"), "{}", r.stdout);
+    let unknown: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM sessiondb_ledger WHERE session_id IN ('made-in-pg', 's1') AND sessions_xmin IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(unknown, 0);
+    db.client()
+        .batch_execute("UPDATE sessions SET current_step = 'by hand' WHERE id = 'made-in-pg'")
+        .unwrap();
+    let r = step(&s, &db, &["migrate-state", "--dry-run=false"]).run();
+    assert_eq!(r.code, exit::PROBLEMS, "{}", r.stdout);
+    assert!(r.has_error("conflict"), "{}", r.stdout);
+}

@@ -289,7 +289,8 @@ pub struct Exported<'a> {
     pub state_hash: Option<String>,
 }
 
-/// Record sessions a rollback round exported (they are the same on both sides now).
+/// Record sessions a rollback round exported (they are the same on both sides now), with
+/// the target rows' versions, so that a later catch-up sees a change made after it.
 pub fn record_exported(
     c: &mut impl GenericClient,
     schema: &str,
@@ -301,12 +302,15 @@ pub fn record_exported(
     let state_hashes: Vec<Option<&str>> = list.iter().map(|s| s.state_hash.as_deref()).collect();
     c.execute(
         &format!(
-            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id)
-                  SELECT i, '{MIGRATED}', h, sh, $4
-                    FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS u(i, h, sh)
+            "INSERT INTO {} (session_id, status, content_hash, state_hash, run_id, sessions_xmin, state_xmin)
+                  SELECT u.i, '{MIGRATED}', u.h, u.sh, $4, {}
+                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) AS u(i, h, sh){}
              ON CONFLICT (session_id) DO UPDATE SET status = '{MIGRATED}', content_hash = EXCLUDED.content_hash,
-                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now()",
-            table(schema)
+                  state_hash = EXCLUDED.state_hash, code = NULL, run_id = EXCLUDED.run_id, migrated_at = pg_catalog.now(),
+                  sessions_xmin = EXCLUDED.sessions_xmin, state_xmin = EXCLUDED.state_xmin",
+            table(schema),
+            versions::versions_select(),
+            versions::versions_from(schema, "u.i")
         ),
         &[&ids, &hashes, &state_hashes, run_id],
     )
