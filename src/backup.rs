@@ -162,15 +162,7 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
     if let Some(s) = &cfg.sqlite {
         let walker = Walker::open(&s.sessions_dir, opts.include_uploads)?;
         walker.walk(|chunk| {
-            use rayon::prelude::*;
-            let now = SystemTime::now();
-            let looked: Vec<Option<Looked>> = chunk
-                .par_iter()
-                .map(|f| match f {
-                    Found::File(c) => Some(walker.look(c, now)),
-                    Found::Skip(..) => None,
-                })
-                .collect();
+            let looked = walker.look_all(&chunk);
             for (found, looked) in chunk.into_iter().zip(looked) {
                 match (found, looked) {
                     (Found::Skip(s, kind), _) | (_, Some(Looked::Skip(s, kind))) => {
@@ -550,14 +542,7 @@ impl<'a> Taking<'a> {
 
     fn copy_chunk(&mut self, walker: &Walker, chunk: Vec<Found>) -> Result<()> {
         use rayon::prelude::*;
-        let now = SystemTime::now();
-        let looked: Vec<Option<Looked>> = chunk
-            .par_iter()
-            .map(|f| match f {
-                Found::File(c) => Some(walker.look(c, now)),
-                Found::Skip(..) => None,
-            })
-            .collect();
+        let looked = walker.look_all(&chunk);
         // In order: the base's list is read beside the walk.
         let mut work = Vec::with_capacity(chunk.len());
         for (found, looked) in chunk.into_iter().zip(looked) {

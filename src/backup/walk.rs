@@ -280,6 +280,19 @@ impl Walker {
 
     /// Look at a candidate: a regular file (with its stamp), nothing, or a reason to
     /// skip it. `now` was taken before the look.
+    /// [`Walker::look`] at every file of a chunk, in parallel (`None` for the skipped).
+    pub(super) fn look_all(&self, chunk: &[Found]) -> Vec<Option<Looked>> {
+        use rayon::prelude::*;
+        let now = std::time::SystemTime::now();
+        chunk
+            .par_iter()
+            .map(|f| match f {
+                Found::File(c) => Some(self.look(c, now)),
+                Found::Skip(..) => None,
+            })
+            .collect()
+    }
+
     pub(super) fn look(&self, c: &Candidate, now: std::time::SystemTime) -> Looked {
         let skip = |reason: String, kind| Looked::Skip(skipped(&c.src, None, reason), kind);
         if c.at_root {

@@ -511,7 +511,14 @@ impl TablePlan {
         for c in &self.columns {
             values.push(value::convert(&c.name, &raws[c.src], &c.ty)?);
         }
-        let key = key_text(
+        let key = self.key_of(&values);
+        let hash = self.hash(&key, &values, state.map(|s| s.canonical.as_str()));
+        Ok(Row { key, values, hash })
+    }
+
+    /// A row's key as text, from its converted values (the key columns' canonical forms).
+    fn key_of(&self, values: &[Value]) -> String {
+        key_text(
             &self
                 .key_at
                 .iter()
@@ -522,9 +529,7 @@ impl TablePlan {
                         .and_then(|j| values[j].canonical().map(|s| s.into_owned()))
                 })
                 .collect::<Vec<_>>(),
-        );
-        let hash = self.hash(&key, &values, state.map(|s| s.canonical.as_str()));
-        Ok(Row { key, values, hash })
+        )
     }
 
     pub fn hash(&self, key: &str, values: &[Value], state: Option<&str>) -> String {
@@ -648,18 +653,7 @@ impl TablePlan {
                 })?),
                 None => None,
             };
-            let key = key_text(
-                &self
-                    .key_at
-                    .iter()
-                    .map(|i| {
-                        self.columns
-                            .iter()
-                            .position(|c| c.src == *i)
-                            .and_then(|j| values[j].canonical().map(|s| s.into_owned()))
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            let key = self.key_of(&values);
             let hash = self.hash(&key, &values, canonical.as_deref());
             f(Row { key, values, hash }, canonical)?;
         }

@@ -1257,21 +1257,7 @@ mod tests {
     use crate::config::Config;
 
     /// The application's schema, as its ORM creates it (issue 17).
-    pub(crate) const APP_DDL: &str = "
-        CREATE TABLE users (id VARCHAR NOT NULL PRIMARY KEY, external_id VARCHAR NOT NULL,
-          display_name VARCHAR, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL);
-        CREATE UNIQUE INDEX ix_users_external_id ON users (external_id);
-        CREATE TABLE session_state (session_id VARCHAR NOT NULL PRIMARY KEY, state JSON NOT NULL,
-          updated_at DATETIME NOT NULL);
-        CREATE TABLE sessions (id VARCHAR NOT NULL PRIMARY KEY,
-          user_id VARCHAR NOT NULL REFERENCES users (id), question TEXT NOT NULL,
-          current_step VARCHAR NOT NULL, status VARCHAR NOT NULL,
-          created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,
-          is_deleted BOOLEAN NOT NULL,
-          last_cost_usd FLOAT, last_total_tokens INTEGER);
-        CREATE INDEX ix_sessions_is_deleted ON sessions (is_deleted);
-        CREATE INDEX ix_sessions_user_id ON sessions (user_id);
-    ";
+    const APP_DDL: &str = crate::fixture::app::DDL;
 
     struct Db {
         _dir: tempfile::TempDir,

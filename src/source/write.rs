@@ -248,22 +248,30 @@ impl Sessions {
             .map_err(|e| self.refusal_of_errno(id, self.folder_path(id), e))
     }
 
-    /// The digest of `<id>/<name>` as it is now (`None`: no such file), read without
-    /// following a link.
-    pub fn digest(&self, id: &str, name: &str) -> Result<Option<FileDigest>> {
+    /// `<id>/<name>` opened for reading without following a link (`None`: no such folder
+    /// or file; a symlink there is refused, as for a write), with its path for errors.
+    fn open_file(&self, id: &str, name: &str) -> Result<Option<(std::fs::File, PathBuf)>> {
         let folder = match self.root.open_dir(osstr(id)) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.refusal_of_errno(id, self.folder_path(id), e)),
         };
         let path = self.folder_path(id).join(name);
-        let mut f = match folder.open_read(osstr(name)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        match folder.open_read(osstr(name)) {
+            Ok(f) => Ok(Some((f, path))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(self.refusal_of_errno(id, path, e));
+                Err(self.refusal_of_errno(id, path, e))
             }
-            Err(e) => return Err(Error::Unreadable { path, source: e }),
+            Err(e) => Err(Error::Unreadable { path, source: e }),
+        }
+    }
+
+    /// The digest of `<id>/<name>` as it is now (`None`: no such file), read without
+    /// following a link.
+    pub fn digest(&self, id: &str, name: &str) -> Result<Option<FileDigest>> {
+        let Some((mut f, path)) = self.open_file(id, name)? else {
+            return Ok(None);
         };
         let mut h = Sha256::new();
         let n = io::copy(&mut f, &mut h).map_err(|e| Error::Unreadable { path, source: e })?;
@@ -277,19 +285,8 @@ impl Sessions {
     /// following a link (a symlink there is refused, as for a write).
     pub fn read(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
         use std::io::Read;
-        let folder = match self.root.open_dir(osstr(id)) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.refusal_of_errno(id, self.folder_path(id), e)),
-        };
-        let path = self.folder_path(id).join(name);
-        let mut f = match folder.open_read(osstr(name)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(self.refusal_of_errno(id, path, e));
-            }
-            Err(e) => return Err(Error::Unreadable { path, source: e }),
+        let Some((mut f, path)) = self.open_file(id, name)? else {
+            return Ok(None);
         };
         let mut out = Vec::new();
         f.read_to_end(&mut out)
