@@ -123,24 +123,31 @@ pub fn rows(
 }
 
 /// Of the `(id, stamp)` pairs, the ids the ledger records as migrated with that very
-/// source stamp: their sources are as sessiondb last read them.
+/// source stamp: their sources are as sessiondb last read them. One index scan over the
+/// ids (`= ANY` sorts them first), the stamps compared here: a join on both columns had
+/// the planner probe the index once per pair, 15 times slower at 50,000 sessions.
 pub fn known_stamps(
     c: &mut impl GenericClient,
     schema: &str,
     pairs: &[(&str, &str)],
 ) -> Result<Vec<String>> {
     let ids: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-    let stamps: Vec<&str> = pairs.iter().map(|p| p.1).collect();
     let sql = format!(
-        "SELECT l.session_id FROM {} l JOIN ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(i, s)
-                 ON l.session_id = u.i AND l.source_stamp = u.s
-          WHERE l.status = '{MIGRATED}'",
+        "SELECT session_id, source_stamp FROM {}
+          WHERE session_id OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
+            AND status OPERATOR(pg_catalog.=) '{MIGRATED}' AND source_stamp IS NOT NULL",
         table(schema)
     );
-    Ok(c.query(&sql, &[&ids, &stamps])
+    let recorded: HashMap<String, String> = c
+        .query(&sql, &[&ids])
         .map_err(|e| Error::pg("reading the ledger's stamps", "", e))?
         .iter()
-        .map(|r| r.get::<_, String>(0))
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(pairs
+        .iter()
+        .filter(|(id, stamp)| recorded.get(*id).is_some_and(|s| s == stamp))
+        .map(|(id, _)| (*id).to_owned())
         .collect())
 }
 
