@@ -8,14 +8,15 @@
 //! config and connection.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::json;
 
 use crate::canon::{self, Node, Spanned};
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, Target};
 use crate::driver::{Common, Ctx, Step};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pg::constraints::Fit;
 use crate::pg::ledger::{self, LedgerRow, runs};
 use crate::pg::rows::{IdSet, Rows, TargetRow};
@@ -118,7 +119,7 @@ pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
     let Some(url) = &args.smoke_url else {
         let t = ctx.target(Some(&cfg))?;
         let mut c = pg::connect(&t)?;
-        return verify_copy(ctx, &cfg, &mut c, args.sample, d);
+        return verify_copy(ctx, &cfg, &t, &mut c, args.sample, d);
     };
     // The probes need no target when the service runs on the legacy store.
     let t = ctx.target_if_any(Some(&cfg))?;
@@ -129,7 +130,7 @@ pub fn run(ctx: &mut Ctx, args: &Args, d: &mut Details) -> Result<()> {
         None => false,
     };
     match (&t, &mut client) {
-        (Some(_), Some(c)) if tables => verify_copy(ctx, &cfg, c, args.sample, d)?,
+        (Some(t), Some(c)) if tables => verify_copy(ctx, &cfg, t, c, args.sample, d)?,
         _ => {
             let why = match &t {
                 None => format!(
@@ -156,6 +157,7 @@ fn has_tables(c: &mut postgres::Client, schema_name: &str) -> Result<bool> {
 fn verify_copy(
     ctx: &mut Ctx,
     cfg: &Config,
+    t: &Target,
     c: &mut postgres::Client,
     sample: Option<u64>,
     d: &mut Details,
@@ -180,7 +182,7 @@ fn verify_copy(
         return Ok(());
     }
     check_gin(ctx, c, schema_name)?;
-    let found = compare_all(ctx, &src, c, &fit, schema_name, sample)?;
+    let found = compare_all(ctx, &src, t, c, &fit, schema_name, sample)?;
     conclude(ctx, cfg, c, found, fingerprint, sample, d)
 }
 
@@ -295,11 +297,25 @@ fn check_gin(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str) -> Resu
     Ok(())
 }
 
+/// Connections that compare batches at once, besides the one that holds the snapshot:
+/// the server's side of a batch (each state printed as jsonb text and hashed) then runs
+/// while the next batches are read and hashed here.
+const COMPARERS: usize = 2;
+
+/// Batches read ahead of the comparers (each about 1000 sessions).
+const READ_AHEAD: usize = 2;
+
 /// Every source session (or a sample of them) against the target, in one
 /// repeatable-read snapshot; then the target's sessions the source does not have.
+///
+/// The snapshot's connection keeps the ids seen and finds the extras; [`COMPARERS`]
+/// more connections, each in that very snapshot (`pg_export_snapshot`), compare the
+/// batches as the scan hands them over, so reading the source and the server's hashing
+/// overlap. The differences come out in the scan's order whatever the comparers' pace.
 fn compare_all(
     ctx: &mut Ctx,
     src: &Source,
+    t: &Target,
     c: &mut postgres::Client,
     fit: &Fit,
     schema_name: &str,
@@ -314,9 +330,10 @@ fn compare_all(
     let mut found = Found::default();
     let mut tx = c
         .transaction()
-        .map_err(|e| crate::error::Error::pg("starting a transaction", "", e))?;
+        .map_err(|e| Error::pg("starting a transaction", "", e))?;
     tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .map_err(|e| crate::error::Error::pg("preparing verify", "", e))?;
+        .map_err(|e| Error::pg("preparing verify", "", e))?;
+    let snapshot = export_snapshot(&mut tx)?;
     let ids = IdSet::create(&mut tx)?;
     let reader = src.open()?;
     let phase = crate::progress::Phase::bar(
@@ -324,21 +341,93 @@ fn compare_all(
         reader.estimate()?,
         crate::progress::Unit::Sessions,
     );
-    let summary = reader.scan(1000, |items| {
-        phase.inc(items.len() as u64);
-        let (batch, invalid) = found.split(items, sampled.as_ref());
-        if sampled.is_none() {
-            let all: Vec<&str> = batch
-                .iter()
-                .map(|s| s.id.as_str())
-                .chain(invalid.iter().filter_map(|i| i.id.as_deref()))
-                .collect();
-            ids.add(&mut tx, &all)?;
+    let mut clients = (0..COMPARERS)
+        .map(|_| pg::connect(t))
+        .collect::<Result<Vec<_>>>()?;
+    let comparers = clients
+        .iter_mut()
+        .map(|c| join_snapshot(c, &snapshot))
+        .collect::<Result<Vec<_>>>()?;
+    let (to_compare, batches) = std::sync::mpsc::sync_channel::<(usize, Vec<Session>)>(READ_AHEAD);
+    let batches = Mutex::new(batches);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let (summary, compared) = std::thread::scope(|scope| {
+        let workers: Vec<_> = comparers
+            .into_iter()
+            .map(|mut wtx| {
+                let (batches, failed, rows) = (&batches, &failed, &rows);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let next = batches.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((seq, batch)) = next else { break };
+                        let mut part = Found::default();
+                        if let Err(e) = part.compare(&mut wtx, rows, &batch) {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                        done.push((seq, part));
+                    }
+                    // Read-only: ending it changes nothing either way.
+                    let _ = wtx.commit();
+                    done
+                })
+            })
+            .collect();
+        let mut seq = 0;
+        let mut own = Vec::new();
+        let summary = reader.scan(1000, |items| {
+            phase.inc(items.len() as u64);
+            let (batch, invalid) = found.split(items, sampled.as_ref());
+            if sampled.is_none() {
+                let all: Vec<&str> = batch
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .chain(invalid.iter().filter_map(|i| i.id.as_deref()))
+                    .collect();
+                ids.add(&mut tx, &all)?;
+            }
+            seq += 1;
+            if !invalid.is_empty() {
+                let mut part = Found::default();
+                part.invalid(&mut tx, schema_name, invalid)?;
+                own.push((seq, part));
+            }
+            if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(e);
+            }
+            if !batch.is_empty() && to_compare.send((seq, batch)).is_err() {
+                // Every comparer stopped: the first one's error says why.
+                return Err(failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| Error::Internal {
+                        message: "verify: the comparers stopped".into(),
+                    }));
+            }
+            Ok(())
+        });
+        drop(to_compare);
+        // The invalid records' findings first, as each batch had them before its sessions.
+        let mut compared: Vec<(usize, Found)> = own;
+        for w in workers {
+            match w.join() {
+                Ok(done) => compared.extend(done),
+                Err(p) => std::panic::resume_unwind(p),
+            }
         }
-        found.invalid(&mut tx, schema_name, invalid)?;
-        found.compare(&mut tx, &rows, &batch)
-    })?;
+        (summary, compared)
+    });
+    let summary = summary?;
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
     phase.finish();
+    found.absorb(compared);
     for w in &summary.warnings {
         ctx.report.warn(w.clone());
     }
@@ -350,12 +439,61 @@ fn compare_all(
             found.diffs.push(d);
         }
     }
-    tx.commit()
-        .map_err(|e| crate::error::Error::pg("ending verify", "", e))?;
+    tx.commit().map_err(|e| Error::pg("ending verify", "", e))?;
     Ok(found)
 }
 
+/// The snapshot of `tx` exported for the comparers' connections.
+fn export_snapshot(tx: &mut postgres::Transaction<'_>) -> Result<String> {
+    let id: String = tx
+        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        .map_err(|e| Error::pg("exporting verify's snapshot", "", e))?
+        .get(0);
+    // The server's own format (hex digits and dashes); anything else is not quoted into SQL.
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(Error::Internal {
+            message: format!("unexpected snapshot id {id:?}"),
+        });
+    }
+    Ok(id)
+}
+
+/// A read-only transaction on `c` in verify's snapshot, for a comparer.
+fn join_snapshot<'c>(
+    c: &'c mut postgres::Client,
+    snapshot: &str,
+) -> Result<postgres::Transaction<'c>> {
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| Error::pg("starting a transaction", "", e))?;
+    tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .map_err(|e| Error::pg("joining verify's snapshot", "", e))?;
+    Ok(tx)
+}
+
 impl Found {
+    /// Findings made batch by batch, numbered in the scan's order, folded into these in
+    /// that order (a stable sort: within a batch, the order they are given in).
+    fn absorb(&mut self, mut parts: Vec<(usize, Found)>) {
+        parts.sort_by_key(|(seq, _)| *seq);
+        for (_, p) in parts {
+            let (a, b) = (&mut self.counts, p.counts);
+            a.sessions += b.sessions;
+            a.checked += b.checked;
+            a.matching += b.matching;
+            a.missing += b.missing;
+            a.extra += b.extra;
+            a.different += b.different;
+            a.drifted += b.drifted;
+            a.quarantined += b.quarantined;
+            a.invalid += b.invalid;
+            self.diffs.extend(p.diffs);
+        }
+    }
+
     /// A batch's sessions to compare (those sampled) and its invalid records.
     fn split(
         &mut self,

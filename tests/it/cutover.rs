@@ -94,6 +94,44 @@ fn verify_finds_every_kind_of_difference() {
     );
 }
 
+/// Verify compares batches on several connections at once (`COMPARERS`): differences
+/// in many batches are all found, counted once, and listed in the scan's order.
+#[test]
+fn verify_over_many_batches_finds_each_difference_once_in_the_scan_order() {
+    let s = Store::new();
+    s.bulk(5500, 60);
+    let db = TestDb::new("verify_batches");
+    step(&s, &db, &["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    let mut c = db.client();
+    // One difference in each of six batches of 1000, and two more in the last.
+    let changed = [
+        "k0000007", "k0001500", "k0002999", "k0003000", "k0004001", "k0005002", "k0005498",
+    ];
+    for id in &changed {
+        c.execute(
+            "UPDATE session_state SET state = '{\"tampered\": true}' WHERE session_id = $1",
+            &[id],
+        )
+        .unwrap();
+    }
+    c.execute("DELETE FROM sessions WHERE id = 'k0002000'", &[])
+        .unwrap();
+    let r = step(&s, &db, &["verify"]).expect(exit::PROBLEMS);
+    assert_eq!(r.count("checked"), 5500, "{}", r.stdout);
+    assert_eq!(r.count("different"), changed.len() as u64, "{}", r.stdout);
+    assert_eq!(r.count("missing"), 1);
+    let named: Vec<&str> = r.report.details["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["session"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = changed.to_vec();
+    expected.push("k0002000");
+    expected.sort();
+    assert_eq!(named, expected, "each once, in the scan's (id) order");
+}
+
 #[test]
 fn set_default_refuses_without_a_passed_verify_and_keeps_comments() {
     let s = tricky_store();
