@@ -87,6 +87,11 @@ pub const BLOBS_DIR: &str = blobs::DIR;
 pub struct Options {
     /// Copy the whole `<id>/` folder (uploads, logs), not only `state.json`.
     pub include_uploads: bool,
+    /// The store's quick fingerprint as the caller took it just before (migrate-state's
+    /// planning pass, from the stats it made anyway): taken as the fingerprint before,
+    /// which saves a pass over every state file. A write to the store since still shows,
+    /// in the fingerprint after.
+    pub fingerprint_before: Option<String>,
 }
 
 // ---- the plan ----------------------------------------------------------------------------
@@ -274,7 +279,10 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     let began = SystemTime::now();
     // Resolve before acting: the store must be readable before a folder is created.
     let src = resolve_source(cfg)?;
-    let fingerprint_before = src.quick_fingerprint()?;
+    let fingerprint_before = match &opts.fingerprint_before {
+        Some(f) => f.clone(),
+        None => src.quick_fingerprint()?,
+    };
     let mut t = Taking::begin(cfg, opts, src, run_id, began)?;
     let rows_before = t.copy_database()?;
     t.write_dumps()?;

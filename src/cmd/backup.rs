@@ -123,6 +123,7 @@ impl Step for Args {
         }
         let opts = Options {
             include_uploads: self.include_uploads,
+            ..Options::default()
         };
         run(ctx, &opts, self.dry_run.unwrap_or(false), d)
     }

@@ -430,7 +430,7 @@ fn act(
         d.planned = Some(p.counts.clone());
     }
     let t_backup = Instant::now();
-    let backup_dir = backup_for(ctx, r, plan.backup.take(), d)?;
+    let backup_dir = backup_for(ctx, r, plan.backup.take(), &plan.fingerprint, d)?;
     apply_schema(r, &mut client, &plan, d)?;
     runs::record_start(
         &mut client,
@@ -485,17 +485,22 @@ fn backup_for(
     ctx: &mut Ctx,
     r: &Resolved<'_>,
     chosen: Option<Checked>,
+    fingerprint: &str,
     d: &mut Details,
 ) -> Result<PathBuf> {
     let dir = match chosen {
         Some(c) => c.dir,
         None => {
             tracing::info!("no sound backup of the current source: taking one");
-            let taken = backup::take(&r.cfg, &backup::Options::default(), &r.run_id)?;
+            let opts = backup::Options {
+                fingerprint_before: Some(fingerprint.to_owned()),
+                ..backup::Options::default()
+            };
+            let taken = backup::take(&r.cfg, &opts, &r.run_id)?;
             for w in taken
                 .warnings
                 .iter()
-                .filter(|w| w.code == "backup_unreadable")
+                .filter(|w| w.code == "backup_unreadable" || w.code == "source_changed")
             {
                 ctx.report.warn(w.clone());
             }
