@@ -123,8 +123,10 @@ pub enum Error {
     JsonStoreInvalid { code: &'static str, message: String },
 
     /// Invalid records in the source and no `--quarantine`: nothing was written.
+    /// `quarantine` says whether `--quarantine` could set them aside (not on a mapped
+    /// store, nor for rows that do not convert to their column).
     #[error("invalid source: {message}")]
-    InvalidRecords { message: String },
+    InvalidRecords { message: String, quarantine: bool },
 
     /// A file `init` was pointed at is not a regular file: it was not read.
     #[error("invalid source: {message}")]
@@ -454,6 +456,12 @@ impl Error {
             Error::LockHeld { pid: Some(pid), .. } => vec![
                 format!("check who holds the lock: SELECT * FROM pg_stat_activity WHERE pid = {pid} (a PostgreSQL backend pid, on the database server)"),
                 format!("wait for that run to end; only once it is sure to be dead (not merely slow), end it with SELECT pg_terminate_backend({pid}), then run this step again"),
+            ],
+            Error::InvalidRecords {
+                quarantine: false, ..
+            } => vec![
+                "check the records the report names (all are in `--report-dir`'s `*-invalid.jsonl`)".to_owned(),
+                "then: fix them in the source and run again (`--quarantine` cannot set them aside here)".to_owned(),
             ],
             Error::ConfigNotFound { .. } => vec![
                 format!(

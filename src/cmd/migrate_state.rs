@@ -1136,6 +1136,7 @@ impl Loaded {
                     invalid.len(),
                     invalid[0].message
                 ),
+                quarantine: true,
             });
         }
         let q = match &mut self.quarantine {
@@ -1456,6 +1457,7 @@ fn planned_refusal(ctx: &mut Ctx, p: &Planned, args: &Args, d: &mut Details) -> 
                 p.invalid.len(),
                 p.invalid[0].message
             ),
+            quarantine: true,
         });
     }
     if !p.conflicts.is_empty() && args.on_conflict == OnConflict::Fail {

@@ -614,6 +614,20 @@ fn a_mapped_session_whose_value_its_column_cannot_hold_refuses_the_load_before_a
         let r = app.step(&db, args).expect(exit::PROBLEMS);
         assert!(r.has_error("invalid_records"), "{args:?}: {}", r.stdout);
         assert!(r.report.errors[0].message.contains(&id), "{}", r.stdout);
+        // A mapped store cannot be quarantined: the advice does not offer it.
+        assert!(
+            r.report
+                .next_steps
+                .iter()
+                .any(|n| n.contains("fix them in the source"))
+                && !r
+                    .report
+                    .next_steps
+                    .iter()
+                    .any(|n| n.contains("--dry-run=false --quarantine")),
+            "{args:?}: {:?}",
+            r.report.next_steps
+        );
     }
     assert_eq!(
         one(&db, "SELECT count(*) FROM users"),

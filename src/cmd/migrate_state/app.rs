@@ -203,6 +203,7 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
                 "{} row(s) of the copied tables do not convert to their target column: {would}, nothing written (e.g. {b})",
                 p.bad_rows.len()
             ),
+            quarantine: false,
         });
     }
     if !p.invalid.is_empty() {
@@ -226,15 +227,13 @@ pub(crate) fn refusal(ctx: &mut Ctx, p: &MappedPlan, args: &Args, d: &mut Detail
                         .into(),
             });
         }
-        ctx.report
-            .next_steps
-            .push("fix the invalid records in the source, then run again".into());
         return Err(Error::InvalidRecords {
             message: format!(
                 "{} invalid record(s): {would}, nothing written (e.g. {})",
                 p.invalid.len(),
                 p.invalid[0].message
             ),
+            quarantine: false,
         });
     }
     if !p.conflicts.is_empty() {
