@@ -97,8 +97,16 @@ pub fn open(path: &Path) -> Result<Connection> {
         .map_err(|e| map_err(path, e))?;
     conn.pragma_update(None, "query_only", true)
         .map_err(|e| map_err(path, e))?;
+    // Rows are read in id order, a seek a row across the table: with SQLite's default
+    // 2 MB page cache every page was read again several times (142,000 reads of a
+    // 22 MB database for 50,000 rows). The cache grows only as pages are read.
+    conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+        .map_err(|e| map_err(path, e))?;
     Ok(conn)
 }
+
+/// The read connections' page cache, at most (KiB).
+const PAGE_CACHE_KIB: i64 = 16 * 1024;
 
 /// `PRAGMA quick_check`: empty when the database is sound, else what it found.
 pub fn quick_check(conn: &Connection, path: &Path) -> Result<Vec<String>> {
