@@ -748,7 +748,10 @@ impl<'a> Taking<'a> {
     /// Phase 6: the fingerprint after (a warning when the store was written to while
     /// the backup ran), and everything on disk (one `syncfs` a filesystem).
     fn settle(&mut self, before: &str) -> Result<String> {
+        // A stat of every file of the store again: seconds at 100,000 sessions.
+        let spin = crate::progress::Phase::spinner("backup-fingerprint");
         let after = self.src.quick_fingerprint()?;
+        spin.finish();
         if after != before {
             self.warnings.push(Finding::new(
                 "source_changed",
@@ -779,8 +782,11 @@ impl<'a> Taking<'a> {
         files.push(spool.to_path_buf());
         let mut fanouts = [false; 256];
         let mut batch: Vec<PathBuf> = Vec::with_capacity(SYNC_BATCH);
+        // Waiting for the disk: the longest part of a first backup after the copy.
+        let phase = crate::progress::Phase::counter("backup-sync", crate::progress::Unit::Files);
         let flush = |batch: &mut Vec<PathBuf>| -> Result<()> {
             sync_files(batch)?;
+            phase.inc(batch.len() as u64);
             batch.clear();
             Ok(())
         };
@@ -799,6 +805,7 @@ impl<'a> Taking<'a> {
             fanouts[e.sha256.0[0] as usize] = true;
         }
         sync_files(&files)?;
+        phase.inc(files.len() as u64);
         let mut dirs: Vec<PathBuf> = fanouts
             .iter()
             .enumerate()
@@ -818,6 +825,7 @@ impl<'a> Taking<'a> {
         for d in &dirs {
             sync_dir(d)?;
         }
+        phase.finish();
         Ok(())
     }
 
