@@ -271,7 +271,9 @@ fn check_of_the_sqlite_backend_counts_json_only_state_files_apart_from_orphans()
     assert_eq!(orphans.len(), 1, "{}", r.stdout);
     let w = orphans[0];
     assert!(
-        w.path.as_deref().is_some_and(|p| p.ends_with("nobody/state.json"))
+        w.path
+            .as_deref()
+            .is_some_and(|p| p.ends_with("nobody/state.json"))
             && w.message.contains("not read by this check"),
         "{}",
         w.message

@@ -682,6 +682,7 @@ fn in_a_log_every_counted_phase_writes_periodic_lines() {
     for (phase, total, unit) in [
         ("backup-sessions", n, "sessions"),
         ("backup-files", None, "files"),
+        ("backup-sync", None, "files"),
         ("backup-self-check", None, "bytes"),
         ("load", n, "sessions"),
     ] {
