@@ -5,8 +5,9 @@ with its count, the steps that raised it and an example; then what a healthy run
 like, against $SUMMARY_EXPECT.
 
 SUMMARY_EXPECT lists the warnings a healthy run of this sequence has, one `code=why` a
-line (the demo's generated store has state conflicts on purpose, say). A row whose only
-warnings are expected ones is healthy; any other warning, warn check or failure is not.
+line (the demo's set-default warns `backend_drift` for the moment it switches the config
+before the application restarts, say). A row whose only warnings are expected ones is
+healthy; any other warning, warn check or failure is not.
 The reports keep every warning; only this table folds them.
 """
 import glob
@@ -92,7 +93,7 @@ ok = sum(1 for r in rows if r["status"] == "ok")
 warn_ok = [r for r in rows if r["status"] == "warn" and not r["unexpected"]]
 bad = [r for r in rows if r["status"] not in ("ok", "warn") or r["unexpected"]]
 if expected:
-    print("a healthy run: every row ok, or warn with only these, which this store has on purpose:")
+    print("a healthy run: every row ok, but warn where this sequence expects it, with only these:")
     for c, y in expected.items():
         print(f"  {c}: {y}")
 else:

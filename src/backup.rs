@@ -116,9 +116,21 @@ pub struct Plan {
     /// Files (and their bytes) found unchanged since it: not copied again.
     pub shared_files: u64,
     pub shared_bytes: u64,
-    /// Roughly what the backup will write: the database copy, the dumps, and the files
-    /// that changed since the earlier backup (all of them without one).
+    /// What the backup will take on disk, a little over rather than under ([`estimate`]):
+    /// the database copy, the dumps, the manifest, and the files that changed since the
+    /// earlier backup (all of them without one), each rounded up to whole blocks.
     pub estimated_bytes: u64,
+    /// The allocation unit of the filesystem the backup goes to (4096 when unknown).
+    pub block_bytes: u64,
+    /// The files to copy (not shared), each rounded up to whole blocks.
+    #[serde(skip)]
+    copied_on_disk: u64,
+    /// The manifest's entries for the store's files (each listed, shared or not).
+    #[serde(skip)]
+    manifest_entries: u64,
+    /// The blob store's folders are made by this backup (the first one).
+    #[serde(skip)]
+    new_blob_store: bool,
     /// Free space where the backup would go (its nearest existing folder).
     pub available: Option<u64>,
     pub skipped_symlinks: Vec<Skipped>,
@@ -154,6 +166,13 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         shared_files: 0,
         shared_bytes: 0,
         estimated_bytes: 0,
+        block_bytes: crate::fsutil::block_size(&crate::fsutil::nearest_existing(&cfg.backup_dir))
+            .ok()
+            .filter(|&b| (512..=1 << 20).contains(&b))
+            .unwrap_or(4096),
+        copied_on_disk: 0,
+        manifest_entries: 0,
+        new_blob_store: !cfg.backup_dir.join(BLOBS_DIR).is_dir(),
         available: crate::fsutil::available_space(&crate::fsutil::nearest_existing(
             &cfg.backup_dir,
         ))
@@ -179,7 +198,10 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
                         if shared.is_some() {
                             p.shared_files += 1;
                             p.shared_bytes += stat.size;
+                        } else {
+                            p.copied_on_disk += p.on_disk(stat.size);
                         }
+                        p.manifest_entries += MANIFEST_ENTRY + escaped_len(&rel);
                         if c.state {
                             p.state_files += 1;
                             p.state_bytes += stat.size;
@@ -194,18 +216,57 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
             Ok(())
         })?;
     }
-    // The dump holds metadata and a reference a session, and the states that are not
-    // in a state file: at most about the database again.
-    let dump = p.sqlite_bytes.unwrap_or(0) + 256 * p.state_files + p.json_bytes.unwrap_or(0);
-    p.estimated_bytes = p.sqlite_bytes.unwrap_or(0)
-        + dump
-        + (p.state_bytes + p.other_bytes).saturating_sub(p.shared_bytes)
-        + p.json_bytes.unwrap_or(0)
-        + p.config_bytes;
+    p.estimated_bytes = estimate(&p);
     Ok(p)
 }
 
+/// A manifest entry besides its path: `{"path": "", "bytes": N, "sha256": "<64 hex>",
+/// "blob": true, "stamp": "f1:<32 hex>"},` and its indent, 170-odd bytes.
+const MANIFEST_ENTRY: u64 = 192;
+/// A `sessions.jsonl` line besides the session's metadata (counted through the database
+/// and the JSON store): the state file's path, its SHA-256 and size, the origins, the
+/// content hash and the stamp, 350-odd bytes with a UUID id.
+const DUMP_PER_STATE_FILE: u64 = 512;
+
+/// The bytes a path takes as a JSON string in the manifest.
+fn escaped_len(rel: &Path) -> u64 {
+    serde_json::to_string(&*rel.to_string_lossy()).map_or(0, |s| s.len() as u64)
+}
+
+/// What a backup of `p` will take on disk, an upper bound within a few tens of percent
+/// (tests/it/backup.rs compares it with real backups). Each part is rounded up to whole
+/// blocks, as the filesystem stores it (at 100,000 sessions of a few kB, the rounding
+/// of the state files' copies alone is a quarter of the backup):
+/// - the database copy: the database and its WAL as they are now;
+/// - `sessions.jsonl`: every session's metadata and the states that are not in a state
+///   file (at most the database and the JSON store again), and per state file its
+///   reference ([`DUMP_PER_STATE_FILE`]);
+/// - the manifest: one entry per file ([`MANIFEST_ENTRY`] and its path), and its head;
+/// - the files copied (state files, uploads with `--include-uploads`), the JSON store's
+///   and the config's copies; the files shared with an earlier backup are not copied;
+/// - the folders: the backup's own, and the blob store's 257 when this backup makes them.
+fn estimate(p: &Plan) -> u64 {
+    let sqlite = p.sqlite_bytes.unwrap_or(0);
+    let json = p.json_bytes.unwrap_or(0);
+    let dump = sqlite + DUMP_PER_STATE_FILE * p.state_files + json;
+    let manifest = p.manifest_entries + 2 * (MANIFEST_ENTRY + 64) + 8192;
+    let blob_folders = if p.new_blob_store { 257 } else { 0 };
+    let folders = (blob_folders + 8) * p.block_bytes;
+    p.on_disk(sqlite)
+        + p.on_disk(dump)
+        + p.on_disk(manifest)
+        + p.copied_on_disk
+        + p.on_disk(json)
+        + p.on_disk(p.config_bytes)
+        + folders
+}
+
 impl Plan {
+    /// `n` bytes as a file takes them on disk: whole blocks.
+    fn on_disk(&self, n: u64) -> u64 {
+        n.div_ceil(self.block_bytes) * self.block_bytes
+    }
+
     fn skipped(&mut self, s: Skipped, kind: SkipKind) {
         match kind {
             SkipKind::Symlink => self.skipped_symlinks.push(s),
@@ -695,7 +756,10 @@ impl<'a> Taking<'a> {
     /// Phase 6: the fingerprint after (a warning when the store was written to while
     /// the backup ran), and everything on disk (one `syncfs` a filesystem).
     fn settle(&mut self, before: &str) -> Result<String> {
+        // A stat of every file of the store again: seconds at 100,000 sessions.
+        let spin = crate::progress::Phase::spinner("backup-fingerprint");
         let after = self.src.quick_fingerprint()?;
+        spin.finish();
         if after != before {
             self.warnings.push(Finding::new(
                 "source_changed",
@@ -726,8 +790,11 @@ impl<'a> Taking<'a> {
         files.push(spool.to_path_buf());
         let mut fanouts = [false; 256];
         let mut batch: Vec<PathBuf> = Vec::with_capacity(SYNC_BATCH);
+        // Waiting for the disk: the longest part of a first backup after the copy.
+        let phase = crate::progress::Phase::counter("backup-sync", crate::progress::Unit::Files);
         let flush = |batch: &mut Vec<PathBuf>| -> Result<()> {
             sync_files(batch)?;
+            phase.inc(batch.len() as u64);
             batch.clear();
             Ok(())
         };
@@ -746,6 +813,7 @@ impl<'a> Taking<'a> {
             fanouts[e.sha256.0[0] as usize] = true;
         }
         sync_files(&files)?;
+        phase.inc(files.len() as u64);
         let mut dirs: Vec<PathBuf> = fanouts
             .iter()
             .enumerate()
@@ -765,6 +833,7 @@ impl<'a> Taking<'a> {
         for d in &dirs {
             sync_dir(d)?;
         }
+        phase.finish();
         Ok(())
     }
 

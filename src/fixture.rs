@@ -1,6 +1,7 @@
 //! A realistic legacy store (SPEC §1) for demos, tests and benchmarks: a config, a
 //! SQLite database, per-session state files, the deprecated JSON store, and, with
-//! `bad`, one invalid record of each kind (SPEC §6).
+//! `bad`, one invalid record of each kind (SPEC §6), state conflicts and orphan state
+//! files. A store made without `bad` migrates with no warning about its data.
 //!
 //! Deterministic: the same options give the same bytes (the SQLite file aside, whose
 //! rows are the same). Every session draws from its own generator, derived from the
@@ -16,9 +17,12 @@
 //! | 0–1   | JSON store only, state in the record                    | 2%    |
 //! | 2     | JSON store only, state in `state.json`                  | 1%    |
 //! | 3–7   | SQLite row, state only in the `state` column            | 5%    |
-//! | 8     | SQLite row with state in both, different (`state_conflict`) | 1% |
+//! | 8     | with `bad`: SQLite row with state in both, different (`state_conflict`) | 1% |
 //! | 9     | SQLite row + `state.json`, and a copy of the row in the JSON store (even blocks) | 0.5% |
-//! | rest  | SQLite row + `state.json`, `state` column NULL          | 90.5–91% |
+//! | rest  | SQLite row + `state.json`, `state` column NULL (slot 8 too without `bad`) | 90.5–92% |
+//!
+//! With `bad` there are also [`ORPHANS`] orphan state files and the invalid records of
+//! [`make_bad`].
 
 pub mod app;
 mod content;
@@ -48,7 +52,7 @@ pub const JSON_STORE_PATH: &str = "data/session-db.json";
 
 /// Sessions made at once: bounds memory, and the work one parallel step spreads.
 const CHUNK: u64 = 2048;
-/// Orphan state files (a `state.json` with no metadata anywhere).
+/// Orphan state files (a `state.json` with no metadata anywhere), written with `bad`.
 const ORPHANS: u64 = 2;
 
 // Streams of the generator: each purpose draws from its own.
@@ -183,7 +187,8 @@ impl Kind {
 }
 
 /// The kind of session `i`: its slot in a seeded shuffle of its block of 100.
-fn kind_of(seed: u64, i: u64) -> Kind {
+/// Without `bad`, the conflict slot is an ordinary session (state file, column NULL).
+fn kind_of(seed: u64, i: u64, bad: bool) -> Kind {
     let block = i / 100;
     let mut slots: [u8; 100] = std::array::from_fn(|k| k as u8);
     Rng::derive(seed, STREAM_BLOCK, block).shuffle(&mut slots);
@@ -191,7 +196,7 @@ fn kind_of(seed: u64, i: u64) -> Kind {
         0 | 1 => Kind::JsonRecord,
         2 => Kind::JsonFile,
         3..=7 => Kind::Column,
-        8 => Kind::Conflict,
+        8 if bad => Kind::Conflict,
         9 if block % 2 == 0 => Kind::FileWithJsonCopy,
         _ => Kind::File,
     }
@@ -224,9 +229,9 @@ fn awkward_id(i: u64) -> Option<String> {
 const UNSAFE_IDS: [&str; 2] = ["../escape-attempt", "tenant/42/session"];
 
 /// The sessions that get [`UNSAFE_IDS`].
-fn unsafe_slots(seed: u64, n: u64) -> Vec<u64> {
+fn unsafe_slots(seed: u64, n: u64, bad: bool) -> Vec<u64> {
     (0..n)
-        .filter(|&i| awkward_id(i).is_none() && kind_of(seed, i) == Kind::Column)
+        .filter(|&i| awkward_id(i).is_none() && kind_of(seed, i, bad) == Kind::Column)
         .take(UNSAFE_IDS.len())
         .collect()
 }
@@ -361,7 +366,7 @@ fn make_all(opts: &Options, sum: &mut Summary, tx: &mpsc::SyncSender<Vec<Row>>) 
     let plan = Plan {
         opts,
         users: (opts.sessions / 8).max(10),
-        unsafe_at: unsafe_slots(opts.seed, opts.sessions),
+        unsafe_at: unsafe_slots(opts.seed, opts.sessions, opts.bad),
     };
     let users = plan.users;
     let phase =
@@ -391,7 +396,8 @@ fn make_all(opts: &Options, sum: &mut Summary, tx: &mpsc::SyncSender<Vec<Row>>) 
     }
     phase.finish();
 
-    for k in 0..ORPHANS {
+    let orphans = if opts.bad { ORPHANS } else { 0 };
+    for k in 0..orphans {
         let mut rng = Rng::derive(opts.seed, STREAM_ORPHAN, k);
         let id = format!("orphan-{}", content::uuid(&mut rng));
         let style = Style::random(&mut rng);
@@ -480,7 +486,7 @@ fn looks_like_uuid(id: &str) -> bool {
 fn make_session(plan: &Plan, i: u64) -> Result<Made> {
     let (opts, users) = (plan.opts, plan.users);
     let mut rng = Rng::derive(opts.seed, STREAM_SESSION, i);
-    let kind = kind_of(opts.seed, i);
+    let kind = kind_of(opts.seed, i, opts.bad);
     let id = match plan.unsafe_at.iter().position(|&k| k == i) {
         Some(k) => UNSAFE_IDS[k].to_owned(),
         None => awkward_id(i).unwrap_or_else(|| content::uuid(&mut rng)),
@@ -1011,7 +1017,7 @@ mod tests {
     fn kinds_have_exact_proportions_on_whole_blocks() {
         let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for i in 0..10_000 {
-            *counts.entry(kind_of(7, i).name()).or_default() += 1;
+            *counts.entry(kind_of(7, i, true).name()).or_default() += 1;
         }
         assert_eq!(counts["json_only_state_in_record"], 200);
         assert_eq!(counts["json_only_state_in_file"], 100);
@@ -1022,11 +1028,26 @@ mod tests {
     }
 
     #[test]
+    fn conflicts_only_with_bad_and_nothing_else_moves() {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for i in 0..10_000 {
+            let (plain, bad) = (kind_of(7, i, false), kind_of(7, i, true));
+            if bad != Kind::Conflict {
+                assert_eq!(plain, bad, "session {i}");
+            }
+            *counts.entry(plain.name()).or_default() += 1;
+        }
+        assert!(!counts.contains_key("state_conflict"), "{counts:?}");
+        assert_eq!(counts["sqlite_column_only"], 500);
+        assert_eq!(counts["sqlite_with_state_file"], 9_150);
+    }
+
+    #[test]
     fn kinds_depend_on_the_seed() {
-        let a: Vec<Kind> = (0..300).map(|i| kind_of(1, i)).collect();
-        let b: Vec<Kind> = (0..300).map(|i| kind_of(2, i)).collect();
+        let a: Vec<Kind> = (0..300).map(|i| kind_of(1, i, true)).collect();
+        let b: Vec<Kind> = (0..300).map(|i| kind_of(2, i, true)).collect();
         assert_ne!(a, b);
-        assert_eq!(a, (0..300).map(|i| kind_of(1, i)).collect::<Vec<_>>());
+        assert_eq!(a, (0..300).map(|i| kind_of(1, i, true)).collect::<Vec<_>>());
     }
 
     #[test]
@@ -1041,9 +1062,11 @@ mod tests {
             assert!(!content::is_safe_component(id), "{id}");
         }
         for seed in 0..50 {
-            let at = unsafe_slots(seed, 100);
-            assert_eq!(at.len(), 2);
-            assert!(at.iter().all(|&i| kind_of(seed, i) == Kind::Column));
+            for bad in [false, true] {
+                let at = unsafe_slots(seed, 100, bad);
+                assert_eq!(at.len(), 2);
+                assert!(at.iter().all(|&i| kind_of(seed, i, bad) == Kind::Column));
+            }
         }
     }
 

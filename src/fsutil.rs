@@ -115,6 +115,21 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// The allocation unit of the filesystem holding `path` (statvfs `f_frsize`): every
+/// file takes a whole number of them on disk.
+pub fn block_size(path: &Path) -> io::Result<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_frsize as u64)
+}
+
 /// `p` itself if it exists, else its nearest existing parent (`.` at worst): where a
 /// folder that is not there yet would be created.
 pub fn nearest_existing(p: &Path) -> std::path::PathBuf {

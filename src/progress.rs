@@ -7,7 +7,10 @@
 //!   ends, one line saying what it did and how long it took.
 //! - Otherwise (a CI log, a file): plain lines with a UTC time stamp, one when the phase
 //!   starts, one every few seconds (`SESSIONDB_PROGRESS_SECS`, default 5) and one when
-//!   it ends: `2026-12-01T15:04:05Z load 12000/50000 sessions 4100/s 3.0s`.
+//!   it ends: `2026-12-01T15:04:05Z load 12000/50000 sessions 4100/s 3.0s`. A periodic
+//!   line comes from the count moving ([`Phase::inc`] once the interval has passed) or,
+//!   when it stalls (a spinner, a slow batch), from a ticker thread. `0` writes one on
+//!   every update (the tests use it, so that a phase without progress is caught).
 //! - Nothing under `--quiet` ([`set_quiet`], set by the driver for each step).
 //!
 //! Log lines written while a bar is drawn go through [`suspend`], so that they do not
@@ -93,6 +96,10 @@ struct Inner {
     total: AtomicU64,
     done: AtomicU64,
     start: Instant,
+    /// The interval between periodic plain lines.
+    every: Duration,
+    /// When the last plain line was written, in milliseconds since `start`.
+    last_ms: AtomicU64,
     bar: Option<ProgressBar>,
     ticker: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
@@ -124,6 +131,16 @@ impl Phase {
             return Phase::hidden();
         }
         let tty = std::io::stderr().is_terminal();
+        Phase::start_with(name, unit, total, tty, interval())
+    }
+
+    fn start_with(
+        name: &'static str,
+        unit: Option<Unit>,
+        total: u64,
+        tty: bool,
+        every: Duration,
+    ) -> Phase {
         let bar = tty.then(|| terminal_bar(name, unit, total));
         let inner = Arc::new(Inner {
             name,
@@ -131,6 +148,8 @@ impl Phase {
             total: AtomicU64::new(total),
             done: AtomicU64::new(0),
             start: Instant::now(),
+            every,
+            last_ms: AtomicU64::new(0),
             bar,
             ticker: Mutex::new(None),
         });
@@ -141,15 +160,16 @@ impl Phase {
         } else {
             plain(&inner.line(Some("start")));
             let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let every = interval();
+            // Wakes at least every 10 ms when every update is asked for (interval 0).
+            let wake = every.max(Duration::from_millis(10));
             let weak = Arc::downgrade(&inner);
             let handle = std::thread::Builder::new()
                 .name(format!("progress {name}"))
                 .spawn(move || {
                     // Ends when the phase drops its sender (it finished).
-                    while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                    while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(wake) {
                         match weak.upgrade() {
-                            Some(i) => plain(&i.line(None)),
+                            Some(i) => i.periodic(),
                             None => return,
                         }
                     }
@@ -166,8 +186,9 @@ impl Phase {
     pub fn inc(&self, n: u64) {
         if let Some(i) = &self.inner {
             i.done.fetch_add(n, Ordering::Relaxed);
-            if let Some(b) = &i.bar {
-                b.inc(n);
+            match &i.bar {
+                Some(b) => b.inc(n),
+                None => i.periodic(),
             }
         }
     }
@@ -206,6 +227,26 @@ impl Drop for Phase {
 }
 
 impl Inner {
+    /// A periodic plain line, if the interval has passed since the last one (the
+    /// updating threads and the ticker race for it: one of them writes it).
+    fn periodic(&self) {
+        if self.every.is_zero() {
+            return plain(&self.line(None));
+        }
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now < last.saturating_add(self.every.as_millis() as u64) {
+            return;
+        }
+        if self
+            .last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            plain(&self.line(None));
+        }
+    }
+
     fn end(&self, how: &str) {
         let ticker = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((tx, h)) = ticker {
@@ -265,14 +306,21 @@ impl Inner {
 }
 
 fn plain(line: &str) {
+    #[cfg(test)]
+    if let Some(lines) = tests::CAPTURED.lock().unwrap().as_mut() {
+        lines.push(line.to_owned());
+        return;
+    }
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// `SESSIONDB_PROGRESS_SECS`: seconds between periodic plain lines (5; `0`: a line on
+/// every update).
 fn interval() -> Duration {
     let secs = std::env::var("SESSIONDB_PROGRESS_SECS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
         .unwrap_or(5.0);
     Duration::from_secs_f64(secs)
 }
@@ -344,6 +392,93 @@ fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
 mod tests {
     use super::*;
 
+    /// The plain lines written while `Some` (all tests' phases: filter by name).
+    pub(super) static CAPTURED: Mutex<Option<Vec<String>>> = Mutex::new(None);
+
+    fn captured(phase: &str) -> Vec<String> {
+        let mut g = CAPTURED.lock().unwrap();
+        let lines = g.get_or_insert_with(Vec::new);
+        lines
+            .iter()
+            .filter(|l| l.split(' ').nth(1) == Some(phase))
+            .cloned()
+            .collect()
+    }
+
+    /// The periodic lines (neither `start` nor `done`) of `phase`.
+    fn periodic(phase: &str) -> Vec<String> {
+        captured(phase)
+            .into_iter()
+            .filter(|l| !matches!(l.split(' ').nth(2), Some("start" | "done" | "stopped")))
+            .collect()
+    }
+
+    #[test]
+    fn a_stalled_phase_still_writes_periodic_lines() {
+        captured("-"); // start capturing
+        let spin = Phase::start_with("test-spin", None, 0, false, Duration::from_millis(1));
+        let counter = Phase::start_with(
+            "test-stall",
+            Some(Unit::Rows),
+            10,
+            false,
+            Duration::from_millis(1),
+        );
+        counter.inc(3);
+        // The ticker writes them: wait for two of each (a generous bound, not a timing).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (periodic("test-spin").len() < 2 || periodic("test-stall").len() < 2)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        spin.finish();
+        counter.finish();
+        let s = periodic("test-spin");
+        assert!(s.len() >= 2, "{s:?}");
+        for l in &s {
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!(w.len(), 3, "{l}");
+            assert!(
+                w[2].strip_suffix('s').unwrap().parse::<f64>().is_ok(),
+                "{l}"
+            );
+        }
+        let c = periodic("test-stall");
+        assert!(c.len() >= 2, "{c:?}");
+        assert!(c.iter().all(|l| l.contains(" 3/10 rows ")), "{c:?}");
+    }
+
+    #[test]
+    fn with_interval_zero_every_update_writes_a_line_and_otherwise_not() {
+        captured("-");
+        let p = Phase::start_with("test-every", Some(Unit::Files), 4, false, Duration::ZERO);
+        for _ in 0..4 {
+            p.inc(1);
+        }
+        p.finish();
+        let counts: Vec<String> = periodic("test-every")
+            .iter()
+            .map(|l| l.split(' ').nth(2).unwrap().to_owned())
+            .collect();
+        for want in ["1/4", "2/4", "3/4", "4/4"] {
+            assert!(counts.iter().any(|c| c == want), "{counts:?}");
+        }
+        let p = Phase::start_with(
+            "test-rare",
+            Some(Unit::Files),
+            4,
+            false,
+            Duration::from_secs(3600),
+        );
+        for _ in 0..4 {
+            p.inc(1);
+        }
+        p.finish();
+        assert!(periodic("test-rare").is_empty());
+        assert_eq!(captured("test-rare").len(), 2);
+    }
+
     #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(human_bytes(0), "0 B");
@@ -362,6 +497,8 @@ mod tests {
             total: AtomicU64::new(50_000),
             done: AtomicU64::new(12_000),
             start: Instant::now(),
+            every: Duration::from_secs(5),
+            last_ms: AtomicU64::new(0),
             bar: None,
             ticker: Mutex::new(None),
         };

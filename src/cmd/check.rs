@@ -218,13 +218,46 @@ fn check_sqlite(
         json!({"columns": sqlite::COLUMNS}),
     );
     drop(conn);
-    // Without the JSON store: this checks the SQLite + files backend alone.
+    // Without the JSON store: this checks the SQLite + files backend alone. Its ids
+    // only say which state files without a row are a JSON-only session's, not orphans.
     let src = Source {
         sqlite: cfg.sqlite.clone(),
         json_path: None,
         json_fields: Default::default(),
     };
-    scan_into(ctx, &src, "state_files", findings)
+    let json_ids: Option<std::collections::HashSet<String>> =
+        cfg.json_path.as_deref().and_then(|p| {
+            let (records, _) = crate::source::load_json_store_of(cfg, p).ok()?;
+            Some(records.into_iter().filter_map(|r| r.id.ok()).collect())
+        });
+    let owned = scan_into(ctx, &src, "state_files", findings, json_ids.as_ref())?;
+    if owned > 0 {
+        let json = cfg.json_path.as_deref().unwrap_or(std::path::Path::new(""));
+        ctx.report.check(
+            "json_owned_state_files",
+            CheckStatus::Pass,
+            format!(
+                "{owned} state files have no row in SQLite but belong to sessions of the JSON store {} (`check --backend json` reads them)",
+                json.display()
+            ),
+            json!({"state_files": owned, "json_store": json}),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `w` is an `orphan_state_file` warning about `<id>/state.json` where `id`
+/// is a session of the JSON store: not an orphan (preflight and the load resolve it
+/// from the JSON store).
+fn json_owned(w: &Finding, json_ids: &std::collections::HashSet<String>) -> bool {
+    w.code == "orphan_state_file"
+        && w.path.as_deref().is_some_and(|p| {
+            std::path::Path::new(p)
+                .parent()
+                .and_then(|d| d.file_name())
+                .and_then(|n| n.to_str())
+                .is_some_and(|id| json_ids.contains(id))
+        })
 }
 
 /// A store mapped by the config (SPEC §9): its shape is read as the config says (the
@@ -360,16 +393,25 @@ fn check_json(
         json_path: Some(p.clone()),
         json_fields: crate::source::JsonFields::new(&cfg.app.json_fields),
     };
-    scan_into(ctx, &src, "json_records", findings)
+    scan_into(ctx, &src, "json_records", findings, None)?;
+    Ok(())
 }
 
-/// Resolve every session of `src`, listing invalid records and warnings.
-fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>) -> Result<()> {
+/// Resolve every session of `src`, listing invalid records and warnings. The state
+/// files without a row that are sessions of `json_ids` (the JSON store of a SQLite
+/// check) are not warned about: returns how many.
+fn scan_into(
+    ctx: &mut Ctx,
+    src: &Source,
+    id: &str,
+    findings: &mut Vec<Finding>,
+    json_ids: Option<&std::collections::HashSet<String>>,
+) -> Result<u64> {
     let reader = src.open()?;
     let mut invalid = Vec::new();
     let phase =
         crate::progress::Phase::bar("scan", reader.estimate()?, crate::progress::Unit::Sessions);
-    let summary = reader.scan(1000, |items| {
+    let mut summary = reader.scan(1000, |items| {
         phase.inc(items.len() as u64);
         for it in items {
             if let Item::Invalid(inv) = it {
@@ -379,9 +421,15 @@ fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>)
         Ok(())
     })?;
     phase.finish();
+    let mut owned = 0;
     for w in &summary.warnings {
+        if json_ids.is_some_and(|ids| json_owned(w, ids)) {
+            owned += 1;
+            continue;
+        }
         ctx.report.warn(w.clone());
     }
+    summary.orphans = summary.orphans.saturating_sub(owned);
     let status = if invalid.is_empty() {
         CheckStatus::Pass
     } else {
@@ -399,7 +447,7 @@ fn scan_into(ctx: &mut Ctx, src: &Source, id: &str, findings: &mut Vec<Finding>)
     ctx.report.count("sessions", summary.sessions);
     ctx.report.count("invalid", summary.invalid);
     findings.extend(invalid);
-    Ok(())
+    Ok(owned)
 }
 
 fn check_postgres(

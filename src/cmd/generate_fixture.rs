@@ -22,7 +22,10 @@ pub struct Args {
     /// The same seed writes the same store, byte for byte.
     #[arg(long, value_name = "S", default_value_t = 1)]
     pub seed: u64,
-    /// Also write one invalid record of each kind (ids say which: bad-invalid-json...).
+    /// Also write one invalid record of each kind (ids say which: bad-invalid-json...),
+    /// give 1% of the sessions a SQLite state column that differs from their state file
+    /// (state_conflict) and write two orphan state files. Without it the store migrates
+    /// with no warning about its data.
     #[arg(long)]
     pub bad: bool,
     /// Declare cost and the timestamps without a type, so SQLite keeps the storage class

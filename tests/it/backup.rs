@@ -534,3 +534,66 @@ fn full_disk_is_disk_space_and_leaves_an_incomplete_folder() {
     let v = verify(partial, 1);
     assert!(v.has_error("backup_incomplete"), "{}", v.stdout);
 }
+
+/// What a backup added under `backups/` since `before` (the paths there then): the
+/// bytes of its files, and what files and folders take on disk (whole blocks).
+fn added(backups: &Path, before: &std::collections::HashSet<PathBuf>) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut disk) = (0, 0);
+    for e in walkdir::WalkDir::new(backups).min_depth(1) {
+        let e = e.unwrap();
+        if before.contains(e.path()) {
+            continue;
+        }
+        let m = e.path().symlink_metadata().unwrap();
+        if m.is_file() {
+            bytes += m.len();
+        }
+        disk += m.blocks() * 512;
+    }
+    (bytes, disk)
+}
+
+/// The estimate of "backup of about N into ..." (the `backup_space` check) is an
+/// honest upper bound of what the backup takes, on a generated store: a first backup
+/// (every state file copied, each in whole blocks; the manifest; the blob store's
+/// folders) and an incremental one (the database copy, the dumps, the manifest).
+#[test]
+fn the_size_estimate_bounds_what_the_backup_takes_and_is_not_far_over() {
+    let d = crate::support::TempDir::new();
+    let out = d.path().join("store");
+    sessiondb(&[
+        "generate-fixture",
+        "--out",
+        out.to_str().unwrap(),
+        "--sessions",
+        "3000",
+        "--seed",
+        "5",
+    ])
+    .expect(exit::OK);
+    let cfg = out.join("sessiondb.toml");
+    let backups = out.join("backups");
+    // Files younger than 2 s get no stamp and are never shared (walk.rs: `SETTLE`); an
+    // incremental backup copies only what changed once they have settled.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for round in ["first", "incremental"] {
+        let before: std::collections::HashSet<PathBuf> = walkdir::WalkDir::new(&backups)
+            .into_iter()
+            .filter_map(|e| e.ok().map(|e| e.into_path()))
+            .collect();
+        let r = sessiondb(&["backup"]).config(&cfg).expect(exit::OK);
+        let est = r.check("backup_space").details["estimated_bytes"]
+            .as_u64()
+            .unwrap();
+        let (bytes, disk) = added(&backups, &before);
+        assert!(
+            est >= bytes && est >= disk,
+            "{round}: estimated {est}, wrote {bytes} bytes taking {disk} on disk"
+        );
+        assert!(
+            est <= disk + disk / 2,
+            "{round}: estimated {est}, far over the {disk} the backup takes"
+        );
+    }
+}

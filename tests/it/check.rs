@@ -249,30 +249,54 @@ fn a_read_only_role_fails_postgres_permissions_in_check_as_in_preflight() {
 }
 
 #[test]
-fn check_of_the_sqlite_backend_does_not_claim_it_read_the_json_store() {
+fn check_of_the_sqlite_backend_counts_json_only_state_files_apart_from_orphans() {
     // A session only the JSON store has: its state file has no SQLite row. check of the
-    // sqlite backend reads no JSON store, so it must not say "no metadata in SQLite or
-    // the JSON store" about it; preflight, which reads both, does not warn at all.
+    // sqlite backend does not call it an orphan (the config's JSON store names it; the
+    // load resolves it from there) but counts it in a passing check; a state file that
+    // no store names is still an orphan, and not said to lack "SQLite or the JSON store"
+    // metadata (this check read only the JSON store's ids). Preflight, which reads
+    // both, warns about the real orphan alone.
     let s = Store::new();
     s.session("in-sqlite", r#"{"a": 1}"#);
     s.state_file("json-only", br#"{"b": 2}"#);
+    s.state_file("nobody", br#"{"c": 3}"#);
     s.json_store(r#"{"version": 1, "sessions": [{"id": "json-only", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}]}"#);
     let r = sessiondb(&["check"]).config(&s.config).expect(exit::OK);
-    let w = r
+    let orphans: Vec<_> = r
         .report
         .warnings
         .iter()
-        .find(|w| w.code == "orphan_state_file")
-        .unwrap_or_else(|| panic!("check names the state file without a row: {}", r.stdout));
+        .filter(|w| w.code == "orphan_state_file")
+        .collect();
+    assert_eq!(orphans.len(), 1, "{}", r.stdout);
+    let w = orphans[0];
     assert!(
-        w.message.contains("not read by this check") && !w.message.contains("or the JSON store:"),
+        w.path
+            .as_deref()
+            .is_some_and(|p| p.ends_with("nobody/state.json"))
+            && w.message.contains("not read by this check"),
         "{}",
         w.message
     );
+    let c = r.check("json_owned_state_files");
+    assert_eq!(c.status, CheckStatus::Pass, "{}", r.stdout);
+    assert_eq!(c.details["state_files"], 1, "{}", r.stdout);
+    assert_eq!(r.check("state_files").details["orphans"], 1, "{}", r.stdout);
     let db = TestDb::new("check_json_only");
     let p = sessiondb(&["preflight"])
         .config(&s.config)
         .env("DATABASE_URL", &db.url)
         .run();
-    assert!(!p.has_warning("orphan_state_file"), "{}", p.stdout);
+    let warned: Vec<_> = p
+        .report
+        .warnings
+        .iter()
+        .filter(|w| w.code == "orphan_state_file")
+        .filter_map(|w| w.path.clone())
+        .collect();
+    assert!(
+        warned.len() == 1 && warned[0].ends_with("nobody/state.json"),
+        "{}",
+        p.stdout
+    );
 }

@@ -156,6 +156,34 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     assert!(shared < 20, "{shared} state files at the same path");
 }
 
+/// Of the SQLite rows with a `state` column: how many also have a different state file
+/// (conflicts), how many have none (column only).
+fn column_kinds(
+    column: &BTreeMap<String, Option<String>>,
+    files: &BTreeMap<String, serde_json::Value>,
+) -> (u64, u64) {
+    let (mut conflicts, mut column_only) = (0, 0);
+    for (id, state) in column {
+        if id.starts_with("bad-") {
+            continue; // --bad's invalid records, counted apart
+        }
+        match (state, files.get(id)) {
+            (Some(s), Some(f)) => {
+                let s: serde_json::Value = serde_json::from_str(s).unwrap();
+                assert_ne!(&s, f, "{id}: a conflict holds different states");
+                conflicts += 1;
+            }
+            (Some(s), None) => {
+                serde_json::from_str::<serde_json::Value>(s).unwrap();
+                column_only += 1;
+            }
+            (None, Some(_)) => {}
+            (None, None) => panic!("{id} has no state"),
+        }
+    }
+    (conflicts, column_only)
+}
+
 #[test]
 fn the_report_matches_what_is_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
@@ -236,38 +264,24 @@ fn the_report_matches_what_is_on_disk() {
         }
         ids.insert(id);
     }
-    let (mut conflicts, mut column_only) = (0, 0);
-    for (id, state) in &column {
-        match (state, files.get(id)) {
-            (Some(s), Some(f)) => {
-                let s: serde_json::Value = serde_json::from_str(s).unwrap();
-                assert_ne!(&s, f, "{id}: a conflict holds different states");
-                conflicts += 1;
-            }
-            (Some(s), None) => {
-                serde_json::from_str::<serde_json::Value>(s).unwrap();
-                column_only += 1;
-            }
-            (None, Some(_)) => {}
-            (None, None) => panic!("{id} has no state"),
-        }
-    }
+    let (conflicts, column_only) = column_kinds(&column, &files);
     assert_eq!(ids.len(), 1000);
     assert_eq!(json_only, detail_u64(r, "json_only"));
     assert_eq!(duplicates, detail_u64(r, "json_duplicates"));
-    assert_eq!(conflicts, detail_u64(r, "state_conflicts"));
     assert_eq!(column_only, detail_u64(r, "sqlite_column_only"));
-    assert_eq!(conflicts, 10);
     assert_eq!(column_only, 50);
     assert_eq!(json_only, 30);
     assert_eq!(duplicates, 5);
-
-    // Orphans: a state file and nothing else.
-    let orphans = r.details["orphans"].as_array().unwrap();
-    assert_eq!(orphans.len(), 2);
-    for o in orphans {
-        let o = o.as_str().unwrap();
-        assert!(files.contains_key(o) && !ids.contains(o), "{o}");
+    // Without --bad: no state conflict, no orphan state file (a clean migration).
+    assert_eq!(conflicts, 0);
+    assert_eq!(detail_u64(r, "state_conflicts"), 0);
+    assert_eq!(detail_u64(r, "orphan_state_files"), 0);
+    assert!(r.details["orphans"].as_array().unwrap().is_empty());
+    for f in files.keys() {
+        assert!(
+            ids.contains(f.as_str()),
+            "{f}: a state file no session owns"
+        );
     }
     // Unsafe ids: in SQLite, never a folder.
     let unsafe_ids = r.details["unsafe_ids"].as_array().unwrap();
@@ -289,6 +303,54 @@ fn the_report_matches_what_is_on_disk() {
         .map(|e| e.metadata().unwrap().len())
         .sum();
     assert_eq!(r.counts["bytes"], on_disk);
+}
+
+#[test]
+fn bad_adds_state_conflicts_and_orphan_state_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("store");
+    let run = generate_ok(&out, &["--sessions", "1000", "--seed", "3", "--bad"]);
+    let r = &run.report;
+    let conn = rusqlite::Connection::open(out.join("data/app.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT id, state FROM sessions").unwrap();
+    let column: BTreeMap<String, Option<String>> = stmt
+        .query_map([], |x| Ok((x.get(0)?, x.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // The state files that parse (the bad records' do not, on purpose).
+    let mut files: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for e in std::fs::read_dir(out.join("sessions")).unwrap() {
+        let id = e.unwrap().file_name().into_string().unwrap();
+        let p = out.join("sessions").join(&id).join("state.json");
+        if let Some(v) = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            files.insert(id, v);
+        }
+    }
+    let (conflicts, _) = column_kinds(&column, &files);
+    assert_eq!(conflicts, 10);
+    assert_eq!(conflicts, detail_u64(r, "state_conflicts"));
+    let store: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("data/session-db.json")).unwrap()).unwrap();
+    let in_json: BTreeSet<&str> = store["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|rec| rec["id"].as_str())
+        .collect();
+    let orphans = r.details["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 2);
+    assert_eq!(detail_u64(r, "orphan_state_files"), 2);
+    for o in orphans {
+        let o = o.as_str().unwrap();
+        assert!(
+            files.contains_key(o) && !column.contains_key(o) && !in_json.contains(o),
+            "{o}"
+        );
+    }
 }
 
 #[test]

@@ -613,3 +613,95 @@ fn rollback_and_init_log_their_phases_too() {
     timed(&r.stderr, "init-scan");
     counted(&r.stderr, "init-state-files", 6, "rows");
 }
+
+/// The periodic lines of `phase` (neither `start`, `done` nor `stopped`), each checked
+/// for its form: `<UTC time> <phase> <done>[/<total>] <unit> <rate>/s <elapsed>s`, the
+/// count never past `total` when one is given (sizes in bytes are `12.3 kB/45.6 kB`).
+fn periodic(stderr: &str, phase: &str, total: Option<u64>, unit: &str) -> usize {
+    let mut n = 0;
+    for l in stderr.lines() {
+        let w: Vec<&str> = l.split(' ').collect();
+        if w.len() < 3 || w[1] != phase || matches!(w[2], "start" | "done" | "stopped") {
+            continue;
+        }
+        n += 1;
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(w[0]).is_ok() && w[0].ends_with('Z'),
+            "time stamp of {l:?}"
+        );
+        let secs = w[w.len() - 1].strip_suffix('s').expect("elapsed");
+        assert!(secs.parse::<f64>().is_ok(), "elapsed of {l:?}");
+        assert!(w[w.len() - 2].ends_with("/s"), "rate of {l:?}");
+        if unit == "bytes" {
+            assert!(
+                l.contains('/') && w.len() == 8,
+                "a size done/total in {l:?}"
+            );
+            continue;
+        }
+        assert_eq!(w.len(), 6, "{l:?}");
+        assert_eq!(w[3], unit, "{l:?}");
+        match total {
+            Some(t) => {
+                let (d, tt) = w[2].split_once('/').expect("done/total");
+                assert_eq!(tt.parse::<u64>().unwrap(), t, "total of {l:?}");
+                assert!(d.parse::<u64>().unwrap() <= t, "{l:?}");
+            }
+            None => assert!(w[2].parse::<u64>().is_ok(), "a count in {l:?}"),
+        }
+    }
+    n
+}
+
+#[test]
+fn in_a_log_every_counted_phase_writes_periodic_lines() {
+    let s = store();
+    let db = TestDb::new("op_progress_periodic");
+    // 0: a plain line on every update, so a phase that never reports its count is
+    // caught whatever the machine's speed.
+    let run = |args: &[&str]| {
+        sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", &db.url)
+            .env("SESSIONDB_PROGRESS_SECS", "0")
+    };
+    let n = Some(SESSIONS);
+    let r = run(&["preflight"]).expect(exit::OK);
+    assert!(
+        periodic(&r.stderr, "scan", n, "sessions") >= 1,
+        "{}",
+        r.stderr
+    );
+    let r = run(&["migrate-state"]).expect(exit::OK);
+    assert!(
+        periodic(&r.stderr, "plan", n, "sessions") >= 1,
+        "{}",
+        r.stderr
+    );
+    let r = run(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    for (phase, total, unit) in [
+        ("backup-sessions", n, "sessions"),
+        ("backup-files", None, "files"),
+        ("backup-sync", None, "files"),
+        ("backup-self-check", None, "bytes"),
+        ("load", n, "sessions"),
+    ] {
+        assert!(
+            periodic(&r.stderr, phase, total, unit) >= 1,
+            "no periodic {phase} line:\n{}",
+            r.stderr
+        );
+    }
+    let r = run(&["verify"]).expect(exit::OK);
+    assert!(
+        periodic(&r.stderr, "verify", n, "sessions") >= 1,
+        "{}",
+        r.stderr
+    );
+    let r = run(&["backup"]).expect(exit::OK);
+    assert!(
+        periodic(&r.stderr, "backup-sessions", n, "sessions") >= 1,
+        "{}",
+        r.stderr
+    );
+}

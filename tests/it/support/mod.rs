@@ -62,6 +62,7 @@ pub const SCRUB: &[&str] = &[
     "DB_POOL_SIZE",
     "DB_MAX_OVERFLOW",
     "SESSIONDB_LOG",
+    "SESSIONDB_PROGRESS_SECS",
 ];
 
 pub fn bin_path(name: &str) -> PathBuf {
