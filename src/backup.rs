@@ -57,6 +57,7 @@ use serde::Serialize;
 
 use crate::config::{Config, SqliteSource};
 use crate::error::{Error, Result};
+use crate::progress::Unit;
 use crate::report::Finding;
 use crate::source::Source;
 
@@ -185,7 +186,7 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
     let mut cursor = base.as_ref().map(|(d, _)| BaseCursor::open(d));
     if let Some(s) = &cfg.sqlite {
         let walker = Walker::open(&s.sessions_dir, opts.include_uploads)?;
-        walker.walk(|chunk| {
+        walker.walk(|chunk, _| {
             let looked = walker.look_all(&chunk);
             for (found, looked) in chunk.into_iter().zip(looked) {
                 match (found, looked) {
@@ -597,14 +598,20 @@ impl<'a> Taking<'a> {
         };
         tracing::info!("copying state files from {}", s.sessions_dir.display());
         let walker = Walker::open(&s.sessions_dir, self.opts.include_uploads)?;
-        let phase = crate::progress::Phase::counter("backup-files", crate::progress::Unit::Files);
-        walker.walk(|chunk| {
-            let files = chunk.iter().filter(|f| matches!(f, Found::File(_))).count();
+        // Counted in the folder's entries, whose number is known once the walk has listed
+        // them (the files in them are not, before they are walked): the phase starts
+        // with its first chunk.
+        let bar = |of| crate::progress::Phase::bar("backup-files", of, Unit::Folders);
+        let mut phase = None;
+        let mut shown = 0;
+        walker.walk(|chunk, walked| {
+            let p = phase.get_or_insert_with(|| bar(walked.of));
             let r = self.copy_chunk(&walker, chunk);
-            phase.inc(files as u64);
+            p.inc(walked.entries - shown);
+            shown = walked.entries;
             r
         })?;
-        phase.finish();
+        phase.unwrap_or_else(|| bar(0)).finish();
         self.warn_skipped();
         Ok(())
     }

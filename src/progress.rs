@@ -52,6 +52,8 @@ pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
 pub enum Unit {
     Sessions,
     Files,
+    /// The sessions folder's entries (its `<id>/` folders), a backup's walk over them.
+    Folders,
     Rows,
     Bytes,
 }
@@ -61,6 +63,7 @@ impl Unit {
         match self {
             Unit::Sessions => "sessions",
             Unit::Files => "files",
+            Unit::Folders => "folders",
             Unit::Rows => "rows",
             Unit::Bytes => "bytes",
         }

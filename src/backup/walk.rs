@@ -48,6 +48,14 @@ pub(super) enum SkipKind {
     Unreadable,
 }
 
+/// How far a walk is when it hands over a chunk: the sessions folder's entries walked,
+/// of how many (a true total for the progress line, known once the folder is listed).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Walked {
+    pub entries: u64,
+    pub of: u64,
+}
+
 /// A file the walk found, not looked at yet.
 #[derive(Debug, Clone)]
 pub(super) struct Candidate {
@@ -185,18 +193,26 @@ impl Walker {
     /// never following a symlink that leaves the folder, handing `visit` a chunk of at
     /// most [`CHUNK`] files at a time. Plain files directly in the folder are not
     /// session data.
-    pub(super) fn walk(&self, mut visit: impl FnMut(Vec<Found>) -> Result<()>) -> Result<()> {
+    pub(super) fn walk(
+        &self,
+        mut visit: impl FnMut(Vec<Found>, Walked) -> Result<()>,
+    ) -> Result<()> {
         let names = Names::list(&self.dir).map_err(|e| Error::read(&self.dir, e))?;
         let mut chunk = Vec::with_capacity(CHUNK);
         for i in 0..names.len() {
             let (name, kind) = names.get(i);
             self.visit_folder(name, kind, &mut chunk)?;
             if chunk.len() >= CHUNK {
-                visit(std::mem::take(&mut chunk))?;
+                let walked = Walked {
+                    entries: i as u64 + 1,
+                    of: names.len() as u64,
+                };
+                visit(std::mem::take(&mut chunk), walked)?;
             }
         }
         if !chunk.is_empty() {
-            visit(chunk)?;
+            let n = names.len() as u64;
+            visit(chunk, Walked { entries: n, of: n })?;
         }
         Ok(())
     }
