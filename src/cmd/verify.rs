@@ -341,13 +341,26 @@ fn compare_all(
         reader.estimate()?,
         crate::progress::Unit::Sessions,
     );
-    let mut clients = (0..COMPARERS)
-        .map(|_| pg::connect(t))
-        .collect::<Result<Vec<_>>>()?;
+    // A server (or role) with no connection to spare: the snapshot's own compares.
+    let mut clients = Vec::with_capacity(COMPARERS);
+    for _ in 0..COMPARERS {
+        match pg::connect(t) {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                tracing::warn!(
+                    "verify compares on {} connection(s) instead of {}: another one was refused: {e}",
+                    clients.len() + 1,
+                    COMPARERS + 1
+                );
+                break;
+            }
+        }
+    }
     let comparers = clients
         .iter_mut()
         .map(|c| join_snapshot(c, &snapshot))
         .collect::<Result<Vec<_>>>()?;
+    let comparing_here = comparers.is_empty();
     let (to_compare, batches) = std::sync::mpsc::sync_channel::<(usize, Vec<Session>)>(READ_AHEAD);
     let batches = Mutex::new(batches);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -399,7 +412,11 @@ fn compare_all(
             if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 return Err(e);
             }
-            if !batch.is_empty() && to_compare.send((seq, batch)).is_err() {
+            if comparing_here && !batch.is_empty() {
+                let mut part = Found::default();
+                part.compare(&mut tx, &rows, &batch)?;
+                own.push((seq, part));
+            } else if !batch.is_empty() && to_compare.send((seq, batch)).is_err() {
                 // Every comparer stopped: the first one's error says why.
                 return Err(failed
                     .lock()
