@@ -501,7 +501,7 @@ fn the_gin_index_is_built_with_postgres_index_build_memory_and_looks_as_the_sche
         for t in ["sessions", "session_state"] {
             let n: f32 = c
                 .query_one(
-                    "SELECT reltuples FROM pg_class WHERE oid = $1::regclass",
+                    "SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass",
                     &[&format!("public.{t}")],
                 )
                 .unwrap()
