@@ -20,6 +20,17 @@ pub const DEFAULT_URL_ENV: &str = "DATABASE_URL";
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 /// Connections beyond the pool without `postgres.max_overflow` / `DB_MAX_OVERFLOW`.
 pub const DEFAULT_MAX_OVERFLOW: u32 = 20;
+
+/// `maintenance_work_mem` for the GIN index build after a load into an empty target,
+/// without `postgres.index_build_memory`, in kB. Small on purpose: measured on the
+/// bench's data (README, issue 19.3) the build is fastest at 4–8 MB and slowest at
+/// 512 MB (8 MB: about 0.7× the time, and a smaller index), its accumulator's tree
+/// staying in the CPU cache.
+pub const DEFAULT_INDEX_BUILD_MEMORY_KB: u64 = 8 * 1024;
+
+/// The bounds of `postgres.index_build_memory`, in kB: PostgreSQL's own minimum for
+/// `maintenance_work_mem` (1 MB) and 2 GB.
+pub const INDEX_BUILD_MEMORY_KB: std::ops::RangeInclusive<u64> = 1024..=2 * 1024 * 1024;
 /// The target's schema without `postgres.schema`.
 pub const DEFAULT_SCHEMA: &str = "public";
 
@@ -152,6 +163,7 @@ struct FilePostgres {
     max_overflow: Option<u32>,
     gin_opclass: Option<GinOpclass>,
     toast_compression: Option<ToastCompression>,
+    index_build_memory: Option<String>,
     fill: Option<BTreeMap<String, toml::Value>>,
 }
 
@@ -180,6 +192,9 @@ pub struct PostgresSettings {
     pub gin_opclass: GinOpclass,
     /// `postgres.toast_compression`: how the load's sessions compress large values.
     pub toast_compression: ToastCompression,
+    /// `postgres.index_build_memory`: `maintenance_work_mem` for the GIN index build
+    /// after a load into an empty target, in kB.
+    pub index_build_memory_kb: u64,
 }
 
 impl PostgresSettings {
@@ -194,6 +209,7 @@ impl PostgresSettings {
             max_overflow: DEFAULT_MAX_OVERFLOW,
             gin_opclass: GinOpclass::JsonbOps,
             toast_compression: ToastCompression::Lz4,
+            index_build_memory_kb: DEFAULT_INDEX_BUILD_MEMORY_KB,
         }
     }
 }
@@ -208,6 +224,7 @@ impl fmt::Debug for PostgresSettings {
             .field("max_overflow", &self.max_overflow)
             .field("gin_opclass", &self.gin_opclass)
             .field("toast_compression", &self.toast_compression)
+            .field("index_build_memory_kb", &self.index_build_memory_kb)
             .finish()
     }
 }
@@ -478,6 +495,15 @@ impl Config {
             fp.max_overflow.unwrap_or(DEFAULT_MAX_OVERFLOW),
             &mut provenance,
         )?;
+        let index_build_memory_kb = match &fp.index_build_memory {
+            None => DEFAULT_INDEX_BUILD_MEMORY_KB,
+            Some(v) => memory_kb(v).ok_or_else(|| Error::ConfigInvalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "postgres.index_build_memory = {v:?}: expected a size from 1MB to 2GB with its unit (kB, MB or GB), e.g. \"8MB\""
+                ),
+            })?,
+        };
         let schema = fp.schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
         if schema.is_empty() || schema.contains('\0') {
             return Err(Error::ConfigInvalid {
@@ -505,6 +531,7 @@ impl Config {
                 max_overflow,
                 gin_opclass: fp.gin_opclass.unwrap_or(GinOpclass::JsonbOps),
                 toast_compression: fp.toast_compression.unwrap_or(ToastCompression::Lz4),
+                index_build_memory_kb,
             },
             backup_dir,
             warnings,
@@ -762,6 +789,22 @@ pub fn read_text(path: &Path) -> Result<Option<String>> {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
         })
+}
+
+/// A size as PostgreSQL writes memory settings (`512kB`, `8MB`, `1GB`; the unit is
+/// required, case as PostgreSQL has it), in kB, within [`INDEX_BUILD_MEMORY_KB`].
+fn memory_kb(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let digits = v.len() - v.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (n, unit) = v.split_at(digits);
+    let scale = match unit.trim_start() {
+        "kB" => 1,
+        "MB" => 1024,
+        "GB" => 1024 * 1024,
+        _ => return None,
+    };
+    let kb = n.parse::<u64>().ok()?.checked_mul(scale)?;
+    INDEX_BUILD_MEMORY_KB.contains(&kb).then_some(kb)
 }
 
 fn env_u32(env: &Env, name: &str, default: u32, provenance: &mut Vec<String>) -> Result<u32> {
@@ -1493,6 +1536,43 @@ mod tests {
         let rt = runtime("DATABASE_URL", &env(&[])).unwrap();
         assert!(drift(Backend::Sqlite, &rt, p).is_none());
         assert!(drift(Backend::Json, &rt, p).is_none());
+    }
+
+    #[test]
+    fn index_build_memory_takes_a_bounded_size_with_its_unit() {
+        let parse = |v: Option<&str>| {
+            let extra = v.map_or(String::new(), |v| format!("index_build_memory = {v:?}\n"));
+            let text = format!(
+                "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[postgres]\n{extra}"
+            );
+            Config::parse(Path::new("/x/sessiondb.toml"), &text, &env(&[]))
+                .map(|c| c.postgres.index_build_memory_kb)
+        };
+        assert_eq!(parse(None).unwrap(), DEFAULT_INDEX_BUILD_MEMORY_KB);
+        assert_eq!(parse(Some("64MB")).unwrap(), 64 * 1024);
+        assert_eq!(parse(Some("2048kB")).unwrap(), 2048);
+        assert_eq!(parse(Some("1GB")).unwrap(), 1024 * 1024);
+        assert_eq!(parse(Some(" 2 GB")).unwrap(), 2 * 1024 * 1024);
+        for bad in [
+            "8",
+            "8mb",
+            "512kB",
+            "3GB",
+            "-1MB",
+            "MB",
+            "1.5GB",
+            "99999999999999999999GB",
+        ] {
+            match parse(Some(bad)) {
+                Err(Error::ConfigInvalid { message, .. }) => {
+                    assert!(
+                        message.contains("postgres.index_build_memory"),
+                        "{bad}: {message}"
+                    )
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

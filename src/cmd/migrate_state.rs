@@ -129,6 +129,9 @@ crate::details! {
         /// How the load got its sessions: `kept_from_plan`, `second_scan`, `single_scan`.
         pub load_read: &'static str,
         pub gin_index_build_ms: u64,
+        /// How the GIN index was built after a load into an empty target: the
+        /// strategy and the `maintenance_work_mem` it had (`postgres.index_build_memory`).
+        pub index_build: schema::IndexBuild,
         pub phases_ms: PhasesMs,
         pub skipped_conflicts: Vec<ConflictInfo>,
         /// The quarantine folder of the backup.
@@ -453,23 +456,49 @@ fn act(
     if !lock.alive() {
         tracing::warn!("the lock connection was lost during the run");
     }
+    // Fresh statistics after a load that changed much of the target; small catch-ups
+    // leave it to autovacuum (ANALYZE reads a 30,000-row sample of the states).
+    let analyze = (counts.inserted + counts.updated) * 10 > counts.sessions;
+    let rows = Rows::new(&r.schema, &plan.fit);
     let t_index = Instant::now();
-    if fresh {
-        client
-            .batch_execute("SET maintenance_work_mem = '512MB'")
-            .map_err(|e| Error::pg("raising maintenance_work_mem", "", e))?;
+    let mut sessions_analyzed = false;
+    if fresh && schema::index_state(&mut client, &r.schema)?.is_none() {
+        d.index_build = Some(schema::set_index_build_memory(
+            &mut client,
+            r.cfg.postgres.index_build_memory_kb,
+        )?);
         let spin = Phase::spinner("gin-index");
-        schema::ensure_gin_index(&mut client, &r.schema, r.cfg.postgres.gin_opclass.as_sql())?;
+        // PostgreSQL builds a GIN index in one process: the other core gathers the
+        // sessions table's statistics meanwhile, on a connection of its own (the
+        // build's lock on session_state keeps an ANALYZE of that one waiting).
+        let built = std::thread::scope(|s| {
+            let beside = analyze.then(|| {
+                s.spawn(|| {
+                    pg::connect_writer(&r.target, &r.lock_timeout, r.cfg.postgres.toast_compression)
+                        .is_ok_and(|mut c| rows.analyze_sessions(&mut c))
+                })
+            });
+            let built = schema::ensure_gin_index(
+                &mut client,
+                &r.schema,
+                r.cfg.postgres.gin_opclass.as_sql(),
+            );
+            sessions_analyzed = beside.is_some_and(|h| h.join().unwrap_or(false));
+            built
+        });
+        built?;
         spin.finish();
         d.gin_index_build_ms = Some(t_index.elapsed().as_millis() as u64);
     }
     phases.index = t_index.elapsed().as_millis() as u64;
-    // Fresh statistics after a load that changed much of the target; small catch-ups
-    // leave it to autovacuum (ANALYZE reads a 30,000-row sample of the states).
     let t_analyze = Instant::now();
-    if (counts.inserted + counts.updated) * 10 > counts.sessions {
+    if analyze {
         let spin = Phase::spinner("analyze");
-        Rows::new(&r.schema, &plan.fit).analyze(&mut client);
+        if sessions_analyzed {
+            rows.analyze_state(&mut client);
+        } else {
+            rows.analyze(&mut client);
+        }
         spin.finish();
     }
     phases.analyze = t_analyze.elapsed().as_millis() as u64;

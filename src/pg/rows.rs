@@ -254,6 +254,18 @@ impl Rows {
     pub fn analyze(&self, c: &mut impl GenericClient) {
         let _ = c.batch_execute(&format!("ANALYZE {}, {}", self.sessions(), self.state()));
     }
+
+    /// Fresh statistics for `sessions` alone: run beside the GIN index build, which
+    /// locks `session_state` against an ANALYZE of it. Whether it ran.
+    pub fn analyze_sessions(&self, c: &mut impl GenericClient) -> bool {
+        c.batch_execute(&format!("ANALYZE {}", self.sessions()))
+            .is_ok()
+    }
+
+    /// Fresh statistics for `session_state` alone.
+    pub fn analyze_state(&self, c: &mut impl GenericClient) {
+        let _ = c.batch_execute(&format!("ANALYZE {}", self.state()));
+    }
 }
 
 /// A row of `id, <meta_select>, state text`.

@@ -265,6 +265,92 @@ pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<
     Ok(done)
 }
 
+/// How the GIN index build after a load into an empty target was set up, for the
+/// report (`details.index_build`).
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexBuild {
+    /// What the build does: `CREATE INDEX after the load` (the only strategy; building
+    /// the index first and letting the load fill its pending list measured no faster
+    /// and left a larger index, README "A faster load").
+    pub strategy: &'static str,
+    /// `maintenance_work_mem` set for the build, as PostgreSQL writes it.
+    pub maintenance_work_mem: String,
+    /// `postgres.index_build_memory` (or its default), as PostgreSQL writes it.
+    pub configured: String,
+    /// The server machine's memory when this role may read it (`/proc/meminfo`
+    /// through `pg_read_file`), as PostgreSQL writes it; the build never gets more
+    /// than a quarter of it.
+    pub server_memory: Option<String>,
+}
+
+/// A size in kB as PostgreSQL writes memory settings (`8MB`, `1GB`, `1536kB`).
+pub fn size_text(kb: u64) -> String {
+    if kb % (1024 * 1024) == 0 {
+        format!("{}GB", kb / (1024 * 1024))
+    } else if kb % 1024 == 0 {
+        format!("{}MB", kb / 1024)
+    } else {
+        format!("{kb}kB")
+    }
+}
+
+/// The server machine's total memory in kB, when this role may read `/proc/meminfo`
+/// (a superuser, or a member of `pg_read_server_files` with `pg_read_file` granted);
+/// `None` otherwise, also on a server without that file. Asked outside any
+/// transaction: a refusal aborts nothing.
+fn server_memory_kb(c: &mut Client) -> Option<u64> {
+    let may: bool = c
+        .query_one(
+            "SELECT pg_catalog.has_function_privilege('pg_catalog.pg_read_file(text, bigint, bigint, boolean)', 'EXECUTE')
+                AND pg_catalog.pg_has_role(current_user, 'pg_read_server_files', 'USAGE')",
+            &[],
+        )
+        .ok()?
+        .get(0);
+    if !may {
+        return None;
+    }
+    let text: Option<String> = c
+        .query_one(
+            "SELECT pg_catalog.pg_read_file('/proc/meminfo', 0, 4096, true)",
+            &[],
+        )
+        .ok()?
+        .get(0);
+    meminfo_total_kb(&text?)
+}
+
+/// `MemTotal` of a `/proc/meminfo` text, in kB.
+fn meminfo_total_kb(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n = words.next()?.parse::<u64>().ok()?;
+    (words.next() == Some("kB")).then_some(n)
+}
+
+/// Set this session's `maintenance_work_mem` for the GIN index build: `configured_kb`
+/// (`postgres.index_build_memory`), never more than a quarter of the server's memory
+/// when that can be read.
+pub fn set_index_build_memory(c: &mut Client, configured_kb: u64) -> Result<IndexBuild> {
+    let server = server_memory_kb(c);
+    let kb = match server {
+        Some(total) => configured_kb.min((total / 4).max(1024)),
+        None => configured_kb,
+    };
+    let value = size_text(kb);
+    c.execute(
+        "SELECT pg_catalog.set_config('maintenance_work_mem', $1, false)",
+        &[&value],
+    )
+    .map_err(|e| Error::pg("setting maintenance_work_mem for the index build", "", e))?;
+    Ok(IndexBuild {
+        strategy: "CREATE INDEX after the load",
+        maintenance_work_mem: value,
+        configured: size_text(configured_kb),
+        server_memory: server.map(|kb| size_text(kb / 1024 * 1024)),
+    })
+}
+
 /// Create the GIN index on `session_state.state` if it is missing.
 pub fn ensure_gin_index(c: &mut impl GenericClient, schema: &str, opclass: &str) -> Result<bool> {
     if index_state(c, schema)?.is_some() {
@@ -360,4 +446,21 @@ pub fn rehearse(c: &mut Client, schema: &str, run_id: &str) -> Result<Vec<i32>> 
     let r = apply(&mut tx, schema, run_id);
     let _ = tx.rollback();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_and_written_as_postgresql_does() {
+        assert_eq!(size_text(8 * 1024), "8MB");
+        assert_eq!(size_text(2 * 1024 * 1024), "2GB");
+        assert_eq!(size_text(1536), "1536kB");
+        let meminfo = "MemTotal:       24568236 kB\nMemFree:          712908 kB\n";
+        assert_eq!(meminfo_total_kb(meminfo), Some(24568236));
+        assert_eq!(meminfo_total_kb("MemFree: 1 kB\n"), None);
+        assert_eq!(meminfo_total_kb("MemTotal: 12 MB\n"), None);
+        assert_eq!(meminfo_total_kb("MemTotal: x kB\n"), None);
+    }
 }

@@ -460,3 +460,71 @@ fn large_states_are_compressed_as_postgres_toast_compression_says() {
             .expect(exit::OK);
     }
 }
+
+#[test]
+fn the_gin_index_is_built_with_postgres_index_build_memory_and_looks_as_the_schema_makes_it() {
+    // The fresh load's index build gets maintenance_work_mem from the config (8MB by
+    // default), says so in details.index_build, and leaves the index and the tables'
+    // statistics as before: the application sees the same index, no reloptions.
+    for (extra, want) in [
+        ("", "8MB"),
+        ("[postgres]\nindex_build_memory = \"2MB\"\n", "2MB"),
+    ] {
+        let s = Store::new();
+        s.write_config("sqlite", extra);
+        s.bulk(40, 3000);
+        let db = TestDb::new(&format!("index_mem_{want}"));
+        let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
+        let b = &r.report.details["index_build"];
+        assert_eq!(b["configured"], want, "{}", r.stdout);
+        assert_eq!(b["maintenance_work_mem"], want, "{}", r.stdout);
+        assert_eq!(b["strategy"], "CREATE INDEX after the load", "{}", r.stdout);
+        let c = &mut db.client();
+        let (def, opts): (String, Option<Vec<String>>) = {
+            let row = c
+                .query_one(
+                    "SELECT pg_get_indexdef(i.indexrelid), ci.reloptions FROM pg_index i
+                       JOIN pg_class ci ON ci.oid = i.indexrelid
+                      WHERE i.indrelid = 'public.session_state'::regclass AND ci.relam = (SELECT oid FROM pg_am WHERE amname = 'gin')",
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(
+            def,
+            "CREATE INDEX session_state_state_gin ON public.session_state USING gin (state)"
+        );
+        assert_eq!(opts, None);
+        // Both tables were analyzed (reltuples is -1 until the first ANALYZE; the
+        // sessions table's was gathered beside the index build).
+        for t in ["sessions", "session_state"] {
+            let n: f32 = c
+                .query_one(
+                    "SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&format!("public.{t}")],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 40.0, "{t}");
+        }
+    }
+    // A size without its unit, or out of bounds, is refused naming the setting.
+    for bad in ["512", "512kB", "3GB"] {
+        let s = Store::new();
+        s.write_config(
+            "sqlite",
+            &format!("[postgres]\nindex_build_memory = {bad:?}\n"),
+        );
+        let db = TestDb::new("index_mem_bad");
+        let r = migrate(&s, &db, &[]).expect(exit::USAGE);
+        assert!(r.has_error("config_invalid"), "{}", r.stdout);
+        assert!(
+            r.report.errors[0]
+                .message
+                .contains("postgres.index_build_memory"),
+            "{}",
+            r.stdout
+        );
+    }
+}

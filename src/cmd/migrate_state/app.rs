@@ -375,7 +375,11 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
         }
     };
     p.store.end();
-    if p.target.state.gin.is_none() {
+    if p.target.state.gin.is_none() && schema::index_state(&mut c, schema_name)?.is_none() {
+        d.index_build = Some(schema::set_index_build_memory(
+            &mut c,
+            cfg.postgres.index_build_memory_kb,
+        )?);
         schema::ensure_gin_index(&mut c, schema_name, cfg.postgres.gin_opclass.as_sql())?;
     }
     for t in &counts {
