@@ -480,12 +480,7 @@ fn join_snapshot<'c>(
     c: &'c mut postgres::Client,
     snapshot: &str,
 ) -> Result<postgres::Transaction<'c>> {
-    let mut tx = c
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(|e| Error::pg("starting a transaction", "", e))?;
+    let mut tx = pg::read_only_snapshot(c)?;
     tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
         .map_err(|e| Error::pg("joining verify's snapshot", "", e))?;
     Ok(tx)

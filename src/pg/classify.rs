@@ -60,12 +60,7 @@ impl Classifier {
             changes: TargetChanges::default(),
         };
         if !empty && ledger_exists && fit.sessions.is_some() && fit.session_state.is_some() {
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(|e| Error::pg("starting a transaction", "", e))?;
+            let mut tx = super::read_only_snapshot(c)?;
             p.changes = p.target_changes(&mut tx)?;
             tx.commit()
                 .map_err(|e| Error::pg("reading the target", "", e))?;

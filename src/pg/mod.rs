@@ -68,6 +68,15 @@ pub fn connect_writer(t: &Target, lock_timeout: &str, toast: ToastCompression) -
     Ok(c)
 }
 
+/// A read-only, repeatable-read transaction on `c`: every read in it sees one snapshot.
+pub fn read_only_snapshot(c: &mut Client) -> Result<postgres::Transaction<'_>> {
+    c.build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| Error::pg("starting a transaction", "", e))
+}
+
 /// The typed error of a failed connection to `t` (the blocking client's or the pool's):
 /// `tls_failed`, `auth_failed`, `postgres_unreachable`, or a database error.
 pub fn connect_error(t: &Target, e: postgres::Error) -> Error {
