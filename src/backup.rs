@@ -153,6 +153,8 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         .as_ref()
         .map(|s| size(&s.path).unwrap_or(0) + size(&wal_path(&s.path)).unwrap_or(0));
     let base = choose_base(&cfg.backup_dir, &manifest_source(cfg), None);
+    // Where the backup folder would be created: its filesystem's free space and blocks.
+    let dest = crate::fsutil::nearest_existing(&cfg.backup_dir);
     let mut p = Plan {
         dir: cfg.backup_dir.join(folders::folder_name()),
         include_uploads: opts.include_uploads,
@@ -167,17 +169,14 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         shared_files: 0,
         shared_bytes: 0,
         estimated_bytes: 0,
-        block_bytes: crate::fsutil::block_size(&crate::fsutil::nearest_existing(&cfg.backup_dir))
+        block_bytes: crate::fsutil::block_size(&dest)
             .ok()
             .filter(|&b| (512..=1 << 20).contains(&b))
             .unwrap_or(4096),
         copied_on_disk: 0,
         manifest_entries: 0,
         new_blob_store: !cfg.backup_dir.join(BLOBS_DIR).is_dir(),
-        available: crate::fsutil::available_space(&crate::fsutil::nearest_existing(
-            &cfg.backup_dir,
-        ))
-        .ok(),
+        available: crate::fsutil::available_space(&dest).ok(),
         skipped_symlinks: Vec::new(),
         skipped_other: Vec::new(),
         unreadable: Vec::new(),

@@ -101,8 +101,8 @@ pub fn process_gone(pid: i32) -> bool {
     rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// Free bytes available to an unprivileged user on the filesystem holding `path`.
-pub fn available_space(path: &Path) -> io::Result<u64> {
+/// What `statvfs` says of the filesystem holding `path`.
+fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
@@ -112,22 +112,19 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(st)
+}
+
+/// Free bytes available to an unprivileged user on the filesystem holding `path`.
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    let st = statvfs(path)?;
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The allocation unit of the filesystem holding `path` (statvfs `f_frsize`): every
 /// file takes a whole number of them on disk.
 pub fn block_size(path: &Path) -> io::Result<u64> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_frsize as u64)
+    Ok(statvfs(path)?.f_frsize as u64)
 }
 
 /// `p` itself if it exists, else its nearest existing parent (`.` at worst): where a
