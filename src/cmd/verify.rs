@@ -105,6 +105,19 @@ impl VerifyCounts {
     fn differs(&self) -> bool {
         self.missing + self.extra + self.different + self.invalid > 0
     }
+
+    /// `b`'s counts added to these.
+    fn add(&mut self, b: &VerifyCounts) {
+        self.sessions += b.sessions;
+        self.checked += b.checked;
+        self.matching += b.matching;
+        self.missing += b.missing;
+        self.extra += b.extra;
+        self.different += b.different;
+        self.drifted += b.drifted;
+        self.quarantined += b.quarantined;
+        self.invalid += b.invalid;
+    }
 }
 
 /// What the comparison found.
@@ -367,27 +380,9 @@ fn compare_all(
     let (summary, compared) = std::thread::scope(|scope| {
         let workers: Vec<_> = comparers
             .into_iter()
-            .map(|mut wtx| {
+            .map(|wtx| {
                 let (batches, failed, rows) = (&batches, &failed, &rows);
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let next = batches.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((seq, batch)) = next else { break };
-                        let mut part = Found::default();
-                        if let Err(e) = part.compare(&mut wtx, rows, &batch) {
-                            failed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
-                            break;
-                        }
-                        done.push((seq, part));
-                    }
-                    // Read-only: ending it changes nothing either way.
-                    let _ = wtx.commit();
-                    done
-                })
+                scope.spawn(move || comparer(wtx, batches, failed, rows))
             })
             .collect();
         let mut seq = 0;
@@ -409,7 +404,7 @@ fn compare_all(
                 part.invalid(&mut tx, schema_name, invalid)?;
                 own.push((seq, part));
             }
-            if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(e) = take_failure(&failed) {
                 return Err(e);
             }
             if comparing_here && !batch.is_empty() {
@@ -418,13 +413,9 @@ fn compare_all(
                 own.push((seq, part));
             } else if !batch.is_empty() && to_compare.send((seq, batch)).is_err() {
                 // Every comparer stopped: the first one's error says why.
-                return Err(failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .unwrap_or_else(|| Error::Internal {
-                        message: "verify: the comparers stopped".into(),
-                    }));
+                return Err(take_failure(&failed).unwrap_or_else(|| Error::Internal {
+                    message: "verify: the comparers stopped".into(),
+                }));
             }
             Ok(())
         });
@@ -440,7 +431,7 @@ fn compare_all(
         (summary, compared)
     });
     let summary = summary?;
-    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(e) = take_failure(&failed) {
         return Err(e);
     }
     phase.finish();
@@ -458,6 +449,38 @@ fn compare_all(
     }
     tx.commit().map_err(|e| Error::pg("ending verify", "", e))?;
     Ok(found)
+}
+
+/// A comparer: the batches it takes from the scan compared on its own connection, each
+/// numbered as the scan numbered it; on an error, the error left for the scan to see.
+fn comparer(
+    mut tx: postgres::Transaction<'_>,
+    batches: &Mutex<std::sync::mpsc::Receiver<(usize, Vec<Session>)>>,
+    failed: &Mutex<Option<Error>>,
+    rows: &Rows,
+) -> Vec<(usize, Found)> {
+    let mut done = Vec::new();
+    loop {
+        let next = batches.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((seq, batch)) = next else { break };
+        let mut part = Found::default();
+        if let Err(e) = part.compare(&mut tx, rows, &batch) {
+            failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
+            break;
+        }
+        done.push((seq, part));
+    }
+    // Read-only: ending it changes nothing either way.
+    let _ = tx.commit();
+    done
+}
+
+/// The first comparer's error, if one failed (taken: it is reported once).
+fn take_failure(failed: &Mutex<Option<Error>>) -> Option<Error> {
+    failed.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// The snapshot of `tx` exported for the comparers' connections.
@@ -492,16 +515,7 @@ impl Found {
     fn absorb(&mut self, mut parts: Vec<(usize, Found)>) {
         parts.sort_by_key(|(seq, _)| *seq);
         for (_, p) in parts {
-            let (a, b) = (&mut self.counts, p.counts);
-            a.sessions += b.sessions;
-            a.checked += b.checked;
-            a.matching += b.matching;
-            a.missing += b.missing;
-            a.extra += b.extra;
-            a.different += b.different;
-            a.drifted += b.drifted;
-            a.quarantined += b.quarantined;
-            a.invalid += b.invalid;
+            self.counts.add(&p.counts);
             self.diffs.extend(p.diffs);
         }
     }
