@@ -265,8 +265,37 @@ pub struct ManifestHead {
 }
 
 impl ManifestHead {
+    /// The head of `dir`'s manifest, without reading its file list when the fields come
+    /// before `files`, as this tool writes them: choosing among backups reads every
+    /// backup's head, and a list of a million files is 200 MB of text. A manifest with
+    /// its fields after `files` is read whole.
     pub fn read(dir: &Path) -> Result<ManifestHead> {
-        read_manifest(dir, |m: &ManifestHead| &m.format)
+        use serde::de::DeserializeSeed;
+        let path = dir.join(MANIFEST);
+        let file = File::open(&path).map_err(|e| Error::Unreadable {
+            path: path.clone(),
+            source: e,
+        })?;
+        let mut early = None;
+        let mut de =
+            serde_json::Deserializer::from_reader(io::BufReader::with_capacity(1 << 16, file));
+        let read = ManifestSeed {
+            each: &mut |_| true,
+            head_only: Some(&mut early),
+        }
+        .deserialize(&mut de);
+        let head = match (early, read) {
+            (Some(head), _) => head,
+            (None, Ok(head)) => de.end().map(|_| head).map_err(|e| unreadable(&path, e))?,
+            (None, Err(e)) => return Err(unreadable(&path, e)),
+        };
+        if !known_format(&head.format) {
+            return Err(unreadable(
+                &path,
+                format!("format {:?}, expected {FORMAT:?}", head.format),
+            ));
+        }
+        Ok(head)
     }
 }
 
@@ -321,10 +350,13 @@ pub(super) fn stream_until(
         source: e,
     })?;
     let mut de = serde_json::Deserializer::from_reader(io::BufReader::with_capacity(1 << 20, file));
-    let head = ManifestSeed { each }
-        .deserialize(&mut de)
-        .and_then(|h| de.end().map(|_| h))
-        .map_err(|e| unreadable(&path, e.to_string()))?;
+    let head = ManifestSeed {
+        each,
+        head_only: None,
+    }
+    .deserialize(&mut de)
+    .and_then(|h| de.end().map(|_| h))
+    .map_err(|e| unreadable(&path, e.to_string()))?;
     if !known_format(&head.format) {
         return Err(unreadable(
             &path,
@@ -352,6 +384,9 @@ pub fn lookup(dir: &Path, paths: &HashSet<String>) -> Result<HashMap<String, Fil
 /// Deserializes a manifest into its head, handing each entry of `files` to `each`.
 struct ManifestSeed<'a> {
     each: &'a mut dyn FnMut(FileEntry) -> bool,
+    /// Where the head goes when it is complete before `files`: the list is then not
+    /// read (the deserializer stops there with an error, which the caller passes over).
+    head_only: Option<&'a mut Option<ManifestHead>>,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ManifestSeed<'_> {
@@ -376,9 +411,14 @@ impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_> {
         mut map: A,
     ) -> std::result::Result<ManifestHead, A::Error> {
         use serde::de::Error as _;
-        let each = self.each;
-        let (mut format, mut created_at, mut before, mut after, mut counts) =
-            (None, None, None, None, None);
+        let (each, mut head_only) = (self.each, self.head_only);
+        let (mut format, mut created_at, mut before, mut after): (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = (None, None, None, None);
+        let mut counts: Option<ManifestCounts> = None;
         let (mut run_id, mut tool_version, mut source, mut uploads) =
             (String::new(), String::new(), None, false);
         let mut files = false;
@@ -394,6 +434,24 @@ impl<'de> serde::de::Visitor<'de> for ManifestSeed<'_> {
                 "source" => source = map.next_value()?,
                 "include_uploads" => uploads = map.next_value()?,
                 "files" => {
+                    if let Some(out) = head_only.as_deref_mut() {
+                        if let (Some(f), Some(c), Some(b), Some(a), Some(n)) =
+                            (&format, &created_at, &before, &after, &counts)
+                        {
+                            *out = Some(ManifestHead {
+                                format: f.clone(),
+                                created_at: c.clone(),
+                                source_fingerprint: b.clone(),
+                                fingerprint_after: a.clone(),
+                                counts: n.clone(),
+                                run_id: run_id.clone(),
+                                tool_version: tool_version.clone(),
+                                source: source.clone(),
+                                include_uploads: uploads,
+                            });
+                            return Err(A::Error::custom("stopped at the file list"));
+                        }
+                    }
                     map.next_value_seed(FilesSeed(&mut *each))?;
                     files = true;
                 }
@@ -495,13 +553,13 @@ impl Spool {
         })
     }
 
-    /// Flushed and closed: its path, for [`read_spool`] and [`write`].
+    /// Flushed and closed: its path, for [`read_spool`] and [`write`]. Not synced: it is
+    /// removed once the manifest is written, and a backup that stops before is removed.
     pub(super) fn finish(self) -> Result<PathBuf> {
         let path = self.path;
         self.out
             .into_inner()
             .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_data())
             .map_err(|e| Error::Write {
                 path: path.clone(),
                 source: e,
@@ -665,5 +723,51 @@ mod tests {
         // And the whole document is one JSON manifest.
         let m = Manifest::read(dir.path()).unwrap();
         assert_eq!(m.files.len() as u64, N + 1);
+    }
+
+    /// Choosing a backup reads only the head of each manifest: the list after it is not
+    /// parsed (a damaged list still gives the head; `backup --verify` and the check of
+    /// the chosen backup read it whole), and a manifest with its fields after the list
+    /// is read whole to find them.
+    #[test]
+    fn a_manifest_head_is_read_without_its_file_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::create(dir.path()).unwrap();
+        for i in 0..10 {
+            spool.push(&entry(i)).unwrap();
+        }
+        let path = spool.finish().unwrap();
+        write(dir.path(), &head(), &path).unwrap();
+        let manifest = dir.path().join(MANIFEST);
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let list = text.find("\"files\"").unwrap();
+        // The list cut short: the head is still read; the whole manifest no longer is.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(
+            &manifest,
+            format!("{}\"files\": [{{\"path\": ", &text[..list]),
+        )
+        .unwrap();
+        let h = ManifestHead::read(dir.path()).unwrap();
+        assert_eq!((h.format.as_str(), h.run_id.as_str()), (FORMAT, "r"));
+        assert!(Manifest::read(dir.path()).is_err());
+        // The fields after the list: found by reading it whole.
+        // (serde_json's maps sort their keys: `format` comes after `files`.)
+        let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let sorted = serde_json::to_string(&m).unwrap();
+        assert!(sorted.find("\"files\"") < sorted.find("\"format\""));
+        std::fs::write(&manifest, sorted).unwrap();
+        let h = ManifestHead::read(dir.path()).unwrap();
+        assert_eq!(
+            (h.format.as_str(), h.source_fingerprint.as_str()),
+            (FORMAT, "f")
+        );
+        // A head missing a field before the list is read on, and refused.
+        let no_format = text.replacen("\"format\"", "\"formerly\"", 1);
+        std::fs::write(&manifest, no_format).unwrap();
+        assert!(ManifestHead::read(dir.path()).is_err());
     }
 }
