@@ -346,8 +346,7 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
     };
     let mut t = Taking::begin(cfg, opts, src, run_id, began)?;
     let rows_before = t.copy_database()?;
-    t.write_dumps()?;
-    t.copy_sessions_folder()?;
+    t.dumps_beside_files()?;
     t.copy_json_and_config()?;
     let fingerprint_after = t.settle(&fingerprint_before)?;
     let (spool, sqlite_rows) = t.self_check(rows_before)?;
@@ -466,6 +465,9 @@ struct Taking<'a> {
     spool: Option<Spool>,
     /// The spool once finished (by `settle`).
     spool_path: Option<PathBuf>,
+    /// The entries spooled and their bytes, and the bytes of those copied (not shared).
+    spooled: (u64, u64),
+    spooled_fresh_bytes: u64,
     /// The entries that sort before `state/` (the folder's own files, the JSON store).
     early: Vec<FileEntry>,
     counts: ManifestCounts,
@@ -516,6 +518,8 @@ impl<'a> Taking<'a> {
             blobs,
             spool: Some(spool),
             spool_path: None,
+            spooled: (0, 0),
+            spooled_fresh_bytes: 0,
             early: Vec::new(),
             counts: ManifestCounts::default(),
             skipped_symlinks: Vec::new(),
@@ -545,10 +549,30 @@ impl<'a> Taking<'a> {
         Ok(Some(rows))
     }
 
-    /// Phase 3: every resolved session and every invalid record, from the copy; the
-    /// lines of unchanged sessions carried over from the base's dump.
-    fn write_dumps(&mut self) -> Result<()> {
-        tracing::info!("writing {SESSIONS_JSONL} and {INVALID_JSONL}");
+    /// Phases 3 and 4 at once, on their own threads: the dumps (the database copy's rows
+    /// and every state file resolved) beside the copy of the sessions folder (every
+    /// file looked at, shared or copied). Neither reads what the other writes; one after
+    /// the other, each left a core idle for most of its time.
+    fn dumps_beside_files(&mut self) -> Result<()> {
+        let dumps = self.dumps();
+        let (dumped, files) = std::thread::scope(|s| {
+            let dumping = s.spawn(|| dumps.write());
+            let files = self.copy_sessions_folder();
+            let dumped = dumping
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (dumped, files)
+        });
+        // The dumps' error first: they come first in a backup's order.
+        self.took_dumps(dumped?);
+        files?;
+        self.warn_skipped();
+        Ok(())
+    }
+
+    /// Phase 3, what it needs: every resolved session and every invalid record, from the
+    /// copy; the lines of unchanged sessions carried over from the base's dump.
+    fn dumps(&mut self) -> Dumps<'a> {
         let copy = Source {
             sqlite: self.src.sqlite.as_ref().map(|s| SqliteSource {
                 path: self.dir.join(SQLITE_COPY),
@@ -567,17 +591,16 @@ impl<'a> Taking<'a> {
             }
             _ => None,
         };
-        // A mapped store (SPEC §9) is copied as it is (the database and the files); its
-        // sessions are not listed in sessions.jsonl, which holds SPEC §1's fields.
-        let mapped = crate::source::app::is_mapped(self.cfg);
-        let d = if mapped {
-            dump::write_empty(
-                &self.dir,
-                mapped_summary(self.cfg, &self.dir.join(SQLITE_COPY))?,
-            )?
-        } else {
-            dump::write(&self.dir, &copy, base)?
-        };
+        Dumps {
+            cfg: self.cfg,
+            dir: self.dir.clone(),
+            copy,
+            base,
+        }
+    }
+
+    /// Phase 3, what it wrote.
+    fn took_dumps(&mut self, d: dump::Dumped) {
         self.early.push(d.sessions);
         self.early.push(d.invalid);
         self.counts.sessions = d.summary.sessions;
@@ -585,7 +608,6 @@ impl<'a> Taking<'a> {
         self.sharing.sessions_carried = d.carried;
         self.warnings.extend(d.summary.warnings);
         self.invalid_findings = d.invalid_findings;
-        Ok(())
     }
 
     /// Phase 4: the state files (with --include-uploads, everything in each `<id>/`), a
@@ -611,7 +633,6 @@ impl<'a> Taking<'a> {
             r
         })?;
         phase.unwrap_or_else(|| bar(0)).finish();
-        self.warn_skipped();
         Ok(())
     }
 
@@ -679,6 +700,9 @@ impl<'a> Taking<'a> {
         };
         self.counts.state_files += u64::from(state);
         self.tally(&entry);
+        if !entry.shared {
+            self.spooled_fresh_bytes += entry.bytes;
+        }
         self.spool.as_mut().expect("spool open").push(&entry)
     }
 
@@ -760,12 +784,27 @@ impl<'a> Taking<'a> {
     }
 
     /// Phase 6: the fingerprint after (a warning when the store was written to while
-    /// the backup ran), and everything on disk (one `syncfs` a filesystem).
+    /// the backup ran), taken while everything written goes to disk: the one is a stat
+    /// of every file of the store, the other waits for the disk.
     fn settle(&mut self, before: &str) -> Result<String> {
-        // A stat of every file of the store again: seconds at 100,000 sessions.
-        let spin = crate::progress::Phase::spinner("backup-fingerprint");
-        let after = self.src.quick_fingerprint()?;
-        spin.finish();
+        let spool = self.spool.take().expect("spool open");
+        self.spooled = (spool.files, spool.bytes);
+        let spool = spool.finish()?;
+        let (after, synced) = std::thread::scope(|s| {
+            let fingerprint = s.spawn(|| {
+                let spin = crate::progress::Phase::spinner("backup-fingerprint");
+                let after = self.src.quick_fingerprint();
+                spin.finish();
+                after
+            });
+            let synced = self.sync_written(&spool);
+            let after = fingerprint
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (after, synced)
+        });
+        synced?;
+        let after = after?;
         if after != before {
             self.warnings.push(Finding::new(
                 "source_changed",
@@ -774,8 +813,6 @@ impl<'a> Taking<'a> {
                  a later migrate-state takes a fresh backup",
             ));
         }
-        let spool = self.spool.take().expect("spool open").finish()?;
-        self.sync_written(&spool)?;
         self.spool_path = Some(spool);
         Ok(after)
     }
@@ -787,13 +824,12 @@ impl<'a> Taking<'a> {
     /// wrote it and is not synced again. No `syncfs`: it would wait for every other
     /// writer's dirty data on the filesystem (PostgreSQL's among them).
     fn sync_written(&self, spool: &Path) -> Result<()> {
-        let mut files: Vec<PathBuf> = self
+        let files: Vec<PathBuf> = self
             .early
             .iter()
             .filter(|e| !e.shared)
             .map(|e| stored_path(&self.dir, e))
             .collect();
-        files.push(spool.to_path_buf());
         let mut fanouts = [false; 256];
         let mut batch: Vec<PathBuf> = Vec::with_capacity(SYNC_BATCH);
         // Waiting for the disk: the longest part of a first backup after the copy.
@@ -853,47 +889,29 @@ impl<'a> Taking<'a> {
             "self-check: re-reading the {} files this backup wrote",
             self.sharing.files_copied + self.early.len() as u64
         );
-        // The total: what is read back below (a first pass over the spool, which is small
-        // beside the files it lists).
-        let mut fresh_bytes = 0u64;
-        manifest::read_spool(&spool, &mut |e| {
-            if !e.shared {
-                fresh_bytes += e.bytes;
-            }
-            Ok(())
-        })?;
         let phase = crate::progress::Phase::bar(
             "backup-self-check",
-            self.early.iter().map(|f| f.bytes).sum::<u64>() + fresh_bytes,
+            self.early.iter().map(|f| f.bytes).sum::<u64>() + self.spooled_fresh_bytes,
             crate::progress::Unit::Bytes,
         );
-        let checked = |files: &[FileEntry]| {
-            let problems = check::check_written(&self.dir, files);
-            phase.inc(files.iter().map(|f| f.bytes).sum());
-            problems
+        // The database copy's integrity_check (a core's work) beside the files read back.
+        let copy = self.dir.join(SQLITE_COPY);
+        let db_check = || {
+            rows_before.map(|_| sqlite_copy::check_sqlite_copy(&copy, Some(&self.cfg.app.table)))
         };
-        let mut problems = checked(&self.early);
-        let mut fresh = Vec::with_capacity(4096);
-        manifest::read_spool(&spool, &mut |e| {
-            if !e.shared {
-                fresh.push(e);
-            }
-            if fresh.len() >= 4096 {
-                problems.extend(checked(&fresh));
-                fresh.clear();
-            }
-            Ok(())
-        })?;
-        problems.extend(checked(&fresh));
+        let (problems, db) = std::thread::scope(|s| {
+            let db = s.spawn(db_check);
+            let problems = self.read_back(&spool, &phase);
+            let db = db
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (problems, db)
+        });
+        let mut problems = problems?;
         phase.finish();
         let mut sqlite_rows = 0;
-        if let Some(before) = rows_before {
-            match sqlite_copy::check_sqlite_copy(
-                &self.dir.join(SQLITE_COPY),
-                Some(&self.cfg.app.table),
-            )
-            .map(|r| r.unwrap_or(before))
-            {
+        if let (Some(before), Some(db)) = (rows_before, db) {
+            match db.map(|r| r.unwrap_or(before)) {
                 Ok(rows) if rows < before => problems.push(format!(
                     "{SQLITE_COPY} holds {rows} rows, the source held {before} when counted"
                 )),
@@ -908,6 +926,29 @@ impl<'a> Taking<'a> {
             });
         }
         Ok((spool, sqlite_rows))
+    }
+
+    /// Every file this backup wrote, read back against its SHA-256: the problems found.
+    fn read_back(&self, spool: &Path, phase: &crate::progress::Phase) -> Result<Vec<String>> {
+        let checked = |files: &[FileEntry]| {
+            let problems = check::check_written(&self.dir, files);
+            phase.inc(files.iter().map(|f| f.bytes).sum());
+            problems
+        };
+        let mut problems = checked(&self.early);
+        let mut fresh = Vec::with_capacity(4096);
+        manifest::read_spool(spool, &mut |e| {
+            if !e.shared {
+                fresh.push(e);
+            }
+            if fresh.len() >= 4096 {
+                problems.extend(checked(&fresh));
+                fresh.clear();
+            }
+            Ok(())
+        })?;
+        problems.extend(checked(&fresh));
+        Ok(problems)
     }
 
     /// Phase 8: the folder's files made read-only, the manifest written last, then the
@@ -930,15 +971,7 @@ impl<'a> Taking<'a> {
             })?;
         }
         self.early.sort_by(|a, b| a.key().cmp(&b.key()));
-        let spooled = {
-            let mut n = (0u64, 0u64);
-            manifest::read_spool(&spool, &mut |e| {
-                n.0 += 1;
-                n.1 += e.bytes;
-                Ok(())
-            })?;
-            n
-        };
+        let spooled = self.spooled;
         self.counts.sqlite_rows = sqlite_rows;
         self.counts.bytes = spooled.1 + self.early.iter().map(|f| f.bytes).sum::<u64>();
         let files = spooled.0 + self.early.len() as u64;
@@ -986,6 +1019,29 @@ impl<'a> Taking<'a> {
             invalid: self.invalid_findings,
             removed_incomplete: self.removed_incomplete,
         })
+    }
+}
+
+/// The dumps to write (phase 3), apart from the rest of the backup being taken, so
+/// that they are written on a thread of their own.
+struct Dumps<'a> {
+    cfg: &'a Config,
+    dir: PathBuf,
+    /// The store, its database the backup's copy.
+    copy: Source,
+    base: Option<dump::BaseDump>,
+}
+
+impl Dumps<'_> {
+    fn write(self) -> Result<dump::Dumped> {
+        tracing::info!("writing {SESSIONS_JSONL} and {INVALID_JSONL}");
+        // A mapped store (SPEC §9) is copied as it is (the database and the files); its
+        // sessions are not listed in sessions.jsonl, which holds SPEC §1's fields.
+        if crate::source::app::is_mapped(self.cfg) {
+            let summary = mapped_summary(self.cfg, &self.dir.join(SQLITE_COPY))?;
+            return dump::write_empty(&self.dir, summary);
+        }
+        dump::write(&self.dir, &self.copy, self.base)
     }
 }
 

@@ -23,15 +23,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// The total of a [`Phase::counter`]: not known.
 const OPEN: u64 = u64::MAX;
 
-/// The bars drawn now: a log line is written with them cleared.
-static BARS: Mutex<Vec<ProgressBar>> = Mutex::new(Vec::new());
+/// Where every terminal bar is drawn: one line each, so that phases that run at once
+/// (a backup's dumps beside its files) each keep their line; a log line is written with
+/// them cleared.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5)))
+}
 
 /// No progress at all (`--quiet`).
 pub fn set_quiet(quiet: bool) {
@@ -40,11 +45,7 @@ pub fn set_quiet(quiet: bool) {
 
 /// Run `f` (a write to stderr) with the bars on the terminal cleared, then redraw them.
 pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
-    let bars = BARS.lock().unwrap_or_else(|e| e.into_inner());
-    match bars.iter().find(|b| !b.is_finished()) {
-        Some(b) => b.suspend(f),
-        None => f(),
-    }
+    bars().suspend(f)
 }
 
 /// What a phase counts.
@@ -156,11 +157,7 @@ impl Phase {
             bar,
             ticker: Mutex::new(None),
         });
-        if let Some(b) = &inner.bar {
-            let mut bars = BARS.lock().unwrap_or_else(|e| e.into_inner());
-            bars.retain(|b| !b.is_finished());
-            bars.push(b.clone());
-        } else {
+        if inner.bar.is_none() {
             plain(&inner.line(Some("start")));
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             // Wakes at least every 10 ms when every update is asked for (interval 0).
@@ -260,11 +257,9 @@ impl Inner {
         match &self.bar {
             Some(b) => {
                 b.finish_and_clear();
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "{}",
-                    &line[line.find(' ').map_or(0, |p| p + 1)..]
-                );
+                bars().remove(b);
+                let done = &line[line.find(' ').map_or(0, |p| p + 1)..];
+                let _ = suspend(|| writeln!(std::io::stderr(), "{done}"));
             }
             None => plain(&line),
         }
@@ -329,7 +324,7 @@ fn interval() -> Duration {
 }
 
 fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressBar {
-    let target = ProgressDrawTarget::stderr_with_hz(5);
+    let target = ProgressDrawTarget::hidden();
     let bar = match unit {
         Some(u) if total == OPEN => {
             let b = ProgressBar::with_draw_target(None, target);
@@ -345,7 +340,6 @@ fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressB
                 .expect("a valid template")
                 .with_key("rate", rate),
             );
-            b.enable_steady_tick(Duration::from_millis(120));
             b
         }
         None => {
@@ -354,7 +348,6 @@ fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressB
                 ProgressStyle::with_template("{spinner} {prefix} {elapsed}")
                     .expect("a valid template"),
             );
-            b.enable_steady_tick(Duration::from_millis(120));
             b
         }
         Some(Unit::Bytes) => {
@@ -383,6 +376,11 @@ fn terminal_bar(name: &'static str, unit: Option<Unit>, total: u64) -> ProgressB
         }
     };
     bar.set_prefix(name);
+    let bar = bars().add(bar);
+    // A spinner turns on its own: nothing counts it forward.
+    if total == OPEN || unit.is_none() {
+        bar.enable_steady_tick(Duration::from_millis(120));
+    }
     bar
 }
 
