@@ -307,6 +307,9 @@ pub struct BackupResult {
     /// Folders of failed backups removed before this one was written
     /// ([`failed_backups`]).
     pub removed_incomplete: Vec<PathBuf>,
+    /// The dumps were written from what the caller read ([`take_after_scan`]), not
+    /// resolved from the database copy.
+    pub dumps_from_scan: bool,
 }
 
 /// What a backup's manifest says besides its list of files, which is never held in
@@ -337,6 +340,29 @@ impl BackupResult {
 /// manifest's `unreadable` and warned about, not copied: the backup is complete without
 /// it.
 pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> {
+    take_after_scan(cfg, opts, run_id, None)
+}
+
+/// What a scan of the store read, for [`take_after_scan`]: every item, in the scan's
+/// `order`, those read being `items` (in order) and the others ids and stamps.
+#[derive(Clone, Copy)]
+pub struct Scanned<'a> {
+    pub order: &'a crate::source::order::ScanOrder,
+    pub items: &'a [crate::source::Item],
+}
+
+/// [`take`], given what the caller read of the store right after it took
+/// `opts.fingerprint_before` (`scanned`: the items of migrate-state's planning pass, in
+/// the order of its scan, every one of them): the dumps are written from those instead
+/// of resolving the database copy a second time. Should the fingerprint after differ
+/// from the one before (the store was written to since the caller read it), the dumps
+/// are written again from the copy, as without them.
+pub fn take_after_scan(
+    cfg: &Config,
+    opts: &Options,
+    run_id: &str,
+    scanned: Option<Scanned<'_>>,
+) -> Result<BackupResult> {
     let began = SystemTime::now();
     // Resolve before acting: the store must be readable before a folder is created.
     let src = resolve_source(cfg)?;
@@ -344,7 +370,9 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
         Some(f) => f.clone(),
         None => src.quick_fingerprint()?,
     };
+    crate::fault::append_point("backup");
     let mut t = Taking::begin(cfg, opts, src, run_id, began)?;
+    t.scanned = scanned.filter(|_| opts.fingerprint_before.is_some());
     let rows_before = t.copy_database()?;
     t.dumps_beside_files()?;
     t.copy_json_and_config()?;
@@ -468,6 +496,13 @@ struct Taking<'a> {
     /// The entries spooled and their bytes, and the bytes of those copied (not shared).
     spooled: (u64, u64),
     spooled_fresh_bytes: u64,
+    /// What the caller read of the store ([`take_after_scan`]), for the dumps.
+    scanned: Option<Scanned<'a>>,
+    /// The dumps were written from `scanned`: what writes them from the copy instead,
+    /// should the store have changed since it was read.
+    redo_dumps: Option<Dumps<'a>>,
+    /// Whether the dumps kept are the ones written from `scanned`.
+    dumps_from_scan: bool,
     /// The entries that sort before `state/` (the folder's own files, the JSON store).
     early: Vec<FileEntry>,
     counts: ManifestCounts,
@@ -520,6 +555,9 @@ impl<'a> Taking<'a> {
             spool_path: None,
             spooled: (0, 0),
             spooled_fresh_bytes: 0,
+            scanned: None,
+            redo_dumps: None,
+            dumps_from_scan: false,
             early: Vec::new(),
             counts: ManifestCounts::default(),
             skipped_symlinks: Vec::new(),
@@ -564,7 +602,10 @@ impl<'a> Taking<'a> {
             (dumped, files)
         });
         // The dumps' error first: they come first in a backup's order.
-        self.took_dumps(dumped?);
+        let (dumped, redo) = dumped?;
+        self.dumps_from_scan = redo.is_some();
+        self.redo_dumps = redo;
+        self.took_dumps(dumped);
         files?;
         self.warn_skipped();
         Ok(())
@@ -596,7 +637,31 @@ impl<'a> Taking<'a> {
             dir: self.dir.clone(),
             copy,
             base,
+            scanned: self.scanned,
         }
+    }
+
+    /// The store changed after the caller read it: the dumps written from its items are
+    /// replaced by dumps resolved from the database copy, and made durable.
+    fn write_dumps_again(&mut self, dumps: Dumps<'a>) -> Result<()> {
+        tracing::info!(
+            "the store changed after the planning pass read it: {SESSIONS_JSONL} resolved again from the database copy"
+        );
+        for name in [SESSIONS_JSONL, INVALID_JSONL] {
+            let p = self.dir.join(name);
+            fs::remove_file(&p).map_err(|e| Error::Write { path: p, source: e })?;
+        }
+        self.early
+            .retain(|e| e.path != SESSIONS_JSONL && e.path != INVALID_JSONL);
+        let (dumped, _) = Dumps {
+            scanned: None,
+            ..dumps
+        }
+        .write()?;
+        self.took_dumps(dumped);
+        self.dumps_from_scan = false;
+        sync_files(&[self.dir.join(SESSIONS_JSONL), self.dir.join(INVALID_JSONL)])?;
+        sync_dir(&self.dir)
     }
 
     /// Phase 3, what it wrote.
@@ -805,6 +870,11 @@ impl<'a> Taking<'a> {
         });
         synced?;
         let after = after?;
+        if let Some(dumps) = self.redo_dumps.take() {
+            if after != before {
+                self.write_dumps_again(dumps)?;
+            }
+        }
         if after != before {
             self.warnings.push(Finding::new(
                 "source_changed",
@@ -1018,6 +1088,7 @@ impl<'a> Taking<'a> {
             warnings: self.warnings,
             invalid: self.invalid_findings,
             removed_incomplete: self.removed_incomplete,
+            dumps_from_scan: self.dumps_from_scan,
         })
     }
 }
@@ -1030,18 +1101,31 @@ struct Dumps<'a> {
     /// The store, its database the backup's copy.
     copy: Source,
     base: Option<dump::BaseDump>,
+    /// What the caller read of the store, to write the dumps from ([`take_after_scan`]).
+    scanned: Option<Scanned<'a>>,
 }
 
-impl Dumps<'_> {
-    fn write(self) -> Result<dump::Dumped> {
+impl<'a> Dumps<'a> {
+    /// The dumps; with them, when they were written from what the caller read, what
+    /// writes them again from the copy (should the store have changed since).
+    fn write(self) -> Result<(dump::Dumped, Option<Dumps<'a>>)> {
         tracing::info!("writing {SESSIONS_JSONL} and {INVALID_JSONL}");
         // A mapped store (SPEC §9) is copied as it is (the database and the files); its
         // sessions are not listed in sessions.jsonl, which holds SPEC §1's fields.
         if crate::source::app::is_mapped(self.cfg) {
             let summary = mapped_summary(self.cfg, &self.dir.join(SQLITE_COPY))?;
-            return dump::write_empty(&self.dir, summary);
+            return Ok((dump::write_empty(&self.dir, summary)?, None));
         }
-        dump::write(&self.dir, &self.copy, self.base)
+        if let Some(scanned) = self.scanned {
+            if let Some(d) = dump::write_scanned(&self.dir, scanned, self.base.as_ref())? {
+                return Ok((d, Some(self)));
+            }
+            tracing::info!(
+                "the planning pass's reads do not give {SESSIONS_JSONL}: resolving the database copy"
+            );
+        }
+        let d = dump::write(&self.dir, &self.copy, self.base)?;
+        Ok((d, None))
     }
 }
 

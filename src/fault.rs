@@ -26,3 +26,25 @@ pub fn panic_point(stage: &str, batch: u64) {
         panic!("SESSIONDB_FAULT_PANIC={stage}: the scan's {stage} stage panics");
     }
 }
+
+/// `SESSIONDB_FAULT_APPEND=<point>=<path>` appends a space to the file at `path` when
+/// the process reaches `point` — `backup` (a backup begins, after the fingerprint it
+/// starts from) — as the application writing to the store at that moment would, so
+/// that a write between a planning pass and its backup is proven to be seen.
+pub fn append_point(point: &str) {
+    let Some(v) = std::env::var_os("SESSIONDB_FAULT_APPEND") else {
+        return;
+    };
+    let v = v.to_string_lossy().into_owned();
+    let Some(path) = v.strip_prefix(point).and_then(|r| r.strip_prefix('=')) else {
+        return;
+    };
+    tracing::warn!("SESSIONDB_FAULT_APPEND={point}: appending to {path}");
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b" "));
+    if let Err(e) = appended {
+        tracing::warn!("SESSIONDB_FAULT_APPEND: {path}: {e}");
+    }
+}

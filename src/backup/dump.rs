@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use super::manifest::{Digest32, FileEntry};
 use crate::error::{Error, Result};
 use crate::report::Finding;
+use crate::source::order::Entry;
 use crate::source::{self, Item, Source, Summary, fields};
 
 pub const SESSIONS_JSONL: &str = "sessions.jsonl";
@@ -52,6 +53,7 @@ pub(super) struct Dumped {
 }
 
 /// The earlier backup's dump, and what its manifest says of it.
+#[derive(Clone)]
 pub(super) struct BaseDump {
     pub path: PathBuf,
     pub listed: FileEntry,
@@ -86,6 +88,107 @@ pub(super) fn write(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<
         }
         other => other,
     }
+}
+
+/// Both dumps written from what the caller read of the store just before (`scanned`,
+/// migrate-state's planning pass), instead of resolving the database copy again: the
+/// caller ([`super::Taking::settle`]) writes them again from the copy should the store
+/// turn out to have changed since. A session the pass did not read (its stamp known)
+/// takes its earlier line from `base`, which must hold it with the same stamp. `None`
+/// when these items cannot give the dump (a session not carried, an invalid record,
+/// whose messages would name the store and not the copy, or a base that is not there as
+/// listed): nothing is left written, and the caller resolves the copy as without them.
+pub(super) fn write_scanned(
+    dir: &Path,
+    scanned: super::Scanned<'_>,
+    base: Option<&BaseDump>,
+) -> Result<Option<Dumped>> {
+    if scanned.items.iter().any(|i| !matches!(i, Item::Session(_))) {
+        return Ok(None);
+    }
+    // The earlier dump only when a session was not read (and then it must be there).
+    let unread = scanned
+        .order
+        .entries()
+        .any(|e| matches!(e, Entry::Known { .. }));
+    let base = base.filter(|b| {
+        unread
+            && fs::symlink_metadata(&b.path).is_ok_and(|m| m.is_file() && m.len() == b.listed.bytes)
+    });
+    if unread && base.is_none() {
+        return Ok(None);
+    }
+    let mut sessions = Sink::create(dir, Path::new(SESSIONS_JSONL))?;
+    let invalid = Sink::create(dir, Path::new(INVALID_JSONL))?;
+    let mut carry = match base {
+        Some(b) => Some(Carry::open(&b.path)?),
+        None => None,
+    };
+    let entries = scanned.order.entries();
+    let phase = crate::progress::Phase::bar(
+        "backup-sessions",
+        scanned.order.entries().count() as u64,
+        crate::progress::Unit::Sessions,
+    );
+    let mut read = scanned.items.iter();
+    let mut summary = Summary::default();
+    let mut carried = 0u64;
+    let mut whole = true;
+    for entry in entries {
+        match entry {
+            Entry::Read => match read.next() {
+                Some(Item::Session(s)) => {
+                    sessions.line(&session_line(s))?;
+                    summary.state_bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+                }
+                _ => {
+                    whole = false;
+                    break;
+                }
+            },
+            Entry::Known { id, stamp } => {
+                let line = carry.as_mut().and_then(|c| {
+                    c.known(&[(id, stamp)]);
+                    c.take(id)
+                });
+                let Some(line) = line else {
+                    whole = false;
+                    break;
+                };
+                sessions.write(&line)?;
+                sessions.write(b"\n")?;
+                carried += 1;
+            }
+        }
+        summary.sessions += 1;
+        if summary.sessions % SCAN_BATCH as u64 == 0 {
+            phase.inc(SCAN_BATCH as u64);
+        }
+    }
+    phase.inc(summary.sessions % SCAN_BATCH as u64);
+    phase.finish();
+    // Every item kept was written, and the earlier dump is what its manifest lists.
+    whole &= read.next().is_none();
+    if whole {
+        if let (Some(c), Some(b)) = (carry, base) {
+            whole = c.finish()? == (b.listed.bytes, b.listed.sha256);
+        }
+    }
+    if !whole {
+        drop((sessions, invalid));
+        for name in [SESSIONS_JSONL, INVALID_JSONL] {
+            let p = dir.join(name);
+            fs::remove_file(&p).map_err(|e| Error::Write { path: p, source: e })?;
+        }
+        return Ok(None);
+    }
+    Ok(Some(Dumped {
+        sessions: sessions.finish()?,
+        invalid: invalid.finish()?,
+        summary,
+        invalid_findings: Vec::new(),
+        carried,
+    }))
 }
 
 /// The dumps of a store whose sessions are not SPEC §1's (a mapped store, SPEC §9):

@@ -29,6 +29,7 @@ use crate::pg::{self, load, schema};
 use crate::plan::{Action, ConflictInfo, Counts};
 use crate::progress::{Phase, Unit};
 use crate::report::{Finding, INLINE_LIMIT, lossy_opt_path};
+use crate::source::order::ScanOrder;
 use crate::source::{Invalid, Item, KnownFn, Reader, Session, Source};
 
 pub(crate) mod app;
@@ -128,6 +129,9 @@ crate::details! {
         pub row_versions: RowVersions,
         /// How the load got its sessions: `kept_from_plan`, `second_scan`, `single_scan`.
         pub load_read: &'static str,
+        /// How the backup this run took wrote `sessions.jsonl`: `kept_from_plan` (from
+        /// what the planning pass read, the store unchanged since), `database_copy`.
+        pub backup_dumps_read: &'static str,
         pub gin_index_build_ms: u64,
         /// How the GIN index was built after a load into an empty target: the
         /// strategy and the `maintenance_work_mem` it had (`postgres.index_build_memory`).
@@ -228,6 +232,10 @@ struct Plan {
     known: Option<Box<KnownFn<'static>>>,
     /// The source's quick fingerprint, which names its backup.
     fingerprint: String,
+    /// The planning pass read the store after `fingerprint` was taken (its own stats
+    /// gave it, or it was taken first): a backup may then write its dumps from what the
+    /// pass read, checked against the fingerprint after ([`backup::take_after_scan`]).
+    read_after_fingerprint: bool,
     /// The backup to stand on (`None`: the real run takes one).
     backup: Option<Checked>,
     /// The planning pass; `None` when a real run into an empty target provably needs
@@ -318,6 +326,7 @@ fn plan(
         classifier,
         known,
         fingerprint: String::new(),
+        read_after_fingerprint: false,
         backup: None,
         pass: None,
         reader: Some(reader),
@@ -335,6 +344,7 @@ fn plan(
             .with_fingerprint()?;
         let p = plan_pass(reader, c, &plan, r.batch)?;
         plan.fingerprint = scanned_fingerprint(&p, &r.src)?;
+        plan.read_after_fingerprint = p.summary.fingerprint.is_some();
         if r.args.dry.dry_run {
             // Shown before the backup is chosen: a refused backup leaves them known.
             report_planned(ctx, &p, r.args.quarantine, d);
@@ -342,6 +352,7 @@ fn plan(
         plan.pass = Some(p);
     } else {
         plan.fingerprint = r.src.quick_fingerprint()?;
+        plan.read_after_fingerprint = true;
     }
     plan.backup = choose_backup(ctx, &r.cfg, r.args, &plan.fingerprint, d)?;
     if plan.pass.is_none() && needs_pass(r.args, &plan) {
@@ -433,7 +444,15 @@ fn act(
         d.planned = Some(p.counts.clone());
     }
     let t_backup = Instant::now();
-    let backup_dir = backup_for(ctx, r, plan.backup.take(), &plan.fingerprint, d)?;
+    let scanned = match &plan.pass {
+        Some(Planned {
+            replay: Some(items),
+            order: Some(order),
+            ..
+        }) if plan.read_after_fingerprint => Some(backup::Scanned { order, items }),
+        _ => None,
+    };
+    let backup_dir = backup_for(ctx, r, plan.backup.take(), &plan.fingerprint, scanned, d)?;
     apply_schema(r, &mut client, &plan, d)?;
     runs::record_start(
         &mut client,
@@ -515,6 +534,7 @@ fn backup_for(
     r: &Resolved<'_>,
     chosen: Option<Checked>,
     fingerprint: &str,
+    scanned: Option<backup::Scanned<'_>>,
     d: &mut Details,
 ) -> Result<PathBuf> {
     let dir = match chosen {
@@ -525,7 +545,8 @@ fn backup_for(
                 fingerprint_before: Some(fingerprint.to_owned()),
                 ..backup::Options::default()
             };
-            let taken = backup::take(&r.cfg, &opts, &r.run_id)?;
+            // The dumps from what the planning pass read, when it kept it all.
+            let taken = backup::take_after_scan(&r.cfg, &opts, &r.run_id, scanned)?;
             for w in taken
                 .warnings
                 .iter()
@@ -536,6 +557,11 @@ fn backup_for(
             if !taken.removed_incomplete.is_empty() {
                 d.removed_incomplete = Some(taken.removed_incomplete);
             }
+            d.backup_dumps_read = Some(if taken.dumps_from_scan {
+                "kept_from_plan"
+            } else {
+                "database_copy"
+            });
             taken.dir
         }
     };
@@ -674,6 +700,10 @@ struct Planned {
     /// [`REPLAY_LIMIT`]: the load then writes these instead of scanning the source a
     /// second time, so a catch-up reads the store once.
     replay: Option<Vec<Item>>,
+    /// The scan's order, the sessions not read as their ids and stamps, kept beside the
+    /// replay while it fits in [`ORDER_LIMIT`]: with the replay, every item of the scan,
+    /// from which a backup taken next writes its dumps instead of reading the store again.
+    order: Option<ScanOrder>,
     summary: crate::source::Summary,
     /// What the target's constraints refuse of the data read.
     problems: Vec<Problem>,
@@ -681,6 +711,10 @@ struct Planned {
 
 /// The most state bytes (original and canonical) the planning pass keeps for the load.
 const REPLAY_LIMIT: usize = 32 << 20;
+/// The most bytes of the scan's order the planning pass keeps.
+const ORDER_LIMIT: usize = 16 << 20;
+/// What the order takes per session, about (its tag, id and stamp).
+const ORDER_BYTES: u64 = 64;
 
 fn session_bytes(s: &Session) -> usize {
     s.state
@@ -702,10 +736,33 @@ impl Planned {
             + sessions.iter().map(session_bytes).sum::<usize>();
         if *kept > REPLAY_LIMIT {
             self.replay = None;
+            self.order = None;
             return;
         }
         r.extend(invalid.iter().cloned().map(Item::Invalid));
         r.extend(sessions.into_iter().map(Item::Session));
+    }
+
+    /// Note a batch's order for the backup's dumps (see [`Planned::order`]): the items
+    /// kept are in it invalid records first, as [`Planned::keep`] keeps them.
+    fn note_order(&mut self, items: &[Item]) {
+        let Some(o) = &mut self.order else {
+            return;
+        };
+        let mut fits = true;
+        for _ in items.iter().filter(|i| matches!(i, Item::Invalid(_))) {
+            fits &= o.read();
+        }
+        for it in items {
+            fits &= match it {
+                Item::Known { id, stamp } => o.known(id, stamp),
+                Item::Session(_) => o.read(),
+                Item::Invalid(_) => true,
+            };
+        }
+        if !fits {
+            self.order = None;
+        }
     }
 }
 
@@ -720,6 +777,9 @@ fn plan_pass(
     let progress = Phase::bar("plan", plan.estimate, Unit::Sessions);
     let mut p = Planned {
         replay: Some(Vec::new()),
+        // Not even begun when the store is too large for it (about 60 bytes a session).
+        order: (plan.estimate.saturating_mul(ORDER_BYTES) <= ORDER_LIMIT as u64)
+            .then(|| ScanOrder::new(ORDER_LIMIT, (plan.estimate * ORDER_BYTES) as usize)),
         ..Planned::default()
     };
     let fit = &plan.fit;
@@ -727,6 +787,7 @@ fn plan_pass(
     let mut kept = 0usize;
     let summary = reader.scan_with(batch, plan.known.as_deref(), |items| {
         progress.inc(items.len() as u64);
+        p.note_order(&items);
         let mut sessions = Vec::with_capacity(items.len());
         let mut invalid = Vec::new();
         let mut unchanged = 0u64;

@@ -18,6 +18,7 @@ pub mod fields;
 pub(crate) mod files;
 pub mod fingerprint;
 mod json_store;
+pub mod order;
 pub mod shape;
 pub mod sqlite;
 pub mod write;
@@ -266,7 +267,7 @@ impl Source {
         self.check_paths()?;
         let db = match &self.sqlite {
             Some(s) => {
-                let conn = sqlite::open(&s.path)?;
+                let conn = sqlite::open_for_scan(&s.path)?;
                 sqlite::check_table(&conn, &s.path)?;
                 if !s.sessions_dir.is_dir() {
                     return Err(Error::Unreadable {

@@ -359,3 +359,113 @@ fn prune_refuses_when_the_cutover_records_cannot_be_read() {
     assert!(!r.report.errors.is_empty(), "{}", r.stdout);
     assert_eq!(folders(&s), sorted(vec![a, b, c]));
 }
+
+fn catch_up(s: &Store, db: &TestDb) -> Cmd {
+    sessiondb(&["migrate-state", "--dry-run=false"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+}
+
+/// The catch-up's store: loaded, then one state file rewritten and one row changed,
+/// settled so that every file has its stamp again.
+fn changed_after_a_load(n: usize, db: &TestDb) -> (Store, PathBuf) {
+    let s = settled_store(n);
+    let (_, first) = take(&s);
+    catch_up(&s, db).expect(exit::OK);
+    rewrite(&s, "k0000007", r#"{"changed": 1}"#);
+    s.conn()
+        .execute(
+            "UPDATE sessions SET status = 'done' WHERE id = 'k0000011'",
+            [],
+        )
+        .unwrap();
+    std::thread::sleep(SETTLE);
+    (s, first)
+}
+
+/// The line of `id` in a backup's `sessions.jsonl`.
+fn dump_line(dir: &Path, id: &str) -> serde_json::Value {
+    std::fs::read_to_string(dir.join("sessions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {}", dir.display()))
+}
+
+/// A catch-up's own backup writes `sessions.jsonl` from what its planning pass read
+/// (`details.backup_dumps_read`), not by resolving its database copy again: and that
+/// dump is, byte for byte, the one a backup resolving every session from scratch
+/// writes of the same store.
+#[test]
+fn a_catch_up_backup_writes_its_dump_from_the_planning_pass_as_a_full_scan_would() {
+    let db = TestDb::new("bi_dump_from_plan");
+    let (s, first) = changed_after_a_load(40, &db);
+    let r = catch_up(&s, &db).expect(exit::OK);
+    assert_eq!(r.count("updated"), 2, "{}", r.stdout);
+    assert_eq!(
+        r.report.details["backup_dumps_read"], "kept_from_plan",
+        "{}",
+        r.stdout
+    );
+    let caught = PathBuf::from(r.report.details["backup"].as_str().unwrap());
+    assert_ne!(caught, first);
+    assert_eq!(dump_line(&caught, "k0000011")["status"], "done");
+    verify(&caught, exit::OK);
+    // The same store backed up with nothing earlier to carry lines from.
+    let aside = s.root().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for d in [&first, &caught] {
+        std::fs::rename(d, aside.join(d.file_name().unwrap())).unwrap();
+    }
+    let (fresh_run, fresh) = take(&s);
+    assert!(
+        fresh_run.report.details.get("sharing").is_none(),
+        "a backup with nothing to share with: {}",
+        fresh_run.stdout
+    );
+    let from_plan = std::fs::read(
+        aside
+            .join(caught.file_name().unwrap())
+            .join("sessions.jsonl"),
+    )
+    .unwrap();
+    let from_scratch = std::fs::read(fresh.join("sessions.jsonl")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&from_plan),
+        String::from_utf8_lossy(&from_scratch)
+    );
+}
+
+/// A write to the store between the planning pass and its backup (the fault point
+/// appends to a state file as the backup begins): the dump written from the pass would
+/// describe the store as it was, so it is resolved again from the copy, and holds the
+/// file as the backup copied it; the run warns that the store changed.
+#[test]
+fn a_store_written_to_after_the_planning_pass_gets_its_dump_from_the_copy() {
+    let db = TestDb::new("bi_dump_redo");
+    let (s, _) = changed_after_a_load(40, &db);
+    let path = s.sessions.join("k0000003").join("state.json");
+    let r = catch_up(&s, &db)
+        .env(
+            "SESSIONDB_FAULT_APPEND",
+            format!("backup={}", path.display()),
+        )
+        .expect(exit::OK);
+    assert!(r.has_warning("source_changed"), "{}", r.stdout);
+    assert_eq!(
+        r.report.details["backup_dumps_read"], "database_copy",
+        "{}",
+        r.stdout
+    );
+    let caught = PathBuf::from(r.report.details["backup"].as_str().unwrap());
+    let now = std::fs::read(&path).unwrap();
+    assert!(now.ends_with(b" "), "the fault point appended");
+    let line = dump_line(&caught, "k0000003");
+    assert_eq!(line["state_bytes"], now.len() as u64);
+    assert_eq!(
+        line["state_sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&now))
+    );
+    verify(&caught, exit::OK);
+}

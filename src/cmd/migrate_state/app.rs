@@ -343,7 +343,7 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
         return Ok(());
     }
     // The real run.
-    let backup_dir = super::backup_for(ctx, &r, chosen, &fingerprint, d)?;
+    let backup_dir = super::backup_for(ctx, &r, chosen, &fingerprint, None, d)?;
     let p_ref = &p;
     let (schema_name, run_id) = (schema_name.as_str(), run_id.as_str());
     {
