@@ -123,7 +123,7 @@ pub(super) fn check_sqlite_copy(
     table: Option<&str>,
 ) -> std::result::Result<Option<u64>, String> {
     let rel = SQLITE_COPY;
-    let conn = sqlite::open(path).map_err(|e| format!("{rel}: {e}"))?;
+    let conn = sqlite::open_for_scan(path).map_err(|e| format!("{rel}: {e}"))?;
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
         .map_err(|e| format!("{rel}: {e}"))?;

@@ -415,7 +415,8 @@ enum Kind {
 /// path order, in one buffer: a million names are a few allocations.
 struct Names {
     buf: Vec<u8>,
-    spans: Vec<(usize, usize, Kind)>,
+    /// Each name's start and end in `buf` (12 bytes a name with its kind).
+    spans: Vec<(u32, u32, Kind)>,
 }
 
 impl Names {
@@ -437,13 +438,20 @@ impl Names {
             }
             let start = names.buf.len();
             names.buf.extend_from_slice(e.file_name().as_bytes());
-            names.spans.push((start, names.buf.len(), kind));
+            let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(names.buf.len()))
+            else {
+                return Err(io::Error::other("more than 4 GB of names in one folder"));
+            };
+            names.spans.push((start, end, kind));
         }
+        names.buf.shrink_to_fit();
+        names.spans.shrink_to_fit();
         let buf = &names.buf;
+        let name = |s: &(u32, u32, Kind)| &buf[s.0 as usize..s.1 as usize];
         // Every kept entry may be a folder: each sorts as `name/`.
         names
             .spans
-            .sort_unstable_by(|a, b| path_order(&buf[a.0..a.1], true, &buf[b.0..b.1], true));
+            .sort_unstable_by(|a, b| path_order(name(a), true, name(b), true));
         Ok(names)
     }
 
@@ -453,7 +461,7 @@ impl Names {
 
     fn get(&self, i: usize) -> (&OsStr, Kind) {
         let (s, e, k) = self.spans[i];
-        (OsStr::from_bytes(&self.buf[s..e]), k)
+        (OsStr::from_bytes(&self.buf[s as usize..e as usize]), k)
     }
 }
 

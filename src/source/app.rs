@@ -84,7 +84,7 @@ impl AppStore {
                 keys: "json.path beside a mapped SQLite store (the JSON store's records are not loaded into the application's tables yet; remove json.path once its sessions are in SQLite)".into(),
             });
         }
-        let conn = sqlite::open(&s.path)?;
+        let conn = sqlite::open_for_scan(&s.path)?;
         let shape = Shape::read(&conn, &s.path, &cfg.path, &cfg.app)?;
         Ok(AppStore {
             conn,

@@ -39,7 +39,8 @@ struct Sessions {
 /// back whole when the fingerprint is done) rather than a million small ones.
 struct Names {
     buf: Vec<u8>,
-    spans: Vec<std::ops::Range<usize>>,
+    /// Each name's start and end in `buf` (8 bytes a name).
+    spans: Vec<(u32, u32)>,
 }
 
 impl Names {
@@ -53,12 +54,19 @@ impl Names {
             let Ok(e) = e else { continue };
             let start = names.buf.len();
             names.buf.extend_from_slice(e.file_name().as_bytes());
-            names.spans.push(start..names.buf.len());
+            let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(names.buf.len()))
+            else {
+                return Err(std::io::Error::other(
+                    "more than 4 GB of names in one folder",
+                ));
+            };
+            names.spans.push((start, end));
         }
+        names.buf.shrink_to_fit();
+        names.spans.shrink_to_fit();
         let buf = &names.buf;
-        names
-            .spans
-            .sort_unstable_by(|a, b| buf[a.clone()].cmp(&buf[b.clone()]));
+        let name = |s: &(u32, u32)| &buf[s.0 as usize..s.1 as usize];
+        names.spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
         Ok(names)
     }
 
@@ -68,7 +76,8 @@ impl Names {
 
     fn get(&self, i: usize) -> &OsStr {
         use std::os::unix::ffi::OsStrExt;
-        OsStr::from_bytes(&self.buf[self.spans[i].clone()])
+        let (s, e) = self.spans[i];
+        OsStr::from_bytes(&self.buf[s as usize..e as usize])
     }
 }
 
