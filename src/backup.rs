@@ -349,6 +349,28 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
 pub struct Scanned<'a> {
     pub order: &'a crate::source::order::ScanOrder,
     pub items: &'a [crate::source::Item],
+    /// When the scan opened the store (and read the JSON store's records).
+    pub opened_at: SystemTime,
+}
+
+/// Whether the JSON store, if any, was last written well before `t` (two seconds, the
+/// stamps' margin for coarse file times): its records are read when the store is
+/// opened, before the fingerprint that a scan's items are checked against looks at it,
+/// so a write in between would not show in that fingerprint.
+fn json_store_settled(cfg: &Config, t: SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(p) = &cfg.json_path else {
+        return true;
+    };
+    let Ok(m) = fs::metadata(p) else {
+        return false;
+    };
+    let at = |secs: i64, nanos: i64| {
+        std::time::UNIX_EPOCH
+            + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+    };
+    let settle = std::time::Duration::from_secs(2);
+    at(m.mtime(), m.mtime_nsec()) + settle < t && at(m.ctime(), m.ctime_nsec()) + settle < t
 }
 
 /// [`take`], given what the caller read of the store right after it took
@@ -372,7 +394,8 @@ pub fn take_after_scan(
     };
     crate::fault::append_point("backup");
     let mut t = Taking::begin(cfg, opts, src, run_id, began)?;
-    t.scanned = scanned.filter(|_| opts.fingerprint_before.is_some());
+    t.scanned = scanned
+        .filter(|s| opts.fingerprint_before.is_some() && json_store_settled(cfg, s.opened_at));
     let rows_before = t.copy_database()?;
     t.dumps_beside_files()?;
     t.copy_json_and_config()?;
@@ -1230,6 +1253,19 @@ pub fn find_matching(backup_dir: &Path, fingerprint: &str) -> Option<PathBuf> {
 /// Every complete backup directly under `backup_dir` (a folder, not a link, with no
 /// marker and a manifest this version reads), with its manifest's head, newest first.
 pub fn complete(backup_dir: &Path) -> Vec<(PathBuf, ManifestHead)> {
+    complete_by(backup_dir, ManifestHead::read)
+}
+
+/// [`complete`], each manifest read whole: a folder whose manifest's list is damaged is
+/// left out (prune neither counts nor removes it, and sweeps no blob on its account).
+pub fn complete_whole(backup_dir: &Path) -> Vec<(PathBuf, ManifestHead)> {
+    complete_by(backup_dir, ManifestHead::read_whole)
+}
+
+fn complete_by(
+    backup_dir: &Path,
+    read: fn(&Path) -> Result<ManifestHead>,
+) -> Vec<(PathBuf, ManifestHead)> {
     let mut found: Vec<(String, PathBuf, ManifestHead)> = Vec::new();
     let Ok(rd) = fs::read_dir(backup_dir) else {
         return Vec::new();
@@ -1239,7 +1275,7 @@ pub fn complete(backup_dir: &Path) -> Vec<(PathBuf, ManifestHead)> {
         if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) || !is_complete(&dir) {
             continue;
         }
-        let Ok(m) = ManifestHead::read(&dir) else {
+        let Ok(m) = read(&dir) else {
             continue;
         };
         let key = format!("{}\0{}", m.created_at, entry.file_name().to_string_lossy());

@@ -92,6 +92,8 @@ pub(super) fn write(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<
 
 /// Both dumps written from what the caller read of the store just before (`scanned`,
 /// migrate-state's planning pass), instead of resolving the database copy again: the
+/// lines a scan of the copy would write (but a stamp the pass could not take yet, of a
+/// file changed in the two seconds before it looked, which a later look may take). The
 /// caller ([`super::Taking::settle`]) writes them again from the copy should the store
 /// turn out to have changed since. A session the pass did not read (its stamp known)
 /// takes its earlier line from `base`, which must hold it with the same stamp. `None`
@@ -138,6 +140,11 @@ pub(super) fn write_scanned(
         match entry {
             Entry::Read => match read.next() {
                 Some(Item::Session(s)) => {
+                    // Its earlier line, if any, is passed over as a scan of the copy does:
+                    // the lines of the sessions not read are found after it.
+                    if let Some(c) = carry.as_mut() {
+                        c.pass(&s.id);
+                    }
                     sessions.line(&session_line(s))?;
                     summary.state_bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
                 }
@@ -389,6 +396,11 @@ impl Carry {
 
     fn take(&mut self, id: &str) -> Option<Vec<u8>> {
         self.ready.remove(id)
+    }
+
+    /// Pass over the earlier line of `id` (a session read again), if it is near.
+    fn pass(&mut self, id: &str) {
+        self.find(id);
     }
 
     /// Hash the rest: the earlier dump's size and SHA-256, read whole.

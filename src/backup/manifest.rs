@@ -265,6 +265,12 @@ pub struct ManifestHead {
 }
 
 impl ManifestHead {
+    /// The head of `dir`'s manifest, its file list read (and parsed) whole: a manifest
+    /// whose list is damaged is refused. What prune relies on.
+    pub fn read_whole(dir: &Path) -> Result<ManifestHead> {
+        read_manifest(dir, |m: &ManifestHead| &m.format)
+    }
+
     /// The head of `dir`'s manifest, without reading its file list when the fields come
     /// before `files`, as this tool writes them: choosing among backups reads every
     /// backup's head, and a list of a million files is 200 MB of text. A manifest with
@@ -754,6 +760,8 @@ mod tests {
         let h = ManifestHead::read(dir.path()).unwrap();
         assert_eq!((h.format.as_str(), h.run_id.as_str()), (FORMAT, "r"));
         assert!(Manifest::read(dir.path()).is_err());
+        // What prune reads, whole: refused.
+        assert!(ManifestHead::read_whole(dir.path()).is_err());
         // The fields after the list: found by reading it whole.
         // (serde_json's maps sort their keys: `format` comes after `files`.)
         let m: serde_json::Value = serde_json::from_str(&text).unwrap();

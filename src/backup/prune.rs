@@ -130,7 +130,7 @@ impl Pruning {
     /// Decide, removing nothing: the same plan for the dry run and the real run.
     pub fn plan(&self, keep: usize, facts: &Facts) -> Result<PrunePlan> {
         let keep = keep.max(1);
-        let all = super::complete(&self.backup_dir);
+        let all = super::complete_whole(&self.backup_dir);
         let newest_now = all
             .iter()
             .position(|(_, h)| of_fingerprint(h, &facts.current_fingerprint));
@@ -273,13 +273,13 @@ impl Pruning {
         }
         let _ = fs::File::open(&self.backup_dir).and_then(|d| d.sync_all());
         // Computed again from what is left: the same refusal as the plan's.
-        let all = super::complete(&self.backup_dir);
+        let all = super::complete_whole(&self.backup_dir);
         if !self.unreadable(&all, &self.leftovers()).is_empty() {
             return Ok(Swept::default());
         }
         match &self.blobs {
             Some(b) => {
-                let kept: Vec<Listed> = super::complete(&self.backup_dir)
+                let kept: Vec<Listed> = super::complete_whole(&self.backup_dir)
                     .into_iter()
                     .map(|(dir, h)| Listed {
                         dir,

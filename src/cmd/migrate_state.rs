@@ -236,6 +236,8 @@ struct Plan {
     /// gave it, or it was taken first): a backup may then write its dumps from what the
     /// pass read, checked against the fingerprint after ([`backup::take_after_scan`]).
     read_after_fingerprint: bool,
+    /// When the source was opened for the planning pass (the JSON store's records read).
+    opened_at: std::time::SystemTime,
     /// The backup to stand on (`None`: the real run takes one).
     backup: Option<Checked>,
     /// The planning pass; `None` when a real run into an empty target provably needs
@@ -315,6 +317,7 @@ fn plan(
         schema::rehearse(c, &r.schema, &r.run_id)?;
     }
     // One open for the estimate and the planning pass: the JSON store's index is built once.
+    let opened_at = std::time::SystemTime::now();
     let reader = r.src.open()?;
     let estimate = reader.estimate()?;
     let classifier = Classifier::new(c, &r.schema, &fit, r.args.recheck)?;
@@ -327,6 +330,7 @@ fn plan(
         known,
         fingerprint: String::new(),
         read_after_fingerprint: false,
+        opened_at,
         backup: None,
         pass: None,
         reader: Some(reader),
@@ -449,7 +453,11 @@ fn act(
             replay: Some(items),
             order: Some(order),
             ..
-        }) if plan.read_after_fingerprint => Some(backup::Scanned { order, items }),
+        }) if plan.read_after_fingerprint => Some(backup::Scanned {
+            order,
+            items,
+            opened_at: plan.opened_at,
+        }),
         _ => None,
     };
     let backup_dir = backup_for(ctx, r, plan.backup.take(), &plan.fingerprint, scanned, d)?;
@@ -701,7 +709,7 @@ struct Planned {
     /// second time, so a catch-up reads the store once.
     replay: Option<Vec<Item>>,
     /// The scan's order, the sessions not read as their ids and stamps, kept beside the
-    /// replay while it fits in [`ORDER_LIMIT`]: with the replay, every item of the scan,
+    /// replay while it fits in [`ORDER_LIMIT`] (not begun for a store too large for it): with the replay, every item of the scan,
     /// from which a backup taken next writes its dumps instead of reading the store again.
     order: Option<ScanOrder>,
     summary: crate::source::Summary,
@@ -712,9 +720,10 @@ struct Planned {
 /// The most state bytes (original and canonical) the planning pass keeps for the load.
 const REPLAY_LIMIT: usize = 32 << 20;
 /// The most bytes of the scan's order the planning pass keeps.
-const ORDER_LIMIT: usize = 16 << 20;
-/// What the order takes per session, about (its tag, id and stamp).
-const ORDER_BYTES: u64 = 64;
+const ORDER_LIMIT: usize = 24 << 20;
+/// What the order takes per session, at most about: its tag, a 36-character id (a
+/// UUID's) and its 35-character stamp, each with its length (81), rounded up.
+const ORDER_BYTES: u64 = 96;
 
 fn session_bytes(s: &Session) -> usize {
     s.state

@@ -366,10 +366,16 @@ fn catch_up(s: &Store, db: &TestDb) -> Cmd {
         .env("DATABASE_URL", &db.url)
 }
 
-/// The catch-up's store: loaded, then one state file rewritten and one row changed,
-/// settled so that every file has its stamp again.
+const JSON_STORE: &str = r#"{"version": 1, "sessions": [{"id": "json-only", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "state": {"from": "json"}}]}"#;
+
+/// The catch-up's store (with a session only in the JSON store): loaded, then one
+/// state file rewritten and one row changed, settled so that every file has its stamp
+/// again.
 fn changed_after_a_load(n: usize, db: &TestDb) -> (Store, PathBuf) {
-    let s = settled_store(n);
+    let s = Store::new();
+    s.bulk(n, 600);
+    s.json_store(JSON_STORE);
+    std::thread::sleep(SETTLE);
     let (_, first) = take(&s);
     catch_up(&s, db).expect(exit::OK);
     rewrite(&s, "k0000007", r#"{"changed": 1}"#);
@@ -411,6 +417,10 @@ fn a_catch_up_backup_writes_its_dump_from_the_planning_pass_as_a_full_scan_would
     let caught = PathBuf::from(r.report.details["backup"].as_str().unwrap());
     assert_ne!(caught, first);
     assert_eq!(dump_line(&caught, "k0000011")["status"], "done");
+    assert_eq!(
+        dump_line(&caught, "json-only")["state_text"],
+        r#"{"from": "json"}"#
+    );
     verify(&caught, exit::OK);
     // The same store backed up with nothing earlier to carry lines from.
     let aside = s.root().join("aside");
@@ -468,4 +478,25 @@ fn a_store_written_to_after_the_planning_pass_gets_its_dump_from_the_copy() {
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&now))
     );
     verify(&caught, exit::OK);
+}
+
+/// The JSON store is read when the store is opened, before the fingerprint a planning
+/// pass starts from looks at it: one written just before the run (within the stamps'
+/// two seconds) could have changed in between unseen, so its dump comes from the copy.
+#[test]
+fn a_json_store_written_just_before_the_catch_up_gets_its_dump_from_the_copy() {
+    let db = TestDb::new("bi_dump_json_recent");
+    let (s, _) = changed_after_a_load(20, &db);
+    s.json_store(&JSON_STORE.replace("\"from\": \"json\"", "\"from\": \"json, again\""));
+    let r = catch_up(&s, &db).expect(exit::OK);
+    assert_eq!(
+        r.report.details["backup_dumps_read"], "database_copy",
+        "{}",
+        r.stdout
+    );
+    let caught = PathBuf::from(r.report.details["backup"].as_str().unwrap());
+    assert_eq!(
+        dump_line(&caught, "json-only")["state_text"],
+        r#"{"from": "json, again"}"#
+    );
 }
