@@ -353,24 +353,14 @@ pub struct Scanned<'a> {
     pub opened_at: SystemTime,
 }
 
-/// Whether the JSON store, if any, was last written well before `t` (two seconds, the
-/// stamps' margin for coarse file times): its records are read when the store is
-/// opened, before the fingerprint that a scan's items are checked against looks at it,
-/// so a write in between would not show in that fingerprint.
+/// Whether the JSON store, if any, last changed a settle's time before `t` (the
+/// backup's rule for a file that may be trusted unchanged, [`walk::settled`]): its
+/// records are read when the store is opened, before the fingerprint that a scan's
+/// items are checked against looks at it, so a write in between would not show in it.
 fn json_store_settled(cfg: &Config, t: SystemTime) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(p) = &cfg.json_path else {
-        return true;
-    };
-    let Ok(m) = fs::metadata(p) else {
-        return false;
-    };
-    let at = |secs: i64, nanos: i64| {
-        std::time::UNIX_EPOCH
-            + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
-    };
-    let settle = std::time::Duration::from_secs(2);
-    at(m.mtime(), m.mtime_nsec()) + settle < t && at(m.ctime(), m.ctime_nsec()) + settle < t
+    cfg.json_path
+        .as_ref()
+        .is_none_or(|p| fs::metadata(p).is_ok_and(|m| walk::settled(&walk::Stat::of(&m), t)))
 }
 
 /// [`take`], given what the caller read of the store right after it took
@@ -521,11 +511,9 @@ struct Taking<'a> {
     spooled_fresh_bytes: u64,
     /// What the caller read of the store ([`take_after_scan`]), for the dumps.
     scanned: Option<Scanned<'a>>,
-    /// The dumps were written from `scanned`: what writes them from the copy instead,
-    /// should the store have changed since it was read.
+    /// The dumps were written from `scanned` (and are kept while this is `Some`): what
+    /// writes them from the copy instead, should the store have changed since it was read.
     redo_dumps: Option<Dumps<'a>>,
-    /// Whether the dumps kept are the ones written from `scanned`.
-    dumps_from_scan: bool,
     /// The entries that sort before `state/` (the folder's own files, the JSON store).
     early: Vec<FileEntry>,
     counts: ManifestCounts,
@@ -580,7 +568,6 @@ impl<'a> Taking<'a> {
             spooled_fresh_bytes: 0,
             scanned: None,
             redo_dumps: None,
-            dumps_from_scan: false,
             early: Vec::new(),
             counts: ManifestCounts::default(),
             skipped_symlinks: Vec::new(),
@@ -626,7 +613,6 @@ impl<'a> Taking<'a> {
         });
         // The dumps' error first: they come first in a backup's order.
         let (dumped, redo) = dumped?;
-        self.dumps_from_scan = redo.is_some();
         self.redo_dumps = redo;
         self.took_dumps(dumped);
         files?;
@@ -682,7 +668,6 @@ impl<'a> Taking<'a> {
         }
         .write()?;
         self.took_dumps(dumped);
-        self.dumps_from_scan = false;
         sync_files(&[self.dir.join(SESSIONS_JSONL), self.dir.join(INVALID_JSONL)])?;
         sync_dir(&self.dir)
     }
@@ -893,12 +878,10 @@ impl<'a> Taking<'a> {
         });
         synced?;
         let after = after?;
-        if let Some(dumps) = self.redo_dumps.take() {
-            if after != before {
+        if after != before {
+            if let Some(dumps) = self.redo_dumps.take() {
                 self.write_dumps_again(dumps)?;
             }
-        }
-        if after != before {
             self.warnings.push(Finding::new(
                 "source_changed",
                 "the store was written to while the backup ran: the database copy is one \
@@ -1111,7 +1094,7 @@ impl<'a> Taking<'a> {
             warnings: self.warnings,
             invalid: self.invalid_findings,
             removed_incomplete: self.removed_incomplete,
-            dumps_from_scan: self.dumps_from_scan,
+            dumps_from_scan: self.redo_dumps.is_some(),
         })
     }
 }

@@ -295,14 +295,20 @@ impl ManifestHead {
             (None, Ok(head)) => de.end().map(|_| head).map_err(|e| unreadable(&path, e))?,
             (None, Err(e)) => return Err(unreadable(&path, e)),
         };
-        if !known_format(&head.format) {
-            return Err(unreadable(
-                &path,
-                format!("format {:?}, expected {FORMAT:?}", head.format),
-            ));
-        }
+        refuse_unknown_format(&path, &head.format)?;
         Ok(head)
     }
+}
+
+/// Refuse a manifest (at `path`) of a format this version does not read.
+fn refuse_unknown_format(path: &Path, format: &str) -> Result<()> {
+    if known_format(format) {
+        return Ok(());
+    }
+    Err(unreadable(
+        path,
+        format!("format {format:?}, expected {FORMAT:?}"),
+    ))
 }
 
 fn unreadable(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -325,12 +331,7 @@ fn read_manifest<T: serde::de::DeserializeOwned>(
     // Parsed as it is read: the manifest of a million files is 200 MB of text.
     let m: T = serde_json::from_reader(io::BufReader::with_capacity(1 << 20, file))
         .map_err(|e| unreadable(&path, e))?;
-    if !known_format(format(&m)) {
-        return Err(unreadable(
-            &path,
-            format!("format {:?}, expected {FORMAT:?}", format(&m)),
-        ));
-    }
+    refuse_unknown_format(&path, format(&m))?;
     Ok(m)
 }
 
@@ -363,12 +364,7 @@ pub(super) fn stream_until(
     .deserialize(&mut de)
     .and_then(|h| de.end().map(|_| h))
     .map_err(|e| unreadable(&path, e.to_string()))?;
-    if !known_format(&head.format) {
-        return Err(unreadable(
-            &path,
-            format!("format {:?}, expected {FORMAT:?}", head.format),
-        ));
-    }
+    refuse_unknown_format(&path, &head.format)?;
     Ok(head)
 }
 

@@ -100,16 +100,23 @@ impl Stat {
     }
 }
 
-/// `f1:` + 128 bits of SHA-256 over the stat, or `None` when the file changed within
-/// [`SETTLE`] of `now` (a time taken before the stat).
-pub(super) fn stamp(s: &Stat, now: std::time::SystemTime) -> Option<String> {
-    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+/// Whether the file last changed (its mtime and ctime) at least [`SETTLE`] before `now`.
+pub(super) fn settled(s: &Stat, now: std::time::SystemTime) -> bool {
+    let Ok(now) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
     let settled = |(secs, nanos): (i64, i64)| {
         secs >= 0
             && std::time::Duration::new(secs as u64, nanos.clamp(0, 999_999_999) as u32) + SETTLE
                 <= now
     };
-    if !settled(s.mtime) || !settled(s.ctime) {
+    settled(s.mtime) && settled(s.ctime)
+}
+
+/// `f1:` + 128 bits of SHA-256 over the stat, or `None` when the file changed within
+/// [`SETTLE`] of `now` (a time taken before the stat).
+pub(super) fn stamp(s: &Stat, now: std::time::SystemTime) -> Option<String> {
+    if !settled(s, now) {
         return None;
     }
     let mut h = Sha256::new();
