@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backup::{self, Checked, Depth, SUMMARY_PROBLEMS};
-use crate::config::{Config, Target};
+use crate::config::{Config, IndexBuildTiming, Target};
 use crate::driver::{Common, Ctx, DryRun, Step};
 use crate::error::{Error, Result};
 use crate::pg::classify::Classifier;
@@ -25,6 +25,7 @@ use crate::pg::constraints::{self, Fit, Problem};
 use crate::pg::ledger::{self, runs, versions};
 use crate::pg::lock::Guard;
 use crate::pg::rows::Rows;
+use crate::pg::schema::IndexBuild;
 use crate::pg::{self, load, schema};
 use crate::plan::{Action, ConflictInfo, Counts};
 use crate::progress::{Phase, Unit};
@@ -133,8 +134,8 @@ crate::details! {
         /// what the planning pass read, the store unchanged since), `database_copy`.
         pub backup_dumps_read: &'static str,
         pub gin_index_build_ms: u64,
-        /// How the GIN index was built after a load into an empty target: the
-        /// strategy and the `maintenance_work_mem` it had (`postgres.index_build_memory`).
+        /// How a load into an empty target built the GIN index (`postgres.index_build`)
+        /// and the memory its work had (`postgres.index_build_memory`).
         pub index_build: schema::IndexBuild,
         pub phases_ms: PhasesMs,
         pub skipped_conflicts: Vec<ConflictInfo>,
@@ -473,12 +474,25 @@ fn act(
         },
     )?;
     let fresh = plan.classifier.target_empty;
-    if !fresh {
+    let mut index = if fresh {
+        index_build(r, &mut client)?
+    } else {
+        None
+    };
+    if !fresh || index.as_ref().is_some_and(IndexBuild::during_load) {
         schema::ensure_gin_index(&mut client, &r.schema, r.cfg.postgres.gin_opclass.as_sql())?;
     }
     phases.backup = t_backup.elapsed().as_millis() as u64;
     let t_load = Instant::now();
-    let counts = load(ctx, r, &mut client, &mut plan, &backup_dir, d)?;
+    let counts = load(
+        ctx,
+        r,
+        &mut client,
+        &mut plan,
+        &backup_dir,
+        index.as_ref(),
+        d,
+    )?;
     phases.load = t_load.elapsed().as_millis() as u64;
     if !lock.alive() {
         tracing::warn!("the lock connection was lost during the run");
@@ -489,15 +503,12 @@ fn act(
     let rows = Rows::new(&r.schema, &plan.fit);
     let t_index = Instant::now();
     let mut sessions_analyzed = false;
-    if fresh && schema::index_state(&mut client, &r.schema)?.is_none() {
-        d.index_build = Some(schema::set_index_build_memory(
-            &mut client,
-            r.cfg.postgres.index_build_memory_kb,
-        )?);
+    if let Some(mut build) = index.take() {
         let spin = Phase::spinner("gin-index");
-        // PostgreSQL builds a GIN index in one process: the other core gathers the
-        // sessions table's statistics meanwhile, on a connection of its own (the
-        // build's lock on session_state keeps an ANALYZE of that one waiting).
+        // The build (or the final move of the pending list) is one process's work: the
+        // other core gathers the sessions table's statistics meanwhile, on a connection
+        // of its own (a build's lock on session_state keeps an ANALYZE of that one
+        // waiting).
         let built = std::thread::scope(|s| {
             let beside = analyze.then(|| {
                 s.spawn(|| {
@@ -505,16 +516,22 @@ fn act(
                         .is_ok_and(|mut c| rows.analyze_sessions(&mut c))
                 })
             });
-            let built = schema::ensure_gin_index(
-                &mut client,
-                &r.schema,
-                r.cfg.postgres.gin_opclass.as_sql(),
-            );
+            let built = build.finish(&mut client, &r.schema, r.cfg.postgres.gin_opclass.as_sql());
             sessions_analyzed = beside.is_some_and(|h| h.join().unwrap_or(false));
             built
         });
         built?;
         spin.finish();
+        if let Some(why) = &build.pending_list_left {
+            ctx.report.warn(Finding::new(
+                "gin_pending_list_left",
+                format!(
+                    "the GIN index's pending list was not moved into it after the load ({why}): \
+                     the rows are loaded and found through it; autovacuum moves it later"
+                ),
+            ));
+        }
+        d.index_build = Some(build);
         d.gin_index_build_ms = Some(t_index.elapsed().as_millis() as u64);
     }
     phases.index = t_index.elapsed().as_millis() as u64;
@@ -613,6 +630,22 @@ fn apply_schema(
     Ok(())
 }
 
+/// The GIN index work of a load into an empty target, by `postgres.index_build`: none
+/// when it is to be built after the load and is there already (a run killed after its
+/// build).
+fn index_build(r: &Resolved<'_>, c: &mut postgres::Client) -> Result<Option<IndexBuild>> {
+    let when = r.cfg.postgres.index_build;
+    if when == IndexBuildTiming::AfterLoad && schema::index_state(c, &r.schema)?.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(IndexBuild::plan(
+        c,
+        r.cfg.postgres.index_build_memory_kb,
+        when,
+        r.args.jobs,
+    )))
+}
+
 /// The load: the items the planning pass kept, else a scan of the source; into an
 /// empty target by the writers, else a batch at a time. What was committed is counted
 /// and reported, and recorded in the run, also when the load fails.
@@ -622,6 +655,7 @@ fn load(
     client: &mut postgres::Client,
     plan: &mut Plan,
     backup_dir: &Path,
+    index: Option<&IndexBuild>,
     d: &mut Details,
 ) -> Result<Counts> {
     let progress = Phase::bar("load", plan.estimate, Unit::Sessions);
@@ -656,7 +690,15 @@ fn load(
     let result = if plan.classifier.target_empty {
         let jobs = (0..r.args.jobs)
             .map(|_| {
-                pg::connect_writer(&r.target, &r.lock_timeout, r.cfg.postgres.toast_compression)
+                let mut c = pg::connect_writer(
+                    &r.target,
+                    &r.lock_timeout,
+                    r.cfg.postgres.toast_compression,
+                )?;
+                if let Some(b) = index {
+                    b.set_writer_memory(&mut c)?;
+                }
+                Ok(c)
             })
             .collect::<Result<Vec<_>>>()?;
         load_fresh(&lc, jobs, feed, &mut out, &progress)

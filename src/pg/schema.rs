@@ -7,6 +7,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use super::{ident, qualified};
+use crate::config::IndexBuildTiming;
 use crate::error::{Error, Result};
 
 pub struct Migration {
@@ -265,22 +266,128 @@ pub fn apply(tx: &mut impl GenericClient, schema: &str, run_id: &str) -> Result<
     Ok(done)
 }
 
-/// How the GIN index build after a load into an empty target was set up, for the
-/// report (`details.index_build`).
+/// How the GIN index of a load into an empty target is built, and the memory its work
+/// gets, for the report (`details.index_build`).
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexBuild {
-    /// What the build does: `CREATE INDEX after the load` (the only strategy; building
-    /// the index first and letting the load fill its pending list measured no faster
-    /// and left a larger index, README "A faster load").
-    pub strategy: &'static str,
-    /// `maintenance_work_mem` set for the build, as PostgreSQL writes it.
+    /// `during_load` (the COPY streams fill the empty index's pending list, moved into
+    /// the index as it fills and at the end) or `after_load` (one `CREATE INDEX`):
+    /// `postgres.index_build`.
+    pub strategy: IndexBuildTiming,
+    /// `maintenance_work_mem` of the build, or of the final move of the pending list, as
+    /// PostgreSQL writes it.
     pub maintenance_work_mem: String,
+    /// Each COPY stream's `gin_pending_list_limit` and `work_mem` (which its moves of
+    /// the pending list use), during the load: the memory shared between the streams.
+    pub writer_memory: Option<String>,
     /// `postgres.index_build_memory` (or its default), as PostgreSQL writes it.
     pub configured: String,
     /// The server machine's memory when this role may read it (`/proc/meminfo`
-    /// through `pg_read_file`), as PostgreSQL writes it; the build never gets more
-    /// than a quarter of it.
+    /// through `pg_read_file`), as PostgreSQL writes it; the index work never gets
+    /// more than a quarter of it.
     pub server_memory: Option<String>,
+    /// The index's size on disk once built (`pg_relation_size`).
+    pub index_bytes: Option<i64>,
+    /// Why the pending list was left for autovacuum to move into the index (the load's
+    /// rows are committed and found through it either way), when the final move failed.
+    pub pending_list_left: Option<String>,
+    #[serde(skip)]
+    writer_kb: Option<u64>,
+}
+
+impl IndexBuild {
+    /// The memory for the index work of a load by `writers` COPY streams:
+    /// `configured_kb` (`postgres.index_build_memory`), never more than a quarter of the
+    /// server's memory when that can be read; split between the streams during the
+    /// load (at least 1 MB each), whole for the build or the final move.
+    pub fn plan(
+        c: &mut Client,
+        configured_kb: u64,
+        strategy: IndexBuildTiming,
+        writers: u32,
+    ) -> IndexBuild {
+        let server = server_memory_kb(c);
+        let kb = match server {
+            Some(total) => configured_kb.min((total / 4).max(1024)),
+            None => configured_kb,
+        };
+        let writer_kb = (strategy == IndexBuildTiming::DuringLoad)
+            .then(|| (kb / u64::from(writers.max(1))).max(1024));
+        IndexBuild {
+            strategy,
+            maintenance_work_mem: size_text(kb),
+            writer_memory: writer_kb.map(size_text),
+            configured: size_text(configured_kb),
+            server_memory: server.map(|kb| size_text(kb / 1024 * 1024)),
+            index_bytes: None,
+            pending_list_left: None,
+            writer_kb,
+        }
+    }
+
+    /// Whether the index is created before the load, for the COPY streams to fill.
+    pub fn during_load(&self) -> bool {
+        self.strategy == IndexBuildTiming::DuringLoad
+    }
+
+    /// A COPY stream's session, before it writes: its pending-list limit and the
+    /// `work_mem` that a move of the list into the index uses (session settings).
+    pub fn set_writer_memory(&self, c: &mut Client) -> Result<()> {
+        let Some(kb) = self.writer_kb else {
+            return Ok(());
+        };
+        let value = size_text(kb);
+        c.execute(
+            "SELECT pg_catalog.set_config('gin_pending_list_limit', $1, false),
+                    pg_catalog.set_config('work_mem', $1, false)",
+            &[&value],
+        )
+        .map_err(|e| {
+            Error::pg(
+                "setting gin_pending_list_limit and work_mem for the load",
+                "",
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The build, or the final move of the pending list, on `c`: `maintenance_work_mem`
+    /// set for it, then the index created (`after_load`) or its pending list moved
+    /// into it (`during_load`), and its size noted.
+    pub fn finish(&mut self, c: &mut Client, schema: &str, opclass: &str) -> Result<()> {
+        c.execute(
+            "SELECT pg_catalog.set_config('maintenance_work_mem', $1, false)",
+            &[&self.maintenance_work_mem],
+        )
+        .map_err(|e| Error::pg("setting maintenance_work_mem for the index build", "", e))?;
+        match index_state(c, schema)? {
+            Some((name, _, _)) if self.during_load() => {
+                // Not the load's failure: its rows are committed, and a query reads the
+                // pending list too (as autovacuum will move it) — said, not refused.
+                if let Err(e) = c.execute(
+                    "SELECT pg_catalog.gin_clean_pending_list($1::text::pg_catalog.regclass)",
+                    &[&qualified(schema, &name)],
+                ) {
+                    self.pending_list_left =
+                        Some(crate::redact::text(&crate::error::error_chain(&e)));
+                }
+            }
+            _ => {
+                ensure_gin_index(c, schema, opclass)?;
+            }
+        }
+        if let Some((name, _, _)) = index_state(c, schema)? {
+            self.index_bytes = c
+                .query_one(
+                    "SELECT pg_catalog.pg_relation_size($1::text::pg_catalog.regclass)",
+                    &[&qualified(schema, &name)],
+                )
+                .ok()
+                .map(|r| r.get(0));
+        }
+        Ok(())
+    }
 }
 
 /// A size in kB as PostgreSQL writes memory settings (`8MB`, `1GB`, `1536kB`).
@@ -326,29 +433,6 @@ fn meminfo_total_kb(text: &str) -> Option<u64> {
     let mut words = line["MemTotal:".len()..].split_whitespace();
     let n = words.next()?.parse::<u64>().ok()?;
     (words.next() == Some("kB")).then_some(n)
-}
-
-/// Set this session's `maintenance_work_mem` for the GIN index build: `configured_kb`
-/// (`postgres.index_build_memory`), never more than a quarter of the server's memory
-/// when that can be read.
-pub fn set_index_build_memory(c: &mut Client, configured_kb: u64) -> Result<IndexBuild> {
-    let server = server_memory_kb(c);
-    let kb = match server {
-        Some(total) => configured_kb.min((total / 4).max(1024)),
-        None => configured_kb,
-    };
-    let value = size_text(kb);
-    c.execute(
-        "SELECT pg_catalog.set_config('maintenance_work_mem', $1, false)",
-        &[&value],
-    )
-    .map_err(|e| Error::pg("setting maintenance_work_mem for the index build", "", e))?;
-    Ok(IndexBuild {
-        strategy: "CREATE INDEX after the load",
-        maintenance_work_mem: value,
-        configured: size_text(configured_kb),
-        server_memory: server.map(|kb| size_text(kb / 1024 * 1024)),
-    })
 }
 
 /// Create the GIN index on `session_state.state` if it is missing.

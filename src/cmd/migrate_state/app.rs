@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use postgres::GenericClient;
 
 use super::{Args, Details, OnConflict};
-use crate::config::Config;
+use crate::config::{Config, IndexBuildTiming};
 use crate::driver::{Ctx, Step};
 use crate::error::{Error, Result};
 use crate::pg::app::{self, AppTarget, Row, TableCounts};
@@ -376,11 +376,16 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
     };
     p.store.end();
     if p.target.state.gin.is_none() && schema::index_state(&mut c, schema_name)?.is_none() {
-        d.index_build = Some(schema::set_index_build_memory(
+        // One connection loads a mapped store: the index is built after it, whatever
+        // `postgres.index_build` says (filling the pending list pays on parallel streams).
+        let mut build = schema::IndexBuild::plan(
             &mut c,
             cfg.postgres.index_build_memory_kb,
-        )?);
-        schema::ensure_gin_index(&mut c, schema_name, cfg.postgres.gin_opclass.as_sql())?;
+            IndexBuildTiming::AfterLoad,
+            1,
+        );
+        build.finish(&mut c, schema_name, cfg.postgres.gin_opclass.as_sql())?;
+        d.index_build = Some(build);
     }
     for t in &counts {
         if t.sessions_table {
