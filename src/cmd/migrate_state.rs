@@ -675,8 +675,11 @@ fn load(
             progress.inc(known);
             (Feed::Replay(items, summary), "kept_from_plan")
         }
-        Some(_) => (Feed::Scan(known), "second_scan"),
-        None => (Feed::Scan(known), "single_scan"),
+        Some(_) => (Feed::Scan(known, None), "second_scan"),
+        None => (
+            Feed::Scan(known, plan.reader.take().map(Box::new)),
+            "single_scan",
+        ),
     };
     d.load_read = Some(read);
     let lc = LoadCtx {
@@ -1319,8 +1322,11 @@ struct LoadCtx<'a> {
 enum Feed<'k> {
     /// What the planning pass read, in order, with its scan summary.
     Replay(Vec<Item>, crate::source::Summary),
-    /// A scan of the source (skipping what the ledger's stamps recognise).
-    Scan(Option<&'k KnownFn<'k>>),
+    /// A scan of the source (skipping what the ledger's stamps recognise), on the store
+    /// as the plan opened it when no planning pass read it (one SQLite connection and
+    /// one JSON-store index for the whole run, and a JSON store rewritten since fails
+    /// with `source_changed`), else opened again.
+    Scan(Option<&'k KnownFn<'k>>, Option<Box<Reader>>),
 }
 
 impl Feed<'_> {
@@ -1341,7 +1347,13 @@ impl Feed<'_> {
                     f(chunk)?;
                 }
             }
-            Feed::Scan(known) => src.open()?.scan_with(batch, known, f),
+            Feed::Scan(known, reader) => {
+                let reader = match reader {
+                    Some(r) => *r,
+                    None => src.open()?,
+                };
+                reader.scan_with(batch, known, f)
+            }
         }
     }
 }
