@@ -393,10 +393,12 @@ fn show(ctx: &mut Ctx, r: &Resolved<'_>, plan: &Plan, d: &mut Details) {
         None => format!("would take a backup under {}", r.cfg.backup_dir.display()),
     });
     d.would_apply_schema_versions = Some(plan.status.pending.clone());
-    d.load = Some(if plan.classifier.target_empty {
-        "COPY into the empty target, GIN index built after"
-    } else {
+    d.load = Some(if !plan.classifier.target_empty {
         "staging table and upserts"
+    } else if r.cfg.postgres.index_build == IndexBuildTiming::DuringLoad {
+        "COPY into the empty target, the GIN index filled during it"
+    } else {
+        "COPY into the empty target, GIN index built after"
     });
     let args = r.args;
     let c = &p.counts;

@@ -489,6 +489,14 @@ fn the_gin_index_is_built_with_postgres_index_build_memory_and_looks_as_the_sche
         s.write_config("sqlite", extra);
         s.bulk(40, 3000);
         let db = TestDb::new(&format!("index_mem_{want}_{strategy}"));
+        // The dry run says how the load would go.
+        let dry = migrate(&s, &db, &[]).expect(exit::OK);
+        let how = dry.report.details["load"].as_str().unwrap_or_default();
+        assert!(
+            how.starts_with("COPY into the empty target")
+                && how.contains("filled during") == (strategy == "during_load"),
+            "{how}"
+        );
         let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
         let b = &r.report.details["index_build"];
         assert_eq!(b["configured"], want, "{}", r.stdout);
