@@ -370,6 +370,32 @@ impl StoreFile {
         }
         Ok((line, column))
     }
+
+    /// The offset of the file's first byte that is not UTF-8, read a chunk at a time
+    /// (a character cut by a chunk's end is carried into the next).
+    fn first_invalid_utf8(&self) -> io::Result<Option<u64>> {
+        let mut buf = vec![0u8; CHUNK + 3];
+        let (mut at, mut carried) = (0u64, 0usize);
+        loop {
+            let n = self.file.read_at(&mut buf[carried..carried + CHUNK], at)?;
+            let len = carried + n;
+            let start = at - carried as u64;
+            match std::str::from_utf8(&buf[..len]) {
+                Ok(_) if n == 0 => return Ok(None),
+                Ok(_) => carried = 0,
+                Err(e) if e.error_len().is_some() || n == 0 => {
+                    return Ok(Some(start + e.valid_up_to() as u64));
+                }
+                // A character cut by the chunk's end: its bytes begin the next.
+                Err(e) => {
+                    let keep = e.valid_up_to();
+                    buf.copy_within(keep..len, 0);
+                    carried = len - keep;
+                }
+            }
+            at += n as u64;
+        }
+    }
 }
 
 fn invalid(path: &Path, code: &'static str, message: String) -> Error {
@@ -1045,6 +1071,30 @@ impl Loader<'_> {
 fn error(file: &StoreFile, f: Fail) -> Error {
     let path = file.path.as_path();
     let at = |offset: u64| file.line_col(offset).map_err(|e| file.unreadable(e));
+    // A syntax error the streaming found where the whole file is not UTF-8 fails as a
+    // parse of the whole file does, which checks UTF-8 first: the damage named is the
+    // byte that is not UTF-8 (often what broke the syntax), not where it showed.
+    let syntax = match &f {
+        Fail::Syntax { .. } => true,
+        Fail::Json { err, .. } => err.code() == "invalid_json",
+        Fail::Io(_) => false,
+    };
+    if syntax {
+        match file.first_invalid_utf8() {
+            Ok(Some(offset)) => {
+                return invalid(
+                    path,
+                    "invalid_utf8",
+                    JsonError::InvalidUtf8 {
+                        offset: offset as usize,
+                    }
+                    .to_string(),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => return file.unreadable(e),
+        }
+    }
     match f {
         Fail::Io(e) => file.unreadable(e),
         Fail::Syntax { offset, message } => match at(offset) {
@@ -1735,6 +1785,34 @@ mod tests {
                 Node::Object(m) => m.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v),
                 _ => None,
             }
+        }
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_named_even_where_it_broke_the_syntax_first() {
+        // One byte of an é replaced by a quote (found by the property below): the
+        // streaming sees a syntax error first, the whole file's parse the bad UTF-8.
+        let good = "[{\"id\":\"a\",\"x\":[ \"s\u{e9}\" , [1] ]}, {\"id\":\"b\"}]".as_bytes();
+        let at = good.iter().position(|&b| b == 0xc3).unwrap();
+        for i in [at, at + 1] {
+            let mut bytes = good.to_vec();
+            bytes[i] = b'"';
+            assert_eq!(reference(&bytes), Err("invalid_utf8"));
+            for chunk in [1, 3, 7, 64] {
+                assert_eq!(
+                    streamed(&bytes, chunk),
+                    Err("invalid_utf8"),
+                    "byte {i}, chunk {chunk}"
+                );
+            }
+            let d = doc(&bytes);
+            let e = load(&d.path).unwrap_err();
+            let bad = if i == at { at + 1 } else { at };
+            assert!(
+                e.to_string()
+                    .contains(&format!("invalid UTF-8 at byte {bad}")),
+                "{e}"
+            );
         }
     }
 
