@@ -850,9 +850,9 @@ fn config_invalid(path: &Path, text: &str, e: &toml::de::Error) -> Error {
     let line = start.map(|s| text[..s].matches('\n').count() + 1);
     // The key the line sets, never its value (`postgres.url` may hold a password).
     let key = start.and_then(|s| {
-        let line = text[..s].rsplit('\n').next().unwrap_or("").to_owned()
-            + text[s..].split('\n').next().unwrap_or("");
-        let key = line.split_once('=')?.0.trim();
+        let from = text[..s].rfind('\n').map_or(0, |i| i + 1);
+        let to = text[s..].find('\n').map_or(text.len(), |i| s + i);
+        let key = text[from..to].split_once('=')?.0.trim();
         (!key.is_empty()
             && key
                 .chars()
@@ -1573,16 +1573,20 @@ mod tests {
         assert!(drift(Backend::Json, &rt, p).is_none());
     }
 
+    /// A minimal SQLite config whose `[postgres]` sets `key` to `value` (a string), or
+    /// leaves it out.
+    fn with_postgres_key(key: &str, value: Option<&str>) -> Result<Config> {
+        let extra = value.map_or(String::new(), |v| format!("{key} = {v:?}\n"));
+        let text = format!(
+            "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[postgres]\n{extra}"
+        );
+        Config::parse(Path::new("/x/sessiondb.toml"), &text, &env(&[]))
+    }
+
     #[test]
     fn index_build_is_during_the_load_unless_the_file_says_after() {
-        let parse = |v: Option<&str>| {
-            let extra = v.map_or(String::new(), |v| format!("index_build = {v:?}\n"));
-            let text = format!(
-                "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[postgres]\n{extra}"
-            );
-            Config::parse(Path::new("/x/sessiondb.toml"), &text, &env(&[]))
-                .map(|c| c.postgres.index_build)
-        };
+        let parse =
+            |v: Option<&str>| with_postgres_key("index_build", v).map(|c| c.postgres.index_build);
         assert_eq!(parse(None).unwrap(), IndexBuildTiming::DuringLoad);
         assert_eq!(
             parse(Some("during_load")).unwrap(),
@@ -1604,12 +1608,7 @@ mod tests {
     #[test]
     fn index_build_memory_takes_a_bounded_size_with_its_unit() {
         let parse = |v: Option<&str>| {
-            let extra = v.map_or(String::new(), |v| format!("index_build_memory = {v:?}\n"));
-            let text = format!(
-                "[sessiondb]\nbackend = \"sqlite\"\n[sqlite]\npath = \"a.db\"\n[postgres]\n{extra}"
-            );
-            Config::parse(Path::new("/x/sessiondb.toml"), &text, &env(&[]))
-                .map(|c| c.postgres.index_build_memory_kb)
+            with_postgres_key("index_build_memory", v).map(|c| c.postgres.index_build_memory_kb)
         };
         assert_eq!(parse(None).unwrap(), DEFAULT_INDEX_BUILD_MEMORY_KB);
         assert_eq!(parse(Some("64MB")).unwrap(), 64 * 1024);

@@ -291,8 +291,6 @@ pub struct IndexBuild {
     /// Why the pending list was left for autovacuum to move into the index (the load's
     /// rows are committed and found through it either way), when the final move failed.
     pub pending_list_left: Option<String>,
-    #[serde(skip)]
-    writer_kb: Option<u64>,
 }
 
 impl IndexBuild {
@@ -321,7 +319,6 @@ impl IndexBuild {
             server_memory: server.map(|kb| size_text(kb / 1024 * 1024)),
             index_bytes: None,
             pending_list_left: None,
-            writer_kb,
         }
     }
 
@@ -333,14 +330,13 @@ impl IndexBuild {
     /// A COPY stream's session, before it writes: its pending-list limit and the
     /// `work_mem` that a move of the list into the index uses (session settings).
     pub fn set_writer_memory(&self, c: &mut Client) -> Result<()> {
-        let Some(kb) = self.writer_kb else {
+        let Some(value) = &self.writer_memory else {
             return Ok(());
         };
-        let value = size_text(kb);
         c.execute(
             "SELECT pg_catalog.set_config('gin_pending_list_limit', $1, false),
                     pg_catalog.set_config('work_mem', $1, false)",
-            &[&value],
+            &[value],
         )
         .map_err(|e| {
             Error::pg(
@@ -361,31 +357,36 @@ impl IndexBuild {
             &[&self.maintenance_work_mem],
         )
         .map_err(|e| Error::pg("setting maintenance_work_mem for the index build", "", e))?;
-        match index_state(c, schema)? {
-            Some((name, _, _)) if self.during_load() => {
-                // Not the load's failure: its rows are committed, and a query reads the
-                // pending list too (as autovacuum will move it) — said, not refused.
-                if let Err(e) = c.execute(
-                    "SELECT pg_catalog.gin_clean_pending_list($1::text::pg_catalog.regclass)",
-                    &[&qualified(schema, &name)],
-                ) {
-                    self.pending_list_left =
-                        Some(crate::redact::text(&crate::error::error_chain(&e)));
+        // The index there (filled during the load, or left by a run killed after its
+        // build), else the one created now.
+        let name = match index_state(c, schema)? {
+            Some((name, _, _)) => {
+                if self.during_load() {
+                    // Not the load's failure: its rows are committed, and a query reads
+                    // the pending list too (as autovacuum will move it) — said, not
+                    // refused.
+                    if let Err(e) = c.execute(
+                        "SELECT pg_catalog.gin_clean_pending_list($1::text::pg_catalog.regclass)",
+                        &[&qualified(schema, &name)],
+                    ) {
+                        self.pending_list_left =
+                            Some(crate::redact::text(&crate::error::error_chain(&e)));
+                    }
                 }
+                name
             }
-            _ => {
+            None => {
                 ensure_gin_index(c, schema, opclass)?;
+                GIN_INDEX.to_owned()
             }
-        }
-        if let Some((name, _, _)) = index_state(c, schema)? {
-            self.index_bytes = c
-                .query_one(
-                    "SELECT pg_catalog.pg_relation_size($1::text::pg_catalog.regclass)",
-                    &[&qualified(schema, &name)],
-                )
-                .ok()
-                .map(|r| r.get(0));
-        }
+        };
+        self.index_bytes = c
+            .query_one(
+                "SELECT pg_catalog.pg_relation_size($1::text::pg_catalog.regclass)",
+                &[&qualified(schema, &name)],
+            )
+            .ok()
+            .map(|r| r.get(0));
         Ok(())
     }
 }
