@@ -117,6 +117,9 @@ pub struct Plan {
     /// Files (and their bytes) found unchanged since it: not copied again.
     pub shared_files: u64,
     pub shared_bytes: u64,
+    /// The database has not changed since that backup copied it: its copy would be
+    /// shared (a hard link), not taken again.
+    pub database_linked: bool,
     /// What the backup will take on disk, a little over rather than under ([`estimate`]):
     /// the database copy, the dumps, the manifest, and the files that changed since the
     /// earlier backup (all of them without one), each rounded up to whole blocks.
@@ -168,6 +171,7 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         shares_with: base.as_ref().map(|b| b.0.clone()),
         shared_files: 0,
         shared_bytes: 0,
+        database_linked: false,
         estimated_bytes: 0,
         block_bytes: crate::fsutil::block_size(&dest)
             .ok()
@@ -183,6 +187,17 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
         would_remove: failed_backups(&cfg.backup_dir, None, SystemTime::now()),
     };
     let mut cursor = base.as_ref().map(|(d, _)| BaseCursor::open(d));
+    if let (Some(s), Some(cursor)) = (&cfg.sqlite, cursor.as_mut()) {
+        let stamp = sqlite_copy::stamp(&s.path, &cfg.app.table, SystemTime::now());
+        p.database_linked = stamp.is_some_and(|st| {
+            cursor.other(SQLITE_COPY).is_some_and(|e| {
+                !e.blob
+                    && e.stamp.as_deref() == Some(st.as_str())
+                    && fs::symlink_metadata(cursor.dir.join(SQLITE_COPY))
+                        .is_ok_and(|m| m.is_file() && m.len() == e.bytes)
+            })
+        });
+    }
     if let Some(s) = &cfg.sqlite {
         let walker = Walker::open(&s.sessions_dir, opts.include_uploads)?;
         walker.walk(|chunk, _| {
@@ -237,7 +252,8 @@ fn escaped_len(rel: &Path) -> u64 {
 /// (tests/it/backup.rs compares it with real backups). Each part is rounded up to whole
 /// blocks, as the filesystem stores it (at 100,000 sessions of a few kB, the rounding
 /// of the state files' copies alone is a quarter of the backup):
-/// - the database copy: the database and its WAL as they are now;
+/// - the database copy: the database and its WAL as they are now (nothing when the
+///   base's copy is linked);
 /// - `sessions.jsonl`: every session's metadata and the states that are not in a state
 ///   file (at most the database and the JSON store again), and per state file its
 ///   reference ([`DUMP_PER_STATE_FILE`]);
@@ -252,7 +268,12 @@ fn estimate(p: &Plan) -> u64 {
     let manifest = p.manifest_entries + 2 * (MANIFEST_ENTRY + 64) + 8192;
     let blob_folders = if p.new_blob_store { 257 } else { 0 };
     let folders = (blob_folders + 8) * p.block_bytes;
-    p.on_disk(sqlite)
+    let database_copy = if p.database_linked {
+        0
+    } else {
+        p.on_disk(sqlite)
+    };
+    database_copy
         + p.on_disk(dump)
         + p.on_disk(manifest)
         + p.copied_on_disk
@@ -579,21 +600,86 @@ impl<'a> Taking<'a> {
         })
     }
 
-    /// Phase 2: the database, one snapshot read in one transaction. Returns the rows it
-    /// held then.
+    /// Phase 2: the database, one snapshot read in one transaction, or the base's copy
+    /// of it when the database has not changed since (see [`Taking::link_database`]).
+    /// Returns the rows it held then.
     fn copy_database(&mut self) -> Result<Option<u64>> {
         let Some(s) = &self.src.sqlite else {
             return Ok(None);
         };
-        tracing::info!("copying {} (online backup)", s.path.display());
+        let src = s.path.clone();
         let dest = self.dir.join(SQLITE_COPY);
         mkdirs(dest.parent().expect("a file in a folder"))?;
+        let now = SystemTime::now();
+        let table = self.cfg.app.table.clone();
+        let stamp = sqlite_copy::stamp(&src, &table, now);
+        if let Some(rows) = self.link_database(stamp.as_deref(), &dest)? {
+            return Ok(Some(rows));
+        }
+        tracing::info!("copying {} (online backup)", src.display());
         let spin = crate::progress::Phase::spinner("backup-database");
-        let rows = sqlite_copy::copy_sqlite(&s.path, &dest, &self.cfg.app.table)?;
+        let rows = sqlite_copy::copy_sqlite(&src, &dest, &table)?;
         spin.finish();
         let (bytes, sha) = check::sha256_file(&dest).map_err(|e| Error::read(&dest, e))?;
-        self.early
-            .push(FileEntry::new(Path::new(SQLITE_COPY), bytes, sha));
+        let mut e = FileEntry::new(Path::new(SQLITE_COPY), bytes, sha);
+        // The stamp holds only when the database did not move while it was copied.
+        e.stamp = stamp.filter(|st| sqlite_copy::stamp(&src, &table, now).as_ref() == Some(st));
+        self.early.push(e);
+        Ok(Some(rows))
+    }
+
+    /// The base's database copy, hard-linked into this backup, when the database and its
+    /// WAL have the stamp the base recorded as it copied them: a copy taken now would
+    /// hold the same rows. Its bytes are read back against the base's SHA-256 here (not
+    /// again by the self-check), and its `integrity_check` is the base's; the rows are
+    /// the base's count. `None` — copy it — without such a base, when the stamps differ,
+    /// when the base's copy is not a regular file of its listed size, when no hard link
+    /// can be made (another filesystem), or when its bytes do not match (warned).
+    fn link_database(&mut self, stamp: Option<&str>, dest: &Path) -> Result<Option<u64>> {
+        let (Some(stamp), Some((head, cursor))) = (stamp, self.base.as_mut()) else {
+            return Ok(None);
+        };
+        let Some(mut e) = cursor
+            .other(SQLITE_COPY)
+            .filter(|e| !e.blob && e.path_hex.is_none() && e.stamp.as_deref() == Some(stamp))
+        else {
+            return Ok(None);
+        };
+        let earlier = cursor.dir.join(SQLITE_COPY);
+        let rows = head.counts.sqlite_rows;
+        if !fs::symlink_metadata(&earlier).is_ok_and(|m| m.is_file() && m.len() == e.bytes) {
+            return Ok(None);
+        }
+        if let Err(err) = fs::hard_link(&earlier, dest) {
+            tracing::info!(
+                "the database copy of {} cannot be linked ({err}): copied",
+                cursor.dir.display()
+            );
+            return Ok(None);
+        }
+        let read = check::sha256_file(dest);
+        if !matches!(&read, Ok((bytes, sha)) if *bytes == e.bytes && *sha == e.sha256) {
+            self.warnings.push(Finding::new(
+                "backup_damaged",
+                format!(
+                    "{}: its bytes do not match its manifest; this backup copies the \
+                     database again (run backup --verify on that backup)",
+                    earlier.display()
+                ),
+            ));
+            fs::remove_file(dest).map_err(|err| Error::Write {
+                path: dest.to_path_buf(),
+                source: err,
+            })?;
+            return Ok(None);
+        }
+        tracing::info!(
+            "the database has not changed since {}: its copy is shared (hard link)",
+            cursor.dir.display()
+        );
+        e.shared = true;
+        self.sharing.database_linked = true;
+        self.early.push(e);
         Ok(Some(rows))
     }
 
@@ -972,8 +1058,11 @@ impl<'a> Taking<'a> {
         );
         // The database copy's integrity_check (a core's work) beside the files read back.
         let copy = self.dir.join(SQLITE_COPY);
+        let linked = self.sharing.database_linked;
         let db_check = || {
-            rows_before.map(|_| sqlite_copy::check_sqlite_copy(&copy, Some(&self.cfg.app.table)))
+            rows_before
+                .filter(|_| !linked)
+                .map(|_| sqlite_copy::check_sqlite_copy(&copy, Some(&self.cfg.app.table)))
         };
         let (problems, db) = std::thread::scope(|s| {
             let db = s.spawn(db_check);
@@ -985,7 +1074,7 @@ impl<'a> Taking<'a> {
         });
         let mut problems = problems?;
         phase.finish();
-        let mut sqlite_rows = 0;
+        let mut sqlite_rows = rows_before.filter(|_| linked).unwrap_or(0);
         if let (Some(before), Some(db)) = (rows_before, db) {
             match db.map(|r| r.unwrap_or(before)) {
                 Ok(rows) if rows < before => problems.push(format!(
@@ -1011,7 +1100,14 @@ impl<'a> Taking<'a> {
             phase.inc(files.iter().map(|f| f.bytes).sum());
             problems
         };
-        let mut problems = checked(&self.early);
+        // The linked database copy was read back as it was linked.
+        let early: Vec<FileEntry> = self
+            .early
+            .iter()
+            .filter(|e| e.blob || !e.shared)
+            .cloned()
+            .collect();
+        let mut problems = checked(&early);
         let mut fresh = Vec::with_capacity(4096);
         manifest::read_spool(spool, &mut |e| {
             if !e.shared {

@@ -94,6 +94,10 @@ pub struct Sharing {
     /// Lines of `sessions.jsonl` carried over from the earlier backup's (sessions
     /// whose stamp had not moved: not read again).
     pub sessions_carried: u64,
+    /// The database copy is the earlier backup's (a hard link): the database and its
+    /// WAL had the stamp recorded when it was copied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub database_linked: bool,
 }
 
 /// One file of the backup: its path relative to the backup folder, size and SHA-256.

@@ -2,8 +2,8 @@
 //! transaction, so that the copy is one snapshot of a live database.
 
 use std::io;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
@@ -11,6 +11,68 @@ use rusqlite::{Connection, OpenFlags};
 use super::{SQLITE_COPY, create_file};
 use crate::error::{Error, Result};
 use crate::source::sqlite;
+
+/// What the database looked like before it was copied, for a later backup to tell that
+/// it has not changed since: `d1:` + 128 bits of SHA-256 over the copied table's name,
+/// the database file's stamp (walk.rs's rule for a state file: device, inode, size,
+/// times and mode, settled) and the bytes of its `-wal` (or its absence). The WAL is
+/// read, not stat-ed: SQLite run as root `fchown`s it on every open, a reader's too, so
+/// its change time moves when nothing was written. `None` — never shared — when the
+/// database changed within the settle time of `now` (a time taken before the stat),
+/// when a rollback journal lies beside it (a write under way, or one to roll back), when
+/// the WAL is over [`WAL_READ_LIMIT`], or when either is not a regular file that could
+/// be read.
+pub(super) fn stamp(src: &Path, table: &str, now: SystemTime) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    // SQLite keeps the WAL and the journal beside the database's real path.
+    let real = std::fs::canonicalize(src).ok()?;
+    let beside = |suffix: &str| {
+        let mut p = real.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    if fs_entry_exists(&beside("-journal")) {
+        return None;
+    }
+    let mut h = Sha256::new();
+    h.update(b"d1\0");
+    h.update(table.as_bytes());
+    h.update(b"\0");
+    let db = std::fs::metadata(&real).ok().filter(|m| m.is_file())?;
+    h.update(super::walk::stamp(&super::walk::Stat::of(&db), now)?.as_bytes());
+    match crate::fsutil::open_regular(&beside("-wal"), false) {
+        Ok(f) => {
+            h.update(b"\0wal\0");
+            let mut read = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut f = f.take(WAL_READ_LIMIT + 1);
+            loop {
+                let n = f.read(&mut buf).ok()?;
+                if n == 0 {
+                    break;
+                }
+                read += n as u64;
+                h.update(&buf[..n]);
+            }
+            if read > WAL_READ_LIMIT {
+                return None;
+            }
+            h.update(read.to_le_bytes());
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => h.update(b"\0no wal\0"),
+        Err(_) => return None,
+    }
+    Some(format!("d1:{}", hex::encode(&h.finalize()[..16])))
+}
+
+/// The largest WAL [`stamp`] reads (SQLite checkpoints at about 4 MB by default): a
+/// database with a larger one is copied every time.
+const WAL_READ_LIMIT: u64 = 64 << 20;
+
+fn fs_entry_exists(p: &Path) -> bool {
+    !matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound)
+}
 
 /// How long the database copy retries while SQLite says busy or locked.
 const BUSY_RETRY: Duration = Duration::from_secs(30);

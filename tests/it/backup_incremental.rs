@@ -157,6 +157,95 @@ fn deleting_the_first_backup_leaves_the_second_sound_and_restorable() {
     assert_eq!(r.count("inserted"), 12, "{}", r.stdout);
 }
 
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+fn database_linked(dir: &Path) -> bool {
+    Manifest::read(dir)
+        .unwrap()
+        .sharing
+        .is_some_and(|s| s.database_linked)
+}
+
+#[test]
+fn an_unchanged_database_is_the_earlier_copy_linked_and_a_changed_one_is_copied() {
+    let s = settled_store(10);
+    let (_, dir1) = take(&s);
+    let copy = |d: &Path| d.join(backup::SQLITE_COPY);
+    let m1 = Manifest::read(&dir1).unwrap();
+    let e1 = m1
+        .files
+        .iter()
+        .find(|f| f.path == backup::SQLITE_COPY)
+        .unwrap();
+    assert!(
+        e1.stamp.as_deref().is_some_and(|st| st.starts_with("d1:")),
+        "the copy of a settled database records its stamp: {e1:?}"
+    );
+
+    // Nothing written to the database: the second backup links the first one's copy.
+    rewrite(&s, "k0000002", "{\"i\": 2, \"second\": true}");
+    let (r2, dir2) = take(&s);
+    assert!(database_linked(&dir2), "{}", r2.stdout);
+    assert_eq!(inode(&copy(&dir2)), inode(&copy(&dir1)));
+    assert_eq!(
+        sha_of(&dir2, backup::SQLITE_COPY),
+        sha_of(&dir1, backup::SQLITE_COPY)
+    );
+    assert_eq!(r2.count("sqlite_rows"), 10, "{}", r2.stdout);
+    assert_eq!(r2.count("files_copied"), 1, "{}", r2.stdout);
+    // The first backup deleted, the second still holds its database, checked whole.
+    std::fs::remove_dir_all(&dir1).unwrap();
+    let v = verify(&dir2, exit::OK);
+    assert_eq!(v.count("files"), 14, "{}", v.stdout);
+    let rows: i64 = rusqlite::Connection::open(copy(&dir2))
+        .unwrap()
+        .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 10);
+
+    // A row written: the database is copied again, and the copy holds the new row.
+    s.conn()
+        .execute(
+            "UPDATE sessions SET status = 'done' WHERE id = 'k0000004'",
+            [],
+        )
+        .unwrap();
+    std::thread::sleep(SETTLE);
+    let (r3, dir3) = take(&s);
+    assert!(!database_linked(&dir3), "{}", r3.stdout);
+    assert_ne!(inode(&copy(&dir3)), inode(&copy(&dir2)));
+    let status: String = rusqlite::Connection::open(copy(&dir3))
+        .unwrap()
+        .query_row(
+            "SELECT status FROM sessions WHERE id = 'k0000004'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "done");
+    verify(&dir3, exit::OK);
+
+    // A copy damaged inside the earlier backup is not linked: warned, copied again.
+    let damaged = copy(&dir3);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::set_permissions(
+        &damaged,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (r4, dir4) = take(&s);
+    assert!(r4.has_warning("backup_damaged"), "{}", r4.stdout);
+    assert!(!database_linked(&dir4), "{}", r4.stdout);
+    assert_ne!(inode(&copy(&dir4)), inode(&damaged));
+    verify(&dir4, exit::OK);
+}
+
 // ---- prune -------------------------------------------------------------------------------
 
 fn prune(s: &Store, db_url: &str, args: &[&str]) -> Cmd {
