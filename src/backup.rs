@@ -189,14 +189,7 @@ pub fn plan(cfg: &Config, opts: &Options) -> Result<Plan> {
     let mut cursor = base.as_ref().map(|(d, _)| BaseCursor::open(d));
     if let (Some(s), Some(cursor)) = (&cfg.sqlite, cursor.as_mut()) {
         let stamp = sqlite_copy::stamp(&s.path, &cfg.app.table, SystemTime::now());
-        p.database_linked = stamp.is_some_and(|st| {
-            cursor.other(SQLITE_COPY).is_some_and(|e| {
-                !e.blob
-                    && e.stamp.as_deref() == Some(st.as_str())
-                    && fs::symlink_metadata(cursor.dir.join(SQLITE_COPY))
-                        .is_ok_and(|m| m.is_file() && m.len() == e.bytes)
-            })
-        });
+        p.database_linked = stamp.is_some_and(|st| linkable_database(cursor, &st).is_some());
     }
     if let Some(s) = &cfg.sqlite {
         let walker = Walker::open(&s.sessions_dir, opts.include_uploads)?;
@@ -310,6 +303,20 @@ fn shareable(
     let earlier = cursor?.seek(rel.as_os_str().as_bytes())?;
     (earlier.blob && earlier.stamp.as_deref() == Some(stamp) && earlier.bytes == size)
         .then_some(earlier)
+}
+
+/// The base's entry for its database copy, and the copy's path, when `stamp` is the one
+/// the base recorded as it copied the database and the copy is there, a regular file of
+/// its listed size: the copy a backup taken now may link (its bytes are checked when
+/// linked).
+fn linkable_database(cursor: &mut BaseCursor, stamp: &str) -> Option<(FileEntry, PathBuf)> {
+    let e = cursor
+        .other(SQLITE_COPY)
+        .filter(|e| !e.blob && e.path_hex.is_none() && e.stamp.as_deref() == Some(stamp))?;
+    let earlier = cursor.dir.join(SQLITE_COPY);
+    fs::symlink_metadata(&earlier)
+        .is_ok_and(|m| m.is_file() && m.len() == e.bytes)
+        .then_some((e, earlier))
 }
 
 // ---- taking a backup ---------------------------------------------------------------------
@@ -639,17 +646,10 @@ impl<'a> Taking<'a> {
         let (Some(stamp), Some((head, cursor))) = (stamp, self.base.as_mut()) else {
             return Ok(None);
         };
-        let Some(mut e) = cursor
-            .other(SQLITE_COPY)
-            .filter(|e| !e.blob && e.path_hex.is_none() && e.stamp.as_deref() == Some(stamp))
-        else {
+        let Some((mut e, earlier)) = linkable_database(cursor, stamp) else {
             return Ok(None);
         };
-        let earlier = cursor.dir.join(SQLITE_COPY);
         let rows = head.counts.sqlite_rows;
-        if !fs::symlink_metadata(&earlier).is_ok_and(|m| m.is_file() && m.len() == e.bytes) {
-            return Ok(None);
-        }
         if let Err(err) = fs::hard_link(&earlier, dest) {
             tracing::info!(
                 "the database copy of {} cannot be linked ({err}): copied",

@@ -387,7 +387,11 @@ pub(super) fn check_written(dir: &Path, files: &[FileEntry]) -> Vec<String> {
 
 /// The size and SHA-256 of the file at `path`, read whole.
 pub(super) fn sha256_file(path: &Path) -> io::Result<(u64, Digest32)> {
-    let mut f = File::open(path)?;
+    sha256_read(File::open(path)?)
+}
+
+/// The number of bytes `f` gives to its end, and their SHA-256.
+pub(super) fn sha256_read(mut f: impl Read) -> io::Result<(u64, Digest32)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;

@@ -43,21 +43,12 @@ pub(super) fn stamp(src: &Path, table: &str, now: SystemTime) -> Option<String> 
     h.update(super::walk::stamp(&super::walk::Stat::of(&db), now)?.as_bytes());
     match crate::fsutil::open_regular(&beside("-wal"), false) {
         Ok(f) => {
-            h.update(b"\0wal\0");
-            let mut read = 0u64;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut f = f.take(WAL_READ_LIMIT + 1);
-            loop {
-                let n = f.read(&mut buf).ok()?;
-                if n == 0 {
-                    break;
-                }
-                read += n as u64;
-                h.update(&buf[..n]);
-            }
+            let (read, sha) = super::check::sha256_read(f.take(WAL_READ_LIMIT + 1)).ok()?;
             if read > WAL_READ_LIMIT {
                 return None;
             }
+            h.update(b"\0wal\0");
+            h.update(sha.0);
             h.update(read.to_le_bytes());
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => h.update(b"\0no wal\0"),
