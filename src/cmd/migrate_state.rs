@@ -11,7 +11,9 @@
 //! batch with its ledger rows. Killed at any moment, it is finished by running it
 //! again; run again, it changes nothing; later, it copies only what changed.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -128,7 +130,8 @@ crate::details! {
         pub removed_incomplete: Vec<PathBuf>,
         pub schema_applied: Vec<i32>,
         pub row_versions: RowVersions,
-        /// How the load got its sessions: `kept_from_plan`, `second_scan`, `single_scan`.
+        /// How the load got its sessions: `kept_from_plan`, `read_again_changed` (what the
+        /// planning pass read, read again), `second_scan`, `single_scan`.
         pub load_read: &'static str,
         /// How the backup this run took wrote `sessions.jsonl`: `kept_from_plan` (from
         /// what the planning pass read, the store unchanged since), `database_copy`.
@@ -677,6 +680,21 @@ fn load(
             progress.inc(known);
             (Feed::Replay(items, summary), "kept_from_plan")
         }
+        Some(Planned {
+            read_ids: Some((ids, _)),
+            summary,
+            known: unread,
+            ..
+        }) if known.is_some() => {
+            out.counts.sessions += unread;
+            out.counts.unchanged += unread;
+            out.not_read += unread;
+            progress.inc(unread);
+            (
+                Feed::Only(known, Arc::new(ids), summary),
+                "read_again_changed",
+            )
+        }
         Some(_) => (Feed::Scan(known, None), "second_scan"),
         None => (
             Feed::Scan(known, plan.reader.take().map(Box::new)),
@@ -755,6 +773,11 @@ struct Planned {
     /// [`REPLAY_LIMIT`]: the load then writes these instead of scanning the source a
     /// second time, so a catch-up reads the store once.
     replay: Option<Vec<Item>>,
+    /// The ids of the sessions and invalid records that were read, kept while they fit
+    /// in [`READ_IDS_LIMIT`]: when the replay does not fit, the load reads these again
+    /// and passes over the rest unread ([`Feed::Only`]), so that a catch-up of a large
+    /// store still reads in proportion to what changed.
+    read_ids: Option<(HashSet<String>, usize)>,
     /// The scan's order, the sessions not read as their ids and stamps, kept beside the
     /// replay while it fits in [`ORDER_LIMIT`] (not begun for a store too large for it): with the replay, every item of the scan,
     /// from which a backup taken next writes its dumps instead of reading the store again.
@@ -766,6 +789,9 @@ struct Planned {
 
 /// The most state bytes (original and canonical) the planning pass keeps for the load.
 const REPLAY_LIMIT: usize = 32 << 20;
+/// The most bytes the ids of the sessions read take in the planning pass (counted with
+/// a set's overhead: some 100,000 UUIDs).
+const READ_IDS_LIMIT: usize = 8 << 20;
 /// The most bytes of the scan's order the planning pass keeps.
 const ORDER_LIMIT: usize = 24 << 20;
 /// What the order takes per session, at most about: its tag, a 36-character id (a
@@ -797,6 +823,25 @@ impl Planned {
         }
         r.extend(invalid.iter().cloned().map(Item::Invalid));
         r.extend(sessions.into_iter().map(Item::Session));
+    }
+
+    /// Note the ids of what a batch read (see [`Planned::read_ids`]). A record with no
+    /// usable id needs no note: a restricted scan always reads those.
+    fn note_read(&mut self, sessions: &[Session], invalid: &[Invalid]) {
+        let Some((ids, bytes)) = &mut self.read_ids else {
+            return;
+        };
+        let read = sessions
+            .iter()
+            .map(|s| &s.id)
+            .chain(invalid.iter().filter_map(|i| i.id.as_ref()));
+        for id in read {
+            *bytes += id.len() + 48;
+            ids.insert(id.clone());
+        }
+        if *bytes > READ_IDS_LIMIT {
+            self.read_ids = None;
+        }
     }
 
     /// Note a batch's order for the backup's dumps (see [`Planned::order`]): the items
@@ -833,6 +878,7 @@ fn plan_pass(
     let progress = Phase::bar("plan", plan.estimate, Unit::Sessions);
     let mut p = Planned {
         replay: Some(Vec::new()),
+        read_ids: Some((HashSet::new(), 0)),
         // Not even begun when the store is too large for it (about 60 bytes a session).
         order: (plan.estimate.saturating_mul(ORDER_BYTES) <= ORDER_LIMIT as u64)
             .then(|| ScanOrder::new(ORDER_LIMIT, (plan.estimate * ORDER_BYTES) as usize)),
@@ -866,6 +912,7 @@ fn plan_pass(
         p.known += unchanged;
         p.counts.sessions += sessions.len() as u64 + unchanged;
         p.conflicts.extend(cl.conflicts);
+        p.note_read(&sessions, &invalid);
         p.keep(&mut kept, sessions, &invalid);
         p.invalid.extend(invalid);
         Ok(())
@@ -1324,6 +1371,14 @@ struct LoadCtx<'a> {
 enum Feed<'k> {
     /// What the planning pass read, in order, with its scan summary.
     Replay(Vec<Item>, crate::source::Summary),
+    /// What the planning pass read, read again: a scan of the source that passes over
+    /// every other session unread ([`Reader::only`]), its ledger's stamps asked as in
+    /// [`Feed::Scan`]; the planning pass's scan summary.
+    Only(
+        Option<&'k KnownFn<'k>>,
+        Arc<HashSet<String>>,
+        crate::source::Summary,
+    ),
     /// A scan of the source (skipping what the ledger's stamps recognise), on the store
     /// as the plan opened it when no planning pass read it (one SQLite connection and
     /// one JSON-store index for the whole run, and a JSON store rewritten since fails
@@ -1348,6 +1403,10 @@ impl Feed<'_> {
                     }
                     f(chunk)?;
                 }
+            }
+            Feed::Only(known, ids, summary) => {
+                src.open()?.only(ids).scan_with(batch, known, f)?;
+                Ok(summary)
             }
             Feed::Scan(known, reader) => {
                 let reader = match reader {

@@ -292,6 +292,7 @@ impl Source {
         Ok(Reader {
             source: self.clone(),
             fingerprint: None,
+            only: None,
             db,
             json,
             json_warnings,
@@ -330,6 +331,8 @@ pub struct Reader {
     source: Source,
     /// Taken from the scan's stats ([`Reader::with_fingerprint`]).
     fingerprint: Option<Fingerprint>,
+    /// The sessions a scan reads, when not all ([`Reader::only`]).
+    only: Option<Arc<HashSet<String>>>,
     db: Option<rusqlite::Connection>,
     json: Vec<JsonRecord>,
     json_warnings: Vec<Finding>,
@@ -373,6 +376,16 @@ impl Reader {
     pub fn with_fingerprint(mut self) -> Result<Reader> {
         self.fingerprint = Some(Fingerprint::start(&self.source)?);
         Ok(self)
+    }
+
+    /// Scan only the sessions of `ids` (and the records with no usable id, which are
+    /// always invalid): the others are passed over unread, not stat-ed, not yielded at
+    /// all. A catch-up's load reads again so only what its planning pass read, when
+    /// that did not fit in memory. Rows are still read in id order, and every id is
+    /// taken from its row as a whole scan takes it, so the same sessions are found.
+    pub fn only(mut self, ids: Arc<HashSet<String>>) -> Reader {
+        self.only = Some(ids);
+        self
     }
 
     /// How many items a scan yields, for progress: the rows of the SQLite table (0
@@ -420,11 +433,13 @@ impl Reader {
         let Reader {
             source,
             fingerprint,
+            only,
             db,
             json,
             json_warnings,
         } = self;
         let mut scan = Scan::new(&source, json, json_warnings, batch.max(1), known);
+        scan.only = only;
         // Stage 1: SQLite rows and their state files.
         if let (Some(db), Some(s)) = (db, &source.sqlite) {
             let fp = scan.sqlite_rows(db, &s.path, fingerprint, &mut f)?;
@@ -450,6 +465,8 @@ type Chunk<T> = Result<Vec<T>>;
 struct Scan<'k> {
     batch: usize,
     known: Option<&'k KnownFn<'k>>,
+    /// [`Reader::only`].
+    only: Option<Arc<HashSet<String>>>,
     summary: Summary,
     json: Arc<Vec<JsonRecord>>,
     /// The JSON store by id; the last record of a duplicated id wins (warned).
@@ -502,6 +519,7 @@ impl<'k> Scan<'k> {
         Scan {
             batch,
             known,
+            only: None,
             summary,
             json,
             json_by_id,
@@ -543,9 +561,10 @@ impl<'k> Scan<'k> {
             });
             let ctx = self.ctx.clone();
             let mut fp = fingerprint;
+            let only = self.only.clone();
             let stamper = scope.spawn(move || {
                 relay("stamp", rows_rx, stamped_tx, |r| {
-                    ctx.stamp_chunk(r, fp.as_mut())
+                    ctx.stamp_chunk(r, only.as_deref(), fp.as_mut())
                 });
                 fp
             });
@@ -605,9 +624,14 @@ impl<'k> Scan<'k> {
     /// Stage 2: sessions only in the JSON store (stamped like SQLite rows, so that a
     /// catch-up skips what it holds as it is), and JSON records without a usable id.
     fn json_only(&mut self, f: &mut impl FnMut(Vec<Item>) -> Result<()>) -> Result<()> {
+        let only = self.only.as_deref();
         let pending: Vec<usize> = (0..self.json.len())
             .filter(|&i| match &self.json[i].id {
-                Ok(id) => self.json_by_id.get(id) == Some(&i) && !self.seen_in_sqlite.contains(id),
+                Ok(id) => {
+                    self.json_by_id.get(id) == Some(&i)
+                        && !self.seen_in_sqlite.contains(id)
+                        && only.is_none_or(|o| o.contains(id))
+                }
                 Err(_) => true,
             })
             .collect();
@@ -849,26 +873,34 @@ fn invalid_field(
 
 impl Resolve {
     /// Stamp a chunk of rows, the stats in parallel; the stats go on to the fingerprint.
+    /// A row whose id is not in `only` (when given) is dropped here, unstat-ed.
     fn stamp_chunk(
         &self,
         rows: Vec<Row>,
+        only: Option<&HashSet<String>>,
         fingerprint: Option<&mut Fingerprint>,
     ) -> Result<Vec<(Row, Option<Stamped>)>> {
         type Probed = (Row, Option<Stamped>, Option<std::io::Result<FileStamp>>);
         let probed: Vec<Probed> = rows
             .into_par_iter()
-            .map(|r| {
+            .filter_map(|r| {
                 let Ok(id) = fields::id(&r.id) else {
-                    return Ok((r, None, None));
+                    return Some(Ok((r, None, None)));
                 };
+                if only.is_some_and(|o| !o.contains(&id)) {
+                    return None;
+                }
                 let file = self.state_stat(&id);
-                let stamp = self.stamp_of(&id, Some(&r), file.as_ref())?;
+                let stamp = match self.stamp_of(&id, Some(&r), file.as_ref()) {
+                    Ok(stamp) => stamp,
+                    Err(e) => return Some(Err(e)),
+                };
                 let st = Stamped {
                     id,
                     stamp,
                     known: false,
                 };
-                Ok((r, Some(st), file))
+                Some(Ok((r, Some(st), file)))
             })
             .collect::<Result<_>>()?;
         if let Some(fp) = fingerprint {

@@ -369,6 +369,95 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
     assert_eq!(v.count("different"), 0);
 }
 
+/// A state of about `mb` MB whose first key is `tag`.
+fn big_state(tag: &str, mb: usize) -> String {
+    let item = r#"{"text": "lorem ipsum dolor sit amet", "n": 12345}"#;
+    let n = (mb << 20) / (item.len() + 2);
+    format!(
+        "{{\"tag\": \"{tag}\", \"items\": [{}]}}",
+        vec![item; n].join(", ")
+    )
+}
+
+/// A catch-up whose changes do not fit in what the planning pass keeps for the load
+/// (32 MB of state): the load reads again only the sessions that pass read, and every
+/// change is written, a JSON-only session's too.
+#[test]
+fn a_catch_up_too_large_to_keep_reads_again_only_what_it_planned() {
+    let s = store_with(30);
+    for i in 0..3 {
+        s.session(&format!("big{i}"), &big_state("a", 12));
+    }
+    s.json_store(
+        r#"{"version": 1, "sessions": [{"id": "j1", "user_id": "u", "status": "done", "current_step": "end", "cost": 1.5, "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}]}"#,
+    );
+    s.state_file("j1", br#"{"v": 1}"#);
+    // Stamps are only trusted for files older than two seconds (the racy-stamp rule).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let db = TestDb::new("mig_reread");
+    migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
+    // 36 MB of changed state (72 MB with the canonical forms), one small change, and
+    // the JSON-only session's state.
+    for i in 0..3 {
+        s.state_file(&format!("big{i}"), big_state("b", 12).as_bytes());
+    }
+    s.state_file("s00007", br#"{"edited": true}"#);
+    s.state_file("j1", br#"{"v": 2}"#);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
+    assert_eq!(
+        (
+            r.count("updated"),
+            r.count("unchanged"),
+            r.count("sessions")
+        ),
+        (5, 29, 34),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.report.details["unchanged_by_stamp"], 29, "{}", r.stdout);
+    assert_eq!(
+        r.report.details["load_read"], "read_again_changed",
+        "{}",
+        r.stdout
+    );
+    let mut c = db.client();
+    let tags: Vec<(String, String)> = c
+        .query(
+            "SELECT session_id, coalesce(state->>'tag', state->>'v', state->>'edited') FROM session_state \
+             WHERE session_id IN ('big0', 'big1', 'big2', 's00007', 'j1') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("big0", "b"),
+        ("big1", "b"),
+        ("big2", "b"),
+        ("j1", "2"),
+        ("s00007", "true"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(tags, want);
+    let v = sessiondb(&["verify"])
+        .config(&s.config)
+        .env("DATABASE_URL", &db.url)
+        .expect(exit::OK);
+    assert_eq!(
+        (v.count("checked"), v.count("different"), v.count("missing")),
+        (34, 0, 0),
+        "{}",
+        v.stdout
+    );
+    // Run again, it changes nothing.
+    let r = migrate(&s, &db, &["--dry-run=false"]).expect(exit::OK);
+    assert_eq!((r.count("updated"), r.count("unchanged")), (0, 34));
+}
+
 #[test]
 fn a_catch_up_uses_the_backup_of_the_store_as_it_is_and_takes_one_when_there_is_none() {
     let s = store_with(20);
