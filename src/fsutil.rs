@@ -691,6 +691,59 @@ pub fn reopen_regular(path: &Path, follow: bool) -> io::Result<(fs::File, fs::Me
     )
 }
 
+/// Open the folder `name` inside the open folder `dir`, never following a link there
+/// (`O_DIRECTORY | O_NOFOLLOW`: `ELOOP` for a symlink, `ENOTDIR` for anything that is not
+/// a folder). One path component for the kernel to walk.
+pub fn open_dir_at(dir: &fs::File, name: &std::ffi::OsStr) -> io::Result<fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let c = cstr(name)?;
+    // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
+/// [`reopen_regular`] of `name` inside the open folder `dir`, a symlink refused: opened
+/// without blocking (`O_NONBLOCK | O_NOFOLLOW`), and the descriptor's own `fstat` and
+/// `fstatfs` must say a regular file on a real filesystem ([`NotRegular`] otherwise).
+pub fn reopen_regular_at(
+    dir: &fs::File,
+    name: &std::ffi::OsStr,
+) -> io::Result<(fs::File, fs::Metadata)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let c = cstr(name)?;
+    // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENXIO) => NotRegular::err("a socket", REGULAR),
+            Some(libc::ELOOP) => NotRegular::err("a symlink", REGULAR),
+            _ => e,
+        });
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let f = unsafe { fs::File::from_raw_fd(fd) };
+    let m = f.metadata()?;
+    expect_type(&m, libc::S_IFREG)?;
+    if let Some(what) = pseudo_filesystem(&f)? {
+        return Err(NotRegular::err(what, REGULAR));
+    }
+    Ok((f, m))
+}
+
 /// The type of `path` (links followed), when it exists: `Err` with a [`NotRegular`] when
 /// it is a special file (a FIFO, a device, a socket) or a file of a pseudo-filesystem,
 /// where `folder` says which of a regular file or a folder it should be. Nothing is

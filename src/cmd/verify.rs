@@ -180,7 +180,6 @@ fn verify_copy(
     }
     let schema_name = &cfg.postgres.schema;
     let src = Source::from_config(cfg);
-    let fingerprint = src.quick_fingerprint()?;
     check_schema(ctx, c, schema_name)?;
     if !has_tables(c, schema_name)? {
         ctx.problems = true;
@@ -195,7 +194,7 @@ fn verify_copy(
         return Ok(());
     }
     check_gin(ctx, c, schema_name)?;
-    let found = compare_all(ctx, &src, t, c, &fit, schema_name, sample)?;
+    let (found, fingerprint) = compare_all(ctx, &src, t, c, &fit, schema_name, sample)?;
     conclude(ctx, cfg, c, found, fingerprint, sample, d)
 }
 
@@ -333,7 +332,7 @@ fn compare_all(
     fit: &Fit,
     schema_name: &str,
     sample: Option<u64>,
-) -> Result<Found> {
+) -> Result<(Found, String)> {
     // Sampling: reservoir over the ids, then compare only those.
     let sampled: Option<HashSet<String>> = match sample {
         Some(n) => Some(src.sample(n as usize, |s| s.id)?.into_iter().collect()),
@@ -348,7 +347,9 @@ fn compare_all(
         .map_err(|e| Error::pg("preparing verify", "", e))?;
     let snapshot = export_snapshot(&mut tx)?;
     let ids = IdSet::create(&mut tx)?;
-    let reader = src.open()?;
+    // The fingerprint the verification is recorded against, from the stats the scan
+    // makes (and the orphan search from what they found): no pass of its own.
+    let reader = src.open()?.with_fingerprint()?;
     let phase = crate::progress::Phase::bar(
         "verify",
         reader.estimate()?,
@@ -448,7 +449,11 @@ fn compare_all(
         }
     }
     tx.commit().map_err(|e| Error::pg("ending verify", "", e))?;
-    Ok(found)
+    let fingerprint = match summary.fingerprint {
+        Some(f) => f,
+        None => src.quick_fingerprint()?,
+    };
+    Ok((found, fingerprint))
 }
 
 /// A comparer: the batches it takes from the scan compared on its own connection, each

@@ -33,6 +33,56 @@ fn inside(root: Option<&Path>, p: &Path) -> bool {
     }
 }
 
+/// [`read_state`], reached relative to the open sessions folder `dir_fd` (`dir` its
+/// path): the folder `<id>` opened without following a link, then its `state.json`
+/// looked at and opened relative to that, one path component each, where
+/// [`read_state`] walks the whole path four times (a tenth of a full scan's time on a
+/// large store). Anything but the plain case — a folder or a file that is a link,
+/// anything but a regular file, an oversized file, an error, a file that kept
+/// changing — is left to [`read_state`], its checks and its messages.
+pub(crate) fn read_state_at(
+    dir_fd: &std::fs::File,
+    dir: &Path,
+    root: Option<&Path>,
+    id: &str,
+) -> Result<Option<(Vec<u8>, PathBuf)>, Box<Invalid>> {
+    match plain_state(dir_fd, id) {
+        Plain::Read(bytes) => Ok(Some((bytes, dir.join(id).join("state.json")))),
+        Plain::Absent => Ok(None),
+        Plain::Other => read_state(dir, root, id),
+    }
+}
+
+/// What [`plain_state`] found.
+enum Plain {
+    /// A regular file in a real folder, read whole.
+    Read(Vec<u8>),
+    /// No folder `<id>`, or no `state.json` in it.
+    Absent,
+    /// Anything else: for [`read_state`] to judge.
+    Other,
+}
+
+fn plain_state(dir_fd: &std::fs::File, id: &str) -> Plain {
+    let name = std::ffi::OsStr::new("state.json");
+    let folder = match crate::fsutil::open_dir_at(dir_fd, std::ffi::OsStr::new(id)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Plain::Absent,
+        Err(_) => return Plain::Other,
+    };
+    // Looked at before it is opened: a device is never opened (some have effects).
+    match crate::fsutil::lstat_at(&folder, Path::new(name)) {
+        Ok(m) if m.mode & libc::S_IFMT == libc::S_IFREG && m.size as usize <= MAX_STATE_BYTES => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Plain::Absent,
+        _ => return Plain::Other,
+    }
+    match read_whole_by(|| crate::fsutil::reopen_regular_at(&folder, name)) {
+        Ok(Whole::Read(bytes)) => Plain::Read(bytes),
+        Ok(Whole::Gone) => Plain::Absent,
+        Ok(Whole::KeptChanging(_)) | Err(_) => Plain::Other,
+    }
+}
+
 /// Read the state file of `id` if there is one.
 pub(crate) fn read_state(
     dir: &Path,
@@ -178,9 +228,17 @@ pub fn read_whole(path: &Path) -> std::io::Result<Whole> {
 
 /// [`read_whole`]; a symlink at `path` is refused unless `follow`.
 pub(crate) fn read_whole_with(path: &Path, follow: bool) -> std::io::Result<Whole> {
+    read_whole_by(|| crate::fsutil::reopen_regular(path, follow))
+}
+
+/// [`read_whole`] of the file that `open` opens (each try opens it again), with the
+/// metadata of the descriptor as opened.
+fn read_whole_by(
+    open: impl Fn() -> std::io::Result<(std::fs::File, std::fs::Metadata)>,
+) -> std::io::Result<Whole> {
     use std::io::Read;
     let read = || -> std::io::Result<Option<(Vec<u8>, bool, bool)>> {
-        let (f, before) = match crate::fsutil::reopen_regular(path, follow) {
+        let (f, before) = match open() {
             Ok(opened) => opened,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),

@@ -33,6 +33,10 @@ struct Sessions {
     fd: File,
     names: Names,
     next: usize,
+    /// How many names have a `state.json` (of any kind), fed or stat-ed here.
+    with_state: u64,
+    /// The names stat-ed here (not fed) that have one, in name order.
+    unfed: Vec<u32>,
 }
 
 /// The folder's names, sorted, in one buffer: a million names are two allocations (given
@@ -100,6 +104,8 @@ impl Fingerprint {
                 fd: crate::fsutil::open_dir(&s.sessions_dir).map_err(unreadable)?,
                 names,
                 next: 0,
+                with_state: 0,
+                unfed: Vec::new(),
             });
         }
         Ok(Fingerprint {
@@ -118,40 +124,72 @@ impl Fingerprint {
         let name = OsStr::new(id);
         while s.next < s.names.len() && s.names.get(s.next) < name {
             let e = s.entry_of(s.next, None);
-            self.h.update(e);
+            s.took(s.next, &e);
+            self.h.update(e.bytes);
             s.next += 1;
         }
         if s.next < s.names.len() && s.names.get(s.next) == name {
             let e = s.entry_of(s.next, Some(stat));
-            self.h.update(e);
+            s.with_state += u64::from(e.found);
+            self.h.update(e.bytes);
             s.next += 1;
         }
     }
 
     /// Stat what was not fed (in parallel), hash the JSON store, and give the digest.
-    pub fn finish(mut self) -> String {
+    pub fn finish(self) -> String {
+        self.finish_with_rest().0
+    }
+
+    /// [`Self::finish`], and what the stats found of the sessions folder: how many
+    /// names have a `state.json`, and those of them that were not fed (the folders of
+    /// no SQLite row the scan read: what a search for orphan state files looks at).
+    pub fn finish_with_rest(mut self) -> (String, Option<Unfed>) {
+        let mut rest = None;
         if let Some(s) = &mut self.sessions {
-            let rest: Vec<usize> = (s.next..s.names.len()).collect();
-            for chunk in rest.chunks(4096) {
-                let entries: Vec<Vec<u8>> =
-                    chunk.par_iter().map(|&i| s.entry_of(i, None)).collect();
-                for e in entries {
-                    self.h.update(e);
+            let left: Vec<usize> = (s.next..s.names.len()).collect();
+            for chunk in left.chunks(4096) {
+                let entries: Vec<Entry> = chunk.par_iter().map(|&i| s.entry_of(i, None)).collect();
+                for (&i, e) in chunk.iter().zip(entries) {
+                    s.took(i, &e);
+                    self.h.update(e.bytes);
                 }
             }
             s.next = s.names.len();
+            rest = Some(Unfed {
+                with_state: s.with_state,
+                names: s
+                    .unfed
+                    .iter()
+                    .map(|&i| s.names.get(i as usize).to_owned())
+                    .collect(),
+            });
         }
         if let Some(j) = &self.json_path {
             self.h.update(path_entry(j));
         }
-        format!("q1:{}", hex::encode(self.h.finalize()))
+        (format!("q1:{}", hex::encode(self.h.finalize())), rest)
     }
+}
+
+/// What a fingerprint's stats found of the sessions folder ([`Fingerprint::finish_with_rest`]).
+pub struct Unfed {
+    /// The names with a `state.json` (of any kind).
+    pub with_state: u64,
+    /// Those of them that were not fed, in name order.
+    pub names: Vec<std::ffi::OsString>,
+}
+
+/// One name's part of the digest, and whether its `state.json` is there.
+struct Entry {
+    bytes: Vec<u8>,
+    found: bool,
 }
 
 impl Sessions {
     /// The entry of the `i`th name: with `known` the stat the scan made (`None` inside:
     /// no file), else a stat made now.
-    fn entry_of(&self, i: usize, known: Option<Option<&FileStamp>>) -> Vec<u8> {
+    fn entry_of(&self, i: usize, known: Option<Option<&FileStamp>>) -> Entry {
         let rel = Path::new(self.names.get(i)).join("state.json");
         let mut e = self.dir.join(&rel).into_os_string().into_encoded_bytes();
         let stat = match known {
@@ -161,7 +199,18 @@ impl Sessions {
         if let Some(m) = stat {
             stat_entry(&mut e, m.size, m.mtime, m.ino);
         }
-        e
+        Entry {
+            bytes: e,
+            found: stat.is_some(),
+        }
+    }
+
+    /// The `i`th name was stat-ed here, not fed: counted, and noted if it has a file.
+    fn took(&mut self, i: usize, e: &Entry) {
+        if e.found {
+            self.with_state += 1;
+            self.unfed.push(i as u32);
+        }
     }
 }
 

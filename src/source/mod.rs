@@ -441,18 +441,18 @@ impl Reader {
         let mut scan = Scan::new(&source, json, json_warnings, batch.max(1), known);
         scan.only = only;
         // Stage 1: SQLite rows and their state files.
-        if let (Some(db), Some(s)) = (db, &source.sqlite) {
-            let fp = scan.sqlite_rows(db, &s.path, fingerprint, &mut f)?;
-            scan.summary.fingerprint = fp.map(Fingerprint::finish);
-        } else {
-            scan.summary.fingerprint = fingerprint.map(Fingerprint::finish);
-        }
+        let fp = match (db, &source.sqlite) {
+            (Some(db), Some(s)) => scan.sqlite_rows(db, &s.path, fingerprint, &mut f)?,
+            _ => fingerprint,
+        };
+        let (digest, unfed) = fp.map(Fingerprint::finish_with_rest).unzip();
+        scan.summary.fingerprint = digest;
         // Stage 2: sessions only in the JSON store, and JSON records without a usable id.
         scan.json_only(&mut f)?;
         // Stage 3: state files with no metadata anywhere. A catch-up scan (`known`) skips
         // it: orphans are named by full scans (preflight, check, a first load, verify).
         if let (Some(s), None) = (&source.sqlite, known) {
-            scan.orphans(s, source.json_path.is_some())?;
+            scan.orphans(s, source.json_path.is_some(), unfed.flatten())?;
         }
         Ok(scan.summary)
     }
@@ -685,60 +685,95 @@ impl<'k> Scan<'k> {
     /// the JSON store, each an `orphan_state_file` warning (not migrated, not deleted).
     /// State files with no metadata: in SQLite or the JSON store when `json_read`, else
     /// in SQLite alone (`check` of the sqlite backend reads no JSON store, and says so).
-    fn orphans(&mut self, s: &crate::config::SqliteSource, json_read: bool) -> Result<()> {
+    ///
+    /// `unfed`: what the scan's fingerprint found of the folder (every name stat-ed once,
+    /// by the scan or by the fingerprint): only the names with a state file that no row
+    /// the scan read fed are looked at. Without it the folder is listed and every
+    /// `state.json` looked at here.
+    fn orphans(
+        &mut self,
+        s: &crate::config::SqliteSource,
+        json_read: bool,
+        unfed: Option<fingerprint::Unfed>,
+    ) -> Result<()> {
         let dir = &s.sessions_dir;
         let unreadable = |e| Error::Unreadable {
             path: dir.clone(),
             source: e,
         };
         let db = sqlite::open(&s.path)?;
+        if let Some(u) = unfed {
+            for name in &u.names {
+                self.orphan(&db, s, json_read, name)?;
+            }
+            self.summary.state_files = u.with_state;
+            return Ok(());
+        }
         let mut names = 0u64;
+        let ctx = self.ctx.clone();
+        // Relative to the open folder when it is open: one component to walk, not the path.
+        let has_state = |name: &std::ffi::OsStr| match &ctx.sessions_fd {
+            Some(fd) => crate::fsutil::lstat_at(fd, &Path::new(name).join("state.json")).is_ok(),
+            None => std::fs::symlink_metadata(dir.join(name).join("state.json")).is_ok(),
+        };
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
-            let name = entry.file_name();
-            let state = entry.path().join("state.json");
-            if std::fs::symlink_metadata(&state).is_err() {
+            if !has_state(&entry.file_name()) {
                 continue;
             }
             names += 1;
-            let Some(name) = name.to_str() else {
-                self.summary.orphans += 1;
-                self.summary.warnings.push(
-                    Finding::new(
-                        "orphan_state_file",
-                        format!(
-                            "{} has a folder name that is not UTF-8: not migrated, not deleted",
-                            crate::term::path(&state)
-                        ),
-                    )
-                    .path(&state),
-                );
-                continue;
-            };
-            if self.json_by_id.contains_key(name) || sqlite::has_id(&db, &s.path, name)? {
-                continue;
-            }
+            self.orphan(&db, s, json_read, &entry.file_name())?;
+        }
+        self.summary.state_files = names;
+        Ok(())
+    }
+
+    /// The folder `name`, which has a state file: an `orphan_state_file` warning unless
+    /// SQLite or the JSON store holds its metadata.
+    fn orphan(
+        &mut self,
+        db: &rusqlite::Connection,
+        s: &crate::config::SqliteSource,
+        json_read: bool,
+        name: &std::ffi::OsStr,
+    ) -> Result<()> {
+        let state = s.sessions_dir.join(name).join("state.json");
+        let Some(name) = name.to_str() else {
             self.summary.orphans += 1;
             self.summary.warnings.push(
                 Finding::new(
                     "orphan_state_file",
-                    if json_read {
-                        format!(
-                            "{} has no metadata in SQLite or the JSON store: not migrated, not deleted",
-                            crate::term::path(&state)
-                        )
-                    } else {
-                        format!(
-                            "{} has no row in SQLite (the JSON store, not read by this check, may hold its metadata: `check --backend json` reads it)",
-                            crate::term::path(&state)
-                        )
-                    },
+                    format!(
+                        "{} has a folder name that is not UTF-8: not migrated, not deleted",
+                        crate::term::path(&state)
+                    ),
                 )
-                .session(name)
                 .path(&state),
             );
+            return Ok(());
+        };
+        if self.json_by_id.contains_key(name) || sqlite::has_id(db, &s.path, name)? {
+            return Ok(());
         }
-        self.summary.state_files = names;
+        self.summary.orphans += 1;
+        self.summary.warnings.push(
+            Finding::new(
+                "orphan_state_file",
+                if json_read {
+                    format!(
+                        "{} has no metadata in SQLite or the JSON store: not migrated, not deleted",
+                        crate::term::path(&state)
+                    )
+                } else {
+                    format!(
+                        "{} has no row in SQLite (the JSON store, not read by this check, may hold its metadata: `check --backend json` reads it)",
+                        crate::term::path(&state)
+                    )
+                },
+            )
+            .session(name)
+            .path(&state),
+        );
         Ok(())
     }
 }
@@ -1147,7 +1182,11 @@ impl Resolve {
     ) -> std::result::Result<Option<State>, Box<Invalid>> {
         let mut candidates: Vec<(Vec<u8>, Origin, Option<PathBuf>)> = Vec::new();
         if let (Some(dir), true) = (&self.sessions_dir, fields::path_safe(id)) {
-            match files::read_state(dir, self.sessions_root.as_deref(), id) {
+            let read = match &self.sessions_fd {
+                Some(fd) => files::read_state_at(fd, dir, self.sessions_root.as_deref(), id),
+                None => files::read_state(dir, self.sessions_root.as_deref(), id),
+            };
+            match read {
                 Ok(Some((bytes, path))) => candidates.push((bytes, Origin::StateFile, Some(path))),
                 Ok(None) => {}
                 Err(inv) => return Err(inv),
