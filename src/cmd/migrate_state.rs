@@ -937,6 +937,11 @@ fn scanned_fingerprint(p: &Planned, src: &Source) -> Result<String> {
 
 fn report_planned(ctx: &mut Ctx, p: &Planned, quarantine: bool, d: &mut Details) {
     p.counts.to_report(&mut ctx.report);
+    // What the scan warned of (orphan state files, duplicate ids, states that disagree),
+    // as the real run reports it from the same scan.
+    for w in &p.summary.warnings {
+        ctx.report.warn(w.clone());
+    }
     d.unchanged_by_stamp = Some(p.known);
     d.conflicts = Some(p.conflicts.iter().take(INLINE_LIMIT).cloned().collect());
     d.invalid = Some(
