@@ -272,19 +272,8 @@ impl Dir {
     /// Open the subfolder `name`; a symlink there is refused by the kernel (`ELOOP`, or
     /// `ENOTDIR` for anything that is not a folder).
     pub fn open_dir(&self, name: &std::ffi::OsStr) -> io::Result<Dir> {
-        use std::os::fd::FromRawFd;
-        let c = cstr(name)?;
-        // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
-        let fd = check(unsafe {
-            libc::openat(
-                self.raw(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        })?;
         Ok(Dir {
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            fd: subfolder(self.raw(), name)?,
             path: self.path.join(name),
         })
     }
@@ -695,18 +684,24 @@ pub fn reopen_regular(path: &Path, follow: bool) -> io::Result<(fs::File, fs::Me
 /// (`O_DIRECTORY | O_NOFOLLOW`: `ELOOP` for a symlink, `ENOTDIR` for anything that is not
 /// a folder). One path component for the kernel to walk.
 pub fn open_dir_at(dir: &fs::File, name: &std::ffi::OsStr) -> io::Result<fs::File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsRawFd;
+    Ok(subfolder(dir.as_raw_fd(), name)?.into())
+}
+
+/// The subfolder `name` of the open folder `dir`, opened `O_DIRECTORY | O_NOFOLLOW`.
+fn subfolder(dir: std::os::fd::RawFd, name: &std::ffi::OsStr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
     let c = cstr(name)?;
     // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
     let fd = check(unsafe {
         libc::openat(
-            dir.as_raw_fd(),
+            dir,
             c.as_ptr(),
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { fs::File::from_raw_fd(fd) })
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// [`reopen_regular`] of `name` inside the open folder `dir`, a symlink refused: opened

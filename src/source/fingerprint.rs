@@ -138,25 +138,34 @@ impl Fingerprint {
 
     /// Stat what was not fed (in parallel), hash the JSON store, and give the digest.
     pub fn finish(self) -> String {
-        self.finish_with_rest().0
+        self.finish_inner(false).0
     }
 
     /// [`Self::finish`], and what the stats found of the sessions folder: how many
     /// names have a `state.json`, and those of them that were not fed (the folders of
     /// no SQLite row the scan read: what a search for orphan state files looks at).
-    pub fn finish_with_rest(mut self) -> (String, Option<Unfed>) {
+    pub fn finish_with_rest(self) -> (String, Option<Unfed>) {
+        self.finish_inner(true)
+    }
+
+    /// The digest; with `rest`, what [`Self::finish_with_rest`] gives besides. Without
+    /// it the names stat-ed here are not noted: a fingerprint that nothing fed (a pass
+    /// of its own) would note every name of the folder.
+    fn finish_inner(mut self, rest_wanted: bool) -> (String, Option<Unfed>) {
         let mut rest = None;
         if let Some(s) = &mut self.sessions {
             let left: Vec<usize> = (s.next..s.names.len()).collect();
             for chunk in left.chunks(4096) {
                 let entries: Vec<Entry> = chunk.par_iter().map(|&i| s.entry_of(i, None)).collect();
                 for (&i, e) in chunk.iter().zip(entries) {
-                    s.took(i, &e);
+                    if rest_wanted {
+                        s.took(i, &e);
+                    }
                     self.h.update(e.bytes);
                 }
             }
             s.next = s.names.len();
-            rest = Some(Unfed {
+            rest = rest_wanted.then(|| Unfed {
                 with_state: s.with_state,
                 names: s
                     .unfed
