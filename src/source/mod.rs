@@ -380,8 +380,8 @@ impl Reader {
 
     /// Scan only the sessions of `ids` (and the records with no usable id, which are
     /// always invalid): the others are passed over unread, not stat-ed, not yielded at
-    /// all. A catch-up's load reads again so only what its planning pass read, when
-    /// that did not fit in memory. Rows are still read in id order, and every id is
+    /// all. A catch-up's load reads again this way only what its planning pass read,
+    /// when that did not fit in memory. Rows are still read in id order, and every id is
     /// taken from its row as a whole scan takes it, so the same sessions are found.
     pub fn only(mut self, ids: Arc<HashSet<String>>) -> Reader {
         self.only = Some(ids);
@@ -445,14 +445,22 @@ impl Reader {
             (Some(db), Some(s)) => scan.sqlite_rows(db, &s.path, fingerprint, &mut f)?,
             _ => fingerprint,
         };
-        let (digest, unfed) = fp.map(Fingerprint::finish_with_rest).unzip();
+        // Stage 3 (below) looks for state files with no metadata anywhere. A catch-up scan
+        // (`known`) skips it: orphans are named by full scans (preflight, check, a first
+        // load, verify), which take the names the fingerprint found unfed.
+        let orphans = source.sqlite.as_ref().filter(|_| known.is_none());
+        let (digest, unfed) = match fp {
+            Some(fp) if orphans.is_some() => {
+                let (digest, unfed) = fp.finish_with_rest();
+                (Some(digest), unfed)
+            }
+            fp => (fp.map(Fingerprint::finish), None),
+        };
         scan.summary.fingerprint = digest;
         // Stage 2: sessions only in the JSON store, and JSON records without a usable id.
         scan.json_only(&mut f)?;
-        // Stage 3: state files with no metadata anywhere. A catch-up scan (`known`) skips
-        // it: orphans are named by full scans (preflight, check, a first load, verify).
-        if let (Some(s), None) = (&source.sqlite, known) {
-            scan.orphans(s, source.json_path.is_some(), unfed.flatten())?;
+        if let Some(s) = orphans {
+            scan.orphans(s, source.json_path.is_some(), unfed)?;
         }
         Ok(scan.summary)
     }
