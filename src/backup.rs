@@ -372,13 +372,23 @@ pub fn take(cfg: &Config, opts: &Options, run_id: &str) -> Result<BackupResult> 
 }
 
 /// What a scan of the store read, for [`take_after_scan`]: every item, in the scan's
-/// `order`, those read being `items` (in order) and the others ids and stamps.
+/// `order`, those read given by `read` and the others ids and stamps.
 #[derive(Clone, Copy)]
 pub struct Scanned<'a> {
     pub order: &'a crate::source::order::ScanOrder,
-    pub items: &'a [crate::source::Item],
+    pub read: ScanRead<'a>,
     /// When the scan opened the store (and read the JSON store's records).
     pub opened_at: SystemTime,
+}
+
+/// The items a scan read, for [`Scanned`].
+#[derive(Clone, Copy)]
+pub enum ScanRead<'a> {
+    /// Every one, kept in order.
+    Kept(&'a [crate::source::Item]),
+    /// Their ids, none invalid: the dumps read those sessions again from the database
+    /// copy ([`crate::source::Reader::only`]), every other row passed over.
+    Again(&'a std::sync::Arc<HashSet<String>>),
 }
 
 /// Whether the JSON store, if any, last changed a settle's time before `t` (the
@@ -1219,7 +1229,9 @@ impl<'a> Dumps<'a> {
             return Ok((dump::write_empty(&self.dir, summary)?, None));
         }
         if let Some(scanned) = self.scanned {
-            if let Some(d) = dump::write_scanned(&self.dir, scanned, self.base.as_ref())? {
+            if let Some(d) =
+                dump::write_scanned(&self.dir, scanned, self.base.as_ref(), &self.copy)?
+            {
                 return Ok((d, Some(self)));
             }
             tracing::info!(

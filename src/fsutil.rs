@@ -779,6 +779,38 @@ pub fn open_dir(path: &Path) -> io::Result<fs::File> {
     open_checked(path, libc::S_IFDIR, libc::O_DIRECTORY, true).map(|(f, _)| f)
 }
 
+/// A file with no name in the folder `dir` (`O_TMPFILE`, mode 0600): scratch space on
+/// that folder's filesystem that nothing else can open and that is gone with its
+/// descriptor, whatever ends the process. The folder itself is opened
+/// `O_DIRECTORY | O_NOFOLLOW` (a link there is refused). Filesystems without
+/// `O_TMPFILE` refuse (`EOPNOTSUPP`, `EISDIR` on old kernels).
+pub fn anonymous_file_in(dir: &Path) -> io::Result<fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    // SAFETY: a NUL-terminated path; the result is a new fd.
+    let folder = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `folder` was just opened and is owned by nobody else.
+    let folder = unsafe { std::os::fd::OwnedFd::from_raw_fd(folder) };
+    // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
+    let fd = check(unsafe {
+        libc::openat(
+            folder.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

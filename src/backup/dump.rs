@@ -94,88 +94,109 @@ pub(super) fn write(dir: &Path, src: &Source, base: Option<BaseDump>) -> Result<
 /// migrate-state's planning pass), instead of resolving the database copy again: the
 /// lines a scan of the copy would write (but a stamp the pass could not take yet, of a
 /// file changed in the two seconds before it looked, which a later look may take). The
-/// caller ([`super::Taking::settle`]) writes them again from the copy should the store
+/// sessions the pass read are its kept items, or (too many to keep) read again from
+/// `copy` by id, every other row passed over unstat-ed. The caller
+/// ([`super::Taking::settle`]) writes the dumps again from the copy should the store
 /// turn out to have changed since. A session the pass did not read (its stamp known)
 /// takes its earlier line from `base`, which must hold it with the same stamp. `None`
 /// when these items cannot give the dump (a session not carried, an invalid record,
-/// whose messages would name the store and not the copy, or a base that is not there as
-/// listed): nothing is left written, and the caller resolves the copy as without them.
+/// whose messages would name the store and not the copy, a read again that does not
+/// match the pass's, or a base that is not there as listed): nothing is left written,
+/// and the caller resolves the copy as without them.
 pub(super) fn write_scanned(
     dir: &Path,
     scanned: super::Scanned<'_>,
     base: Option<&BaseDump>,
+    copy: &Source,
 ) -> Result<Option<Dumped>> {
-    if scanned.items.iter().any(|i| !matches!(i, Item::Session(_))) {
-        return Ok(None);
+    if let super::ScanRead::Kept(items) = scanned.read {
+        if items.iter().any(|i| !matches!(i, Item::Session(_))) {
+            return Ok(None);
+        }
     }
+    let (reads, unread) = scanned.order.counts();
     // The earlier dump only when a session was not read (and then it must be there).
-    let unread = scanned
-        .order
-        .entries()
-        .any(|e| matches!(e, Entry::Known { .. }));
     let base = base.filter(|b| {
-        unread
+        unread > 0
             && fs::symlink_metadata(&b.path).is_ok_and(|m| m.is_file() && m.len() == b.listed.bytes)
     });
-    if unread && base.is_none() {
+    if unread > 0 && base.is_none() {
         return Ok(None);
     }
-    let mut sessions = Sink::create(dir, Path::new(SESSIONS_JSONL))?;
-    let invalid = Sink::create(dir, Path::new(INVALID_JSONL))?;
-    let mut carry = match base {
-        Some(b) => Some(Carry::open(&b.path)?),
-        None => None,
+    let mut lines = Lines {
+        sessions: Sink::create(dir, Path::new(SESSIONS_JSONL))?,
+        carry: match base {
+            Some(b) => Some(Carry::open(&b.path)?),
+            None => None,
+        },
+        summary: Summary::default(),
+        carried: 0,
+        whole: true,
+        phase: crate::progress::Phase::bar(
+            "backup-sessions",
+            reads + unread,
+            crate::progress::Unit::Sessions,
+        ),
     };
-    let entries = scanned.order.entries();
-    let phase = crate::progress::Phase::bar(
-        "backup-sessions",
-        scanned.order.entries().count() as u64,
-        crate::progress::Unit::Sessions,
-    );
-    let mut read = scanned.items.iter();
-    let mut summary = Summary::default();
-    let mut carried = 0u64;
-    let mut whole = true;
-    for entry in entries {
-        match entry {
-            Entry::Read => match read.next() {
-                Some(Item::Session(s)) => {
-                    // Its earlier line, if any, is passed over as a scan of the copy does:
-                    // the lines of the sessions not read are found after it.
-                    if let Some(c) = carry.as_mut() {
-                        c.pass(&s.id);
-                    }
-                    sessions.line(&session_line(s))?;
-                    summary.state_bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+    let invalid = Sink::create(dir, Path::new(INVALID_JSONL))?;
+    let mut entries = scanned.order.entries();
+    match scanned.read {
+        super::ScanRead::Kept(items) => {
+            let mut read = items.iter();
+            while lines.whole {
+                let Some(entry) = entries.next() else { break };
+                match entry {
+                    Ok(Entry::Read { id }) => match read.next() {
+                        Some(Item::Session(s)) if s.id == id => lines.session(s)?,
+                        _ => lines.whole = false,
+                    },
+                    Ok(Entry::Known { id, stamp }) => lines.known(&id, &stamp)?,
+                    Err(_) => lines.whole = false,
                 }
-                _ => {
-                    whole = false;
-                    break;
-                }
-            },
-            Entry::Known { id, stamp } => {
-                let line = carry.as_mut().and_then(|c| {
-                    c.known(&[(id, stamp)]);
-                    c.take(id)
-                });
-                let Some(line) = line else {
-                    whole = false;
-                    break;
-                };
-                sessions.write(&line)?;
-                sessions.write(b"\n")?;
-                carried += 1;
             }
+            // Every item kept was written.
+            lines.whole &= read.next().is_none();
         }
-        summary.sessions += 1;
-        if summary.sessions % SCAN_BATCH as u64 == 0 {
-            phase.inc(SCAN_BATCH as u64);
+        super::ScanRead::Again(ids) => {
+            // The copy's rows of the sessions read, each after the unread ones before it.
+            copy.open()?.only(ids.clone()).scan(SCAN_BATCH, |items| {
+                for item in items {
+                    let Item::Session(s) = item else {
+                        lines.whole = false;
+                        return Ok(());
+                    };
+                    // The next one the pass read must be this very session.
+                    if !lines.whole
+                        || lines.known_until_read(&mut entries)?.as_deref() != Some(&s.id)
+                    {
+                        lines.whole = false;
+                        return Ok(());
+                    }
+                    lines.session(&s)?;
+                }
+                Ok(())
+            })?;
         }
     }
+    // The sessions not read after the last one read.
+    while lines.whole {
+        match entries.next() {
+            None => break,
+            Some(Ok(Entry::Known { id, stamp })) => lines.known(&id, &stamp)?,
+            Some(_) => lines.whole = false,
+        }
+    }
+    let Lines {
+        sessions,
+        carry,
+        summary,
+        carried,
+        mut whole,
+        phase,
+    } = lines;
     phase.inc(summary.sessions % SCAN_BATCH as u64);
     phase.finish();
-    // Every item kept was written, and the earlier dump is what its manifest lists.
-    whole &= read.next().is_none();
+    // The earlier dump is what its manifest lists.
     if whole {
         if let (Some(c), Some(b)) = (carry, base) {
             whole = c.finish()? == (b.listed.bytes, b.listed.sha256);
@@ -196,6 +217,75 @@ pub(super) fn write_scanned(
         invalid_findings: Vec::new(),
         carried,
     }))
+}
+
+/// `sessions.jsonl` being written in the order of a scan ([`write_scanned`]): a session
+/// read, or the earlier line of one not read. `whole` turns `false` at the first entry
+/// these cannot give; nothing more is written then.
+struct Lines {
+    sessions: Sink,
+    carry: Option<Carry>,
+    summary: Summary,
+    carried: u64,
+    whole: bool,
+    phase: crate::progress::Phase,
+}
+
+impl Lines {
+    fn session(&mut self, s: &source::Session) -> Result<()> {
+        // Its earlier line, if any, is passed over as a scan of the copy does: the lines
+        // of the sessions not read are found after it.
+        if let Some(c) = self.carry.as_mut() {
+            c.pass(&s.id);
+        }
+        self.sessions.line(&session_line(s))?;
+        self.summary.state_bytes += s.state.as_ref().map_or(0, |st| st.raw.len() as u64);
+        self.counted();
+        Ok(())
+    }
+
+    fn known(&mut self, id: &str, stamp: &str) -> Result<()> {
+        let line = self.carry.as_mut().and_then(|c| {
+            c.known(&[(id, stamp)]);
+            c.take(id)
+        });
+        let Some(line) = line else {
+            self.whole = false;
+            return Ok(());
+        };
+        self.sessions.write(&line)?;
+        self.sessions.write(b"\n")?;
+        self.carried += 1;
+        self.counted();
+        Ok(())
+    }
+
+    /// The sessions not read up to the next one read, whose id it returns: `None` when
+    /// the order ends, or cannot be read, or a line cannot be carried, first.
+    fn known_until_read(
+        &mut self,
+        entries: &mut impl Iterator<Item = std::io::Result<Entry>>,
+    ) -> Result<Option<String>> {
+        loop {
+            match entries.next() {
+                Some(Ok(Entry::Read { id })) => return Ok(Some(id)),
+                Some(Ok(Entry::Known { id, stamp })) => {
+                    self.known(&id, &stamp)?;
+                    if !self.whole {
+                        return Ok(None);
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    fn counted(&mut self) {
+        self.summary.sessions += 1;
+        if self.summary.sessions % SCAN_BATCH as u64 == 0 {
+            self.phase.inc(SCAN_BATCH as u64);
+        }
+    }
 }
 
 /// The dumps of a store whose sessions are not SPEC §1's (a mapped store, SPEC §9):

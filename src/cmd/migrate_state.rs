@@ -134,7 +134,10 @@ crate::details! {
         /// planning pass read, read again), `second_scan`, `single_scan`.
         pub load_read: &'static str,
         /// How the backup this run took wrote `sessions.jsonl`: `kept_from_plan` (from
-        /// what the planning pass read, the store unchanged since), `database_copy`.
+        /// what the planning pass read, the store unchanged since), `read_again_changed`
+        /// (the sessions the pass read, too many to keep, read again from the database
+        /// copy by id; the others' lines carried by the stamps the pass saw),
+        /// `database_copy` (every session resolved from the copy).
         pub backup_dumps_read: &'static str,
         pub gin_index_build_ms: u64,
         /// How a load into an empty target built the GIN index (`postgres.index_build`)
@@ -350,7 +353,7 @@ fn plan(
             .take()
             .expect("opened above")
             .with_fingerprint()?;
-        let p = plan_pass(reader, c, &plan, r.batch)?;
+        let p = plan_pass(reader, c, &plan, r)?;
         plan.fingerprint = scanned_fingerprint(&p, &r.src)?;
         plan.read_after_fingerprint = p.summary.fingerprint.is_some();
         if r.args.dry.dry_run {
@@ -365,7 +368,7 @@ fn plan(
     plan.backup = choose_backup(ctx, &r.cfg, r.args, &plan.fingerprint, d)?;
     if plan.pass.is_none() && needs_pass(r.args, &plan) {
         let reader = plan.reader.take().expect("not read yet");
-        plan.pass = Some(plan_pass(reader, c, &plan, r.batch)?);
+        plan.pass = Some(plan_pass(reader, c, &plan, r)?);
     }
     plan.plan_time = t0.elapsed();
     Ok(plan)
@@ -454,14 +457,23 @@ fn act(
         d.planned = Some(p.counts.clone());
     }
     let t_backup = Instant::now();
+    // What the planning pass read, for the backup's dumps: kept, or read again by id
+    // (no invalid record among them: those are read from the copy, named as its).
     let scanned = match &plan.pass {
         Some(Planned {
-            replay: Some(items),
+            replay,
+            read_ids,
+            invalid,
             order: Some(order),
             ..
-        }) if plan.read_after_fingerprint => Some(backup::Scanned {
+        }) if plan.read_after_fingerprint => match (replay, read_ids) {
+            (Some(items), _) => Some(backup::ScanRead::Kept(items)),
+            (None, Some((ids, _))) if invalid.is_empty() => Some(backup::ScanRead::Again(ids)),
+            _ => None,
+        }
+        .map(|read| backup::Scanned {
             order,
-            items,
+            read,
             opened_at: plan.opened_at,
         }),
         _ => None,
@@ -575,7 +587,14 @@ fn backup_for(
                 fingerprint_before: Some(fingerprint.to_owned()),
                 ..backup::Options::default()
             };
-            // The dumps from what the planning pass read, when it kept it all.
+            // The dumps from what the planning pass read, kept or read again by id.
+            let again = matches!(
+                scanned,
+                Some(backup::Scanned {
+                    read: backup::ScanRead::Again(_),
+                    ..
+                })
+            );
             let taken = backup::take_after_scan(&r.cfg, &opts, &r.run_id, scanned)?;
             for w in taken
                 .warnings
@@ -587,7 +606,9 @@ fn backup_for(
             if !taken.removed_incomplete.is_empty() {
                 d.removed_incomplete = Some(taken.removed_incomplete);
             }
-            d.backup_dumps_read = Some(if taken.dumps_from_scan {
+            d.backup_dumps_read = Some(if taken.dumps_from_scan && again {
+                "read_again_changed"
+            } else if taken.dumps_from_scan {
                 "kept_from_plan"
             } else {
                 "database_copy"
@@ -690,10 +711,7 @@ fn load(
             out.counts.unchanged += unread;
             out.not_read += unread;
             progress.inc(unread);
-            (
-                Feed::Only(known, Arc::new(ids), summary),
-                "read_again_changed",
-            )
+            (Feed::Only(known, ids, summary), "read_again_changed")
         }
         Some(_) => (Feed::Scan(known, None), "second_scan"),
         None => (
@@ -777,10 +795,13 @@ struct Planned {
     /// in [`READ_IDS_LIMIT`]: when the replay does not fit, the load reads these again
     /// and passes over the rest unread ([`Feed::Only`]), so that a catch-up of a large
     /// store still reads in proportion to what changed.
-    read_ids: Option<(HashSet<String>, usize)>,
-    /// The scan's order, the sessions not read as their ids and stamps, kept beside the
-    /// replay while it fits in [`ORDER_LIMIT`] (not begun for a store too large for it): with the replay, every item of the scan,
-    /// from which a backup taken next writes its dumps instead of reading the store again.
+    read_ids: Option<(Arc<HashSet<String>>, usize)>,
+    /// The scan's order, the sessions not read as their ids and stamps, for a real run:
+    /// [`ORDER_MEMORY`] of it in memory and the rest in a file with no name in
+    /// `backup.dir` (without that folder, in memory while it fits in [`ORDER_LIMIT`], and
+    /// not begun for a store too large for it). With the replay, or the ids read again,
+    /// every item of the scan, from which a backup taken next writes its dumps instead of
+    /// resolving its database copy (every state file stat-ed again).
     order: Option<ScanOrder>,
     summary: crate::source::Summary,
     /// What the target's constraints refuse of the data read.
@@ -792,8 +813,11 @@ const REPLAY_LIMIT: usize = 32 << 20;
 /// The most bytes the ids of the sessions read take in the planning pass (counted with
 /// a set's overhead: some 100,000 UUIDs).
 const READ_IDS_LIMIT: usize = 8 << 20;
-/// The most bytes of the scan's order the planning pass keeps.
+/// The most bytes of the scan's order the planning pass keeps when it cannot write it
+/// out.
 const ORDER_LIMIT: usize = 24 << 20;
+/// The bytes of the scan's order held in memory when the rest is written out.
+const ORDER_MEMORY: usize = 1 << 20;
 /// What the order takes per session, at most about: its tag, a 36-character id (a
 /// UUID's) and its 35-character stamp, each with its length (81), rounded up.
 const ORDER_BYTES: u64 = 96;
@@ -818,7 +842,7 @@ impl Planned {
             + sessions.iter().map(session_bytes).sum::<usize>();
         if *kept > REPLAY_LIMIT {
             self.replay = None;
-            self.order = None;
+            self.drop_order_if_unread();
             return;
         }
         r.extend(invalid.iter().cloned().map(Item::Invalid));
@@ -835,12 +859,22 @@ impl Planned {
             .iter()
             .map(|s| &s.id)
             .chain(invalid.iter().filter_map(|i| i.id.as_ref()));
+        let set = Arc::get_mut(ids).expect("only the planning pass holds the ids");
         for id in read {
             *bytes += id.len() + 48;
-            ids.insert(id.clone());
+            set.insert(id.clone());
         }
         if *bytes > READ_IDS_LIMIT {
             self.read_ids = None;
+            self.drop_order_if_unread();
+        }
+    }
+
+    /// The order serves the dumps only with what was read: kept, or its ids to read
+    /// them again. With neither, it goes.
+    fn drop_order_if_unread(&mut self) {
+        if self.replay.is_none() && self.read_ids.is_none() {
+            self.order = None;
         }
     }
 
@@ -851,13 +885,15 @@ impl Planned {
             return;
         };
         let mut fits = true;
-        for _ in items.iter().filter(|i| matches!(i, Item::Invalid(_))) {
-            fits &= o.read();
+        for it in items {
+            if let Item::Invalid(i) = it {
+                fits &= o.read(i.id.as_deref());
+            }
         }
         for it in items {
             fits &= match it {
                 Item::Known { id, stamp } => o.known(id, stamp),
-                Item::Session(_) => o.read(),
+                Item::Session(s) => o.read(Some(&s.id)),
                 Item::Invalid(_) => true,
             };
         }
@@ -873,17 +909,18 @@ fn plan_pass(
     reader: Reader,
     client: &mut postgres::Client,
     plan: &Plan,
-    batch: usize,
+    r: &Resolved<'_>,
 ) -> Result<Planned> {
     let progress = Phase::bar("plan", plan.estimate, Unit::Sessions);
     let mut p = Planned {
         replay: Some(Vec::new()),
-        read_ids: Some((HashSet::new(), 0)),
-        // Not even begun when the store is too large for it (about 60 bytes a session).
-        order: (plan.estimate.saturating_mul(ORDER_BYTES) <= ORDER_LIMIT as u64)
-            .then(|| ScanOrder::new(ORDER_LIMIT, (plan.estimate * ORDER_BYTES) as usize)),
+        read_ids: Some((Arc::new(HashSet::new()), 0)),
+        order: (!r.args.dry.dry_run)
+            .then(|| scan_order(r, plan.estimate))
+            .flatten(),
         ..Planned::default()
     };
+    let batch = r.batch;
     let fit = &plan.fit;
     let mut stats = fit.needs_data().then(|| fit.stats());
     let mut kept = 0usize;
@@ -924,6 +961,29 @@ fn plan_pass(
         p.problems = fit.data_problems(client, st)?;
     }
     Ok(p)
+}
+
+/// The order a real run's planning pass keeps for the backup's dumps: written out
+/// past [`ORDER_MEMORY`] into `backup.dir` when that folder takes a file with no name;
+/// else in memory, not begun when the store is too large for it (about 60 bytes a
+/// session).
+fn scan_order(r: &Resolved<'_>, estimate: u64) -> Option<ScanOrder> {
+    match ScanOrder::spilling(&r.cfg.backup_dir, ORDER_MEMORY) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            let fits = estimate.saturating_mul(ORDER_BYTES) <= ORDER_LIMIT as u64;
+            tracing::debug!(
+                "the scan's order stays in memory ({}): {} has no room for a file with no name: {e}",
+                if fits {
+                    "it fits"
+                } else {
+                    "not kept: too large"
+                },
+                r.cfg.backup_dir.display()
+            );
+            fits.then(|| ScanOrder::new(ORDER_LIMIT, (estimate * ORDER_BYTES) as usize))
+        }
+    }
 }
 
 /// The source's fingerprint that a planning pass took from its own stats (taken again

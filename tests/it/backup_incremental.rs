@@ -511,13 +511,19 @@ fn a_catch_up_backup_writes_its_dump_from_the_planning_pass_as_a_full_scan_would
         r#"{"from": "json"}"#
     );
     verify(&caught, exit::OK);
-    // The same store backed up with nothing earlier to carry lines from.
+    assert_dump_as_from_scratch(&s, &first, &caught);
+}
+
+/// The dump of the catch-up's backup `caught` is, byte for byte, the one a backup of the
+/// same store with nothing earlier to carry lines from writes (`first` and `caught` are
+/// moved aside for it).
+fn assert_dump_as_from_scratch(s: &Store, first: &Path, caught: &Path) {
     let aside = s.root().join("aside");
     std::fs::create_dir(&aside).unwrap();
-    for d in [&first, &caught] {
+    for d in [first, caught] {
         std::fs::rename(d, aside.join(d.file_name().unwrap())).unwrap();
     }
-    let (fresh_run, fresh) = take(&s);
+    let (fresh_run, fresh) = take(s);
     assert!(
         fresh_run.report.details.get("sharing").is_none(),
         "a backup with nothing to share with: {}",
@@ -534,6 +540,43 @@ fn a_catch_up_backup_writes_its_dump_from_the_planning_pass_as_a_full_scan_would
         String::from_utf8_lossy(&from_plan),
         String::from_utf8_lossy(&from_scratch)
     );
+}
+
+/// A catch-up whose changed states do not fit in what its planning pass keeps (32 MB):
+/// its backup reads those sessions again from the database copy by id, passing over
+/// every other row (`backup_dumps_read: read_again_changed`), carries the other lines
+/// by the stamps the pass saw, and writes the very dump a backup from scratch writes.
+#[test]
+fn a_catch_up_too_large_to_keep_writes_its_dump_from_the_sessions_read_again() {
+    let db = TestDb::new("bi_dump_again");
+    let (s, first) = changed_after_a_load(40, &db);
+    for id in ["k0000002", "k0000021", "k0000033"] {
+        rewrite(&s, id, &crate::migrate::big_state(id, 12));
+    }
+    std::thread::sleep(SETTLE);
+    let r = catch_up(&s, &db).expect(exit::OK);
+    assert_eq!(r.count("updated"), 5, "{}", r.stdout);
+    assert_eq!(
+        (
+            &r.report.details["load_read"],
+            &r.report.details["backup_dumps_read"]
+        ),
+        (
+            &serde_json::json!("read_again_changed"),
+            &serde_json::json!("read_again_changed")
+        ),
+        "{}",
+        r.stdout
+    );
+    let caught = PathBuf::from(r.report.details["backup"].as_str().unwrap());
+    assert_eq!(dump_line(&caught, "k0000011")["status"], "done");
+    let big = std::fs::read(s.sessions.join("k0000021").join("state.json")).unwrap();
+    assert_eq!(
+        dump_line(&caught, "k0000021")["state_sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big))
+    );
+    verify(&caught, exit::OK);
+    assert_dump_as_from_scratch(&s, &first, &caught);
 }
 
 /// A write to the store between the planning pass and its backup (the fault point

@@ -370,7 +370,7 @@ fn a_catch_up_skips_reading_what_is_stamped_unchanged() {
 }
 
 /// A state of about `mb` MB whose first key is `tag`.
-fn big_state(tag: &str, mb: usize) -> String {
+pub(crate) fn big_state(tag: &str, mb: usize) -> String {
     let item = r#"{"text": "lorem ipsum dolor sit amet", "n": 12345}"#;
     let n = (mb << 20) / (item.len() + 2);
     format!(
