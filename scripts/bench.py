@@ -834,6 +834,8 @@ def run_case(ctx, n, full, res):
     ph = catch["details"].get("phases_ms") or {}
     case.facts["catchup_phases_ms"] = ph
     case.facts["catchup_updated"] = catch["counts"].get("updated")
+    # How the load and the backup's dumps got the sessions (kept, read again by id, ...).
+    case.facts["catchup_read"] = {k: catch["details"].get(k) for k in ("load_read", "backup_dumps_read")}
     catch_dir = catch["details"].get("backup")
     if catch_dir == first_dir:
         case.notes.append("the catch-up did not take its own backup: it is not measured as the runbook runs it")
