@@ -783,7 +783,15 @@ pub fn open_dir(path: &Path) -> io::Result<fs::File> {
 /// that folder's filesystem that nothing else can open and that is gone with its
 /// descriptor, whatever ends the process. The folder itself is opened
 /// `O_DIRECTORY | O_NOFOLLOW` (a link there is refused). Filesystems without
-/// `O_TMPFILE` refuse (`EOPNOTSUPP`, `EISDIR` on old kernels).
+/// `O_TMPFILE` refuse (`EOPNOTSUPP`, `EISDIR` on old kernels), and so does every system
+/// but Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn anonymous_file_in(_dir: &Path) -> io::Result<fs::File> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// See the other [`anonymous_file_in`].
+#[cfg(target_os = "linux")]
 pub fn anonymous_file_in(dir: &Path) -> io::Result<fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::ffi::OsStrExt;

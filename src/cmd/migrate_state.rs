@@ -915,7 +915,8 @@ fn plan_pass(
     let mut p = Planned {
         replay: Some(Vec::new()),
         read_ids: Some((Arc::new(HashSet::new()), 0)),
-        order: (!r.args.dry.dry_run)
+        // Only a real run that may take its own backup writes its dumps from the order.
+        order: (!r.args.dry.dry_run && r.args.backup.is_none())
             .then(|| scan_order(r, plan.estimate))
             .flatten(),
         ..Planned::default()
@@ -972,7 +973,7 @@ fn scan_order(r: &Resolved<'_>, estimate: u64) -> Option<ScanOrder> {
         Ok(o) => Some(o),
         Err(e) => {
             let fits = estimate.saturating_mul(ORDER_BYTES) <= ORDER_LIMIT as u64;
-            tracing::debug!(
+            tracing::info!(
                 "the scan's order stays in memory ({}): {} has no room for a file with no name: {e}",
                 if fits {
                     "it fits"

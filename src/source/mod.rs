@@ -446,9 +446,13 @@ impl Reader {
             _ => fingerprint,
         };
         // Stage 3 (below) looks for state files with no metadata anywhere. A catch-up scan
-        // (`known`) skips it: orphans are named by full scans (preflight, check, a first
-        // load, verify), which take the names the fingerprint found unfed.
-        let orphans = source.sqlite.as_ref().filter(|_| known.is_none());
+        // (`known`) and a scan restricted to some ids (`only`) skip it: orphans are named
+        // by full scans (preflight, check, a first load, verify), which take the names the
+        // fingerprint found unfed.
+        let orphans = source
+            .sqlite
+            .as_ref()
+            .filter(|_| known.is_none() && scan.only.is_none());
         let (digest, unfed) = match fp {
             Some(fp) if orphans.is_some() => {
                 let (digest, unfed) = fp.finish_with_rest();
