@@ -781,8 +781,8 @@ pub fn open_dir(path: &Path) -> io::Result<fs::File> {
 
 /// A file with no name in the folder `dir` (`O_TMPFILE`, mode 0600): scratch space on
 /// that folder's filesystem that nothing else can open and that is gone with its
-/// descriptor, whatever ends the process. The folder itself is opened
-/// `O_DIRECTORY | O_NOFOLLOW` (a link there is refused). Filesystems without
+/// descriptor, whatever ends the process. A link at `dir` is refused (`O_NOFOLLOW`: the
+/// kernel does not follow it to find the folder). Filesystems without
 /// `O_TMPFILE` refuse (`EOPNOTSUPP`, `EISDIR` on old kernels), and so does every system
 /// but Linux.
 #[cfg(not(target_os = "linux"))]
@@ -793,30 +793,13 @@ pub fn anonymous_file_in(_dir: &Path) -> io::Result<fs::File> {
 /// See the other [`anonymous_file_in`].
 #[cfg(target_os = "linux")]
 pub fn anonymous_file_in(dir: &Path) -> io::Result<fs::File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
-    // SAFETY: a NUL-terminated path; the result is a new fd.
-    let folder = check(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: `folder` was just opened and is owned by nobody else.
-    let folder = unsafe { std::os::fd::OwnedFd::from_raw_fd(folder) };
-    // SAFETY: a valid descriptor and a NUL-terminated name; the result is a new fd.
-    let fd = check(unsafe {
-        libc::openat(
-            folder.as_raw_fd(),
-            c".".as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600 as libc::c_uint,
-        )
-    })?;
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { fs::File::from_raw_fd(fd) })
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_NOFOLLOW)
+        .open(dir)
 }
 
 #[cfg(test)]

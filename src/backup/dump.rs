@@ -142,37 +142,15 @@ pub(super) fn write_scanned(
     let mut entries = scanned.order.entries();
     match scanned.read {
         super::ScanRead::Kept(items) => {
-            let mut read = items.iter();
-            while lines.whole {
-                let Some(entry) = entries.next() else { break };
-                match entry {
-                    Ok(Entry::Read { id }) => match read.next() {
-                        Some(Item::Session(s)) if s.id == id => lines.session(s)?,
-                        _ => lines.whole = false,
-                    },
-                    Ok(Entry::Known { id, stamp }) => lines.known(&id, &stamp)?,
-                    Err(_) => lines.whole = false,
-                }
+            for item in items {
+                lines.read(item, &mut entries)?;
             }
-            // Every item kept was written.
-            lines.whole &= read.next().is_none();
         }
         super::ScanRead::Again(ids) => {
-            // The copy's rows of the sessions read, each after the unread ones before it.
+            // The copy's rows of the sessions read, in the scan's order as the pass's.
             copy.open()?.only(ids.clone()).scan(SCAN_BATCH, |items| {
-                for item in items {
-                    let Item::Session(s) = item else {
-                        lines.whole = false;
-                        return Ok(());
-                    };
-                    // The next one the pass read must be this very session.
-                    if !lines.whole
-                        || lines.known_until_read(&mut entries)?.as_deref() != Some(&s.id)
-                    {
-                        lines.whole = false;
-                        return Ok(());
-                    }
-                    lines.session(&s)?;
+                for item in &items {
+                    lines.read(item, &mut entries)?;
                 }
                 Ok(())
             })?;
@@ -232,6 +210,25 @@ struct Lines {
 }
 
 impl Lines {
+    /// A session read, after the sessions not read before it in the order: the order's
+    /// next read entry must be this very session, else nothing more is written.
+    fn read(
+        &mut self,
+        item: &Item,
+        entries: &mut impl Iterator<Item = std::io::Result<Entry>>,
+    ) -> Result<()> {
+        let Item::Session(s) = item else {
+            self.whole = false;
+            return Ok(());
+        };
+        if self.whole && self.known_until_read(entries)?.as_deref() == Some(&s.id) {
+            self.session(s)?;
+        } else {
+            self.whole = false;
+        }
+        Ok(())
+    }
+
     fn session(&mut self, s: &source::Session) -> Result<()> {
         // Its earlier line, if any, is passed over as a scan of the copy does: the lines
         // of the sessions not read are found after it.
