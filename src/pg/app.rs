@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
-use postgres::GenericClient;
+use postgres::{GenericClient, Transaction};
 use serde::Serialize;
 
 use super::catalog::{self, Misfit, SourceColumn, TargetTable};
@@ -591,14 +591,34 @@ impl TablePlan {
     }
 
     /// The target's rows, decoded by their column's type and hashed as the source's
-    /// are (`states`: the sessions' canonical states by id, joined from
-    /// `session_state`). `only`: just these keys.
+    /// are (for the sessions table with their canonical state, joined from
+    /// `session_state`), [`READ_BATCH`] at a time through a portal of `c`'s transaction
+    /// (a savepoint inside one): memory stays flat in the table's size.
     pub fn read(
         &self,
         c: &mut impl GenericClient,
         schema: &str,
         state: Option<&StatePlan>,
-        mut f: impl FnMut(Row, Option<String>) -> Result<()>,
+        mut f: impl FnMut(Row) -> Result<()>,
+    ) -> Result<()> {
+        let mut tx = c
+            .transaction()
+            .map_err(|e| Error::pg(&format!("reading {}", self.name), "", e))?;
+        self.read_batches(&mut tx, schema, state, |_, rows| {
+            rows.into_iter().try_for_each(&mut f)
+        })?;
+        tx.commit()
+            .map_err(|e| Error::pg(&format!("reading {}", self.name), "", e))
+    }
+
+    /// [`TablePlan::read`], a batch at a time, each handed over with the transaction
+    /// (the portal stays open between batches, so `f` may run queries of its own on it).
+    pub fn read_batches(
+        &self,
+        tx: &mut Transaction<'_>,
+        schema: &str,
+        state: Option<&StatePlan>,
+        mut f: impl FnMut(&mut Transaction<'_>, Vec<Row>) -> Result<()>,
     ) -> Result<()> {
         let list: Vec<String> = self
             .columns
@@ -622,44 +642,58 @@ impl TablePlan {
             list.join(", "),
             qualified(schema, &self.name)
         );
-        let rows = c
-            .query(&sql, &[])
-            .map_err(|e| Error::pg(&format!("reading {}", self.name), "", e))?;
-        for r in rows {
-            let mut values = Vec::with_capacity(self.columns.len());
-            for (i, col) in self.columns.iter().enumerate() {
-                values.push(value::pg::decode(&r, i, &col.ty).map_err(|e| {
-                    Error::SchemaMismatch {
-                        table: self.name.clone(),
-                        column: Some(col.name.clone()),
-                        message: format!("a value does not decode: {}", e.message),
-                        fix: "check the column's type".into(),
-                    }
-                })?)
+        let err = |e| Error::pg(&format!("reading {}", self.name), "", e);
+        let portal = tx.bind(&sql, &[]).map_err(err)?;
+        loop {
+            let rows = tx.query_portal(&portal, READ_BATCH).map_err(err)?;
+            if rows.is_empty() {
+                return Ok(());
             }
-            let st: Option<String> = if state.is_some() {
-                r.get::<_, Option<String>>(self.columns.len())
-            } else {
-                None
-            };
-            let canonical = match st {
-                Some(text) => Some(crate::canon::canonicalize(text.as_bytes()).map_err(|e| {
-                    Error::SchemaMismatch {
-                        table: STATE_TABLE.into(),
-                        column: Some("state".into()),
-                        message: format!("a state does not parse: {e}"),
-                        fix: "check the column's type".into(),
-                    }
-                })?),
-                None => None,
-            };
-            let key = self.key_of(&values);
-            let hash = self.hash(&key, &values, canonical.as_deref());
-            f(Row { key, values, hash }, canonical)?;
+            let mut batch = Vec::with_capacity(rows.len());
+            for r in rows {
+                batch.push(self.decoded(&r, state.is_some())?);
+            }
+            f(tx, batch)?;
         }
-        Ok(())
+    }
+
+    /// One row of [`TablePlan::read_batches`]' query: its values decoded, its key and hash.
+    fn decoded(&self, r: &postgres::Row, with_state: bool) -> Result<Row> {
+        let mut values = Vec::with_capacity(self.columns.len());
+        for (i, col) in self.columns.iter().enumerate() {
+            values.push(
+                value::pg::decode(r, i, &col.ty).map_err(|e| Error::SchemaMismatch {
+                    table: self.name.clone(),
+                    column: Some(col.name.clone()),
+                    message: format!("a value does not decode: {}", e.message),
+                    fix: "check the column's type".into(),
+                })?,
+            )
+        }
+        let st: Option<String> = if with_state {
+            r.get::<_, Option<String>>(self.columns.len())
+        } else {
+            None
+        };
+        let canonical = match st {
+            Some(text) => Some(crate::canon::canonicalize(text.as_bytes()).map_err(|e| {
+                Error::SchemaMismatch {
+                    table: STATE_TABLE.into(),
+                    column: Some("state".into()),
+                    message: format!("a state does not parse: {e}"),
+                    fix: "check the column's type".into(),
+                }
+            })?),
+            None => None,
+        };
+        let key = self.key_of(&values);
+        let hash = self.hash(&key, &values, canonical.as_deref());
+        Ok(Row { key, values, hash })
     }
 }
+
+/// How many target rows [`TablePlan::read_batches`] decodes at a time.
+pub const READ_BATCH: i32 = 1000;
 
 impl StatePlan {
     /// Write the states of `sessions` (id, state, the session's updated_at as the

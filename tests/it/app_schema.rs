@@ -673,3 +673,162 @@ fn an_application_table_of_another_name_is_loaded_under_that_name_and_nothing_el
     );
     assert!(one(&db, "SELECT count(*) FROM session_state") > 0);
 }
+
+/// The counts of `table` in verify's `tables` check.
+fn verified(r: &Run, table: &str) -> serde_json::Value {
+    r.check("tables").details["tables"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.stdout))
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap_or_else(|| panic!("{table}: {}", r.stdout))
+        .clone()
+}
+
+#[test]
+fn verify_on_a_mapped_store_finds_every_row_the_target_lost_gained_or_altered_across_its_batches() {
+    let db = TestDb::new("app_verify_finds");
+    let app = App::new("2500", Some(&db));
+    // A parent row whose key holds what COPY and SQL must escape.
+    let odd = "odd\tkey \\ with\na newline, 'quotes' and \"more\"";
+    rusqlite::Connection::open(app.db_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO users VALUES (?1, 'ext-odd', 'Odd Owner', '2025-09-01 00:00:00.000000', '2025-09-01 00:00:00.000000')",
+            [odd],
+        )
+        .unwrap();
+    steps_pass(&app, &db);
+    let first = app.step(&db, &["verify"]).expect(exit::OK);
+    assert_eq!(
+        verified(&first, "users")["matching"],
+        verified(&first, "users")["rows"]
+    );
+    assert_eq!(
+        verified(&first, "sessions")["matching"],
+        2500,
+        "{}",
+        first.stdout
+    );
+
+    // Four sessions far apart in the source's order (so in different batches).
+    let ids: Vec<String> = {
+        let conn = app.read_db();
+        let mut st = conn.prepare("SELECT id FROM sessions ORDER BY id").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let (question, state, gone, model) = (&ids[10], &ids[1200], &ids[2300], &ids[5]);
+    let has_state: i64 = one(
+        &db,
+        &format!("SELECT count(*) FROM session_state WHERE session_id = '{state}'"),
+    );
+    assert_eq!(has_state, 1, "the fixture gave {state} a state");
+    let mut c = db.client();
+    c.execute(
+        "UPDATE sessions SET question = 'tampered' WHERE id = $1",
+        &[question],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE session_state SET state = state || '{\"tampered\": true}' WHERE session_id = $1",
+        &[state],
+    )
+    .unwrap();
+    c.execute("DELETE FROM session_state WHERE session_id = $1", &[gone])
+        .unwrap();
+    c.execute("DELETE FROM sessions WHERE id = $1", &[gone])
+        .unwrap();
+    c.execute(
+        "CREATE TEMP TABLE copy AS SELECT * FROM sessions WHERE id = $1",
+        &[model],
+    )
+    .unwrap();
+    c.batch_execute(
+        "UPDATE copy SET id = 'session_extra';
+         INSERT INTO sessions SELECT * FROM copy;
+         INSERT INTO users (id, external_id, display_name, created_at, updated_at)
+           VALUES ('user_extra', 'ext-extra', NULL, now(), now());",
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE users SET display_name = 'tampered' WHERE id = $1",
+        &[&odd],
+    )
+    .unwrap();
+    drop(c);
+
+    let v = app.step(&db, &["verify"]).expect(exit::PROBLEMS);
+    assert_eq!(v.check("tables").status, CheckStatus::Fail, "{}", v.stdout);
+    let s = verified(&v, "sessions");
+    assert_eq!(
+        (
+            s["rows"].as_u64(),
+            s["matching"].as_u64(),
+            s["different"].as_u64()
+        ),
+        (Some(2500), Some(2497), Some(2)),
+        "{}",
+        v.stdout
+    );
+    assert_eq!(
+        (s["missing"].as_u64(), s["extra"].as_u64()),
+        (Some(1), Some(1)),
+        "{}",
+        v.stdout
+    );
+    let u = verified(&v, "users");
+    assert_eq!(
+        (
+            u["different"].as_u64(),
+            u["extra"].as_u64(),
+            u["missing"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{}",
+        v.stdout
+    );
+    assert_eq!(
+        u["matching"].as_u64(),
+        u["rows"].as_u64().map(|n| n - 1),
+        "{}",
+        v.stdout
+    );
+    let mut found: Vec<(String, String, Option<String>)> = v.report.details["differences"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", v.stdout))
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_owned(),
+                d["session"].as_str().unwrap().to_owned(),
+                d["field"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut want = vec![
+        (
+            "different".to_owned(),
+            question.clone(),
+            Some("question".to_owned()),
+        ),
+        (
+            "different".to_owned(),
+            state.clone(),
+            Some("state".to_owned()),
+        ),
+        (
+            "different".to_owned(),
+            format!("users:{odd}"),
+            Some("display_name".to_owned()),
+        ),
+        ("extra".to_owned(), "session_extra".to_owned(), None),
+        ("extra".to_owned(), "users:user_extra".to_owned(), None),
+        ("missing".to_owned(), gone.clone(), None),
+    ];
+    want.sort();
+    assert_eq!(found, want, "{}", v.stdout);
+}

@@ -91,7 +91,7 @@ pub(crate) fn plan_mapped(
         let mut there = HashMap::new();
         if !p.target.creates {
             let st = t.sessions.then_some(&p.target.state);
-            t.read(c, schema, st, |row, _| {
+            t.read(c, schema, st, |row| {
                 there.insert(row.key, row.hash);
                 Ok(())
             })?;

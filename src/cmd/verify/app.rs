@@ -4,8 +4,14 @@
 //! those types are (`v2:`, with the canonical state for a session), in one
 //! repeatable-read snapshot. A session whose hash differs is named with the first
 //! column (or `state`) that differs.
+//!
+//! Memory stays flat in the tables' size: the source's rows of a table go into a
+//! temporary table of verify's transaction ([`Held`]: each row's key, hash and a digest
+//! of each column), then the target's rows are read through a portal, a batch at a
+//! time, each batch taking its held rows out by key; what is left is missing.
 
 use std::collections::HashMap;
+use std::io::Write;
 
 use serde_json::json;
 
@@ -13,29 +19,111 @@ use super::{Details, Difference, Found, check_gin, check_schema};
 use crate::config::Config;
 use crate::driver::Ctx;
 use crate::error::{Error, Result};
-use crate::pg::app::{self, TablePlan};
+use crate::pg::app::{self, Row, TablePlan};
 use crate::report::{CheckStatus, Finding};
 use crate::source::Source;
 use crate::source::app::AppStore;
 use crate::value::Value;
 
-/// A source row as verify keeps it: its hash, values and canonical state.
-struct Kept {
-    hash: String,
-    values: Vec<Value>,
-    state: Option<String>,
+/// The source's rows of one table while verify reads the target's: a temporary table
+/// of its transaction (`ON COMMIT DROP`), keyed by the row's key text (as bytes: any
+/// text a key may hold), with the row's `v2:` hash and [`digests`] of its columns.
+struct Held;
+
+/// Held rows taken out by key: each one's hash and column digests.
+type Taken = HashMap<Vec<u8>, Vec<(String, String)>>;
+
+const HELD: &str = "pg_temp.sessiondb_verify_rows";
+
+impl Held {
+    fn create(tx: &mut postgres::Transaction<'_>) -> Result<Held> {
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE {HELD} (key pg_catalog.bytea NOT NULL, hash pg_catalog.text NOT NULL, cols pg_catalog.text NOT NULL) ON COMMIT DROP;
+             CREATE INDEX ON {HELD} (key)"
+        ))
+        .map_err(|e| Error::pg("preparing verify", "", e))?;
+        Ok(Held)
+    }
+
+    /// Empty it for the next table.
+    fn clear(&self, tx: &mut postgres::Transaction<'_>) -> Result<()> {
+        tx.batch_execute(&format!("TRUNCATE {HELD}"))
+            .map_err(|e| Error::pg("preparing verify", "", e))
+    }
+
+    /// A row as a line of `COPY ... FROM STDIN` (text format).
+    fn line(out: &mut Vec<u8>, row: &Row) {
+        out.extend_from_slice(b"\\\\x");
+        out.extend_from_slice(hex::encode(row.key.as_bytes()).as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(row.hash.as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(digests(&row.values).as_bytes());
+        out.push(b'\n');
+    }
+
+    /// Take the held rows of `keys` out: by key, their hash and column digests (more
+    /// than one when the source holds the key more than once).
+    fn take(&self, tx: &mut postgres::Transaction<'_>, keys: &[&[u8]]) -> Result<Taken> {
+        let rows = tx
+            .query(
+                &format!(
+                    "DELETE FROM {HELD} WHERE key OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.bytea[]) RETURNING key, hash, cols"
+                ),
+                &[&keys],
+            )
+            .map_err(|e| Error::pg("comparing rows", "", e))?;
+        let mut out: Taken = HashMap::with_capacity(rows.len());
+        for r in rows {
+            out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+        }
+        Ok(out)
+    }
+
+    /// The keys still held: the source's rows the target does not have, in key order.
+    fn left(&self, tx: &mut postgres::Transaction<'_>) -> Result<Vec<String>> {
+        Ok(tx
+            .query(&format!("SELECT key FROM {HELD} ORDER BY key"), &[])
+            .map_err(|e| Error::pg("looking for missing rows", "", e))?
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.get::<_, &[u8]>(0)).into_owned())
+            .collect())
+    }
 }
 
-fn first_diff(t: &TablePlan, a: &Kept, values: &[Value], state: Option<&str>) -> String {
-    for (i, c) in t.columns.iter().enumerate() {
-        if a.values[i] != values[i] {
-            return c.name.clone();
+/// A short digest of each column's canonical value, in the table plan's column order
+/// (eight hex digits each): enough to name the first column that differs once the
+/// rows' hashes (the proof) disagree.
+fn digests(values: &[Value]) -> String {
+    let mut out = String::with_capacity(values.len() * 8);
+    for v in values {
+        // FNV-1a, 32 bits: the same on both sides, in every process.
+        let mut h: u32 = 0x811c_9dc5;
+        let mut eat = |b: u8| {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        };
+        match v.canonical() {
+            None => eat(b'N'),
+            Some(text) => {
+                eat(b'S');
+                text.bytes().for_each(&mut eat);
+            }
         }
+        out.push_str(&format!("{h:08x}"));
     }
-    if a.state.as_deref() != state {
-        return "state".into();
+    out
+}
+
+/// The first column whose digest differs, else `state` for a session, else `row`.
+fn first_diff(t: &TablePlan, source: &str, target: &str) -> String {
+    let at = (0..t.columns.len())
+        .find(|&i| source.get(i * 8..i * 8 + 8) != target.get(i * 8..i * 8 + 8));
+    match at {
+        Some(i) => t.columns[i].name.clone(),
+        None if t.sessions => "state".into(),
+        None => "row".into(),
     }
-    "row".into()
 }
 
 pub(super) fn verify_mapped(
@@ -101,10 +189,11 @@ pub(super) fn verify_mapped(
         .map_err(|e| Error::pg("starting a transaction", "", e))?;
     tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .map_err(|e| Error::pg("preparing verify", "", e))?;
+    let held = Held::create(&mut tx)?;
     let mut tables_check = Vec::new();
+    let mut buf = Vec::new();
     for t in &target.tables {
         let src = &copied[t.source];
-        let mut kept: HashMap<String, Kept> = HashMap::new();
         let name = |key: &str| {
             if t.sessions {
                 key.to_owned()
@@ -113,7 +202,19 @@ pub(super) fn verify_mapped(
             }
         };
         let mut diffs = Vec::new();
-        let mut invalid = 0u64;
+        let (mut invalid, mut read) = (0u64, 0u64);
+        held.clear(&mut tx)?;
+        let mut copy = tx
+            .copy_in(&format!("COPY {HELD} (key, hash, cols) FROM STDIN"))
+            .map_err(|e| Error::pg("starting COPY", "", e))?;
+        let mut send = |buf: &mut Vec<u8>| {
+            copy.write_all(buf).map_err(|e| Error::Database {
+                context: "sending the source's rows to verify's temporary table".into(),
+                message: e.to_string(),
+            })?;
+            buf.clear();
+            Ok::<(), Error>(())
+        };
         if t.sessions {
             store.sessions(src, 1000, |items| {
                 for it in items {
@@ -127,14 +228,8 @@ pub(super) fn verify_mapped(
                         }
                         Ok(s) => match target.session_row(&s) {
                             Ok((row, _)) => {
-                                kept.insert(
-                                    row.key,
-                                    Kept {
-                                        hash: row.hash,
-                                        values: row.values,
-                                        state: s.state.map(|st| st.canonical),
-                                    },
-                                );
+                                read += 1;
+                                Held::line(&mut buf, &row);
                             }
                             Err(e) => {
                                 invalid += 1;
@@ -145,21 +240,15 @@ pub(super) fn verify_mapped(
                         },
                     }
                 }
-                Ok(())
+                send(&mut buf)
             })?;
         } else {
             store.rows(src, 1000, |rows| {
                 for raws in rows {
                     match t.convert(&raws, None) {
                         Ok(row) => {
-                            kept.insert(
-                                row.key,
-                                Kept {
-                                    hash: row.hash,
-                                    values: row.values,
-                                    state: None,
-                                },
-                            );
+                            read += 1;
+                            Held::line(&mut buf, &row);
                         }
                         Err(e) => {
                             invalid += 1;
@@ -169,32 +258,48 @@ pub(super) fn verify_mapped(
                         }
                     }
                 }
-                Ok(())
+                send(&mut buf)
             })?;
         }
-        let rows = kept.len() as u64 + invalid;
+        copy.finish()
+            .map_err(|e| Error::pg("loading verify's temporary table (COPY)", "", e))?;
+        // Its statistics, so that each batch takes its rows out by the index.
+        tx.batch_execute(&format!("ANALYZE {HELD}"))
+            .map_err(|e| Error::pg("preparing verify", "", e))?;
+        let rows = read + invalid;
         let (mut matching, mut different, mut extra) = (0u64, 0u64, 0u64);
         let st = t.sessions.then_some(&target.state);
-        t.read(&mut tx, schema_name, st, |row, state| {
-            match kept.remove(&row.key) {
-                None => {
+        t.read_batches(&mut tx, schema_name, st, |tx, batch| {
+            let keys: Vec<&[u8]> = batch.iter().map(|r| r.key.as_bytes()).collect();
+            let mut source = held.take(tx, &keys)?;
+            for row in &batch {
+                let Some(mut same_key) = source.remove(row.key.as_bytes()) else {
                     extra += 1;
                     diffs.push(Difference::new(&name(&row.key), "extra"));
-                }
-                Some(k) if k.hash == row.hash => matching += 1,
-                Some(k) => {
+                    continue;
+                };
+                let (hash, cols) = same_key.swap_remove(0);
+                if hash == row.hash {
+                    matching += 1;
+                } else {
                     different += 1;
                     let mut df = Difference::new(&name(&row.key), "different");
-                    df.field = Some(first_diff(t, &k, &row.values, state.as_deref()));
+                    df.field = Some(first_diff(t, &cols, &digests(&row.values)));
+                    diffs.push(df);
+                }
+                // The source holds this key more than once: the target has one row.
+                for _ in same_key {
+                    different += 1;
+                    let mut df = Difference::new(&name(&row.key), "different");
+                    df.detail = Some("the source holds this key more than once".into());
                     diffs.push(df);
                 }
             }
             Ok(())
         })?;
-        let missing = kept.len() as u64;
-        let mut missing_keys: Vec<&String> = kept.keys().collect();
-        missing_keys.sort();
-        for k in missing_keys {
+        let missing_keys = held.left(&mut tx)?;
+        let missing = missing_keys.len() as u64;
+        for k in &missing_keys {
             diffs.push(Difference::new(&name(k), "missing"));
         }
         tables_check.push(json!({
