@@ -36,6 +36,7 @@ use crate::source::order::ScanOrder;
 use crate::source::{Invalid, Item, KnownFn, Reader, Session, Source};
 
 pub(crate) mod app;
+mod known;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

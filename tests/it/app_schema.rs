@@ -832,3 +832,160 @@ fn verify_on_a_mapped_store_finds_every_row_the_target_lost_gained_or_altered_ac
     want.sort();
     assert_eq!(found, want, "{}", v.stdout);
 }
+
+/// The mapped catch-up's counts and conflicts, as one comparable value.
+fn caught_up(r: &Run) -> (serde_json::Value, serde_json::Value, Vec<(String, String)>) {
+    let mut conflicts: Vec<(String, String)> = r.report.details["conflicts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["session"].as_str().unwrap().to_owned(),
+                        c["reason"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    conflicts.sort();
+    let pick = |t: serde_json::Value| {
+        serde_json::json!([t["rows"], t["inserted"], t["updated"], t["unchanged"]])
+    };
+    (
+        pick(table_counts(r, "sessions")),
+        pick(table_counts(r, "users")),
+        conflicts,
+    )
+}
+
+#[test]
+fn a_mapped_catch_up_across_many_batches_writes_exactly_what_changed_on_either_side() {
+    let db = TestDb::new("app_catch_up_batches");
+    let app = App::new("2500", Some(&db));
+    steps_pass(&app, &db);
+    let ids: Vec<String> = {
+        let conn = app.read_db();
+        let mut st = conn.prepare("SELECT id FROM sessions ORDER BY id").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let user: String = app
+        .read_db()
+        .query_row("SELECT id FROM users ORDER BY id LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    // The source: two sessions far apart change, one is new, one user is renamed.
+    {
+        let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+        for id in [&ids[10], &ids[2300]] {
+            conn.execute(
+                "UPDATE sessions SET question = 'changed in the source' WHERE id = ?1",
+                [id],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(&format!(
+            "CREATE TEMP TABLE copy AS SELECT * FROM sessions WHERE id = '{}';
+             UPDATE copy SET id = 'session_new';
+             INSERT INTO sessions SELECT * FROM copy;",
+            ids[5]
+        ))
+        .unwrap();
+        conn.execute(
+            "UPDATE users SET display_name = 'Renamed' WHERE id = ?1",
+            [&user],
+        )
+        .unwrap();
+    }
+    // The target: one session altered, one deleted, since sessiondb wrote them.
+    let mut c = db.client();
+    c.execute(
+        "UPDATE sessions SET question = 'changed in the target' WHERE id = $1",
+        &[&ids[700]],
+    )
+    .unwrap();
+    c.execute(
+        "DELETE FROM session_state WHERE session_id = $1",
+        &[&ids[1500]],
+    )
+    .unwrap();
+    c.execute("DELETE FROM sessions WHERE id = $1", &[&ids[1500]])
+        .unwrap();
+    drop(c);
+    let conflicts = {
+        let mut v = vec![
+            (
+                ids[700].clone(),
+                "the target row was changed since sessiondb wrote it".to_owned(),
+            ),
+            (
+                ids[1500].clone(),
+                "the target row was deleted since sessiondb wrote it".to_owned(),
+            ),
+        ];
+        v.sort();
+        v
+    };
+    let users = one(&db, "SELECT count(*) FROM users");
+    let want = (
+        serde_json::json!([2501, 1, 2, 2496]),
+        serde_json::json!([users, 0, 1, users - 1]),
+        conflicts.clone(),
+    );
+    let args = [
+        "migrate-state",
+        "--batch-size",
+        "100",
+        "--on-conflict",
+        "skip",
+    ];
+    // The dry run plans what the real run writes, batch after batch.
+    let dry = app.step(&db, &args).expect(exit::OK);
+    assert_eq!(caught_up(&dry), want, "{}", dry.stdout);
+    let real = app
+        .step(&db, &[&args[..], &["--dry-run=false"]].concat())
+        .expect(exit::OK);
+    assert_eq!(caught_up(&real), want, "{}", real.stdout);
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM sessions WHERE question = 'changed in the source'"
+        ),
+        2
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM sessions WHERE question = 'changed in the target'"
+        ),
+        1,
+        "a skipped conflict is left as the target has it"
+    );
+    // The source wins: the two conflicts are written, nothing else.
+    let wins = app
+        .step(
+            &db,
+            &[
+                "migrate-state",
+                "--batch-size",
+                "100",
+                "--on-conflict",
+                "source-wins",
+                "--dry-run=false",
+            ],
+        )
+        .expect(exit::OK);
+    let (s, u, found) = caught_up(&wins);
+    assert_eq!(found, conflicts, "{}", wins.stdout);
+    assert_eq!(s, serde_json::json!([2501, 0, 2, 2499]), "{}", wins.stdout);
+    assert_eq!(
+        u,
+        serde_json::json!([users, 0, 0, users]),
+        "{}",
+        wins.stdout
+    );
+    app.step(&db, &["verify"]).expect(exit::OK);
+    assert_same(&app, &db);
+}

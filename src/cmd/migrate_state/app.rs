@@ -7,11 +7,11 @@
 //! the tables when none existed, applies the versions, and loads the parents first,
 //! then the sessions with their states, a batch a transaction with its ledger rows.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use postgres::GenericClient;
 
+use super::known::{Known, Looked};
 use super::{Args, Details, OnConflict};
 use crate::config::{Config, IndexBuildTiming};
 use crate::driver::{Ctx, Step};
@@ -20,7 +20,7 @@ use crate::pg::app::{self, AppTarget, Row, TableCounts};
 use crate::pg::ledger::{runs, tables};
 use crate::pg::lock::Guard;
 use crate::pg::{self, schema};
-use crate::plan::{self, Action, ConflictInfo, TargetView};
+use crate::plan::{self, Action, ConflictInfo};
 use crate::report::{Finding, INLINE_LIMIT};
 use crate::source::Invalid;
 use crate::source::app::{AppStore, Copied};
@@ -30,8 +30,9 @@ pub(crate) struct MappedPlan {
     pub store: AppStore,
     pub copied: Vec<Copied>,
     pub target: AppTarget,
-    /// Per table of `target.tables`: the ledger's hashes and the target's, by key.
-    known: Vec<(HashMap<String, String>, HashMap<String, String>)>,
+    /// Per table of `target.tables`: the ledger's hashes and the target's, by key, held
+    /// by the server for the load on the same connection.
+    known: Vec<Known>,
     pub counts: Vec<TableCounts>,
     pub invalid: Vec<Invalid>,
     pub conflicts: Vec<ConflictInfo>,
@@ -42,11 +43,9 @@ pub(crate) struct MappedPlan {
 /// Whether the config's store is the application's own schema (then the mapped path runs).
 pub(crate) use crate::source::app::is_mapped;
 
-fn view<'a>(m: &'a HashMap<String, String>, k: &str) -> TargetView<'a> {
-    match m.get(k) {
-        Some(h) => TargetView::Hash(h),
-        None => TargetView::Absent,
-    }
+/// The keys of a batch of rows, for [`Known::look`].
+fn keys_of(rows: &[Row]) -> Vec<&str> {
+    rows.iter().map(|r| r.key.as_str()).collect()
 }
 
 /// Open the store, plan the target, and (when it fits) classify every row. Read-only
@@ -82,32 +81,21 @@ pub(crate) fn plan_mapped(
         return Ok(p);
     }
     let schema = &cfg.postgres.schema;
-    for t in &p.target.tables {
-        let ledger = if t.sessions {
-            tables::sessions(c, schema)?
-        } else {
-            tables::rows(c, schema, &t.name)?
-        };
-        let mut there = HashMap::new();
-        if !p.target.creates {
-            let st = t.sessions.then_some(&p.target.state);
-            t.read(c, schema, st, |row| {
-                there.insert(row.key, row.hash);
-                Ok(())
-            })?;
-        }
+    for (n, t) in p.target.tables.iter().enumerate() {
+        let st = t.sessions.then_some(&p.target.state);
+        let known = Known::gather(c, schema, n, t, st, p.target.creates)?;
         let mut counts = TableCounts {
             table: t.name.clone(),
             ..TableCounts::default()
         };
         let src = &p.copied[t.source];
-        let tally = |row: &Row, counts: &mut TableCounts, conflicts: &mut Vec<ConflictInfo>| {
+        let tally = |row: &Row,
+                     looked: &Looked,
+                     counts: &mut TableCounts,
+                     conflicts: &mut Vec<ConflictInfo>| {
             counts.rows += 1;
-            let (a, why) = plan::decide(
-                &row.hash,
-                ledger.get(&row.key).map(String::as_str),
-                view(&there, &row.key),
-            );
+            let (a, why) =
+                plan::decide(&row.hash, looked.ledger(&row.key), looked.target(&row.key));
             match a {
                 Action::Insert => counts.inserted += 1,
                 Action::Update => counts.updated += 1,
@@ -125,6 +113,7 @@ pub(crate) fn plan_mapped(
         if t.sessions {
             let (invalid, conflicts) = (&mut p.invalid, &mut p.conflicts);
             p.store.sessions(src, batch, |items| {
+                let mut good = Vec::with_capacity(items.len());
                 for it in items {
                     match it {
                         Err(inv) => {
@@ -132,7 +121,7 @@ pub(crate) fn plan_mapped(
                             invalid.push(*inv);
                         }
                         Ok(s) => match p.target.session_row(&s) {
-                            Ok((row, _)) => tally(&row, &mut counts, conflicts),
+                            Ok((row, _)) => good.push(row),
                             Err(e) => {
                                 counts.invalid += 1;
                                 invalid.push(Invalid {
@@ -147,25 +136,32 @@ pub(crate) fn plan_mapped(
                         },
                     }
                 }
+                let looked = known.look(c, &keys_of(&good))?;
+                good.iter()
+                    .for_each(|row| tally(row, &looked, &mut counts, conflicts));
                 Ok(())
             })?;
         } else {
             let (bad, conflicts) = (&mut p.bad_rows, &mut p.conflicts);
             p.store.rows(src, batch, |rows| {
+                let mut good = Vec::with_capacity(rows.len());
                 for raws in rows {
                     match t.convert(&raws, None) {
-                        Ok(row) => tally(&row, &mut counts, conflicts),
+                        Ok(row) => good.push(row),
                         Err(e) => {
                             counts.invalid += 1;
                             bad.push(format!("table {}: {}", t.name, e.message));
                         }
                     }
                 }
+                let looked = known.look(c, &keys_of(&good))?;
+                good.iter()
+                    .for_each(|row| tally(row, &looked, &mut counts, conflicts));
                 Ok(())
             })?;
         }
         p.counts.push(counts);
-        p.known.push((ledger, there));
+        p.known.push(known);
     }
     Ok(p)
 }
@@ -424,18 +420,14 @@ fn load(
     let mut out = Vec::new();
     let write_conflicts = args.on_conflict == OnConflict::SourceWins;
     for (ti, t) in p.target.tables.iter().enumerate() {
-        let (ledger, there) = &p.known[ti];
+        let known = &p.known[ti];
         let mut counts = TableCounts {
             table: t.name.clone(),
             ..TableCounts::default()
         };
-        let decide = |row: &Row, counts: &mut TableCounts| -> (bool, bool) {
+        let decide = |row: &Row, looked: &Looked, counts: &mut TableCounts| -> (bool, bool) {
             counts.rows += 1;
-            let (a, _) = plan::decide(
-                &row.hash,
-                ledger.get(&row.key).map(String::as_str),
-                view(there, &row.key),
-            );
+            let (a, _) = plan::decide(&row.hash, looked.ledger(&row.key), looked.target(&row.key));
             // (write the row, record it in the ledger)
             match a {
                 Action::Insert => {
@@ -464,12 +456,21 @@ fn load(
         let src = &p.copied[t.source];
         if t.sessions {
             p.store.sessions(src, args.batch_size as usize, |items| {
+                let read: Vec<_> = items
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| {
+                        let (row, updated) = p.target.session_row(&s).ok()?;
+                        Some((s, row, updated))
+                    })
+                    .collect();
+                let looked = known.look(
+                    c,
+                    &read.iter().map(|r| r.1.key.as_str()).collect::<Vec<_>>(),
+                )?;
                 let mut rows = Vec::new();
-                for s in items.into_iter().flatten() {
-                    let Ok((row, updated)) = p.target.session_row(&s) else {
-                        continue;
-                    };
-                    let (write, record) = decide(&row, &mut counts);
+                for (s, row, updated) in read {
+                    let (write, record) = decide(&row, &looked, &mut counts);
                     if write || record {
                         rows.push((s, row, updated, write));
                     }
@@ -510,12 +511,14 @@ fn load(
             })?;
         } else {
             p.store.rows(src, args.batch_size as usize, |batch| {
+                let read: Vec<Row> = batch
+                    .iter()
+                    .filter_map(|raws| t.convert(raws, None).ok())
+                    .collect();
+                let looked = known.look(c, &keys_of(&read))?;
                 let mut rows = Vec::new();
-                for raws in batch {
-                    let Ok(row) = t.convert(&raws, None) else {
-                        continue;
-                    };
-                    let (write, record) = decide(&row, &mut counts);
+                for row in read {
+                    let (write, record) = decide(&row, &looked, &mut counts);
                     if write || record {
                         rows.push((row, write));
                     }

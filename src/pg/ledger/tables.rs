@@ -4,8 +4,6 @@
 //! (their `v2:` hash over every column and the state). Written in the transaction of
 //! the batch they record.
 
-use std::collections::HashMap;
-
 use postgres::GenericClient;
 
 use super::{MIGRATED, TABLE};
@@ -19,25 +17,21 @@ pub fn exists(c: &mut impl GenericClient, schema: &str) -> Result<bool> {
     crate::pg::schema::table_exists(c, schema, ROW_TABLE)
 }
 
-/// Every recorded row of `table`: key → content hash.
-pub fn rows(
-    c: &mut impl GenericClient,
-    schema: &str,
-    table: &str,
-) -> Result<HashMap<String, String>> {
+/// Copy every recorded row of `table` (key, content hash) into `into`, a table of
+/// `(key, hash)` of the caller's: server-side, nothing held here.
+pub fn hold_rows(c: &mut impl GenericClient, schema: &str, table: &str, into: &str) -> Result<()> {
     if !exists(c, schema)? {
-        return Ok(HashMap::new());
+        return Ok(());
     }
-    let rows = c
-        .query(
-            &format!(
-                "SELECT row_key, content_hash FROM {} WHERE table_name OPERATOR(pg_catalog.=) $1",
-                qualified(schema, ROW_TABLE)
-            ),
-            &[&table],
-        )
-        .map_err(|e| Error::pg("reading the row ledger", "", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    c.execute(
+        &format!(
+            "INSERT INTO {into} (key, hash) SELECT row_key, content_hash FROM {} WHERE table_name OPERATOR(pg_catalog.=) $1",
+            qualified(schema, ROW_TABLE)
+        ),
+        &[&table],
+    )
+    .map_err(|e| Error::pg("reading the row ledger", "", e))?;
+    Ok(())
 }
 
 /// Record `rows` (key, hash) of `table` as written by `run_id`.
@@ -68,21 +62,21 @@ pub fn record(
     Ok(())
 }
 
-/// The mapped sessions sessiondb recorded as migrated: id → content hash.
-pub fn sessions(c: &mut impl GenericClient, schema: &str) -> Result<HashMap<String, String>> {
+/// Copy the mapped sessions sessiondb recorded as migrated (id, content hash) into
+/// `into`, a table of `(key, hash)` of the caller's: server-side, nothing held here.
+pub fn hold_sessions(c: &mut impl GenericClient, schema: &str, into: &str) -> Result<()> {
     if !super::exists(c, schema)? {
-        return Ok(HashMap::new());
+        return Ok(());
     }
-    let rows = c
-        .query(
-            &format!(
-                "SELECT session_id, content_hash FROM {} WHERE status = '{MIGRATED}' AND content_hash IS NOT NULL",
-                qualified(schema, TABLE)
-            ),
-            &[],
-        )
-        .map_err(|e| Error::pg("reading the ledger", "", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    c.execute(
+        &format!(
+            "INSERT INTO {into} (key, hash) SELECT session_id, content_hash FROM {} WHERE status OPERATOR(pg_catalog.=) '{MIGRATED}' AND content_hash IS NOT NULL",
+            qualified(schema, TABLE)
+        ),
+        &[],
+    )
+    .map_err(|e| Error::pg("reading the ledger", "", e))?;
+    Ok(())
 }
 
 /// Record mapped sessions (id, content hash, state hash) as written by `run_id`. Their
