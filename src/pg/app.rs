@@ -8,7 +8,7 @@
 //! DO UPDATE`), read back decoded by their column's type, and hashed the same way on
 //! both sides (`value::hash_row`, `v2:`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::Utc;
 use postgres::{GenericClient, Transaction};
@@ -541,13 +541,11 @@ impl TablePlan {
     }
 
     /// `INSERT ... ON CONFLICT (key) DO UPDATE` of one row.
-    fn upsert_sql(&self, schema: &str) -> String {
+    /// The upsert of `rows` rows at once: `INSERT ... VALUES (...), (...) ON CONFLICT
+    /// (key) DO UPDATE` every column but the key's.
+    fn upsert_sql(&self, schema: &str, rows: usize) -> String {
         let mut names: Vec<String> = self.columns.iter().map(|c| ident(&c.name)).collect();
         names.extend(self.fills.iter().map(|(n, _)| ident(n)));
-        let marks = (1..=names.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let keys: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
         let set: Vec<String> = names
             .iter()
@@ -560,32 +558,39 @@ impl TablePlan {
             format!("UPDATE SET {}", set.join(", "))
         };
         format!(
-            "INSERT INTO {} ({}) VALUES ({marks}) ON CONFLICT ({}) DO {action}",
+            "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
             qualified(schema, &self.name),
             names.join(", "),
+            values_marks(names.len(), rows),
             keys.join(", ")
         )
     }
 
-    /// Write `rows` by key (inside the caller's transaction).
+    /// Write `rows` by key (inside the caller's transaction): one statement per
+    /// [`write_chunk`] rows, not one per row (each a round trip). Two rows of one
+    /// statement with the same key (two source keys that convert to one target value)
+    /// are refused by the server (SQLSTATE 21000), the batch written not at all.
     pub fn write(&self, c: &mut impl GenericClient, schema: &str, rows: &[&Row]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let stmt = c
-            .prepare(&self.upsert_sql(schema))
-            .map_err(|e| Error::pg("preparing the upsert", "", e))?;
-        for r in rows {
-            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
-            for v in &r.values {
-                params.push(v);
+        let per_row = self.columns.len() + self.fills.len();
+        let mut params: Vec<Param> = Vec::new();
+        for chunk in rows.chunks(write_chunk(per_row)) {
+            params.clear();
+            for r in chunk {
+                params.extend(r.values.iter().map(|v| v as Param));
+                params.extend(self.fills.iter().map(|(_, v)| v as Param));
             }
-            for (_, v) in &self.fills {
-                params.push(v);
-            }
-            c.execute(&stmt, &params).map_err(|e| {
-                Error::pg(&format!("writing row {} of {}", r.key, self.name), "", e)
-            })?;
+            let err = |e| {
+                let (first, last) = (&chunk[0].key, &chunk[chunk.len() - 1].key);
+                Error::pg(
+                    &format!("writing rows {first} to {last} of {}", self.name),
+                    "",
+                    e,
+                )
+            };
+            let stmt = c
+                .prepare(&self.upsert_sql(schema, chunk.len()))
+                .map_err(err)?;
+            c.execute(&stmt, &params).map_err(err)?;
         }
         Ok(())
     }
@@ -695,6 +700,34 @@ impl TablePlan {
 /// How many target rows [`TablePlan::read_batches`] decodes at a time.
 pub const READ_BATCH: i32 = 1000;
 
+/// One statement parameter.
+type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
+
+/// How many rows of `per_row` values one multi-row statement writes: up to 1,000, and
+/// never more parameters than the protocol's 65,535.
+fn write_chunk(per_row: usize) -> usize {
+    (u16::MAX as usize / per_row.max(1)).clamp(1, 1000)
+}
+
+/// `($1, $2), ($3, $4)`: `rows` rows of `per_row` parameters.
+fn values_marks(per_row: usize, rows: usize) -> String {
+    let mut out = String::with_capacity(rows * per_row * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..per_row {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", r * per_row + c + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
 impl StatePlan {
     /// Write the states of `sessions` (id, state, the session's updated_at as the
     /// source has it, already converted): `updated_at` from the session, else now.
@@ -711,46 +744,62 @@ impl StatePlan {
             Some((n, t)) => (Some(n), Some(t)),
             None => (None, None),
         };
-        let sql = format!(
-            "INSERT INTO {} ({}, {}{}) VALUES ($1, $2{}) ON CONFLICT ({}) DO UPDATE SET {} = EXCLUDED.{}{}",
-            qualified(schema, STATE_TABLE),
-            ident(&self.session_id),
-            ident(&self.state),
-            ucol.map(|u| format!(", {}", ident(u))).unwrap_or_default(),
-            if ucol.is_some() { ", $3" } else { "" },
-            ident(&self.session_id),
-            ident(&self.state),
-            ident(&self.state),
-            ucol.map(|u| format!(", {0} = EXCLUDED.{0}", ident(u)))
-                .unwrap_or_default(),
-        );
-        let stmt = c
-            .prepare(&sql)
-            .map_err(|e| Error::pg("preparing the state upsert", "", e))?;
+        let per_row = if ucol.is_some() { 3 } else { 2 };
+        let sql = |rows: usize| {
+            format!(
+                "INSERT INTO {} ({}, {}{}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {} = EXCLUDED.{}{}",
+                qualified(schema, STATE_TABLE),
+                ident(&self.session_id),
+                ident(&self.state),
+                ucol.map(|u| format!(", {}", ident(u))).unwrap_or_default(),
+                values_marks(per_row, rows),
+                ident(&self.session_id),
+                ident(&self.state),
+                ident(&self.state),
+                ucol.map(|u| format!(", {0} = EXCLUDED.{0}", ident(u)))
+                    .unwrap_or_default(),
+            )
+        };
         let now = Utc::now();
-        for (id, st, updated) in states {
-            let text = String::from_utf8_lossy(&st.raw).into_owned();
-            let json = Value::Json(Json {
-                text: if self.state_ty == PgType::Json {
-                    text
-                } else {
-                    st.canonical.clone()
-                },
-                canonical: st.canonical.clone(),
-            });
-            let id_v = Value::Text((*id).to_owned());
-            let at = match (uty, updated) {
-                (None, _) => Value::Null,
-                (Some(_), Some(v)) if !v.is_null() => v.clone(),
-                (Some(PgType::Timestamp(_)), _) => Value::Timestamp(now.naive_utc()),
-                (Some(_), _) => Value::TimestampTz(now),
-            };
-            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&id_v, &json];
-            if ucol.is_some() {
-                params.push(&at);
+        // Each session's values, then one statement per chunk of them.
+        let values: Vec<[Value; 3]> = states
+            .iter()
+            .map(|(id, st, updated)| {
+                let text = String::from_utf8_lossy(&st.raw).into_owned();
+                let json = Value::Json(Json {
+                    text: if self.state_ty == PgType::Json {
+                        text
+                    } else {
+                        st.canonical.clone()
+                    },
+                    canonical: st.canonical.clone(),
+                });
+                let at = match (uty, updated) {
+                    (None, _) => Value::Null,
+                    (Some(_), Some(v)) if !v.is_null() => v.clone(),
+                    (Some(PgType::Timestamp(_)), _) => Value::Timestamp(now.naive_utc()),
+                    (Some(_), _) => Value::TimestampTz(now),
+                };
+                [Value::Text((*id).to_owned()), json, at]
+            })
+            .collect();
+        let size = write_chunk(per_row);
+        let mut params: Vec<Param> = Vec::new();
+        for (n, chunk) in values.chunks(size).enumerate() {
+            params.clear();
+            for v in chunk {
+                params.extend(v[..per_row].iter().map(|v| v as Param));
             }
-            c.execute(&stmt, &params)
-                .map_err(|e| Error::pg(&format!("writing the state of session {id}"), "", e))?;
+            let err = |e| {
+                let (first, last) = (states[n * size].0, states[n * size + chunk.len() - 1].0);
+                Error::pg(
+                    &format!("writing the states of sessions {first} to {last}"),
+                    "",
+                    e,
+                )
+            };
+            let stmt = c.prepare(&sql(chunk.len())).map_err(err)?;
+            c.execute(&stmt, &params).map_err(err)?;
         }
         Ok(())
     }
@@ -837,9 +886,6 @@ pub struct TableCounts {
     pub unchanged: u64,
     pub invalid: u64,
 }
-
-/// Hashes by key: what the ledger recorded, or what the target holds.
-pub type Hashes = HashMap<String, String>;
 
 /// A map from table name to the plan's index, for reports.
 pub fn by_name(t: &AppTarget) -> BTreeMap<String, usize> {

@@ -167,6 +167,11 @@ pub struct Permissions {
     pub read_write: bool,
     /// CREATE in the schema (in the database when the schema does not exist yet).
     pub create: bool,
+    /// The database, and TEMPORARY on it: the load stages each batch, `verify` holds
+    /// its ids (a mapped store's, its rows) and a mapped store's plan its hashes in
+    /// temporary tables.
+    pub database: String,
+    pub temporary: bool,
     /// The session's transactions are read-only (`default_transaction_read_only`, for
     /// the role or the database, or a standby): nothing can be written, whatever the
     /// grants say.
@@ -190,7 +195,9 @@ impl Permissions {
                              THEN pg_catalog.has_schema_privilege($1, 'CREATE')
                              ELSE pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') END,
                         pg_catalog.current_setting('transaction_read_only')::bool,
-                        pg_catalog.pg_is_in_recovery()",
+                        pg_catalog.pg_is_in_recovery(),
+                        pg_catalog.current_database()::pg_catalog.text,
+                        pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')",
                 &[&schema],
             )
             .map_err(|e| Error::pg("checking permissions", "", e))?;
@@ -202,6 +209,8 @@ impl Permissions {
             create: r.get(3),
             read_only: r.get(4),
             in_recovery: r.get(5),
+            database: r.get(6),
+            temporary: r.get(7),
         })
     }
 
@@ -229,6 +238,15 @@ impl Permissions {
         if self.existing_tables < 2 && !self.create {
             return Some(format!(
                 "no CREATE privilege in schema {schema}, and the tables do not exist yet"
+            ));
+        }
+        if !self.temporary {
+            return Some(format!(
+                "no TEMPORARY privilege on database {db}: the load, verify and a mapped store's plan use temporary tables; \
+                 run `GRANT TEMPORARY ON DATABASE {} TO {}`",
+                ident(&self.database),
+                ident(user),
+                db = self.database
             ));
         }
         None

@@ -249,6 +249,67 @@ fn a_read_only_role_fails_postgres_permissions_in_check_as_in_preflight() {
 }
 
 #[test]
+fn a_role_without_the_temporary_privilege_fails_postgres_permissions_until_granted() {
+    // The load stages its batches, verify its ids and a mapped plan its hashes in
+    // temporary tables: a role that may create tables but not temporary ones is told
+    // before a step fails half-way, with the GRANT that fixes it.
+    let role = Role::new("notemp");
+    let db = TestDb::new("check_no_temp");
+    db.client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{0}\" OWNER TO \"{1}\";
+             REVOKE TEMPORARY ON DATABASE \"{0}\" FROM PUBLIC;
+             REVOKE TEMPORARY ON DATABASE \"{0}\" FROM \"{1}\"",
+            db.name, role.name
+        ))
+        .unwrap();
+    let s = Store::new();
+    s.session("a", r#"{"x": 1}"#);
+    for args in [&["check", "--backend", "postgres"][..], &["preflight"]] {
+        let r = sessiondb(args)
+            .config(&s.config)
+            .env("DATABASE_URL", role.url(&db))
+            .expect(sessiondb::exit::PROBLEMS);
+        let c = r.check("postgres_permissions");
+        assert_eq!(c.status, CheckStatus::Fail, "{args:?}: {}", r.stdout);
+        assert_eq!(c.details["temporary"], false, "{args:?}: {}", r.stdout);
+        assert_eq!(c.details["create"], true, "{args:?}: {}", r.stdout);
+        assert_eq!(c.details["database"], db.name.as_str(), "{args:?}");
+        assert!(
+            c.summary.contains("no TEMPORARY privilege")
+                && c.summary.contains(&format!(
+                    "GRANT TEMPORARY ON DATABASE \"{}\" TO \"{}\"",
+                    db.name, role.name
+                )),
+            "{args:?}: {}",
+            c.summary
+        );
+        assert!(
+            r.report
+                .errors
+                .iter()
+                .any(|e| e.code == "permission_denied" && e.message == c.summary),
+            "{args:?}: {}",
+            r.stdout
+        );
+    }
+    // The GRANT it names is the fix.
+    db.client()
+        .batch_execute(&format!(
+            "GRANT TEMPORARY ON DATABASE \"{}\" TO \"{}\"",
+            db.name, role.name
+        ))
+        .unwrap();
+    let r = sessiondb(&["preflight"])
+        .config(&s.config)
+        .env("DATABASE_URL", role.url(&db))
+        .expect(sessiondb::exit::OK);
+    let c = r.check("postgres_permissions");
+    assert_eq!(c.status, CheckStatus::Pass, "{}", r.stdout);
+    assert_eq!(c.details["temporary"], true);
+}
+
+#[test]
 fn check_of_the_sqlite_backend_counts_json_only_state_files_apart_from_orphans() {
     // A session only the JSON store has: its state file has no SQLite row. check of the
     // sqlite backend does not call it an orphan (the config's JSON store names it; the

@@ -617,7 +617,7 @@ fn rollback_and_init_log_their_phases_too() {
 /// The periodic lines of `phase` (neither `start`, `done` nor `stopped`), each checked
 /// for its form: `<UTC time> <phase> <done>[/<total>] <unit> <rate>/s <elapsed>s`, the
 /// count never past `total` when one is given (sizes in bytes are `12.3 kB/45.6 kB`).
-fn periodic(stderr: &str, phase: &str, total: Option<u64>, unit: &str) -> usize {
+pub(crate) fn periodic(stderr: &str, phase: &str, total: Option<u64>, unit: &str) -> usize {
     let mut n = 0;
     for l in stderr.lines() {
         let w: Vec<&str> = l.split(' ').collect();

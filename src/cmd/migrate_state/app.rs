@@ -21,6 +21,7 @@ use crate::pg::ledger::{runs, tables};
 use crate::pg::lock::Guard;
 use crate::pg::{self, schema};
 use crate::plan::{self, Action, ConflictInfo};
+use crate::progress::{Phase, Unit};
 use crate::report::{Finding, INLINE_LIMIT};
 use crate::source::Invalid;
 use crate::source::app::{AppStore, Copied};
@@ -83,7 +84,9 @@ pub(crate) fn plan_mapped(
     let schema = &cfg.postgres.schema;
     for (n, t) in p.target.tables.iter().enumerate() {
         let st = t.sessions.then_some(&p.target.state);
+        tracing::info!("planning table {}", t.name);
         let known = Known::gather(c, schema, n, t, st, p.target.creates)?;
+        let phase = Phase::counter("plan", Unit::Rows);
         let mut counts = TableCounts {
             table: t.name.clone(),
             ..TableCounts::default()
@@ -113,6 +116,7 @@ pub(crate) fn plan_mapped(
         if t.sessions {
             let (invalid, conflicts) = (&mut p.invalid, &mut p.conflicts);
             p.store.sessions(src, batch, |items| {
+                phase.inc(items.len() as u64);
                 let mut good = Vec::with_capacity(items.len());
                 for it in items {
                     match it {
@@ -144,6 +148,7 @@ pub(crate) fn plan_mapped(
         } else {
             let (bad, conflicts) = (&mut p.bad_rows, &mut p.conflicts);
             p.store.rows(src, batch, |rows| {
+                phase.inc(rows.len() as u64);
                 let mut good = Vec::with_capacity(rows.len());
                 for raws in rows {
                     match t.convert(&raws, None) {
@@ -160,6 +165,7 @@ pub(crate) fn plan_mapped(
                 Ok(())
             })?;
         }
+        phase.finish();
         p.counts.push(counts);
         p.known.push(known);
     }
@@ -454,8 +460,12 @@ fn load(
             }
         };
         let src = &p.copied[t.source];
+        tracing::info!("loading table {}", t.name);
+        let total = p.counts.get(ti).map_or(0, |c| c.rows + c.invalid);
+        let phase = Phase::bar("load", total, Unit::Rows);
         if t.sessions {
             p.store.sessions(src, args.batch_size as usize, |items| {
+                phase.inc(items.len() as u64);
                 let read: Vec<_> = items
                     .into_iter()
                     .flatten()
@@ -511,6 +521,7 @@ fn load(
             })?;
         } else {
             p.store.rows(src, args.batch_size as usize, |batch| {
+                phase.inc(batch.len() as u64);
                 let read: Vec<Row> = batch
                     .iter()
                     .filter_map(|raws| t.convert(raws, None).ok())
@@ -538,6 +549,7 @@ fn load(
                 Ok(())
             })?;
         }
+        phase.finish();
         out.push(Loaded {
             counts,
             sessions_table: t.sessions,

@@ -76,7 +76,9 @@ impl Known {
                 "INSERT INTO {} (key, hash) SELECT u.k, u.h FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(k, h)",
                 k.target
             );
+            let phase = crate::progress::Phase::counter("read-target", crate::progress::Unit::Rows);
             t.read_batches(&mut tx, schema, state, |tx, rows| {
+                phase.inc(rows.len() as u64);
                 let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
                 let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
                 tx.execute(&insert, &[&keys, &hashes])
@@ -85,6 +87,7 @@ impl Known {
             })?;
             tx.commit()
                 .map_err(|e| Error::pg(&format!("reading {}", t.name), "", e))?;
+            phase.finish();
         }
         // Their statistics, so that each lookup goes by the index.
         c.batch_execute(&format!("ANALYZE {}; ANALYZE {}", k.ledger, k.target))
