@@ -566,28 +566,38 @@ fn check_permissions(
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
     let perms = pg::Permissions::probe(c, schema_name)?;
-    if let Some(p) = report_permissions(ctx, &perms, user) {
+    if let Some(p) = report_permissions(ctx, &perms, user, false) {
         findings.push(Finding::new("permission_denied", p));
     }
     Ok(())
 }
 
 /// The `postgres_permissions` check of `check` and `preflight` alike; the problem, if
-/// the role cannot migrate into the schema.
+/// the role cannot migrate into the schema. A role without TEMPORARY fails preflight
+/// (`migrating`: every step after it needs temporary tables) and is a warning in
+/// `check`, which also vets the runtime store's role (that needs none).
 pub(crate) fn report_permissions(
     ctx: &mut Ctx,
     perms: &pg::Permissions,
     user: &str,
+    migrating: bool,
 ) -> Option<String> {
     let problem = perms.problem(user);
+    let temporary = perms.temporary_problem(user);
+    let (status, summary, problem) = match (problem, temporary) {
+        (Some(p), _) => (CheckStatus::Fail, p.clone(), Some(p)),
+        (None, Some(t)) if migrating => (CheckStatus::Fail, t.clone(), Some(t)),
+        (None, Some(t)) => (
+            CheckStatus::Warn,
+            format!("{}; {t} (the runtime store needs none)", perms.summary()),
+            None,
+        ),
+        (None, None) => (CheckStatus::Pass, perms.summary(), None),
+    };
     ctx.report.check(
         "postgres_permissions",
-        if problem.is_none() {
-            CheckStatus::Pass
-        } else {
-            CheckStatus::Fail
-        },
-        problem.clone().unwrap_or_else(|| perms.summary()),
+        status,
+        summary,
         serde_json::to_value(perms).unwrap_or_default(),
     );
     problem

@@ -568,7 +568,7 @@ fn connect_target(ctx: &mut Ctx, cfg: &Config) -> Option<postgres::Client> {
 fn check_permissions(ctx: &mut Ctx, c: &mut postgres::Client, schema_name: &str, user: &str) {
     match pg::Permissions::probe(c, schema_name) {
         Ok(perms) => {
-            if let Some(p) = crate::cmd::check::report_permissions(ctx, &perms, user) {
+            if let Some(p) = crate::cmd::check::report_permissions(ctx, &perms, user, true) {
                 ctx.report.errors.push(Finding::new("permission_denied", p));
             }
         }

@@ -566,14 +566,18 @@ impl TablePlan {
         )
     }
 
-    /// Write `rows` by key (inside the caller's transaction): one statement per
-    /// [`write_chunk`] rows, not one per row (each a round trip). Two rows of one
-    /// statement with the same key (two source keys that convert to one target value)
-    /// are refused by the server (SQLSTATE 21000), the batch written not at all.
+    /// Write `rows` by key (inside the caller's transaction): one statement per chunk
+    /// of rows ([`chunks`]: up to 1,000 rows and [`WRITE_BYTES`]), not one per row
+    /// (each a round trip). Two rows of one statement with the same key (two source keys
+    /// that convert to one target value) are refused by the server (SQLSTATE 21000),
+    /// the batch written not at all, as the ledger's own write of the batch would.
     pub fn write(&self, c: &mut impl GenericClient, schema: &str, rows: &[&Row]) -> Result<()> {
         let per_row = self.columns.len() + self.fills.len();
         let mut params: Vec<Param> = Vec::new();
-        for chunk in rows.chunks(write_chunk(per_row)) {
+        for range in chunks(rows.len(), per_row, |i| {
+            rows[i].values.iter().map(wire_len).sum()
+        }) {
+            let chunk = &rows[range];
             params.clear();
             for r in chunk {
                 params.extend(r.values.iter().map(|v| v as Param));
@@ -703,10 +707,39 @@ pub const READ_BATCH: i32 = 1000;
 /// One statement parameter.
 type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
 
-/// How many rows of `per_row` values one multi-row statement writes: up to 1,000, and
-/// never more parameters than the protocol's 65,535.
-fn write_chunk(per_row: usize) -> usize {
-    (u16::MAX as usize / per_row.max(1)).clamp(1, 1000)
+/// The most one multi-row statement carries, in its values' bytes: far below the
+/// server's 1 GB message limit, and what this process holds of a chunk at once.
+pub const WRITE_BYTES: usize = 32 << 20;
+
+/// `n` rows of `per_row` values as the ranges of one multi-row statement each: up to
+/// 1,000 rows, never more parameters than the protocol's 65,535, and no more than
+/// [`WRITE_BYTES`] (`bytes(i)`: row `i`'s values) unless one row alone is larger.
+fn chunks(n: usize, per_row: usize, bytes: impl Fn(usize) -> usize) -> Vec<std::ops::Range<usize>> {
+    let most = (u16::MAX as usize / per_row.max(1)).clamp(1, 1000);
+    let mut out = Vec::new();
+    let (mut start, mut held) = (0, 0);
+    for i in 0..n {
+        let b = bytes(i);
+        if i > start && (i - start == most || held + b > WRITE_BYTES) {
+            out.push(start..i);
+            (start, held) = (i, 0);
+        }
+        held += b;
+    }
+    if start < n {
+        out.push(start..n);
+    }
+    out
+}
+
+/// About how many bytes a value takes on the wire.
+fn wire_len(v: &Value) -> usize {
+    match v {
+        Value::Text(t) | Value::Numeric(t) => t.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Json(j) => j.text.len(),
+        _ => 16,
+    }
 }
 
 /// `($1, $2), ($3, $4)`: `rows` rows of `per_row` parameters.
@@ -761,37 +794,35 @@ impl StatePlan {
             )
         };
         let now = Utc::now();
-        // Each session's values, then one statement per chunk of them.
-        let values: Vec<[Value; 3]> = states
-            .iter()
-            .map(|(id, st, updated)| {
-                let text = String::from_utf8_lossy(&st.raw).into_owned();
-                let json = Value::Json(Json {
-                    text: if self.state_ty == PgType::Json {
-                        text
-                    } else {
-                        st.canonical.clone()
-                    },
-                    canonical: st.canonical.clone(),
-                });
-                let at = match (uty, updated) {
-                    (None, _) => Value::Null,
-                    (Some(_), Some(v)) if !v.is_null() => v.clone(),
-                    (Some(PgType::Timestamp(_)), _) => Value::Timestamp(now.naive_utc()),
-                    (Some(_), _) => Value::TimestampTz(now),
-                };
-                [Value::Text((*id).to_owned()), json, at]
-            })
-            .collect();
-        let size = write_chunk(per_row);
-        let mut params: Vec<Param> = Vec::new();
-        for (n, chunk) in values.chunks(size).enumerate() {
-            params.clear();
-            for v in chunk {
-                params.extend(v[..per_row].iter().map(|v| v as Param));
-            }
+        for range in chunks(states.len(), per_row, |i| states[i].1.canonical.len()) {
+            let chunk = &states[range];
+            // This chunk's values only: a batch of large states is never held twice.
+            let values: Vec<[Value; 3]> = chunk
+                .iter()
+                .map(|(id, st, updated)| {
+                    let json = Value::Json(Json {
+                        text: if self.state_ty == PgType::Json {
+                            String::from_utf8_lossy(&st.raw).into_owned()
+                        } else {
+                            st.canonical.clone()
+                        },
+                        canonical: String::new(),
+                    });
+                    let at = match (uty, updated) {
+                        (None, _) => Value::Null,
+                        (Some(_), Some(v)) if !v.is_null() => v.clone(),
+                        (Some(PgType::Timestamp(_)), _) => Value::Timestamp(now.naive_utc()),
+                        (Some(_), _) => Value::TimestampTz(now),
+                    };
+                    [Value::Text((*id).to_owned()), json, at]
+                })
+                .collect();
+            let params: Vec<Param> = values
+                .iter()
+                .flat_map(|v| v[..per_row].iter().map(|v| v as Param))
+                .collect();
             let err = |e| {
-                let (first, last) = (states[n * size].0, states[n * size + chunk.len() - 1].0);
+                let (first, last) = (chunk[0].0, chunk[chunk.len() - 1].0);
                 Error::pg(
                     &format!("writing the states of sessions {first} to {last}"),
                     "",
@@ -894,4 +925,32 @@ pub fn by_name(t: &AppTarget) -> BTreeMap<String, usize> {
         .enumerate()
         .map(|(i, p)| (p.name.clone(), i))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WRITE_BYTES, chunks};
+
+    #[test]
+    fn a_statement_holds_at_most_1000_rows_65535_parameters_and_32_mb() {
+        // By rows: 2,500 small rows are three statements.
+        assert_eq!(
+            chunks(2500, 10, |_| 100),
+            vec![0..1000, 1000..2000, 2000..2500]
+        );
+        // By parameters: 100 columns make 655 rows a statement.
+        let c = chunks(1000, 100, |_| 1);
+        assert_eq!(c[0], 0..655);
+        assert!(c.iter().all(|r| r.len() * 100 <= u16::MAX as usize));
+        // By bytes: 1 MB rows, 32 of them a statement; a row larger than the cap alone.
+        let mb = 1 << 20;
+        let c = chunks(70, 3, |_| mb);
+        assert_eq!(c, vec![0..32, 32..64, 64..70]);
+        assert!(c.iter().all(|r| r.len() * mb <= WRITE_BYTES));
+        assert_eq!(chunks(3, 3, |_| WRITE_BYTES + 1), vec![0..1, 1..2, 2..3]);
+        // Every row exactly once, in order.
+        let c = chunks(5, 2, |i| if i == 2 { WRITE_BYTES } else { 10 });
+        assert_eq!(c, vec![0..2, 2..3, 3..5]);
+        assert!(chunks(0, 2, |_| 1).is_empty());
+    }
 }

@@ -240,16 +240,22 @@ impl Permissions {
                 "no CREATE privilege in schema {schema}, and the tables do not exist yet"
             ));
         }
-        if !self.temporary {
-            return Some(format!(
-                "no TEMPORARY privilege on database {db}: the load, verify and a mapped store's plan use temporary tables; \
+        None
+    }
+
+    /// Why `user` cannot run the migration's steps for want of TEMPORARY (the load
+    /// stages its batches, verify its ids, a mapped plan its hashes in temporary
+    /// tables); the runtime store does not need it.
+    pub fn temporary_problem(&self, user: &str) -> Option<String> {
+        (!self.temporary).then(|| {
+            format!(
+                "no TEMPORARY privilege on database {db}: migrate-state, verify and a mapped store's plan use temporary tables; \
                  run `GRANT TEMPORARY ON DATABASE {} TO {}`",
                 ident(&self.database),
                 ident(user),
                 db = self.database
-            ));
-        }
-        None
+            )
+        })
     }
 
     /// The check's summary when there is no problem.

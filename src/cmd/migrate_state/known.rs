@@ -114,7 +114,20 @@ impl Known {
             )
             .map_err(|e| Error::pg("looking up what the target holds", "", e))?;
         for r in rows {
-            out.insert(r.get(0), (r.get(1), r.get(2)));
+            let (key, ledger, target): (String, Option<String>, Option<String>) =
+                (r.get(0), r.get(1), r.get(2));
+            // Several target rows at one key text (a UNIQUE key with NULL parts): the
+            // least hash, so that the plan and the load decide alike.
+            match out.entry(key) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((ledger, target));
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if target < o.get().1 {
+                        o.get_mut().1 = target;
+                    }
+                }
+            }
         }
         Ok(Looked(out))
     }

@@ -1,7 +1,8 @@
 //! preflight on a mapped store (SPEC §9): the source's shape, the target planned both
 //! ways with every `schema_mismatch` named (table, column, fix), and every row of every
 //! copied table classified as migrate-state's planning pass classifies it (the same
-//! function, `migrate_state::app::plan_mapped`). Read-only on both sides.
+//! function, `migrate_state::app::plan_mapped`). Read-only on both sides, but for the
+//! plan's temporary tables (`migrate_state/known.rs`), its session's own.
 
 use serde_json::json;
 
