@@ -540,7 +540,6 @@ impl TablePlan {
         )
     }
 
-    /// `INSERT ... ON CONFLICT (key) DO UPDATE` of one row.
     /// The upsert of `rows` rows at once: `INSERT ... VALUES (...), (...) ON CONFLICT
     /// (key) DO UPDATE` every column but the key's.
     fn upsert_sql(&self, schema: &str, rows: usize) -> String {
@@ -591,10 +590,8 @@ impl TablePlan {
                     e,
                 )
             };
-            let stmt = c
-                .prepare(&self.upsert_sql(schema, chunk.len()))
+            c.execute(&self.upsert_sql(schema, chunk.len()), &params)
                 .map_err(err)?;
-            c.execute(&stmt, &params).map_err(err)?;
         }
         Ok(())
     }
@@ -806,6 +803,8 @@ impl StatePlan {
                         } else {
                             st.canonical.clone()
                         },
+                        // Only `text` is sent (`ToSql`): the canonical form is not
+                        // copied a second time.
                         canonical: String::new(),
                     });
                     let at = match (uty, updated) {
@@ -829,8 +828,7 @@ impl StatePlan {
                     e,
                 )
             };
-            let stmt = c.prepare(&sql(chunk.len())).map_err(err)?;
-            c.execute(&stmt, &params).map_err(err)?;
+            c.execute(&sql(chunk.len()), &params).map_err(err)?;
         }
         Ok(())
     }

@@ -79,6 +79,23 @@ impl App {
         self.root.join("data/app.db")
     }
 
+    /// The sessions' ids in the source's order.
+    fn session_ids(&self) -> Vec<String> {
+        let conn = self.read_db();
+        let mut st = conn.prepare("SELECT id FROM sessions ORDER BY id").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// How many users the source holds.
+    fn users(&self) -> i64 {
+        self.read_db()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap()
+    }
+
     /// Read-only, as a reader that changes nothing of the store's fingerprint.
     fn read_db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
@@ -712,14 +729,7 @@ fn verify_on_a_mapped_store_finds_every_row_the_target_lost_gained_or_altered_ac
     );
 
     // Four sessions far apart in the source's order (so in different batches).
-    let ids: Vec<String> = {
-        let conn = app.read_db();
-        let mut st = conn.prepare("SELECT id FROM sessions ORDER BY id").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let ids = app.session_ids();
     let (question, state, gone, model) = (&ids[10], &ids[1200], &ids[2300], &ids[5]);
     let has_state: i64 = one(
         &db,
@@ -864,14 +874,7 @@ fn a_mapped_catch_up_across_many_batches_writes_exactly_what_changed_on_either_s
     let db = TestDb::new("app_catch_up_batches");
     let app = App::new("2500", Some(&db));
     steps_pass(&app, &db);
-    let ids: Vec<String> = {
-        let conn = app.read_db();
-        let mut st = conn.prepare("SELECT id FROM sessions ORDER BY id").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let ids = app.session_ids();
     let user: String = app
         .read_db()
         .query_row("SELECT id FROM users ORDER BY id LIMIT 1", [], |r| r.get(0))
@@ -998,10 +1001,7 @@ fn a_mapped_plan_read_back_and_load_report_their_progress_table_by_table() {
     use crate::operator::periodic;
     let db = TestDb::new("app_progress");
     let app = App::new("30", Some(&db));
-    let users: i64 = app
-        .read_db()
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .unwrap();
+    let users = app.users();
     let run = |args: &[&str]| app.step(&db, args).env("SESSIONDB_PROGRESS_SECS", "0");
     let r = run(&["migrate-state"]).expect(exit::OK);
     assert!(
@@ -1047,10 +1047,7 @@ fn a_mapped_load_of_batches_larger_than_one_statement_writes_every_row() {
             &["migrate-state", "--dry-run=false", "--batch-size", "5000"],
         )
         .expect(exit::OK);
-    let users: i64 = app
-        .read_db()
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .unwrap();
+    let users = app.users();
     assert_eq!(
         one(&db, "SELECT count(*) FROM sessions"),
         2100,

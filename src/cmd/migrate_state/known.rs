@@ -6,6 +6,7 @@
 //! its own: no other role can plant or read them).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use postgres::GenericClient;
 
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::pg::app::{StatePlan, TablePlan};
 use crate::pg::ledger::tables;
 use crate::plan::TargetView;
+use crate::progress::{Phase, Unit};
 
 /// The ledger's and the target's hashes of one table, by key, in `pg_temp`.
 pub(crate) struct Known {
@@ -69,24 +71,21 @@ impl Known {
             tables::hold_rows(c, schema, &t.name, &k.ledger)?;
         }
         if !creates {
-            let mut tx = c
-                .transaction()
-                .map_err(|e| Error::pg(&format!("reading {}", t.name), "", e))?;
+            let read_err = |e| Error::pg(&format!("reading {}", t.name), "", e);
+            let mut tx = c.transaction().map_err(read_err)?;
             let insert = format!(
                 "INSERT INTO {} (key, hash) SELECT u.k, u.h FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u(k, h)",
                 k.target
             );
-            let phase = crate::progress::Phase::counter("read-target", crate::progress::Unit::Rows);
+            let phase = Phase::counter("read-target", Unit::Rows);
             t.read_batches(&mut tx, schema, state, |tx, rows| {
                 phase.inc(rows.len() as u64);
                 let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
                 let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
-                tx.execute(&insert, &[&keys, &hashes])
-                    .map_err(|e| Error::pg(&format!("reading {}", t.name), "", e))?;
+                tx.execute(&insert, &[&keys, &hashes]).map_err(read_err)?;
                 Ok(())
             })?;
-            tx.commit()
-                .map_err(|e| Error::pg(&format!("reading {}", t.name), "", e))?;
+            tx.commit().map_err(read_err)?;
             phase.finish();
         }
         // Their statistics, so that each lookup goes by the index.
@@ -119,10 +118,10 @@ impl Known {
             // Several target rows at one key text (a UNIQUE key with NULL parts): the
             // least hash, so that the plan and the load decide alike.
             match out.entry(key) {
-                std::collections::hash_map::Entry::Vacant(v) => {
+                Entry::Vacant(v) => {
                     v.insert((ledger, target));
                 }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
+                Entry::Occupied(mut o) => {
                     if target < o.get().1 {
                         o.get_mut().1 = target;
                     }
