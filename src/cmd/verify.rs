@@ -596,26 +596,13 @@ impl Found {
         }
         let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
         let mut by_id = rows.compare(tx, &ids)?;
+        // Missing or different, in the batch's order: then asked of the ledger whether
+        // the source changed since sessiondb wrote them (drifted), in one query.
+        let mut unequal = Vec::new();
         for s in batch {
             self.counts.checked += 1;
-            let (target, ledger) = by_id
-                .remove(&s.id)
-                .map_or((None, None), |c| (c.target, c.ledger));
-            // Whether the source changed since sessiondb wrote the session: asked only of
-            // a session missing or different (hashing the whole session again for every
-            // matching one was a tenth of verify's own work).
-            let drifted = || {
-                ledger
-                    .as_ref()
-                    .and_then(LedgerRow::written)
-                    .is_some_and(|h| h != s.content_hash())
-            };
-            let Some(target) = target else {
-                if drifted() {
-                    self.counts.drifted += 1;
-                }
-                self.counts.missing += 1;
-                self.diffs.push(Difference::new(&s.id, "missing"));
+            let Some(target) = by_id.remove(&s.id) else {
+                unequal.push((s, Difference::new(&s.id, "missing")));
                 continue;
             };
             let d = match compare(s, &target) {
@@ -627,15 +614,35 @@ impl Found {
             match d {
                 None => self.counts.matching += 1,
                 Some(mut d) => {
-                    self.counts.different += 1;
                     d.session = s.id.clone();
-                    if drifted() {
-                        self.counts.drifted += 1;
-                        d.kind = "drifted";
-                    }
-                    self.diffs.push(d);
+                    unequal.push((s, d));
                 }
             }
+        }
+        if unequal.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = unequal.iter().map(|(s, _)| s.id.as_str()).collect();
+        let ledger = ledger::rows(tx, rows.schema(), &ids)?;
+        for (s, mut d) in unequal {
+            // Hashing the whole session again is asked only of these (for every
+            // matching one it was a tenth of verify's own work).
+            let drifted = ledger
+                .get(&s.id)
+                .and_then(LedgerRow::written)
+                .is_some_and(|h| h != s.content_hash());
+            if drifted {
+                self.counts.drifted += 1;
+            }
+            if d.kind == "missing" {
+                self.counts.missing += 1;
+            } else {
+                self.counts.different += 1;
+                if drifted {
+                    d.kind = "drifted";
+                }
+            }
+            self.diffs.push(d);
         }
         Ok(())
     }

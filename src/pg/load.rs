@@ -13,7 +13,7 @@ use crate::source::{META_FIELDS, Session, fields};
 
 /// Append `s` to a COPY text-format line, escaped. Runs without a special byte are
 /// copied whole: state texts are megabytes a batch and rarely need escaping.
-fn field(out: &mut Vec<u8>, s: Option<&str>) {
+pub(super) fn field(out: &mut Vec<u8>, s: Option<&str>) {
     let Some(s) = s else {
         out.extend_from_slice(b"\\N");
         return;
