@@ -28,7 +28,36 @@ size (every sessiondb command, its peak RSS and its growth from the main case, a
 load time against the main case). The large case runs warm: instead of dropping the page
 cache it waits, at most ten minutes, for the fixture's writeback (os.sync() after a
 million small files waited longer than that on this disk).
-Appends one object to bench/results.json and prints a table with issue 19's goals.
+
+The mapped-store case (SPEC §9, README "Migrating your application's own schema"): a
+store made by `generate-fixture --schema app` (agent_council's shape: users, sessions
+with their own columns, each state in sessions/<id>/state.json), the URL from the
+variable its sessiondb.toml names (`url_env`), a fresh database, the page cache warm
+(the fixture's writeback waited for first, not forced), and the runbook's sequence:
+`backup`, `migrate-state --dry-run=false` (the full load, on that backup), `verify`,
+`migrate-state --dry-run=false` again with nothing changed (must write nothing), 1% of
+the sessions changed as the application changes them (their `question` and
+`updated_at` in the SQLite `sessions` table, one transaction, and their state.json
+rewritten), the catch-up (`migrate-state --dry-run=false`, no `--backup`: it takes its
+own), `verify` again. Each command runs as scripts/steps.sh runs it (no --quiet: the
+progress lines' phase times go into the facts, as the mapped path reports no
+`details.phases_ms` of its own). Every report must be ok or warn with exit 0, each
+verify must find no difference, the load must insert every session and the catch-up
+must write exactly the changed ones: else the case fails (its `error`, exit 3). Ratios:
+catch-up / full load (<= 0.1), each verify / full load (<= 0.2), again / full load (no
+goal); every command's peak RSS (< 200 MB). In results.json its case object has
+`"shape": "app"` (the others `"default"`).
+
+Environment:
+  BENCH_SESSIONS      the default case's size (default 200000)
+  BENCH_LARGE         a second default-shape case at that size (default 0: none)
+  BENCH_APP_SESSIONS  the mapped-store case's size (default 50000; 0 turns it off)
+  BENCH_ONLY          `default` or `app`: run only that shape's cases (default: both;
+                      `app` also skips the settings probe and BENCH_LARGE)
+  BENCH_RESULTS       the results file to append to (default bench/results.json)
+  BENCH_SESSIONDB     the sessiondb binary to measure (default target/release/sessiondb)
+
+Appends one object to the results file and prints a table with issue 19's goals.
 Needs python3 >= 3.11 and psql; psycopg 3 (PyPI `psycopg[binary]`) and pgloader (Debian
 `pgloader`) for the outside baselines, GNU time (Debian `time`) for peak RSS:
 scripts/bench installs them when missing. A baseline that cannot run says why in the
@@ -47,6 +76,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +84,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SDB = os.environ.get("BENCH_SESSIONDB") or os.path.join(ROOT, "target/release/sessiondb")
 N = int(os.environ.get("BENCH_SESSIONS", "200000"))
 LARGE = int(os.environ.get("BENCH_LARGE", "0"))
+# The mapped-store case (an application's own schema, SPEC §9): its size, 0 for none.
+APP_N = int(os.environ.get("BENCH_APP_SESSIONS", "50000"))
+# BENCH_ONLY=default|app: only that shape's cases (empty: both).
+ONLY = os.environ.get("BENCH_ONLY", "").strip().lower()
+if ONLY not in ("", "default", "app"):
+    sys.exit(f"bench: BENCH_ONLY={ONLY!r}: expected `default` or `app` (or unset for both)")
+# BENCH_RESULTS: the results file appended to (a test run's own, say).
+RESULTS = os.path.abspath(os.environ.get("BENCH_RESULTS") or os.path.join(ROOT, "bench/results.json"))
 PROBE_SESSIONS = 1000
 CHANGED_FRACTION = 0.01
 INDEX_MEM = "512MB"  # what the old floor used for its index build
@@ -318,8 +356,11 @@ class LoadAvg(threading.Thread):
 
 
 class Case:
-    def __init__(self, n):
+    def __init__(self, n, shape="default"):
         self.n = n
+        # "default": SPEC §1's store (run_case); "app": an application's own schema (run_app_case).
+        self.shape = shape
+        self.error = None  # why the case failed, when it did (it is recorded all the same)
         self.measures = {}
         self.ratios = {}
         self.facts = {"sessions": n}
@@ -672,26 +713,67 @@ def outside_baselines(ctx, case, res, rows_tsv, opclass):
 # One case
 
 
+def mark_state(path, mark):
+    """Rewrite one state.json with `mark` set, as the application rewrites a session's
+    state; False when there is none to rewrite (no file, a symlink, not a JSON object)."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    with open(path, "rb") as f:
+        body = f.read()
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    doc[mark] = True
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return True
+
+
 def change_states(store, fraction, seed, mark):
+    """The default shape: `fraction` of the sessions folder's sessions get their state
+    file rewritten (the SQLite rows stay as they are)."""
     dirs = sorted(os.listdir(os.path.join(store, "sessions")))
     rnd = random.Random(seed)
     changed = 0
     for d in rnd.sample(dirs, max(1, int(len(dirs) * fraction))):
-        p = os.path.join(store, "sessions", d, "state.json")
-        if not os.path.isfile(p) or os.path.islink(p):
-            continue
-        with open(p, "rb") as f:
-            body = f.read()
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            doc[mark] = True
-            with open(p, "w") as f:
-                json.dump(doc, f)
-            changed += 1
+        changed += mark_state(os.path.join(store, "sessions", d, "state.json"), mark)
     return changed
+
+
+def change_app_sessions(store, conf, fraction, seed, mark):
+    """An application's own schema: `fraction` of the sessions changed the way the
+    application changes them, the row in its SQLite table (`question` and `updated_at`,
+    the latter in the text form SQLAlchemy writes: naive UTC, six digits) in one
+    transaction, and the session's state.json rewritten. The store's paths come from its
+    sessiondb.toml (`conf`). Returns what was changed."""
+    sq = conf.get("sqlite", {})
+    db_path = os.path.join(store, sq.get("path", "data/app.db"))
+    sessions_dir = os.path.join(store, sq.get("sessions_dir", "sessions"))
+    table = sq.get("table", "sessions")
+    id_col = sq.get("columns", {}).get("id", "id")
+    updated_col = sq.get("columns", {}).get("updated_at", "updated_at")
+    db = sqlite3.connect(db_path)
+    try:
+        ids = [r[0] for r in db.execute(f'SELECT "{id_col}" FROM "{table}" ORDER BY "{id_col}"')]
+        rnd = random.Random(seed)
+        pick = rnd.sample(ids, max(1, int(len(ids) * fraction))) if ids else []
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        t0 = time.monotonic()
+        with db:
+            rows = 0
+            for sid in pick:
+                rows += db.execute(
+                    f'UPDATE "{table}" SET question = question || ?, "{updated_col}" = ? WHERE "{id_col}" = ?',
+                    (" (edited)", now, sid)).rowcount
+        files = sum(mark_state(os.path.join(sessions_dir, str(sid), "state.json"), mark) for sid in pick)
+        return {"sessions": len(ids), "rows": rows, "state_files": files,
+                "without_state_file": len(pick) - files, "updated_at": now,
+                "columns": ["question", updated_col], "took_s": round(time.monotonic() - t0, 3)}
+    finally:
+        db.close()
 
 
 def report_of(rec):
@@ -895,6 +977,204 @@ def run_case(ctx, n, full, res):
 
 
 # ---------------------------------------------------------------------------------------
+# The mapped-store case: an application's own schema (SPEC §9)
+
+
+PROGRESS_RE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (\S+) (?:done|stopped)\b.*?(\d+(?:\.\d+)?)s\s*$")
+TABLE_RE = re.compile(r"\bINFO (?:planning|loading) table (\S+)")
+
+
+def progress_phases(stderr):
+    """The phases' times from a command's progress lines (stderr in a file: one line per
+    phase's end, `<time> <phase> done ... <elapsed>s`, 0.1 s resolution): the total per
+    phase, and per table for the mapped phases that run a table at a time (after an
+    `INFO planning table T` / `INFO loading table T` line). Phases may overlap (the
+    backup's sync and fingerprint run side by side)."""
+    total, by_table, table = {}, {}, None
+    for line in stderr.splitlines():
+        t = TABLE_RE.search(line)
+        if t:
+            table = t.group(1)
+            continue
+        m = PROGRESS_RE.match(line)
+        if not m:
+            continue
+        phase, secs = m.group(1), float(m.group(2))
+        total[phase] = round(total.get(phase, 0) + secs, 1)
+        if table and phase in ("read-target", "plan", "load"):
+            d = by_table.setdefault(table, {})
+            d[phase] = round(d.get(phase, 0) + secs, 1)
+    return {"total": total, "by_table": by_table}
+
+
+def warning_codes(report):
+    codes = {}
+    for w in report.get("warnings", []):
+        codes[w.get("code")] = codes.get(w.get("code"), 0) + 1
+    return codes
+
+
+VERIFY_DIFFS = ("different", "missing", "extra", "invalid", "drifted", "quarantined")
+# What every command of the case warns in a healthy run: the config still says
+# backend = "sqlite" while DATABASE_URL points at PostgreSQL. Any other code is a note.
+EXPECTED_WARNINGS = {"backend_drift"}
+
+
+def run_app_case(ctx, n, res):
+    """The runbook's sequence on a store with an application's own schema (`generate-
+    fixture --schema app`), in a fresh database of the run's server: backup, the full
+    load, verify, migrate-state again with nothing changed, 1% of the sessions changed
+    as the application changes them, the catch-up with its own backup, verify. Each
+    sessiondb command as scripts/steps.sh runs it (no --quiet). Returns the case; a
+    failed check is its `error` (the measures taken so far are kept)."""
+    case = Case(n, shape="app")
+    t_case = time.monotonic()
+    store = os.path.join(ctx.work, f"app-store-{n}")
+    cfg = os.path.join(store, "sessiondb.toml")
+    db = None
+    phases_missing = []
+    try:
+        rec = timed(ctx, [SDB, "generate-fixture", "--schema", "app", "--out", store, "--sessions", str(n),
+                          "--seed", "1", "--quiet"])
+        case.m("generate", rec)
+        gen = report_of(rec)["details"]
+        case.facts["fixture"] = {k: gen.get(k) for k in ("schema", "users", "state_files", "without_state",
+                                                         "deleted", "with_uploads", "bytes")}
+        with open(cfg, "rb") as f:
+            conf = tomllib.load(f)
+        db = new_db(ctx, f"bench_app_{n}")
+        env = ctx.env(db, cfg)
+        # The mapped config reads its URL from the variable it names (`url_env`):
+        # ctx.env sets DATABASE_URL; another name gets the same URL.
+        url_env = conf.get("postgres", {}).get("url_env") or "DATABASE_URL"
+        if url_env != "DATABASE_URL":
+            env[url_env] = env["DATABASE_URL"]
+        case.facts["env"] = (f"{url_env}=<the run's database> SESSIONDB_CONFIG=$WORK/app-store-N/sessiondb.toml"
+                             f" (url_env = {url_env!r} in the config)")
+
+        def step(name, argv, verify=False):
+            """One sessiondb command, timed; its report checked and its facts kept."""
+            rec = timed(ctx, [SDB, *argv], env=env, ok=(0, 1) if verify else (0,))
+            try:
+                rep = report_of(rec)
+            except ValueError:
+                raise Failed(f"{rec['command']}: no JSON report on stdout (exit {rec['exit']})") from None
+            case.cmd(name, rec)
+            r = case.measures[name + "_rss"]
+            r["goal"] = f"< {RSS_GOAL_MB}"
+            r["met"] = r["value"] is not None and r["value"] < RSS_GOAL_MB
+            d = rep.get("details") or {}
+            f = {"status": rep.get("status"), "exit": rec["exit"], "counts": rep.get("counts"),
+                 "warnings": warning_codes(rep), "progress_s": progress_phases(rec["stderr"])}
+            for k in ("phases_ms", "app_tables", "backup_check", "index_build", "load_read",
+                      "backup_dumps_read", "row_versions", "gin_index_build_ms"):
+                if d.get(k) is not None:
+                    f[k] = d[k]
+            if isinstance(d.get("backup"), str):
+                f["backup"] = d["backup"].replace(ctx.work, "$WORK")
+            case.facts[name] = f
+            other = sorted(set(f["warnings"]) - EXPECTED_WARNINGS)
+            if other:
+                case.notes.append(f"{name} warned: {', '.join(other)} (facts.{name}.warnings)")
+            if argv[0] == "migrate-state" and "phases_ms" not in d:
+                phases_missing.append(name)
+            if verify:
+                diffs = {k: (rep.get("counts") or {}).get(k) for k in VERIFY_DIFFS}
+                bad = {k: v for k, v in diffs.items() if v}
+                if rec["exit"] != 0 or bad or d.get("differences") or rep.get("status") not in ("ok", "warn"):
+                    first = (d.get("differences") or [])[:3] or rep.get("errors", [])[:3]
+                    raise Failed(f"{name}: verify found differences (exit {rec['exit']}, status {rep.get('status')},"
+                                 f" {bad or 'counts clean'}): {json.dumps(first, ensure_ascii=False)[:1500]}")
+            elif rep.get("status") not in ("ok", "warn") or rep.get("exit_code") != 0:
+                raise Failed(f"{name}: status {rep.get('status')}, exit_code {rep.get('exit_code')}: "
+                             f"{json.dumps(rep.get('errors', [])[:3], ensure_ascii=False)[:1500]}")
+            return rec, rep
+
+        def sessions_counts(rep):
+            for t in (rep.get("details") or {}).get("app_tables") or []:
+                if t.get("table") == conf.get("sqlite", {}).get("table", "sessions"):
+                    return t
+            return {}
+
+        # The fixture's writeback reaches the disk first (waited for, not forced), so the
+        # backup's sync does not pay for the harness's writes; the case runs warm.
+        wait_writeback(case, "backup")
+        case.notes.append("runs warm: the page cache is not dropped (the fixture's writeback is waited for, facts.writeback_waits)")
+
+        # 1. backup  2. the full load, on that backup  3. verify
+        rec, first = step("backup", ["backup"])
+        first_dir = first["details"]["backup"]
+        case.facts["backup_dir_files"], case.facts["backup_dir_bytes"] = tree_size(first_dir)
+        rec, load = step("load", ["migrate-state", "--dry-run=false"])
+        if load["details"].get("backup") != first_dir:
+            case.notes.append(f"the full load did not use the backup just taken ({load['details'].get('backup')})")
+        lc = load.get("counts") or {}
+        if lc.get("inserted") != n or lc.get("sessions") != n:
+            raise Failed(f"the full load inserted {lc.get('inserted')} of {n} sessions: {lc}")
+        case.facts["target_state_rows"] = int(q(ctx, db, "SELECT count(*) FROM session_state").strip())
+        case.facts["target_session_rows"] = int(q(ctx, db, "SELECT count(*) FROM sessions").strip())
+        step("verify", ["verify"], verify=True)
+
+        # 4. migrate-state again, nothing changed: it must write nothing (stage-migrate's check).
+        rec, again = step("again", ["migrate-state", "--dry-run=false"])
+        ac = again.get("counts") or {}
+        case.facts["again_used_first_backup"] = again["details"].get("backup") == first_dir
+        if ac.get("inserted") or ac.get("updated"):
+            raise Failed(f"migrate-state again, nothing changed, wrote sessions: {ac} (not idempotent)")
+
+        # 5. 1% of the sessions changed as the application changes them: row and state file.
+        changed = change_app_sessions(store, conf, CHANGED_FRACTION, 5, "bench_changed")
+        case.facts["changed"] = changed
+
+        # 6. the catch-up as the runbook runs it: no --backup, it takes its own.
+        rec, catch = step("catchup", ["migrate-state", "--dry-run=false"])
+        cc = catch.get("counts") or {}
+        st = sessions_counts(catch)
+        case.facts["catchup_updated"] = cc.get("updated")
+        case.facts["catchup_inserted"] = cc.get("inserted")
+        case.facts["catchup_written_share"] = round((cc.get("updated") or 0) / n, 4) if n else None
+        if catch["details"].get("backup") in (None, first_dir):
+            case.notes.append("the catch-up did not take its own backup: it is not measured as the runbook runs it")
+        else:
+            case.facts["catchup_backup_dir_files"], case.facts["catchup_backup_dir_bytes"] = \
+                tree_size(catch["details"]["backup"])
+        if cc.get("updated") != changed["rows"] or cc.get("inserted") or \
+                (st and st.get("updated") != changed["rows"]):
+            raise Failed(f"the catch-up wrote {cc.get('updated')} updated / {cc.get('inserted')} inserted sessions"
+                         f" ({st}), not the {changed['rows']} changed")
+        ph = catch["details"].get("phases_ms") or {}
+        if "backup" in ph:
+            case.m("catchup_backup_phase", ph["backup"] / 1000, command=rec["command"] + "  (details.phases_ms.backup)")
+            case.m("catchup_without_backup", (rec["s"] * 1000 - ph["backup"]) / 1000,
+                   command=rec["command"] + "  (total − details.phases_ms.backup)")
+
+        # 7. verify again.
+        step("verify_after_catchup", ["verify"], verify=True)
+    except Failed as e:
+        case.error = str(e)  # the table prints it; results.json keeps it as the case's `error`
+    finally:
+        if phases_missing:
+            case.notes.append("migrate-state on a mapped store reports no details.phases_ms"
+                              f" ({', '.join(phases_missing)}): facts.<command>.progress_s has the phases'"
+                              " times from its progress lines instead (0.1 s resolution)")
+        # Ratios against numbers of this run (what was measured before a failure too).
+        case.ratio("catchup/load", "catchup", "load", 0.1)
+        case.ratio("verify/load", "verify", "load", 0.2)
+        case.ratio("verify_after_catchup/load", "verify_after_catchup", "load", 0.2)
+        case.ratio("again/load", "again", "load")
+        case.ratio("catchup_backup/catchup", "catchup_backup_phase", "catchup")
+        case.ratio("catchup_without_backup/load", "catchup_without_backup", "load")
+        case.facts["load_average"] = res["_loadavg"].between(t_case, time.monotonic())
+        shutil.rmtree(store, ignore_errors=True)
+        if db:
+            try:
+                q(ctx, "postgres", f'DROP DATABASE "{db}" WITH (FORCE)')
+            except Failed:
+                pass
+    return case
+
+
+# ---------------------------------------------------------------------------------------
 # Output
 
 
@@ -906,8 +1186,99 @@ def fmt(v, unit="s"):
     return f"{v:.1f} s" if v >= 10 else f"{v:.2f} s"
 
 
+def rat_of(R, name):
+    """A ratio as the table shows it: value, goal, met / NOT met."""
+    r = R.get(name)
+    if not r:
+        return "—", "", ""
+    mark = "" if "met" not in r else ("met" if r["met"] else "NOT met")
+    return f"{r['value']:.3f}×" if r["value"] < 0.1 else f"{r['value']:.2f}×", r.get("goal", ""), mark
+
+
 def table(run):
-    cases = run["cases"]
+    cases = [c for c in run["cases"] if c.get("shape", "default") == "default"]
+    if cases:
+        default_table(run, cases)
+    for c in run["cases"]:
+        if c.get("shape") == "app":
+            app_table(run, c)
+    for case in run["cases"]:
+        what = f"app, {case['sessions']:,}" if case.get("shape") == "app" else f"{case['sessions']:,}"
+        for note in case["notes"]:
+            print(f"note ({what}): {note}")
+    for note in run["notes"]:
+        print(f"note: {note}")
+    shown = os.path.relpath(RESULTS, ROOT) if RESULTS.startswith(ROOT + "/") else RESULTS
+    print(f"written: {shown} (one object per run, appended)")
+
+
+def app_table(run, c):
+    """The mapped-store case's rows: the runbook's sequence on an application's own schema."""
+    M, R, F = c["measures"], c["ratios"], c["facts"]
+
+    def val(name):
+        x = M.get(name)
+        return fmt(x["value"], x["unit"]) if x else "—"
+
+    la = F.get("load_average") or {}
+    mach = run["machine"]
+    print(f"\nsessiondb bench, an application's own schema (generate-fixture --schema app, SPEC §9): "
+          f"{c['sessions']:,} sessions, {(F.get('fixture') or {}).get('users') or 0:,} users, {mach['cores']} cores, "
+          f"PostgreSQL {mach['pg_version']}, fsync={mach['fsync']}, warm page cache, "
+          f"load average during the case {la.get('mean')} (max {la.get('max')})")
+    ch = F.get("changed") or {}
+    rows = [
+        ("backup (of the fresh store)", "backup", None, ""),
+        ("full load: migrate-state --dry-run=false, on that backup", "load", None, ""),
+        ("verify after the load", "verify", "verify/load", "of the full load"),
+        ("migrate-state again, nothing changed", "again", "again/load", "of the full load"),
+        ("catch-up after 1% changed (rows + state.json), own backup", "catchup", "catchup/load", "of the full load"),
+        ("  its backup phase (details.phases_ms.backup)", "catchup_backup_phase", "catchup_backup/catchup", "of the catch-up"),
+        ("  the catch-up without that phase", "catchup_without_backup", "catchup_without_backup/load", "of the full load"),
+        ("verify after the catch-up", "verify_after_catchup", "verify_after_catchup/load", "of the full load"),
+    ]
+    rows = [r for r in rows if r[1] in M or not r[1].startswith("catchup_")]
+    w = max(len(r[0]) for r in rows) + 2
+    print(f"{'work':{w}} {'time':>9}  {'peak RSS':>8}  {'CPU':>7}  {'ratio':>8}  {'goal':>7}  {'':8} ratio of")
+    for label, name, rname, what in rows:
+        r, goal, mark = rat_of(R, rname) if rname else ("", "", "")
+        rss = M.get(name + "_rss")
+        rss_s = "—" if not rss else f"{rss['value']:.0f} MB" + ("" if rss.get("met", True) else "!")
+        cpu = M.get(name + "_cpu")
+        cpu_s = "—" if not cpu else fmt(cpu["value"])
+        print(f"{label:{w}} {val(name):>9}  {rss_s:>8}  {cpu_s:>7}  {r:>8}  {goal:>7}  {mark:8} {what}")
+    cmds = ("backup", "load", "verify", "again", "catchup", "verify_after_catchup")
+    cells = []
+    for k in cmds:
+        x = M.get(k + "_rss")
+        if x:
+            cells.append(f"{k} {x['value']:.0f}" + ("" if x.get("met", True) else " (≥ 200)"))
+    met = all(M[k + "_rss"].get("met", True) for k in cmds if k + "_rss" in M)
+    print(f"peak RSS MB (goal < {RSS_GOAL_MB}: {'met' if met else 'NOT met'}): " + ", ".join(cells))
+    cpu = []
+    for k in cmds:
+        if k + "_cpu" in M:
+            x, sc = M[k + "_cpu"], M.get(k + "_server_cpu")
+            cpu.append(f"{k} {x.get('user', 0):.1f}+{x.get('sys', 0):.1f}/{sc['value'] if sc else float('nan'):.1f}")
+    print("CPU s, the command's user+sys / the server's: " + ", ".join(cpu))
+    if ch:
+        cu = F.get("catchup_updated")
+        print(f"changed: {ch.get('rows')} rows of {ch.get('sessions'):,} ({', '.join(ch.get('columns', []))}) and "
+              f"{ch.get('state_files')} state.json; the catch-up updated {cu if cu is not None else '—'}"
+              f" ({100 * (F.get('catchup_written_share') or 0):.2f}% of the sessions), inserted {F.get('catchup_inserted')}")
+    for k in ("load", "again", "catchup"):
+        f = F.get(k) or {}
+        ph = f.get("phases_ms")
+        pr = ((f.get("progress_s") or {}).get("total")) or {}
+        if ph:
+            print(f"{k} phases_ms: " + ", ".join(f"{p} {v / 1000:.2f}" for p, v in ph.items()) + " s")
+        elif pr:
+            print(f"{k} phases (progress lines, s): " + ", ".join(f"{p} {v:.1f}" for p, v in pr.items()))
+    if c.get("error"):
+        print(f"FAILED: {c['error'][:600]}")
+
+
+def default_table(run, cases):
     c = cases[0]
     M = c["measures"]
     R = c["ratios"]
@@ -917,11 +1288,7 @@ def table(run):
         return fmt(x["value"], x["unit"]) if x else "—"
 
     def rat(name):
-        r = R.get(name)
-        if not r:
-            return "—", "", ""
-        mark = "" if "met" not in r else ("met" if r["met"] else "NOT met")
-        return f"{r['value']:.3f}×" if r["value"] < 0.1 else f"{r['value']:.2f}×", r.get("goal", ""), mark
+        return rat_of(R, name)
 
     la = c["facts"].get("load_average") or {}
     cache = "cold page cache" if (M.get("backup") or {}).get("cold_cache") else "warm: the page cache could not be dropped"
@@ -983,12 +1350,6 @@ def table(run):
     if sc:
         a, b = sc["sessions"]
         print(f"load at {b:,} / load at {a:,}: {sc['value']:.2f}× (goal {sc['goal']}: {'met' if sc['met'] else 'NOT met'})")
-    for case in cases:
-        for note in case["notes"]:
-            print(f"note ({case['sessions']:,}): {note}")
-    for note in run["notes"]:
-        print(f"note: {note}")
-    print("written: bench/results.json (one object per run, appended)")
 
 
 def machine(ctx):
@@ -1031,7 +1392,9 @@ def main():
     la = LoadAvg()
     la.start()
     t0 = time.monotonic()
-    run = {"started_at": started, "harness": "scripts/bench.py (issue 19)", "sessions": N, "large": LARGE or None,
+    run = {"started_at": started, "harness": "scripts/bench.py (issue 19)",
+           "sessions": N if ONLY != "app" else None, "large": (LARGE or None) if ONLY != "app" else None,
+           "app_sessions": (APP_N or None) if ONLY != "default" else None, "only": ONLY or None,
            "cases": [], "notes": ctx.notes}
     rc = 0
     try:
@@ -1043,14 +1406,24 @@ def main():
         ctx.base_url = f"postgresql://{u.username}@{u.hostname}:{u.port}"
         run["machine"] = machine(ctx)
         res = {"_loadavg": la}
-        res["_settings"] = probe_settings(ctx, res)
-        run["sessiondb_settings"] = res["sessiondb_settings"]
-        cases = [run_case(ctx, N, True, res)]
-        if LARGE:
-            cases.append(run_case(ctx, LARGE, False, res))
-        run["cases"] = [{"sessions": c.n, "measures": c.measures, "ratios": c.ratios, "facts": c.facts, "notes": c.notes}
+        cases = []
+        if ONLY != "app":
+            res["_settings"] = probe_settings(ctx, res)
+            run["sessiondb_settings"] = res["sessiondb_settings"]
+            cases.append(run_case(ctx, N, True, res))
+            if LARGE:
+                cases.append(run_case(ctx, LARGE, False, res))
+        if APP_N and ONLY != "default":
+            app = run_app_case(ctx, APP_N, res)
+            if app.error:
+                sys.stderr.write(f"bench: the mapped-store (app) case at {APP_N:,} sessions FAILED: {app.error}\n")
+                rc = 3
+            cases.append(app)
+        run["cases"] = [dict({"shape": c.shape, "sessions": c.n, "measures": c.measures, "ratios": c.ratios,
+                              "facts": c.facts, "notes": c.notes}, **({"error": c.error} if c.error else {}))
                         for c in cases]
-        if LARGE:
+        cases = [c for c in cases if c.shape == "default"]
+        if LARGE and len(cases) == 2:
             a, b = cases[0], cases[1]
             scale = b.n / a.n
             r = b.value("load") / a.value("load")
@@ -1068,13 +1441,20 @@ def main():
         sys.stderr.write(f"bench: {msg}\n")
         run["error"] = msg
         rc = 3
+    except Exception:  # a harness bug: still stop the server, record it and remove the run's folder
+        import traceback  # noqa: PLC0415
+
+        msg = traceback.format_exc()
+        sys.stderr.write(f"bench: {msg}\n")
+        run["error"] = msg
+        rc = 3
     finally:
         subprocess.run([os.path.join(ROOT, "scripts/pg-ephemeral"), "stop", ctx.pg_dir], capture_output=True)
         la.stop.set()
     run["load_average"] = la.between(t0, time.monotonic())
     run["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    os.makedirs(os.path.join(ROOT, "bench"), exist_ok=True)
-    path = os.path.join(ROOT, "bench/results.json")
+    path = RESULTS
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     runs = []
     if os.path.exists(path):
         try:
