@@ -470,6 +470,30 @@ impl Reader {
     }
 }
 
+/// The threads that read and canonicalise state files: [`READERS_PER_CORE`] a core, so
+/// that while some wait on the disk (a state file the page cache no longer holds) the
+/// others read or compute. With one a core, as rayon's own pool has, a verify of 200,000
+/// sessions whose files had left the page cache waited on one read a core at a time.
+/// `f` runs on them, or on rayon's own pool should they not start.
+fn on_readers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores * READERS_PER_CORE)
+            .thread_name(|i| format!("sessiondb-read-{i}"))
+            .build()
+            .ok()
+    });
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+/// Reading threads a core ([`on_readers`]).
+const READERS_PER_CORE: usize = 2;
+
 /// A batch handed from one stage of the scan to the next, or the error that ended it.
 type Chunk<T> = Result<Vec<T>>;
 
@@ -966,8 +990,15 @@ impl Resolve {
     }
 
     /// Resolve a stamped chunk: known rows come out as [`Item::Known`] unread, the others
-    /// are resolved in parallel.
+    /// are resolved in parallel, on [`on_readers`].
     fn resolve_chunk(
+        &self,
+        stamped: Vec<(Row, Option<Stamped>)>,
+    ) -> Result<Vec<(Item, Vec<Finding>)>> {
+        on_readers(|| self.resolve_chunk_here(stamped))
+    }
+
+    fn resolve_chunk_here(
         &self,
         stamped: Vec<(Row, Option<Stamped>)>,
     ) -> Result<Vec<(Item, Vec<Finding>)>> {
