@@ -8,6 +8,7 @@
 //! The values stay raw ([`Raw`]) here: `value::convert` turns each into its target
 //! column's type, on the target's side of the plan (`pg::app`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
@@ -226,14 +227,34 @@ impl AppStore {
         &self,
         t: &Copied,
         batch: usize,
+        f: impl FnMut(Vec<std::result::Result<AppSession, Box<Invalid>>>) -> Result<()>,
+    ) -> Result<()> {
+        self.sessions_among(t, batch, None, f)
+    }
+
+    /// [`AppStore::sessions`], only those whose id `among` holds when it is given: the
+    /// other rows are passed over before their state is read (a catch-up's load reads
+    /// again only what it writes). A row whose id is not text is passed over too.
+    pub fn sessions_among(
+        &self,
+        t: &Copied,
+        batch: usize,
+        among: Option<&HashSet<String>>,
         mut f: impl FnMut(Vec<std::result::Result<AppSession, Box<Invalid>>>) -> Result<()>,
     ) -> Result<()> {
         let id_col = self.shape.mapping.column(Field::Id).expect("id is mapped");
         let id_at = t.index(id_col).expect("the id column is carried");
         let with_state = self.shape.mapping.column(Field::State).is_some();
+        let wanted = |raws: &Vec<Raw>| match (among, &raws[id_at]) {
+            (None, _) => true,
+            (Some(set), Raw::Text(s)) => set.contains(s),
+            (Some(set), Raw::Integer(i)) => set.contains(&i.to_string()),
+            (Some(_), _) => false,
+        };
         self.raw_rows(t, with_state, batch, |rows| {
-            let out = rows
+            let out: Vec<_> = rows
                 .into_iter()
+                .filter(wanted)
                 .map(|mut raws| {
                     let column = if with_state { raws.pop() } else { None };
                     let id = match &raws[id_at] {
@@ -258,6 +279,9 @@ impl AppStore {
                     Ok(AppSession { id, raws, state })
                 })
                 .collect();
+            if out.is_empty() && among.is_some() {
+                return Ok(());
+            }
             f(out)
         })
     }

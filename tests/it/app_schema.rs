@@ -1066,3 +1066,91 @@ fn a_mapped_load_of_batches_larger_than_one_statement_writes_every_row() {
     app.step(&db, &["verify"]).expect(exit::OK);
     assert_same(&app, &db);
 }
+
+#[test]
+fn a_mapped_catch_up_reads_again_only_the_sessions_it_writes_and_skips_unchanged_tables() {
+    // After a load, a run with nothing changed reads no table again; after two sessions
+    // changed (one in SQLite, one in its state file) the load reads those two again and
+    // not the users, writes exactly them, and reports where its time went.
+    use crate::operator::periodic;
+    let db = TestDb::new("app_load_in_proportion");
+    let app = App::new("300", Some(&db));
+    let users = app.users();
+    let run = |args: &[&str]| app.step(&db, args).env("SESSIONDB_PROGRESS_SECS", "0");
+    run(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    let r = run(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    for table in ["users", "sessions"] {
+        assert!(
+            r.stderr
+                .contains(&format!("table {table}: nothing to write")),
+            "{table}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("loading table"), "{}", r.stderr);
+    let phases = &r.report.details["phases_ms"];
+    assert!(
+        phases["plan"].is_u64() && phases["load"].is_u64(),
+        "{}",
+        r.stdout
+    );
+    let ids = app.session_ids();
+    rusqlite::Connection::open(app.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE sessions SET question = 'changed in the source' WHERE id = ?1",
+            [&ids[20]],
+        )
+        .unwrap();
+    let f = app.root.join("sessions").join(&ids[250]).join("state.json");
+    std::fs::write(&f, br#"{"changed": "in its file"}"#).unwrap();
+    let r = run(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    assert!(
+        r.stderr.contains("table users: nothing to write"),
+        "{}",
+        r.stderr
+    );
+    let (_, sessions) = r
+        .stderr
+        .split_once("loading table sessions")
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        periodic(sessions, "load", Some(2), "rows") >= 1,
+        "{}",
+        r.stderr
+    );
+    let tables = r.report.details["app_tables"].as_array().unwrap().clone();
+    let of = |name: &str| {
+        tables
+            .iter()
+            .find(|t| t["table"] == name)
+            .unwrap_or_else(|| panic!("{name}: {}", r.stdout))
+            .clone()
+    };
+    assert_eq!(of("sessions")["updated"], 2, "{}", r.stdout);
+    assert_eq!(of("sessions")["unchanged"], 298, "{}", r.stdout);
+    assert_eq!(of("sessions")["rows"], 300, "{}", r.stdout);
+    assert_eq!(of("users")["rows"], users, "{}", r.stdout);
+    assert_eq!(of("users")["unchanged"], users, "{}", r.stdout);
+    assert_eq!(
+        one(
+            &db,
+            &format!(
+                "SELECT count(*) FROM sessions WHERE question = 'changed in the source' AND id = '{}'",
+                ids[20]
+            )
+        ),
+        1
+    );
+    assert_eq!(
+        one(
+            &db,
+            &format!(
+                "SELECT count(*) FROM session_state WHERE state = '{{\"changed\": \"in its file\"}}'::jsonb AND session_id = '{}'",
+                ids[250]
+            )
+        ),
+        1
+    );
+    app.step(&db, &["verify"]).expect(exit::OK);
+}

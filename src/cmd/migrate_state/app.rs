@@ -7,7 +7,9 @@
 //! the tables when none existed, applies the versions, and loads the parents first,
 //! then the sessions with their states, a batch a transaction with its ledger rows.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use postgres::GenericClient;
 
@@ -35,10 +37,53 @@ pub(crate) struct MappedPlan {
     /// by the server for the load on the same connection.
     known: Vec<Known>,
     pub counts: Vec<TableCounts>,
+    /// Per table: what the load has to do there, by the plan's classification.
+    to_load: Vec<ToLoad>,
     pub invalid: Vec<Invalid>,
     pub conflicts: Vec<ConflictInfo>,
     /// A parent row that does not convert: the run refuses.
     pub bad_rows: Vec<String>,
+}
+
+/// What the load has to do in one table, by the plan: so that its pass is in proportion
+/// to what changed, not to the store. A table where nothing is to be written or
+/// recorded is not read again; of the sessions table, only the sessions to write have
+/// their state files read again and canonicalised (the SQLite rows, cheap, are read
+/// again in full, in the same read transaction and order).
+#[derive(Debug, Default)]
+struct ToLoad {
+    /// Rows to insert, update, adopt into the ledger, or that conflict (written with
+    /// `--on-conflict source-wins`).
+    rows: u64,
+    /// The sessions table's such keys (its session ids), while they fit in
+    /// [`KEEP_KEYS_BYTES`]; `None` past it (then every session is read again).
+    keys: Option<HashSet<String>>,
+    key_bytes: usize,
+}
+
+/// The most bytes of session ids a plan keeps for its load ([`ToLoad::keys`]).
+const KEEP_KEYS_BYTES: usize = 8 << 20;
+
+impl ToLoad {
+    fn new(sessions: bool) -> ToLoad {
+        ToLoad {
+            keys: sessions.then(HashSet::new),
+            ..ToLoad::default()
+        }
+    }
+
+    /// A row the load has to look at again.
+    fn add(&mut self, key: &str) {
+        self.rows += 1;
+        if let Some(keys) = &mut self.keys {
+            self.key_bytes += key.len() + 32;
+            if self.key_bytes > KEEP_KEYS_BYTES {
+                self.keys = None;
+            } else {
+                keys.insert(key.to_owned());
+            }
+        }
+    }
 }
 
 /// Whether the config's store is the application's own schema (then the mapped path runs).
@@ -74,6 +119,7 @@ pub(crate) fn plan_mapped(
         target,
         known: Vec::new(),
         counts: Vec::new(),
+        to_load: Vec::new(),
         invalid: Vec::new(),
         conflicts: Vec::new(),
         bad_rows: Vec::new(),
@@ -91,14 +137,20 @@ pub(crate) fn plan_mapped(
             table: t.name.clone(),
             ..TableCounts::default()
         };
+        let mut to_load = ToLoad::new(t.sessions);
         let src = &p.copied[t.source];
-        let tally = |row: &Row,
-                     looked: &Looked,
-                     counts: &mut TableCounts,
-                     conflicts: &mut Vec<ConflictInfo>| {
+        // `id`: the session's id, for the sessions table (its rows are read again by it).
+        let mut tally = |row: &Row,
+                         id: Option<&str>,
+                         looked: &Looked,
+                         counts: &mut TableCounts,
+                         conflicts: &mut Vec<ConflictInfo>| {
             counts.rows += 1;
             let (a, why) =
                 plan::decide(&row.hash, looked.ledger(&row.key), looked.target(&row.key));
+            if a != Action::Unchanged {
+                to_load.add(id.unwrap_or(&row.key));
+            }
             match a {
                 Action::Insert => counts.inserted += 1,
                 Action::Update => counts.updated += 1,
@@ -118,6 +170,7 @@ pub(crate) fn plan_mapped(
             p.store.sessions(src, batch, |items| {
                 phase.inc(items.len() as u64);
                 let mut good = Vec::with_capacity(items.len());
+                let mut ids = Vec::with_capacity(items.len());
                 for it in items {
                     match it {
                         Err(inv) => {
@@ -125,7 +178,10 @@ pub(crate) fn plan_mapped(
                             invalid.push(*inv);
                         }
                         Ok(s) => match p.target.session_row(&s) {
-                            Ok((row, _)) => good.push(row),
+                            Ok((row, _)) => {
+                                good.push(row);
+                                ids.push(s.id);
+                            }
                             Err(e) => {
                                 counts.invalid += 1;
                                 invalid.push(Invalid {
@@ -141,8 +197,9 @@ pub(crate) fn plan_mapped(
                     }
                 }
                 let looked = known.look(c, &keys_of(&good))?;
-                good.iter()
-                    .for_each(|row| tally(row, &looked, &mut counts, conflicts));
+                for (row, id) in good.iter().zip(&ids) {
+                    tally(row, Some(id), &looked, &mut counts, conflicts);
+                }
                 Ok(())
             })?;
         } else {
@@ -161,13 +218,14 @@ pub(crate) fn plan_mapped(
                 }
                 let looked = known.look(c, &keys_of(&good))?;
                 good.iter()
-                    .for_each(|row| tally(row, &looked, &mut counts, conflicts));
+                    .for_each(|row| tally(row, None, &looked, &mut counts, conflicts));
                 Ok(())
             })?;
         }
         phase.finish();
         p.counts.push(counts);
         p.known.push(known);
+        p.to_load.push(to_load);
     }
     Ok(p)
 }
@@ -296,6 +354,7 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
     let (cfg, target_cfg) = (&r.cfg, &r.target);
     let (schema_name, run_id, run_uuid) = (&r.schema, &r.run_id, r.run_uuid);
     let mut lock = Guard::take(target_cfg, schema_name, run_id, args.dry.dry_run)?;
+    let t_plan = Instant::now();
     let mut c = pg::connect_writer(
         target_cfg,
         &r.lock_timeout,
@@ -345,7 +404,14 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
         return Ok(());
     }
     // The real run.
+    let mut phases = super::PhasesMs {
+        plan: t_plan.elapsed().as_millis() as u64,
+        ..super::PhasesMs::default()
+    };
+    let t_backup = Instant::now();
     let backup_dir = super::backup_for(ctx, &r, chosen, &fingerprint, None, d)?;
+    phases.backup = t_backup.elapsed().as_millis() as u64;
+    let t_load = Instant::now();
     let p_ref = &p;
     let (schema_name, run_id) = (schema_name.as_str(), run_id.as_str());
     {
@@ -377,6 +443,8 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
         }
     };
     p.store.end();
+    phases.load = t_load.elapsed().as_millis() as u64;
+    let t_index = Instant::now();
     if p.target.state.gin.is_none() && schema::index_state(&mut c, schema_name)?.is_none() {
         // One connection loads a mapped store: the index is built after it, whatever
         // `postgres.index_build` says (filling the pending list pays on parallel streams).
@@ -389,6 +457,9 @@ pub(super) fn run(ctx: &mut Ctx, r: super::Resolved<'_>, d: &mut Details) -> Res
         build.finish(&mut c, schema_name, cfg.postgres.gin_opclass.as_sql())?;
         d.index_build = Some(build);
     }
+    phases.index = t_index.elapsed().as_millis() as u64;
+    // A mapped load runs no ANALYZE of its own: `analyze` stays 0.
+    d.phases_ms = Some(phases);
     for t in &counts {
         if t.sessions_table {
             ctx.report.count("sessions", t.counts.rows);
@@ -427,10 +498,22 @@ fn load(
     let write_conflicts = args.on_conflict == OnConflict::SourceWins;
     for (ti, t) in p.target.tables.iter().enumerate() {
         let known = &p.known[ti];
+        let (planned, to_load) = (&p.counts[ti], &p.to_load[ti]);
         let mut counts = TableCounts {
             table: t.name.clone(),
             ..TableCounts::default()
         };
+        if to_load.rows == 0 {
+            // Every row as the target and the ledger have it: nothing to read again.
+            tracing::info!("table {}: nothing to write", t.name);
+            counts.rows = planned.rows;
+            counts.unchanged = planned.rows;
+            out.push(Loaded {
+                counts,
+                sessions_table: t.sessions,
+            });
+            continue;
+        }
         let decide = |row: &Row, looked: &Looked, counts: &mut TableCounts| -> (bool, bool) {
             counts.rows += 1;
             let (a, _) = plan::decide(&row.hash, looked.ledger(&row.key), looked.target(&row.key));
@@ -461,64 +544,69 @@ fn load(
         };
         let src = &p.copied[t.source];
         tracing::info!("loading table {}", t.name);
-        let total = p.counts.get(ti).map_or(0, |c| c.rows + c.invalid);
+        let among = to_load.keys.as_ref().filter(|_| t.sessions);
+        let total = match among {
+            Some(keys) => keys.len() as u64,
+            None => planned.rows + planned.invalid,
+        };
         let phase = Phase::bar("load", total, Unit::Rows);
         if t.sessions {
-            p.store.sessions(src, args.batch_size as usize, |items| {
-                phase.inc(items.len() as u64);
-                let read: Vec<_> = items
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| {
-                        let (row, updated) = p.target.session_row(&s).ok()?;
-                        Some((s, row, updated))
-                    })
-                    .collect();
-                let looked = known.look(
-                    c,
-                    &read.iter().map(|r| r.1.key.as_str()).collect::<Vec<_>>(),
-                )?;
-                let mut rows = Vec::new();
-                for (s, row, updated) in read {
-                    let (write, record) = decide(&row, &looked, &mut counts);
-                    if write || record {
-                        rows.push((s, row, updated, write));
+            p.store
+                .sessions_among(src, args.batch_size as usize, among, |items| {
+                    phase.inc(items.len() as u64);
+                    let read: Vec<_> = items
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| {
+                            let (row, updated) = p.target.session_row(&s).ok()?;
+                            Some((s, row, updated))
+                        })
+                        .collect();
+                    let looked = known.look(
+                        c,
+                        &read.iter().map(|r| r.1.key.as_str()).collect::<Vec<_>>(),
+                    )?;
+                    let mut rows = Vec::new();
+                    for (s, row, updated) in read {
+                        let (write, record) = decide(&row, &looked, &mut counts);
+                        if write || record {
+                            rows.push((s, row, updated, write));
+                        }
                     }
-                }
-                let mut tx = c
-                    .transaction()
-                    .map_err(|e| Error::pg("starting a batch", "", e))?;
-                let to_write: Vec<&Row> = rows.iter().filter(|r| r.3).map(|r| &r.1).collect();
-                t.write(&mut tx, schema_name, &to_write)?;
-                let states: Vec<(&str, &crate::source::State, Option<crate::value::Value>)> = rows
-                    .iter()
-                    .filter(|r| r.3)
-                    .filter_map(|(s, _, u, _)| {
-                        s.state.as_ref().map(|st| (s.id.as_str(), st, u.clone()))
-                    })
-                    .collect();
-                p.target.state.write(&mut tx, schema_name, &states)?;
-                let stateless: Vec<&str> = rows
-                    .iter()
-                    .filter(|(s, _, _, write)| *write && s.state.is_none())
-                    .map(|(s, _, _, _)| s.id.as_str())
-                    .collect();
-                p.target.state.clear(&mut tx, schema_name, &stateless)?;
-                let ledger_rows: Vec<(&str, &str, Option<String>)> = rows
-                    .iter()
-                    .map(|(s, r, _, _)| {
-                        (
-                            s.id.as_str(),
-                            r.hash.as_str(),
-                            s.state.as_ref().map(|st| st.hash()),
-                        )
-                    })
-                    .collect();
-                tables::record_sessions(&mut tx, schema_name, run_id, &ledger_rows)?;
-                tx.commit()
-                    .map_err(|e| Error::pg("committing a batch", "", e))?;
-                Ok(())
-            })?;
+                    let mut tx = c
+                        .transaction()
+                        .map_err(|e| Error::pg("starting a batch", "", e))?;
+                    let to_write: Vec<&Row> = rows.iter().filter(|r| r.3).map(|r| &r.1).collect();
+                    t.write(&mut tx, schema_name, &to_write)?;
+                    let states: Vec<(&str, &crate::source::State, Option<crate::value::Value>)> =
+                        rows.iter()
+                            .filter(|r| r.3)
+                            .filter_map(|(s, _, u, _)| {
+                                s.state.as_ref().map(|st| (s.id.as_str(), st, u.clone()))
+                            })
+                            .collect();
+                    p.target.state.write(&mut tx, schema_name, &states)?;
+                    let stateless: Vec<&str> = rows
+                        .iter()
+                        .filter(|(s, _, _, write)| *write && s.state.is_none())
+                        .map(|(s, _, _, _)| s.id.as_str())
+                        .collect();
+                    p.target.state.clear(&mut tx, schema_name, &stateless)?;
+                    let ledger_rows: Vec<(&str, &str, Option<String>)> = rows
+                        .iter()
+                        .map(|(s, r, _, _)| {
+                            (
+                                s.id.as_str(),
+                                r.hash.as_str(),
+                                s.state.as_ref().map(|st| st.hash()),
+                            )
+                        })
+                        .collect();
+                    tables::record_sessions(&mut tx, schema_name, run_id, &ledger_rows)?;
+                    tx.commit()
+                        .map_err(|e| Error::pg("committing a batch", "", e))?;
+                    Ok(())
+                })?;
         } else {
             p.store.rows(src, args.batch_size as usize, |batch| {
                 phase.inc(batch.len() as u64);
@@ -550,6 +638,23 @@ fn load(
             })?;
         }
         phase.finish();
+        if let Some(keys) = among {
+            // The sessions passed over are those the plan found unchanged (an id held
+            // twice is read twice).
+            if counts.rows < keys.len() as u64 {
+                return Err(Error::Internal {
+                    message: format!(
+                        "table {}: the load read {} of the {} sessions its plan kept to write",
+                        t.name,
+                        counts.rows,
+                        keys.len()
+                    ),
+                });
+            }
+            let passed_over = planned.rows.saturating_sub(counts.rows);
+            counts.rows += passed_over;
+            counts.unchanged += passed_over;
+        }
         out.push(Loaded {
             counts,
             sessions_table: t.sessions,
