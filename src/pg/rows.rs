@@ -160,9 +160,11 @@ impl Rows {
         tx: &mut Transaction<'_>,
         ids: &[&str],
     ) -> Result<HashMap<String, TargetRow>> {
+        // Keyed by the id asked for (`u.id`): the target's own may differ in its bytes
+        // (a `character(n)` column pads it) and still be equal.
         let sql = format!(
             "SELECT s.id, {},
-                    pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(st.state::text, 'UTF8')), 'hex')
+                    pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(st.state::text, 'UTF8')), 'hex'), u.id
                FROM pg_catalog.unnest($1::text[]) AS u(id)
                JOIN {} s ON s.id OPERATOR(pg_catalog.=) u.id
                LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) u.id",
@@ -179,7 +181,7 @@ impl Rows {
                 meta: meta_at(r, 1)?,
                 state_sha: r.get(7),
             };
-            out.insert(r.get(0), target);
+            out.insert(r.get(8), target);
         }
         Ok(out)
     }

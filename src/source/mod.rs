@@ -475,12 +475,12 @@ impl Reader {
 /// others read or compute. With one a core, as rayon's own pool has, a verify of 200,000
 /// sessions whose files had left the page cache waited on one read a core at a time.
 /// `f` runs on them, or on rayon's own pool should they not start.
-fn on_readers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn on_readers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     let pool = POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cores * READERS_PER_CORE)
+            .num_threads((cores * READERS_PER_CORE).min(MAX_READERS))
             .thread_name(|i| format!("sessiondb-read-{i}"))
             .build()
             .ok()
@@ -493,6 +493,10 @@ fn on_readers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// Reading threads a core ([`on_readers`]).
 const READERS_PER_CORE: usize = 2;
+
+/// The most reading threads on any machine: each holds two descriptors while it reads
+/// (the session's folder and its state file), far below a 1,024 descriptor limit.
+const MAX_READERS: usize = 64;
 
 /// A batch handed from one stage of the scan to the next, or the error that ended it.
 type Chunk<T> = Result<Vec<T>>;

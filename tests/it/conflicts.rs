@@ -355,6 +355,29 @@ fn a_not_null_column_the_source_leaves_empty_is_refused_before_the_first_batch()
 }
 
 #[test]
+fn verify_matches_sessions_whose_target_id_column_pads_them() {
+    // A `character(n)` id column holds each id padded with spaces, equal to the id as
+    // text: verify finds every session, none missing and none extra.
+    let s = store_with(3);
+    let db = TestDb::new("cf_verify_char_id");
+    assert_exit(&migrate(&s, &db, &["--dry-run=false"]), exit::OK);
+    db.client()
+        .batch_execute(
+            "ALTER TABLE session_state DROP CONSTRAINT session_state_session_id_fkey;
+             ALTER TABLE sessions ALTER COLUMN id TYPE character(80);
+             ALTER TABLE session_state ALTER COLUMN session_id TYPE character(80);
+             ALTER TABLE session_state ADD FOREIGN KEY (session_id) REFERENCES sessions(id) ON DELETE CASCADE",
+        )
+        .unwrap();
+    let v = step(&s, &db, &["verify"]).run();
+    assert_exit(&v, exit::OK);
+    assert_eq!(v.count("missing"), 0, "{}", v.stdout);
+    assert_eq!(v.count("extra"), 0, "{}", v.stdout);
+    assert_eq!(v.count("checked"), v.count("sessions"), "{}", v.stdout);
+    assert!(v.count("checked") >= 3, "{}", v.stdout);
+}
+
+#[test]
 fn verify_names_a_target_column_it_cannot_read() {
     let s = store_with(3);
     let db = TestDb::new("cf_verify_decode");

@@ -76,7 +76,8 @@ impl ToLoad {
     fn add(&mut self, key: &str) {
         self.rows += 1;
         if let Some(keys) = &mut self.keys {
-            self.key_bytes += key.len() + 32;
+            // The id's bytes, its `String` and its slot in the set.
+            self.key_bytes += key.len() + 64;
             if self.key_bytes > KEEP_KEYS_BYTES {
                 self.keys = None;
             } else {
@@ -486,7 +487,10 @@ struct Loaded {
 
 /// The load: every table in load order, a batch a transaction with its ledger rows;
 /// the rows the plan's classification says to write (re-read in the same SQLite read
-/// transaction, so they are the rows the plan saw).
+/// transaction, so they are the rows the plan saw; a state file is re-read only for a
+/// session the plan found to write, so one rewritten after the plan read it unchanged
+/// is taken by the next run, as the default shape's catch-up writes what its planning
+/// pass read).
 fn load(
     c: &mut postgres::Client,
     p: &MappedPlan,
@@ -642,11 +646,11 @@ fn load(
             // The sessions passed over are those the plan found unchanged (an id held
             // twice is read twice).
             if counts.rows < keys.len() as u64 {
-                return Err(Error::Internal {
+                return Err(Error::ChangedDuringWrite {
                     message: format!(
-                        "table {}: the load read {} of the {} sessions its plan kept to write",
+                        "table {}: {} of the {} sessions the plan found to write could not be read again (a state file changed, vanished or became invalid since the plan read it): the batches written are whole; run migrate-state --dry-run=false again",
                         t.name,
-                        counts.rows,
+                        keys.len() as u64 - counts.rows,
                         keys.len()
                     ),
                 });
