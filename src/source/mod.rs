@@ -475,7 +475,7 @@ impl Reader {
 /// others read or compute. With one a core, as rayon's own pool has, a verify of 200,000
 /// sessions whose files had left the page cache waited on one read a core at a time.
 /// `f` runs on them, or on rayon's own pool should they not start.
-pub(crate) fn on_readers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+fn on_readers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     let pool = POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
