@@ -59,7 +59,11 @@ fn meta_fields(out: &mut Vec<u8>, s: &Session) {
 /// The columns of a `sessions` row sessiondb writes, in [`meta_fields`]' order.
 const SESSION_COLUMNS: &str = "id, user_id, status, current_step, cost, created_at, updated_at";
 
-fn copy_in(tx: &mut Transaction<'_>, sql: &str, data: &[u8]) -> Result<()> {
+/// What a batch's COPY is called in its error.
+const BATCH_COPY: &str = "loading a batch (COPY)";
+
+/// One COPY of `data` by `sql`; `what` names it in the error should the server refuse it.
+pub(super) fn copy_in(tx: &mut Transaction<'_>, sql: &str, data: &[u8], what: &str) -> Result<()> {
     let mut w = tx
         .copy_in(sql)
         .map_err(|e| Error::pg("starting COPY", "", e))?;
@@ -67,8 +71,7 @@ fn copy_in(tx: &mut Transaction<'_>, sql: &str, data: &[u8]) -> Result<()> {
         context: "sending COPY data".into(),
         message: e.to_string(),
     })?;
-    w.finish()
-        .map_err(|e| Error::pg("loading a batch (COPY)", "", e))?;
+    w.finish().map_err(|e| Error::pg(what, "", e))?;
     Ok(())
 }
 
@@ -196,6 +199,7 @@ pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Re
             qualified(schema, "sessions")
         ),
         &r.sessions,
+        BATCH_COPY,
     )?;
     if !r.states.is_empty() {
         copy_in(
@@ -205,6 +209,7 @@ pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Re
                 qualified(schema, "session_state")
             ),
             &r.states,
+            BATCH_COPY,
         )?;
     }
     copy_in(
@@ -215,6 +220,7 @@ pub fn copy_rendered(tx: &mut Transaction<'_>, schema: &str, r: &Rendered) -> Re
             ledger::COPY_COLUMNS
         ),
         &ledger_with_versions(r, xid),
+        BATCH_COPY,
     )?;
     Ok(())
 }
@@ -258,7 +264,12 @@ pub fn upsert(
         field(&mut data, s.stamp.as_deref());
         data.push(b'\n');
     }
-    copy_in(tx, "COPY pg_temp.sessiondb_stage FROM STDIN", &data)?;
+    copy_in(
+        tx,
+        "COPY pg_temp.sessiondb_stage FROM STDIN",
+        &data,
+        BATCH_COPY,
+    )?;
     let sessions = qualified(schema, "sessions");
     let state = qualified(schema, "session_state");
     let set: Vec<String> = META_FIELDS

@@ -5,7 +5,6 @@
 //! the smoke probe ([`sample_status`], [`state_text`]).
 
 use std::collections::HashMap;
-use std::io::Write;
 
 use postgres::{GenericClient, Row, Transaction};
 
@@ -297,16 +296,12 @@ impl IdSet {
             super::load::field(&mut data, Some(id));
             data.push(b'\n');
         }
-        let err = |e| Error::pg("recording source ids", "", e);
-        let mut w = tx
-            .copy_in("COPY pg_temp.sessiondb_verify_ids (id) FROM STDIN")
-            .map_err(err)?;
-        w.write_all(&data).map_err(|e| Error::Database {
-            context: "recording source ids".into(),
-            message: e.to_string(),
-        })?;
-        w.finish().map_err(err)?;
-        Ok(())
+        super::load::copy_in(
+            tx,
+            "COPY pg_temp.sessiondb_verify_ids (id) FROM STDIN",
+            &data,
+            "recording source ids",
+        )
     }
 
     /// The target's sessions whose ids are not in the set, by id.

@@ -999,30 +999,25 @@ impl Resolve {
         &self,
         stamped: Vec<(Row, Option<Stamped>)>,
     ) -> Result<Vec<(Item, Vec<Finding>)>> {
-        on_readers(|| self.resolve_chunk_here(stamped))
-    }
-
-    fn resolve_chunk_here(
-        &self,
-        stamped: Vec<(Row, Option<Stamped>)>,
-    ) -> Result<Vec<(Item, Vec<Finding>)>> {
-        stamped
-            .into_par_iter()
-            .map(|(r, st)| match st {
-                Some(Stamped {
-                    known: true,
-                    id,
-                    stamp: Some(stamp),
-                }) => Ok((Item::Known { id, stamp }, Vec::new())),
-                st => {
-                    let (mut item, w) = self.resolve_row(r)?;
-                    if let Item::Session(s) = &mut item {
-                        s.stamp = st.and_then(|s| s.stamp);
+        on_readers(|| {
+            stamped
+                .into_par_iter()
+                .map(|(r, st)| match st {
+                    Some(Stamped {
+                        known: true,
+                        id,
+                        stamp: Some(stamp),
+                    }) => Ok((Item::Known { id, stamp }, Vec::new())),
+                    st => {
+                        let (mut item, w) = self.resolve_row(r)?;
+                        if let Item::Session(s) = &mut item {
+                            s.stamp = st.and_then(|s| s.stamp);
+                        }
+                        Ok((item, w))
                     }
-                    Ok((item, w))
-                }
-            })
-            .collect()
+                })
+                .collect()
+        })
     }
 
     /// `lstat` of session `id`'s state file, relative to the open sessions folder.
