@@ -115,7 +115,8 @@ impl Rows {
         .map_err(|e| Error::pg("reading the target", "", e))
     }
 
-    /// The current content hash of each of `ids` in the target (absent when no row).
+    /// The current content hash of each of `ids` in the target (absent when no row),
+    /// keyed by the id as text: a `character(n)` column's padding is not part of it.
     pub fn hashes(
         &self,
         c: &mut impl GenericClient,
@@ -126,7 +127,7 @@ impl Rows {
         }
         let sql = if self.state_exists {
             format!(
-                "SELECT s.id, {}, st.state::pg_catalog.text
+                "SELECT s.id::pg_catalog.text, {}, st.state::pg_catalog.text
                    FROM {} s LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) s.id
                   WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
                 self.meta_select,
@@ -135,7 +136,7 @@ impl Rows {
             )
         } else {
             format!(
-                "SELECT s.id, {}, NULL::pg_catalog.text FROM {} s WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+                "SELECT s.id::pg_catalog.text, {}, NULL::pg_catalog.text FROM {} s WHERE s.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
                 self.meta_select,
                 self.sessions()
             )
@@ -209,7 +210,7 @@ impl Rows {
     /// now, read in one snapshot, a portal of 5,000 rows at a time.
     pub fn not_as_written(&self, c: &mut postgres::Client) -> Result<Vec<(TargetSession, Since)>> {
         let sql = format!(
-            "SELECT s.id, {}, st.state::text, l.content_hash
+            "SELECT s.id::pg_catalog.text, {}, st.state::text, l.content_hash
                FROM {} s LEFT JOIN {} st ON st.session_id OPERATOR(pg_catalog.=) s.id
                     LEFT JOIN {} l ON l.session_id OPERATOR(pg_catalog.=) s.id AND l.status = '{}'",
             self.meta_select,
@@ -309,7 +310,7 @@ impl IdSet {
         Ok(tx
             .query(
                 &format!(
-                    "SELECT s.id FROM {} s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.sessiondb_verify_ids v WHERE v.id OPERATOR(pg_catalog.=) s.id) ORDER BY s.id",
+                    "SELECT s.id::pg_catalog.text FROM {} s WHERE NOT EXISTS (SELECT 1 FROM pg_temp.sessiondb_verify_ids v WHERE v.id OPERATOR(pg_catalog.=) s.id) ORDER BY s.id",
                     qualified(schema, "sessions")
                 ),
                 &[],

@@ -375,6 +375,14 @@ fn verify_matches_sessions_whose_target_id_column_pads_them() {
     assert_eq!(v.count("extra"), 0, "{}", v.stdout);
     assert_eq!(v.count("checked"), v.count("sessions"), "{}", v.stdout);
     assert!(v.count("checked") >= 3, "{}", v.stdout);
+    // The ALTER rewrote every row, so a catch-up reads them back: padded, they are
+    // still what sessiondb wrote, neither conflicts nor rewritten.
+    let r = migrate(&s, &db, &["--dry-run=false"]);
+    assert_exit(&r, exit::OK);
+    assert_eq!(r.count("conflicts"), 0, "{}", r.stdout);
+    assert_eq!(r.count("updated"), 0, "{}", r.stdout);
+    assert_eq!(r.count("inserted"), 0, "{}", r.stdout);
+    assert_eq!(r.count("unchanged"), v.count("checked"), "{}", r.stdout);
 }
 
 #[test]
