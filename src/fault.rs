@@ -31,6 +31,8 @@ pub fn panic_point(stage: &str, batch: u64) {
 /// the process reaches `point` — `backup` (a backup begins, after the fingerprint it
 /// starts from) — as the application writing to the store at that moment would, so
 /// that a write between a planning pass and its backup is proven to be seen.
+/// `SESSIONDB_FAULT_APPEND_TEXT` appends that text instead (a state file that stops
+/// being JSON, say).
 pub fn append_point(point: &str) {
     let Some(v) = std::env::var_os("SESSIONDB_FAULT_APPEND") else {
         return;
@@ -43,7 +45,13 @@ pub fn append_point(point: &str) {
     let appended = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b" "));
+        .and_then(|mut f| {
+            let text = std::env::var_os("SESSIONDB_FAULT_APPEND_TEXT");
+            let text = text
+                .as_deref()
+                .map_or(b" ".as_slice(), |t| t.as_encoded_bytes());
+            std::io::Write::write_all(&mut f, text)
+        });
     if let Err(e) = appended {
         tracing::warn!("SESSIONDB_FAULT_APPEND: {path}: {e}");
     }

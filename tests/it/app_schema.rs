@@ -1154,3 +1154,49 @@ fn a_mapped_catch_up_reads_again_only_the_sessions_it_writes_and_skips_unchanged
     );
     app.step(&db, &["verify"]).expect(exit::OK);
 }
+
+#[test]
+fn a_mapped_session_that_cannot_be_read_again_for_its_load_stops_the_run_as_source_changed() {
+    // The plan found one session to write; as the run's backup begins its state file
+    // stops being JSON (the fault point appends to it). The load reads it again, cannot
+    // take it, and says so: the run ends source_changed, never ok with the session left
+    // as it was.
+    let db = TestDb::new("app_load_read_again_fails");
+    let app = App::new("40", Some(&db));
+    app.step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    let ids = app.session_ids();
+    let f = app.root.join("sessions").join(&ids[7]).join("state.json");
+    std::fs::write(&f, br#"{"changed": "in its file"}"#).unwrap();
+    let r = app
+        .step(&db, &["migrate-state", "--dry-run=false"])
+        .env("SESSIONDB_FAULT_APPEND", format!("backup={}", f.display()))
+        .env("SESSIONDB_FAULT_APPEND_TEXT", "}")
+        .run();
+    assert_ne!(r.code, exit::OK, "{}", r.stdout);
+    let e = r
+        .report
+        .errors
+        .iter()
+        .find(|e| e.code == "source_changed")
+        .unwrap_or_else(|| panic!("no source_changed: {}", r.stdout));
+    assert!(
+        e.message.contains("1 of the 1 sessions") && e.message.contains("could not be read again"),
+        "{e:?}"
+    );
+    assert_eq!(
+        one(
+            &db,
+            &format!(
+                "SELECT count(*) FROM session_state WHERE state = '{{\"changed\": \"in its file\"}}'::jsonb AND session_id = '{}'",
+                ids[7]
+            )
+        ),
+        0
+    );
+    // Put right, the next run writes it.
+    std::fs::write(&f, br#"{"changed": "in its file"}"#).unwrap();
+    app.step(&db, &["migrate-state", "--dry-run=false"])
+        .expect(exit::OK);
+    app.step(&db, &["verify"]).expect(exit::OK);
+}

@@ -554,6 +554,9 @@ fn load(
             None => planned.rows + planned.invalid,
         };
         let phase = Phase::bar("load", total, Unit::Rows);
+        // The planned sessions read again, each once however often the source holds
+        // its id: a row read twice must not stand for one that could not be read.
+        let mut read_again: HashSet<String> = HashSet::new();
         if t.sessions {
             p.store
                 .sessions_among(src, args.batch_size as usize, among, |items| {
@@ -566,6 +569,9 @@ fn load(
                             Some((s, row, updated))
                         })
                         .collect();
+                    if among.is_some() {
+                        read_again.extend(read.iter().map(|(s, _, _)| s.id.clone()));
+                    }
                     let looked = known.look(
                         c,
                         &read.iter().map(|r| r.1.key.as_str()).collect::<Vec<_>>(),
@@ -643,14 +649,13 @@ fn load(
         }
         phase.finish();
         if let Some(keys) = among {
-            // The sessions passed over are those the plan found unchanged (an id held
-            // twice is read twice).
-            if counts.rows < keys.len() as u64 {
+            // The sessions passed over are those the plan found unchanged.
+            if read_again.len() < keys.len() {
                 return Err(Error::ChangedDuringWrite {
                     message: format!(
                         "table {}: {} of the {} sessions the plan found to write could not be read again (a state file changed, vanished or became invalid since the plan read it): the batches written are whole; run migrate-state --dry-run=false again",
                         t.name,
-                        keys.len() as u64 - counts.rows,
+                        keys.len() - read_again.len(),
                         keys.len()
                     ),
                 });
