@@ -1200,3 +1200,63 @@ fn a_mapped_session_that_cannot_be_read_again_for_its_load_stops_the_run_as_sour
         .expect(exit::OK);
     app.step(&db, &["verify"]).expect(exit::OK);
 }
+
+#[test]
+fn a_store_whose_session_ids_are_integers_catches_up_exactly_what_changed() {
+    // An application's own table keyed by INTEGER PRIMARY KEY, its states in
+    // sessions/<id>/state.json: init maps it, the load carries the ids as bigint, and a
+    // catch-up finds the two sessions that changed (a row, a state file) by those ids.
+    let db = TestDb::new("app_integer_ids");
+    let dir = TempDir::new();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let conn = rusqlite::Connection::open(root.join("data/app.db")).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE sessions (id INTEGER PRIMARY KEY, question TEXT NOT NULL,
+           status TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);",
+    )
+    .unwrap();
+    for i in 1..=30 {
+        conn.execute(
+            "INSERT INTO sessions VALUES (?1, ?2, 'done', '2026-01-01 00:00:00', '2026-01-02 00:00:00')",
+            rusqlite::params![i, format!("question {i}")],
+        )
+        .unwrap();
+        let d = root.join("sessions").join(i.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("state.json"), format!(r#"{{"n": {i}}}"#)).unwrap();
+    }
+    sessiondb(&["init"])
+        .cwd(&root)
+        .env("DATABASE_URL", &db.url)
+        .expect(exit::OK);
+    let config = root.join("sessiondb.toml");
+    let step = |args: &[&str]| sessiondb(args).config(&config).env("DATABASE_URL", &db.url);
+    let r = step(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    assert_eq!(r.count("inserted"), 30, "{}", r.stdout);
+    conn.execute("UPDATE sessions SET question = 'changed' WHERE id = 12", [])
+        .unwrap();
+    drop(conn);
+    std::fs::write(root.join("sessions/7/state.json"), br#"{"n": "changed"}"#).unwrap();
+    let r = step(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    assert_eq!(r.count("updated"), 2, "{}", r.stdout);
+    assert_eq!(r.count("unchanged"), 28, "{}", r.stdout);
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM sessions WHERE id = 12 AND question = 'changed'"
+        ),
+        1
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM session_state WHERE session_id = '7' AND state = '{\"n\": \"changed\"}'::jsonb"
+        ),
+        1
+    );
+    step(&["verify"]).expect(exit::OK);
+    let r = step(&["migrate-state", "--dry-run=false"]).expect(exit::OK);
+    assert_eq!(r.count("unchanged"), 30, "{}", r.stdout);
+}
