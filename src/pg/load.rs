@@ -62,15 +62,23 @@ const SESSION_COLUMNS: &str = "id, user_id, status, current_step, cost, created_
 /// What a batch's COPY is called in its error.
 const BATCH_COPY: &str = "loading a batch (COPY)";
 
+/// The most bytes one COPY message carries ([`copy_in`]).
+const COPY_MESSAGE: usize = 64 << 10;
+
 /// One COPY of `data` by `sql`; `what` names it in the error should the server refuse it.
+/// Sent a [`COPY_MESSAGE`] at a time: the driver buffers what one write hands it, then
+/// encodes it into the connection's buffer, which keeps its size; a batch's states in
+/// one write were two more copies of them per writer for the rest of the load.
 pub(super) fn copy_in(tx: &mut Transaction<'_>, sql: &str, data: &[u8], what: &str) -> Result<()> {
     let mut w = tx
         .copy_in(sql)
         .map_err(|e| Error::pg("starting COPY", "", e))?;
-    w.write_all(data).map_err(|e| Error::Database {
-        context: "sending COPY data".into(),
-        message: e.to_string(),
-    })?;
+    for part in data.chunks(COPY_MESSAGE) {
+        w.write_all(part).map_err(|e| Error::Database {
+            context: "sending COPY data".into(),
+            message: e.to_string(),
+        })?;
+    }
     w.finish().map_err(|e| Error::pg(what, "", e))?;
     Ok(())
 }
