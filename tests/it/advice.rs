@@ -182,12 +182,7 @@ fn duplicate_gin_indexes_on_the_state_column_are_warned() {
         .expect(exit::OK);
     let p = step(&s, &db, &["preflight"]).expect(exit::OK);
     for r in [&c, &p] {
-        let w = r
-            .report
-            .warnings
-            .iter()
-            .find(|w| w.code == "duplicate_gin_index")
-            .unwrap_or_else(|| panic!("no duplicate_gin_index: {}", r.stdout));
+        let w = r.warning("duplicate_gin_index");
         assert!(
             w.message.contains("app_state_idx") && w.message.contains("session_state_state_gin"),
             "{w:?}"

@@ -1174,12 +1174,7 @@ fn a_mapped_session_that_cannot_be_read_again_for_its_load_stops_the_run_as_sour
         .env("SESSIONDB_FAULT_APPEND_TEXT", "}")
         .run();
     assert_ne!(r.code, exit::OK, "{}", r.stdout);
-    let e = r
-        .report
-        .errors
-        .iter()
-        .find(|e| e.code == "source_changed")
-        .unwrap_or_else(|| panic!("no source_changed: {}", r.stdout));
+    let e = r.error("source_changed");
     assert!(
         e.message.contains("1 of the 1 sessions") && e.message.contains("could not be read again"),
         "{e:?}"

@@ -134,12 +134,7 @@ fn a_damaged_backup_found_automatically_is_passed_over_with_a_warning() {
     std::fs::remove_file(dir.join("sessions.jsonl")).unwrap();
 
     let dry = migrate(&s, &db, &[]).expect(exit::OK);
-    let w = dry
-        .report
-        .warnings
-        .iter()
-        .find(|w| w.code == "backup_damaged")
-        .unwrap_or_else(|| panic!("no backup_damaged warning: {}", dry.stdout));
+    let w = dry.warning("backup_damaged");
     assert!(w.message.contains(dir.to_str().unwrap()), "{w:?}");
     assert!(w.message.contains("sessions.jsonl"), "{w:?}");
     let said = dry.report.details["backup"].as_str().unwrap();

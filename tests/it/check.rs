@@ -183,12 +183,7 @@ fn check_of_a_100_mb_json_store_keeps_memory_flat() {
     assert_eq!(r.code, exit::PROBLEMS, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.count("sessions"), records - 1, "{}", r.stdout);
     assert_eq!(r.count("invalid"), 1);
-    let bad = r
-        .report
-        .errors
-        .iter()
-        .find(|e| e.code == "jsonb_incompatible_nul")
-        .unwrap_or_else(|| panic!("{}", r.stdout));
+    let bad = r.error("jsonb_incompatible_nul");
     assert_eq!(bad.session.as_deref(), Some("j-039999"));
     let limit = 0.4 * size_mb + 20.0;
     assert!(

@@ -280,12 +280,7 @@ fn a_target_that_preflight_calls_incompatible_is_refused_before_any_write() {
     ] {
         let r = migrate(&s, &db, args);
         assert_exit(&r, exit::PROBLEMS);
-        let e = r
-            .report
-            .errors
-            .iter()
-            .find(|e| e.code == "schema_mismatch")
-            .unwrap_or_else(|| panic!("no schema_mismatch: {}", r.stdout));
+        let e = r.error("schema_mismatch");
         assert!(
             e.message.contains("sessions.cost") && e.message.contains("sessions.created_at"),
             "{e:?}"
@@ -330,12 +325,7 @@ fn a_not_null_column_the_source_leaves_empty_is_refused_before_the_first_batch()
     ] {
         let r = migrate(&s, &db, args);
         assert_exit(&r, exit::PROBLEMS);
-        let e = r
-            .report
-            .errors
-            .iter()
-            .find(|e| e.code == "constraint")
-            .unwrap_or_else(|| panic!("no constraint error: {}", r.stdout));
+        let e = r.error("constraint");
         assert!(
             e.message.contains("sessions.user_id is NOT NULL") && e.message.contains("s99999"),
             "{e:?}"
@@ -396,12 +386,7 @@ fn verify_names_a_target_column_it_cannot_read() {
     let v = step(&s, &db, &["verify"]).run();
     assert_exit(&v, exit::PROBLEMS);
     assert!(!v.has_error("internal_error"), "{}", v.stdout);
-    let e = v
-        .report
-        .errors
-        .iter()
-        .find(|e| e.code == "schema_mismatch")
-        .unwrap_or_else(|| panic!("no schema_mismatch: {}", v.stdout));
+    let e = v.error("schema_mismatch");
     assert!(e.message.contains("sessions.cost"), "{e:?}");
     // And a catch-up refuses it the same way, before writing.
     let r = migrate(&s, &db, &["--dry-run=false"]);

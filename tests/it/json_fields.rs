@@ -54,12 +54,7 @@ fn check_preflight_and_the_load_read_a_minsky_store_through_json_fields() {
         "{}",
         r.stdout
     );
-    let w = r
-        .report
-        .warnings
-        .iter()
-        .find(|w| w.code == "json_extra_keys")
-        .unwrap_or_else(|| panic!("the extra keys are named: {}", r.stdout));
+    let w = r.warning("json_extra_keys");
     for k in ["repoName", "taskId", "prState", "backendType"] {
         assert!(
             w.message.contains(&format!("\"{k}\"")),

@@ -35,14 +35,6 @@ fn failed(r: &Run) -> Vec<&str> {
         .collect()
 }
 
-fn error<'a>(r: &'a Run, code: &str) -> &'a Finding {
-    r.report
-        .errors
-        .iter()
-        .find(|e| e.code == code)
-        .unwrap_or_else(|| panic!("no error {code}:\n{}", r.stdout))
-}
-
 fn store_with(n: usize) -> Store {
     let s = Store::new();
     for i in 0..n {
@@ -115,7 +107,7 @@ fn preflight_backup_location_on_a_read_only_filesystem_fails() {
     set_backup_dir(&s, &mnt);
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
-    let e = error(&r, "permission_denied");
+    let e = r.error("permission_denied");
     assert!(
         e.message.contains(&mnt.display().to_string()) && e.message.contains("Read-only"),
         "{e:?}"
@@ -127,7 +119,7 @@ fn preflight_backup_location_on_a_read_only_filesystem_fails() {
     set_backup_dir(&s, &later);
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["backup_location"], "{}", r.stdout);
-    let e = error(&r, "permission_denied");
+    let e = r.error("permission_denied");
     assert!(
         e.message.contains(&mnt.display().to_string()) && e.message.contains("Read-only"),
         "{e:?}"
@@ -159,7 +151,7 @@ fn preflight_backup_location_too_small_fails_disk_space() {
         estimate > 64 * 1024,
         "the store needs more than 64k: {details}"
     );
-    let e = error(&r, "disk_space");
+    let e = r.error("disk_space");
     assert!(e.message.contains(&small.display().to_string()), "{e:?}");
     assert_eq!(e.path.as_deref(), Some(small.to_str().unwrap()));
 
@@ -200,7 +192,7 @@ fn preflight_unreachable_postgres_names_the_redacted_url() {
     assert_eq!(failed(&r), ["postgres_connectivity"], "{}", r.stdout);
     assert_eq!(status(&r, "postgres_permissions"), CheckStatus::Skip);
     assert_eq!(status(&r, "postgres_schema"), CheckStatus::Skip);
-    let e = error(&r, "postgres_unreachable");
+    let e = r.error("postgres_unreachable");
     let redacted = format!("postgresql://app:***@127.0.0.1:{port}/app");
     assert!(e.message.contains(&redacted), "{e:?}");
     assert!(
@@ -240,7 +232,7 @@ fn preflight_role_without_create_fails_permissions() {
         r.check("postgres_permissions").details["existing_tables"],
         0
     );
-    let e = error(&r, "permission_denied");
+    let e = r.error("permission_denied");
     assert!(
         e.message.contains("CREATE") && e.message.contains("public"),
         "{e:?}"
@@ -430,7 +422,7 @@ fn preflight_nul_in_a_state_fails_and_warns_under_quarantine() {
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(status(&r, "constraints"), CheckStatus::Fail, "{}", r.stdout);
     assert_eq!(r.count("invalid"), 1);
-    let e = error(&r, "jsonb_incompatible_nul");
+    let e = r.error("jsonb_incompatible_nul");
     assert_eq!(e.session.as_deref(), Some("nul"));
     assert!(
         e.path
@@ -477,7 +469,7 @@ fn preflight_quarantine_warns_for_an_invalid_json_store_record() {
         r.stdout
     );
     assert_eq!(
-        error(&r, "invalid_cost").session.as_deref(),
+        r.error("invalid_cost").session.as_deref(),
         Some("j-bad-cost")
     );
     let r = preflight(&s, &db, &["--quarantine"]).expect(exit::OK);
@@ -500,7 +492,7 @@ fn preflight_same_id_in_sqlite_and_json_with_other_metadata_fails() {
     let db = TestDb::new("pf_dup_id");
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["source_json_store"], "{}", r.stdout);
-    let e = error(&r, "duplicate_id");
+    let e = r.error("duplicate_id");
     assert_eq!(e.session.as_deref(), Some("s001"), "{e:?}");
     assert!(e.message.contains("s001"), "{e:?}");
     assert_eq!(
@@ -541,7 +533,7 @@ fn preflight_corrupt_sqlite_fails_and_reads_no_further() {
     let db = TestDb::new("pf_corrupt");
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["source_sqlite"], "{}", r.stdout);
-    let e = error(&r, "sqlite_corrupt");
+    let e = r.error("sqlite_corrupt");
     assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
     assert!(e.message.contains("data/app.db"), "{e:?}");
     // What could not be read is not reported as passed.
@@ -562,7 +554,7 @@ fn preflight_json_store_that_does_not_parse_fails_its_own_check() {
     let db = TestDb::new("pf_json_broken");
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
     assert_eq!(failed(&r), ["source_json_store"], "{}", r.stdout);
-    let e = error(&r, "invalid_json");
+    let e = r.error("invalid_json");
     assert!(
         e.path.as_deref().unwrap().ends_with("data/session-db.json"),
         "{e:?}"
@@ -589,7 +581,7 @@ fn preflight_sqlite_row_without_an_id_names_the_database() {
     );
     let db = TestDb::new("pf_row_no_id");
     let r = preflight(&s, &db, &[]).expect(exit::PROBLEMS);
-    let e = error(&r, "invalid_id");
+    let e = r.error("invalid_id");
     assert_eq!(e.session, None);
     assert!(e.path.as_deref().unwrap().ends_with("data/app.db"), "{e:?}");
     assert!(

@@ -194,12 +194,7 @@ fn an_unreadable_state_file_is_quarantined_and_noted_by_the_backup() {
         .config(&s.config)
         .user(uid, gid)
         .expect(exit::OK);
-    let w = b
-        .report
-        .warnings
-        .iter()
-        .find(|w| w.code == "backup_unreadable")
-        .unwrap_or_else(|| panic!("no backup_unreadable warning: {}", b.stdout));
+    let w = b.warning("backup_unreadable");
     assert_eq!(w.path.as_deref(), Some(locked.to_str().unwrap()));
     assert!(w.message.contains("Permission denied"), "{w:?}");
     let bdir = PathBuf::from(b.report.details["backup"].as_str().unwrap());

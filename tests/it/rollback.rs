@@ -122,14 +122,6 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-fn error<'a>(r: &'a Run, code: &str) -> &'a sessiondb::report::Finding {
-    r.report
-        .errors
-        .iter()
-        .find(|e| e.code == code)
-        .unwrap_or_else(|| panic!("no {code} error: {}", r.stdout))
-}
-
 fn legacy_store_state(r: &Run) -> String {
     r.report.details["legacy_store"]["state"]
         .as_str()
@@ -185,7 +177,7 @@ fn rollback_never_writes_through_a_session_folder_symlinked_outside_the_store() 
     symlink(&outside, s.sessions.join("s1")).unwrap();
     edit_in_pg(&db, &["s0", "s1"], 1);
     let r = refused_alike(&s, &db, "symlink_outside_root", &[&outside]);
-    let e = error(&r, "symlink_outside_root");
+    let e = r.error("symlink_outside_root");
     assert_eq!(
         e.path.as_deref(),
         Some(s.sessions.join("s1").to_str().unwrap()),
@@ -278,7 +270,7 @@ fn rollback_refuses_up_front_a_row_the_legacy_table_cannot_hold() {
     edit_in_pg(&db, &["s0", "s2"], 1);
     create_in_pg(&db, "made-in-pg");
     let r = refused_alike(&s, &db, "schema_mismatch", &[]);
-    let e = error(&r, "schema_mismatch");
+    let e = r.error("schema_mismatch");
     assert!(
         e.message.contains("\"question\"") && e.message.contains("sessions in "),
         "names the table and the column: {}",
@@ -330,7 +322,7 @@ fn rollback_refuses_up_front_a_value_a_strict_column_refuses() {
         .batch_execute("UPDATE sessions SET cost = 0.5 WHERE id = 's1'")
         .unwrap();
     let r = refused_alike(&s, &db, "schema_mismatch", &[]);
-    let e = error(&r, "schema_mismatch");
+    let e = r.error("schema_mismatch");
     assert!(
         e.message.contains("STRICT")
             && e.message.contains("\"cost\"")
@@ -361,7 +353,7 @@ fn rollback_undoes_a_round_that_the_legacy_table_refuses_at_commit_and_a_rerun_c
     let config = std::fs::read(&s.config).unwrap();
     step(&s, &db, &["rollback"]).expect(exit::OK);
     let r = step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::PROBLEMS);
-    let e = error(&r, "schema_mismatch");
+    let e = r.error("schema_mismatch");
     assert!(e.message.contains("made-in-pg"), "{}", e.message);
     assert_eq!(legacy_store_state(&r), "unchanged", "{}", r.stdout);
     assert_same(
@@ -417,7 +409,7 @@ fn rollback_on_a_full_disk_leaves_the_legacy_store_untouched_and_a_rerun_complet
     let before = snapshot(&s);
     let config = std::fs::read(&s.config).unwrap();
     let r = step(&s, &db, &["rollback", "--dry-run=false"]).expect(exit::OPERATIONAL);
-    let e = error(&r, "disk_space");
+    let e = r.error("disk_space");
     assert!(
         e.path
             .as_deref()
@@ -532,7 +524,7 @@ fn a_kubernetes_configmap_config_is_refused_before_anything_is_written() {
             .config(&cm)
             .env("DATABASE_URL", &db.url)
             .expect(exit::PROBLEMS);
-        let e = error(&r, "config_read_only");
+        let e = r.error("config_read_only");
         assert!(
             e.message.contains("ConfigMap") && e.message.contains("..data"),
             "{}",

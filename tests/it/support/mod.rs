@@ -7,7 +7,7 @@ pub mod store;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sessiondb::report::Report;
+use sessiondb::report::{Finding, Report};
 
 /// The result of running one of the binaries.
 #[derive(Debug)]
@@ -38,6 +38,22 @@ impl Run {
     }
     pub fn has_error(&self, code: &str) -> bool {
         self.report.errors.iter().any(|w| w.code == code)
+    }
+    /// The first error of `code` (the test fails, showing the report, without one).
+    pub fn error(&self, code: &str) -> &Finding {
+        self.report
+            .errors
+            .iter()
+            .find(|e| e.code == code)
+            .unwrap_or_else(|| panic!("no {code} error: {}", self.stdout))
+    }
+    /// The first warning of `code` (the test fails, showing the report, without one).
+    pub fn warning(&self, code: &str) -> &Finding {
+        self.report
+            .warnings
+            .iter()
+            .find(|w| w.code == code)
+            .unwrap_or_else(|| panic!("no {code} warning: {}", self.stdout))
     }
 }
 
