@@ -336,7 +336,7 @@ pub fn sample_status(c: &mut impl GenericClient, schema: &str, n: usize) -> Resu
     let rows = c
         .query(
             &format!(
-                "SELECT id, status, current_step, cost FROM {} ORDER BY pg_catalog.random() LIMIT {n}",
+                "SELECT id::pg_catalog.text, status, current_step, cost FROM {} ORDER BY pg_catalog.random() LIMIT {n}",
                 qualified(schema, "sessions")
             ),
             &[],

@@ -41,19 +41,17 @@ impl Run {
     }
     /// The first error of `code` (the test fails, showing the report, without one).
     pub fn error(&self, code: &str) -> &Finding {
-        self.report
-            .errors
-            .iter()
-            .find(|e| e.code == code)
-            .unwrap_or_else(|| panic!("no {code} error: {}", self.stdout))
+        self.first(&self.report.errors, code, "error")
     }
     /// The first warning of `code` (the test fails, showing the report, without one).
     pub fn warning(&self, code: &str) -> &Finding {
-        self.report
-            .warnings
+        self.first(&self.report.warnings, code, "warning")
+    }
+    fn first<'a>(&self, findings: &'a [Finding], code: &str, kind: &str) -> &'a Finding {
+        findings
             .iter()
-            .find(|w| w.code == code)
-            .unwrap_or_else(|| panic!("no {code} warning: {}", self.stdout))
+            .find(|f| f.code == code)
+            .unwrap_or_else(|| panic!("no {code} {kind}: {}", self.stdout))
     }
 }
 
